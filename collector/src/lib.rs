@@ -1,0 +1,112 @@
+//! The edgelog collector: receives request records over HTTP, makes them durable in a
+//! write-ahead log before acknowledging, and feeds every sink from that log.
+//!
+//! It knows no S3 and no Kafka: sinks implement [`Sink`], and finished per-minute
+//! aggregates go to a [`Publisher`] that the binary plugs in.
+
+mod aggregator;
+mod config;
+mod ingest;
+mod sink;
+pub mod wal;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use aggregator::{MetricsAggregator, Publisher};
+pub use config::CollectorConfig;
+pub use ingest::{AppState, IngestError, IngestResponse, Readiness, app};
+pub use sink::{LoopSettings, Sink, SinkError, SinkReport, SinkStatus, run_sink};
+pub use wal::{Entry, Seq, Wal, WalConfig, WalError};
+
+/// The process-wide Prometheus recorder; installed on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may be installed already (tests); ours then renders nothing
+        // from the macros, which is acceptable there.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("ingest server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A collector with its log and sinks, ready to serve.
+pub struct Collector {
+    cfg: CollectorConfig,
+    wal: Wal,
+    sinks: Vec<(Arc<SinkStatus>, Box<dyn Sink>)>,
+}
+
+impl Collector {
+    /// Validates the settings and opens the write-ahead log under `data_dir/wal`.
+    pub fn open(cfg: CollectorConfig, data_dir: &Path) -> Result<Collector, CollectorError> {
+        cfg.validate().map_err(CollectorError::Config)?;
+        let wal = Wal::open(&data_dir.join("wal"), cfg.wal.clone())?;
+        Ok(Collector { cfg, wal, sinks: Vec::new() })
+    }
+
+    /// Adds a sink under a stable name (its position in the log is saved under it).
+    pub fn add_sink(&mut self, name: &str, sink: Box<dyn Sink>) {
+        self.sinks.push((Arc::new(SinkStatus::new(name)), sink));
+    }
+
+    pub fn config(&self) -> &CollectorConfig {
+        &self.cfg
+    }
+
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// Serves ingest on `listener` and runs the sinks until `shutdown` resolves; then
+    /// stops accepting, finishes in-flight requests, and drains the sinks.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), CollectorError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let statuses: Vec<_> = self.sinks.iter().map(|(s, _)| s.clone()).collect();
+        let settings = LoopSettings { drain_timeout: self.cfg.shutdown_timeout, ..LoopSettings::default() };
+        let mut runners = Vec::new();
+        for (status, sink) in self.sinks {
+            runners.push(tokio::spawn(run_sink(sink, self.wal.clone(), status, stop_rx.clone(), settings.clone())));
+        }
+        let state = AppState::new(self.cfg.clone(), self.wal.clone(), statuses);
+        let router = app(state.clone());
+        let stopping = state.clone();
+        tracing::info!(listen = %listener.local_addr().map_err(CollectorError::Serve)?, collector = %self.cfg.id, "collector accepting records");
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: finishing requests in flight");
+                stopping.stop_accepting();
+            })
+            .await;
+        self.wal.close().await;
+        tracing::info!("draining sinks");
+        let _ = stop_tx.send(true);
+        for r in runners {
+            let _ = r.await;
+        }
+        tracing::info!(committed = self.wal.committed(), "collector stopped");
+        served.map_err(CollectorError::Serve)
+    }
+}

@@ -1,0 +1,102 @@
+//! Per-distribution, per-minute partial aggregates: computed by each collector from every
+//! record (before sampling), merged by summing wherever they meet.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fields::Record;
+
+/// Counters for one distribution and one minute of event time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinuteAggregate {
+    /// All requests.
+    pub requests: u64,
+    /// sc-bytes of GET, HEAD and OPTIONS requests.
+    pub bytes_downloaded: u64,
+    /// cs-bytes of POST and PUT requests.
+    pub bytes_uploaded: u64,
+    /// Responses with a 4xx status.
+    pub status_4xx: u64,
+    /// Responses with a 5xx status.
+    pub status_5xx: u64,
+    /// Responses with status 401, 403, 404, 502, 503, 504, in that order.
+    pub status_detail: [u64; 6],
+    /// Requests served from cache (Hit, RefreshHit).
+    pub cache_hits: u64,
+    /// Requests that could have been served from cache (Hit, RefreshHit, Miss).
+    pub cacheable: u64,
+}
+
+const DETAIL_STATUSES: [u16; 6] = [401, 403, 404, 502, 503, 504];
+
+impl MinuteAggregate {
+    /// Counts one record.
+    pub fn add(&mut self, r: &Record) {
+        self.requests += 1;
+        match r.cs_method.as_deref() {
+            Some("GET" | "HEAD" | "OPTIONS") => self.bytes_downloaded += r.sc_bytes.unwrap_or(0),
+            Some("POST" | "PUT") => self.bytes_uploaded += r.cs_bytes.unwrap_or(0),
+            _ => {}
+        }
+        if let Some(status) = r.sc_status {
+            match status {
+                400..=499 => self.status_4xx += 1,
+                500..=599 => self.status_5xx += 1,
+                _ => {}
+            }
+            if let Some(i) = DETAIL_STATUSES.iter().position(|&s| s == status) {
+                self.status_detail[i] += 1;
+            }
+        }
+        match r.x_edge_result_type.as_deref() {
+            Some("Hit" | "RefreshHit") => {
+                self.cache_hits += 1;
+                self.cacheable += 1;
+            }
+            Some("Miss") => self.cacheable += 1,
+            _ => {}
+        }
+    }
+
+    /// Adds another partial aggregate of the same distribution and minute.
+    pub fn merge(&mut self, o: &MinuteAggregate) {
+        self.requests += o.requests;
+        self.bytes_downloaded += o.bytes_downloaded;
+        self.bytes_uploaded += o.bytes_uploaded;
+        self.status_4xx += o.status_4xx;
+        self.status_5xx += o.status_5xx;
+        for (a, b) in self.status_detail.iter_mut().zip(o.status_detail) {
+            *a += b;
+        }
+        self.cache_hits += o.cache_hits;
+        self.cacheable += o.cacheable;
+    }
+
+    fn percent(&self, n: u64) -> f64 {
+        if self.requests == 0 { 0.0 } else { n as f64 * 100.0 / self.requests as f64 }
+    }
+
+    /// CloudFront's 4xxErrorRate, percent of all requests.
+    pub fn error_rate_4xx(&self) -> f64 {
+        self.percent(self.status_4xx)
+    }
+
+    /// CloudFront's 5xxErrorRate, percent of all requests.
+    pub fn error_rate_5xx(&self) -> f64 {
+        self.percent(self.status_5xx)
+    }
+
+    /// CloudFront's TotalErrorRate, percent of all requests.
+    pub fn total_error_rate(&self) -> f64 {
+        self.percent(self.status_4xx + self.status_5xx)
+    }
+}
+
+/// One published partial aggregate: which collector, which distribution and minute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinuteUpdate {
+    pub collector_id: String,
+    pub distribution_id: String,
+    /// Start of the minute, milliseconds since the epoch.
+    pub minute_ms: i64,
+    pub aggregate: MinuteAggregate,
+}

@@ -1,0 +1,23 @@
+//! The request record every edgelog crate shares: CloudFront's standard-log fields with
+//! their types, the NDJSON and W3C codecs, the sampler, and per-minute aggregates.
+//!
+//! No I/O lives here.
+
+mod aggregate;
+mod body;
+mod fields;
+mod json;
+mod sampler;
+pub mod time;
+mod value;
+pub mod w3c;
+
+pub use aggregate::{MinuteAggregate, MinuteUpdate};
+pub use body::{Format, Parsed, Rejection, derive_request_id, parse_body};
+pub use fields::{FIELD_COUNT, FIELDS, Field, FieldSpec, Record, field_index};
+pub use json::{KeyCache, check_distribution_id, parse_line as parse_json_line, write_record as write_json, write_value as write_json_value};
+pub use sampler::{Destination, Rates, SAMPLER_SEED, SamplingConfig, keep, sample_point};
+pub use value::{FieldKind, ParseValue, Value};
+
+/// Version of the record schema, carried in Parquet metadata and stream headers.
+pub const SCHEMA_VERSION: u32 = 1;
