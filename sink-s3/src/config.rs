@@ -1,0 +1,81 @@
+//! Settings of the standard-log sink.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The Hive layout, CloudFront v2's variables.
+pub const DEFAULT_TEMPLATE: &str = "DistributionId={DistributionId}/year={yyyy}/month={MM}/day={dd}/hour={HH}";
+
+/// Standard logs: Parquet files, partitioned by distribution and event hour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StandardLogsConfig {
+    /// Write standard logs at all.
+    pub enabled: bool,
+    /// Key prefix under the store's root (no leading or trailing `/`).
+    pub prefix: String,
+    /// Partition path under the prefix, with `{DistributionId}`, `{yyyy}`, `{MM}`, `{dd}`, `{HH}`.
+    pub path_template: String,
+    /// A file closes at this many rows.
+    pub max_rows: usize,
+    /// A file closes when its buffered records reach about this many bytes in memory.
+    pub max_bytes: u64,
+    /// A file closes this long after its first record arrived.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Memory all open files may hold together; past it the oldest is closed first.
+    pub max_open_bytes: u64,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// zstd level for Parquet pages.
+    pub zstd_level: i32,
+}
+
+impl Default for StandardLogsConfig {
+    fn default() -> Self {
+        StandardLogsConfig {
+            enabled: true,
+            prefix: "standard-logs".into(),
+            path_template: DEFAULT_TEMPLATE.into(),
+            max_rows: 1_000_000,
+            max_bytes: 256 << 20,
+            max_age: Duration::from_secs(60),
+            max_open_bytes: 512 << 20,
+            row_group_rows: 128 * 1024,
+            zstd_level: 3,
+        }
+    }
+}
+
+impl StandardLogsConfig {
+    /// Checks the settings; errors name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let k = "sinks.standard";
+        if self.prefix.starts_with('/') || self.prefix.ends_with('/') {
+            return Err(format!("{k}.prefix: must not start or end with '/'"));
+        }
+        if !self.path_template.contains("{DistributionId}") || !self.path_template.contains("{HH}") {
+            return Err(format!("{k}.path_template: must contain {{DistributionId}} and {{HH}}"));
+        }
+        let stripped = ["{DistributionId}", "{yyyy}", "{MM}", "{dd}", "{HH}"]
+            .iter()
+            .fold(self.path_template.clone(), |t, v| t.replace(v, ""));
+        if stripped.contains('{') || stripped.contains('}') {
+            return Err(format!("{k}.path_template: unknown variable in {:?}", self.path_template));
+        }
+        if self.max_rows == 0 || self.row_group_rows == 0 {
+            return Err(format!("{k}.max_rows and {k}.row_group_rows: must be positive"));
+        }
+        if self.max_age.is_zero() {
+            return Err(format!("{k}.max_age: must be positive"));
+        }
+        if self.max_open_bytes < self.max_bytes.min(1 << 20) {
+            return Err(format!("{k}.max_open_bytes: must be at least 1 MiB"));
+        }
+        if !(1..=22).contains(&self.zstd_level) {
+            return Err(format!("{k}.zstd_level: must be from 1 to 22"));
+        }
+        Ok(())
+    }
+}
