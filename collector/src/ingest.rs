@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -129,6 +129,7 @@ struct Inner {
     wal: Wal,
     sinks: Vec<Arc<SinkStatus>>,
     accepting: AtomicBool,
+    accepted_records: AtomicU64,
     prometheus: PrometheusHandle,
 }
 
@@ -146,9 +147,15 @@ impl AppState {
                 wal,
                 sinks,
                 accepting: AtomicBool::new(true),
+                accepted_records: AtomicU64::new(0),
                 prometheus: crate::prometheus().clone(),
             }),
         }
+    }
+
+    /// Records acknowledged since start.
+    pub fn accepted_records(&self) -> u64 {
+        self.inner.accepted_records.load(Ordering::Relaxed)
     }
 
     /// Stops accepting posts (shutdown has begun).
@@ -352,6 +359,7 @@ async fn ingest(
     if accepted > 0 {
         i.wal.append(Arc::new(parsed.records)).await?;
         metrics::counter!("edgelog_records_accepted_total").increment(accepted);
+        i.accepted_records.fetch_add(accepted, Ordering::Relaxed);
     }
     let status = if accepted == 0 && rejected_total > 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
     Ok((status, Json(IngestResponse { accepted, rejected: parsed.rejected, rejected_total })).into_response())

@@ -92,6 +92,7 @@ impl Collector {
         let state = AppState::new(self.cfg.clone(), self.wal.clone(), statuses);
         let router = app(state.clone());
         let stopping = state.clone();
+        let progress = tokio::spawn(log_progress(state.clone()));
         tracing::info!(listen = %listener.local_addr().map_err(CollectorError::Serve)?, collector = %self.cfg.id, "collector accepting records");
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -100,6 +101,7 @@ impl Collector {
                 stopping.stop_accepting();
             })
             .await;
+        progress.abort();
         self.wal.close().await;
         tracing::info!("draining sinks");
         let _ = stop_tx.send(true);
@@ -108,5 +110,28 @@ impl Collector {
         }
         tracing::info!(committed = self.wal.committed(), "collector stopped");
         served.map_err(CollectorError::Serve)
+    }
+}
+
+/// Every 10 s: what came in, how full the log is, how far behind each sink is.
+async fn log_progress(state: AppState) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tick.tick().await;
+    let mut last = state.accepted_records();
+    loop {
+        tick.tick().await;
+        let now = state.accepted_records();
+        let r = state.readiness();
+        let lag: Vec<String> = r.sinks.iter().map(|s| format!("{}={:.1}s", s.name, s.lag_seconds)).collect();
+        tracing::info!(
+            accepted = now,
+            per_second = (now - last) / 10,
+            wal_bytes = r.wal.bytes,
+            wal_segments = r.wal.segments,
+            sink_lag = %lag.join(","),
+            status = r.status,
+            "progress"
+        );
+        last = now;
     }
 }

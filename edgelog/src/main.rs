@@ -1,1 +1,526 @@
-fn main() {}
+//! `edgelog`: request logs and real-time metrics for edge and CDN traffic.
+
+mod config;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use edgelog_collector::{Collector, MetricsAggregator};
+use edgelog_dashboard::MetricsStore;
+use edgelog_edge::{Compression, ErrorMix, Target, TrafficConfig, WireFormat};
+use edgelog_sink_s3::StandardLogSink;
+use edgelog_sink_stream::{Bus, RealtimeSink};
+use figment::value::Value;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "edgelog",
+    version,
+    about = "Request logs and real-time metrics for edge and CDN traffic",
+    long_about = "edgelog collects one structured record per HTTP request from edge servers, makes it \
+                  durable, and fans it out to standard logs (Parquet), real-time logs (a stream) and \
+                  per-minute metrics (a dashboard with alarms).\n\n\
+                  Configuration comes from a TOML file (--config), then EDGELOG_* environment variables \
+                  (EDGELOG_COLLECTOR__LISTEN=0.0.0.0:8080: sections joined by two underscores), then flags."
+)]
+struct Cli {
+    /// Log format on stderr. The level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a collector: receive records on POST /v1/records and feed the sinks.
+    Collector(CollectorArgs),
+    /// Run the dashboard on its own.
+    Dashboard(DashboardArgs),
+    /// Play a fleet of edge servers against a collector, or replay a CloudFront log file.
+    Edge(EdgeArgs),
+    /// Run the whole pipeline in one process on embedded defaults, with generated traffic.
+    Demo(DemoArgs),
+    /// Check a configuration and print it as edgelog will use it.
+    Config(ConfigArgs),
+}
+
+#[derive(Args)]
+struct ConfigFile {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CollectorArgs {
+    #[command(flatten)]
+    file: ConfigFile,
+    /// Directory for the write-ahead log (and local standard logs).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (collector.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Accept this bearer token (repeatable; replaces collector.tokens).
+    #[arg(long = "token", value_name = "TOKEN")]
+    tokens: Vec<String>,
+    /// Name of this collector in a fleet (collector.id).
+    #[arg(long, value_name = "NAME")]
+    id: Option<String>,
+}
+
+#[derive(Args)]
+struct DashboardArgs {
+    #[command(flatten)]
+    file: ConfigFile,
+    /// Address to listen on (dashboard.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    #[command(flatten)]
+    file: ConfigFile,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    file: ConfigFile,
+    /// Where the write-ahead log and the Parquet standard logs go.
+    #[arg(long, value_name = "DIR", default_value = "edgelog-demo")]
+    data_dir: PathBuf,
+    /// Address of the ingest API.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Address of the dashboard.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    dashboard_listen: SocketAddr,
+    /// Don't generate traffic; only serve.
+    #[arg(long)]
+    no_traffic: bool,
+    /// Records per second of built-in traffic.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Ingest token to accept (default: a random one, printed at start).
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompressionArg {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Ndjson,
+    W3c,
+}
+
+#[derive(Args)]
+struct EdgeArgs {
+    /// Collector base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL")]
+    to: String,
+    /// Bearer token for the collector.
+    #[arg(long, env = "EDGELOG_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    token: String,
+    /// Replay this CloudFront standard log file (plain or .gz) instead of generating traffic.
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
+    /// Distribution id for --replay (default: from the file name <ID>.YYYY-MM-DD-HH.<unique>.gz).
+    #[arg(long, value_name = "ID")]
+    distribution: Option<String>,
+    /// Records per second in total (0: as fast as the collector takes them).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Stop after this long (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many records.
+    #[arg(long)]
+    total: Option<u64>,
+    /// Records per request body.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Number of distributions.
+    #[arg(long, default_value_t = 3)]
+    distributions: usize,
+    /// Number of edge locations.
+    #[arg(long, default_value_t = 8)]
+    locations: usize,
+    /// Body format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Ndjson)]
+    format: FormatArg,
+    /// Body compression.
+    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
+    compression: CompressionArg,
+    /// Seed of the traffic generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Spread event times over this many past hours.
+    #[arg(long, default_value_t = 0.0)]
+    backfill_hours: f64,
+    /// Percent of extra 4xx answers, all the time.
+    #[arg(long, default_value_t = 0.0)]
+    error_4xx: f64,
+    /// Percent of extra 5xx answers, all the time.
+    #[arg(long, default_value_t = 0.0)]
+    error_5xx: f64,
+    /// Inject an error burst this often (e.g. 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    burst_every: Option<Duration>,
+    /// How long each burst lasts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    burst_length: Duration,
+    /// Percent of 5xx answers during a burst.
+    #[arg(long, default_value_t = 20.0)]
+    burst_5xx: f64,
+    /// Percent of 4xx answers during a burst.
+    #[arg(long, default_value_t = 0.0)]
+    burst_4xx: f64,
+    /// Generate this many bodies once and resend them (load tests; request ids repeat).
+    #[arg(long)]
+    pregenerate: Option<usize>,
+    /// Append the request ids of acknowledged records to this file.
+    #[arg(long, value_name = "FILE")]
+    ack_log: Option<PathBuf>,
+    /// Tries per body before giving up.
+    #[arg(long, default_value_t = 30)]
+    max_tries: usize,
+    /// Timeout of one request.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    timeout: Duration,
+    /// Print a progress line this often (0s: never).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    progress: Duration,
+    /// Print the closing report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("signal received, shutting down");
+}
+
+/// Wires a collector with the sinks the configuration asks for.
+fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
+    let mut collector = Collector::open(cfg.collector.clone(), &cfg.data_dir)
+        .with_context(|| format!("cannot start the collector in {}", cfg.data_dir.display()))?;
+    if cfg.sinks.standard.enabled {
+        // The store's root is the data dir; the sink's prefix (`standard-logs`) goes under it,
+        // the same key layout as in a bucket.
+        let store = edgelog_sink_s3::local_store(&cfg.data_dir)
+            .with_context(|| format!("cannot use {} for standard logs", cfg.data_dir.display()))?;
+        let dir = cfg.data_dir.join(&cfg.sinks.standard.prefix);
+        let sink = StandardLogSink::new(cfg.sinks.standard.clone(), &cfg.collector.id, cfg.sampling.clone(), store);
+        collector.add_sink("standard", Box::new(sink));
+        tracing::info!(dir = %dir.display(), "standard logs go to local Parquet files");
+    }
+    if cfg.sinks.realtime.enabled {
+        collector.add_sink("realtime", Box::new(RealtimeSink::in_process(cfg.sampling.clone(), bus.clone())));
+    }
+    let aggregator = MetricsAggregator::new(&cfg.collector.id, Arc::new(bus.clone()), cfg.collector.metrics_interval);
+    collector.add_sink("metrics", Box::new(aggregator));
+    Ok(collector)
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the {what}"))
+}
+
+/// Serves the dashboard, merging minutes from the bus.
+async fn serve_dashboard(listener: TcpListener, bus: &Bus, history_minutes: usize) -> anyhow::Result<()> {
+    let store = Arc::new(MetricsStore::new(history_minutes));
+    let mut minutes = bus.subscribe_minutes();
+    let merging = store.clone();
+    tokio::spawn(async move {
+        loop {
+            match minutes.recv().await {
+                Ok(u) => merging.merge(&u),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "dashboard fell behind the metrics stream");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    axum::serve(listener, edgelog_dashboard::app(store)).await.context("dashboard server failed")
+}
+
+fn s(v: impl Into<String>) -> Value {
+    Value::from(v.into())
+}
+
+async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
+    let mut overrides = Vec::new();
+    if let Some(d) = &args.data_dir {
+        overrides.push(("data_dir", s(d.display().to_string())));
+    }
+    if let Some(l) = args.listen {
+        overrides.push(("collector.listen", s(l.to_string())));
+    }
+    if let Some(id) = &args.id {
+        overrides.push(("collector.id", s(id.clone())));
+    }
+    if !args.tokens.is_empty() {
+        overrides.push(("collector.tokens", Value::from(args.tokens.clone())));
+    }
+    let cfg = Config::load(args.file.config.as_deref(), &overrides)?;
+    let bus = Bus::new(cfg.sinks.realtime.bus_capacity);
+    let collector = build_collector(&cfg, &bus)?;
+    let listener = bind(cfg.collector.listen, "ingest API").await?;
+    collector.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
+    let mut overrides = Vec::new();
+    if let Some(l) = args.listen {
+        overrides.push(("dashboard.listen", s(l.to_string())));
+    }
+    // The standalone dashboard has no collector to validate against; allow a token-less one.
+    overrides.push(("collector.allow_unauthenticated", Value::from(true)));
+    let cfg = Config::load(args.file.config.as_deref(), &overrides)?;
+    tracing::warn!(
+        "the standalone dashboard has no metrics source yet (it will read the Kafka metrics topic); \
+         `edgelog demo` runs it in process with live data"
+    );
+    let bus = Bus::new(16);
+    let listener = bind(cfg.dashboard.listen, "dashboard").await?;
+    tracing::info!(url = %format!("http://{}/", cfg.dashboard.listen), "dashboard serving");
+    tokio::select! {
+        r = serve_dashboard(listener, &bus, cfg.dashboard.history_minutes) => r,
+        () = shutdown_signal() => Ok(()),
+    }
+}
+
+fn edge_target(args: &EdgeArgs) -> Target {
+    Target {
+        url: args.to.clone(),
+        token: args.token.clone(),
+        compression: match args.compression {
+            CompressionArg::None => Compression::None,
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+        },
+        concurrency: args.concurrency.max(1),
+        max_tries: args.max_tries,
+        timeout: args.timeout,
+        ack_log: args.ack_log.clone(),
+        progress: (!args.progress.is_zero()).then_some(args.progress),
+    }
+}
+
+async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
+    let target = edge_target(&args);
+    let report = if let Some(file) = &args.replay {
+        edgelog_edge::replay(file, args.distribution.clone(), args.batch, target).await?
+    } else {
+        if args.duration.is_none() && args.total.is_none() {
+            tracing::info!("no --duration or --total: sending until interrupted");
+        }
+        let cfg = TrafficConfig {
+            distributions: args.distributions,
+            locations: args.locations,
+            rate: args.rate,
+            duration: args.duration,
+            total: args.total,
+            batch: args.batch,
+            format: match args.format {
+                FormatArg::Ndjson => WireFormat::Ndjson,
+                FormatArg::W3c => WireFormat::W3c,
+            },
+            seed: args.seed,
+            backfill_hours: args.backfill_hours,
+            errors: ErrorMix { pct_4xx: args.error_4xx, pct_5xx: args.error_5xx },
+            burst_every: args.burst_every,
+            burst_length: args.burst_length,
+            burst: ErrorMix { pct_4xx: args.burst_4xx, pct_5xx: args.burst_5xx },
+            pregenerate: args.pregenerate,
+        };
+        tokio::select! {
+            r = edgelog_edge::run_traffic(cfg, target) => r,
+            () = shutdown_signal() => bail!("interrupted"),
+        }
+    };
+    if args.json {
+        let secs = report.elapsed.as_secs_f64().max(1e-9);
+        let q = |p: f64| report.latency_us.value_at_quantile(p) as f64 / 1000.0;
+        println!(
+            "{}",
+            serde_json::json!({
+                "sent": report.sent_records, "acknowledged": report.acked_records,
+                "refused": report.rejected_records, "given_up": report.failed_records,
+                "requests": report.requests, "retries": report.retries,
+                "elapsed_s": secs, "records_per_s": report.acked_records as f64 / secs,
+                "mb_per_s": report.raw_bytes as f64 / secs / 1e6, "wire_mb_per_s": report.wire_bytes as f64 / secs / 1e6,
+                "latency_ms": { "p50": q(0.5), "p99": q(0.99), "max": report.latency_us.max() as f64 / 1000.0 },
+            })
+        );
+    } else {
+        println!("{report}");
+    }
+    if report.failed_records > 0 {
+        bail!("{} records were given up on", report.failed_records);
+    }
+    Ok(())
+}
+
+fn random_token() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect()
+}
+
+async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let token = args.token.clone().unwrap_or_else(random_token);
+    let overrides = vec![
+        ("data_dir", s(args.data_dir.display().to_string())),
+        ("collector.listen", s(args.listen.to_string())),
+        ("collector.tokens", Value::from(vec![token.clone()])),
+        ("dashboard.listen", s(args.dashboard_listen.to_string())),
+    ];
+    let mut cfg = Config::load(args.file.config.as_deref(), &overrides)?;
+    if args.file.config.is_none() {
+        // Quick feedback for a first look: files within seconds, minutes published often.
+        cfg.sinks.standard.max_age = Duration::from_secs(10);
+        cfg.collector.metrics_interval = Duration::from_secs(2);
+    }
+    let bus = Bus::new(cfg.sinks.realtime.bus_capacity);
+    let collector = build_collector(&cfg, &bus)?;
+    let ingest = bind(cfg.collector.listen, "ingest API").await?;
+    let dashboard = bind(cfg.dashboard.listen, "dashboard").await?;
+    let url = format!("http://{}", cfg.collector.listen);
+    let logs = cfg.data_dir.join("standard-logs");
+    println!(
+        "edgelog demo is running\n  \
+         ingest:        {url}/v1/records  (Authorization: Bearer {token})\n  \
+         dashboard:     http://{dash}/\n  \
+         health:        {url}/readyz  metrics: {url}/metrics\n  \
+         standard logs: {logs}/  (Parquet, Hive-partitioned)\n  \
+         query them:    duckdb -c \"SELECT count(*) FROM read_parquet('{logs}/**/*.parquet', hive_partitioning=true)\"\n  \
+         traffic:       {traffic}\n  \
+         stop with Ctrl-C or SIGTERM: everything is flushed to {dir} first",
+        dash = cfg.dashboard.listen,
+        logs = logs.display(),
+        dir = cfg.data_dir.display(),
+        traffic = if args.no_traffic { "off (--no-traffic)".to_owned() } else { format!("{} records/s, a 5xx burst every 5 minutes", args.rate) },
+    );
+    let history = cfg.dashboard.history_minutes;
+    let dash_bus = bus.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serve_dashboard(dashboard, &dash_bus, history).await {
+            tracing::error!(error = %e, "dashboard stopped");
+        }
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let traffic = (!args.no_traffic).then(|| {
+        let target = Target {
+            url: url.clone(),
+            token: token.clone(),
+            compression: Compression::Gzip,
+            concurrency: 2,
+            max_tries: 1000,
+            timeout: Duration::from_secs(30),
+            ack_log: None,
+            progress: None,
+        };
+        let cfg = TrafficConfig {
+            rate: args.rate,
+            batch: (args.rate as usize / 2).clamp(1, 1000),
+            burst_every: Some(Duration::from_secs(300)),
+            burst_length: Duration::from_secs(120),
+            burst: ErrorMix { pct_4xx: 0.0, pct_5xx: 15.0 },
+            ..TrafficConfig::default()
+        };
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = edgelog_edge::run_traffic(cfg, target) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        })
+    });
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    collector.serve(ingest, shutdown).await?;
+    if let Some(t) = traffic {
+        t.abort();
+    }
+    println!("edgelog demo stopped; standard logs are in {}", logs.display());
+    Ok(())
+}
+
+fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(args.file.config.as_deref(), &[])?;
+    println!("{}", cfg.to_pretty()?);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Collector(a) => run_collector(a).await,
+            Command::Dashboard(a) => run_dashboard(a).await,
+            Command::Edge(a) => run_edge(a).await,
+            Command::Demo(a) => run_demo(a).await,
+            Command::Config(a) => run_config(a),
+        }
+    });
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "edgelog failed");
+    }
+    result
+}

@@ -1,0 +1,97 @@
+//! The whole configuration: one TOML file, then `EDGELOG_*` environment variables, then
+//! command-line flags, each overriding the one before.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use edgelog_collector::CollectorConfig;
+use edgelog_dashboard::DashboardConfig;
+use edgelog_record::SamplingConfig;
+use edgelog_sink_s3::StandardLogsConfig;
+use edgelog_sink_stream::RealtimeConfig;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything edgelog can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the write-ahead log and, on embedded defaults, the standard logs.
+    pub data_dir: PathBuf,
+    /// The collector: ingest API, limits, write-ahead log.
+    pub collector: CollectorConfig,
+    /// Sampling rates per destination, by default and per distribution.
+    pub sampling: SamplingConfig,
+    /// Where records go.
+    pub sinks: SinksConfig,
+    /// The dashboard.
+    pub dashboard: DashboardConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("edgelog-data"),
+            collector: CollectorConfig::default(),
+            sampling: SamplingConfig::default(),
+            sinks: SinksConfig::default(),
+            dashboard: DashboardConfig::default(),
+        }
+    }
+}
+
+/// The sinks.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// Standard logs: Parquet files (under `{data_dir}/standard-logs` on embedded defaults).
+    pub standard: StandardLogsConfig,
+    /// Real-time logs: sampled records to a stream (in process on embedded defaults).
+    pub realtime: RealtimeConfig,
+}
+
+const SECTIONS: &[&str] = &["data_dir", "collector", "sampling", "sinks", "dashboard"];
+
+impl Config {
+    /// Loads and validates: defaults, then `file`, then the environment, then `overrides`
+    /// (dotted keys such as `collector.listen`).
+    pub fn load(file: Option<&Path>, overrides: &[(&str, figment::value::Value)]) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.is_file() {
+                bail!("config file {} does not exist", f.display());
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        // Only our sections: EDGELOG_TOKEN and friends belong to `edgelog edge`.
+        fig = fig.merge(
+            Env::prefixed("EDGELOG_")
+                .filter(|k| {
+                    let first = k.as_str().split("__").next().unwrap_or("");
+                    SECTIONS.contains(&first)
+                })
+                .split("__"),
+        );
+        for (key, value) in overrides {
+            fig = fig.merge(Serialized::default(key, value.clone()));
+        }
+        let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        Ok(cfg)
+    }
+
+    /// Checks every section; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.collector.validate()?;
+        self.sampling.validate()?;
+        self.sinks.standard.validate()?;
+        self.sinks.realtime.validate()?;
+        self.dashboard.validate()
+    }
+
+    /// The effective configuration as TOML-ish JSON, for `edgelog config`.
+    pub fn to_pretty(&self) -> anyhow::Result<String> {
+        serde_json::to_string_pretty(self).context("cannot print the configuration")
+    }
+}
