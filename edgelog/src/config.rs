@@ -68,15 +68,17 @@ impl Config {
         fig = fig.merge(
             Env::prefixed("EDGELOG_")
                 .filter(|k| {
-                    let first = k.as_str().split("__").next().unwrap_or("");
+                    let key = k.as_str().to_ascii_lowercase();
+                    let first = key.split("__").next().unwrap_or("");
                     SECTIONS.contains(&first)
                 })
+                .map(|k| k.as_str().to_ascii_lowercase().into())
                 .split("__"),
         );
         for (key, value) in overrides {
             fig = fig.merge(Serialized::default(key, value.clone()));
         }
-        let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe(e)))?;
         cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         Ok(cfg)
     }
@@ -94,4 +96,18 @@ impl Config {
     pub fn to_pretty(&self) -> anyhow::Result<String> {
         serde_json::to_string_pretty(self).context("cannot print the configuration")
     }
+}
+
+/// `collector.max_body_bytes: invalid type ... (from EDGELOG_ environment variables)`,
+/// one line per problem.
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+            let key = e.path.join(".");
+            let key = if key.is_empty() { String::new() } else { format!("{key}: ") };
+            if source.is_empty() { format!("{key}{}", e.kind) } else { format!("{key}{} (from {source})", e.kind) }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }

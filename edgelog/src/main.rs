@@ -506,21 +506,29 @@ fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    let result = rt.block_on(async move {
-        match cli.command {
-            Command::Collector(a) => run_collector(a).await,
-            Command::Dashboard(a) => run_dashboard(a).await,
-            Command::Edge(a) => run_edge(a).await,
-            Command::Demo(a) => run_demo(a).await,
-            Command::Config(a) => run_config(a),
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| {
+            rt.block_on(async move {
+                match cli.command {
+                    Command::Collector(a) => run_collector(a).await,
+                    Command::Dashboard(a) => run_dashboard(a).await,
+                    Command::Edge(a) => run_edge(a).await,
+                    Command::Demo(a) => run_demo(a).await,
+                    Command::Config(a) => run_config(a),
+                }
+            })
+        });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
-    });
-    if let Err(e) = &result {
-        tracing::error!(error = format!("{e:#}"), "edgelog failed");
     }
-    result
 }

@@ -1,1 +1,196 @@
+//! Harness for edgelog's end-to-end tests: the real `edgelog` binary as a child process,
+//! real sockets on loopback, real files.
 
+use std::collections::HashMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use arrow_array::{Array, RecordBatch, StringArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// The `edgelog` binary built next to this test (`cargo build -p edgelog` first; the
+/// test scripts do).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let bin = dir.join("edgelog");
+    assert!(bin.is_file(), "{} is missing: run `cargo build -p edgelog` before the end-to-end tests", bin.display());
+    bin
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub const TOKEN: &str = "e2e-token-0123456789abcdef";
+
+/// A collector child process.
+pub struct CollectorProc {
+    pub child: Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl CollectorProc {
+    /// Writes a config (plus `extra` TOML) into `data_dir` and starts a collector on it.
+    pub fn start(data_dir: &Path, extra: &str) -> anyhow::Result<CollectorProc> {
+        fs::create_dir_all(data_dir)?;
+        let port = free_port();
+        let config = data_dir.join("edgelog.toml");
+        let toml = format!(
+            "data_dir = {dir:?}\n{extra}\n[collector]\nlisten = \"127.0.0.1:{port}\"\ntokens = [\"{TOKEN}\"]\n",
+            dir = data_dir.display().to_string()
+        );
+        fs::write(&config, toml)?;
+        let log = data_dir.join("collector.log");
+        let mut c = CollectorProc { child: spawn_collector(&config, &log)?, port, data_dir: data_dir.to_owned(), config, log };
+        c.wait_ready()?;
+        Ok(c)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("collector exited with {status}: {}", fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("collector did not listen within 30 s")
+    }
+
+    /// SIGKILL, then start again on the same config and port.
+    pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        self.child = spawn_collector(&self.config, &self.log)?;
+        self.wait_ready()
+    }
+
+    /// SIGTERM and wait for the drain; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> anyhow::Result<bool> {
+        signal(&self.child, "TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill()?;
+        bail!("collector did not stop within 60 s of SIGTERM")
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for CollectorProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal by name through kill(1), which keeps `unsafe_code = "forbid"`.
+pub fn signal(child: &Child, name: &str) -> anyhow::Result<()> {
+    let ok = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status()?.success();
+    if !ok {
+        bail!("cannot send SIG{name} to {}", child.id());
+    }
+    Ok(())
+}
+
+fn spawn_collector(config: &Path, log: &Path) -> anyhow::Result<Child> {
+    let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    Command::new(binary())
+        .args(["collector", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .context("cannot start the collector")
+}
+
+/// Runs `edgelog edge` with `args` against `url`; returns stdout, failing on a non-zero exit.
+pub fn run_edge(url: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(binary())
+        .args(["edge", "--to", url, "--token", TOKEN, "--progress", "0s"])
+        .args(args)
+        .output()
+        .context("cannot run edgelog edge")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("edgelog edge failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(stdout)
+}
+
+/// Starts `edgelog edge` in the background.
+pub fn spawn_edge(url: &str, args: &[&str]) -> anyhow::Result<Child> {
+    Command::new(binary())
+        .args(["edge", "--to", url, "--token", TOKEN, "--progress", "0s"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start edgelog edge")
+}
+
+/// Every Parquet file under `dir`.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// All record batches of one Parquet file.
+pub fn read_parquet(path: &Path) -> anyhow::Result<Vec<RecordBatch>> {
+    let f = fs::File::open(path)?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f)?.build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// How often each `x_edge_request_id` occurs in the Parquet files under `dir`.
+pub fn stored_ids(dir: &Path) -> anyhow::Result<HashMap<String, u32>> {
+    let mut ids = HashMap::new();
+    for f in parquet_files(dir) {
+        for b in read_parquet(&f)? {
+            let col = b
+                .column_by_name("x_edge_request_id")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .context("x_edge_request_id column")?;
+            for i in 0..col.len() {
+                *ids.entry(col.value(i).to_owned()).or_insert(0) += 1;
+            }
+        }
+    }
+    Ok(ids)
+}
