@@ -74,7 +74,10 @@ impl Sink for MetricsAggregator {
         }
         for r in entry.records.iter() {
             let minute = r.timestamp_ms - r.timestamp_ms.rem_euclid(60_000);
-            self.pending.entry((r.distribution_id.clone(), minute)).or_default().add(r);
+            self.pending
+                .entry((r.distribution_id.clone(), minute))
+                .or_default()
+                .add(r);
         }
         self.counted = entry.seq;
         Ok(())

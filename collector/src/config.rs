@@ -57,13 +57,20 @@ impl Default for CollectorConfig {
 impl CollectorConfig {
     /// Checks the settings without touching anything; errors name the key.
     pub fn validate(&self) -> Result<(), String> {
-        edgelog_record::check_distribution_id(&self.id)
-            .map_err(|e| format!("collector.id: {}", e.replace("distribution id", "collector id")))?;
+        edgelog_record::check_distribution_id(&self.id).map_err(|e| {
+            format!(
+                "collector.id: {}",
+                e.replace("distribution id", "collector id")
+            )
+        })?;
         if self.tokens.is_empty() && !self.allow_unauthenticated {
             return Err("collector.tokens: give at least one token, or set collector.allow_unauthenticated = true".into());
         }
         if let Some(t) = self.tokens.iter().find(|t| t.len() < 16) {
-            return Err(format!("collector.tokens: token of {} characters is too short (16 at least)", t.len()));
+            return Err(format!(
+                "collector.tokens: token of {} characters is too short (16 at least)",
+                t.len()
+            ));
         }
         if self.max_body_bytes == 0 || self.max_decompressed_bytes < self.max_body_bytes {
             return Err("collector.max_decompressed_bytes: must be at least collector.max_body_bytes, which must be positive".into());

@@ -36,7 +36,10 @@ pub enum IngestError {
     #[error("unsupported content-encoding {0:?}: use gzip, zstd or none")]
     UnsupportedEncoding(String),
     #[error("cannot decompress {encoding} body: {reason}")]
-    Corrupt { encoding: &'static str, reason: String },
+    Corrupt {
+        encoding: &'static str,
+        reason: String,
+    },
     #[error("cannot tell the body's format: send ?format=ndjson or ?format=w3c")]
     UnknownFormat,
     #[error("unknown format {0:?}: use ndjson or w3c")]
@@ -64,7 +67,8 @@ impl IngestError {
             | IngestError::BadFormat(_)
             | IngestError::BadDistribution(_)
             | IngestError::Read(_) => StatusCode::BAD_REQUEST,
-            IngestError::ShuttingDown | IngestError::Wal(WalError::Full { .. } | WalError::Closed) => {
+            IngestError::ShuttingDown
+            | IngestError::Wal(WalError::Full { .. } | WalError::Closed) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             IngestError::Wal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -96,12 +100,18 @@ impl IntoResponse for IngestError {
         } else {
             tracing::debug!(error = %self, "ingest refused");
         }
-        let mut resp = (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response();
+        let mut resp = (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }
@@ -167,8 +177,14 @@ impl AppState {
     pub fn readiness(&self) -> Readiness {
         let i = &self.inner;
         let wal = i.wal.stats();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let sinks: Vec<SinkReport> = i.sinks.iter().map(|s| s.report(wal.committed, now)).collect();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let sinks: Vec<SinkReport> = i
+            .sinks
+            .iter()
+            .map(|s| s.report(wal.committed, now))
+            .collect();
         let accepting = i.accepting.load(Ordering::Relaxed);
         let full = wal.bytes >= wal.max_bytes;
         let status = if !accepting {
@@ -180,7 +196,12 @@ impl AppState {
         } else {
             "ready"
         };
-        Readiness { status, accepting: accepting && !full, wal, sinks }
+        Readiness {
+            status,
+            accepting: accepting && !full,
+            wal,
+            sinks,
+        }
     }
 }
 
@@ -212,7 +233,10 @@ fn check_token(cfg: &CollectorConfig, headers: &HeaderMap) -> Result<(), IngestE
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .ok_or(IngestError::MissingToken)?
         .trim()
         .as_bytes();
@@ -221,14 +245,26 @@ fn check_token(cfg: &CollectorConfig, headers: &HeaderMap) -> Result<(), IngestE
     for t in &cfg.tokens {
         ok |= t.as_bytes().ct_eq(given);
     }
-    if bool::from(ok) { Ok(()) } else { Err(IngestError::BadToken) }
+    if bool::from(ok) {
+        Ok(())
+    } else {
+        Err(IngestError::BadToken)
+    }
 }
 
-fn read_limited(r: impl Read, limit: u64, encoding: &'static str, hint: usize) -> Result<Vec<u8>, IngestError> {
+fn read_limited(
+    r: impl Read,
+    limit: u64,
+    encoding: &'static str,
+    hint: usize,
+) -> Result<Vec<u8>, IngestError> {
     let mut out = Vec::with_capacity(hint.min(limit as usize));
     r.take(limit + 1)
         .read_to_end(&mut out)
-        .map_err(|e| IngestError::Corrupt { encoding, reason: e.to_string() })?;
+        .map_err(|e| IngestError::Corrupt {
+            encoding,
+            reason: e.to_string(),
+        })?;
     if out.len() as u64 > limit {
         return Err(IngestError::DecompressedTooLarge { limit });
     }
@@ -240,14 +276,23 @@ fn decode(encoding: &str, body: Bytes, limit: u64) -> Result<Bytes, IngestError>
     let hint = body.len().saturating_mul(6);
     match encoding {
         "" | "identity" => Ok(body),
-        "gzip" | "x-gzip" => {
-            read_limited(flate2::read::MultiGzDecoder::new(&body[..]), limit, "gzip", hint).map(Bytes::from)
-        }
+        "gzip" | "x-gzip" => read_limited(
+            flate2::read::MultiGzDecoder::new(&body[..]),
+            limit,
+            "gzip",
+            hint,
+        )
+        .map(Bytes::from),
         "zstd" => {
-            let mut d = zstd::stream::read::Decoder::new(&body[..])
-                .map_err(|e| IngestError::Corrupt { encoding: "zstd", reason: e.to_string() })?;
-            d.window_log_max(24)
-                .map_err(|e| IngestError::Corrupt { encoding: "zstd", reason: e.to_string() })?;
+            let mut d =
+                zstd::stream::read::Decoder::new(&body[..]).map_err(|e| IngestError::Corrupt {
+                    encoding: "zstd",
+                    reason: e.to_string(),
+                })?;
+            d.window_log_max(24).map_err(|e| IngestError::Corrupt {
+                encoding: "zstd",
+                reason: e.to_string(),
+            })?;
             read_limited(d, limit, "zstd", hint).map(Bytes::from)
         }
         other => Err(IngestError::UnsupportedEncoding(other.to_owned())),
@@ -261,7 +306,10 @@ fn choose_format(q: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Fo
         Some(other) => return Err(IngestError::BadFormat(other.to_owned())),
         None => {}
     }
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if ct.starts_with("application/x-ndjson") || ct.starts_with("application/json") {
         return Ok(Format::Ndjson);
     }
@@ -308,7 +356,11 @@ async fn ingest(
         return Err(IngestError::ShuttingDown);
     }
     if i.wal.is_full() {
-        return Err(WalError::Full { used: i.wal.stats().bytes, max: i.cfg.wal.max_bytes }.into());
+        return Err(WalError::Full {
+            used: i.wal.stats().bytes,
+            max: i.cfg.wal.max_bytes,
+        }
+        .into());
     }
     let limit = i.cfg.max_body_bytes;
     let declared = headers
@@ -318,13 +370,16 @@ async fn ingest(
     if declared.is_some_and(|n| n > limit) {
         return Err(IngestError::BodyTooLarge { limit });
     }
-    let wire = Limited::new(body, limit as usize).collect().await.map_err(|e| {
-        if e.downcast_ref::<LengthLimitError>().is_some() {
-            IngestError::BodyTooLarge { limit }
-        } else {
-            IngestError::Read(e.to_string())
-        }
-    })?;
+    let wire = Limited::new(body, limit as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                IngestError::BodyTooLarge { limit }
+            } else {
+                IngestError::Read(e.to_string())
+            }
+        })?;
     let wire = wire.to_bytes();
     metrics::counter!("edgelog_ingest_bytes_total", "stage" => "wire").increment(wire.len() as u64);
     if let Some(d) = &q.distribution {
@@ -341,18 +396,26 @@ async fn ingest(
     // Decompressing and parsing are CPU work: keep them off the async workers.
     let parsed = tokio::task::spawn_blocking(move || {
         let body = decode(&encoding, wire, max_decoded)?;
-        metrics::counter!("edgelog_ingest_bytes_total", "stage" => "decoded").increment(body.len() as u64);
+        metrics::counter!("edgelog_ingest_bytes_total", "stage" => "decoded")
+            .increment(body.len() as u64);
         let format = choose_format(q.format.as_deref(), &headers, &body)?;
-        Ok::<_, IngestError>(parse_body(format, &body, q.distribution.as_deref(), max_listed))
+        Ok::<_, IngestError>(parse_body(
+            format,
+            &body,
+            q.distribution.as_deref(),
+            max_listed,
+        ))
     })
     .await
     .map_err(|e| IngestError::Read(e.to_string()))??;
 
     for r in &parsed.rejected {
-        metrics::counter!("edgelog_records_rejected_total", "reason" => reason_label(&r.reason)).increment(1);
+        metrics::counter!("edgelog_records_rejected_total", "reason" => reason_label(&r.reason))
+            .increment(1);
     }
     if parsed.rejected_unlisted > 0 {
-        metrics::counter!("edgelog_records_rejected_total", "reason" => "unlisted").increment(parsed.rejected_unlisted);
+        metrics::counter!("edgelog_records_rejected_total", "reason" => "unlisted")
+            .increment(parsed.rejected_unlisted);
     }
     let accepted = parsed.records.len() as u64;
     let rejected_total = parsed.rejected_count();
@@ -361,13 +424,29 @@ async fn ingest(
         metrics::counter!("edgelog_records_accepted_total").increment(accepted);
         i.accepted_records.fetch_add(accepted, Ordering::Relaxed);
     }
-    let status = if accepted == 0 && rejected_total > 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    Ok((status, Json(IngestResponse { accepted, rejected: parsed.rejected, rejected_total })).into_response())
+    let status = if accepted == 0 && rejected_total > 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(IngestResponse {
+            accepted,
+            rejected: parsed.rejected,
+            rejected_total,
+        }),
+    )
+        .into_response())
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let r = state.readiness();
-    let code = if r.accepting { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if r.accepting {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(r)).into_response()
 }
 
@@ -382,10 +461,16 @@ async fn prometheus_metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("edgelog_ready").set(if r.accepting { 1.0 } else { 0.0 });
     for s in &r.sinks {
         let sink = s.name.clone();
-        metrics::gauge!("edgelog_sink_delivered_seq", "sink" => sink.clone()).set(s.delivered as f64);
-        metrics::gauge!("edgelog_sink_lag_entries", "sink" => sink.clone()).set(s.lag_entries as f64);
+        metrics::gauge!("edgelog_sink_delivered_seq", "sink" => sink.clone())
+            .set(s.delivered as f64);
+        metrics::gauge!("edgelog_sink_lag_entries", "sink" => sink.clone())
+            .set(s.lag_entries as f64);
         metrics::gauge!("edgelog_sink_lag_seconds", "sink" => sink.clone()).set(s.lag_seconds);
-        metrics::gauge!("edgelog_sink_degraded", "sink" => sink).set(if s.degraded { 1.0 } else { 0.0 });
+        metrics::gauge!("edgelog_sink_degraded", "sink" => sink).set(if s.degraded {
+            1.0
+        } else {
+            0.0
+        });
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -59,7 +59,11 @@ impl Collector {
     pub fn open(cfg: CollectorConfig, data_dir: &Path) -> Result<Collector, CollectorError> {
         cfg.validate().map_err(CollectorError::Config)?;
         let wal = Wal::open(&data_dir.join("wal"), cfg.wal.clone())?;
-        Ok(Collector { cfg, wal, sinks: Vec::new() })
+        Ok(Collector {
+            cfg,
+            wal,
+            sinks: Vec::new(),
+        })
     }
 
     /// Adds a sink under a stable name (its position in the log is saved under it).
@@ -84,10 +88,19 @@ impl Collector {
     ) -> Result<(), CollectorError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let statuses: Vec<_> = self.sinks.iter().map(|(s, _)| s.clone()).collect();
-        let settings = LoopSettings { drain_timeout: self.cfg.shutdown_timeout, ..LoopSettings::default() };
+        let settings = LoopSettings {
+            drain_timeout: self.cfg.shutdown_timeout,
+            ..LoopSettings::default()
+        };
         let mut runners = Vec::new();
         for (status, sink) in self.sinks {
-            runners.push(tokio::spawn(run_sink(sink, self.wal.clone(), status, stop_rx.clone(), settings.clone())));
+            runners.push(tokio::spawn(run_sink(
+                sink,
+                self.wal.clone(),
+                status,
+                stop_rx.clone(),
+                settings.clone(),
+            )));
         }
         let state = AppState::new(self.cfg.clone(), self.wal.clone(), statuses);
         let router = app(state.clone());
@@ -122,7 +135,11 @@ async fn log_progress(state: AppState) {
         tick.tick().await;
         let now = state.accepted_records();
         let r = state.readiness();
-        let lag: Vec<String> = r.sinks.iter().map(|s| format!("{}={:.1}s", s.name, s.lag_seconds)).collect();
+        let lag: Vec<String> = r
+            .sinks
+            .iter()
+            .map(|s| format!("{}={:.1}s", s.name, s.lag_seconds))
+            .collect();
         tracing::info!(
             accepted = now,
             per_second = (now - last) / 10,

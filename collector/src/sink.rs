@@ -65,7 +65,10 @@ pub struct SinkReport {
 
 impl SinkStatus {
     pub fn new(name: &str) -> SinkStatus {
-        SinkStatus { name: name.to_owned(), ..SinkStatus::default() }
+        SinkStatus {
+            name: name.to_owned(),
+            ..SinkStatus::default()
+        }
     }
 
     pub fn report(&self, committed: Seq, now_ms: u64) -> SinkReport {
@@ -75,7 +78,11 @@ impl SinkStatus {
             name: self.name.clone(),
             delivered,
             lag_entries: committed.saturating_sub(delivered),
-            lag_seconds: if oldest == 0 { 0.0 } else { now_ms.saturating_sub(oldest) as f64 / 1000.0 },
+            lag_seconds: if oldest == 0 {
+                0.0
+            } else {
+                now_ms.saturating_sub(oldest) as f64 / 1000.0
+            },
             degraded: self.degraded.load(Ordering::Relaxed),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
@@ -133,7 +140,9 @@ pub async fn run_sink(
 ) {
     let name = status.name.clone();
     let mut reader: Option<WalReader> = Some(wal.reader(&name));
-    let mut saved = reader.as_ref().map_or(0, |r| r.position().saturating_sub(1));
+    let mut saved = reader
+        .as_ref()
+        .map_or(0, |r| r.position().saturating_sub(1));
     status.delivered.store(saved, Ordering::Relaxed);
     let mut last_save = Instant::now();
     let mut last_tick = Instant::now();
@@ -173,7 +182,8 @@ pub async fn run_sink(
                 Ok(entries) => {
                     for e in &entries {
                         pending.push_back((e.seq, e.appended_ms));
-                        ok = retry(&name, &status, drain_deadline, sink.as_mut(), Op::Write(e)).await;
+                        ok = retry(&name, &status, drain_deadline, sink.as_mut(), Op::Write(e))
+                            .await;
                         if !ok {
                             break;
                         }
@@ -196,7 +206,9 @@ pub async fn run_sink(
         while pending.front().is_some_and(|(s, _)| *s <= delivered) {
             pending.pop_front();
         }
-        status.oldest_pending_ms.store(pending.front().map_or(0, |p| p.1), Ordering::Relaxed);
+        status
+            .oldest_pending_ms
+            .store(pending.front().map_or(0, |p| p.1), Ordering::Relaxed);
         if delivered > saved && last_save.elapsed() >= settings.cursor_interval {
             save_cursor(&wal, &name, delivered, &status, &mut saved);
             last_save = Instant::now();
@@ -216,7 +228,8 @@ pub async fn run_sink(
         sink.as_mut(),
         Op::Flush,
     )
-    .await {
+    .await
+    {
         tracing::info!(sink = %name, delivered = sink.delivered(), "sink flushed");
     }
     save_cursor(&wal, &name, sink.delivered(), &status, &mut saved);
@@ -269,7 +282,8 @@ async fn retry(
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(30));
                 tracing::warn!(sink = %name, error = %e, retry_in_ms = delay.as_millis() as u64, "sink delivery failed");
-                metrics::counter!("edgelog_sink_errors_total", "sink" => name.to_owned()).increment(1);
+                metrics::counter!("edgelog_sink_errors_total", "sink" => name.to_owned())
+                    .increment(1);
                 status.set_error(Some(&e));
                 if deadline.is_some_and(|d| Instant::now() + delay > d) {
                     return false;

@@ -43,7 +43,11 @@ pub struct WalConfig {
 
 impl Default for WalConfig {
     fn default() -> Self {
-        WalConfig { segment_bytes: 64 << 20, max_bytes: 4 << 30, fsync: true }
+        WalConfig {
+            segment_bytes: 64 << 20,
+            max_bytes: 4 << 30,
+            fsync: true,
+        }
     }
 }
 
@@ -69,17 +73,26 @@ pub enum WalError {
     #[error("write-ahead log i/o on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("corrupt write-ahead log entry in {path} at offset {offset}: {reason}")]
-    Corrupt { path: PathBuf, offset: u64, reason: String },
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     #[error("cannot encode records for the write-ahead log: {0}")]
     Encode(postcard::Error),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
-    move |source| WalError::Io { path: path.to_owned(), source }
+    move |source| WalError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One entry as a reader sees it.
@@ -124,7 +137,9 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; keep going.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -191,7 +206,11 @@ fn scan_segment(path: &Path, first_seq: Seq) -> Result<Scan, WalError> {
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; 8];
     if len < 8 || r.read_exact(&mut magic).is_err() || &magic != MAGIC {
-        return Ok(Scan { last_seq: None, valid_len: 0, problem: Some("bad or missing segment header".into()) });
+        return Ok(Scan {
+            last_seq: None,
+            valid_len: 0,
+            problem: Some("bad or missing segment header".into()),
+        });
     }
     let mut offset = 8u64;
     let mut last = None;
@@ -199,7 +218,11 @@ fn scan_segment(path: &Path, first_seq: Seq) -> Result<Scan, WalError> {
     let mut payload = Vec::new();
     loop {
         if offset == len {
-            return Ok(Scan { last_seq: last, valid_len: offset, problem: None });
+            return Ok(Scan {
+                last_seq: last,
+                valid_len: offset,
+                problem: None,
+            });
         }
         let mut h = [0u8; HEADER];
         let problem = match r.read_exact(&mut h) {
@@ -228,7 +251,11 @@ fn scan_segment(path: &Path, first_seq: Seq) -> Result<Scan, WalError> {
             }
         };
         if let Some(p) = problem {
-            return Ok(Scan { last_seq: last, valid_len: offset, problem: Some(p) });
+            return Ok(Scan {
+                last_seq: last,
+                valid_len: offset,
+                problem: Some(p),
+            });
         }
     }
 }
@@ -281,7 +308,10 @@ impl Wal {
                     last_segment = i + 1 == firsts.len(), %problem,
                     "cutting write-ahead log after the last good entry"
                 );
-                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
                 f.set_len(scan.valid_len).map_err(io_err(&path))?;
                 f.sync_all().map_err(io_err(&path))?;
             }
@@ -292,18 +322,36 @@ impl Wal {
             if let Some(l) = scan.last_seq {
                 last_seq = l;
             }
-            segments.push(Segment { first_seq: first, path, bytes: scan.valid_len });
+            segments.push(Segment {
+                first_seq: first,
+                path,
+                bytes: scan.valid_len,
+            });
         }
-        let next = last_seq.max(max_cursor).max(segments.last().map_or(0, |s| s.first_seq.saturating_sub(1))) + 1;
+        let next = last_seq
+            .max(max_cursor)
+            .max(segments.last().map_or(0, |s| s.first_seq.saturating_sub(1)))
+            + 1;
         // Append to the last segment if it is not full, else start a new one.
         let active = match segments.last() {
             Some(s) if s.bytes < cfg.segment_bytes => {
-                let f = OpenOptions::new().append(true).open(&s.path).map_err(io_err(&s.path))?;
-                ActiveSegment { first_seq: s.first_seq, file: BufWriter::with_capacity(1 << 20, f), bytes: s.bytes }
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(&s.path)
+                    .map_err(io_err(&s.path))?;
+                ActiveSegment {
+                    first_seq: s.first_seq,
+                    file: BufWriter::with_capacity(1 << 20, f),
+                    bytes: s.bytes,
+                }
             }
             _ => {
                 let seg = ActiveSegment::create(dir, next)?;
-                segments.push(Segment { first_seq: next, path: segment_path(dir, next), bytes: seg.bytes });
+                segments.push(Segment {
+                    first_seq: next,
+                    path: segment_path(dir, next),
+                    bytes: seg.bytes,
+                });
                 seg
             }
         };
@@ -331,7 +379,11 @@ impl Wal {
             .spawn(move || writer_loop(rx, active, next, writer_shared))
             .map_err(io_err(dir))?;
         tracing::info!(dir = %dir.display(), next_seq = next, "write-ahead log open");
-        Ok(Wal { shared, tx, writer: Arc::new(Mutex::new(Some(writer))) })
+        Ok(Wal {
+            shared,
+            tx,
+            writer: Arc::new(Mutex::new(Some(writer))),
+        })
     }
 
     /// Appends the records as one entry; returns once they are durable.
@@ -343,7 +395,11 @@ impl Wal {
         let payload = postcard::to_allocvec(&*records).map_err(WalError::Encode)?;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(WriterMsg::Append(Append { records, payload, reply }))
+            .send(WriterMsg::Append(Append {
+                records,
+                payload,
+                reply,
+            }))
             .await
             .map_err(|_| WalError::Closed)?;
         rx.await.map_err(|_| WalError::Closed)?
@@ -415,7 +471,11 @@ impl Wal {
     pub async fn close(&self) {
         // Other clones may still hold senders, so say it rather than drop ours.
         let _ = self.tx.send(WriterMsg::Close).await;
-        let handle = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
@@ -431,18 +491,32 @@ struct ActiveSegment {
 impl ActiveSegment {
     fn create(dir: &Path, first_seq: Seq) -> Result<ActiveSegment, WalError> {
         let path = segment_path(dir, first_seq);
-        let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(io_err(&path))?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         f.write_all(MAGIC).map_err(io_err(&path))?;
         f.sync_all().map_err(io_err(&path))?;
         sync_dir(dir).map_err(io_err(dir))?;
-        Ok(ActiveSegment { first_seq, file: BufWriter::with_capacity(1 << 20, f), bytes: MAGIC.len() as u64 })
+        Ok(ActiveSegment {
+            first_seq,
+            file: BufWriter::with_capacity(1 << 20, f),
+            bytes: MAGIC.len() as u64,
+        })
     }
 }
 
 /// Bytes gathered into one group commit at most.
 const GROUP_BYTES: usize = 16 << 20;
 
-fn writer_loop(mut rx: mpsc::Receiver<WriterMsg>, mut seg: ActiveSegment, mut next: Seq, shared: Arc<Shared>) {
+fn writer_loop(
+    mut rx: mpsc::Receiver<WriterMsg>,
+    mut seg: ActiveSegment,
+    mut next: Seq,
+    shared: Arc<Shared>,
+) {
     let dir = shared.dir.clone();
     while let Some(first) = rx.blocking_recv() {
         let mut closing = false;
@@ -468,10 +542,16 @@ fn writer_loop(mut rx: mpsc::Receiver<WriterMsg>, mut seg: ActiveSegment, mut ne
                     Ok(new) => {
                         let mut st = shared.lock();
                         st.total_bytes += new.bytes;
-                        st.segments.push(Segment { first_seq: next, path: segment_path(&dir, next), bytes: new.bytes });
+                        st.segments.push(Segment {
+                            first_seq: next,
+                            path: segment_path(&dir, next),
+                            bytes: new.bytes,
+                        });
                         seg = new;
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot start a new write-ahead log segment; staying on the current one"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a new write-ahead log segment; staying on the current one")
+                    }
                 }
             }
         }
@@ -524,7 +604,11 @@ fn write_group(seg: &mut ActiveSegment, next: &mut Seq, batch: Vec<Append>, shar
                 }
                 for (i, a) in batch.iter().enumerate() {
                     st.cache.push_back(CachedEntry {
-                        entry: Entry { seq: start_seq + i as u64, appended_ms, records: a.records.clone() },
+                        entry: Entry {
+                            seq: start_seq + i as u64,
+                            appended_ms,
+                            records: a.records.clone(),
+                        },
                         segment_first: seg.first_seq,
                         end_offset: ends[i],
                     });
@@ -545,7 +629,10 @@ fn write_group(seg: &mut ActiveSegment, next: &mut Seq, batch: Vec<Append>, shar
             let _ = seg.file.get_mut().seek(SeekFrom::Start(start_bytes));
             let kind = e.kind();
             for a in batch {
-                let _ = a.reply.send(Err(WalError::Io { path: path.clone(), source: io::Error::new(kind, e.to_string()) }));
+                let _ = a.reply.send(Err(WalError::Io {
+                    path: path.clone(),
+                    source: io::Error::new(kind, e.to_string()),
+                }));
             }
         }
     }
@@ -597,25 +684,27 @@ impl WalReader {
         let committed = *self.committed.borrow();
         let mut out = Vec::new();
         while self.next <= committed && out.len() < max {
-            if let Some(e) = self.from_cache() {
+            if let Some(e) = self.next_cached() {
                 out.push(e);
                 continue;
             }
-            out.push(self.from_disk()?);
+            out.push(self.next_from_disk()?);
         }
         Ok(out)
     }
 
-    fn from_cache(&mut self) -> Option<Entry> {
+    fn next_cached(&mut self) -> Option<Entry> {
         let st = self.shared.lock();
         let front = st.cache.front()?.entry.seq;
-        let c = st.cache.get(usize::try_from(self.next.checked_sub(front)?).ok()?)?;
+        let c = st
+            .cache
+            .get(usize::try_from(self.next.checked_sub(front)?).ok()?)?;
         self.hint = Some((c.segment_first, c.end_offset));
         self.next += 1;
         Some(c.entry.clone())
     }
 
-    fn from_disk(&mut self) -> Result<Entry, WalError> {
+    fn next_from_disk(&mut self) -> Result<Entry, WalError> {
         let want = self.next;
         let seg_first = {
             let st = self.shared.lock();
@@ -624,7 +713,11 @@ impl WalReader {
                 // Deleted under us: only possible for a reader nobody waits for.
                 self.next = oldest;
             }
-            st.segments.iter().rev().find(|s| s.first_seq <= self.next).map_or(oldest, |s| s.first_seq)
+            st.segments
+                .iter()
+                .rev()
+                .find(|s| s.first_seq <= self.next)
+                .map_or(oldest, |s| s.first_seq)
         };
         let want = self.next;
         let dir = self.shared.dir.clone();
@@ -636,7 +729,11 @@ impl WalReader {
                 _ => 8,
             };
             f.seek(SeekFrom::Start(offset)).map_err(io_err(&path))?;
-            self.open = Some(OpenSegment { first_seq: seg_first, reader: BufReader::with_capacity(1 << 20, f), offset });
+            self.open = Some(OpenSegment {
+                first_seq: seg_first,
+                reader: BufReader::with_capacity(1 << 20, f),
+                offset,
+            });
         } else if let (Some(o), Some((s, off))) = (self.open.as_mut(), self.hint)
             && s == seg_first
             && o.offset != off
@@ -647,7 +744,11 @@ impl WalReader {
         }
         self.hint = None;
         let path = segment_path(&dir, seg_first);
-        let corrupt = |offset: u64, reason: String| WalError::Corrupt { path: path.clone(), offset, reason };
+        let corrupt = |offset: u64, reason: String| WalError::Corrupt {
+            path: path.clone(),
+            offset,
+            reason,
+        };
         loop {
             let o = self.open.as_mut().ok_or(WalError::Closed)?;
             let mut h = [0u8; HEADER];
@@ -659,10 +760,13 @@ impl WalReader {
                     self.hint = None;
                     let next_first = {
                         let st = self.shared.lock();
-                        st.segments.iter().find(|s| s.first_seq > seg_first).map(|s| s.first_seq)
+                        st.segments
+                            .iter()
+                            .find(|s| s.first_seq > seg_first)
+                            .map(|s| s.first_seq)
                     };
                     return match next_first {
-                        Some(f) if f <= want => self.from_disk(),
+                        Some(f) if f <= want => self.next_from_disk(),
                         _ => Err(missing),
                     };
                 }
@@ -687,12 +791,19 @@ impl WalReader {
                 return Err(corrupt(at, "checksum mismatch".into()));
             }
             if seq != want {
-                return Err(corrupt(at, format!("sequence {seq} where {want} was expected")));
+                return Err(corrupt(
+                    at,
+                    format!("sequence {seq} where {want} was expected"),
+                ));
             }
-            let records: Vec<Record> =
-                postcard::from_bytes(&payload).map_err(|e| corrupt(at, format!("undecodable entry: {e}")))?;
+            let records: Vec<Record> = postcard::from_bytes(&payload)
+                .map_err(|e| corrupt(at, format!("undecodable entry: {e}")))?;
             self.next += 1;
-            return Ok(Entry { seq, appended_ms, records: Arc::new(records) });
+            return Ok(Entry {
+                seq,
+                appended_ms,
+                records: Arc::new(records),
+            });
         }
     }
 }

@@ -39,16 +39,27 @@ fn ndjson(n: u64) -> String {
     (0..n).map(|i| line(i) + "\n").collect()
 }
 
-async fn post(router: &axum::Router, uri: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
+async fn post(
+    router: &axum::Router,
+    uri: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
     let mut req = Request::post(uri);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = router.clone().oneshot(req.body(Body::from(body)).expect("request")).await.expect("response");
+    let resp = router
+        .clone()
+        .oneshot(req.body(Body::from(body)).expect("request"))
+        .await
+        .expect("response");
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+        String::from_utf8_lossy(&bytes).into(),
+    ));
     (status, json, headers)
 }
 
@@ -70,9 +81,24 @@ async fn tokens_are_required_and_checked() {
     let (_d, _wal, router) = setup(config());
     let (s, body, h) = post(&router, "/v1/records", ndjson(1).into_bytes(), &[]).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert!(body["error"].as_str().unwrap_or("").contains("missing bearer token"), "{body}");
-    assert_eq!(h.get(header::WWW_AUTHENTICATE).map(|v| v.as_bytes()), Some(&b"Bearer"[..]));
-    let (s, body, _) = post(&router, "/v1/records", ndjson(1).into_bytes(), &[("authorization", "Bearer wrong-token-0123456789")]).await;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("missing bearer token"),
+        "{body}"
+    );
+    assert_eq!(
+        h.get(header::WWW_AUTHENTICATE).map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
+    let (s, body, _) = post(
+        &router,
+        "/v1/records",
+        ndjson(1).into_bytes(),
+        &[("authorization", "Bearer wrong-token-0123456789")],
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"], "invalid bearer token");
     let (s, body, _) = post(&router, "/v1/records", ndjson(1).into_bytes(), &[AUTH]).await;
@@ -86,15 +112,29 @@ async fn three_bad_lines_among_a_thousand_are_named_and_the_rest_kept() {
     lines[99] = r#"{"timestamp(ms)":1700000000000,"DistributionId":"E1","sc-bytes":"lots"}"#.into();
     lines[499] = "this is not json".into();
     lines[899] = r#"{"DistributionId":"E1","sc-status":200}"#.into();
-    let (s, body, _) = post(&router, "/v1/records", lines.join("\n").into_bytes(), &[AUTH]).await;
+    let (s, body, _) = post(
+        &router,
+        "/v1/records",
+        lines.join("\n").into_bytes(),
+        &[AUTH],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let resp: IngestResponse = serde_json::from_value(body).expect("answer shape");
     assert_eq!(resp.accepted, 997);
     assert_eq!(resp.rejected_total, 3);
     let lines: Vec<u64> = resp.rejected.iter().map(|r| r.line).collect();
     assert_eq!(lines, [100, 500, 900]);
-    assert!(resp.rejected[0].reason.contains("field `sc-bytes`"), "{:?}", resp.rejected[0]);
-    assert!(resp.rejected[2].reason.contains("missing timestamp"), "{:?}", resp.rejected[2]);
+    assert!(
+        resp.rejected[0].reason.contains("field `sc-bytes`"),
+        "{:?}",
+        resp.rejected[0]
+    );
+    assert!(
+        resp.rejected[2].reason.contains("missing timestamp"),
+        "{:?}",
+        resp.rejected[2]
+    );
     let stored = records_in(&wal).await;
     assert_eq!(stored.len(), 997);
     assert!(stored.iter().all(|r| r.request_id() != "req-99"));
@@ -108,14 +148,52 @@ async fn gzip_and_zstd_bodies_are_accepted() {
     gz.write_all(plain.as_bytes()).expect("gzip");
     let gz = gz.finish().expect("gzip");
     let zs = zstd::encode_all(plain.as_bytes(), 3).expect("zstd");
-    let (s, body, _) = post(&router, "/v1/records", gz, &[AUTH, ("content-encoding", "gzip")]).await;
-    assert_eq!((s, body["accepted"].as_u64()), (StatusCode::OK, Some(500)), "{body}");
-    let (s, body, _) = post(&router, "/v1/records", zs, &[AUTH, ("content-encoding", "zstd")]).await;
-    assert_eq!((s, body["accepted"].as_u64()), (StatusCode::OK, Some(500)), "{body}");
-    let (s, body, _) = post(&router, "/v1/records", b"garbage".to_vec(), &[AUTH, ("content-encoding", "gzip")]).await;
+    let (s, body, _) = post(
+        &router,
+        "/v1/records",
+        gz,
+        &[AUTH, ("content-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(
+        (s, body["accepted"].as_u64()),
+        (StatusCode::OK, Some(500)),
+        "{body}"
+    );
+    let (s, body, _) = post(
+        &router,
+        "/v1/records",
+        zs,
+        &[AUTH, ("content-encoding", "zstd")],
+    )
+    .await;
+    assert_eq!(
+        (s, body["accepted"].as_u64()),
+        (StatusCode::OK, Some(500)),
+        "{body}"
+    );
+    let (s, body, _) = post(
+        &router,
+        "/v1/records",
+        b"garbage".to_vec(),
+        &[AUTH, ("content-encoding", "gzip")],
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(body["error"].as_str().unwrap_or("").contains("cannot decompress gzip body"), "{body}");
-    let (s, _, _) = post(&router, "/v1/records", b"{}".to_vec(), &[AUTH, ("content-encoding", "br")]).await;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot decompress gzip body"),
+        "{body}"
+    );
+    let (s, _, _) = post(
+        &router,
+        "/v1/records",
+        b"{}".to_vec(),
+        &[AUTH, ("content-encoding", "br")],
+    )
+    .await;
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(records_in(&wal).await.len(), 1000);
 }
@@ -126,7 +204,13 @@ async fn oversize_bodies_and_compression_bombs_get_413() {
     let big = vec![b' '; (1 << 20) + 1];
     let (s, body, _) = post(&router, "/v1/records", big, &[AUTH]).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(body["error"].as_str().unwrap_or("").contains("exceeds 1048576 bytes"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exceeds 1048576 bytes"),
+        "{body}"
+    );
 
     // 1 GiB of zeros: about 1 MiB gzip'd, 32 KiB zstd'd; both must stop at the 8 MiB bound.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -136,51 +220,117 @@ async fn oversize_bodies_and_compression_bombs_get_413() {
     }
     let gz = gz.finish().expect("gzip");
     assert!(gz.len() < 1 << 20, "bomb is {} bytes", gz.len());
-    let (s, body, _) = post(&router, "/v1/records", gz, &[AUTH, ("content-encoding", "gzip")]).await;
+    let (s, body, _) = post(
+        &router,
+        "/v1/records",
+        gz,
+        &[AUTH, ("content-encoding", "gzip")],
+    )
+    .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
-    assert!(body["error"].as_str().unwrap_or("").contains("decompressed body exceeds"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("decompressed body exceeds"),
+        "{body}"
+    );
 
     let mut zs = zstd::stream::write::Encoder::new(Vec::new(), 19).expect("zstd");
     for _ in 0..1000 {
         zs.write_all(&chunk).expect("zstd");
     }
     let zs = zs.finish().expect("zstd");
-    let (s, body, _) = post(&router, "/v1/records", zs, &[AUTH, ("content-encoding", "zstd")]).await;
+    let (s, body, _) = post(
+        &router,
+        "/v1/records",
+        zs,
+        &[AUTH, ("content-encoding", "zstd")],
+    )
+    .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
 }
 
 #[tokio::test]
 async fn w3c_bodies_take_the_distribution_from_the_query() {
     let (_d, wal, router) = setup(config());
-    let body = include_bytes!("../../record/testdata/EMLARXS9EXAMPLE.2019-12-04-21.RT4KCN4SGK9.log").to_vec();
+    let body =
+        include_bytes!("../../record/testdata/EMLARXS9EXAMPLE.2019-12-04-21.RT4KCN4SGK9.log")
+            .to_vec();
     let (s, resp, _) = post(&router, "/v1/records", body.clone(), &[AUTH]).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(resp["rejected"][0]["reason"].as_str().unwrap_or("").contains("missing distribution id"), "{resp}");
-    let (s, resp, _) = post(&router, "/v1/records?distribution=EMLARXS9EXAMPLE", body, &[AUTH]).await;
-    assert_eq!((s, resp["accepted"].as_u64()), (StatusCode::OK, Some(6)), "{resp}");
+    assert!(
+        resp["rejected"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("missing distribution id"),
+        "{resp}"
+    );
+    let (s, resp, _) = post(
+        &router,
+        "/v1/records?distribution=EMLARXS9EXAMPLE",
+        body,
+        &[AUTH],
+    )
+    .await;
+    assert_eq!(
+        (s, resp["accepted"].as_u64()),
+        (StatusCode::OK, Some(6)),
+        "{resp}"
+    );
     let stored = records_in(&wal).await;
-    assert!(stored.iter().all(|r| r.distribution_id == "EMLARXS9EXAMPLE"));
-    let (s, resp, _) = post(&router, "/v1/records?distribution=../../x", b"{}".to_vec(), &[AUTH]).await;
+    assert!(
+        stored
+            .iter()
+            .all(|r| r.distribution_id == "EMLARXS9EXAMPLE")
+    );
+    let (s, resp, _) = post(
+        &router,
+        "/v1/records?distribution=../../x",
+        b"{}".to_vec(),
+        &[AUTH],
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(resp["error"].as_str().unwrap_or("").contains("query parameter distribution"), "{resp}");
+    assert!(
+        resp["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("query parameter distribution"),
+        "{resp}"
+    );
 }
 
 #[tokio::test]
 async fn a_full_log_answers_503_with_retry_after() {
-    let cfg = CollectorConfig { wal: WalConfig { segment_bytes: 4096, max_bytes: 8192, fsync: false }, ..config() };
+    let cfg = CollectorConfig {
+        wal: WalConfig {
+            segment_bytes: 4096,
+            max_bytes: 8192,
+            fsync: false,
+        },
+        ..config()
+    };
     let (_d, _wal, router) = setup(cfg);
     let mut full = false;
     for _ in 0..50 {
         let (s, _, h) = post(&router, "/v1/records", ndjson(20).into_bytes(), &[AUTH]).await;
         if s == StatusCode::SERVICE_UNAVAILABLE {
-            assert_eq!(h.get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
+            assert_eq!(
+                h.get(header::RETRY_AFTER).map(|v| v.as_bytes()),
+                Some(&b"1"[..])
+            );
             full = true;
             break;
         }
         assert_eq!(s, StatusCode::OK);
     }
     assert!(full, "the log never filled");
-    let resp = router.clone().oneshot(Request::get("/readyz").body(Body::empty()).expect("req")).await.expect("resp");
+    let resp = router
+        .clone()
+        .oneshot(Request::get("/readyz").body(Body::empty()).expect("req"))
+        .await
+        .expect("resp");
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -188,10 +338,26 @@ async fn a_full_log_answers_503_with_retry_after() {
 async fn health_readiness_and_metrics_answer() {
     let (_d, _wal, router) = setup(config());
     let _ = post(&router, "/v1/records", ndjson(3).into_bytes(), &[AUTH]).await;
-    for (path, want) in [("/healthz", "ok"), ("/readyz", "\"status\":\"ready\""), ("/metrics", "edgelog_wal_bytes")] {
-        let resp = router.clone().oneshot(Request::get(path).body(Body::empty()).expect("req")).await.expect("resp");
+    for (path, want) in [
+        ("/healthz", "ok"),
+        ("/readyz", "\"status\":\"ready\""),
+        ("/metrics", "edgelog_wal_bytes"),
+    ] {
+        let resp = router
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).expect("req"))
+            .await
+            .expect("resp");
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        let text = String::from_utf8(resp.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf8");
+        let text = String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes()
+                .to_vec(),
+        )
+        .expect("utf8");
         assert!(text.contains(want), "{path}: {text}");
     }
 }
@@ -201,7 +367,9 @@ async fn a_real_socket_serves_and_shuts_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let collector = edgelog_collector::Collector::open(config(), dir.path()).expect("open");
     let wal = collector.wal().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(collector.serve(listener, async move {
@@ -213,9 +381,13 @@ async fn a_real_socket_serves_and_shuts_down() {
         "POST /v1/records HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    tokio::io::AsyncWriteExt::write_all(&mut stream, req.as_bytes()).await.expect("write");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, req.as_bytes())
+        .await
+        .expect("write");
     let mut answer = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await.expect("read");
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer)
+        .await
+        .expect("read");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"accepted\":2"), "{answer}");
     let _ = tx.send(());

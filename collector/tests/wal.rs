@@ -21,7 +21,11 @@ fn records(n: usize, tag: &str) -> Arc<Vec<Record>> {
 }
 
 fn small() -> WalConfig {
-    WalConfig { segment_bytes: 4096, max_bytes: 1 << 30, fsync: true }
+    WalConfig {
+        segment_bytes: 4096,
+        max_bytes: 1 << 30,
+        fsync: true,
+    }
 }
 
 fn read_all(wal: &Wal, sink: &str) -> Vec<(u64, String)> {
@@ -43,7 +47,9 @@ async fn a_torn_tail_is_cut_and_everything_before_it_kept() {
     {
         let wal = Wal::open(dir.path(), WalConfig::default()).expect("open");
         for i in 0..10 {
-            wal.append(records(5, &format!("b{i}"))).await.expect("append");
+            wal.append(records(5, &format!("b{i}")))
+                .await
+                .expect("append");
         }
         wal.close().await;
     }
@@ -55,7 +61,12 @@ async fn a_torn_tail_is_cut_and_everything_before_it_kept() {
         .expect("segment")
         .path();
     let len = std::fs::metadata(&seg).expect("stat").len();
-    OpenOptions::new().append(true).open(&seg).expect("open").write_all(&[7u8; 13]).expect("write");
+    OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .expect("open")
+        .write_all(&[7u8; 13])
+        .expect("write");
 
     let wal = Wal::open(dir.path(), WalConfig::default()).expect("reopen");
     assert_eq!(wal.committed(), 10);
@@ -74,7 +85,9 @@ async fn a_corrupt_entry_is_cut_with_what_follows() {
     {
         let wal = Wal::open(dir.path(), WalConfig::default()).expect("open");
         for i in 0..4 {
-            wal.append(records(3, &format!("c{i}"))).await.expect("append");
+            wal.append(records(3, &format!("c{i}")))
+                .await
+                .expect("append");
         }
         wal.close().await;
     }
@@ -96,7 +109,9 @@ async fn segments_go_only_when_every_sink_is_past_them() {
     let mut a = wal.reader("a");
     let _b = wal.reader("b");
     for i in 0..40 {
-        wal.append(records(10, &format!("d{i}"))).await.expect("append");
+        wal.append(records(10, &format!("d{i}")))
+            .await
+            .expect("append");
     }
     let segments = wal.stats().segments;
     assert!(segments > 3, "only {segments} segments");
@@ -107,7 +122,11 @@ async fn segments_go_only_when_every_sink_is_past_them() {
         }
     }
     wal.commit_cursor("a", last).expect("cursor");
-    assert_eq!(wal.stats().segments, segments, "b has delivered nothing yet");
+    assert_eq!(
+        wal.stats().segments,
+        segments,
+        "b has delivered nothing yet"
+    );
     wal.commit_cursor("b", 20).expect("cursor");
     let after = wal.stats().segments;
     assert!(after < segments && after > 1, "{after} of {segments}");
@@ -118,7 +137,10 @@ async fn segments_go_only_when_every_sink_is_past_them() {
     // A restart resumes each sink after its saved cursor, and the sequence goes on.
     let wal = Wal::open(dir.path(), small()).expect("reopen");
     assert!(wal.reader("a").caught_up());
-    assert_eq!(wal.append(records(1, "new")).await.expect("append"), last + 1);
+    assert_eq!(
+        wal.append(records(1, "new")).await.expect("append"),
+        last + 1
+    );
     assert_eq!(read_all(&wal, "b"), vec![(last + 1, "new-0".to_owned())]);
     wal.close().await;
 }
@@ -129,7 +151,9 @@ async fn readers_cross_segments_from_disk_after_a_restart() {
     {
         let wal = Wal::open(dir.path(), small()).expect("open");
         for i in 0..200 {
-            wal.append(records(2, &format!("e{i}"))).await.expect("append");
+            wal.append(records(2, &format!("e{i}")))
+                .await
+                .expect("append");
         }
         wal.close().await;
     }

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
-use axum::Router;
 use edgelog_record::{MinuteAggregate, MinuteUpdate};
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +25,10 @@ pub struct DashboardConfig {
 
 impl Default for DashboardConfig {
     fn default() -> Self {
-        DashboardConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8081)), history_minutes: 24 * 60 }
+        DashboardConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            history_minutes: 24 * 60,
+        }
     }
 }
 
@@ -74,12 +77,17 @@ impl MinutePoint {
 
 impl MetricsStore {
     pub fn new(history_minutes: usize) -> MetricsStore {
-        MetricsStore { series: RwLock::default(), history_minutes }
+        MetricsStore {
+            series: RwLock::default(),
+            history_minutes,
+        }
     }
 
     /// Adds one collector's partial aggregate.
     pub fn merge(&self, u: &MinuteUpdate) {
-        let Ok(mut s) = self.series.write() else { return };
+        let Ok(mut s) = self.series.write() else {
+            return;
+        };
         let dist = s.entry(u.distribution_id.clone()).or_default();
         dist.entry(u.minute_ms).or_default().merge(&u.aggregate);
         while dist.len() > self.history_minutes {
@@ -89,13 +97,21 @@ impl MetricsStore {
 
     /// Distribution ids seen.
     pub fn distributions(&self) -> Vec<String> {
-        self.series.read().map(|s| s.keys().cloned().collect()).unwrap_or_default()
+        self.series
+            .read()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The series of one distribution, oldest first.
     pub fn series(&self, distribution: &str) -> Option<Vec<MinutePoint>> {
         let s = self.series.read().ok()?;
-        Some(s.get(distribution)?.iter().map(|(m, a)| MinutePoint::of(*m, a)).collect())
+        Some(
+            s.get(distribution)?
+                .iter()
+                .map(|(m, a)| MinutePoint::of(*m, a))
+                .collect(),
+        )
     }
 }
 
@@ -106,7 +122,11 @@ async fn list(State(store): State<Arc<MetricsStore>>) -> Json<Vec<String>> {
 async fn series(State(store): State<Arc<MetricsStore>>, Path(id): Path<String>) -> Response {
     match store.series(&id) {
         Some(points) => Json(points).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("unknown distribution {id:?}") }))).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("unknown distribution {id:?}") })),
+        )
+            .into_response(),
     }
 }
 

@@ -10,8 +10,18 @@ const LOCATIONS: &[&str] = &[
     "CDG52-P3", "AMS1-C1", "NRT57-P2", "SIN2-C1", "SYD1-C2", "GRU3-C1", "BOM78-P4", "JFK50-C2",
 ];
 const COUNTRIES: &[(&str, u32)] = &[
-    ("US", 7922), ("US", 16509), ("DE", 3320), ("GB", 2856), ("FR", 3215), ("JP", 2516),
-    ("SG", 4657), ("AU", 1221), ("BR", 28573), ("IN", 55836), ("NL", 1136), ("CA", 812),
+    ("US", 7922),
+    ("US", 16509),
+    ("DE", 3320),
+    ("GB", 2856),
+    ("FR", 3215),
+    ("JP", 2516),
+    ("SG", 4657),
+    ("AU", 1221),
+    ("BR", 28573),
+    ("IN", 55836),
+    ("NL", 1136),
+    ("CA", 812),
 ];
 const USER_AGENTS: &[&str] = &[
     "Mozilla/5.0%20(Windows%20NT%2010.0;%20Win64;%20x64)%20AppleWebKit/537.36%20(KHTML,%20like%20Gecko)%20Chrome/131.0.0.0%20Safari/537.36",
@@ -42,12 +52,72 @@ struct Object {
 }
 
 const OBJECTS: &[(u32, Object)] = &[
-    (10, Object { prefix: "/", suffix: "", content_type: "text/html", size: (2e3, 6e4), cache_pattern: "*", cacheable: true }),
-    (25, Object { prefix: "/assets/app.", suffix: ".js", content_type: "application/javascript", size: (2e4, 6e5), cache_pattern: "/assets/*", cacheable: true }),
-    (10, Object { prefix: "/assets/style.", suffix: ".css", content_type: "text/css", size: (5e3, 1e5), cache_pattern: "/assets/*", cacheable: true }),
-    (30, Object { prefix: "/img/", suffix: ".jpg", content_type: "image/jpeg", size: (1e4, 2e6), cache_pattern: "/img/*", cacheable: true }),
-    (15, Object { prefix: "/api/v1/items/", suffix: "", content_type: "application/json", size: (2e2, 8e3), cache_pattern: "/api/*", cacheable: false }),
-    (10, Object { prefix: "/video/seg-", suffix: ".ts", content_type: "video/MP2T", size: (3e5, 2.5e6), cache_pattern: "/video/*", cacheable: true }),
+    (
+        10,
+        Object {
+            prefix: "/",
+            suffix: "",
+            content_type: "text/html",
+            size: (2e3, 6e4),
+            cache_pattern: "*",
+            cacheable: true,
+        },
+    ),
+    (
+        25,
+        Object {
+            prefix: "/assets/app.",
+            suffix: ".js",
+            content_type: "application/javascript",
+            size: (2e4, 6e5),
+            cache_pattern: "/assets/*",
+            cacheable: true,
+        },
+    ),
+    (
+        10,
+        Object {
+            prefix: "/assets/style.",
+            suffix: ".css",
+            content_type: "text/css",
+            size: (5e3, 1e5),
+            cache_pattern: "/assets/*",
+            cacheable: true,
+        },
+    ),
+    (
+        30,
+        Object {
+            prefix: "/img/",
+            suffix: ".jpg",
+            content_type: "image/jpeg",
+            size: (1e4, 2e6),
+            cache_pattern: "/img/*",
+            cacheable: true,
+        },
+    ),
+    (
+        15,
+        Object {
+            prefix: "/api/v1/items/",
+            suffix: "",
+            content_type: "application/json",
+            size: (2e2, 8e3),
+            cache_pattern: "/api/*",
+            cacheable: false,
+        },
+    ),
+    (
+        10,
+        Object {
+            prefix: "/video/seg-",
+            suffix: ".ts",
+            content_type: "video/MP2T",
+            size: (3e5, 2.5e6),
+            cache_pattern: "/video/*",
+            cacheable: true,
+        },
+    ),
 ];
 
 /// Error injection: extra 4xx and 5xx shares while a burst is on.
@@ -74,9 +144,15 @@ impl Generator {
         let distributions = (0..distributions.max(1))
             .map(|i| {
                 let id: String = std::iter::once('E')
-                    .chain((0..13).map(|_| char::from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[rng.random_range(0..36)])))
+                    .chain((0..13).map(|_| {
+                        char::from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[rng.random_range(0..36)])
+                    }))
                     .collect();
-                let host: String = (0..13).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])).collect();
+                let host: String = (0..13)
+                    .map(|_| {
+                        char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])
+                    })
+                    .collect();
                 let _ = i;
                 (id, format!("d{host}.cloudfront.net"))
             })
@@ -91,7 +167,10 @@ impl Generator {
 
     /// The distribution ids, in the order records cycle through them.
     pub fn distribution_ids(&self) -> Vec<String> {
-        self.distributions.iter().map(|(id, _)| id.clone()).collect()
+        self.distributions
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
@@ -128,7 +207,13 @@ impl Generator {
         // Popularity is skewed: a few objects take most requests.
         let n = (self.rng.random::<f64>().powi(3) * 5000.0) as u32;
         let stem = match obj.suffix {
-            "" if obj.prefix == "/" => if n % 3 == 0 { "/".to_owned() } else { format!("/page/{n}") },
+            "" if obj.prefix == "/" => {
+                if n.is_multiple_of(3) {
+                    "/".to_owned()
+                } else {
+                    format!("/page/{n}")
+                }
+            }
             "" => format!("{}{n}", obj.prefix),
             s => format!("{}{n:x}{s}", obj.prefix),
         };
@@ -185,15 +270,28 @@ impl Generator {
             _ => self.rng.random_range(300..1200),
         };
         let headers = self.rng.random_range(250..650u64);
-        let (served_from_origin, base) = if result == "Hit" || result == "RefreshHit" { (false, 0.0005) } else { (true, 0.02) };
-        let ttfb = base + self.rng.random::<f64>().powi(2) * if served_from_origin { 0.8 } else { 0.01 };
+        let (served_from_origin, base) = if result == "Hit" || result == "RefreshHit" {
+            (false, 0.0005)
+        } else {
+            (true, 0.02)
+        };
+        let ttfb =
+            base + self.rng.random::<f64>().powi(2) * if served_from_origin { 0.8 } else { 0.01 };
         let transfer = body as f64 / 50e6 * (1.0 + self.rng.random::<f64>());
         let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
         let https = self.chance(96.0);
-        let (ssl_protocol, ssl_cipher) = if https { *self.pick(CIPHERS) } else { ("-", "-") };
+        let (ssl_protocol, ssl_cipher) = if https {
+            *self.pick(CIPHERS)
+        } else {
+            ("-", "-")
+        };
         let (country, asn) = *self.pick(COUNTRIES);
         let c_ip = if self.chance(15.0) {
-            format!("2001:db8:{:x}::{:x}", self.rng.random::<u16>(), self.rng.random::<u16>())
+            format!(
+                "2001:db8:{:x}::{:x}",
+                self.rng.random::<u16>(),
+                self.rng.random::<u16>()
+            )
         } else {
             let net = *self.pick(&["192.0.2", "198.51.100", "203.0.113"]);
             format!("{net}.{}", self.rng.random_range(1..255))
@@ -216,8 +314,12 @@ impl Generator {
             sc_status: Some(status),
             cs_referer: self.chance(40.0).then(|| format!("https://{host}/")),
             cs_user_agent: Some((*self.pick(USER_AGENTS)).to_owned()),
-            cs_uri_query: self.chance(25.0).then(|| format!("v={}&utm_source=mail", self.rng.random_range(1..40))),
-            cs_cookie: self.chance(10.0).then(|| format!("session={:016x}", self.rng.random::<u64>())),
+            cs_uri_query: self
+                .chance(25.0)
+                .then(|| format!("v={}&utm_source=mail", self.rng.random_range(1..40))),
+            cs_cookie: self
+                .chance(10.0)
+                .then(|| format!("session={:016x}", self.rng.random::<u64>())),
             x_edge_result_type: Some(result.to_owned()),
             x_edge_request_id: Some(self.request_id()),
             x_host_header: Some(host),
@@ -231,12 +333,14 @@ impl Generator {
             ssl_protocol: some(ssl_protocol),
             ssl_cipher: some(ssl_cipher),
             x_edge_response_result_type: Some(result.to_owned()),
-            cs_protocol_version: Some(match self.rng.random_range(0..10) {
-                0..=5 => "HTTP/2.0",
-                6..=8 => "HTTP/1.1",
-                _ => "HTTP/3.0",
-            }
-            .to_owned()),
+            cs_protocol_version: Some(
+                match self.rng.random_range(0..10) {
+                    0..=5 => "HTTP/2.0",
+                    6..=8 => "HTTP/1.1",
+                    _ => "HTTP/3.0",
+                }
+                .to_owned(),
+            ),
             fle_status: None,
             fle_encrypted_fields: None,
             c_port: Some(self.rng.random_range(1024..65535)),

@@ -77,7 +77,10 @@ impl Default for TrafficConfig {
             errors: ErrorMix::default(),
             burst_every: None,
             burst_length: Duration::from_secs(60),
-            burst: ErrorMix { pct_4xx: 0.0, pct_5xx: 20.0 },
+            burst: ErrorMix {
+                pct_4xx: 0.0,
+                pct_5xx: 20.0,
+            },
             pregenerate: None,
         }
     }

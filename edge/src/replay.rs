@@ -11,8 +11,13 @@ use crate::sender::{OutBody, Report, Target, compress, send_all};
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("no distribution id: name the file <ID>.YYYY-MM-DD-HH.<unique>.gz as CloudFront does, or give --distribution")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "no distribution id: name the file <ID>.YYYY-MM-DD-HH.<unique>.gz as CloudFront does, or give --distribution"
+    )]
     NoDistribution,
     #[error("{0}")]
     BadDistribution(String),
@@ -31,23 +36,41 @@ pub fn distribution_from_file_name(path: &Path) -> Option<String> {
 }
 
 /// Sends the file's lines in bodies of `batch` lines, each with the file's headers.
-pub async fn replay(path: &Path, distribution: Option<String>, batch: usize, target: Target) -> Result<Report, ReplayError> {
-    let read_err = |source| ReplayError::Read { path: path.display().to_string(), source };
+pub async fn replay(
+    path: &Path,
+    distribution: Option<String>,
+    batch: usize,
+    target: Target,
+) -> Result<Report, ReplayError> {
+    let read_err = |source| ReplayError::Read {
+        path: path.display().to_string(),
+        source,
+    };
     let raw = std::fs::read(path).map_err(read_err)?;
     let text = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut s = String::new();
-        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_string(&mut s).map_err(read_err)?;
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_string(&mut s)
+            .map_err(read_err)?;
         s
     } else {
-        String::from_utf8(raw).map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?
+        String::from_utf8(raw)
+            .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?
     };
-    let distribution = distribution.or_else(|| distribution_from_file_name(path)).ok_or(ReplayError::NoDistribution)?;
+    let distribution = distribution
+        .or_else(|| distribution_from_file_name(path))
+        .ok_or(ReplayError::NoDistribution)?;
     check_distribution_id(&distribution).map_err(ReplayError::BadDistribution)?;
     let headers: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
     if !headers.iter().any(|h| h.starts_with("#Fields:")) {
-        return Err(ReplayError::NoHeader { path: path.display().to_string() });
+        return Err(ReplayError::NoHeader {
+            path: path.display().to_string(),
+        });
     }
-    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
     let mut head = headers.join("\n");
     head.push('\n');
     let (tx, rx) = mpsc::channel(target.concurrency * 2);

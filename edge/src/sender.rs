@@ -76,7 +76,8 @@ impl Default for Report {
             raw_bytes: 0,
             wire_bytes: 0,
             elapsed: Duration::ZERO,
-            latency_us: Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid"),
+            latency_us: Histogram::new_with_bounds(1, 600_000_000, 3)
+                .expect("constant histogram bounds are valid"),
             sample_rejections: Vec::new(),
         }
     }
@@ -90,11 +91,26 @@ impl std::fmt::Display for Report {
         writeln!(f, "records acknowledged: {}", self.acked_records)?;
         writeln!(f, "records refused:      {}", self.rejected_records)?;
         writeln!(f, "records given up on:  {}", self.failed_records)?;
-        writeln!(f, "requests:             {} ({} retries)", self.requests, self.retries)?;
+        writeln!(
+            f,
+            "requests:             {} ({} retries)",
+            self.requests, self.retries
+        )?;
         writeln!(f, "elapsed:              {:.2} s", secs)?;
-        writeln!(f, "throughput:           {:.0} records/s, {:.1} MB/s uncompressed, {:.1} MB/s on the wire",
-            self.acked_records as f64 / secs, self.raw_bytes as f64 / secs / 1e6, self.wire_bytes as f64 / secs / 1e6)?;
-        write!(f, "ack latency:          p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", q(0.5), q(0.99), self.latency_us.max() as f64 / 1000.0)?;
+        writeln!(
+            f,
+            "throughput:           {:.0} records/s, {:.1} MB/s uncompressed, {:.1} MB/s on the wire",
+            self.acked_records as f64 / secs,
+            self.raw_bytes as f64 / secs / 1e6,
+            self.wire_bytes as f64 / secs / 1e6
+        )?;
+        write!(
+            f,
+            "ack latency:          p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            q(0.5),
+            q(0.99),
+            self.latency_us.max() as f64 / 1000.0
+        )?;
         for r in &self.sample_rejections {
             write!(f, "\nrefused: {r}")?;
         }
@@ -107,7 +123,10 @@ pub fn compress(raw: &[u8], c: Compression) -> Bytes {
     match c {
         Compression::None => Bytes::copy_from_slice(raw),
         Compression::Gzip => {
-            let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
+            let mut e = flate2::write::GzEncoder::new(
+                Vec::with_capacity(raw.len() / 4),
+                flate2::Compression::fast(),
+            );
             let _ = e.write_all(raw);
             Bytes::from(e.finish().unwrap_or_default())
         }
@@ -116,7 +135,9 @@ pub fn compress(raw: &[u8], c: Compression) -> Bytes {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Generates bodies per `cfg` into `tx`, pacing to the rate. Runs on a blocking thread.
@@ -129,7 +150,9 @@ pub(crate) fn produce(cfg: &TrafficConfig, compression: Compression, tx: &mpsc::
     let mut body_no: usize = 0;
     let mut pool: Vec<Arc<OutBody>> = Vec::new();
     loop {
-        if cfg.total.is_some_and(|t| made >= t) || cfg.duration.is_some_and(|d| start.elapsed() >= d) {
+        if cfg.total.is_some_and(|t| made >= t)
+            || cfg.duration.is_some_and(|d| start.elapsed() >= d)
+        {
             return;
         }
         if cfg.rate > 0.0 {
@@ -141,12 +164,34 @@ pub(crate) fn produce(cfg: &TrafficConfig, compression: Compression, tx: &mpsc::
         let n = cfg.total.map_or(batch, |t| batch.min((t - made) as usize));
         let body = if let Some(size) = cfg.pregenerate.filter(|&s| s > 0) {
             if pool.len() < size {
-                pool.push(Arc::new(make_body(cfg, compression, &mut generator, &mut rng, start, body_no, n)));
+                pool.push(Arc::new(make_body(
+                    cfg,
+                    compression,
+                    &mut generator,
+                    &mut rng,
+                    start,
+                    body_no,
+                    n,
+                )));
             }
             let b = &pool[body_no % pool.len()];
-            OutBody { body: b.body.clone(), raw_len: b.raw_len, records: b.records, query: b.query.clone(), ids: Vec::new() }
+            OutBody {
+                body: b.body.clone(),
+                raw_len: b.raw_len,
+                records: b.records,
+                query: b.query.clone(),
+                ids: Vec::new(),
+            }
         } else {
-            make_body(cfg, compression, &mut generator, &mut rng, start, body_no, n)
+            make_body(
+                cfg,
+                compression,
+                &mut generator,
+                &mut rng,
+                start,
+                body_no,
+                n,
+            )
         };
         made += body.records;
         body_no += 1;
@@ -169,7 +214,11 @@ fn make_body(
         Some(every) if !every.is_zero() => {
             let phase = start.elapsed().as_secs_f64() % every.as_secs_f64();
             // The burst comes at the end of each period, so the first minutes are calm.
-            if phase >= every.as_secs_f64() - cfg.burst_length.as_secs_f64() { cfg.burst } else { cfg.errors }
+            if phase >= every.as_secs_f64() - cfg.burst_length.as_secs_f64() {
+                cfg.burst
+            } else {
+                cfg.errors
+            }
         }
         _ => cfg.errors,
     };
@@ -208,10 +257,20 @@ fn make_body(
                 ids.push(r.x_edge_request_id.clone());
                 w3c::write_line(&r, &mut text);
             }
-            (text.into_bytes(), ids, format!("distribution={id}&format=w3c"))
+            (
+                text.into_bytes(),
+                ids,
+                format!("distribution={id}&format=w3c"),
+            )
         }
     };
-    OutBody { body: compress(&raw, compression), raw_len: raw.len(), records: n as u64, query, ids }
+    OutBody {
+        body: compress(&raw, compression),
+        raw_len: raw.len(),
+        records: n as u64,
+        query,
+        ids,
+    }
 }
 
 #[derive(Deserialize)]
@@ -235,11 +294,20 @@ enum Outcome {
     GaveUp { last: String },
 }
 
-async fn send_one(client: &reqwest::Client, target: &Target, b: &OutBody, retries: &mut u64) -> Outcome {
+async fn send_one(
+    client: &reqwest::Client,
+    target: &Target,
+    b: &OutBody,
+    retries: &mut u64,
+) -> Outcome {
     let url = if b.query.is_empty() {
         format!("{}/v1/records", target.url.trim_end_matches('/'))
     } else {
-        format!("{}/v1/records?{}", target.url.trim_end_matches('/'), b.query)
+        format!(
+            "{}/v1/records?{}",
+            target.url.trim_end_matches('/'),
+            b.query
+        )
     };
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(50))
@@ -256,7 +324,14 @@ async fn send_one(client: &reqwest::Client, target: &Target, b: &OutBody, retrie
         let mut req = client
             .post(&url)
             .bearer_auth(&target.token)
-            .header("content-type", if b.query.contains("format=w3c") { "text/plain" } else { "application/x-ndjson" })
+            .header(
+                "content-type",
+                if b.query.contains("format=w3c") {
+                    "text/plain"
+                } else {
+                    "application/x-ndjson"
+                },
+            )
             .body(b.body.clone());
         match target.compression {
             Compression::Gzip => req = req.header("content-encoding", "gzip"),
@@ -272,7 +347,10 @@ async fn send_one(client: &reqwest::Client, target: &Target, b: &OutBody, retrie
                 match status {
                     200 | 400 if text.starts_with('{') && text.contains("\"accepted\"") => {
                         if let Ok(answer) = serde_json::from_str::<Answer>(&text) {
-                            return Outcome::Acked { answer, latency: t0.elapsed() };
+                            return Outcome::Acked {
+                                answer,
+                                latency: t0.elapsed(),
+                            };
                         }
                         last = format!("unreadable answer: {text}");
                     }
@@ -298,14 +376,20 @@ pub async fn send_all(target: Target, rx: mpsc::Receiver<OutBody>) -> Report {
             return Report::default();
         }
     };
-    let ack_log = target.ack_log.as_ref().and_then(|p| match File::options().create(true).append(true).open(p) {
-        Ok(f) => Some(Mutex::new(BufWriter::new(f))),
-        Err(e) => {
-            tracing::error!(path = %p.display(), error = %e, "cannot open the ack log");
-            None
+    let ack_log = target.ack_log.as_ref().and_then(|p| {
+        match File::options().create(true).append(true).open(p) {
+            Ok(f) => Some(Mutex::new(BufWriter::new(f))),
+            Err(e) => {
+                tracing::error!(path = %p.display(), error = %e, "cannot open the ack log");
+                None
+            }
         }
     });
-    let shared = Arc::new((Mutex::new(Report::default()), ack_log, tokio::sync::Mutex::new(rx)));
+    let shared = Arc::new((
+        Mutex::new(Report::default()),
+        ack_log,
+        tokio::sync::Mutex::new(rx),
+    ));
     let start = Instant::now();
     let progress = target.progress.map(|every| {
         let shared = shared.clone();
@@ -330,7 +414,9 @@ pub async fn send_all(target: Target, rx: mpsc::Receiver<OutBody>) -> Report {
         let (shared, client, target) = (shared.clone(), client.clone(), target.clone());
         workers.push(tokio::spawn(async move {
             loop {
-                let Some(b) = shared.2.lock().await.recv().await else { break };
+                let Some(b) = shared.2.lock().await.recv().await else {
+                    break;
+                };
                 let mut retries = 0;
                 let outcome = send_one(&client, &target, &b, &mut retries).await;
                 let Ok(mut r) = shared.0.lock() else { break };
@@ -342,15 +428,22 @@ pub async fn send_all(target: Target, rx: mpsc::Receiver<OutBody>) -> Report {
                 match outcome {
                     Outcome::Acked { answer, latency } => {
                         r.acked_records += answer.accepted;
-                        r.rejected_records += answer.rejected_total.max(answer.rejected.len() as u64);
+                        r.rejected_records +=
+                            answer.rejected_total.max(answer.rejected.len() as u64);
                         let _ = r.latency_us.record((latency.as_micros() as u64).max(1));
-                        for x in answer.rejected.iter().take(5usize.saturating_sub(r.sample_rejections.len())) {
-                            r.sample_rejections.push(format!("line {}: {}", x.line, x.reason));
+                        for x in answer
+                            .rejected
+                            .iter()
+                            .take(5usize.saturating_sub(r.sample_rejections.len()))
+                        {
+                            r.sample_rejections
+                                .push(format!("line {}: {}", x.line, x.reason));
                         }
                         if let Some(log) = &shared.1
                             && let Ok(mut w) = log.lock()
                         {
-                            let refused: std::collections::HashSet<u64> = answer.rejected.iter().map(|x| x.line).collect();
+                            let refused: std::collections::HashSet<u64> =
+                                answer.rejected.iter().map(|x| x.line).collect();
                             for (i, id) in b.ids.iter().enumerate() {
                                 if let Some(id) = id
                                     && !refused.contains(&(i as u64 + 1))
@@ -381,8 +474,11 @@ pub async fn send_all(target: Target, rx: mpsc::Receiver<OutBody>) -> Report {
     if let Some(p) = progress {
         p.abort();
     }
-    let mut report = shared.0.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
+    let mut report = shared
+        .0
+        .lock()
+        .map(|mut r| std::mem::take(&mut *r))
+        .unwrap_or_default();
     report.elapsed = start.elapsed();
     report
 }
-

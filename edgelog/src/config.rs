@@ -56,7 +56,10 @@ const SECTIONS: &[&str] = &["data_dir", "collector", "sampling", "sinks", "dashb
 impl Config {
     /// Loads and validates: defaults, then `file`, then the environment, then `overrides`
     /// (dotted keys such as `collector.listen`).
-    pub fn load(file: Option<&Path>, overrides: &[(&str, figment::value::Value)]) -> anyhow::Result<Config> {
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &[(&str, figment::value::Value)],
+    ) -> anyhow::Result<Config> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             if !f.is_file() {
@@ -78,8 +81,11 @@ impl Config {
         for (key, value) in overrides {
             fig = fig.merge(Serialized::default(key, value.clone()));
         }
-        let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe(e)))?;
-        cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe(e)))?;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         Ok(cfg)
     }
 
@@ -103,10 +109,22 @@ impl Config {
 fn describe(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
-            let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
             let key = e.path.join(".");
-            let key = if key.is_empty() { String::new() } else { format!("{key}: ") };
-            if source.is_empty() { format!("{key}{}", e.kind) } else { format!("{key}{} (from {source})", e.kind) }
+            let key = if key.is_empty() {
+                String::new()
+            } else {
+                format!("{key}: ")
+            };
+            if source.is_empty() {
+                format!("{key}{}", e.kind)
+            } else {
+                format!("{key}{} (from {source})", e.kind)
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")

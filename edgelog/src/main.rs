@@ -141,7 +141,12 @@ struct EdgeArgs {
     #[arg(long, value_name = "URL")]
     to: String,
     /// Bearer token for the collector.
-    #[arg(long, env = "EDGELOG_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "EDGELOG_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     token: String,
     /// Replay this CloudFront standard log file (plain or .gz) instead of generating traffic.
     #[arg(long, value_name = "FILE")]
@@ -223,7 +228,9 @@ struct EdgeArgs {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -259,24 +266,42 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
         let store = edgelog_sink_s3::local_store(&cfg.data_dir)
             .with_context(|| format!("cannot use {} for standard logs", cfg.data_dir.display()))?;
         let dir = cfg.data_dir.join(&cfg.sinks.standard.prefix);
-        let sink = StandardLogSink::new(cfg.sinks.standard.clone(), &cfg.collector.id, cfg.sampling.clone(), store);
+        let sink = StandardLogSink::new(
+            cfg.sinks.standard.clone(),
+            &cfg.collector.id,
+            cfg.sampling.clone(),
+            store,
+        );
         collector.add_sink("standard", Box::new(sink));
         tracing::info!(dir = %dir.display(), "standard logs go to local Parquet files");
     }
     if cfg.sinks.realtime.enabled {
-        collector.add_sink("realtime", Box::new(RealtimeSink::in_process(cfg.sampling.clone(), bus.clone())));
+        collector.add_sink(
+            "realtime",
+            Box::new(RealtimeSink::in_process(cfg.sampling.clone(), bus.clone())),
+        );
     }
-    let aggregator = MetricsAggregator::new(&cfg.collector.id, Arc::new(bus.clone()), cfg.collector.metrics_interval);
+    let aggregator = MetricsAggregator::new(
+        &cfg.collector.id,
+        Arc::new(bus.clone()),
+        cfg.collector.metrics_interval,
+    );
     collector.add_sink("metrics", Box::new(aggregator));
     Ok(collector)
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the {what}"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what}"))
 }
 
 /// Serves the dashboard, merging minutes from the bus.
-async fn serve_dashboard(listener: TcpListener, bus: &Bus, history_minutes: usize) -> anyhow::Result<()> {
+async fn serve_dashboard(
+    listener: TcpListener,
+    bus: &Bus,
+    history_minutes: usize,
+) -> anyhow::Result<()> {
     let store = Arc::new(MetricsStore::new(history_minutes));
     let mut minutes = bus.subscribe_minutes();
     let merging = store.clone();
@@ -291,7 +316,9 @@ async fn serve_dashboard(listener: TcpListener, bus: &Bus, history_minutes: usiz
             }
         }
     });
-    axum::serve(listener, edgelog_dashboard::app(store)).await.context("dashboard server failed")
+    axum::serve(listener, edgelog_dashboard::app(store))
+        .await
+        .context("dashboard server failed")
 }
 
 fn s(v: impl Into<String>) -> Value {
@@ -379,10 +406,16 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
             },
             seed: args.seed,
             backfill_hours: args.backfill_hours,
-            errors: ErrorMix { pct_4xx: args.error_4xx, pct_5xx: args.error_5xx },
+            errors: ErrorMix {
+                pct_4xx: args.error_4xx,
+                pct_5xx: args.error_5xx,
+            },
             burst_every: args.burst_every,
             burst_length: args.burst_length,
-            burst: ErrorMix { pct_4xx: args.burst_4xx, pct_5xx: args.burst_5xx },
+            burst: ErrorMix {
+                pct_4xx: args.burst_4xx,
+                pct_5xx: args.burst_5xx,
+            },
             pregenerate: args.pregenerate,
         };
         tokio::select! {
@@ -416,7 +449,9 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
 fn random_token() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..32).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect()
+    (0..32)
+        .map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)]))
+        .collect()
 }
 
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -451,7 +486,11 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         dash = cfg.dashboard.listen,
         logs = logs.display(),
         dir = cfg.data_dir.display(),
-        traffic = if args.no_traffic { "off (--no-traffic)".to_owned() } else { format!("{} records/s, a 5xx burst every 5 minutes", args.rate) },
+        traffic = if args.no_traffic {
+            "off (--no-traffic)".to_owned()
+        } else {
+            format!("{} records/s, a 5xx burst every 5 minutes", args.rate)
+        },
     );
     let history = cfg.dashboard.history_minutes;
     let dash_bus = bus.clone();
@@ -477,7 +516,10 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             batch: (args.rate as usize / 2).clamp(1, 1000),
             burst_every: Some(Duration::from_secs(300)),
             burst_length: Duration::from_secs(120),
-            burst: ErrorMix { pct_4xx: 0.0, pct_5xx: 15.0 },
+            burst: ErrorMix {
+                pct_4xx: 0.0,
+                pct_5xx: 15.0,
+            },
             ..TrafficConfig::default()
         };
         let mut stop = stop_rx.clone();
@@ -496,7 +538,10 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(t) = traffic {
         t.abort();
     }
-    println!("edgelog demo stopped; standard logs are in {}", logs.display());
+    println!(
+        "edgelog demo stopped; standard logs are in {}",
+        logs.display()
+    );
     Ok(())
 }
 

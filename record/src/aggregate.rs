@@ -72,7 +72,11 @@ impl MinuteAggregate {
     }
 
     fn percent(&self, n: u64) -> f64 {
-        if self.requests == 0 { 0.0 } else { n as f64 * 100.0 / self.requests as f64 }
+        if self.requests == 0 {
+            0.0
+        } else {
+            n as f64 * 100.0 / self.requests as f64
+        }
     }
 
     /// CloudFront's 4xxErrorRate, percent of all requests.

@@ -89,7 +89,10 @@ pub fn parse_body(
         let parsed = match format {
             Format::Ndjson => json::parse_line(line, default_distribution, &mut keys),
             Format::W3c => match std::str::from_utf8(line) {
-                Err(e) => Err(format!("line is not valid UTF-8 (byte {})", e.valid_up_to())),
+                Err(e) => Err(format!(
+                    "line is not valid UTF-8 (byte {})",
+                    e.valid_up_to()
+                )),
                 Ok(text) => {
                     if let Some(rest) = text.strip_prefix("#Fields:") {
                         match Header::parse(rest) {

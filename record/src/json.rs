@@ -224,10 +224,7 @@ pub fn check_distribution_id(id: &str) -> Result<(), String> {
 }
 
 /// Settles timestamp and distribution from what a line gave.
-fn finish(
-    mut p: Partial<'_>,
-    default_distribution: Option<&str>,
-) -> Result<Record, String> {
+fn finish(mut p: Partial<'_>, default_distribution: Option<&str>) -> Result<Record, String> {
     let ts = match (p.ts_ms, &p.date, &p.time) {
         (Some(ts), _, _) => ts,
         (None, Some(d), Some(t)) => {

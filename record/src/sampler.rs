@@ -58,7 +58,10 @@ pub struct Rates {
 
 impl Default for Rates {
     fn default() -> Self {
-        Rates { standard: 100.0, realtime: 100.0 }
+        Rates {
+            standard: 100.0,
+            realtime: 100.0,
+        }
     }
 }
 
@@ -81,7 +84,9 @@ impl SamplingConfig {
             if (0.0..=100.0).contains(&r) {
                 Ok(())
             } else {
-                Err(format!("{key}: rate must be from 0 to 100 percent, got {r}"))
+                Err(format!(
+                    "{key}: rate must be from 0 to 100 percent, got {r}"
+                ))
             }
         };
         check("sampling.default.standard".into(), self.default.standard)?;
@@ -95,7 +100,10 @@ impl SamplingConfig {
 
     /// The rate (percent) for a distribution and destination.
     pub fn rate(&self, distribution: &str, dest: Destination) -> f64 {
-        let r = self.distributions.get(distribution).unwrap_or(&self.default);
+        let r = self
+            .distributions
+            .get(distribution)
+            .unwrap_or(&self.default);
         match dest {
             Destination::Standard => r.standard,
             Destination::Realtime => r.realtime,

@@ -125,13 +125,16 @@ macro_rules! int_type {
                 match v {
                     ParseValue::Null => Ok(None),
                     ParseValue::Str(s) => Self::from_text(&s),
-                    ParseValue::U64(n) => <$t>::try_from(n)
-                        .map(Some)
-                        .map_err(|_| format!(concat!("expected ", $what, ", got {} (out of range)"), n)),
-                    ParseValue::I64(n) => <$t>::try_from(n)
-                        .map(Some)
-                        .map_err(|_| format!(concat!("expected ", $what, ", got {} (out of range)"), n)),
-                    other => Err(format!(concat!("expected ", $what, ", got {}"), describe(&other))),
+                    ParseValue::U64(n) => <$t>::try_from(n).map(Some).map_err(|_| {
+                        format!(concat!("expected ", $what, ", got {} (out of range)"), n)
+                    }),
+                    ParseValue::I64(n) => <$t>::try_from(n).map(Some).map_err(|_| {
+                        format!(concat!("expected ", $what, ", got {} (out of range)"), n)
+                    }),
+                    other => Err(format!(
+                        concat!("expected ", $what, ", got {}"),
+                        describe(&other)
+                    )),
                 }
             }
         }
@@ -155,7 +158,10 @@ impl FieldType for F64 {
         }
         match text.parse::<f64>() {
             Ok(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
-            _ => Err(format!("expected seconds (a non-negative number), got {}", shown(text))),
+            _ => Err(format!(
+                "expected seconds (a non-negative number), got {}",
+                shown(text)
+            )),
         }
     }
     fn from_value(v: ParseValue<'_>) -> Result<Option<f64>, String> {

@@ -43,30 +43,41 @@ impl Header {
             || columns.contains(&Column::TimestampMs)
             || (columns.contains(&Column::Date) && columns.contains(&Column::Time));
         if !has_time {
-            return Err(
-                "#Fields names no time: it needs `date` and `time`, or `timestamp`".into(),
-            );
+            return Err("#Fields names no time: it needs `date` and `time`, or `timestamp`".into());
         }
         Ok(Header { columns })
     }
 
     /// Parses one data line.
-    pub fn parse_line(&self, line: &str, default_distribution: Option<&str>) -> Result<Record, String> {
+    pub fn parse_line(
+        &self,
+        line: &str,
+        default_distribution: Option<&str>,
+    ) -> Result<Record, String> {
         let mut rec = Record::default();
         let (mut days, mut tod, mut ts) = (None, None, None);
         let mut distribution = None;
         let mut n = 0;
         for (i, value) in line.split('\t').enumerate() {
             n += 1;
-            let Some(col) = self.columns.get(i) else { continue };
+            let Some(col) = self.columns.get(i) else {
+                continue;
+            };
             match *col {
                 Column::Field(f) => rec
                     .set_text(usize::from(f), value)
                     .map_err(|e| format!("field `{}`: {e}", FIELDS[usize::from(f)].cloudfront))?,
-                Column::Date => days = Some(time::parse_date(value).map_err(|e| format!("field `date`: {e}"))?),
-                Column::Time => tod = Some(time::parse_time(value).map_err(|e| format!("field `time`: {e}"))?),
+                Column::Date => {
+                    days = Some(time::parse_date(value).map_err(|e| format!("field `date`: {e}"))?)
+                }
+                Column::Time => {
+                    tod = Some(time::parse_time(value).map_err(|e| format!("field `time`: {e}"))?)
+                }
                 Column::Timestamp => {
-                    ts = Some(time::parse_epoch_seconds(value).map_err(|e| format!("field `timestamp`: {e}"))?)
+                    ts = Some(
+                        time::parse_epoch_seconds(value)
+                            .map_err(|e| format!("field `timestamp`: {e}"))?,
+                    )
                 }
                 Column::TimestampMs => {
                     ts = Some(value.parse().map_err(|_| {

@@ -5,12 +5,16 @@ use edgelog_record::{
 };
 use proptest::prelude::*;
 
-const AWS_EXAMPLE: &str =
-    include_str!("../testdata/EMLARXS9EXAMPLE.2019-12-04-21.RT4KCN4SGK9.log");
+const AWS_EXAMPLE: &str = include_str!("../testdata/EMLARXS9EXAMPLE.2019-12-04-21.RT4KCN4SGK9.log");
 
 #[test]
 fn aws_documentation_example_parses_to_documented_values() {
-    let parsed = parse_body(Format::W3c, AWS_EXAMPLE.as_bytes(), Some("EMLARXS9EXAMPLE"), 100);
+    let parsed = parse_body(
+        Format::W3c,
+        AWS_EXAMPLE.as_bytes(),
+        Some("EMLARXS9EXAMPLE"),
+        100,
+    );
     assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
     assert_eq!(parsed.records.len(), 6);
     let r = &parsed.records[0];
@@ -29,12 +33,22 @@ fn aws_documentation_example_parses_to_documented_values() {
     assert_eq!(r.cs_uri_stem.as_deref(), Some("/index.html"));
     assert_eq!(r.sc_status, Some(200));
     assert_eq!(r.cs_referer, None);
-    assert!(r.cs_user_agent.as_deref().is_some_and(|ua| ua.starts_with("Mozilla/5.0%20(Windows%20NT%2010.0;")));
+    assert!(
+        r.cs_user_agent
+            .as_deref()
+            .is_some_and(|ua| ua.starts_with("Mozilla/5.0%20(Windows%20NT%2010.0;"))
+    );
     assert_eq!(r.cs_uri_query, None);
     assert_eq!(r.cs_cookie, None);
     assert_eq!(r.x_edge_result_type.as_deref(), Some("Hit"));
-    assert_eq!(r.request_id(), "SOX4xwn4XV6Q4rgb7XiVGOHms_BGlTAC4KyHmureZmBNrjGdRLiNIQ==");
-    assert_eq!(r.x_host_header.as_deref(), Some("d111111abcdef8.cloudfront.net"));
+    assert_eq!(
+        r.request_id(),
+        "SOX4xwn4XV6Q4rgb7XiVGOHms_BGlTAC4KyHmureZmBNrjGdRLiNIQ=="
+    );
+    assert_eq!(
+        r.x_host_header.as_deref(),
+        Some("d111111abcdef8.cloudfront.net")
+    );
     assert_eq!(r.cs_protocol.as_deref(), Some("https"));
     assert_eq!(r.cs_bytes, Some(23));
     assert_eq!(r.time_taken, Some(0.001));
@@ -62,9 +76,15 @@ fn aws_documentation_example_parses_to_documented_values() {
     assert_eq!(e.cs_protocol.as_deref(), Some("http"));
     assert_eq!(e.ssl_protocol, None);
     assert_eq!(e.time_taken, Some(0.102));
-    assert_eq!(e.x_edge_detailed_result_type.as_deref(), Some("OriginDnsError"));
+    assert_eq!(
+        e.x_edge_detailed_result_type.as_deref(),
+        Some("OriginDnsError")
+    );
     assert_eq!(e.sc_content_len, Some(507));
-    assert_eq!(parsed.records[5].cs_user_agent.as_deref(), Some("curl/7.55.1"));
+    assert_eq!(
+        parsed.records[5].cs_user_agent.as_deref(),
+        Some("curl/7.55.1")
+    );
 }
 
 /// A deterministic pseudo-random record from a seed: every field, every type.
@@ -88,7 +108,9 @@ fn record_from_seed(seed: u64, w3c_safe: bool) -> Record {
     let alphabet: &[&str] = if w3c_safe {
         &["a", "Z", "/", "%20", "é", "0", ".", "=", "?", "&", "😀"]
     } else {
-        &["a", "\"", "\\", "\t", "\n", "é", "-", "😀", " ", "\u{1}", "x"]
+        &[
+            "a", "\"", "\\", "\t", "\n", "é", "-", "😀", " ", "\u{1}", "x",
+        ]
     };
     for (i, f) in FIELDS.iter().enumerate() {
         if next() % 5 == 0 {
@@ -109,12 +131,15 @@ fn record_from_seed(seed: u64, w3c_safe: bool) -> Record {
             FieldKind::U32 => ParseValue::U64(next() % (1 << 32)),
             FieldKind::U64 => ParseValue::U64(next() >> 1),
             FieldKind::I64 => ParseValue::U64(next() % (1 << 40)),
-            FieldKind::F64 => ParseValue::F64((next() % 10_000_000) as f64 / 1000.0 + 1e-9 * (next() % 7) as f64),
+            FieldKind::F64 => {
+                ParseValue::F64((next() % 10_000_000) as f64 / 1000.0 + 1e-9 * (next() % 7) as f64)
+            }
         };
         r.set_value(i, v).expect("generated value fits its field");
     }
     // Ingest derives an id for records without one; generate records as ingest leaves them.
-    r.x_edge_request_id.get_or_insert_with(|| format!("id{seed:x}"));
+    r.x_edge_request_id
+        .get_or_insert_with(|| format!("id{seed:x}"));
     r
 }
 
@@ -157,33 +182,81 @@ fn bad_lines_are_named_and_good_lines_kept() {
     assert_eq!(parsed.records.len(), 997);
     let lines: Vec<u64> = parsed.rejected.iter().map(|r| r.line).collect();
     assert_eq!(lines, [11, 501, 999]);
-    assert!(parsed.rejected[0].reason.contains("sc-status"), "{}", parsed.rejected[0].reason);
-    assert!(parsed.rejected[0].reason.contains("\"abc\""), "{}", parsed.rejected[0].reason);
-    assert!(parsed.rejected[1].reason.contains("key must be a string"), "{}", parsed.rejected[1].reason);
-    assert!(parsed.rejected[2].reason.contains("missing timestamp"), "{}", parsed.rejected[2].reason);
+    assert!(
+        parsed.rejected[0].reason.contains("sc-status"),
+        "{}",
+        parsed.rejected[0].reason
+    );
+    assert!(
+        parsed.rejected[0].reason.contains("\"abc\""),
+        "{}",
+        parsed.rejected[0].reason
+    );
+    assert!(
+        parsed.rejected[1].reason.contains("key must be a string"),
+        "{}",
+        parsed.rejected[1].reason
+    );
+    assert!(
+        parsed.rejected[2].reason.contains("missing timestamp"),
+        "{}",
+        parsed.rejected[2].reason
+    );
 }
 
 #[test]
 fn refusals_name_the_problem() {
     let cases: &[(&[u8], &str)] = &[
-        (b"{\"DistributionId\":\"E1\",\"timestamp(ms)\":1700000000000,\"sc-bytes\":-5}", "field `sc-bytes`"),
-        (b"{\"DistributionId\":\"E1\",\"timestamp(ms)\":1700000000000,\"time-taken\":\"fast\"}", "field `time-taken`: expected seconds"),
-        (b"{\"DistributionId\":\"../etc\",\"timestamp(ms)\":1700000000000}", "distribution id may hold only"),
-        (b"{\"timestamp(ms)\":1700000000000}", "missing distribution id"),
-        (b"{\"DistributionId\":\"E1\",\"date\":\"2019-13-01\",\"time\":\"00:00:00\"}", "field `date`"),
-        (b"{\"DistributionId\":\"E1\",\"timestamp(ms)\":5}", "outside 2000-01-01"),
+        (
+            b"{\"DistributionId\":\"E1\",\"timestamp(ms)\":1700000000000,\"sc-bytes\":-5}",
+            "field `sc-bytes`",
+        ),
+        (
+            b"{\"DistributionId\":\"E1\",\"timestamp(ms)\":1700000000000,\"time-taken\":\"fast\"}",
+            "field `time-taken`: expected seconds",
+        ),
+        (
+            b"{\"DistributionId\":\"../etc\",\"timestamp(ms)\":1700000000000}",
+            "distribution id may hold only",
+        ),
+        (
+            b"{\"timestamp(ms)\":1700000000000}",
+            "missing distribution id",
+        ),
+        (
+            b"{\"DistributionId\":\"E1\",\"date\":\"2019-13-01\",\"time\":\"00:00:00\"}",
+            "field `date`",
+        ),
+        (
+            b"{\"DistributionId\":\"E1\",\"timestamp(ms)\":5}",
+            "outside 2000-01-01",
+        ),
         (b"[1,2]", "invalid type"),
     ];
     for (line, want) in cases {
         let parsed = parse_body(Format::Ndjson, line, None, 10);
-        assert_eq!(parsed.rejected.len(), 1, "{}", String::from_utf8_lossy(line));
-        assert!(parsed.rejected[0].reason.contains(want), "{} -> {}", String::from_utf8_lossy(line), parsed.rejected[0].reason);
+        assert_eq!(
+            parsed.rejected.len(),
+            1,
+            "{}",
+            String::from_utf8_lossy(line)
+        );
+        assert!(
+            parsed.rejected[0].reason.contains(want),
+            "{} -> {}",
+            String::from_utf8_lossy(line),
+            parsed.rejected[0].reason
+        );
     }
     let w3c_bad = "#Version: 1.0\n#Fields: date time sc-status\n2019-12-04\t21:02:31\n2019-12-04\t21:02:31\t2x0\n";
     let parsed = parse_body(Format::W3c, w3c_bad.as_bytes(), Some("E1"), 10);
     assert_eq!(parsed.rejected.len(), 2);
     assert_eq!(parsed.rejected[0].line, 3);
-    assert!(parsed.rejected[0].reason.contains("expected 3 tab-separated values"));
+    assert!(
+        parsed.rejected[0]
+            .reason
+            .contains("expected 3 tab-separated values")
+    );
     assert!(parsed.rejected[1].reason.contains("field `sc-status`"));
 }
 
@@ -204,6 +277,9 @@ fn values_arrive_as_strings_or_numbers() {
     assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
     let r = &parsed.records[0];
     assert_eq!(r.timestamp_ms, 1_700_000_000_250);
-    assert_eq!((r.sc_bytes, r.sc_status, r.time_taken), (Some(100), Some(404), Some(0.5)));
+    assert_eq!(
+        (r.sc_bytes, r.sc_status, r.time_taken),
+        (Some(100), Some(404), Some(0.5))
+    );
     assert_eq!(r.cs_uri_query, None);
 }

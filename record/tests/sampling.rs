@@ -24,7 +24,10 @@ fn ten_percent_of_a_million_is_within_one_percent_and_a_subset_of_fifty() {
 #[test]
 fn decisions_never_change_across_versions() {
     // Golden values: if these move, every deployed collector disagrees with the new one.
-    assert_eq!(sample_point("SOX4xwn4XV6Q4rgb7XiVGOHms_BGlTAC4KyHmureZmBNrjGdRLiNIQ=="), GOLDEN_POINT);
+    assert_eq!(
+        sample_point("SOX4xwn4XV6Q4rgb7XiVGOHms_BGlTAC4KyHmureZmBNrjGdRLiNIQ=="),
+        GOLDEN_POINT
+    );
     assert!(keep("anything", 100.0));
     assert!(!keep("anything", 0.0));
 }
@@ -41,8 +44,13 @@ fn per_distribution_rates_override_the_default() {
     assert_eq!(cfg.rate("E1", Destination::Realtime), 10.0);
     assert_eq!(cfg.rate("E2", Destination::Realtime), 25.0);
     assert_eq!(cfg.rate("E2", Destination::Standard), 100.0);
-    let bad: SamplingConfig = serde_json::from_str(r#"{"default":{"standard":101}}"#).expect("parses");
-    assert!(bad.validate().unwrap_err().contains("sampling.default.standard"));
+    let bad: SamplingConfig =
+        serde_json::from_str(r#"{"default":{"standard":101}}"#).expect("parses");
+    assert!(
+        bad.validate()
+            .expect_err("101 % is out of range")
+            .contains("sampling.default.standard")
+    );
 }
 
 proptest! {

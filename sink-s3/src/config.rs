@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// The Hive layout, CloudFront v2's variables.
-pub const DEFAULT_TEMPLATE: &str = "DistributionId={DistributionId}/year={yyyy}/month={MM}/day={dd}/hour={HH}";
+pub const DEFAULT_TEMPLATE: &str =
+    "DistributionId={DistributionId}/year={yyyy}/month={MM}/day={dd}/hour={HH}";
 
 /// Standard logs: Parquet files, partitioned by distribution and event hour.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,17 +56,25 @@ impl StandardLogsConfig {
         if self.prefix.starts_with('/') || self.prefix.ends_with('/') {
             return Err(format!("{k}.prefix: must not start or end with '/'"));
         }
-        if !self.path_template.contains("{DistributionId}") || !self.path_template.contains("{HH}") {
-            return Err(format!("{k}.path_template: must contain {{DistributionId}} and {{HH}}"));
+        if !self.path_template.contains("{DistributionId}") || !self.path_template.contains("{HH}")
+        {
+            return Err(format!(
+                "{k}.path_template: must contain {{DistributionId}} and {{HH}}"
+            ));
         }
         let stripped = ["{DistributionId}", "{yyyy}", "{MM}", "{dd}", "{HH}"]
             .iter()
             .fold(self.path_template.clone(), |t, v| t.replace(v, ""));
         if stripped.contains('{') || stripped.contains('}') {
-            return Err(format!("{k}.path_template: unknown variable in {:?}", self.path_template));
+            return Err(format!(
+                "{k}.path_template: unknown variable in {:?}",
+                self.path_template
+            ));
         }
         if self.max_rows == 0 || self.row_group_rows == 0 {
-            return Err(format!("{k}.max_rows and {k}.row_group_rows: must be positive"));
+            return Err(format!(
+                "{k}.max_rows and {k}.row_group_rows: must be positive"
+            ));
         }
         if self.max_age.is_zero() {
             return Err(format!("{k}.max_age: must be positive"));

@@ -14,6 +14,11 @@ pub use sink::{StandardLogError, StandardLogSink};
 
 /// The embedded default: files under a local directory, the same layout as on S3.
 pub fn local_store(dir: &Path) -> Result<Arc<dyn object_store::ObjectStore>, object_store::Error> {
-    std::fs::create_dir_all(dir).map_err(|e| object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) })?;
-    Ok(Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?))
+    std::fs::create_dir_all(dir).map_err(|e| object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(e),
+    })?;
+    Ok(Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(dir)?,
+    ))
 }

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow_array::{
+    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
+};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use edgelog_record::{FIELDS, FieldKind, Record, Value};
 
@@ -22,28 +25,45 @@ fn arrow_type(kind: FieldKind) -> DataType {
 /// `timestamp`, every record field in CloudFront's order, then `sample_rate`. The
 /// partition columns (DistributionId, year, month, day, hour) live in the path only.
 pub fn schema() -> SchemaRef {
-    let mut fields = vec![Field::new("timestamp", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false)];
-    fields.extend(FIELDS.iter().map(|f| Field::new(f.column, arrow_type(f.kind), true)));
+    let mut fields = vec![Field::new(
+        "timestamp",
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        false,
+    )];
+    fields.extend(
+        FIELDS
+            .iter()
+            .map(|f| Field::new(f.column, arrow_type(f.kind), true)),
+    );
     fields.push(Field::new(SAMPLE_RATE_COLUMN, DataType::Float64, false));
     Arc::new(Schema::new(fields))
 }
 
 /// Builds one record batch from rows that all share `sample_rate`.
-pub fn to_batch(schema: &SchemaRef, rows: &[&Record], sample_rate: f64) -> Result<RecordBatch, ArrowError> {
+pub fn to_batch(
+    schema: &SchemaRef,
+    rows: &[&Record],
+    sample_rate: f64,
+) -> Result<RecordBatch, ArrowError> {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(FIELDS.len() + 2);
     columns.push(Arc::new(
-        TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.timestamp_ms)).with_timezone("UTC"),
+        TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.timestamp_ms))
+            .with_timezone("UTC"),
     ));
     for (i, f) in FIELDS.iter().enumerate() {
         let col: ArrayRef = match f.kind {
-            FieldKind::Str => Arc::new(StringArray::from_iter(rows.iter().map(|r| match r.get(i) {
-                Value::Str(s) => s,
-                _ => None,
-            }))),
-            FieldKind::U16 => Arc::new(Int32Array::from_iter(rows.iter().map(|r| match r.get(i) {
-                Value::U16(v) => v.map(i32::from),
-                _ => None,
-            }))),
+            FieldKind::Str => Arc::new(StringArray::from_iter(rows.iter().map(
+                |r| match r.get(i) {
+                    Value::Str(s) => s,
+                    _ => None,
+                },
+            ))),
+            FieldKind::U16 => {
+                Arc::new(Int32Array::from_iter(rows.iter().map(|r| match r.get(i) {
+                    Value::U16(v) => v.map(i32::from),
+                    _ => None,
+                })))
+            }
             FieldKind::U32 | FieldKind::U64 | FieldKind::I64 => {
                 Arc::new(Int64Array::from_iter(rows.iter().map(|r| match r.get(i) {
                     Value::U32(v) => v.map(i64::from),
@@ -53,14 +73,17 @@ pub fn to_batch(schema: &SchemaRef, rows: &[&Record], sample_rate: f64) -> Resul
                     _ => None,
                 })))
             }
-            FieldKind::F64 => Arc::new(Float64Array::from_iter(rows.iter().map(|r| match r.get(i) {
-                Value::F64(v) => v,
-                _ => None,
-            }))),
+            FieldKind::F64 => Arc::new(Float64Array::from_iter(rows.iter().map(
+                |r| match r.get(i) {
+                    Value::F64(v) => v,
+                    _ => None,
+                },
+            ))),
         };
         columns.push(col);
     }
-    columns.push(Arc::new(Float64Array::from_iter_values(rows.iter().map(|_| sample_rate))));
+    columns.push(Arc::new(Float64Array::from_iter_values(
+        rows.iter().map(|_| sample_rate),
+    )));
     RecordBatch::try_new(schema.clone(), columns)
 }
-

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use edgelog_collector::{Entry, Seq, Sink, SinkError};
 use edgelog_record::{Destination, Record, SCHEMA_VERSION, SamplingConfig, time};
 use object_store::ObjectStore;
-use object_store::path::Path as ObjectPath;
 use object_store::buffered::BufWriter;
+use object_store::path::Path as ObjectPath;
 use parquet::arrow::async_writer::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -42,9 +42,15 @@ struct Partition {
 #[derive(Debug, thiserror::Error)]
 pub enum StandardLogError {
     #[error("cannot build parquet for {key}: {source}")]
-    Encode { key: String, source: parquet::errors::ParquetError },
+    Encode {
+        key: String,
+        source: parquet::errors::ParquetError,
+    },
     #[error("cannot build arrow batch for {key}: {source}")]
-    Batch { key: String, source: arrow_schema::ArrowError },
+    Batch {
+        key: String,
+        source: arrow_schema::ArrowError,
+    },
 }
 
 /// Writes standard logs as Parquet into an object store.
@@ -73,7 +79,12 @@ fn render_partition(template: &str, key: &PartitionKey) -> String {
 
 impl StandardLogSink {
     /// A sink writing into `store`. Settings must have been validated.
-    pub fn new(cfg: StandardLogsConfig, collector_id: &str, sampling: SamplingConfig, store: Arc<dyn ObjectStore>) -> Self {
+    pub fn new(
+        cfg: StandardLogsConfig,
+        collector_id: &str,
+        sampling: SamplingConfig,
+        store: Arc<dyn ObjectStore>,
+    ) -> Self {
         let level = ZstdLevel::try_new(cfg.zstd_level).unwrap_or_default();
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
@@ -103,7 +114,10 @@ impl StandardLogSink {
     /// so writing the same batch again overwrites the same object.
     fn object_path(&self, key: &PartitionKey, p: &Partition) -> ObjectPath {
         let partition = render_partition(&self.cfg.path_template, key);
-        let file = format!("{}-{:020}-{:020}.parquet", self.collector_id, p.first_seq, p.last_seq);
+        let file = format!(
+            "{}-{:020}-{:020}.parquet",
+            self.collector_id, p.first_seq, p.last_seq
+        );
         let full = if self.cfg.prefix.is_empty() {
             format!("{partition}/{file}")
         } else {
@@ -119,11 +133,21 @@ impl StandardLogSink {
         let name = path.to_string();
         // BufWriter switches to a multipart upload once the file outgrows its buffer.
         let writer = BufWriter::new(self.store.clone(), path);
-        let mut w = AsyncArrowWriter::try_new(writer, self.schema.clone(), Some(self.props.clone()))
-            .map_err(|source| fatal(StandardLogError::Encode { key: name.clone(), source }))?;
+        let mut w =
+            AsyncArrowWriter::try_new(writer, self.schema.clone(), Some(self.props.clone()))
+                .map_err(|source| {
+                    fatal(StandardLogError::Encode {
+                        key: name.clone(),
+                        source,
+                    })
+                })?;
         for chunk in rows.chunks(BATCH_ROWS) {
-            let batch = schema::to_batch(&self.schema, chunk, p.sample_rate)
-                .map_err(|source| fatal(StandardLogError::Batch { key: name.clone(), source }))?;
+            let batch = schema::to_batch(&self.schema, chunk, p.sample_rate).map_err(|source| {
+                fatal(StandardLogError::Batch {
+                    key: name.clone(),
+                    source,
+                })
+            })?;
             w.write(&batch).await.map_err(|e| unavailable(&name, &e))?;
         }
         let meta = w.close().await.map_err(|e| unavailable(&name, &e))?;
@@ -134,7 +158,9 @@ impl StandardLogSink {
 
     /// Writes and forgets one open partition; on failure it stays open for a retry.
     async fn close(&mut self, key: &PartitionKey) -> Result<(), SinkError> {
-        let Some(p) = self.open.get(key) else { return Ok(()) };
+        let Some(p) = self.open.get(key) else {
+            return Ok(());
+        };
         if p.rows.is_empty() {
             self.open.remove(key);
             return Ok(());
@@ -151,7 +177,12 @@ impl StandardLogSink {
     }
 
     async fn close_where(&mut self, due: impl Fn(&Partition) -> bool) -> Result<(), SinkError> {
-        let keys: Vec<PartitionKey> = self.open.iter().filter(|(_, p)| due(p)).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<PartitionKey> = self
+            .open
+            .iter()
+            .filter(|(_, p)| due(p))
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in keys {
             self.close(&k).await?;
         }
@@ -174,7 +205,10 @@ impl Sink for StandardLogSink {
         // close does not buffer the same rows twice.
         if entry.seq > self.taken {
             for r in entry.records.iter() {
-                let Some(rate) = self.sampling.decide(&r.distribution_id, r.request_id(), Destination::Standard) else {
+                let Some(rate) =
+                    self.sampling
+                        .decide(&r.distribution_id, r.request_id(), Destination::Standard)
+                else {
                     continue;
                 };
                 let key = PartitionKey {
@@ -199,10 +233,18 @@ impl Sink for StandardLogSink {
             metrics::gauge!("edgelog_standard_open_bytes").set(self.open_bytes as f64);
         }
         let (max_rows, max_bytes) = (self.cfg.max_rows, self.cfg.max_bytes);
-        self.close_where(|p| p.rows.len() >= max_rows || p.bytes >= max_bytes).await?;
+        self.close_where(|p| p.rows.len() >= max_rows || p.bytes >= max_bytes)
+            .await?;
         // Over the memory bound: close the oldest files first.
         while self.open_bytes > self.cfg.max_open_bytes {
-            let Some(oldest) = self.open.iter().min_by_key(|(_, p)| p.opened).map(|(k, _)| k.clone()) else { break };
+            let Some(oldest) = self
+                .open
+                .iter()
+                .min_by_key(|(_, p)| p.opened)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
             self.close(&oldest).await?;
         }
         Ok(())

@@ -23,7 +23,10 @@ pub struct RealtimeConfig {
 
 impl Default for RealtimeConfig {
     fn default() -> Self {
-        RealtimeConfig { enabled: true, bus_capacity: 65_536 }
+        RealtimeConfig {
+            enabled: true,
+            bus_capacity: 65_536,
+        }
     }
 }
 
@@ -58,7 +61,10 @@ pub struct Bus {
 
 impl Bus {
     pub fn new(capacity: usize) -> Bus {
-        Bus { records: broadcast::channel(capacity).0, minutes: broadcast::channel(capacity).0 }
+        Bus {
+            records: broadcast::channel(capacity).0,
+            minutes: broadcast::channel(capacity).0,
+        }
     }
 
     /// Follows real-time records from now on.
@@ -92,7 +98,11 @@ pub struct RealtimeSink {
 
 impl RealtimeSink {
     pub fn in_process(sampling: SamplingConfig, bus: Bus) -> RealtimeSink {
-        RealtimeSink { sampling, bus, delivered: 0 }
+        RealtimeSink {
+            sampling,
+            bus,
+            delivered: 0,
+        }
     }
 }
 
@@ -104,7 +114,10 @@ impl Sink for RealtimeSink {
         }
         let mut sent = 0u64;
         for r in entry.records.iter() {
-            let Some(rate) = self.sampling.decide(&r.distribution_id, r.request_id(), Destination::Realtime) else {
+            let Some(rate) =
+                self.sampling
+                    .decide(&r.distribution_id, r.request_id(), Destination::Realtime)
+            else {
                 continue;
             };
             let mut payload = Vec::with_capacity(1024);

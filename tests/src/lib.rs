@@ -16,15 +16,25 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 /// test scripts do).
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     let bin = dir.join("edgelog");
-    assert!(bin.is_file(), "{} is missing: run `cargo build -p edgelog` before the end-to-end tests", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p edgelog` before the end-to-end tests",
+        bin.display()
+    );
     bin
 }
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub const TOKEN: &str = "e2e-token-0123456789abcdef";
@@ -50,7 +60,13 @@ impl CollectorProc {
         );
         fs::write(&config, toml)?;
         let log = data_dir.join("collector.log");
-        let mut c = CollectorProc { child: spawn_collector(&config, &log)?, port, data_dir: data_dir.to_owned(), config, log };
+        let mut c = CollectorProc {
+            child: spawn_collector(&config, &log)?,
+            port,
+            data_dir: data_dir.to_owned(),
+            config,
+            log,
+        };
         c.wait_ready()?;
         Ok(c)
     }
@@ -63,7 +79,10 @@ impl CollectorProc {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
-                bail!("collector exited with {status}: {}", fs::read_to_string(&self.log).unwrap_or_default());
+                bail!(
+                    "collector exited with {status}: {}",
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return Ok(());
@@ -109,7 +128,11 @@ impl Drop for CollectorProc {
 
 /// Sends a signal by name through kill(1), which keeps `unsafe_code = "forbid"`.
 pub fn signal(child: &Child, name: &str) -> anyhow::Result<()> {
-    let ok = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status()?.success();
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()?
+        .success();
     if !ok {
         bail!("cannot send SIG{name} to {}", child.id());
     }
@@ -137,7 +160,10 @@ pub fn run_edge(url: &str, args: &[&str]) -> anyhow::Result<String> {
         .context("cannot run edgelog edge")?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        bail!("edgelog edge failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "edgelog edge failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(stdout)
 }

@@ -11,7 +11,14 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run edgelog");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -29,20 +36,33 @@ fn every_subcommand_has_help() {
 fn configuration_errors_name_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("c.toml");
-    std::fs::write(&file, "[collector]\ntokens = [\"0123456789abcdef0\"]\nmax_bodyy_bytes = 5\n").expect("write");
+    std::fs::write(
+        &file,
+        "[collector]\ntokens = [\"0123456789abcdef0\"]\nmax_bodyy_bytes = 5\n",
+    )
+    .expect("write");
     let (ok, text) = run(&["config", "--config", file.to_str().expect("utf8")], &[]);
     assert!(!ok && text.contains("max_bodyy_bytes"), "{text}");
 
     std::fs::write(&file, "[collector]\ntokens = [\"0123456789abcdef0\"]\n").expect("write");
-    let (ok, text) = run(&["config", "--config", file.to_str().expect("utf8")], &[("EDGELOG_COLLECTOR__MAX_BODY_BYTES", "lots")]);
+    let (ok, text) = run(
+        &["config", "--config", file.to_str().expect("utf8")],
+        &[("EDGELOG_COLLECTOR__MAX_BODY_BYTES", "lots")],
+    );
     assert!(!ok && text.contains("max_body_bytes"), "{text}");
 
-    let (ok, text) = run(&["config", "--config", file.to_str().expect("utf8")], &[("EDGELOG_SAMPLING__DEFAULT__REALTIME", "150")]);
+    let (ok, text) = run(
+        &["config", "--config", file.to_str().expect("utf8")],
+        &[("EDGELOG_SAMPLING__DEFAULT__REALTIME", "150")],
+    );
     assert!(!ok && text.contains("sampling.default.realtime"), "{text}");
 
     let (ok, text) = run(&["config"], &[]);
     assert!(!ok && text.contains("collector.tokens"), "{text}");
 
-    let (ok, text) = run(&["config", "--config", file.to_str().expect("utf8")], &[("EDGELOG_COLLECTOR__LISTEN", "127.0.0.1:9999")]);
+    let (ok, text) = run(
+        &["config", "--config", file.to_str().expect("utf8")],
+        &[("EDGELOG_COLLECTOR__LISTEN", "127.0.0.1:9999")],
+    );
     assert!(ok && text.contains("127.0.0.1:9999"), "{text}");
 }

@@ -14,8 +14,22 @@ fn sigkill_during_sustained_load_loses_no_acknowledged_record() -> anyhow::Resul
     let edge = spawn_edge(
         &collector.url(),
         &[
-            "--rate", "4000", "--duration", "20s", "--batch", "250", "--concurrency", "4",
-            "--distributions", "4", "--ack-log", &ack, "--max-tries", "500", "--timeout", "5s",
+            "--rate",
+            "4000",
+            "--duration",
+            "20s",
+            "--batch",
+            "250",
+            "--concurrency",
+            "4",
+            "--distributions",
+            "4",
+            "--ack-log",
+            &ack,
+            "--max-tries",
+            "500",
+            "--timeout",
+            "5s",
         ],
     )?;
     let kills = 6;
@@ -25,12 +39,26 @@ fn sigkill_during_sustained_load_loses_no_acknowledged_record() -> anyhow::Resul
     }
     let out = edge.wait_with_output()?;
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "edge failed: {report}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(collector.terminate()?, "collector did not drain cleanly:\n{}", collector.log_text());
+    assert!(
+        out.status.success(),
+        "edge failed: {report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        collector.terminate()?,
+        "collector did not drain cleanly:\n{}",
+        collector.log_text()
+    );
 
-    let acked: HashSet<String> = std::fs::read_to_string(&ack_log)?.lines().map(str::to_owned).collect();
+    let acked: HashSet<String> = std::fs::read_to_string(&ack_log)?
+        .lines()
+        .map(str::to_owned)
+        .collect();
     let stored = stored_ids(&dir.path().join("standard-logs"))?;
-    let lost: Vec<&String> = acked.iter().filter(|id| !stored.contains_key(*id)).collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
     let duplicates: u32 = stored.values().map(|n| n - 1).sum();
     eprintln!(
         "{kills} SIGKILLs: {} acknowledged, {} distinct stored, {} duplicates (resent after a kill), {} lost\n{report}",
@@ -39,8 +67,21 @@ fn sigkill_during_sustained_load_loses_no_acknowledged_record() -> anyhow::Resul
         duplicates,
         lost.len()
     );
-    assert!(acked.len() > 20_000, "too little load to mean anything: {}", acked.len());
-    assert!(lost.is_empty(), "{} acknowledged records lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
-    assert!(collector.log_text().contains("write-ahead log open"), "{}", collector.log_text());
+    assert!(
+        acked.len() > 20_000,
+        "too little load to mean anything: {}",
+        acked.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged records lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        collector.log_text().contains("write-ahead log open"),
+        "{}",
+        collector.log_text()
+    );
     Ok(())
 }

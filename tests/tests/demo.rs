@@ -14,7 +14,12 @@ fn the_demo_runs_flushes_on_sigterm_and_duckdb_reads_its_files() -> anyhow::Resu
     let mut child = Command::new(binary())
         .args(["demo", "--rate", "3000", "--data-dir"])
         .arg(&data)
-        .args(["--listen", &format!("127.0.0.1:{ingest}"), "--dashboard-listen", &format!("127.0.0.1:{dash}")])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{ingest}"),
+            "--dashboard-listen",
+            &format!("127.0.0.1:{dash}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -35,11 +40,17 @@ fn the_demo_runs_flushes_on_sigterm_and_duckdb_reads_its_files() -> anyhow::Resu
     assert!(status.success(), "{stdout}");
     assert!(stdout.contains("Authorization: Bearer "), "{stdout}");
     assert!(readyz?.contains("\"status\":\"ready\""));
-    assert!(dists?.starts_with("[\"E"), "the dashboard saw no distribution");
+    assert!(
+        dists?.starts_with("[\"E"),
+        "the dashboard saw no distribution"
+    );
 
     let rows: u32 = stored_ids(&data.join("standard-logs"))?.values().sum();
     assert!(rows > 5_000, "only {rows} rows after 8 s at 3,000/s");
-    let glob = data.join("standard-logs/**/*.parquet").display().to_string();
+    let glob = data
+        .join("standard-logs/**/*.parquet")
+        .display()
+        .to_string();
     let script = format!(
         "import duckdb\n\
          con = duckdb.connect()\n\
@@ -52,7 +63,10 @@ fn the_demo_runs_flushes_on_sigterm_and_duckdb_reads_its_files() -> anyhow::Resu
         "DuckDB could not read the demo's files (is the Python duckdb package installed? scripts/install-test-deps.sh does it): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(text.trim(), format!("({rows}, 3, 'INTEGER', 'TIMESTAMP WITH TIME ZONE')"));
+    assert_eq!(
+        text.trim(),
+        format!("({rows}, 3, 'INTEGER', 'TIMESTAMP WITH TIME ZONE')")
+    );
     Ok(())
 }
 
@@ -60,12 +74,20 @@ mod reqwest {
     /// A tiny blocking GET over a raw socket: enough for loopback checks.
     pub fn blocking_get(url: &str) -> anyhow::Result<String> {
         use std::io::{Read, Write};
-        let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("http only"))?;
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow::anyhow!("http only"))?;
         let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
         let mut s = std::net::TcpStream::connect(host)?;
-        write!(s, "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+        )?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
-        Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or(out))
+        Ok(out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or(out))
     }
 }

@@ -7,9 +7,16 @@ use edgelog_tests::{CollectorProc, run_edge, stored_ids};
 
 fn sample(dir: &std::path::Path, rate: u32) -> anyhow::Result<HashSet<String>> {
     let mut c = CollectorProc::start(dir, &format!("[sampling.default]\nstandard = {rate}\n"))?;
-    run_edge(&c.url(), &["--total", "20000", "--rate", "0", "--seed", "7", "--batch", "1000"])?;
+    run_edge(
+        &c.url(),
+        &[
+            "--total", "20000", "--rate", "0", "--seed", "7", "--batch", "1000",
+        ],
+    )?;
     assert!(c.terminate()?, "{}", c.log_text());
-    Ok(stored_ids(&dir.join("standard-logs"))?.into_keys().collect())
+    Ok(stored_ids(&dir.join("standard-logs"))?
+        .into_keys()
+        .collect())
 }
 
 #[test]
@@ -19,8 +26,19 @@ fn collectors_agree_on_the_sample_and_smaller_samples_are_subsets() -> anyhow::R
     let b = sample(&dir.path().join("b"), 10)?;
     let c = sample(&dir.path().join("c"), 50)?;
     assert_eq!(a, b, "two collectors at 10 % kept different records");
-    assert!((1_700..=2_300).contains(&a.len()), "10 % of 20,000 kept {}", a.len());
-    assert!((9_300..=10_700).contains(&c.len()), "50 % of 20,000 kept {}", c.len());
-    assert!(a.is_subset(&c), "the 10 % sample is not inside the 50 % sample");
+    assert!(
+        (1_700..=2_300).contains(&a.len()),
+        "10 % of 20,000 kept {}",
+        a.len()
+    );
+    assert!(
+        (9_300..=10_700).contains(&c.len()),
+        "50 % of 20,000 kept {}",
+        c.len()
+    );
+    assert!(
+        a.is_subset(&c),
+        "the 10 % sample is not inside the 50 % sample"
+    );
     Ok(())
 }
