@@ -19,6 +19,11 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 
+// Ingest allocates many small strings per record; mimalloc handles that far better than
+// the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "edgelog",

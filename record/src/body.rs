@@ -77,10 +77,15 @@ pub fn parse_body(
     default_distribution: Option<&str>,
     max_listed: usize,
 ) -> Parsed {
-    let mut out = Parsed::default();
+    let lines = memchr::memchr_iter(b'\n', body).count() + 1;
+    let mut out = Parsed { records: Vec::with_capacity(lines), ..Parsed::default() };
     let mut keys = KeyCache::default();
     let mut header: Option<Header> = None;
-    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
+    let mut start = 0;
+    for i in 0..lines {
+        let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |n| start + n);
+        let raw = &body[start..end];
+        start = (end + 1).min(body.len());
         let line_no = i as u64 + 1;
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if line.iter().all(u8::is_ascii_whitespace) {

@@ -35,25 +35,43 @@ fn slot_of(key: &str) -> Slot {
     }
 }
 
-/// Resolves keys to slots, remembering the key order of earlier lines: senders write
-/// every line with the same keys in the same order, so one comparison usually suffices.
-#[derive(Default)]
+/// Resolves keys to slots, remembering which keys followed which in earlier lines.
+/// Senders write keys in a fixed order, skipping null fields, so the key after a given
+/// key is one of a few: a handful of short comparisons instead of a table scan.
 pub struct KeyCache {
-    order: Vec<(Box<str>, Slot)>,
+    successors: Vec<[Option<(Box<str>, Slot)>; 4]>,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        KeyCache { successors: vec![Default::default(); SLOTS] }
+    }
+}
+
+/// Slots have indices 1.. (0 is the start of a line).
+const SLOTS: usize = FIELD_COUNT + 8;
+
+fn slot_index(slot: Slot) -> usize {
+    match slot {
+        Slot::Timestamp => 1,
+        Slot::TimestampMs => 2,
+        Slot::Date => 3,
+        Slot::Time => 4,
+        Slot::Distribution => 5,
+        Slot::Unknown => 6,
+        Slot::Field(i) => 7 + usize::from(i),
+    }
 }
 
 impl KeyCache {
-    fn resolve(&mut self, pos: usize, key: &str) -> Slot {
-        if let Some((k, slot)) = self.order.get(pos)
-            && **k == *key
-        {
+    fn resolve(&mut self, prev: usize, key: &str) -> Slot {
+        let ways = &mut self.successors[prev];
+        if let Some((_, slot)) = ways.iter().flatten().find(|(k, _)| **k == *key) {
             return *slot;
         }
         let slot = slot_of(key);
-        if pos < 64 {
-            self.order.truncate(pos);
-            self.order.push((key.into(), slot));
-        }
+        ways.rotate_right(1);
+        ways[0] = Some((key.into(), slot));
         slot
     }
 }
@@ -159,10 +177,10 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut p = Partial::default();
-        let mut pos = 0;
+        let mut prev = 0;
         while let Some(CowStr(key)) = map.next_key::<CowStr<'de>>()? {
-            let slot = self.keys.resolve(pos, &key);
-            pos += 1;
+            let slot = self.keys.resolve(prev, &key);
+            prev = slot_index(slot);
             if slot == Slot::Unknown {
                 map.next_value::<IgnoredAny>()?;
                 continue;

@@ -8,6 +8,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use edgelog_edge::{ErrorMix, Generator};
 use edgelog_record::{Format, Record, parse_body, w3c, write_json};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const N: usize = 1000;
 
 fn records(n: usize) -> Vec<Record> {
