@@ -115,7 +115,7 @@ impl Default for LoopSettings {
             tick: Duration::from_millis(500),
             cursor_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(30),
-            read_batch: 64,
+            read_batch: 4,
         }
     }
 }

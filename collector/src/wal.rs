@@ -26,7 +26,7 @@ const HEADER: usize = 24;
 /// No single entry may exceed this; a bigger length field means corruption.
 const MAX_ENTRY: usize = 512 << 20;
 /// Decoded entries kept in memory so live sinks skip the disk and the decoding.
-const CACHE_ENTRIES: usize = 32;
+const CACHE_ENTRIES: usize = 16;
 
 /// Settings of the write-ahead log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -560,6 +560,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = tokio::runtime::Builder::new_multi_thread()
+        // Parsing runs on the blocking pool; a small pool keeps allocator heaps few.
+        .max_blocking_threads(8)
         .enable_all()
         .build()
         .context("cannot start the async runtime")

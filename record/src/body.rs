@@ -78,7 +78,10 @@ pub fn parse_body(
     max_listed: usize,
 ) -> Parsed {
     let lines = memchr::memchr_iter(b'\n', body).count() + 1;
-    let mut out = Parsed { records: Vec::with_capacity(lines), ..Parsed::default() };
+    let mut out = Parsed {
+        records: Vec::with_capacity(lines),
+        ..Parsed::default()
+    };
     let mut keys = KeyCache::default();
     let mut header: Option<Header> = None;
     let mut start = 0;

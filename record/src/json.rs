@@ -44,7 +44,9 @@ pub struct KeyCache {
 
 impl Default for KeyCache {
     fn default() -> Self {
-        KeyCache { successors: vec![Default::default(); SLOTS] }
+        KeyCache {
+            successors: vec![Default::default(); SLOTS],
+        }
     }
 }
 

@@ -20,7 +20,8 @@ pub struct StandardLogsConfig {
     pub path_template: String,
     /// A file closes at this many rows.
     pub max_rows: usize,
-    /// A file closes when its buffered records reach about this many bytes in memory.
+    /// A file closes when it reaches about this many bytes (encoded Parquet plus rows
+    /// waiting to be encoded).
     pub max_bytes: u64,
     /// A file closes this long after its first record arrived.
     #[serde(with = "humantime_serde")]
@@ -40,9 +41,9 @@ impl Default for StandardLogsConfig {
             prefix: "standard-logs".into(),
             path_template: DEFAULT_TEMPLATE.into(),
             max_rows: 1_000_000,
-            max_bytes: 256 << 20,
+            max_bytes: 64 << 20,
             max_age: Duration::from_secs(60),
-            max_open_bytes: 512 << 20,
+            max_open_bytes: 128 << 20,
             row_group_rows: 128 * 1024,
             zstd_level: 3,
         }

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use config::{DEFAULT_TEMPLATE, StandardLogsConfig};
-pub use schema::{SAMPLE_RATE_COLUMN, schema, to_batch};
-pub use sink::{StandardLogError, StandardLogSink};
+pub use schema::{Columns, SAMPLE_RATE_COLUMN, schema, to_batch};
+pub use sink::{BATCH_ROWS, StandardLogError, StandardLogSink};
 
 /// The embedded default: files under a local directory, the same layout as on S3.
 pub fn local_store(dir: &Path) -> Result<Arc<dyn object_store::ObjectStore>, object_store::Error> {

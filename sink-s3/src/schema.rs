@@ -2,10 +2,8 @@
 
 use std::sync::Arc;
 
-use arrow_array::{
-    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMillisecondArray,
-};
+use arrow_array::builder::{Float64Builder, Int32Builder, Int64Builder, StringBuilder};
+use arrow_array::{ArrayRef, Float64Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use edgelog_record::{FIELDS, FieldKind, Record, Value};
 
@@ -39,51 +37,125 @@ pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Builds one record batch from rows that all share `sample_rate`.
+enum Column {
+    Str(StringBuilder),
+    I32(Int32Builder),
+    I64(Int64Builder),
+    F64(Float64Builder),
+}
+
+/// Rows on their way into a record batch, column by column.
+pub struct Columns {
+    timestamps: Vec<i64>,
+    columns: Vec<Column>,
+    /// Bytes the builders hold, roughly.
+    bytes: usize,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Columns {
+            timestamps: Vec::new(),
+            columns: FIELDS
+                .iter()
+                .map(|f| match f.kind {
+                    FieldKind::Str => Column::Str(StringBuilder::new()),
+                    FieldKind::U16 => Column::I32(Int32Builder::new()),
+                    FieldKind::U32 | FieldKind::U64 | FieldKind::I64 => {
+                        Column::I64(Int64Builder::new())
+                    }
+                    FieldKind::F64 => Column::F64(Float64Builder::new()),
+                })
+                .collect(),
+            bytes: 0,
+        }
+    }
+}
+
+impl Columns {
+    pub fn len(&self) -> usize {
+        self.timestamps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.timestamps.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn push(&mut self, r: &Record) {
+        self.timestamps.push(r.timestamp_ms);
+        self.bytes += 8;
+        for (i, col) in self.columns.iter_mut().enumerate() {
+            match (col, r.get(i)) {
+                (Column::Str(b), Value::Str(s)) => {
+                    self.bytes += s.map_or(0, str::len) + 5;
+                    b.append_option(s);
+                }
+                (Column::I32(b), Value::U16(v)) => b.append_option(v.map(i32::from)),
+                (Column::I64(b), Value::U32(v)) => b.append_option(v.map(i64::from)),
+                // sc-bytes beyond i64::MAX is not a real response size; keep it as max.
+                (Column::I64(b), Value::U64(v)) => {
+                    b.append_option(v.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
+                }
+                (Column::I64(b), Value::I64(v)) => b.append_option(v),
+                (Column::F64(b), Value::F64(v)) => b.append_option(v),
+                // The builders are made from the same table as the values.
+                (Column::Str(b), _) => b.append_null(),
+                (Column::I32(b), _) => b.append_null(),
+                (Column::I64(b), _) => b.append_null(),
+                (Column::F64(b), _) => b.append_null(),
+            }
+            self.bytes += 9;
+        }
+    }
+
+    /// Takes the rows as one batch, sorted by time, and empties the builders.
+    pub fn finish(
+        &mut self,
+        schema: &SchemaRef,
+        sample_rate: f64,
+    ) -> Result<RecordBatch, ArrowError> {
+        let ts = std::mem::take(&mut self.timestamps);
+        let n = ts.len();
+        self.bytes = 0;
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(FIELDS.len() + 2);
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from(ts.clone()).with_timezone("UTC"),
+        ));
+        for col in &mut self.columns {
+            columns.push(match col {
+                Column::Str(b) => Arc::new(b.finish()),
+                Column::I32(b) => Arc::new(b.finish()),
+                Column::I64(b) => Arc::new(b.finish()),
+                Column::F64(b) => Arc::new(b.finish()),
+            });
+        }
+        columns.push(Arc::new(Float64Array::from(vec![sample_rate; n])));
+        if !ts.is_sorted() {
+            let mut order: Vec<u32> = (0..n as u32).collect();
+            order.sort_by_key(|&i| ts[i as usize]);
+            let order = UInt32Array::from(order);
+            columns = columns
+                .iter()
+                .map(|c| arrow_select::take::take(c.as_ref(), &order, None))
+                .collect::<Result<_, _>>()?;
+        }
+        RecordBatch::try_new(schema.clone(), columns)
+    }
+}
+
+/// Builds one record batch from rows that all share `sample_rate` (sorted by time).
 pub fn to_batch(
     schema: &SchemaRef,
     rows: &[&Record],
     sample_rate: f64,
 ) -> Result<RecordBatch, ArrowError> {
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(FIELDS.len() + 2);
-    columns.push(Arc::new(
-        TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.timestamp_ms))
-            .with_timezone("UTC"),
-    ));
-    for (i, f) in FIELDS.iter().enumerate() {
-        let col: ArrayRef = match f.kind {
-            FieldKind::Str => Arc::new(StringArray::from_iter(rows.iter().map(
-                |r| match r.get(i) {
-                    Value::Str(s) => s,
-                    _ => None,
-                },
-            ))),
-            FieldKind::U16 => {
-                Arc::new(Int32Array::from_iter(rows.iter().map(|r| match r.get(i) {
-                    Value::U16(v) => v.map(i32::from),
-                    _ => None,
-                })))
-            }
-            FieldKind::U32 | FieldKind::U64 | FieldKind::I64 => {
-                Arc::new(Int64Array::from_iter(rows.iter().map(|r| match r.get(i) {
-                    Value::U32(v) => v.map(i64::from),
-                    // sc-bytes beyond i64::MAX is not a real response size; keep it as max.
-                    Value::U64(v) => v.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
-                    Value::I64(v) => v,
-                    _ => None,
-                })))
-            }
-            FieldKind::F64 => Arc::new(Float64Array::from_iter(rows.iter().map(
-                |r| match r.get(i) {
-                    Value::F64(v) => v,
-                    _ => None,
-                },
-            ))),
-        };
-        columns.push(col);
+    let mut c = Columns::default();
+    for r in rows {
+        c.push(r);
     }
-    columns.push(Arc::new(Float64Array::from_iter_values(
-        rows.iter().map(|_| sample_rate),
-    )));
-    RecordBatch::try_new(schema.clone(), columns)
+    c.finish(schema, sample_rate)
 }

@@ -1,5 +1,10 @@
-//! The standard-log sink: buffers sampled records per (distribution, event hour) and
-//! writes each buffer as one Parquet object.
+//! The standard-log sink: sampled records per (distribution, event hour) become one
+//! Parquet object each.
+//!
+//! Memory stays near the compressed size: rows wait in Arrow column builders for at most
+//! [`BATCH_ROWS`] rows, then are sorted by time and encoded into the file's in-memory
+//! Parquet writer. A closed file is uploaded from those bytes, and kept for another try
+//! if the upload fails.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,21 +12,23 @@ use std::time::Instant;
 
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
+use bytes::Bytes;
 use edgelog_collector::{Entry, Seq, Sink, SinkError};
 use edgelog_record::{Destination, Record, SCHEMA_VERSION, SamplingConfig, time};
 use object_store::ObjectStore;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
-use parquet::arrow::async_writer::AsyncArrowWriter;
+use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use tokio::io::AsyncWriteExt;
 
 use crate::config::StandardLogsConfig;
-use crate::schema;
+use crate::schema::{self, Columns};
 
-/// Rows per Arrow batch handed to the Parquet writer.
-const BATCH_ROWS: usize = 8192;
+/// Rows gathered, sorted by time, and encoded together.
+pub const BATCH_ROWS: usize = 8192;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PartitionKey {
@@ -29,26 +36,42 @@ struct PartitionKey {
     hour_ms: i64,
 }
 
-struct Partition {
-    rows: Vec<Record>,
-    bytes: u64,
+/// A file being filled.
+struct OpenFile {
+    columns: Columns,
+    writer: ArrowWriter<Vec<u8>>,
+    rows: usize,
     first_seq: Seq,
-    last_seq: Seq,
     opened: Instant,
     sample_rate: f64,
 }
 
-/// Why writing a file failed.
+impl OpenFile {
+    fn memory(&self) -> usize {
+        // memory_size() is the row group in progress; bytes_written() the ones done.
+        self.columns.bytes() + self.writer.memory_size() + self.writer.bytes_written()
+    }
+}
+
+/// A finished file waiting for its upload.
+struct ReadyFile {
+    path: ObjectPath,
+    bytes: Bytes,
+    rows: usize,
+    first_seq: Seq,
+}
+
+/// Why a file could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum StandardLogError {
-    #[error("cannot build parquet for {key}: {source}")]
+    #[error("cannot encode parquet for {partition}: {source}")]
     Encode {
-        key: String,
+        partition: String,
         source: parquet::errors::ParquetError,
     },
-    #[error("cannot build arrow batch for {key}: {source}")]
+    #[error("cannot build arrow batch for {partition}: {source}")]
     Batch {
-        key: String,
+        partition: String,
         source: arrow_schema::ArrowError,
     },
 }
@@ -61,8 +84,8 @@ pub struct StandardLogSink {
     store: Arc<dyn ObjectStore>,
     schema: SchemaRef,
     props: WriterProperties,
-    open: HashMap<PartitionKey, Partition>,
-    open_bytes: u64,
+    open: HashMap<String, HashMap<i64, OpenFile>>,
+    ready: Vec<ReadyFile>,
     /// Last entry taken into the buffers.
     taken: Seq,
 }
@@ -75,6 +98,16 @@ fn render_partition(template: &str, key: &PartitionKey) -> String {
         .replace("{MM}", &format!("{m:02}"))
         .replace("{dd}", &format!("{d:02}"))
         .replace("{HH}", &format!("{h:02}"))
+}
+
+fn encode_err(key: &PartitionKey, source: parquet::errors::ParquetError) -> SinkError {
+    SinkError::Misconfigured(
+        StandardLogError::Encode {
+            partition: format!("{}/{}", key.distribution, key.hour_ms),
+            source,
+        }
+        .to_string(),
+    )
 }
 
 impl StandardLogSink {
@@ -105,154 +138,243 @@ impl StandardLogSink {
             schema: schema::schema(),
             props,
             open: HashMap::new(),
-            open_bytes: 0,
+            ready: Vec::new(),
             taken: 0,
         }
     }
 
-    /// The object key of a file: a function of the data (collector, partition, WAL range),
-    /// so writing the same batch again overwrites the same object.
-    fn object_path(&self, key: &PartitionKey, p: &Partition) -> ObjectPath {
+    /// The object key: a function of the data (collector, partition, first WAL entry),
+    /// never of the clock, so writing the same file again overwrites the same object.
+    fn object_path(&self, key: &PartitionKey, first_seq: Seq) -> ObjectPath {
         let partition = render_partition(&self.cfg.path_template, key);
-        let file = format!(
-            "{}-{:020}-{:020}.parquet",
-            self.collector_id, p.first_seq, p.last_seq
-        );
-        let full = if self.cfg.prefix.is_empty() {
-            format!("{partition}/{file}")
+        let file = format!("{}-{first_seq:020}.parquet", self.collector_id);
+        if self.cfg.prefix.is_empty() {
+            ObjectPath::from(format!("{partition}/{file}"))
         } else {
-            format!("{}/{partition}/{file}", self.cfg.prefix)
-        };
-        ObjectPath::from(full)
+            ObjectPath::from(format!("{}/{partition}/{file}", self.cfg.prefix))
+        }
     }
 
-    async fn write_file(&self, key: &PartitionKey, p: &Partition) -> Result<u64, SinkError> {
-        let path = self.object_path(key, p);
-        let mut rows: Vec<&Record> = p.rows.iter().collect();
-        rows.sort_by_key(|r| r.timestamp_ms);
-        let name = path.to_string();
-        // BufWriter switches to a multipart upload once the file outgrows its buffer.
-        let writer = BufWriter::new(self.store.clone(), path);
-        let mut w =
-            AsyncArrowWriter::try_new(writer, self.schema.clone(), Some(self.props.clone()))
-                .map_err(|source| {
-                    fatal(StandardLogError::Encode {
-                        key: name.clone(),
+    fn memory(&self) -> usize {
+        let open: usize = self
+            .open
+            .values()
+            .flat_map(HashMap::values)
+            .map(OpenFile::memory)
+            .sum();
+        open + self.ready.iter().map(|r| r.bytes.len()).sum::<usize>()
+    }
+
+    /// Encodes the rows waiting in the builders (CPU work: off the async workers' path).
+    fn encode_pending(&self, key: &PartitionKey, f: &mut OpenFile) -> Result<(), SinkError> {
+        if f.columns.is_empty() {
+            return Ok(());
+        }
+        let batch = f
+            .columns
+            .finish(&self.schema, f.sample_rate)
+            .map_err(|source| {
+                SinkError::Misconfigured(
+                    StandardLogError::Batch {
+                        partition: format!("{}/{}", key.distribution, key.hour_ms),
                         source,
-                    })
-                })?;
-        for chunk in rows.chunks(BATCH_ROWS) {
-            let batch = schema::to_batch(&self.schema, chunk, p.sample_rate).map_err(|source| {
-                fatal(StandardLogError::Batch {
-                    key: name.clone(),
-                    source,
-                })
+                    }
+                    .to_string(),
+                )
             })?;
-            w.write(&batch).await.map_err(|e| unavailable(&name, &e))?;
-        }
-        let meta = w.close().await.map_err(|e| unavailable(&name, &e))?;
-        let size: i64 = meta.row_groups().iter().map(|g| g.compressed_size()).sum();
-        tracing::debug!(object = %name, rows = p.rows.len(), bytes = size, "standard log file written");
-        Ok(size.max(0) as u64)
+        cpu(|| f.writer.write(&batch)).map_err(|e| encode_err(key, e))
     }
 
-    /// Writes and forgets one open partition; on failure it stays open for a retry.
-    async fn close(&mut self, key: &PartitionKey) -> Result<(), SinkError> {
-        let Some(p) = self.open.get(key) else {
+    /// Finishes an open file into a ready one.
+    fn seal(&mut self, key: &PartitionKey) -> Result<(), SinkError> {
+        let Some(mut f) = self
+            .open
+            .get_mut(&key.distribution)
+            .and_then(|m| m.remove(&key.hour_ms))
+        else {
             return Ok(());
         };
-        if p.rows.is_empty() {
-            self.open.remove(key);
+        if self
+            .open
+            .get(&key.distribution)
+            .is_some_and(HashMap::is_empty)
+        {
+            self.open.remove(&key.distribution);
+        }
+        if f.rows == 0 {
             return Ok(());
         }
-        let size = self.write_file(key, p).await?;
-        metrics::counter!("edgelog_standard_files_total").increment(1);
-        metrics::counter!("edgelog_standard_rows_total").increment(p.rows.len() as u64);
-        metrics::counter!("edgelog_standard_bytes_total").increment(size);
-        if let Some(p) = self.open.remove(key) {
-            self.open_bytes -= p.bytes;
-        }
-        metrics::gauge!("edgelog_standard_open_bytes").set(self.open_bytes as f64);
+        self.encode_pending(key, &mut f)?;
+        cpu(|| f.writer.finish()).map_err(|e| encode_err(key, e))?;
+        let bytes = Bytes::from(std::mem::take(f.writer.inner_mut()));
+        self.ready.push(ReadyFile {
+            path: self.object_path(key, f.first_seq),
+            bytes,
+            rows: f.rows,
+            first_seq: f.first_seq,
+        });
         Ok(())
     }
 
-    async fn close_where(&mut self, due: impl Fn(&Partition) -> bool) -> Result<(), SinkError> {
+    /// Uploads every ready file; stops at the first failure (the rest wait for a retry).
+    async fn upload_ready(&mut self) -> Result<(), SinkError> {
+        while let Some(file) = self.ready.first() {
+            let mut w = BufWriter::with_capacity(self.store.clone(), file.path.clone(), 8 << 20);
+            let result: Result<(), String> = async {
+                w.put(file.bytes.clone()).await.map_err(|e| e.to_string())?;
+                w.shutdown().await.map_err(|e| e.to_string())
+            }
+            .await;
+            if let Err(e) = result {
+                let _ = w.abort().await;
+                return Err(SinkError::Unavailable(format!(
+                    "cannot upload {}: {e}",
+                    file.path
+                )));
+            }
+            tracing::debug!(object = %file.path, rows = file.rows, bytes = file.bytes.len(), "standard log file written");
+            metrics::counter!("edgelog_standard_files_total").increment(1);
+            metrics::counter!("edgelog_standard_rows_total").increment(file.rows as u64);
+            metrics::counter!("edgelog_standard_bytes_total").increment(file.bytes.len() as u64);
+            self.ready.remove(0);
+        }
+        Ok(())
+    }
+
+    /// Seals the files `due` picks, then uploads everything ready.
+    async fn close_where(&mut self, due: impl Fn(&OpenFile) -> bool) -> Result<(), SinkError> {
         let keys: Vec<PartitionKey> = self
             .open
             .iter()
-            .filter(|(_, p)| due(p))
-            .map(|(k, _)| k.clone())
+            .flat_map(|(d, m)| m.iter().map(move |(h, f)| (d, h, f)))
+            .filter(|(_, _, f)| due(f))
+            .map(|(d, h, _)| PartitionKey {
+                distribution: d.clone(),
+                hour_ms: *h,
+            })
             .collect();
         for k in keys {
-            self.close(&k).await?;
+            self.seal(&k)?;
+        }
+        self.upload_ready().await
+    }
+
+    fn take(&mut self, entry: &Entry) -> Result<(), SinkError> {
+        let mut full: Vec<PartitionKey> = Vec::new();
+        for r in entry.records.iter() {
+            let Some(rate) =
+                self.sampling
+                    .decide(&r.distribution_id, r.request_id(), Destination::Standard)
+            else {
+                continue;
+            };
+            let hour_ms = r.timestamp_ms - r.timestamp_ms.rem_euclid(3_600_000);
+            let by_hour = match self.open.get_mut(&r.distribution_id) {
+                Some(m) => m,
+                None => self.open.entry(r.distribution_id.clone()).or_default(),
+            };
+            let f = match by_hour.get_mut(&hour_ms) {
+                Some(f) => f,
+                None => {
+                    let writer = ArrowWriter::try_new(
+                        Vec::new(),
+                        self.schema.clone(),
+                        Some(self.props.clone()),
+                    )
+                    .map_err(|e| {
+                        encode_err(
+                            &PartitionKey {
+                                distribution: r.distribution_id.clone(),
+                                hour_ms,
+                            },
+                            e,
+                        )
+                    })?;
+                    by_hour.entry(hour_ms).or_insert(OpenFile {
+                        columns: Columns::default(),
+                        writer,
+                        rows: 0,
+                        first_seq: entry.seq,
+                        opened: Instant::now(),
+                        sample_rate: rate,
+                    })
+                }
+            };
+            push(f, r);
+            if f.columns.len() >= BATCH_ROWS {
+                full.push(PartitionKey {
+                    distribution: r.distribution_id.clone(),
+                    hour_ms,
+                });
+            }
+        }
+        for key in full {
+            if let Some(mut f) = self
+                .open
+                .get_mut(&key.distribution)
+                .and_then(|m| m.remove(&key.hour_ms))
+            {
+                let encoded = self.encode_pending(&key, &mut f);
+                self.open
+                    .entry(key.distribution.clone())
+                    .or_default()
+                    .insert(key.hour_ms, f);
+                encoded?;
+            }
         }
         Ok(())
     }
 }
 
-fn fatal(e: StandardLogError) -> SinkError {
-    SinkError::Misconfigured(e.to_string())
+/// Runs CPU-heavy encoding where it doesn't stall other tasks (a multi-thread runtime
+/// moves them off this worker); inline elsewhere.
+fn cpu<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
-fn unavailable(object: &str, e: &parquet::errors::ParquetError) -> SinkError {
-    SinkError::Unavailable(format!("cannot write {object}: {e}"))
+fn push(f: &mut OpenFile, r: &Record) {
+    f.columns.push(r);
+    f.rows += 1;
 }
 
 #[async_trait]
 impl Sink for StandardLogSink {
     async fn write(&mut self, entry: &Entry) -> Result<(), SinkError> {
         // Taking an entry is separate from closing files, so a retry after a failed
-        // close does not buffer the same rows twice.
+        // upload does not take the same rows twice.
         if entry.seq > self.taken {
-            for r in entry.records.iter() {
-                let Some(rate) =
-                    self.sampling
-                        .decide(&r.distribution_id, r.request_id(), Destination::Standard)
-                else {
-                    continue;
-                };
-                let key = PartitionKey {
-                    distribution: r.distribution_id.clone(),
-                    hour_ms: r.timestamp_ms - r.timestamp_ms.rem_euclid(3_600_000),
-                };
-                let p = self.open.entry(key).or_insert_with(|| Partition {
-                    rows: Vec::new(),
-                    bytes: 0,
-                    first_seq: entry.seq,
-                    last_seq: entry.seq,
-                    opened: Instant::now(),
-                    sample_rate: rate,
-                });
-                let size = r.approx_size() as u64;
-                p.rows.push(r.clone());
-                p.bytes += size;
-                p.last_seq = entry.seq;
-                self.open_bytes += size;
-            }
+            self.take(entry)?;
             self.taken = entry.seq;
-            metrics::gauge!("edgelog_standard_open_bytes").set(self.open_bytes as f64);
         }
-        let (max_rows, max_bytes) = (self.cfg.max_rows, self.cfg.max_bytes);
-        self.close_where(|p| p.rows.len() >= max_rows || p.bytes >= max_bytes)
+        let (max_rows, max_bytes) = (self.cfg.max_rows, self.cfg.max_bytes as usize);
+        self.close_where(|f| f.rows >= max_rows || f.memory() >= max_bytes)
             .await?;
         // Over the memory bound: close the oldest files first.
-        while self.open_bytes > self.cfg.max_open_bytes {
-            let Some(oldest) = self
+        while self.memory() > self.cfg.max_open_bytes as usize && !self.open.is_empty() {
+            let oldest = self
                 .open
                 .iter()
-                .min_by_key(|(_, p)| p.opened)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            self.close(&oldest).await?;
+                .flat_map(|(d, m)| m.iter().map(move |(h, f)| (d, h, f.opened)))
+                .min_by_key(|x| x.2)
+                .map(|(d, h, _)| PartitionKey {
+                    distribution: d.clone(),
+                    hour_ms: *h,
+                });
+            if let Some(k) = oldest {
+                self.seal(&k)?;
+            }
+            self.upload_ready().await?;
         }
+        metrics::gauge!("edgelog_standard_open_bytes").set(self.memory() as f64);
         Ok(())
     }
 
     async fn tick(&mut self) -> Result<(), SinkError> {
         let max_age = self.cfg.max_age;
-        self.close_where(|p| p.opened.elapsed() >= max_age).await
+        self.close_where(|f| f.opened.elapsed() >= max_age).await
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
@@ -260,7 +382,13 @@ impl Sink for StandardLogSink {
     }
 
     fn delivered(&self) -> Seq {
-        match self.open.values().map(|p| p.first_seq).min() {
+        let open = self
+            .open
+            .values()
+            .flat_map(HashMap::values)
+            .map(|f| f.first_seq);
+        let ready = self.ready.iter().map(|r| r.first_seq);
+        match open.chain(ready).min() {
             Some(first) => first - 1,
             None => self.taken,
         }

@@ -15,7 +15,9 @@ const N: usize = 1000;
 
 fn records(n: usize) -> Vec<Record> {
     let mut g = Generator::new(42, 8, 16);
-    (0..n).map(|i| g.record(1_764_000_000_000 + i as i64 * 37, i, ErrorMix::default())).collect()
+    (0..n)
+        .map(|i| g.record(1_764_000_000_000 + i as i64 * 37, i, ErrorMix::default()))
+        .collect()
 }
 
 fn codec(c: &mut Criterion) {
@@ -30,11 +32,19 @@ fn codec(c: &mut Criterion) {
     for r in &recs {
         w3c::write_line(r, &mut tsv);
     }
-    eprintln!("ndjson: {} B/record, w3c: {} B/record", ndjson.len() / N, tsv.len() / N);
+    eprintln!(
+        "ndjson: {} B/record, w3c: {} B/record",
+        ndjson.len() / N,
+        tsv.len() / N
+    );
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(N as u64));
-    g.bench_function("parse_ndjson_1000", |b| b.iter(|| parse_body(Format::Ndjson, black_box(&ndjson), None, 100)));
-    g.bench_function("parse_w3c_1000", |b| b.iter(|| parse_body(Format::W3c, black_box(tsv.as_bytes()), Some("E1"), 100)));
+    g.bench_function("parse_ndjson_1000", |b| {
+        b.iter(|| parse_body(Format::Ndjson, black_box(&ndjson), None, 100))
+    });
+    g.bench_function("parse_w3c_1000", |b| {
+        b.iter(|| parse_body(Format::W3c, black_box(tsv.as_bytes()), Some("E1"), 100))
+    });
     g.bench_function("write_json_1000", |b| {
         let mut out = Vec::with_capacity(ndjson.len());
         b.iter(|| {
@@ -48,13 +58,21 @@ fn codec(c: &mut Criterion) {
 }
 
 fn wal(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let batch = Arc::new(records(N));
     let mut g = c.benchmark_group("wal");
     g.throughput(Throughput::Elements(N as u64 * 16));
     for fsync in [true, false] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = edgelog_collector::WalConfig { segment_bytes: 64 << 20, max_bytes: 1 << 40, fsync };
+        let cfg = edgelog_collector::WalConfig {
+            segment_bytes: 64 << 20,
+            max_bytes: 1 << 40,
+            fsync,
+        };
         let wal = edgelog_collector::Wal::open(dir.path(), cfg).expect("wal");
         let mut reader = wal.reader("bench");
         // 16 concurrent appends of 1,000 records: one group commit covers several.
@@ -92,12 +110,16 @@ fn parquet(c: &mut Criterion) {
     let rows: Vec<&Record> = recs.iter().collect();
     let encode = |rows: &[&Record]| -> Vec<u8> {
         let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::try_new(3).expect("level")))
+            .set_compression(parquet::basic::Compression::ZSTD(
+                parquet::basic::ZstdLevel::try_new(3).expect("level"),
+            ))
             .build();
         let mut out = Vec::new();
-        let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema.clone(), Some(props)).expect("writer");
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema.clone(), Some(props))
+            .expect("writer");
         for chunk in rows.chunks(8192) {
-            w.write(&edgelog_sink_s3::to_batch(&schema, chunk, 100.0).expect("batch")).expect("write");
+            w.write(&edgelog_sink_s3::to_batch(&schema, chunk, 100.0).expect("batch"))
+                .expect("write");
         }
         w.close().expect("close");
         out

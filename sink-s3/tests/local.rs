@@ -1,0 +1,120 @@
+//! The standard-log sink on the local store: layout, no empty files, bounded memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgelog_collector::{Entry, Sink};
+use edgelog_edge::{ErrorMix, Generator};
+use edgelog_record::SamplingConfig;
+use edgelog_sink_s3::{StandardLogSink, StandardLogsConfig, local_store};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn rows(path: &std::path::Path) -> usize {
+    let f = std::fs::File::open(path).expect("open");
+    ParquetRecordBatchReaderBuilder::try_new(f)
+        .expect("parquet")
+        .build()
+        .expect("reader")
+        .map(|b| b.expect("batch").num_rows())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_distributions_stay_within_the_memory_bound_and_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = StandardLogsConfig {
+        max_open_bytes: 8 << 20,
+        max_age: Duration::from_secs(3600),
+        ..StandardLogsConfig::default()
+    };
+    let mut sink = StandardLogSink::new(
+        cfg,
+        "c1",
+        SamplingConfig::default(),
+        local_store(dir.path()).expect("store"),
+    );
+    let mut g = Generator::new(3, 100, 8);
+    let mut total = 0;
+    for seq in 1..=100u64 {
+        let recs: Vec<_> = (0..1000)
+            .map(|i| {
+                g.record(
+                    1_764_000_000_000 + (seq * 1000 + i) as i64 * 50,
+                    i as usize,
+                    ErrorMix::default(),
+                )
+            })
+            .collect();
+        total += recs.len();
+        sink.write(&Entry {
+            seq,
+            appended_ms: 0,
+            records: Arc::new(recs),
+        })
+        .await
+        .expect("write");
+    }
+    sink.flush().await.expect("flush");
+    assert_eq!(sink.delivered(), 100);
+    let found = files(dir.path());
+    assert!(
+        found
+            .iter()
+            .all(|p| p.extension().is_some_and(|x| x == "parquet")),
+        "{found:?}"
+    );
+    let n: usize = found.iter().map(|p| rows(p)).sum();
+    assert_eq!(n, total);
+    assert!(
+        found.iter().all(|p| rows(p) > 0),
+        "an empty file was written"
+    );
+    let sample = found[0].display().to_string();
+    assert!(
+        sample.contains("standard-logs/DistributionId=E")
+            && sample.contains("/year=2025/month=11/"),
+        "{sample}"
+    );
+}
+
+#[tokio::test]
+async fn nothing_in_means_no_file_and_the_position_still_moves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sampling: SamplingConfig =
+        serde_json::from_str(r#"{"default":{"standard":0}}"#).expect("config");
+    let mut sink = StandardLogSink::new(
+        StandardLogsConfig::default(),
+        "c1",
+        sampling,
+        local_store(dir.path()).expect("store"),
+    );
+    let mut g = Generator::new(1, 2, 2);
+    let recs: Vec<_> = (0..100)
+        .map(|i| g.record(1_764_000_000_000, i, ErrorMix::default()))
+        .collect();
+    sink.write(&Entry {
+        seq: 7,
+        appended_ms: 0,
+        records: Arc::new(recs),
+    })
+    .await
+    .expect("write");
+    sink.flush().await.expect("flush");
+    assert_eq!(sink.delivered(), 7);
+    assert!(files(dir.path()).is_empty());
+}
