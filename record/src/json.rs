@@ -39,8 +39,11 @@ fn slot_of(key: &str) -> Slot {
 /// Senders write keys in a fixed order, skipping null fields, so the key after a given
 /// key is one of a few: a handful of short comparisons instead of a table scan.
 pub struct KeyCache {
-    successors: Vec<[Option<(Box<str>, Slot)>; 4]>,
+    successors: Vec<Ways>,
 }
+
+/// The last few keys seen after one key, with their slots.
+type Ways = [Option<(Box<str>, Slot)>; 4];
 
 impl Default for KeyCache {
     fn default() -> Self {
