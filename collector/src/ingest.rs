@@ -399,15 +399,17 @@ async fn ingest(
         metrics::counter!("edgelog_ingest_bytes_total", "stage" => "decoded")
             .increment(body.len() as u64);
         let format = choose_format(q.format.as_deref(), &headers, &body)?;
-        Ok::<_, IngestError>(parse_body(
-            format,
-            &body,
-            q.distribution.as_deref(),
-            max_listed,
-        ))
+        let parsed = parse_body(format, &body, q.distribution.as_deref(), max_listed);
+        let payload = if parsed.records.is_empty() {
+            Vec::new()
+        } else {
+            Wal::encode(&parsed.records)?
+        };
+        Ok::<_, IngestError>((parsed, payload))
     })
     .await
     .map_err(|e| IngestError::Read(e.to_string()))??;
+    let (parsed, payload) = parsed;
 
     for r in &parsed.rejected {
         metrics::counter!("edgelog_records_rejected_total", "reason" => reason_label(&r.reason))
@@ -420,7 +422,9 @@ async fn ingest(
     let accepted = parsed.records.len() as u64;
     let rejected_total = parsed.rejected_count();
     if accepted > 0 {
-        i.wal.append(Arc::new(parsed.records)).await?;
+        i.wal
+            .append_encoded(Arc::new(parsed.records), payload)
+            .await?;
         metrics::counter!("edgelog_records_accepted_total").increment(accepted);
         i.accepted_records.fetch_add(accepted, Ordering::Relaxed);
     }

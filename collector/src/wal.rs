@@ -2,7 +2,9 @@
 //!
 //! Layout: `{dir}/{first_seq:020}.wal` segments, each an 8-byte magic followed by entries
 //! `len:u32 crc32:u32 seq:u64 appended_ms:u64 payload`, the crc covering seq, time and
-//! payload. One writer thread appends and fsyncs groups of entries (group commit); every
+//! payload; the payload is the records, postcard-encoded then zstd-compressed (records
+//! repeat hosts, agents and paths, so the log is several times smaller than the input).
+//! One writer thread appends and fsyncs groups of entries (group commit); every
 //! sink reads with its own [`WalReader`] and reports how far it has delivered with
 //! [`Wal::commit_cursor`]. A segment is deleted once every sink is past it.
 
@@ -21,7 +23,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// Position of an entry in the log; entries are numbered from 1 without gaps.
 pub type Seq = u64;
 
-const MAGIC: &[u8; 8] = b"EDGWAL01";
+/// Version 2: payloads are zstd-compressed postcard.
+const MAGIC: &[u8; 8] = b"EDGWAL02";
 const HEADER: usize = 24;
 /// No single entry may exceed this; a bigger length field means corruption.
 const MAX_ENTRY: usize = 512 << 20;
@@ -79,7 +82,7 @@ pub enum WalError {
         reason: String,
     },
     #[error("cannot encode records for the write-ahead log: {0}")]
-    Encode(postcard::Error),
+    Encode(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
@@ -386,13 +389,29 @@ impl Wal {
         })
     }
 
+    /// Encodes records into an entry payload. CPU work: callers on an async runtime may
+    /// run it on a blocking thread and hand the result to [`Wal::append_encoded`].
+    pub fn encode(records: &[Record]) -> Result<Vec<u8>, WalError> {
+        let raw = postcard::to_allocvec(records).map_err(|e| WalError::Encode(e.to_string()))?;
+        zstd::bulk::compress(&raw, 1).map_err(|e| WalError::Encode(e.to_string()))
+    }
+
     /// Appends the records as one entry; returns once they are durable.
     pub async fn append(&self, records: Arc<Vec<Record>>) -> Result<Seq, WalError> {
+        let payload = Wal::encode(&records)?;
+        self.append_encoded(records, payload).await
+    }
+
+    /// Appends records already encoded by [`Wal::encode`]; returns once they are durable.
+    pub async fn append_encoded(
+        &self,
+        records: Arc<Vec<Record>>,
+        payload: Vec<u8>,
+    ) -> Result<Seq, WalError> {
         let (used, max) = (self.shared.lock().total_bytes, self.shared.cfg.max_bytes);
         if used >= max {
             return Err(WalError::Full { used, max });
         }
-        let payload = postcard::to_allocvec(&*records).map_err(WalError::Encode)?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(WriterMsg::Append(Append {
@@ -796,7 +815,9 @@ impl WalReader {
                     format!("sequence {seq} where {want} was expected"),
                 ));
             }
-            let records: Vec<Record> = postcard::from_bytes(&payload)
+            let raw = zstd::bulk::decompress(&payload, MAX_ENTRY)
+                .map_err(|e| corrupt(at, format!("undecompressable entry: {e}")))?;
+            let records: Vec<Record> = postcard::from_bytes(&raw)
                 .map_err(|e| corrupt(at, format!("undecodable entry: {e}")))?;
             self.next += 1;
             return Ok(Entry {
