@@ -39,6 +39,8 @@ pub trait Sink: Send {
     async fn flush(&mut self) -> Result<(), SinkError>;
     /// Every entry at or below this position is delivered.
     fn delivered(&self) -> Seq;
+    /// The loop saved `seq` as this sink's position: a restart resumes after it.
+    fn cursor_saved(&mut self, _seq: Seq) {}
 }
 
 /// What `/readyz` and `/metrics` show of a sink.
@@ -211,6 +213,7 @@ pub async fn run_sink(
             .store(pending.front().map_or(0, |p| p.1), Ordering::Relaxed);
         if delivered > saved && last_save.elapsed() >= settings.cursor_interval {
             save_cursor(&wal, &name, delivered, &status, &mut saved);
+            sink.cursor_saved(saved);
             last_save = Instant::now();
         }
         if !ok || drain_deadline.is_some_and(|d| Instant::now() > d) {

@@ -271,12 +271,15 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
         let store = edgelog_sink_s3::local_store(&cfg.data_dir)
             .with_context(|| format!("cannot use {} for standard logs", cfg.data_dir.display()))?;
         let dir = cfg.data_dir.join(&cfg.sinks.standard.prefix);
+        let state = cfg.data_dir.join("state").join("standard-watermarks.json");
         let sink = StandardLogSink::new(
             cfg.sinks.standard.clone(),
             &cfg.collector.id,
             cfg.sampling.clone(),
             store,
-        );
+        )
+        .with_state_file(&state)
+        .with_context(|| format!("cannot read {}", state.display()))?;
         collector.add_sink("standard", Box::new(sink));
         tracing::info!(dir = %dir.display(), "standard logs go to local Parquet files");
     }

@@ -42,6 +42,8 @@ struct OpenFile {
     writer: ArrowWriter<Vec<u8>>,
     rows: usize,
     first_seq: Seq,
+    /// Entry of the last row taken.
+    last_seq: Seq,
     opened: Instant,
     sample_rate: f64,
 }
@@ -55,6 +57,8 @@ impl OpenFile {
 
 /// A finished file waiting for its upload.
 struct ReadyFile {
+    key: PartitionKey,
+    last_seq: Seq,
     path: ObjectPath,
     bytes: Bytes,
     rows: usize,
@@ -88,6 +92,76 @@ pub struct StandardLogSink {
     ready: Vec<ReadyFile>,
     /// Last entry taken into the buffers.
     taken: Seq,
+    watermarks: Watermarks,
+}
+
+/// Per partition, the last entry whose rows are uploaded: a replay after a crash skips
+/// them, so no row lands twice. Saved after every upload; uploads run one at a time, so
+/// at most one upload can be unrecorded at a crash, and its replay rebuilds a file with
+/// the same first entry, hence the same key: it overwrites the same object.
+#[derive(Default)]
+struct Watermarks {
+    path: Option<std::path::PathBuf>,
+    by_partition: HashMap<String, HashMap<i64, Seq>>,
+}
+
+impl Watermarks {
+    fn load(path: &std::path::Path) -> std::io::Result<Watermarks> {
+        let by_partition = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Watermarks {
+            path: Some(path.to_owned()),
+            by_partition,
+        })
+    }
+
+    fn get(&self, distribution: &str, hour_ms: i64) -> Seq {
+        self.by_partition
+            .get(distribution)
+            .and_then(|m| m.get(&hour_ms))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn set(&mut self, key: &PartitionKey, seq: Seq) -> Result<(), SinkError> {
+        let w = self
+            .by_partition
+            .entry(key.distribution.clone())
+            .or_default()
+            .entry(key.hour_ms)
+            .or_default();
+        *w = (*w).max(seq);
+        self.save()
+    }
+
+    /// Forgets what a replay can no longer reach (at or below the saved position).
+    fn prune(&mut self, saved: Seq) -> Result<(), SinkError> {
+        let before: usize = self.by_partition.values().map(HashMap::len).sum();
+        for m in self.by_partition.values_mut() {
+            m.retain(|_, w| *w > saved);
+        }
+        self.by_partition.retain(|_, m| !m.is_empty());
+        let after: usize = self.by_partition.values().map(HashMap::len).sum();
+        if after != before { self.save() } else { Ok(()) }
+    }
+
+    fn save(&self) -> Result<(), SinkError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let write = || -> std::io::Result<()> {
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            let bytes = serde_json::to_vec(&self.by_partition).map_err(std::io::Error::other)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_data()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| SinkError::Unavailable(format!("cannot save {}: {e}", path.display())))
+    }
 }
 
 fn render_partition(template: &str, key: &PartitionKey) -> String {
@@ -140,7 +214,18 @@ impl StandardLogSink {
             open: HashMap::new(),
             ready: Vec::new(),
             taken: 0,
+            watermarks: Watermarks::default(),
         }
+    }
+
+    /// Keeps per-partition upload watermarks in `path` (read now, written after every
+    /// upload), which makes every row land exactly once across crashes.
+    pub fn with_state_file(mut self, path: &std::path::Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        self.watermarks = Watermarks::load(path)?;
+        Ok(self)
     }
 
     /// The object key: a function of the data (collector, partition, first WAL entry),
@@ -208,6 +293,8 @@ impl StandardLogSink {
         cpu(|| f.writer.finish()).map_err(|e| encode_err(key, e))?;
         let bytes = Bytes::from(std::mem::take(f.writer.inner_mut()));
         self.ready.push(ReadyFile {
+            key: key.clone(),
+            last_seq: f.last_seq,
             path: self.object_path(key, f.first_seq),
             bytes,
             rows: f.rows,
@@ -236,6 +323,8 @@ impl StandardLogSink {
             metrics::counter!("edgelog_standard_files_total").increment(1);
             metrics::counter!("edgelog_standard_rows_total").increment(file.rows as u64);
             metrics::counter!("edgelog_standard_bytes_total").increment(file.bytes.len() as u64);
+            let (key, last) = (file.key.clone(), file.last_seq);
+            self.watermarks.set(&key, last)?;
             self.ready.remove(0);
         }
         Ok(())
@@ -269,6 +358,9 @@ impl StandardLogSink {
                 continue;
             };
             let hour_ms = r.timestamp_ms - r.timestamp_ms.rem_euclid(3_600_000);
+            if entry.seq <= self.watermarks.get(&r.distribution_id, hour_ms) {
+                continue; // uploaded before a crash
+            }
             let by_hour = match self.open.get_mut(&r.distribution_id) {
                 Some(m) => m,
                 None => self.open.entry(r.distribution_id.clone()).or_default(),
@@ -295,12 +387,13 @@ impl StandardLogSink {
                         writer,
                         rows: 0,
                         first_seq: entry.seq,
+                        last_seq: entry.seq,
                         opened: Instant::now(),
                         sample_rate: rate,
                     })
                 }
             };
-            push(f, r);
+            push(f, r, entry.seq);
             if f.columns.len() >= BATCH_ROWS {
                 full.push(PartitionKey {
                     distribution: r.distribution_id.clone(),
@@ -335,9 +428,10 @@ fn cpu<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-fn push(f: &mut OpenFile, r: &Record) {
+fn push(f: &mut OpenFile, r: &Record, seq: Seq) {
     f.columns.push(r);
     f.rows += 1;
+    f.last_seq = seq;
 }
 
 #[async_trait]
@@ -379,6 +473,12 @@ impl Sink for StandardLogSink {
 
     async fn flush(&mut self) -> Result<(), SinkError> {
         self.close_where(|_| true).await
+    }
+
+    fn cursor_saved(&mut self, seq: Seq) {
+        if let Err(e) = self.watermarks.prune(seq) {
+            tracing::warn!(error = %e, "cannot prune upload watermarks");
+        }
     }
 
     fn delivered(&self) -> Seq {
