@@ -73,6 +73,10 @@ pub enum WalError {
     Full { used: u64, max: u64 },
     #[error("write-ahead log is closed")]
     Closed,
+    #[error(
+        "write-ahead log in {dir} is in use by another process (is another collector running on this data dir?)"
+    )]
+    Locked { dir: PathBuf },
     #[error("write-ahead log i/o on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("corrupt write-ahead log entry in {path} at offset {offset}: {reason}")]
@@ -173,6 +177,8 @@ pub struct Wal {
     shared: Arc<Shared>,
     tx: mpsc::Sender<WriterMsg>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Held open for the life of the log: the exclusive lock on `{dir}/LOCK`.
+    _lock: Arc<File>,
 }
 
 fn segment_path(dir: &Path, first_seq: Seq) -> PathBuf {
@@ -274,6 +280,23 @@ impl Wal {
     /// Opens (or creates) the log in `dir`, cutting a torn tail left by a crash.
     pub fn open(dir: &Path, cfg: WalConfig) -> Result<Wal, WalError> {
         fs::create_dir_all(dir.join("cursors")).map_err(io_err(dir))?;
+        // One writer per log: a second collector on the same data dir would interleave.
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(WalError::Locked {
+                    dir: dir.to_owned(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
         let mut firsts: Vec<Seq> = Vec::new();
         for e in fs::read_dir(dir).map_err(io_err(dir))? {
             let e = e.map_err(io_err(dir))?;
@@ -386,6 +409,7 @@ impl Wal {
             shared,
             tx,
             writer: Arc::new(Mutex::new(Some(writer))),
+            _lock: Arc::new(lock),
         })
     }
 

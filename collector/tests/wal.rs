@@ -134,6 +134,7 @@ async fn segments_go_only_when_every_sink_is_past_them() {
     wal.commit_cursor("b", last).expect("cursor");
     assert_eq!(wal.stats().segments, 1);
     wal.close().await;
+    drop(wal); // a restart is a new process: the old one's lock is gone
 
     // A restart resumes each sink after its saved cursor, and the sequence goes on.
     let wal = Wal::open(dir.path(), small()).expect("reopen");
@@ -166,4 +167,22 @@ async fn readers_cross_segments_from_disk_after_a_restart() {
         assert_eq!(*id, format!("e{}-{}", i / 2, i % 2));
     }
     wal.close().await;
+}
+
+#[tokio::test]
+async fn a_second_writer_on_the_same_log_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("open");
+    let err = Wal::open(dir.path(), WalConfig::default())
+        .err()
+        .expect("second open must fail");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    wal.close().await;
+    drop(wal);
+    // Released with the last handle: a restart can take it.
+    let again = Wal::open(dir.path(), WalConfig::default()).expect("reopen after release");
+    again.close().await;
 }
