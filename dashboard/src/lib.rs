@@ -1,5 +1,8 @@
 //! The dashboard: merges per-minute partial aggregates from any number of collectors
-//! and serves them. This is the thin first version: a JSON API and an overview table.
+//! and serves them. This is the thin first version: a JSON API and an overview table;
+//! alarms are evaluated by [`alarms`].
+
+pub mod alarms;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -49,8 +52,8 @@ pub struct MetricsStore {
     history_minutes: usize,
 }
 
-/// One minute of the six CloudFront metrics.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One minute of CloudFront's six metrics and the additional ones (rates in percent).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct MinutePoint {
     pub minute_ms: i64,
     pub requests: u64,
@@ -59,6 +62,13 @@ pub struct MinutePoint {
     pub error_rate_4xx: f64,
     pub error_rate_5xx: f64,
     pub total_error_rate: f64,
+    pub cache_hit_rate: f64,
+    pub error_rate_401: f64,
+    pub error_rate_403: f64,
+    pub error_rate_404: f64,
+    pub error_rate_502: f64,
+    pub error_rate_503: f64,
+    pub error_rate_504: f64,
 }
 
 impl MinutePoint {
@@ -71,6 +81,13 @@ impl MinutePoint {
             error_rate_4xx: a.error_rate_4xx(),
             error_rate_5xx: a.error_rate_5xx(),
             total_error_rate: a.total_error_rate(),
+            cache_hit_rate: a.cache_hit_rate(),
+            error_rate_401: a.status_rate(401),
+            error_rate_403: a.status_rate(403),
+            error_rate_404: a.status_rate(404),
+            error_rate_502: a.status_rate(502),
+            error_rate_503: a.status_rate(503),
+            error_rate_504: a.status_rate(504),
         }
     }
 }

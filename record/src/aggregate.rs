@@ -93,6 +93,24 @@ impl MinuteAggregate {
     pub fn total_error_rate(&self) -> f64 {
         self.percent(self.status_4xx + self.status_5xx)
     }
+
+    /// Percent of all requests answered with `status` (401, 403, 404, 502, 503 or 504;
+    /// 0 for any other).
+    pub fn status_rate(&self, status: u16) -> f64 {
+        DETAIL_STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .map_or(0.0, |i| self.percent(self.status_detail[i]))
+    }
+
+    /// CacheHitRate: hits over requests that could have been served from cache, percent.
+    pub fn cache_hit_rate(&self) -> f64 {
+        if self.cacheable == 0 {
+            0.0
+        } else {
+            self.cache_hits as f64 * 100.0 / self.cacheable as f64
+        }
+    }
 }
 
 /// One published partial aggregate: which collector, which distribution and minute.

@@ -1,0 +1,157 @@
+//! The dashboard's per-minute metrics equal what DuckDB computes from the standard logs of
+//! the same records (sampled at 100 %), minute by minute, distribution by distribution.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edgelog_tests::{TOKEN, binary, free_port, run_edge, signal};
+
+fn get(url: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("http only"))?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = std::net::TcpStream::connect(host)?;
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(out))
+}
+
+#[test]
+fn dashboard_minutes_equal_duckdb_over_the_standard_logs() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("demo");
+    let (ingest, dash) = (free_port(), free_port());
+    let mut child = Command::new(binary())
+        .args(["demo", "--no-traffic", "--token", TOKEN, "--data-dir"])
+        .arg(&data)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{ingest}"),
+            "--dashboard-listen",
+            &format!("127.0.0.1:{dash}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{ingest}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", ingest)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "demo did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Errors in the mix, times spread over the last 12 minutes.
+    run_edge(
+        &url,
+        &[
+            "--total",
+            "30000",
+            "--rate",
+            "0",
+            "--seed",
+            "5",
+            "--backfill-hours",
+            "0.2",
+            "--error-4xx",
+            "4",
+            "--error-5xx",
+            "3",
+        ],
+    )?;
+    // The demo publishes minutes every 2 s.
+    std::thread::sleep(Duration::from_secs(4));
+    let ids: Vec<String> =
+        serde_json::from_str(&get(&format!("http://127.0.0.1:{dash}/api/distributions"))?)?;
+    anyhow::ensure!(ids.len() == 3, "distributions: {ids:?}");
+    let mut dashboard = Vec::new();
+    for id in &ids {
+        let points: Vec<serde_json::Value> = serde_json::from_str(&get(&format!(
+            "http://127.0.0.1:{dash}/api/distributions/{id}/series"
+        ))?)?;
+        for p in points {
+            dashboard.push((id.clone(), p));
+        }
+    }
+    signal(&child, "TERM")?;
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "demo exited with {status}");
+
+    let glob = data
+        .join("standard-logs/**/*.parquet")
+        .display()
+        .to_string();
+    let script = format!(
+        r#"import duckdb, json
+rows = duckdb.sql("""
+SELECT DistributionId, epoch_ms(timestamp) // 60000 * 60000 AS minute_ms, count(*) AS requests,
+  sum(CASE WHEN cs_method IN ('GET','HEAD','OPTIONS') THEN coalesce(sc_bytes, 0) ELSE 0 END) AS bytes_downloaded,
+  sum(CASE WHEN cs_method IN ('POST','PUT') THEN coalesce(cs_bytes, 0) ELSE 0 END) AS bytes_uploaded,
+  100.0 * count(*) FILTER (WHERE sc_status BETWEEN 400 AND 499) / count(*) AS error_rate_4xx,
+  100.0 * count(*) FILTER (WHERE sc_status BETWEEN 500 AND 599) / count(*) AS error_rate_5xx,
+  100.0 * count(*) FILTER (WHERE sc_status BETWEEN 400 AND 599) / count(*) AS total_error_rate
+FROM read_parquet('{glob}', hive_partitioning = true) GROUP BY ALL ORDER BY ALL
+""").fetchall()
+print(json.dumps(rows))"#
+    );
+    let out = Command::new("python3").args(["-c", &script]).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let duck: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    anyhow::ensure!(
+        duck.len() >= 30,
+        "only {} (distribution, minute) rows",
+        duck.len()
+    );
+    assert_eq!(
+        duck.len(),
+        dashboard.len(),
+        "different (distribution, minute) sets"
+    );
+    let total: i64 = duck.iter().filter_map(|r| r[2].as_i64()).sum();
+    assert_eq!(total, 30_000);
+    for row in &duck {
+        let (id, minute) = (row[0].as_str().unwrap_or(""), row[1].as_i64().unwrap_or(0));
+        let p = &dashboard
+            .iter()
+            .find(|(d, p)| d == id && p["minute_ms"].as_i64() == Some(minute))
+            .ok_or_else(|| anyhow::anyhow!("dashboard lacks {id} at {minute}"))?
+            .1;
+        for (i, key) in [
+            (2, "requests"),
+            (3, "bytes_downloaded"),
+            (4, "bytes_uploaded"),
+        ] {
+            assert_eq!(
+                p[key].as_i64(),
+                row[i].as_i64(),
+                "{key} of {id} at {minute}"
+            );
+        }
+        for (i, key) in [
+            (5, "error_rate_4xx"),
+            (6, "error_rate_5xx"),
+            (7, "total_error_rate"),
+        ] {
+            let (a, b) = (
+                p[key].as_f64().unwrap_or(f64::NAN),
+                row[i].as_f64().unwrap_or(f64::NAN),
+            );
+            assert!(
+                (a - b).abs() < 1e-9,
+                "{key} of {id} at {minute}: dashboard {a}, duckdb {b}"
+            );
+        }
+    }
+    Ok(())
+}
