@@ -220,3 +220,33 @@ pub fn stored_ids(dir: &Path) -> anyhow::Result<HashMap<String, u32>> {
     }
     Ok(ids)
 }
+
+/// A plain GET over a raw socket, returning the body: enough for loopback checks.
+pub fn http_get(url: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").context("http only")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = std::net::TcpStream::connect(host)?;
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(out))
+}
+
+/// Waits up to 30 s for something to listen on `port`.
+pub fn wait_listening(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listened on port {port} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

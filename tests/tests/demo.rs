@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edgelog_tests::{binary, free_port, signal, stored_ids};
+use edgelog_tests::{binary, free_port, http_get, signal, stored_ids};
 
 #[test]
 fn the_demo_runs_flushes_on_sigterm_and_duckdb_reads_its_files() -> anyhow::Result<()> {
@@ -24,8 +24,8 @@ fn the_demo_runs_flushes_on_sigterm_and_duckdb_reads_its_files() -> anyhow::Resu
         .stderr(Stdio::null())
         .spawn()?;
     std::thread::sleep(Duration::from_secs(8));
-    let readyz = reqwest::blocking_get(&format!("http://127.0.0.1:{ingest}/readyz"));
-    let dists = reqwest::blocking_get(&format!("http://127.0.0.1:{dash}/api/distributions"));
+    let readyz = http_get(&format!("http://127.0.0.1:{ingest}/readyz"));
+    let dists = http_get(&format!("http://127.0.0.1:{dash}/api/distributions"));
     signal(&child, "TERM")?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
@@ -68,26 +68,4 @@ fn the_demo_runs_flushes_on_sigterm_and_duckdb_reads_its_files() -> anyhow::Resu
         format!("({rows}, 3, 'INTEGER', 'TIMESTAMP WITH TIME ZONE')")
     );
     Ok(())
-}
-
-mod reqwest {
-    /// A tiny blocking GET over a raw socket: enough for loopback checks.
-    pub fn blocking_get(url: &str) -> anyhow::Result<String> {
-        use std::io::{Read, Write};
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| anyhow::anyhow!("http only"))?;
-        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let mut s = std::net::TcpStream::connect(host)?;
-        write!(
-            s,
-            "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
-        )?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or(out))
-    }
 }

@@ -2,28 +2,9 @@
 //! the same records (sampled at 100 %), minute by minute, distribution by distribution.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use edgelog_tests::{TOKEN, binary, free_port, run_edge, signal};
-
-fn get(url: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow::anyhow!("http only"))?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut s = std::net::TcpStream::connect(host)?;
-    write!(
-        s,
-        "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or(out))
-}
+use edgelog_tests::{TOKEN, binary, free_port, http_get as get, run_edge, signal, wait_listening};
 
 #[test]
 fn dashboard_minutes_equal_duckdb_over_the_standard_logs() -> anyhow::Result<()> {
@@ -43,11 +24,7 @@ fn dashboard_minutes_equal_duckdb_over_the_standard_logs() -> anyhow::Result<()>
         .stderr(Stdio::null())
         .spawn()?;
     let url = format!("http://127.0.0.1:{ingest}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", ingest)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "demo did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(ingest)?;
     // Errors in the mix, times spread over the last 12 minutes.
     run_edge(
         &url,
