@@ -342,6 +342,61 @@ mod tests {
     }
 
     #[test]
+    fn the_board_fires_and_clears_per_distribution_and_keeps_history() {
+        use edgelog_record::{MinuteAggregate, MinuteUpdate};
+        let store = crate::MetricsStore::new(60);
+        let put = |d: &str, minute: i64, requests: u64, errors: u64| {
+            let aggregate = MinuteAggregate {
+                requests,
+                status_5xx: errors,
+                ..MinuteAggregate::default()
+            };
+            store.merge(&MinuteUpdate {
+                collector_id: "c".into(),
+                distribution_id: d.into(),
+                minute_ms: minute * MINUTE_MS,
+                aggregate,
+            });
+        };
+        for m in 1..=3 {
+            put("E1", m, 100, 20);
+            put("E2", m, 100, 0);
+        }
+        let mut cfg = alarm(2, 3, MissingData::Missing);
+        cfg.distribution = "*".into();
+        let board = AlarmBoard::new(vec![cfg]);
+        let changes = board.evaluate(&store, 4 * MINUTE_MS);
+        let states: Vec<_> = board
+            .statuses()
+            .into_iter()
+            .map(|s| (s.distribution, s.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                ("E1".to_owned(), AlarmState::Alarm),
+                ("E2".to_owned(), AlarmState::Ok)
+            ]
+        );
+        assert_eq!(changes.len(), 2);
+        assert!(
+            board.evaluate(&store, 4 * MINUTE_MS + 1).is_empty(),
+            "no change, no transition"
+        );
+        for m in 4..=6 {
+            put("E1", m, 100, 1);
+            put("E2", m, 100, 0);
+        }
+        let changes = board.evaluate(&store, 7 * MINUTE_MS);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            (changes[0].from, changes[0].to),
+            (AlarmState::Alarm, AlarmState::Ok)
+        );
+        assert_eq!(board.history().len(), 3);
+    }
+
+    #[test]
     fn settings_are_checked() {
         let mut cfg = alarm(4, 3, MissingData::Missing);
         assert!(
@@ -359,5 +414,131 @@ mod tests {
             (parsed.metric, parsed.treat_missing_data),
             (Metric::ErrorRate5xx, MissingData::NotBreaching)
         );
+    }
+}
+
+/// Where an alarm stands for one distribution.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlarmStatus {
+    pub alarm: String,
+    pub distribution: String,
+    pub state: AlarmState,
+    /// When the state began, ms since the epoch.
+    pub since_ms: i64,
+    /// The datapoints of the last evaluation, oldest first.
+    pub datapoints: Vec<Option<f64>>,
+}
+
+/// A state change.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    pub alarm: String,
+    pub distribution: String,
+    pub from: AlarmState,
+    pub to: AlarmState,
+    pub at_ms: i64,
+    pub reason: String,
+}
+
+/// Evaluates configured alarms against the store and remembers states and changes.
+pub struct AlarmBoard {
+    configs: Vec<AlarmConfig>,
+    statuses: std::sync::Mutex<BTreeMap<(String, String), AlarmStatus>>,
+    history: std::sync::Mutex<std::collections::VecDeque<Transition>>,
+}
+
+/// Transitions kept for the history view.
+const HISTORY: usize = 1000;
+
+impl AlarmBoard {
+    pub fn new(configs: Vec<AlarmConfig>) -> AlarmBoard {
+        AlarmBoard {
+            configs,
+            statuses: Default::default(),
+            history: Default::default(),
+        }
+    }
+
+    /// Evaluates every alarm (an alarm on `*` watches each distribution seen) and returns
+    /// the state changes.
+    pub fn evaluate(&self, store: &crate::MetricsStore, now_ms: i64) -> Vec<Transition> {
+        let mut changes = Vec::new();
+        let Ok(mut statuses) = self.statuses.lock() else {
+            return changes;
+        };
+        for cfg in &self.configs {
+            let targets = if cfg.distribution == "*" {
+                store.distributions()
+            } else {
+                vec![cfg.distribution.clone()]
+            };
+            for d in targets {
+                let series = store.series_map(&d);
+                let points = datapoints(cfg, &series, now_ms);
+                let key = (cfg.name.clone(), d.clone());
+                let previous = statuses
+                    .get(&key)
+                    .map_or(AlarmState::InsufficientData, |s| s.state);
+                let state = evaluate(cfg, &series, now_ms, previous);
+                let entry = statuses.entry(key).or_insert_with(|| AlarmStatus {
+                    alarm: cfg.name.clone(),
+                    distribution: d.clone(),
+                    state: AlarmState::InsufficientData,
+                    since_ms: now_ms,
+                    datapoints: Vec::new(),
+                });
+                entry.datapoints = points.clone();
+                if state != entry.state {
+                    let shown: Vec<String> = points
+                        .iter()
+                        .map(|p| p.map_or("missing".into(), |v| format!("{v:.2}")))
+                        .collect();
+                    changes.push(Transition {
+                        alarm: cfg.name.clone(),
+                        distribution: d.clone(),
+                        from: entry.state,
+                        to: state,
+                        at_ms: now_ms,
+                        reason: format!(
+                            "{:?} {:?} {} in {} of the last {} periods of {} min: [{}]",
+                            cfg.metric,
+                            cfg.comparison,
+                            cfg.threshold,
+                            cfg.datapoints_to_alarm,
+                            cfg.evaluation_periods,
+                            cfg.period_minutes,
+                            shown.join(", ")
+                        ),
+                    });
+                    entry.state = state;
+                    entry.since_ms = now_ms;
+                }
+            }
+        }
+        if let Ok(mut h) = self.history.lock() {
+            for c in &changes {
+                h.push_back(c.clone());
+                if h.len() > HISTORY {
+                    h.pop_front();
+                }
+            }
+        }
+        changes
+    }
+
+    /// Current states, by alarm and distribution.
+    pub fn statuses(&self) -> Vec<AlarmStatus> {
+        self.statuses
+            .lock()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// State changes, oldest first.
+    pub fn history(&self) -> Vec<Transition> {
+        self.history
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }

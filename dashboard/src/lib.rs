@@ -24,6 +24,11 @@ pub struct DashboardConfig {
     pub listen: SocketAddr,
     /// Minutes of history kept per distribution.
     pub history_minutes: usize,
+    /// How often alarms are evaluated.
+    #[serde(with = "humantime_serde")]
+    pub alarm_interval: std::time::Duration,
+    /// CloudWatch-style alarms (`distribution = "*"` watches every distribution).
+    pub alarms: Vec<alarms::AlarmConfig>,
 }
 
 impl Default for DashboardConfig {
@@ -31,6 +36,8 @@ impl Default for DashboardConfig {
         DashboardConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             history_minutes: 24 * 60,
+            alarm_interval: std::time::Duration::from_secs(10),
+            alarms: Vec::new(),
         }
     }
 }
@@ -40,6 +47,12 @@ impl DashboardConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.history_minutes == 0 {
             return Err("dashboard.history_minutes: must be positive".into());
+        }
+        if self.alarm_interval.is_zero() {
+            return Err("dashboard.alarm_interval: must be positive".into());
+        }
+        for a in &self.alarms {
+            a.validate().map_err(|e| format!("dashboard.{e}"))?;
         }
         Ok(())
     }
@@ -120,6 +133,20 @@ impl MetricsStore {
             .unwrap_or_default()
     }
 
+    /// The minutes of one distribution, by start time.
+    pub fn series_map(&self, distribution: &str) -> BTreeMap<i64, MinutePoint> {
+        let Ok(s) = self.series.read() else {
+            return BTreeMap::new();
+        };
+        s.get(distribution)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, a)| (*k, MinutePoint::of(*k, a)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The series of one distribution, oldest first.
     pub fn series(&self, distribution: &str) -> Option<Vec<MinutePoint>> {
         let s = self.series.read().ok()?;
@@ -132,12 +159,19 @@ impl MetricsStore {
     }
 }
 
-async fn list(State(store): State<Arc<MetricsStore>>) -> Json<Vec<String>> {
-    Json(store.distributions())
+/// What the dashboard's handlers share.
+#[derive(Clone)]
+pub struct Dashboard {
+    pub store: Arc<MetricsStore>,
+    pub alarms: Arc<alarms::AlarmBoard>,
 }
 
-async fn series(State(store): State<Arc<MetricsStore>>, Path(id): Path<String>) -> Response {
-    match store.series(&id) {
+async fn list(State(d): State<Dashboard>) -> Json<Vec<String>> {
+    Json(d.store.distributions())
+}
+
+async fn series(State(d): State<Dashboard>, Path(id): Path<String>) -> Response {
+    match d.store.series(&id) {
         Some(points) => Json(points).into_response(),
         None => (
             StatusCode::NOT_FOUND,
@@ -147,29 +181,52 @@ async fn series(State(store): State<Arc<MetricsStore>>, Path(id): Path<String>) 
     }
 }
 
-async fn overview(State(store): State<Arc<MetricsStore>>) -> Html<String> {
+async fn alarm_states(State(d): State<Dashboard>) -> Json<Vec<alarms::AlarmStatus>> {
+    Json(d.alarms.statuses())
+}
+
+async fn alarm_history(State(d): State<Dashboard>) -> Json<Vec<alarms::Transition>> {
+    Json(d.alarms.history())
+}
+
+async fn overview(State(d): State<Dashboard>) -> Html<String> {
     let mut rows = String::new();
-    for d in store.distributions() {
-        if let Some(last) = store.series(&d).and_then(|s| s.last().cloned()) {
+    for id in d.store.distributions() {
+        if let Some(last) = d.store.series(&id).and_then(|s| s.last().cloned()) {
             rows.push_str(&format!(
-                "<tr><td><a href=\"/api/distributions/{d}/series\">{d}</a></td><td>{}</td><td>{}</td><td>{:.2} %</td><td>{:.2} %</td><td>{:.2} %</td></tr>",
+                "<tr><td><a href=\"/api/distributions/{id}/series\">{id}</a></td><td>{}</td><td>{}</td><td>{:.2} %</td><td>{:.2} %</td><td>{:.2} %</td></tr>",
                 last.requests, last.bytes_downloaded, last.error_rate_4xx, last.error_rate_5xx, last.total_error_rate
             ));
         }
     }
+    let mut alarm_rows = String::new();
+    for a in d.alarms.statuses() {
+        let color = match a.state {
+            alarms::AlarmState::Alarm => "#c0392b",
+            alarms::AlarmState::Ok => "#27ae60",
+            alarms::AlarmState::InsufficientData => "#7f8c8d",
+        };
+        alarm_rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td style=\"color:{color};font-weight:bold\">{:?}</td></tr>",
+            a.alarm, a.distribution, a.state
+        ));
+    }
     Html(format!(
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=10><title>edgelog</title>\
          <style>body{{font-family:system-ui,sans-serif;margin:2em}}td,th{{padding:.3em 1em;text-align:right}}td:first-child{{text-align:left}}</style></head>\
-         <body><h1>edgelog</h1><p>Last minute per distribution.</p><table><tr><th>Distribution</th><th>Requests</th><th>BytesDownloaded</th><th>4xxErrorRate</th><th>5xxErrorRate</th><th>TotalErrorRate</th></tr>{rows}</table></body></html>"
+         <body><h1>edgelog</h1><p>Last minute per distribution.</p><table><tr><th>Distribution</th><th>Requests</th><th>BytesDownloaded</th><th>4xxErrorRate</th><th>5xxErrorRate</th><th>TotalErrorRate</th></tr>{rows}</table>\
+         <h2>Alarms</h2><table><tr><th>Alarm</th><th>Distribution</th><th>State</th></tr>{alarm_rows}</table></body></html>"
     ))
 }
 
 /// The dashboard router.
-pub fn app(store: Arc<MetricsStore>) -> Router {
+pub fn app(dashboard: Dashboard) -> Router {
     Router::new()
         .route("/", get(overview))
         .route("/api/distributions", get(list))
         .route("/api/distributions/{id}/series", get(series))
+        .route("/api/alarms", get(alarm_states))
+        .route("/api/alarms/history", get(alarm_history))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(store)
+        .with_state(dashboard)
 }

@@ -304,13 +304,16 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} for the {what}"))
 }
 
-/// Serves the dashboard, merging minutes from the bus.
+/// Serves the dashboard, merging minutes from the bus and evaluating alarms.
 async fn serve_dashboard(
     listener: TcpListener,
     bus: &Bus,
-    history_minutes: usize,
+    cfg: &edgelog_dashboard::DashboardConfig,
 ) -> anyhow::Result<()> {
-    let store = Arc::new(MetricsStore::new(history_minutes));
+    let store = Arc::new(MetricsStore::new(cfg.history_minutes));
+    let alarms = Arc::new(edgelog_dashboard::alarms::AlarmBoard::new(
+        cfg.alarms.clone(),
+    ));
     let mut minutes = bus.subscribe_minutes();
     let merging = store.clone();
     tokio::spawn(async move {
@@ -324,7 +327,25 @@ async fn serve_dashboard(
             }
         }
     });
-    axum::serve(listener, edgelog_dashboard::app(store))
+    let (watching, board, every) = (store.clone(), alarms.clone(), cfg.alarm_interval);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            for t in board.evaluate(&watching, now) {
+                if t.to == edgelog_dashboard::alarms::AlarmState::Alarm {
+                    tracing::warn!(alarm = %t.alarm, distribution = %t.distribution, from = ?t.from, reason = %t.reason, "alarm");
+                } else {
+                    tracing::info!(alarm = %t.alarm, distribution = %t.distribution, from = ?t.from, to = ?t.to, reason = %t.reason, "alarm state changed");
+                }
+            }
+        }
+    });
+    let app = edgelog_dashboard::app(edgelog_dashboard::Dashboard { store, alarms });
+    axum::serve(listener, app)
         .await
         .context("dashboard server failed")
 }
@@ -371,7 +392,7 @@ async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
     let listener = bind(cfg.dashboard.listen, "dashboard").await?;
     tracing::info!(url = %format!("http://{}/", cfg.dashboard.listen), "dashboard serving");
     tokio::select! {
-        r = serve_dashboard(listener, &bus, cfg.dashboard.history_minutes) => r,
+        r = serve_dashboard(listener, &bus, &cfg.dashboard) => r,
         () = shutdown_signal() => Ok(()),
     }
 }
@@ -475,6 +496,21 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         // Quick feedback for a first look: files within seconds, minutes published often.
         cfg.sinks.standard.max_age = Duration::from_secs(10);
         cfg.collector.metrics_interval = Duration::from_secs(2);
+        cfg.dashboard.alarm_interval = Duration::from_secs(5);
+        // The alarm a new user should see fire and clear with the built-in 5xx bursts.
+        cfg.dashboard
+            .alarms
+            .push(edgelog_dashboard::alarms::AlarmConfig {
+                name: "5xx-error-rate".into(),
+                distribution: "*".into(),
+                metric: edgelog_dashboard::alarms::Metric::ErrorRate5xx,
+                comparison: edgelog_dashboard::alarms::Comparison::GreaterThanThreshold,
+                threshold: 5.0,
+                period_minutes: 1,
+                evaluation_periods: 3,
+                datapoints_to_alarm: 2,
+                treat_missing_data: edgelog_dashboard::alarms::MissingData::Missing,
+            });
     }
     let bus = Bus::new(cfg.sinks.realtime.bus_capacity);
     let collector = build_collector(&cfg, &bus)?;
@@ -500,10 +536,10 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             format!("{} records/s, a 5xx burst every 5 minutes", args.rate)
         },
     );
-    let history = cfg.dashboard.history_minutes;
+    let dash_cfg = cfg.dashboard.clone();
     let dash_bus = bus.clone();
     tokio::spawn(async move {
-        if let Err(e) = serve_dashboard(dashboard, &dash_bus, history).await {
+        if let Err(e) = serve_dashboard(dashboard, &dash_bus, &dash_cfg).await {
             tracing::error!(error = %e, "dashboard stopped");
         }
     });
