@@ -29,6 +29,11 @@ pub struct DashboardConfig {
     pub alarm_interval: std::time::Duration,
     /// CloudWatch-style alarms (`distribution = "*"` watches every distribution).
     pub alarms: Vec<alarms::AlarmConfig>,
+    /// Bearer tokens that may read the dashboard and its API. With neither tokens nor
+    /// users, the dashboard is open (bind it to loopback then).
+    pub tokens: Vec<String>,
+    /// `user:password` pairs for HTTP basic auth (what a browser prompts for).
+    pub users: Vec<String>,
 }
 
 impl Default for DashboardConfig {
@@ -38,6 +43,8 @@ impl Default for DashboardConfig {
             history_minutes: 24 * 60,
             alarm_interval: std::time::Duration::from_secs(10),
             alarms: Vec::new(),
+            tokens: Vec::new(),
+            users: Vec::new(),
         }
     }
 }
@@ -53,6 +60,12 @@ impl DashboardConfig {
         }
         for a in &self.alarms {
             a.validate().map_err(|e| format!("dashboard.{e}"))?;
+        }
+        if self.users.iter().any(|u| !u.contains(':')) {
+            return Err("dashboard.users: each entry is \"user:password\"".into());
+        }
+        if self.tokens.iter().chain(&self.users).any(|t| t.len() < 8) {
+            return Err("dashboard.tokens and dashboard.users: 8 characters at least".into());
         }
         Ok(())
     }
@@ -164,6 +177,179 @@ impl MetricsStore {
 pub struct Dashboard {
     pub store: Arc<MetricsStore>,
     pub alarms: Arc<alarms::AlarmBoard>,
+    /// Accepted `Authorization` header values (`Bearer ...`, `Basic ...`); empty: open.
+    pub credentials: Arc<Vec<String>>,
+}
+
+impl Dashboard {
+    pub fn new(
+        store: Arc<MetricsStore>,
+        alarms: Arc<alarms::AlarmBoard>,
+        cfg: &DashboardConfig,
+    ) -> Dashboard {
+        use base64::Engine;
+        let credentials = cfg
+            .tokens
+            .iter()
+            .map(|t| format!("Bearer {t}"))
+            .chain(cfg.users.iter().map(|u| {
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(u)
+                )
+            }))
+            .collect();
+        Dashboard {
+            store,
+            alarms,
+            credentials: Arc::new(credentials),
+        }
+    }
+}
+
+async fn require_auth(
+    State(d): State<Dashboard>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if d.credentials.is_empty() || req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    // Compare with every credential without stopping early.
+    let mut ok = subtle::Choice::from(0);
+    for c in d.credentials.iter() {
+        ok |= subtle::ConstantTimeEq::ct_eq(c.as_bytes(), given);
+    }
+    if bool::from(ok) {
+        return next.run(req).await;
+    }
+    let mut resp = (
+        StatusCode::UNAUTHORIZED,
+        Json(serde_json::json!({ "error": "authentication required" })),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Basic realm=\"edgelog\""),
+    );
+    resp
+}
+
+/// A Prometheus gauge: name, help, and how to read it from a minute.
+type Gauge = (&'static str, &'static str, fn(&MinutePoint) -> f64);
+
+/// Prometheus text: each distribution's last complete minute, and alarm states.
+async fn prometheus(State(d): State<Dashboard>) -> Response {
+    use std::fmt::Write;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_millis() as i64);
+    let current = now - now.rem_euclid(60_000);
+    let mut out = String::new();
+    let gauges: [Gauge; 13] = [
+        ("requests", "Requests in the last complete minute", |p| {
+            p.requests as f64
+        }),
+        (
+            "bytes_downloaded",
+            "BytesDownloaded in the last complete minute",
+            |p| p.bytes_downloaded as f64,
+        ),
+        (
+            "bytes_uploaded",
+            "BytesUploaded in the last complete minute",
+            |p| p.bytes_uploaded as f64,
+        ),
+        ("error_rate_4xx_percent", "4xxErrorRate", |p| {
+            p.error_rate_4xx
+        }),
+        ("error_rate_5xx_percent", "5xxErrorRate", |p| {
+            p.error_rate_5xx
+        }),
+        ("total_error_rate_percent", "TotalErrorRate", |p| {
+            p.total_error_rate
+        }),
+        ("cache_hit_rate_percent", "CacheHitRate", |p| {
+            p.cache_hit_rate
+        }),
+        ("error_rate_401_percent", "401ErrorRate", |p| {
+            p.error_rate_401
+        }),
+        ("error_rate_403_percent", "403ErrorRate", |p| {
+            p.error_rate_403
+        }),
+        ("error_rate_404_percent", "404ErrorRate", |p| {
+            p.error_rate_404
+        }),
+        ("error_rate_502_percent", "502ErrorRate", |p| {
+            p.error_rate_502
+        }),
+        ("error_rate_503_percent", "503ErrorRate", |p| {
+            p.error_rate_503
+        }),
+        ("error_rate_504_percent", "504ErrorRate", |p| {
+            p.error_rate_504
+        }),
+    ];
+    let last: Vec<(String, MinutePoint)> = d
+        .store
+        .distributions()
+        .into_iter()
+        .filter_map(|id| {
+            let p = d
+                .store
+                .series_map(&id)
+                .range(..current)
+                .next_back()
+                .map(|(_, p)| p.clone())?;
+            Some((id, p))
+        })
+        .collect();
+    for (name, help, f) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP edgelog_distribution_{name} {help}\n# TYPE edgelog_distribution_{name} gauge"
+        );
+        for (id, p) in &last {
+            let _ = writeln!(
+                out,
+                "edgelog_distribution_{name}{{distribution=\"{id}\"}} {}",
+                f(p)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP edgelog_alarm_state 1 for the state each alarm is in\n# TYPE edgelog_alarm_state gauge"
+    );
+    for a in d.alarms.statuses() {
+        for (state, label) in [
+            (alarms::AlarmState::Ok, "OK"),
+            (alarms::AlarmState::Alarm, "ALARM"),
+            (alarms::AlarmState::InsufficientData, "INSUFFICIENT_DATA"),
+        ] {
+            let _ = writeln!(
+                out,
+                "edgelog_alarm_state{{alarm=\"{}\",distribution=\"{}\",state=\"{label}\"}} {}",
+                a.alarm,
+                a.distribution,
+                u8::from(a.state == state)
+            );
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 async fn list(State(d): State<Dashboard>) -> Json<Vec<String>> {
@@ -227,6 +413,11 @@ pub fn app(dashboard: Dashboard) -> Router {
         .route("/api/distributions/{id}/series", get(series))
         .route("/api/alarms", get(alarm_states))
         .route("/api/alarms/history", get(alarm_history))
+        .route("/metrics", get(prometheus))
         .route("/healthz", get(|| async { "ok\n" }))
+        .layer(axum::middleware::from_fn_with_state(
+            dashboard.clone(),
+            require_auth,
+        ))
         .with_state(dashboard)
 }

@@ -344,7 +344,7 @@ async fn serve_dashboard(
             }
         }
     });
-    let app = edgelog_dashboard::app(edgelog_dashboard::Dashboard { store, alarms });
+    let app = edgelog_dashboard::app(edgelog_dashboard::Dashboard::new(store, alarms, cfg));
     axum::serve(listener, app)
         .await
         .context("dashboard server failed")

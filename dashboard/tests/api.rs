@@ -1,0 +1,119 @@
+//! The dashboard's HTTP surface through `oneshot`: auth, JSON API, Prometheus.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use edgelog_dashboard::alarms::{AlarmBoard, AlarmConfig, Comparison, Metric, MissingData};
+use edgelog_dashboard::{Dashboard, DashboardConfig, MetricsStore, app};
+use edgelog_record::{MinuteAggregate, MinuteUpdate};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+fn dashboard(cfg: &DashboardConfig) -> (Arc<MetricsStore>, Arc<AlarmBoard>, axum::Router) {
+    let store = Arc::new(MetricsStore::new(60));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let minute = now - now.rem_euclid(60_000) - 60_000;
+    let aggregate = MinuteAggregate {
+        requests: 200,
+        status_5xx: 30,
+        ..MinuteAggregate::default()
+    };
+    store.merge(&MinuteUpdate {
+        collector_id: "c".into(),
+        distribution_id: "E1".into(),
+        minute_ms: minute,
+        aggregate,
+    });
+    let alarms = Arc::new(AlarmBoard::new(vec![AlarmConfig {
+        name: "5xx".into(),
+        distribution: "*".into(),
+        metric: Metric::ErrorRate5xx,
+        comparison: Comparison::GreaterThanThreshold,
+        threshold: 5.0,
+        period_minutes: 1,
+        evaluation_periods: 1,
+        datapoints_to_alarm: 1,
+        treat_missing_data: MissingData::Missing,
+    }]));
+    alarms.evaluate(&store, now);
+    let router = app(Dashboard::new(store.clone(), alarms.clone(), cfg));
+    (store, alarms, router)
+}
+
+async fn get(router: &axum::Router, path: &str, auth: Option<&str>) -> (StatusCode, String) {
+    let mut req = Request::get(path);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = router
+        .clone()
+        .oneshot(req.body(Body::empty()).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn an_open_dashboard_serves_series_alarms_and_prometheus() {
+    let (_s, _a, router) = dashboard(&DashboardConfig::default());
+    let (status, body) = get(&router, "/api/distributions", None).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "[\"E1\"]"));
+    let (_, series) = get(&router, "/api/distributions/E1/series", None).await;
+    assert!(series.contains("\"error_rate_5xx\":15.0"), "{series}");
+    let (_, alarms) = get(&router, "/api/alarms", None).await;
+    assert!(alarms.contains("\"state\":\"ALARM\""), "{alarms}");
+    let (status, metrics) = get(&router, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        metrics.contains("edgelog_distribution_requests{distribution=\"E1\"} 200"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edgelog_distribution_error_rate_5xx_percent{distribution=\"E1\"} 15"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("edgelog_alarm_state{alarm=\"5xx\",distribution=\"E1\",state=\"ALARM\"} 1"),
+        "{metrics}"
+    );
+    let (status, _) = get(&router, "/api/distributions/nope/series", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_configured_dashboard_wants_a_token_or_a_user() {
+    let cfg = DashboardConfig {
+        tokens: vec!["dash-token-123".into()],
+        users: vec!["ops:s3cret-pw".into()],
+        ..DashboardConfig::default()
+    };
+    cfg.validate().expect("valid");
+    let (_s, _a, router) = dashboard(&cfg);
+    let (status, _) = get(&router, "/api/distributions", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = get(&router, "/api/distributions", Some("Bearer wrong-token")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = get(&router, "/api/distributions", Some("Bearer dash-token-123")).await;
+    assert_eq!(status, StatusCode::OK);
+    // "ops:s3cret-pw" in base64, as a browser sends it.
+    let (status, _) = get(&router, "/", Some("Basic b3BzOnMzY3JldC1wdw==")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = get(&router, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let bad = DashboardConfig {
+        users: vec!["no-colon-here".into()],
+        ..DashboardConfig::default()
+    };
+    assert!(
+        bad.validate()
+            .expect_err("no colon")
+            .contains("dashboard.users")
+    );
+}
