@@ -3,6 +3,7 @@
 //! alarms are evaluated by [`alarms`].
 
 pub mod alarms;
+pub mod notify;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +35,8 @@ pub struct DashboardConfig {
     pub tokens: Vec<String>,
     /// `user:password` pairs for HTTP basic auth (what a browser prompts for).
     pub users: Vec<String>,
+    /// Webhooks (http://) that get every alarm state change in Alertmanager's format.
+    pub webhooks: Vec<String>,
 }
 
 impl Default for DashboardConfig {
@@ -45,6 +48,7 @@ impl Default for DashboardConfig {
             alarms: Vec::new(),
             tokens: Vec::new(),
             users: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -60,6 +64,11 @@ impl DashboardConfig {
         }
         for a in &self.alarms {
             a.validate().map_err(|e| format!("dashboard.{e}"))?;
+        }
+        if let Some(w) = self.webhooks.iter().find(|w| !w.starts_with("http://")) {
+            return Err(format!(
+                "dashboard.webhooks: {w:?} is not an http:// URL (https is not built in yet)"
+            ));
         }
         if self.users.iter().any(|u| !u.contains(':')) {
             return Err("dashboard.users: each entry is \"user:password\"".into());

@@ -328,6 +328,19 @@ async fn serve_dashboard(
         }
     });
     let (watching, board, every) = (store.clone(), alarms.clone(), cfg.alarm_interval);
+    // Notifications go out in order on their own task: a slow webhook never delays evaluation.
+    let (notes_tx, mut notes_rx) =
+        tokio::sync::mpsc::unbounded_channel::<edgelog_dashboard::alarms::Transition>();
+    let (webhooks, external_url) = (cfg.webhooks.clone(), format!("http://{}", cfg.listen));
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        while let Some(t) = notes_rx.recv().await {
+            edgelog_dashboard::notify::notify(&client, &webhooks, &t, &external_url).await;
+        }
+    });
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
@@ -336,6 +349,7 @@ async fn serve_dashboard(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
             for t in board.evaluate(&watching, now) {
+                let _ = notes_tx.send(t.clone());
                 if t.to == edgelog_dashboard::alarms::AlarmState::Alarm {
                     tracing::warn!(alarm = %t.alarm, distribution = %t.distribution, from = ?t.from, reason = %t.reason, "alarm");
                 } else {

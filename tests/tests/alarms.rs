@@ -1,15 +1,69 @@
-//! The demo's own alarm (5xxErrorRate > 5 % in 2 of 3 minutes) fires on a 5xx burst.
+//! The demo's own alarm (5xxErrorRate > 5 % in 2 of 3 minutes) fires on a 5xx burst, and a
+//! webhook receiver gets one Alertmanager notification per distribution.
 
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgelog_tests::{TOKEN, binary, free_port, http_get, run_edge, signal, wait_listening};
+
+/// A webhook receiver on loopback: answers 200 and keeps every body.
+fn receiver() -> anyhow::Result<(u16, Arc<Mutex<Vec<serde_json::Value>>>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten().take(100) {
+            let mut conn = conn;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body = loop {
+                let Ok(n) = conn.read(&mut chunk) else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if rest.len() >= len {
+                        break Some(rest[..len].to_owned());
+                    }
+                }
+            };
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if let Some(b) = body.and_then(|b| serde_json::from_str(&b).ok())
+                && let Ok(mut g) = keep.lock()
+            {
+                g.push(b);
+            }
+        }
+    });
+    Ok((port, got))
+}
 
 #[test]
 fn a_5xx_burst_puts_the_demo_alarm_in_alarm() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (ingest, dash) = (free_port(), free_port());
+    let (hook, received) = receiver()?;
     let mut child = Command::new(binary())
+        .env(
+            "EDGELOG_DASHBOARD__WEBHOOKS",
+            format!("[\"http://127.0.0.1:{hook}/alerts\"]"),
+        )
         .args(["demo", "--no-traffic", "--token", TOKEN, "--data-dir"])
         .arg(dir.path())
         .args([
@@ -64,6 +118,40 @@ fn a_5xx_burst_puts_the_demo_alarm_in_alarm() -> anyhow::Result<()> {
     assert!(
         page.contains("5xx-error-rate") && page.contains("Alarm"),
         "{page}"
+    );
+    // One firing notification per distribution, each exactly once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = received.lock().map(|g| g.len()).unwrap_or(0);
+        if n >= 3 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(6)); // room for a duplicate to show up
+    let got = received.lock().map(|g| g.clone()).unwrap_or_default();
+    let mut fired: Vec<String> = got
+        .iter()
+        .filter(|b| b["status"] == "firing")
+        .map(|b| {
+            b["alerts"][0]["labels"]["distribution"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    fired.sort();
+    let mut ids: Vec<String> = states
+        .iter()
+        .map(|s| s["distribution"].as_str().unwrap_or("").to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(fired, ids, "notifications: {got:?}");
+    assert!(
+        got.iter()
+            .all(|b| b["version"] == "4"
+                && b["alerts"][0]["labels"]["alertname"] == "5xx-error-rate"),
+        "{got:?}"
     );
     signal(&child, "TERM")?;
     anyhow::ensure!(child.wait()?.success(), "demo did not stop cleanly");
