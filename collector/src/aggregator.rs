@@ -25,7 +25,8 @@ pub struct MetricsAggregator {
     collector_id: String,
     publisher: Arc<dyn Publisher>,
     interval: Duration,
-    pending: HashMap<(String, i64), MinuteAggregate>,
+    /// Counts not yet published, by distribution and minute.
+    pending: HashMap<String, HashMap<i64, MinuteAggregate>>,
     /// Position of the last entry counted into `pending`.
     counted: Seq,
     delivered: Seq,
@@ -47,14 +48,17 @@ impl MetricsAggregator {
 
     async fn publish(&mut self) -> Result<(), SinkError> {
         if !self.pending.is_empty() {
+            let collector = &self.collector_id;
             let updates: Vec<MinuteUpdate> = self
                 .pending
                 .iter()
-                .map(|((d, m), a)| MinuteUpdate {
-                    collector_id: self.collector_id.clone(),
-                    distribution_id: d.clone(),
-                    minute_ms: *m,
-                    aggregate: a.clone(),
+                .flat_map(|(d, minutes)| {
+                    minutes.iter().map(move |(m, a)| MinuteUpdate {
+                        collector_id: collector.clone(),
+                        distribution_id: d.clone(),
+                        minute_ms: *m,
+                        aggregate: a.clone(),
+                    })
                 })
                 .collect();
             self.publisher.publish(updates).await?;
@@ -74,10 +78,12 @@ impl Sink for MetricsAggregator {
         }
         for r in entry.records.iter() {
             let minute = r.timestamp_ms - r.timestamp_ms.rem_euclid(60_000);
-            self.pending
-                .entry((r.distribution_id.clone(), minute))
-                .or_default()
-                .add(r);
+            // Look up before inserting: no id copied per record.
+            let minutes = match self.pending.get_mut(&r.distribution_id) {
+                Some(m) => m,
+                None => self.pending.entry(r.distribution_id.clone()).or_default(),
+            };
+            minutes.entry(minute).or_default().add(r);
         }
         self.counted = entry.seq;
         Ok(())
