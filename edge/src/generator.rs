@@ -142,7 +142,7 @@ impl Generator {
     pub fn new(seed: u64, distributions: usize, locations: usize) -> Generator {
         let mut rng = SmallRng::seed_from_u64(seed);
         let distributions = (0..distributions.max(1))
-            .map(|i| {
+            .map(|_| {
                 let id: String = std::iter::once('E')
                     .chain((0..13).map(|_| {
                         char::from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[rng.random_range(0..36)])
@@ -153,7 +153,6 @@ impl Generator {
                         char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])
                     })
                     .collect();
-                let _ = i;
                 (id, format!("d{host}.cloudfront.net"))
             })
             .collect();

@@ -171,18 +171,6 @@ impl Record {
     pub fn request_id(&self) -> &str {
         self.x_edge_request_id.as_deref().unwrap_or("")
     }
-
-    /// Rough in-memory size, for batching by bytes.
-    pub fn approx_size(&self) -> usize {
-        let mut n = 64 + self.distribution_id.len();
-        for i in 0..FIELD_COUNT {
-            n += match self.get(i) {
-                Value::Str(Some(s)) => s.len() + 8,
-                _ => 9,
-            };
-        }
-        n
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@ pub use body::{Format, Parsed, Rejection, derive_request_id, parse_body};
 pub use fields::{FIELD_COUNT, FIELDS, Field, FieldSpec, Record, field_index};
 pub use json::{
     KeyCache, check_distribution_id, parse_line as parse_json_line, write_record as write_json,
-    write_value as write_json_value,
 };
 pub use sampler::{Destination, Rates, SAMPLER_SEED, SamplingConfig, keep, sample_point};
 pub use value::{FieldKind, ParseValue, Value};

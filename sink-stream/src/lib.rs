@@ -147,9 +147,3 @@ impl Sink for RealtimeSink {
         self.delivered
     }
 }
-
-/// Serializes a message for a local tail: the JSON record plus its sample rate.
-pub fn tail_line(m: &StreamMessage) -> String {
-    let record: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-    serde_json::json!({ "sample_rate": m.sample_rate, "record": record }).to_string()
-}
