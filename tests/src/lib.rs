@@ -250,3 +250,82 @@ pub fn wait_listening(port: u16) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `edgelog demo` as a child process on two free loopback ports.
+pub struct DemoProc {
+    child: Child,
+    pub ingest: u16,
+    pub dashboard: u16,
+}
+
+impl DemoProc {
+    /// Starts `edgelog demo --data-dir DIR` with `args` and `env`; returns once ingest listens.
+    pub fn start(
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<DemoProc> {
+        let (ingest, dashboard) = (free_port(), free_port());
+        let child = Command::new(binary())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .args(["demo", "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{ingest}"),
+                "--dashboard-listen",
+                &format!("127.0.0.1:{dashboard}"),
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start edgelog demo")?;
+        let demo = DemoProc {
+            child,
+            ingest,
+            dashboard,
+        };
+        wait_listening(ingest)?;
+        Ok(demo)
+    }
+
+    pub fn ingest_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ingest)
+    }
+
+    /// A URL on the dashboard, `path` starting with `/`.
+    pub fn dashboard_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.dashboard)
+    }
+
+    /// SIGTERM, then waits (60 s at most) for a clean exit; returns what it printed.
+    pub fn stop(mut self) -> anyhow::Result<String> {
+        signal(&self.child, "TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                bail!("demo did not stop within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            std::io::Read::read_to_string(&mut out, &mut stdout)?;
+        }
+        if !status.success() {
+            bail!("demo exited with {status}: {stdout}");
+        }
+        Ok(stdout)
+    }
+}
+
+impl Drop for DemoProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

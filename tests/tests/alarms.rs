@@ -2,11 +2,10 @@
 //! webhook receiver gets one Alertmanager notification per distribution.
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgelog_tests::{TOKEN, binary, free_port, http_get, run_edge, signal, wait_listening};
+use edgelog_tests::{DemoProc, TOKEN, http_get, run_edge};
 
 /// A webhook receiver on loopback: answers 200 and keeps every body.
 fn receiver() -> anyhow::Result<(u16, Arc<Mutex<Vec<serde_json::Value>>>)> {
@@ -57,28 +56,18 @@ fn receiver() -> anyhow::Result<(u16, Arc<Mutex<Vec<serde_json::Value>>>)> {
 #[test]
 fn a_5xx_burst_puts_the_demo_alarm_in_alarm() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (ingest, dash) = (free_port(), free_port());
     let (hook, received) = receiver()?;
-    let mut child = Command::new(binary())
-        .env(
+    let demo = DemoProc::start(
+        dir.path(),
+        &["--no-traffic", "--token", TOKEN],
+        &[(
             "EDGELOG_DASHBOARD__WEBHOOKS",
             format!("[\"http://127.0.0.1:{hook}/alerts\"]"),
-        )
-        .args(["demo", "--no-traffic", "--token", TOKEN, "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{ingest}"),
-            "--dashboard-listen",
-            &format!("127.0.0.1:{dash}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    wait_listening(ingest)?;
+        )],
+    )?;
     // 30 % 5xx over the last 4 minutes, for 3 distributions.
     run_edge(
-        &format!("http://127.0.0.1:{ingest}"),
+        &demo.ingest_url(),
         &[
             "--total",
             "12000",
@@ -93,7 +82,7 @@ fn a_5xx_burst_puts_the_demo_alarm_in_alarm() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let states = loop {
         let states: Vec<serde_json::Value> =
-            serde_json::from_str(&http_get(&format!("http://127.0.0.1:{dash}/api/alarms"))?)?;
+            serde_json::from_str(&http_get(&demo.dashboard_url("/api/alarms"))?)?;
         if states.len() == 3 && states.iter().all(|s| s["state"] == "ALARM") {
             break states;
         }
@@ -104,9 +93,8 @@ fn a_5xx_burst_puts_the_demo_alarm_in_alarm() -> anyhow::Result<()> {
         states.iter().all(|s| s["alarm"] == "5xx-error-rate"),
         "{states:?}"
     );
-    let history: Vec<serde_json::Value> = serde_json::from_str(&http_get(&format!(
-        "http://127.0.0.1:{dash}/api/alarms/history"
-    ))?)?;
+    let history: Vec<serde_json::Value> =
+        serde_json::from_str(&http_get(&demo.dashboard_url("/api/alarms/history"))?)?;
     assert!(
         history.iter().any(|t| t["to"] == "ALARM"
             && t["reason"]
@@ -114,7 +102,7 @@ fn a_5xx_burst_puts_the_demo_alarm_in_alarm() -> anyhow::Result<()> {
                 .is_some_and(|r| r.contains("ErrorRate5xx"))),
         "{history:?}"
     );
-    let page = http_get(&format!("http://127.0.0.1:{dash}/"))?;
+    let page = http_get(&demo.dashboard_url("/"))?;
     assert!(
         page.contains("5xx-error-rate") && page.contains("Alarm"),
         "{page}"
@@ -153,7 +141,6 @@ fn a_5xx_burst_puts_the_demo_alarm_in_alarm() -> anyhow::Result<()> {
                 && b["alerts"][0]["labels"]["alertname"] == "5xx-error-rate"),
         "{got:?}"
     );
-    signal(&child, "TERM")?;
-    anyhow::ensure!(child.wait()?.success(), "demo did not stop cleanly");
+    demo.stop()?;
     Ok(())
 }

@@ -1,43 +1,20 @@
 //! `edgelog demo` as a new user runs it: traffic flows, SIGTERM flushes, DuckDB reads the
 //! files it left.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use edgelog_tests::{binary, free_port, http_get, signal, stored_ids};
+use edgelog_tests::{DemoProc, http_get, stored_ids};
 
 #[test]
 fn the_demo_runs_flushes_on_sigterm_and_duckdb_reads_its_files() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("demo");
-    let (ingest, dash) = (free_port(), free_port());
-    let mut child = Command::new(binary())
-        .args(["demo", "--rate", "3000", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{ingest}"),
-            "--dashboard-listen",
-            &format!("127.0.0.1:{dash}"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let demo = DemoProc::start(&data, &["--rate", "3000"], &[])?;
     std::thread::sleep(Duration::from_secs(8));
-    let readyz = http_get(&format!("http://127.0.0.1:{ingest}/readyz"));
-    let dists = http_get(&format!("http://127.0.0.1:{dash}/api/distributions"));
-    signal(&child, "TERM")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "demo did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut stdout)?;
-    assert!(status.success(), "{stdout}");
+    let readyz = http_get(&format!("{}/readyz", demo.ingest_url()));
+    let dists = http_get(&demo.dashboard_url("/api/distributions"));
+    let stdout = demo.stop()?;
     assert!(stdout.contains("Authorization: Bearer "), "{stdout}");
     assert!(readyz?.contains("\"status\":\"ready\""));
     assert!(

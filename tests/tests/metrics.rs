@@ -1,30 +1,17 @@
 //! The dashboard's per-minute metrics equal what DuckDB computes from the standard logs of
 //! the same records (sampled at 100 %), minute by minute, distribution by distribution.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use edgelog_tests::{TOKEN, binary, free_port, http_get as get, run_edge, signal, wait_listening};
+use edgelog_tests::{DemoProc, TOKEN, http_get as get, run_edge};
 
 #[test]
 fn dashboard_minutes_equal_duckdb_over_the_standard_logs() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("demo");
-    let (ingest, dash) = (free_port(), free_port());
-    let mut child = Command::new(binary())
-        .args(["demo", "--no-traffic", "--token", TOKEN, "--data-dir"])
-        .arg(&data)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{ingest}"),
-            "--dashboard-listen",
-            &format!("127.0.0.1:{dash}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let url = format!("http://127.0.0.1:{ingest}");
-    wait_listening(ingest)?;
+    let demo = DemoProc::start(&data, &["--no-traffic", "--token", TOKEN], &[])?;
+    let url = demo.ingest_url();
     // Errors in the mix, times spread over the last 12 minutes.
     run_edge(
         &url,
@@ -45,21 +32,18 @@ fn dashboard_minutes_equal_duckdb_over_the_standard_logs() -> anyhow::Result<()>
     )?;
     // The demo publishes minutes every 2 s.
     std::thread::sleep(Duration::from_secs(4));
-    let ids: Vec<String> =
-        serde_json::from_str(&get(&format!("http://127.0.0.1:{dash}/api/distributions"))?)?;
+    let ids: Vec<String> = serde_json::from_str(&get(&demo.dashboard_url("/api/distributions"))?)?;
     anyhow::ensure!(ids.len() == 3, "distributions: {ids:?}");
     let mut dashboard = Vec::new();
     for id in &ids {
-        let points: Vec<serde_json::Value> = serde_json::from_str(&get(&format!(
-            "http://127.0.0.1:{dash}/api/distributions/{id}/series"
-        ))?)?;
+        let points: Vec<serde_json::Value> = serde_json::from_str(&get(
+            &demo.dashboard_url(&format!("/api/distributions/{id}/series"))
+        )?)?;
         for p in points {
             dashboard.push((id.clone(), p));
         }
     }
-    signal(&child, "TERM")?;
-    let status = child.wait()?;
-    anyhow::ensure!(status.success(), "demo exited with {status}");
+    demo.stop()?;
 
     let glob = data
         .join("standard-logs/**/*.parquet")
