@@ -1,17 +1,51 @@
 #!/usr/bin/env bash
-# Installs what edgelog's tests need and is not part of the Rust workspace. Idempotent:
-# what is already there at the right version is left alone, so reruns are fast.
+# Installs what edgelog's tests need and is not part of the Rust workspace: a real S3 server
+# (garage), a real Kafka-protocol broker (tansu), DuckDB and a Kafka client for Python.
+# Idempotent: what is already there at the right version is left alone, so reruns are fast.
+# The first run on an empty machine builds garage and tansu from crates.io (about an hour
+# on 2 cores); their build directory is kept in ~/.cache/edgelog for later upgrades.
 set -euo pipefail
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
 
-# DuckDB (Python) reads the Parquet standard logs the way users do.
+GARAGE_VERSION=2.5.0
+TANSU_VERSION=0.6.0
 DUCKDB_VERSION=1.5.5
-if python3 -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$DUCKDB_VERSION')" 2>/dev/null; then
-  log "duckdb $DUCKDB_VERSION already installed"
+CONFLUENT_KAFKA_VERSION=2.16.1
+
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+INSTALL_TARGET="${EDGELOG_INSTALL_TARGET:-$HOME/.cache/edgelog/install-target}"
+
+# cargo_install NAME VERSION VERSION-PATTERN [cargo install flags...]
+cargo_install() {
+  local name=$1 version=$2 pattern=$3
+  shift 3
+  if command -v "$name" >/dev/null && "$name" --version 2>/dev/null | grep -q -- "$pattern"; then
+    log "$name $version already installed"
+    return
+  fi
+  log "building $name $version from crates.io (long on a fresh machine)"
+  cargo install "$name" --version "=$version" --locked --target-dir "$INSTALL_TARGET" "$@"
+}
+
+# S3: garage, single node on loopback (the tests start their own).
+cargo_install garage "$GARAGE_VERSION" "cargo:$GARAGE_VERSION"
+# Kafka: tansu (no topic auto-creation; the tests create theirs).
+cargo_install tansu "$TANSU_VERSION" "tansu $TANSU_VERSION" --features dynostore,libsql
+
+# Python: DuckDB reads the Parquet standard logs the way users do, from disk and over S3;
+# confluent-kafka is the independent consumer of the real-time topic.
+if python3 -c "
+import sys, duckdb, duckdb_extension_httpfs, confluent_kafka
+ok = duckdb.__version__ == '$DUCKDB_VERSION' and confluent_kafka.__version__ == '$CONFLUENT_KAFKA_VERSION'
+sys.exit(0 if ok else 1)" 2>/dev/null; then
+  log "duckdb $DUCKDB_VERSION, httpfs and confluent-kafka $CONFLUENT_KAFKA_VERSION already installed"
 else
-  log "installing duckdb $DUCKDB_VERSION and its httpfs extension"
+  log "installing duckdb $DUCKDB_VERSION with httpfs, and confluent-kafka $CONFLUENT_KAFKA_VERSION"
   python3 -m pip install --quiet --disable-pip-version-check \
-    "duckdb==$DUCKDB_VERSION" "duckdb-extension-httpfs==$DUCKDB_VERSION"
+    "duckdb==$DUCKDB_VERSION" "duckdb-extension-httpfs==$DUCKDB_VERSION" \
+    "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
 fi
-python3 -c "import duckdb; print('install-test-deps: duckdb', duckdb.__version__, 'ok')" >&2
+python3 -c "import duckdb, confluent_kafka; print('install-test-deps: duckdb', duckdb.__version__, 'confluent-kafka', confluent_kafka.__version__, 'ok')" >&2
+garage --version | head -1 >&2
+tansu --version >&2

@@ -45,6 +45,8 @@ pub enum CollectorError {
     Wal(#[from] WalError),
     #[error("ingest server failed: {0}")]
     Serve(std::io::Error),
+    #[error("sinks stopped early: {0}; their records stay in the write-ahead log")]
+    SinkStopped(String),
 }
 
 /// A collector with its log and sinks, ready to serve.
@@ -94,13 +96,14 @@ impl Collector {
         };
         let mut runners = Vec::new();
         for (status, sink) in self.sinks {
-            runners.push(tokio::spawn(run_sink(
+            let task = tokio::spawn(run_sink(
                 sink,
                 self.wal.clone(),
-                status,
+                status.clone(),
                 stop_rx.clone(),
                 settings.clone(),
-            )));
+            ));
+            runners.push((status.name.clone(), tokio::spawn(supervise(task, status))));
         }
         let state = AppState::new(self.cfg.clone(), self.wal.clone(), statuses);
         let router = app(state.clone());
@@ -118,11 +121,42 @@ impl Collector {
         self.wal.close().await;
         tracing::info!("draining sinks");
         let _ = stop_tx.send(true);
-        for r in runners {
-            let _ = r.await;
+        let mut stopped = Vec::new();
+        for (name, r) in runners {
+            if !r.await.unwrap_or(false) {
+                stopped.push(name);
+            }
         }
         tracing::info!(committed = self.wal.committed(), "collector stopped");
-        served.map_err(CollectorError::Serve)
+        served.map_err(CollectorError::Serve)?;
+        if stopped.is_empty() {
+            Ok(())
+        } else {
+            Err(CollectorError::SinkStopped(stopped.join(", ")))
+        }
+    }
+}
+
+/// Waits for a sink's loop; a panic in it leaves the sink stopped, and says so in the
+/// log, `/readyz` and `/metrics` (its records stay in the write-ahead log for the next
+/// start). Returns whether the loop ended normally.
+async fn supervise(task: tokio::task::JoinHandle<()>, status: Arc<SinkStatus>) -> bool {
+    match task.await {
+        Ok(()) => true,
+        Err(e) => {
+            let why = if e.is_panic() {
+                "panicked"
+            } else {
+                "was cancelled"
+            };
+            tracing::error!(sink = %status.name, "sink stopped: its task {why}; undelivered records stay in the write-ahead log");
+            status.set_error(Some(&SinkError::Misconfigured(format!(
+                "sink stopped: its task {why}; restart the collector"
+            ))));
+            metrics::counter!("edgelog_sink_errors_total", "sink" => status.name.clone())
+                .increment(1);
+            false
+        }
     }
 }
 

@@ -90,7 +90,7 @@ impl SinkStatus {
         }
     }
 
-    fn set_error(&self, e: Option<&SinkError>) {
+    pub(crate) fn set_error(&self, e: Option<&SinkError>) {
         self.degraded.store(e.is_some(), Ordering::Relaxed);
         if let Ok(mut last) = self.last_error.lock() {
             *last = e.map(ToString::to_string);

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use generator::{ErrorMix, Generator};
 pub use replay::{ReplayError, distribution_from_file_name, replay};
-pub use sender::{Report, Target, send_all};
+pub use sender::{OutBody, Report, Target, send_all};
 
 /// Compression of request bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -99,8 +99,26 @@ impl Config {
     }
 
     /// The effective configuration as TOML-ish JSON, for `edgelog config`.
+    /// The configuration as JSON, secrets (tokens, passwords, keys) redacted.
     pub fn to_pretty(&self) -> anyhow::Result<String> {
-        serde_json::to_string_pretty(self).context("cannot print the configuration")
+        const HIDDEN: &str = "<redacted>";
+        let mut c = self.clone();
+        let hide = |v: &mut Vec<String>| v.iter_mut().for_each(|t| *t = HIDDEN.into());
+        hide(&mut c.collector.tokens);
+        hide(&mut c.dashboard.tokens);
+        for u in &mut c.dashboard.users {
+            if let Some((name, _)) = u.split_once(':') {
+                *u = format!("{name}:{HIDDEN}");
+            }
+        }
+        if let Some(s3) = &mut c.sinks.standard.s3 {
+            for secret in [&mut s3.secret_access_key, &mut s3.session_token] {
+                if secret.is_some() {
+                    *secret = Some(HIDDEN.into());
+                }
+            }
+        }
+        serde_json::to_string_pretty(&c).context("cannot print the configuration")
     }
 }
 

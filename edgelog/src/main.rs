@@ -266,14 +266,31 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
     let mut collector = Collector::open(cfg.collector.clone(), &cfg.data_dir)
         .with_context(|| format!("cannot start the collector in {}", cfg.data_dir.display()))?;
     if cfg.sinks.standard.enabled {
-        // The store's root is the data dir; the sink's prefix (`standard-logs`) goes under it,
-        // the same key layout as in a bucket.
-        let store = edgelog_sink_s3::local_store(&cfg.data_dir)
-            .with_context(|| format!("cannot use {} for standard logs", cfg.data_dir.display()))?;
-        let dir = cfg.data_dir.join(&cfg.sinks.standard.prefix);
+        let std_cfg = &cfg.sinks.standard;
+        let (store, place) = match &std_cfg.s3 {
+            Some(s3) => (
+                edgelog_sink_s3::s3_store(s3).with_context(|| {
+                    format!("cannot use bucket {} for standard logs", s3.bucket)
+                })?,
+                format!(
+                    "s3://{}/{} at {}",
+                    s3.bucket,
+                    std_cfg.prefix,
+                    s3.endpoint.as_deref().unwrap_or("AWS")
+                ),
+            ),
+            // The store's root is the data dir; the sink's prefix (`standard-logs`) goes
+            // under it, the same key layout as in a bucket.
+            None => (
+                edgelog_sink_s3::local_store(&cfg.data_dir).with_context(|| {
+                    format!("cannot use {} for standard logs", cfg.data_dir.display())
+                })?,
+                cfg.data_dir.join(&std_cfg.prefix).display().to_string(),
+            ),
+        };
         let state = cfg.data_dir.join("state").join("standard-watermarks.json");
         let sink = StandardLogSink::new(
-            cfg.sinks.standard.clone(),
+            std_cfg.clone(),
             &cfg.collector.id,
             cfg.sampling.clone(),
             store,
@@ -281,7 +298,7 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
         .with_state_file(&state)
         .with_context(|| format!("cannot read {}", state.display()))?;
         collector.add_sink("standard", Box::new(sink));
-        tracing::info!(dir = %dir.display(), "standard logs go to local Parquet files");
+        tracing::info!(to = %place, "standard logs go to Parquet files");
     }
     if cfg.sinks.realtime.enabled {
         collector.add_sink(

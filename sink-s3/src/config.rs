@@ -32,6 +32,73 @@ pub struct StandardLogsConfig {
     pub row_group_rows: usize,
     /// zstd level for Parquet pages.
     pub zstd_level: i32,
+    /// An S3-compatible bucket; without it, files go under the data dir.
+    pub s3: Option<S3Config>,
+}
+
+/// An S3-compatible bucket: AWS S3, garage, MinIO, Ceph and the like.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Region; AWS_REGION or AWS_DEFAULT_REGION when empty, else `us-east-1`.
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible server, e.g. `http://127.0.0.1:3900`; empty for AWS.
+    /// An `http://` endpoint allows plain HTTP.
+    pub endpoint: Option<String>,
+    /// `https://bucket.endpoint/key` instead of the path style `https://endpoint/bucket/key`,
+    /// which most S3-compatible servers expect.
+    pub virtual_hosted_style: bool,
+    /// Access key; AWS_ACCESS_KEY_ID (or the instance's role) when empty.
+    pub access_key_id: Option<String>,
+    /// Secret key; AWS_SECRET_ACCESS_KEY when empty.
+    pub secret_access_key: Option<String>,
+    /// Session token for temporary credentials; AWS_SESSION_TOKEN when empty.
+    pub session_token: Option<String>,
+    /// Timeout of one request to the server.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            region: None,
+            endpoint: None,
+            virtual_hosted_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl S3Config {
+    fn validate(&self) -> Result<(), String> {
+        let k = "sinks.standard.s3";
+        if self.bucket.is_empty() {
+            return Err(format!("{k}.bucket: must be set"));
+        }
+        if let Some(e) = &self.endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(format!(
+                "{k}.endpoint: {e:?} must start with http:// or https://"
+            ));
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            return Err(format!(
+                "{k}.access_key_id and {k}.secret_access_key: set both or neither"
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(format!("{k}.request_timeout: must be positive"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for StandardLogsConfig {
@@ -46,6 +113,7 @@ impl Default for StandardLogsConfig {
             max_open_bytes: 128 << 20,
             row_group_rows: 128 * 1024,
             zstd_level: 3,
+            s3: None,
         }
     }
 }
@@ -85,6 +153,9 @@ impl StandardLogsConfig {
         }
         if !(1..=22).contains(&self.zstd_level) {
             return Err(format!("{k}.zstd_level: must be from 1 to 22"));
+        }
+        if let Some(s3) = &self.s3 {
+            s3.validate()?;
         }
         Ok(())
     }

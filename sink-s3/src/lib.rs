@@ -8,7 +8,7 @@ mod sink;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use config::{DEFAULT_TEMPLATE, StandardLogsConfig};
+pub use config::{DEFAULT_TEMPLATE, S3Config, StandardLogsConfig};
 pub use schema::{Columns, SAMPLE_RATE_COLUMN, schema, to_batch};
 pub use sink::{BATCH_ROWS, StandardLogError, StandardLogSink};
 
@@ -21,4 +21,44 @@ pub fn local_store(dir: &Path) -> Result<Arc<dyn object_store::ObjectStore>, obj
     Ok(Arc::new(
         object_store::local::LocalFileSystem::new_with_prefix(dir)?,
     ))
+}
+
+/// An S3-compatible bucket. Settings must have been validated; nothing is contacted yet,
+/// so a collector starts (and keeps accepting into its WAL) while the server is down.
+pub fn s3_store(cfg: &S3Config) -> Result<Arc<dyn object_store::ObjectStore>, object_store::Error> {
+    use object_store::aws::AmazonS3Builder;
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(&cfg.bucket)
+        .with_virtual_hosted_style_request(cfg.virtual_hosted_style)
+        .with_client_options(
+            object_store::ClientOptions::new()
+                .with_timeout(cfg.request_timeout)
+                .with_connect_timeout(std::time::Duration::from_secs(5)),
+        )
+        // A few quick tries, then the error reaches the sink loop, which shows the sink
+        // degraded and keeps retrying for as long as it takes.
+        .with_retry(object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(30),
+            ..Default::default()
+        });
+    let region = cfg
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".into());
+    b = b.with_region(region);
+    if let Some(e) = &cfg.endpoint {
+        b = b
+            .with_endpoint(e.trim_end_matches('/'))
+            .with_allow_http(e.starts_with("http://"));
+    }
+    if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+        b = b.with_access_key_id(id).with_secret_access_key(secret);
+    }
+    if let Some(t) = &cfg.session_token {
+        b = b.with_token(t);
+    }
+    Ok(Arc::new(b.build()?))
 }

@@ -15,17 +15,36 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use edgelog_collector::{Entry, Seq, Sink, SinkError};
 use edgelog_record::{Destination, Record, SCHEMA_VERSION, SamplingConfig, time};
-use object_store::ObjectStore;
-use object_store::buffered::BufWriter;
+use object_store::WriteMultipart;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use tokio::io::AsyncWriteExt;
 
 use crate::config::StandardLogsConfig;
 use crate::schema::{self, Columns};
+
+/// Files above this go up as multipart uploads, in parts of this size.
+const MULTIPART_PART_BYTES: usize = 8 << 20;
+
+/// One object, in a single PUT or, when large, a multipart upload (aborted on failure,
+/// so no parts are left behind).
+async fn upload(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    bytes: Bytes,
+) -> Result<(), object_store::Error> {
+    if bytes.len() <= MULTIPART_PART_BYTES {
+        return store.put(path, bytes.into()).await.map(|_| ());
+    }
+    let mut w =
+        WriteMultipart::new_with_chunk_size(store.put_multipart(path).await?, MULTIPART_PART_BYTES);
+    w.put(bytes);
+    // finish() aborts the upload itself when a part or the completion fails.
+    w.finish().await.map(|_| ())
+}
 
 /// Rows gathered, sorted by time, and encoded together.
 pub const BATCH_ROWS: usize = 8192;
@@ -306,14 +325,7 @@ impl StandardLogSink {
     /// Uploads every ready file; stops at the first failure (the rest wait for a retry).
     async fn upload_ready(&mut self) -> Result<(), SinkError> {
         while let Some(file) = self.ready.first() {
-            let mut w = BufWriter::with_capacity(self.store.clone(), file.path.clone(), 8 << 20);
-            let result: Result<(), String> = async {
-                w.put(file.bytes.clone()).await.map_err(|e| e.to_string())?;
-                w.shutdown().await.map_err(|e| e.to_string())
-            }
-            .await;
-            if let Err(e) = result {
-                let _ = w.abort().await;
+            if let Err(e) = upload(self.store.as_ref(), &file.path, file.bytes.clone()).await {
                 return Err(SinkError::Unavailable(format!(
                     "cannot upload {}: {e}",
                     file.path

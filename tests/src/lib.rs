@@ -1,7 +1,9 @@
 //! Harness for edgelog's end-to-end tests: the real `edgelog` binary as a child process,
 //! real sockets on loopback, real files.
 
-use std::collections::HashMap;
+pub mod servers;
+
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -328,4 +330,100 @@ impl Drop for DemoProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What a test sent, to hold against what comes out.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub count: u64,
+    pub by_status: BTreeMap<u16, u64>,
+    pub by_distribution: BTreeMap<String, u64>,
+    pub sc_bytes: u64,
+    /// Every `sample_every`-th record, whole.
+    pub sample: Vec<edgelog_record::Record>,
+    /// (distribution, event hour in ms) of every record.
+    pub partitions: BTreeMap<(String, i64), u64>,
+}
+
+/// Generates `total` records for `distributions` distributions, event times spread evenly
+/// over the past `hours` hours, and posts them as 1,000-record NDJSON bodies to `url`.
+/// Fails unless every record is acknowledged.
+pub fn send_generated(
+    url: &str,
+    total: u64,
+    distributions: usize,
+    hours: i64,
+    sample_every: u64,
+) -> anyhow::Result<Sent> {
+    use edgelog_edge::{Compression, ErrorMix, Generator, OutBody, Target};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<OutBody>(8);
+    let producer = std::thread::spawn(move || {
+        let mut g = Generator::new(7, distributions, 8);
+        let mut sent = Sent::default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let span = hours * 3_600_000;
+        let start = now - span;
+        let mut i = 0u64;
+        while i < total {
+            let n = (total - i).min(1000);
+            let mut body = Vec::with_capacity(n as usize * 1000);
+            for _ in 0..n {
+                let ts = start + (i as i128 * span as i128 / total as i128) as i64;
+                let r = g.record(ts, i as usize, ErrorMix::default());
+                edgelog_record::write_json(&r, &mut body);
+                body.push(b'\n');
+                sent.count += 1;
+                *sent.by_status.entry(r.sc_status.unwrap_or(0)).or_default() += 1;
+                *sent
+                    .by_distribution
+                    .entry(r.distribution_id.clone())
+                    .or_default() += 1;
+                *sent
+                    .partitions
+                    .entry((r.distribution_id.clone(), ts - ts.rem_euclid(3_600_000)))
+                    .or_default() += 1;
+                sent.sc_bytes += r.sc_bytes.unwrap_or(0);
+                if i.is_multiple_of(sample_every) {
+                    sent.sample.push(r);
+                }
+                i += 1;
+            }
+            let out = OutBody {
+                raw_len: body.len(),
+                body: body.into(),
+                records: n,
+                query: String::new(),
+                ids: Vec::new(),
+            };
+            if tx.blocking_send(out).is_err() {
+                break;
+            }
+        }
+        sent
+    });
+    let target = Target {
+        url: url.to_owned(),
+        token: TOKEN.to_owned(),
+        compression: Compression::None,
+        concurrency: 4,
+        max_tries: 20,
+        timeout: Duration::from_secs(60),
+        ack_log: None,
+        progress: None,
+    };
+    let report = rt.block_on(edgelog_edge::send_all(target, rx));
+    let sent = producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("generator thread panicked"))?;
+    if report.acked_records != total || report.rejected_records != 0 {
+        bail!("sent {total}, acknowledged {report:?}");
+    }
+    Ok(sent)
 }

@@ -66,3 +66,41 @@ fn configuration_errors_name_the_key() {
     );
     assert!(ok && text.contains("127.0.0.1:9999"), "{text}");
 }
+
+#[test]
+fn an_s3_bucket_comes_from_the_environment_and_secrets_are_not_printed() {
+    let env = [
+        ("EDGELOG_COLLECTOR__TOKENS", "[\"0123456789abcdef-secret\"]"),
+        ("EDGELOG_SINKS__STANDARD__S3__BUCKET", "logs"),
+        (
+            "EDGELOG_SINKS__STANDARD__S3__ENDPOINT",
+            "http://127.0.0.1:3900",
+        ),
+        ("EDGELOG_SINKS__STANDARD__S3__ACCESS_KEY_ID", "GKexample"),
+        (
+            "EDGELOG_SINKS__STANDARD__S3__SECRET_ACCESS_KEY",
+            "s3-secret-value",
+        ),
+    ];
+    let (ok, text) = run(&["config"], &env);
+    assert!(ok, "{text}");
+    let cfg: serde_json::Value = serde_json::from_str(&text).expect("config is JSON");
+    let s3 = &cfg["sinks"]["standard"]["s3"];
+    assert_eq!(s3["bucket"], "logs");
+    assert_eq!(s3["endpoint"], "http://127.0.0.1:3900");
+    assert_eq!(s3["access_key_id"], "GKexample");
+    assert!(
+        !text.contains("s3-secret-value") && !text.contains("0123456789abcdef-secret"),
+        "{text}"
+    );
+
+    let (ok, text) = run(
+        &["config"],
+        &[
+            env[0],
+            ("EDGELOG_SINKS__STANDARD__S3__BUCKET", "logs"),
+            ("EDGELOG_SINKS__STANDARD__S3__ENDPOINT", "127.0.0.1:3900"),
+        ],
+    );
+    assert!(!ok && text.contains("sinks.standard.s3.endpoint"), "{text}");
+}

@@ -1,0 +1,363 @@
+//! Standard logs on a real S3-compatible server (garage on loopback), read back by DuckDB
+//! straight from the bucket, the way users query them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use edgelog_record::{FIELDS, Record, Value};
+use edgelog_tests::servers::{Garage, python_json};
+use edgelog_tests::{CollectorProc, http_get, run_edge, send_generated, spawn_edge};
+use serde_json::json;
+
+const GLOB: &str = "s3://edgelog/standard-logs/**/*.parquet";
+
+fn expected_json(v: Value<'_>) -> serde_json::Value {
+    match v {
+        Value::Str(s) => s.map_or(json!(null), |s| json!(s)),
+        Value::U16(n) => n.map_or(json!(null), |n| json!(n)),
+        Value::U32(n) => n.map_or(json!(null), |n| json!(n)),
+        Value::U64(n) => n.map_or(json!(null), |n| json!(n)),
+        Value::I64(n) => n.map_or(json!(null), |n| json!(n)),
+        Value::F64(n) => n.map_or(json!(null), |n| json!(n)),
+    }
+}
+
+/// Every field of `r` equals the row DuckDB returned for it.
+fn assert_row_matches(r: &Record, row: &serde_json::Value) {
+    let id = r.request_id();
+    assert_eq!(row["timestamp_ms"].as_i64(), Some(r.timestamp_ms), "{id}");
+    assert_eq!(
+        row["DistributionId"].as_str(),
+        Some(r.distribution_id.as_str()),
+        "{id}"
+    );
+    assert_eq!(row["sample_rate"].as_f64(), Some(100.0), "{id}");
+    for (i, f) in FIELDS.iter().enumerate() {
+        let want = expected_json(r.get(i));
+        let got = &row[f.column];
+        let same = match (want.as_f64(), got.as_f64()) {
+            (Some(a), Some(b)) => a == b,
+            _ => &want == got,
+        };
+        assert!(same, "{id}: {} is {got}, sent {want}", f.column);
+    }
+}
+
+#[test]
+fn a_million_records_land_in_s3_and_duckdb_returns_exactly_them() -> anyhow::Result<()> {
+    let garage = Garage::start()?;
+    let dir = tempfile::tempdir()?;
+    let mut collector = CollectorProc::start(dir.path(), &garage.collector_toml())?;
+    let sent = send_generated(&collector.url(), 1_000_000, 5, 6, 4_999)?;
+    assert!(collector.terminate()?, "{}", collector.log_text());
+    assert!(
+        !dir.path().join("standard-logs").exists(),
+        "standard logs went to local disk, not to S3"
+    );
+
+    let (dist, hour_ms) = sent
+        .partitions
+        .keys()
+        .nth(3)
+        .cloned()
+        .context("no partitions")?;
+    let ids: Vec<&str> = sent.sample.iter().map(Record::request_id).collect();
+    let (y, m, d) = edgelog_record::time::civil_from_days(hour_ms.div_euclid(86_400_000));
+    let hour = hour_ms.rem_euclid(86_400_000) / 3_600_000;
+    let script = format!(
+        r#"{prelude}
+src = "read_parquet('{GLOB}', hive_partitioning = true)"
+one = lambda q: con.sql(q).fetchone()[0]
+out = {{}}
+out["count"] = one(f"SELECT count(*) FROM {{src}}")
+out["distinct_ids"] = one(f"SELECT count(DISTINCT x_edge_request_id) FROM {{src}}")
+out["sc_bytes"] = int(one(f"SELECT sum(sc_bytes) FROM {{src}}"))
+out["by_status"] = {{str(s): n for s, n in con.sql(f"SELECT sc_status, count(*) FROM {{src}} GROUP BY ALL").fetchall()}}
+out["by_distribution"] = {{d: n for d, n in con.sql(f"SELECT DistributionId, count(*) FROM {{src}} GROUP BY ALL").fetchall()}}
+rel = con.sql(f"SELECT epoch_ms(timestamp) AS timestamp_ms, * EXCLUDE (timestamp) FROM {{src}} WHERE x_edge_request_id IN (SELECT unnest($ids))", params={{"ids": {ids}}})
+cols = rel.columns
+out["sample"] = [dict(zip(cols, row)) for row in rel.fetchall()]
+where = "DistributionId = '{dist}' AND year = {y} AND month = {m} AND day = {d} AND hour = {hour}"
+out["partition_count"] = one(f"SELECT count(*) FROM {{src}} WHERE {{where}}")
+plan = con.sql(f"EXPLAIN ANALYZE SELECT count(*) FROM {{src}} WHERE {{where}}").fetchall()
+out["plan"] = "\n".join(str(c) for row in plan for c in row)
+out["files_total"] = one(f"SELECT count(*) FROM glob('{GLOB}')")
+out["files_in_partition"] = one(f"SELECT count(*) FROM glob('s3://edgelog/standard-logs/DistributionId={dist}/year={y}/month={m:02}/day={d:02}/hour={hour:02}/*.parquet')")
+out["types"] = {{c: str(t) for c, t in zip(rel.columns, rel.types)}}
+print(json.dumps(out))
+"#,
+        prelude = garage.duckdb_prelude(),
+        ids = serde_json::to_string(&ids)?,
+    );
+    let out = python_json(&script)?;
+
+    assert_eq!(out["count"].as_u64(), Some(1_000_000));
+    assert_eq!(out["distinct_ids"].as_u64(), Some(1_000_000), "duplicates");
+    assert_eq!(out["sc_bytes"].as_u64(), Some(sent.sc_bytes));
+    let by_status: BTreeMap<String, u64> = serde_json::from_value(out["by_status"].clone())?;
+    let want: BTreeMap<String, u64> = sent
+        .by_status
+        .iter()
+        .map(|(s, n)| (s.to_string(), *n))
+        .collect();
+    assert_eq!(by_status, want);
+    let by_distribution: BTreeMap<String, u64> =
+        serde_json::from_value(out["by_distribution"].clone())?;
+    assert_eq!(by_distribution, sent.by_distribution);
+
+    let rows = out["sample"].as_array().context("sample rows")?;
+    assert_eq!(rows.len(), sent.sample.len());
+    let by_id: HashMap<&str, &serde_json::Value> = rows
+        .iter()
+        .filter_map(|r| Some((r["x_edge_request_id"].as_str()?, r)))
+        .collect();
+    for r in &sent.sample {
+        assert_row_matches(r, by_id.get(r.request_id()).context("sampled row missing")?);
+    }
+    assert_eq!(out["types"]["timestamp_ms"], "BIGINT");
+    assert_eq!(out["types"]["sc_status"], "INTEGER");
+    assert_eq!(out["types"]["time_taken"], "DOUBLE");
+
+    // The partition filter reads only that partition's files.
+    assert_eq!(
+        out["partition_count"].as_u64(),
+        sent.partitions.get(&(dist, hour_ms)).copied()
+    );
+    let plan = out["plan"].as_str().unwrap_or("");
+    let files_read = plan
+        .lines()
+        .find_map(|l| {
+            l.split("Total Files Read:")
+                .nth(1)
+                .and_then(|n| n.trim().trim_matches('│').trim().parse::<u64>().ok())
+        })
+        .with_context(|| format!("no file count in the plan:\n{plan}"))?;
+    let (files_total, files_in_partition) = (
+        out["files_total"].as_u64().unwrap_or(0),
+        out["files_in_partition"].as_u64().unwrap_or(0),
+    );
+    assert!(files_in_partition >= 1);
+    assert_eq!(
+        files_read, files_in_partition,
+        "{files_total} files in all; plan:\n{plan}"
+    );
+    assert!(files_total >= sent.partitions.len() as u64);
+    Ok(())
+}
+
+/// What DuckDB finds in the bucket: rows, distinct request ids, and (with an ack log)
+/// how many acknowledged ids are missing.
+fn bucket_report(garage: &Garage, acked: Option<&Path>) -> anyhow::Result<serde_json::Value> {
+    let acked_sql = match acked {
+        Some(p) => format!(
+            r#"
+con.sql("CREATE TABLE acked AS SELECT DISTINCT column0 AS id FROM read_csv('{}', header = false, columns = {{'column0': 'VARCHAR'}})")
+out["acked"] = one("SELECT count(*) FROM acked")
+out["missing"] = one(f"SELECT count(*) FROM acked WHERE id NOT IN (SELECT x_edge_request_id FROM {{src}})")"#,
+            p.display()
+        ),
+        None => String::new(),
+    };
+    python_json(&format!(
+        r#"{prelude}
+src = "read_parquet('{GLOB}', hive_partitioning = true)"
+one = lambda q: con.sql(q).fetchone()[0]
+out = {{"rows": 0, "distinct": 0}}
+out["files"] = one(f"SELECT count(*) FROM glob('{GLOB}')")
+if out["files"]:
+    out["rows"] = one(f"SELECT count(*) FROM {{src}}")
+    out["distinct"] = one(f"SELECT count(DISTINCT x_edge_request_id) FROM {{src}}")
+{acked_sql}
+print(json.dumps(out))
+"#,
+        prelude = garage.duckdb_prelude()
+    ))
+}
+
+#[test]
+fn the_aws_example_comes_back_from_s3_with_its_documented_values() -> anyhow::Result<()> {
+    const EXAMPLE: &str = "../record/testdata/EMLARXS9EXAMPLE.2019-12-04-21.RT4KCN4SGK9.log";
+    let garage = Garage::start()?;
+    let dir = tempfile::tempdir()?;
+    let mut collector = CollectorProc::start(dir.path(), &garage.collector_toml())?;
+    let out = run_edge(&collector.url(), &["--replay", EXAMPLE])?;
+    assert!(out.contains("records acknowledged: 6"), "{out}");
+    assert!(collector.terminate()?, "{}", collector.log_text());
+
+    let out = python_json(&format!(
+        r#"{prelude}
+rel = con.sql("""SELECT DistributionId, year, month, day, hour, timestamp::VARCHAR AS ts, *
+    EXCLUDE (DistributionId, year, month, day, hour, timestamp)
+    FROM read_parquet('{GLOB}', hive_partitioning = true) ORDER BY timestamp""")
+print(json.dumps({{"types": [str(t) for t in rel.types], "cols": rel.columns, "rows": rel.fetchall()}}))
+"#,
+        prelude = garage.duckdb_prelude()
+    ))?;
+    let cols: Vec<&str> = out["cols"]
+        .as_array()
+        .context("cols")?
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    let rows = out["rows"].as_array().context("rows")?;
+    assert_eq!(rows.len(), 6);
+    let cell = |row: usize, col: &str| {
+        let i = cols.iter().position(|c| *c == col).unwrap_or(usize::MAX);
+        rows[row].get(i).cloned().unwrap_or_default()
+    };
+    let ty = |col: &str| {
+        let i = cols.iter().position(|c| *c == col).unwrap_or(usize::MAX);
+        out["types"].get(i).cloned().unwrap_or_default()
+    };
+    // The first line of AWS's example, as documented.
+    assert_eq!(cell(0, "DistributionId"), "EMLARXS9EXAMPLE");
+    assert_eq!(cell(0, "year"), 2019);
+    assert_eq!(cell(0, "hour"), 21);
+    assert_eq!(cell(0, "ts"), "2019-12-04 21:02:31+00");
+    assert_eq!(cell(0, "x_edge_location"), "LAX1");
+    assert_eq!(cell(0, "sc_bytes"), 392);
+    assert_eq!(cell(0, "c_ip"), "192.0.2.100");
+    assert_eq!(cell(0, "cs_method"), "GET");
+    assert_eq!(cell(0, "cs_host"), "d111111abcdef8.cloudfront.net");
+    assert_eq!(cell(0, "cs_uri_stem"), "/index.html");
+    assert_eq!(cell(0, "sc_status"), 200);
+    assert_eq!(cell(0, "x_edge_result_type"), "Hit");
+    assert_eq!(cell(0, "time_taken"), 0.001);
+    assert_eq!(cell(0, "time_to_first_byte"), 0.001);
+    assert_eq!(cell(0, "cs_protocol_version"), "HTTP/2.0");
+    assert_eq!(
+        cell(0, "cs_uri_query"),
+        serde_json::Value::Null,
+        "'-' is null"
+    );
+    assert_eq!(ty("ts"), "VARCHAR");
+    assert_eq!(ty("sc_status"), "INTEGER");
+    assert_eq!(ty("sc_bytes"), "BIGINT");
+    assert_eq!(ty("time_taken"), "DOUBLE");
+    assert_eq!(ty("year"), "BIGINT");
+    Ok(())
+}
+
+#[test]
+fn sigkill_during_uploads_leaves_every_record_exactly_once() -> anyhow::Result<()> {
+    let mut garage = Garage::start()?;
+    let dir = tempfile::tempdir()?;
+    // Small files, so uploads go on all the time.
+    let extra = format!(
+        "[sinks.standard]\nmax_rows = 2000\nmax_age = \"1s\"\n{}",
+        garage.collector_toml()
+    );
+    let mut collector = CollectorProc::start(dir.path(), &extra)?;
+    // With the bucket away, everything waits in the write-ahead log, acknowledged.
+    garage.stop()?;
+    let sent = send_generated(&collector.url(), 200_000, 5, 3, 1_000_000)?;
+    garage.restart()?;
+    let mut kills = 0;
+    let mut files_seen = Vec::new();
+    for i in 0..6u64 {
+        std::thread::sleep(Duration::from_millis(900 + 300 * i));
+        let files = bucket_report(&garage, None)?["files"].as_u64().unwrap_or(0);
+        files_seen.push(files);
+        collector.crash_and_restart()?;
+        kills += 1;
+    }
+    assert!(collector.terminate()?, "{}", collector.log_text());
+    let r = bucket_report(&garage, None)?;
+    eprintln!("{kills} SIGKILLs during uploads; files seen before each: {files_seen:?}; {r}");
+    assert!(
+        files_seen.windows(2).any(|w| w[0] < w[1]),
+        "the kills did not fall during uploads: {files_seen:?}"
+    );
+    assert_eq!(r["rows"].as_u64(), Some(sent.count), "{r}");
+    assert_eq!(r["distinct"].as_u64(), Some(sent.count), "{r}");
+    Ok(())
+}
+
+#[test]
+fn sixty_seconds_without_s3_under_load_lose_and_duplicate_nothing() -> anyhow::Result<()> {
+    let mut garage = Garage::start()?;
+    let dir = tempfile::tempdir()?;
+    let extra = format!(
+        "[sinks.standard]\nmax_age = \"2s\"\n{}",
+        garage.collector_toml()
+    );
+    let mut collector = CollectorProc::start(dir.path(), &extra)?;
+    let ack_log = dir.path().join("acked.txt");
+    let ack = ack_log.display().to_string();
+    let edge = spawn_edge(
+        &collector.url(),
+        &[
+            "--rate",
+            "2000",
+            "--duration",
+            "80s",
+            "--batch",
+            "200",
+            "--distributions",
+            "4",
+            "--ack-log",
+            &ack,
+        ],
+    )?;
+    std::thread::sleep(Duration::from_secs(8));
+    garage.stop()?;
+    std::thread::sleep(Duration::from_secs(55));
+    // Degraded, lagging, and still accepting.
+    let ready = http_get(&format!("{}/readyz", collector.url()))?;
+    let metrics = http_get(&format!("{}/metrics", collector.url()))?;
+    std::thread::sleep(Duration::from_secs(5));
+    garage.restart()?;
+    let out = edge.wait_with_output()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "edge failed: {report}");
+    assert!(collector.terminate()?, "{}", collector.log_text());
+
+    let log = collector.log_text();
+    let log_tail: String = log
+        .lines()
+        .filter(|l| !l.contains(" INFO "))
+        .take(40)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ready = format!("{ready}\ncollector log:\n{log_tail}");
+    let status: serde_json::Value = serde_json::from_str(ready.lines().next().unwrap_or(""))?;
+    let standard = status["sinks"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "standard"))
+        .with_context(|| format!("no standard sink in {ready}"))?;
+    assert_eq!(standard["degraded"], true, "{ready}");
+    assert!(
+        standard["lag_seconds"].as_f64().unwrap_or(0.0) > 30.0,
+        "{ready}"
+    );
+    assert!(
+        standard["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("upload")),
+        "{ready}"
+    );
+    let lag_line = metrics
+        .lines()
+        .find(|l| l.starts_with("edgelog_sink_lag_seconds{sink=\"standard\"}"))
+        .with_context(|| format!("no standard lag in /metrics:\n{metrics}"))?;
+    let lag: f64 = lag_line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(lag > 30.0, "{lag_line}");
+
+    let r = bucket_report(&garage, Some(&ack_log))?;
+    eprintln!("S3 down 60 s under 2,000 records/s: {r}\n{report}");
+    let acked = r["acked"].as_u64().unwrap_or(0);
+    assert!(acked > 100_000, "too little load: {r}");
+    assert_eq!(
+        r["missing"].as_u64(),
+        Some(0),
+        "acknowledged records lost: {r}"
+    );
+    assert_eq!(r["rows"], r["distinct"], "duplicates: {r}");
+    Ok(())
+}
