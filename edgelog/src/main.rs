@@ -13,7 +13,7 @@ use edgelog_collector::{Collector, MetricsAggregator};
 use edgelog_dashboard::MetricsStore;
 use edgelog_edge::{Compression, ErrorMix, Target, TrafficConfig, WireFormat};
 use edgelog_sink_s3::StandardLogSink;
-use edgelog_sink_stream::{Bus, RealtimeSink};
+use edgelog_sink_stream::{Bus, KafkaSink, RealtimeSink};
 use figment::value::Value;
 use tokio::net::TcpListener;
 
@@ -300,11 +300,20 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
         collector.add_sink("standard", Box::new(sink));
         tracing::info!(to = %place, "standard logs go to Parquet files");
     }
-    if cfg.sinks.realtime.enabled {
-        collector.add_sink(
-            "realtime",
-            Box::new(RealtimeSink::in_process(cfg.sampling.clone(), bus.clone())),
-        );
+    let rt = &cfg.sinks.realtime;
+    if rt.enabled {
+        match &rt.kafka {
+            Some(kafka) => {
+                let sink = KafkaSink::new(rt, kafka, &cfg.collector.id, cfg.sampling.clone())
+                    .context("cannot set up the kafka real-time sink")?;
+                collector.add_sink("realtime", Box::new(sink));
+                tracing::info!(brokers = %kafka.bootstrap_servers, topic = %kafka.topic, format = rt.format.as_str(), "real-time logs go to kafka");
+            }
+            None => collector.add_sink(
+                "realtime",
+                Box::new(RealtimeSink::in_process(cfg.sampling.clone(), bus.clone())),
+            ),
+        }
     }
     let aggregator = MetricsAggregator::new(
         &cfg.collector.id,

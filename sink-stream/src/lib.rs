@@ -1,44 +1,25 @@
 //! Real-time logs: sampled records, one message each, keyed by distribution.
 //!
 //! The embedded default is an in-process [`Bus`] that the dashboard and a local tail
-//! read; Kafka plugs in behind the same sink.
+//! read; with `[sinks.realtime.kafka]`, a Kafka topic ([`KafkaSink`]).
+
+mod config;
+mod format;
+mod kafka;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use edgelog_collector::{Entry, Publisher, Seq, Sink, SinkError};
 use edgelog_record::{Destination, MinuteUpdate, SCHEMA_VERSION, SamplingConfig, write_json};
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-/// Settings of the real-time sink.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RealtimeConfig {
-    /// Stream sampled records at all.
-    pub enabled: bool,
-    /// Messages the in-process stream keeps for slow readers before they miss some.
-    pub bus_capacity: usize,
-}
-
-impl Default for RealtimeConfig {
-    fn default() -> Self {
-        RealtimeConfig {
-            enabled: true,
-            bus_capacity: 65_536,
-        }
-    }
-}
-
-impl RealtimeConfig {
-    /// Checks the settings; errors name the key.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.bus_capacity == 0 {
-            return Err("sinks.realtime.bus_capacity: must be positive".into());
-        }
-        Ok(())
-    }
-}
+pub use config::{DistributionStream, KafkaConfig, RealtimeConfig};
+pub use format::{MessageFormat, REALTIME_FIELDS, Selection, parse_tsv_timestamp};
+pub use kafka::{
+    Encoder, HEADER_FIELDS, HEADER_FORMAT, HEADER_SAMPLE_RATE, HEADER_SCHEMA_VERSION, KafkaSink,
+    KafkaSinkError,
+};
 
 /// One real-time log message.
 #[derive(Debug, Clone, PartialEq)]

@@ -346,14 +346,16 @@ pub struct Sent {
 }
 
 /// Generates `total` records for `distributions` distributions, event times spread evenly
-/// over the past `hours` hours, and posts them as 1,000-record NDJSON bodies to `url`.
-/// Fails unless every record is acknowledged.
+/// over the past `hours` hours, and posts them as 1,000-record NDJSON bodies to `url`,
+/// `concurrency` requests at a time (1 keeps the log in generation order). Fails unless
+/// every record is acknowledged.
 pub fn send_generated(
     url: &str,
     total: u64,
     distributions: usize,
     hours: i64,
     sample_every: u64,
+    concurrency: usize,
 ) -> anyhow::Result<Sent> {
     use edgelog_edge::{Compression, ErrorMix, Generator, OutBody, Target};
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -412,7 +414,7 @@ pub fn send_generated(
         url: url.to_owned(),
         token: TOKEN.to_owned(),
         compression: Compression::None,
-        concurrency: 4,
+        concurrency,
         max_tries: 20,
         timeout: Duration::from_secs(60),
         ack_log: None,

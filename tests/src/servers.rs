@@ -267,3 +267,177 @@ pub fn python_json(script: &str) -> anyhow::Result<serde_json::Value> {
         )
     })
 }
+
+/// A tansu broker (Kafka protocol) on loopback.
+pub struct Tansu {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+    storage: &'static str,
+    pub port: u16,
+}
+
+impl Tansu {
+    /// Messages in memory: fast, but gone when the broker stops.
+    pub fn start() -> anyhow::Result<Tansu> {
+        Tansu::start_with("memory://tansu/")
+    }
+
+    /// Messages in SQLite: they outlive a restart, but tansu serves them slowly (about
+    /// 250 messages/s to a consumer on this machine), so keep such tests small.
+    pub fn start_persistent() -> anyhow::Result<Tansu> {
+        Tansu::start_with("sqlite://tansu.db")
+    }
+
+    fn start_with(storage: &'static str) -> anyhow::Result<Tansu> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("tansu.log");
+        let mut t = Tansu {
+            child: None,
+            dir,
+            log,
+            storage,
+            port: free_port(),
+        };
+        t.spawn()?;
+        Ok(t)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        // The SQLite path is taken relative to the working directory.
+        let mut child = spawn_logged(
+            Command::new(server_binary("tansu")?)
+                .current_dir(self.dir.path())
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", self.storage])
+                .env_remove("LISTENER_URL")
+                .env_remove("ADVERTISED_LISTENER_URL")
+                .env_remove("STORAGE_ENGINE"),
+            &self.log,
+        )?;
+        wait_port(self.port, "tansu", &mut child, &self.log)?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Creates a topic (tansu does not create topics on first use).
+    pub fn create_topic(&self, name: &str, partitions: u32) -> anyhow::Result<()> {
+        run(Command::new(server_binary("tansu")?)
+            .args(["topic", "create", name, "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .args(["--partitions", &partitions.to_string()]))
+        .map(|_| ())
+    }
+
+    /// Kills the broker (its messages stay).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.spawn()
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The `[sinks.realtime.kafka]` table of a collector writing to `topic`.
+    pub fn collector_toml(&self, topic: &str) -> String {
+        format!(
+            "[sinks.realtime.kafka]\nbootstrap_servers = \"{}\"\ntopic = \"{topic}\"\n",
+            self.bootstrap()
+        )
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// One message as an independent consumer (Python confluent-kafka) read it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Consumed {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// When the consumer saw it, ms since the epoch.
+    pub seen_ms: i64,
+}
+
+/// Reads `topic` from the beginning with confluent-kafka in a new consumer group until
+/// `expected` messages came or none came for `idle` (then a little longer, to catch
+/// duplicates).
+pub fn consume(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    idle: Duration,
+) -> anyhow::Result<Vec<Consumed>> {
+    let out = tempfile::NamedTempFile::new()?;
+    let script = format!(
+        r#"import json, time, uuid
+from confluent_kafka import Consumer
+c = Consumer({{"bootstrap.servers": "{bootstrap}", "group.id": "edgelog-test-" + uuid.uuid4().hex,
+    "auto.offset.reset": "earliest", "enable.auto.commit": False}})
+c.subscribe(["{topic}"])
+n, last, done_at = 0, time.time(), None
+with open("{out}", "w") as f:
+    while True:
+        now = time.time()
+        if now - last > {idle}:
+            break
+        if done_at is None and n >= {expected}:
+            done_at = now
+        if done_at is not None and now - done_at > 2:
+            break
+        m = c.poll(0.5)
+        if m is None:
+            continue
+        if m.error():
+            raise SystemExit(str(m.error()))
+        n += 1
+        last = time.time()
+        f.write(json.dumps({{"partition": m.partition(), "offset": m.offset(),
+            "key": (m.key() or b"").decode(), "value": (m.value() or b"").decode(),
+            "headers": {{k: v.decode() for k, v in (m.headers() or [])}},
+            "seen_ms": int(last * 1000)}}) + "\n")
+c.close()
+"#,
+        out = out.path().display(),
+        idle = idle.as_secs_f64(),
+    );
+    let status = Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .context("cannot run python3")?;
+    if !status.success() {
+        bail!(
+            "the confluent-kafka consumer failed ({status}); scripts/install-test-deps.sh installs it"
+        );
+    }
+    fs::read_to_string(out.path())?
+        .lines()
+        .map(|l| serde_json::from_str(l).context("consumer output"))
+        .collect()
+}

@@ -50,7 +50,7 @@ fn a_million_records_land_in_s3_and_duckdb_returns_exactly_them() -> anyhow::Res
     let garage = Garage::start()?;
     let dir = tempfile::tempdir()?;
     let mut collector = CollectorProc::start(dir.path(), &garage.collector_toml())?;
-    let sent = send_generated(&collector.url(), 1_000_000, 5, 6, 4_999)?;
+    let sent = send_generated(&collector.url(), 1_000_000, 5, 6, 4_999, 4)?;
     assert!(collector.terminate()?, "{}", collector.log_text());
     assert!(
         !dir.path().join("standard-logs").exists(),
@@ -252,7 +252,7 @@ fn sigkill_during_uploads_leaves_every_record_exactly_once() -> anyhow::Result<(
     let mut collector = CollectorProc::start(dir.path(), &extra)?;
     // With the bucket away, everything waits in the write-ahead log, acknowledged.
     garage.stop()?;
-    let sent = send_generated(&collector.url(), 200_000, 5, 3, 1_000_000)?;
+    let sent = send_generated(&collector.url(), 200_000, 5, 3, 1_000_000, 4)?;
     garage.restart()?;
     let mut kills = 0;
     let mut files_seen = Vec::new();

@@ -1,0 +1,405 @@
+//! The Kafka real-time sink: sampled records from the write-ahead log, one message each,
+//! keyed by distribution id, through librdkafka's idempotent producer.
+//!
+//! The sink's position in the log advances only on delivery reports. They arrive out of
+//! order, so it is the low-water mark: every entry below the oldest entry with a message
+//! still in flight is delivered. A full producer queue is backpressure (the sink waits,
+//! records wait in the log); a failed delivery is produced again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use edgelog_collector::{Entry, Seq, Sink, SinkError};
+use edgelog_record::{Destination, SCHEMA_VERSION, SamplingConfig};
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+
+use crate::config::{KafkaConfig, RealtimeConfig};
+use crate::format::{MessageFormat, Selection};
+
+/// Message headers consumers can rely on.
+pub const HEADER_SAMPLE_RATE: &str = "edgelog-sample-rate";
+pub const HEADER_SCHEMA_VERSION: &str = "edgelog-schema-version";
+pub const HEADER_FORMAT: &str = "edgelog-format";
+/// For `tsv`: the real-time names of the columns, comma-separated.
+pub const HEADER_FIELDS: &str = "edgelog-fields";
+
+/// Why the Kafka sink could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSinkError {
+    #[error("invalid kafka settings: {0}")]
+    Config(String),
+    #[error("cannot create the kafka producer: {0}")]
+    Producer(#[from] KafkaError),
+}
+
+/// Record → message body, per distribution.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    format: MessageFormat,
+    default: Selection,
+    per_distribution: HashMap<String, Selection>,
+}
+
+impl Encoder {
+    /// From validated settings.
+    pub fn new(cfg: &RealtimeConfig) -> Result<Encoder, String> {
+        let default = Selection::parse(&cfg.fields)?;
+        let mut per_distribution = HashMap::new();
+        for (id, d) in &cfg.distributions {
+            if !d.fields.is_empty() {
+                per_distribution.insert(id.clone(), Selection::parse(&d.fields)?);
+            }
+        }
+        Ok(Encoder {
+            format: cfg.format,
+            default,
+            per_distribution,
+        })
+    }
+
+    pub fn selection(&self, distribution: &str) -> &Selection {
+        self.per_distribution
+            .get(distribution)
+            .unwrap_or(&self.default)
+    }
+
+    pub fn format(&self) -> MessageFormat {
+        self.format
+    }
+}
+
+/// What delivery reports tell, shared with librdkafka's thread.
+#[derive(Default)]
+struct Inflight {
+    /// Messages in flight per log entry.
+    outstanding: BTreeMap<Seq, usize>,
+    /// Deliveries that failed, to produce again.
+    failed: Vec<(Seq, OwnedMessage)>,
+    /// The last error since the last successful delivery.
+    error: Option<String>,
+}
+
+struct Context {
+    inflight: Arc<Mutex<Inflight>>,
+}
+
+fn lock(m: &Mutex<Inflight>) -> MutexGuard<'_, Inflight> {
+    // A panic elsewhere must not stop deliveries being counted.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(facility = fac, "librdkafka: {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {message}"),
+            _ => tracing::debug!(facility = fac, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client error");
+        metrics::counter!("edgelog_kafka_errors_total").increment(1);
+        lock(&self.inflight).error = Some(format!("kafka: {reason}"));
+    }
+}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        let seq = seq as Seq;
+        let mut s = lock(&self.inflight);
+        match result {
+            Ok(_) => {
+                s.error = None;
+                if let Some(n) = s.outstanding.get_mut(&seq) {
+                    *n -= 1;
+                    if *n == 0 {
+                        s.outstanding.remove(&seq);
+                    }
+                }
+                metrics::counter!("edgelog_realtime_records_total").increment(1);
+            }
+            Err((e, msg)) => {
+                metrics::counter!("edgelog_kafka_delivery_failures_total").increment(1);
+                s.error = Some(format!("kafka delivery failed: {e}"));
+                s.failed.push((seq, msg.detach()));
+            }
+        }
+    }
+}
+
+/// Sends sampled records to a Kafka topic.
+pub struct KafkaSink {
+    producer: Arc<ThreadedProducer<Context>>,
+    inflight: Arc<Mutex<Inflight>>,
+    topic: String,
+    encoder: Encoder,
+    sampling: SamplingConfig,
+    /// Every entry up to here has all its messages handed to the producer.
+    written: Seq,
+    /// Records of entry `.0` before index `.1` are already handed over (a write that
+    /// failed half-way resumes there, so nothing is produced twice).
+    resume: (Seq, usize),
+    buf: Vec<u8>,
+}
+
+impl KafkaSink {
+    /// Creates the producer (it connects in the background: a broker that is down delays
+    /// records, it does not stop the collector). Settings must have been validated.
+    pub fn new(
+        cfg: &RealtimeConfig,
+        kafka: &KafkaConfig,
+        client_id: &str,
+        sampling: SamplingConfig,
+    ) -> Result<KafkaSink, KafkaSinkError> {
+        let encoder = Encoder::new(cfg)
+            .map_err(|n| KafkaSinkError::Config(format!("unknown field {n:?}")))?;
+        let mut cc = ClientConfig::new();
+        for (k, v) in kafka.client_properties(client_id) {
+            cc.set(k, v);
+        }
+        let inflight = Arc::new(Mutex::new(Inflight::default()));
+        let producer: ThreadedProducer<Context> = cc.create_with_context(Context {
+            inflight: inflight.clone(),
+        })?;
+        let producer = Arc::new(producer);
+        check_topic(producer.clone(), kafka.topic.clone(), inflight.clone());
+        Ok(KafkaSink {
+            producer,
+            inflight,
+            topic: kafka.topic.clone(),
+            encoder,
+            sampling,
+            written: 0,
+            resume: (0, 0),
+            buf: Vec::with_capacity(2048),
+        })
+    }
+
+    fn headers(&self, rate: f64, sel: &Selection) -> OwnedHeaders {
+        let rate = rate.to_string();
+        let version = SCHEMA_VERSION.to_string();
+        let format = self.encoder.format();
+        let h = OwnedHeaders::new_with_capacity(4)
+            .insert(Header {
+                key: HEADER_SAMPLE_RATE,
+                value: Some(rate.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_SCHEMA_VERSION,
+                value: Some(version.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_FORMAT,
+                value: Some(format.as_str()),
+            });
+        if format == MessageFormat::Tsv {
+            let names = sel.names().join(",");
+            h.insert(Header {
+                key: HEADER_FIELDS,
+                value: Some(names.as_str()),
+            })
+        } else {
+            h
+        }
+    }
+
+    /// Hands one message to the producer, waiting while its queue is full.
+    async fn produce(
+        &self,
+        seq: Seq,
+        key: &[u8],
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<(), SinkError> {
+        *lock(&self.inflight).outstanding.entry(seq).or_default() += 1;
+        let mut headers = Some(headers);
+        loop {
+            let mut record = BaseRecord::with_opaque_to(&self.topic, seq as usize)
+                .key(key)
+                .payload(payload);
+            if let Some(h) = headers.take() {
+                record = record.headers(h);
+            }
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // Backpressure: librdkafka's thread drains the queue meanwhile.
+                    headers = back.headers;
+                    metrics::counter!("edgelog_kafka_queue_full_total").increment(1);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => {
+                    let mut s = lock(&self.inflight);
+                    if let Some(n) = s.outstanding.get_mut(&seq) {
+                        *n -= 1;
+                        if *n == 0 {
+                            s.outstanding.remove(&seq);
+                        }
+                    }
+                    return Err(SinkError::Misconfigured(format!(
+                        "cannot produce to kafka topic {}: {e}",
+                        self.topic
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Produces again what failed to be delivered.
+    async fn resend_failed(&mut self) -> Result<(), SinkError> {
+        let failed = std::mem::take(&mut lock(&self.inflight).failed);
+        let mut it = failed.into_iter();
+        while let Some((seq, msg)) = it.next() {
+            {
+                // The failed try still counts as in flight; this try replaces it.
+                let mut s = lock(&self.inflight);
+                if let Some(n) = s.outstanding.get_mut(&seq) {
+                    *n -= 1;
+                }
+            }
+            let headers = msg.headers().cloned().unwrap_or_else(OwnedHeaders::new);
+            let r = self
+                .produce(
+                    seq,
+                    msg.key().unwrap_or_default(),
+                    msg.payload().unwrap_or_default(),
+                    headers,
+                )
+                .await;
+            if let Err(e) = r {
+                let mut s = lock(&self.inflight);
+                *s.outstanding.entry(seq).or_default() += 1;
+                s.failed.push((seq, msg));
+                s.failed.extend(it);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// An error to show while messages wait and the last report was a failure.
+    fn health(&self) -> Result<(), SinkError> {
+        let s = lock(&self.inflight);
+        match &s.error {
+            Some(e) if !s.outstanding.is_empty() || !s.failed.is_empty() => {
+                Err(SinkError::Unavailable(e.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Says clearly, early, when the topic does not exist (brokers that do not create topics
+/// would otherwise hold messages until librdkafka gives up on the metadata).
+fn check_topic(
+    producer: Arc<ThreadedProducer<Context>>,
+    topic: String,
+    inflight: Arc<Mutex<Inflight>>,
+) {
+    std::thread::spawn(move || {
+        match producer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        {
+            Ok(md) => {
+                let missing = md
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .is_none_or(|t| t.error().is_some() || t.partitions().is_empty());
+                if missing {
+                    let msg = format!(
+                        "kafka topic {topic} does not exist; create it (the brokers do not create topics on first use)"
+                    );
+                    tracing::error!(%topic, "{msg}");
+                    lock(&inflight).error = Some(msg);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "cannot read kafka metadata yet; records wait in the write-ahead log")
+            }
+        }
+    });
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn write(&mut self, entry: &Entry) -> Result<(), SinkError> {
+        if entry.seq <= self.written {
+            return Ok(());
+        }
+        self.resend_failed().await?;
+        let start = if self.resume.0 == entry.seq {
+            self.resume.1
+        } else {
+            0
+        };
+        for (i, r) in entry.records.iter().enumerate().skip(start) {
+            let Some(rate) =
+                self.sampling
+                    .decide(&r.distribution_id, r.request_id(), Destination::Realtime)
+            else {
+                continue;
+            };
+            let sel = self.encoder.selection(&r.distribution_id).clone();
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            sel.encode(self.encoder.format(), r, &mut buf);
+            let headers = self.headers(rate, &sel);
+            let result = self
+                .produce(entry.seq, r.distribution_id.as_bytes(), &buf, headers)
+                .await;
+            self.buf = buf;
+            if let Err(e) = result {
+                self.resume = (entry.seq, i);
+                return Err(e);
+            }
+        }
+        self.written = entry.seq;
+        Ok(())
+    }
+
+    async fn tick(&mut self) -> Result<(), SinkError> {
+        self.resend_failed().await?;
+        self.health()
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        self.resend_failed().await?;
+        let p = self.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(5)))
+            .await
+            .map_err(|e| SinkError::Unavailable(format!("kafka flush task failed: {e}")))?;
+        self.resend_failed().await?;
+        let waiting: usize = lock(&self.inflight).outstanding.values().sum();
+        match flushed {
+            Ok(()) if waiting == 0 => Ok(()),
+            Ok(()) => Err(SinkError::Unavailable(format!(
+                "{waiting} kafka messages not delivered yet"
+            ))),
+            Err(e) => Err(SinkError::Unavailable(format!(
+                "{waiting} kafka messages not delivered yet: {e}"
+            ))),
+        }
+    }
+
+    fn delivered(&self) -> Seq {
+        let s = lock(&self.inflight);
+        match s.outstanding.keys().next() {
+            Some(first) => self.written.min(first.saturating_sub(1)),
+            None => self.written,
+        }
+    }
+}

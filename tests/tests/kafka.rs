@@ -1,0 +1,302 @@
+//! Real-time logs on a real Kafka-protocol broker (tansu on loopback), read by an
+//! independent consumer (Python confluent-kafka).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Context;
+use edgelog_record::{
+    Destination, FIELDS, KeyCache, Record, SamplingConfig, field_index, parse_json_line, w3c,
+};
+use edgelog_sink_stream::{HEADER_FIELDS, HEADER_FORMAT, HEADER_SAMPLE_RATE, parse_tsv_timestamp};
+use edgelog_tests::servers::{Consumed, Tansu, consume};
+use edgelog_tests::{CollectorProc, http_get, send_generated, spawn_edge};
+
+const TOPIC: &str = "edgelog-realtime";
+
+/// `rate` percent of `distribution` to the stream, all of the others.
+fn sampling(distribution: &str, rate: f64) -> SamplingConfig {
+    SamplingConfig {
+        distributions: [(
+            distribution.to_owned(),
+            edgelog_record::Rates {
+                standard: 100.0,
+                realtime: rate,
+            },
+        )]
+        .into(),
+        ..SamplingConfig::default()
+    }
+}
+
+/// The generator's distribution ids for seed 7 (what `send_generated` uses).
+fn distribution_ids(n: usize) -> Vec<String> {
+    edgelog_edge::Generator::new(7, n, 8).distribution_ids()
+}
+
+#[test]
+fn sampled_records_reach_the_topic_exactly_once_and_in_order() -> anyhow::Result<()> {
+    let tansu = Tansu::start()?;
+    tansu.create_topic(TOPIC, 3)?;
+    let ids = distribution_ids(2);
+    let dir = tempfile::tempdir()?;
+    let extra = format!(
+        "[sampling.distributions.{}]\nrealtime = 25\n{}",
+        ids[0],
+        tansu.collector_toml(TOPIC)
+    );
+    let mut collector = CollectorProc::start(dir.path(), &extra)?;
+    // One request at a time: the log holds records in generation order.
+    let sent = send_generated(&collector.url(), 100_000, 2, 1, 1, 1)?;
+    assert!(collector.terminate()?, "{}", collector.log_text());
+
+    let sampling = sampling(&ids[0], 25.0);
+    let expected: Vec<&Record> = sent
+        .sample
+        .iter()
+        .filter(|r| {
+            sampling
+                .decide(&r.distribution_id, r.request_id(), Destination::Realtime)
+                .is_some()
+        })
+        .collect();
+    let first_share = expected
+        .iter()
+        .filter(|r| r.distribution_id == ids[0])
+        .count();
+    assert!(
+        (11_500..13_500).contains(&first_share),
+        "25 % of 50,000 expected, {first_share} kept"
+    );
+
+    let got = consume(
+        &tansu.bootstrap(),
+        TOPIC,
+        expected.len(),
+        Duration::from_secs(20),
+    )?;
+    let by_id: HashMap<&str, &Record> = expected.iter().map(|r| (r.request_id(), *r)).collect();
+    let mut seen = HashSet::new();
+    let mut keys = KeyCache::default();
+    let mut partitions: BTreeMap<String, HashSet<i32>> = BTreeMap::new();
+    let mut last: HashMap<String, (i64, i64)> = HashMap::new();
+    let mut sorted = got.clone();
+    sorted.sort_by_key(|m| (m.partition, m.offset));
+    for m in &sorted {
+        let r = parse_json_line(m.value.as_bytes(), None, &mut keys)
+            .map_err(|e| anyhow::anyhow!("message does not parse back: {e}: {}", m.value))?;
+        let want = by_id
+            .get(r.request_id())
+            .with_context(|| format!("unexpected record {}", r.request_id()))?;
+        assert_eq!(&r, *want, "record changed on its way");
+        assert!(
+            seen.insert(r.request_id().to_owned()),
+            "duplicate {}",
+            r.request_id()
+        );
+        assert_eq!(m.key, r.distribution_id);
+        let rate = if r.distribution_id == ids[0] {
+            "25"
+        } else {
+            "100"
+        };
+        assert_eq!(
+            m.headers.get(HEADER_SAMPLE_RATE).map(String::as_str),
+            Some(rate)
+        );
+        assert_eq!(
+            m.headers.get(HEADER_FORMAT).map(String::as_str),
+            Some("json")
+        );
+        partitions
+            .entry(m.key.clone())
+            .or_default()
+            .insert(m.partition);
+        // In order per distribution: event times grow with the offset.
+        if let Some((ts, off)) = last.get(&m.key) {
+            assert!(
+                r.timestamp_ms >= *ts,
+                "{} out of order at offset {} (after {off})",
+                m.key,
+                m.offset
+            );
+        }
+        last.insert(m.key.clone(), (r.timestamp_ms, m.offset));
+    }
+    assert_eq!(seen.len(), expected.len(), "records missing from the topic");
+    for (d, p) in &partitions {
+        assert_eq!(p.len(), 1, "{d} spread over partitions {p:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn tsv_messages_carry_the_selected_fields_in_cloudfront_order() -> anyhow::Result<()> {
+    let tansu = Tansu::start()?;
+    tansu.create_topic(TOPIC, 1)?;
+    let ids = distribution_ids(2);
+    let dir = tempfile::tempdir()?;
+    let extra = format!(
+        "[sinks.realtime]\nformat = \"tsv\"\n[sinks.realtime.distributions.{}]\n\
+         fields = [\"x-edge-request-id\", \"sc-status\", \"timestamp\", \"cs-host\", \"time-to-first-byte\", \"cs_user_agent\", \"sc-range-start\"]\n{}",
+        ids[0],
+        tansu.collector_toml(TOPIC)
+    );
+    let mut collector = CollectorProc::start(dir.path(), &extra)?;
+    let sent = send_generated(&collector.url(), 2_000, 2, 1, 1, 2)?;
+    assert!(collector.terminate()?, "{}", collector.log_text());
+
+    let got = consume(&tansu.bootstrap(), TOPIC, 2_000, Duration::from_secs(20))?;
+    assert_eq!(got.len(), 2_000);
+    let by_id: HashMap<&str, &Record> = sent.sample.iter().map(|r| (r.request_id(), r)).collect();
+    let mut checked = HashSet::new();
+    for m in &got {
+        assert_eq!(
+            m.headers.get(HEADER_FORMAT).map(String::as_str),
+            Some("tsv")
+        );
+        let names: Vec<&str> = m
+            .headers
+            .get(HEADER_FIELDS)
+            .context("no field list header")?
+            .split(',')
+            .collect();
+        let cols: Vec<&str> = m.value.split('\t').collect();
+        assert_eq!(cols.len(), names.len(), "{}", m.value);
+        let id_at = names
+            .iter()
+            .position(|n| *n == "x-edge-request-id")
+            .context("no request id column")?;
+        let r = by_id.get(cols[id_at]).context("unknown request id")?;
+        if m.key == ids[0] {
+            assert_eq!(
+                names,
+                [
+                    "timestamp",
+                    "time-to-first-byte",
+                    "sc-status",
+                    "cs-host",
+                    "x-edge-request-id",
+                    "cs-user-agent",
+                    "sc-range-start"
+                ]
+            );
+        } else {
+            assert_eq!(names.len(), FIELDS.len() + 1, "every field: {names:?}");
+        }
+        for (name, col) in names.iter().zip(&cols) {
+            if *name == "timestamp" {
+                assert_eq!(parse_tsv_timestamp(col), Some(r.timestamp_ms));
+                continue;
+            }
+            let std_name = edgelog_sink_stream::REALTIME_FIELDS
+                .iter()
+                .find(|(rt, _)| rt == name)
+                .map(|(_, s)| *s)
+                .context("unknown column")?;
+            let i = field_index(std_name).context("no such field")?;
+            let mut want = String::new();
+            w3c::write_text(r.get(i), &mut want);
+            assert_eq!(*col, want, "{name} of {}", r.request_id());
+        }
+        checked.insert(r.request_id().to_owned());
+    }
+    assert_eq!(checked.len(), 2_000);
+    Ok(())
+}
+
+#[test]
+fn thirty_seconds_without_the_broker_lose_nothing() -> anyhow::Result<()> {
+    // Messages must outlive the broker's restart: SQLite storage, which tansu serves
+    // slowly, hence 5 % of the records to the stream.
+    let mut tansu = Tansu::start_persistent()?;
+    tansu.create_topic(TOPIC, 3)?;
+    let dir = tempfile::tempdir()?;
+    let extra = format!(
+        "[sampling.default]\nrealtime = 5\n{}",
+        tansu.collector_toml(TOPIC)
+    );
+    let mut collector = CollectorProc::start(dir.path(), &extra)?;
+    let ack_log = dir.path().join("acked.txt");
+    let ack = ack_log.display().to_string();
+    let edge = spawn_edge(
+        &collector.url(),
+        &[
+            "--rate",
+            "2000",
+            "--duration",
+            "55s",
+            "--batch",
+            "200",
+            "--distributions",
+            "3",
+            "--ack-log",
+            &ack,
+        ],
+    )?;
+    std::thread::sleep(Duration::from_secs(8));
+    tansu.stop()?;
+    std::thread::sleep(Duration::from_secs(25));
+    let ready = http_get(&format!("{}/readyz", collector.url()))?;
+    std::thread::sleep(Duration::from_secs(5));
+    tansu.restart()?;
+    let out = edge.wait_with_output()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "edge failed: {report}");
+    assert!(collector.terminate()?, "{}", collector.log_text());
+
+    let status: serde_json::Value = serde_json::from_str(&ready)?;
+    let realtime = status["sinks"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "realtime"))
+        .with_context(|| format!("no realtime sink in {ready}"))?;
+    assert!(
+        realtime["lag_seconds"].as_f64().unwrap_or(0.0) > 10.0,
+        "{ready}"
+    );
+    assert_eq!(realtime["degraded"], true, "{ready}");
+    assert!(
+        realtime["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("kafka")),
+        "{ready}"
+    );
+
+    let acked: HashSet<String> = std::fs::read_to_string(&ack_log)?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let sampled: HashSet<&String> = acked
+        .iter()
+        .filter(|id| edgelog_record::keep(id, 5.0))
+        .collect();
+    let got: Vec<Consumed> = consume(
+        &tansu.bootstrap(),
+        TOPIC,
+        sampled.len(),
+        Duration::from_secs(30),
+    )?;
+    let mut keys = KeyCache::default();
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for m in &got {
+        let r = parse_json_line(m.value.as_bytes(), None, &mut keys)
+            .map_err(|e| anyhow::anyhow!("{e}: {}", m.value))?;
+        *counts.entry(r.request_id().to_owned()).or_default() += 1;
+    }
+    let lost = sampled
+        .iter()
+        .filter(|id| !counts.contains_key(**id))
+        .count();
+    let duplicates: u32 = counts.values().map(|n| n - 1).sum();
+    let unexpected = counts.keys().filter(|id| !sampled.contains(id)).count();
+    eprintln!(
+        "broker down 30 s under 2,000 records/s: {} acknowledged, {} sampled at 5 %, {} messages, {duplicates} duplicates, {lost} lost; readyz during the outage: {ready}\n{report}",
+        acked.len(),
+        sampled.len(),
+        got.len()
+    );
+    assert_eq!(unexpected, 0, "records the sampler did not keep");
+    assert!(acked.len() > 80_000, "too little load: {}", acked.len());
+    assert_eq!(lost, 0, "acknowledged records missing from the topic");
+    Ok(())
+}
