@@ -6,7 +6,9 @@
 #   DURATION=60s SCENARIOS="parquet" scripts/bench-load.sh
 #
 # Scenarios: `blackhole` (metrics only: ingest + WAL + aggregation), `parquet` (standard
-# logs to local Parquet + 10 % real-time), each with NDJSON and W3C bodies. Prints
+# logs to local Parquet + 10 % real-time in process), `s3` (standard logs to Parquet on a
+# local garage + 10 % real-time to a local tansu, Kafka protocol), each with NDJSON and W3C
+# bodies. Prints
 # records/s, MB/s, ack latency, the collector's peak RSS, and Parquet bytes per record.
 # Bodies are generated once and resent (--pregenerate), so the generator is not measured;
 # request ids repeat, which flatters Parquet size: `cargo bench` reports it on distinct records.
@@ -22,6 +24,16 @@ TOKEN=bench-token-0123456789abcdef
 cargo build --release --locked -p edgelog >&2
 BIN="$CARGO_TARGET_DIR/release/edgelog"
 
+if [[ " $SCENARIOS " == *" s3 "* ]]; then
+  cargo build --locked -p edgelog-tests --bin test-servers >&2
+  coproc SERVERS { "$CARGO_TARGET_DIR/debug/test-servers"; }
+  while read -r line <&"${SERVERS[0]}"; do
+    [ "$line" = ready ] && break
+    eval "$line"
+  done
+  [ -n "${EDGELOG_TEST_S3_ENDPOINT:-}" ] || { echo "test servers did not start" >&2; exit 1; }
+fi
+
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 for scenario in $SCENARIOS; do
@@ -31,6 +43,18 @@ for scenario in $SCENARIOS; do
     case $scenario in
       blackhole) sinks=$'[sinks.standard]\nenabled = false\n[sinks.realtime]\nenabled = false\n' ;;
       parquet) sinks=$'[sampling.default]\nrealtime = 10\n' ;;
+      s3) sinks="[sampling.default]
+realtime = 10
+[sinks.standard.s3]
+bucket = \"$EDGELOG_TEST_S3_BUCKET\"
+endpoint = \"$EDGELOG_TEST_S3_ENDPOINT\"
+region = \"garage\"
+access_key_id = \"$EDGELOG_TEST_S3_KEY_ID\"
+secret_access_key = \"$EDGELOG_TEST_S3_SECRET\"
+prefix = \"bench-$format\"
+[sinks.realtime.kafka]
+bootstrap_servers = \"$EDGELOG_TEST_KAFKA\"
+" ;;
       *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac
     cat > "$dir/edgelog.toml" <<EOF
@@ -55,6 +79,21 @@ import sys, duckdb, glob, os
 files = glob.glob(sys.argv[1] + "/standard-logs/**/*.parquet", recursive=True)
 rows = duckdb.sql(f"SELECT count(*) FROM read_parquet({files!r})").fetchone()[0] if files else 0
 print(rows, sum(os.path.getsize(f) for f in files))
+PY
+)
+    elif [ "$scenario" = s3 ]; then
+      read -r rows bytes < <(python3 - "$format" <<'PY'
+import sys, os, glob, duckdb, duckdb_extension_httpfs
+ext = glob.glob(os.path.dirname(duckdb_extension_httpfs.__file__) + "/extensions/*/httpfs.duckdb_extension")[0]
+con = duckdb.connect()
+con.sql(f"LOAD '{ext}'")
+e = os.environ
+con.sql(f"""CREATE SECRET (TYPE s3, KEY_ID '{e["EDGELOG_TEST_S3_KEY_ID"]}', SECRET '{e["EDGELOG_TEST_S3_SECRET"]}',
+    REGION 'garage', ENDPOINT '127.0.0.1:{e["EDGELOG_TEST_S3_PORT"]}', URL_STYLE 'path', USE_SSL false)""")
+glob_ = f"s3://{e['EDGELOG_TEST_S3_BUCKET']}/bench-{sys.argv[1]}/**/*.parquet"
+rows = con.sql(f"SELECT count(*) FROM read_parquet('{glob_}')").fetchone()[0]
+files = con.sql(f"SELECT sum(size) FROM read_blob('{glob_}')").fetchone()[0]
+print(rows, files)
 PY
 )
     fi

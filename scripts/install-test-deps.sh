@@ -33,6 +33,17 @@ cargo_install garage "$GARAGE_VERSION" "cargo:$GARAGE_VERSION"
 # Kafka: tansu (no topic auto-creation; the tests create theirs).
 cargo_install tansu "$TANSU_VERSION" "tansu $TANSU_VERSION" --features dynostore,libsql
 
+# Browser: the dashboard is checked in Debian's headless Chromium.
+if command -v chromium >/dev/null; then
+  log "chromium already installed"
+else
+  log "installing Debian's chromium"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 # Python: DuckDB reads the Parquet standard logs the way users do, from disk and over S3;
 # confluent-kafka is the independent consumer of the real-time topic.
 if python3 -c "
@@ -49,3 +60,4 @@ fi
 python3 -c "import duckdb, confluent_kafka; print('install-test-deps: duckdb', duckdb.__version__, 'confluent-kafka', confluent_kafka.__version__, 'ok')" >&2
 garage --version | head -1 >&2
 tansu --version >&2
+chromium --version >&2

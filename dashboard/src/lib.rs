@@ -1,8 +1,9 @@
 //! The dashboard: merges per-minute partial aggregates from any number of collectors
-//! and serves them. This is the thin first version: a JSON API and an overview table;
-//! alarms are evaluated by [`alarms`].
+//! and serves them: an overview, a page per distribution with charts drawn by
+//! [`charts`], a JSON and CSV API, Prometheus metrics; alarms are evaluated by [`alarms`].
 
 pub mod alarms;
+pub mod charts;
 pub mod notify;
 
 use std::collections::BTreeMap;
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
@@ -104,6 +105,11 @@ pub struct MinutePoint {
     pub error_rate_502: f64,
     pub error_rate_503: f64,
     pub error_rate_504: f64,
+    /// OriginLatency (time-to-first-byte of requests served from the origin), ms; null
+    /// in a minute without any.
+    pub origin_latency_p50_ms: Option<f64>,
+    pub origin_latency_p90_ms: Option<f64>,
+    pub origin_latency_p99_ms: Option<f64>,
 }
 
 impl MinutePoint {
@@ -123,6 +129,9 @@ impl MinutePoint {
             error_rate_502: a.status_rate(502),
             error_rate_503: a.status_rate(503),
             error_rate_504: a.status_rate(504),
+            origin_latency_p50_ms: a.origin_latency.quantile_ms(0.5),
+            origin_latency_p90_ms: a.origin_latency.quantile_ms(0.9),
+            origin_latency_p99_ms: a.origin_latency.quantile_ms(0.99),
         }
     }
 }
@@ -365,15 +374,308 @@ async fn list(State(d): State<Dashboard>) -> Json<Vec<String>> {
     Json(d.store.distributions())
 }
 
-async fn series(State(d): State<Dashboard>, Path(id): Path<String>) -> Response {
-    match d.store.series(&id) {
-        Some(points) => Json(points).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": format!("unknown distribution {id:?}") })),
-        )
-            .into_response(),
+/// `?range=1h|3h|12h|24h` (default: the whole history), `format=json|csv`, and for CSV
+/// `chart=` (one chart's columns).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeriesQuery {
+    range: Option<String>,
+    format: Option<String>,
+    chart: Option<String>,
+}
+
+fn bad_request(msg: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": msg })),
+    )
+        .into_response()
+}
+
+fn not_found(id: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": format!("unknown distribution {id:?}") })),
+    )
+        .into_response()
+}
+
+/// Chart ranges the pages offer, and their length in ms.
+const RANGES: [(&str, i64); 4] = [
+    ("1h", 3_600_000),
+    ("3h", 3 * 3_600_000),
+    ("12h", 12 * 3_600_000),
+    ("24h", 24 * 3_600_000),
+];
+
+fn range_ms(range: Option<&str>) -> Result<Option<i64>, String> {
+    match range {
+        None => Ok(None),
+        Some(r) => RANGES
+            .iter()
+            .find(|(name, _)| *name == r)
+            .map(|(_, ms)| Some(*ms))
+            .ok_or_else(|| format!("range {r:?} is not one of 1h, 3h, 12h, 24h")),
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The window a chart shows: the last `range` up to now, or up to the last minute with
+/// data when the distribution has been quiet for longer (a replay of old logs).
+fn window(points: &[MinutePoint], range: i64) -> (i64, i64) {
+    let now = now_ms();
+    let now_end = now - now.rem_euclid(60_000) + 60_000;
+    let to = match points.last() {
+        Some(p) if p.minute_ms + 60_000 < now_end - range => p.minute_ms + 60_000,
+        _ => now_end,
+    };
+    (to - range, to)
+}
+
+fn in_window(points: Vec<MinutePoint>, range: Option<i64>) -> Vec<MinutePoint> {
+    match range {
+        None => points,
+        Some(r) => {
+            let (from, to) = window(&points, r);
+            points
+                .into_iter()
+                .filter(|p| (from..to).contains(&p.minute_ms))
+                .collect()
+        }
+    }
+}
+
+async fn series(
+    State(d): State<Dashboard>,
+    Path(id): Path<String>,
+    Query(q): Query<SeriesQuery>,
+) -> Response {
+    let range = match range_ms(q.range.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let Some(points) = d.store.series(&id) else {
+        return not_found(&id);
+    };
+    let points = in_window(points, range);
+    match q.format.as_deref() {
+        None | Some("json") => Json(points).into_response(),
+        Some("csv") => {
+            let chart = match q
+                .chart
+                .as_deref()
+                .map(|c| charts::Chart::from_slug(c).ok_or(c))
+            {
+                None => None,
+                Some(Ok(c)) => Some(c),
+                Some(Err(c)) => return bad_request(format!("unknown chart {c:?}")),
+            };
+            let name = format!(
+                "{id}-{}-{}.csv",
+                chart.map_or("all", charts::Chart::slug),
+                q.range.as_deref().unwrap_or("all")
+            );
+            (
+                [
+                    (
+                        axum::http::header::CONTENT_TYPE,
+                        "text/csv; charset=utf-8".to_owned(),
+                    ),
+                    (
+                        axum::http::header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"{name}\""),
+                    ),
+                ],
+                charts::csv(chart, &points),
+            )
+                .into_response()
+        }
+        Some(f) => bad_request(format!("format {f:?} is not json or csv")),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChartQuery {
+    range: Option<String>,
+}
+
+fn chart_svg(d: &Dashboard, id: &str, chart: charts::Chart, range: i64) -> Option<(String, usize)> {
+    let points = d.store.series(id)?;
+    let (from, to) = window(&points, range);
+    let shown = points
+        .iter()
+        .filter(|p| (from..to).contains(&p.minute_ms))
+        .filter(|p| chart.lines().iter().any(|(_, get, _)| get(p).is_some()))
+        .count();
+    let svg = charts::render(chart, &points, from, to, (640, 260))
+        .unwrap_or_else(|e| format!("<p class=error>cannot draw this chart: {e}</p>"));
+    Some((svg, shown))
+}
+
+async fn chart(
+    State(d): State<Dashboard>,
+    Path((id, slug)): Path<(String, String)>,
+    Query(q): Query<ChartQuery>,
+) -> Response {
+    let range = match range_ms(q.range.as_deref().or(Some("1h"))) {
+        Ok(r) => r.unwrap_or(3_600_000),
+        Err(e) => return bad_request(e),
+    };
+    let slug = slug.trim_end_matches(".svg");
+    let Some(c) = charts::Chart::from_slug(slug) else {
+        return bad_request(format!("unknown chart {slug:?}"));
+    };
+    match chart_svg(&d, &id, c, range) {
+        Some((svg, _)) => {
+            ([(axum::http::header::CONTENT_TYPE, "image/svg+xml")], svg).into_response()
+        }
+        None => not_found(&id),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;background:#f6f7f9}\
+a{color:#1f6fb4}h1{margin:.2em 0}h2{margin-top:1.2em}\
+table{border-collapse:collapse;background:#fff}td,th{padding:.35em .9em;text-align:right;border-bottom:1px solid #eee}\
+td:first-child,th:first-child{text-align:left}.ALARM{color:#c0392b;font-weight:bold}.OK{color:#27ae60;font-weight:bold}\
+.INSUFFICIENT_DATA{color:#7f8c8d;font-weight:bold}.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1em}\
+.chart{background:#fff;border:1px solid #e3e5e8;border-radius:6px;padding:.5em}.chart svg{width:100%;height:auto}\
+.chart .links{font-size:.85em;text-align:right}.ranges a{margin-right:.8em}.ranges a.on{font-weight:bold;text-decoration:none;color:#222}\
+.muted{color:#777;font-size:.9em}";
+
+fn alarm_state_name(s: alarms::AlarmState) -> &'static str {
+    match s {
+        alarms::AlarmState::Ok => "OK",
+        alarms::AlarmState::Alarm => "ALARM",
+        alarms::AlarmState::InsufficientData => "INSUFFICIENT_DATA",
+    }
+}
+
+fn chart_card(d: &Dashboard, id: &str, c: charts::Chart, range: &str, range_ms: i64) -> String {
+    let (svg, shown) = chart_svg(d, id, c, range_ms).unwrap_or_default();
+    let base = format!("/api/distributions/{}", escape(id));
+    format!(
+        "<div class=chart data-chart=\"{slug}\" data-points=\"{shown}\"><div class=svg>{svg}</div>\
+         <div class=links>data: <a href=\"{base}/series?range={range}&amp;format=csv&amp;chart={slug}\" download>CSV</a> \
+         <a href=\"{base}/series?range={range}\" download=\"{slug}.json\">JSON</a></div></div>",
+        slug = c.slug()
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    range: Option<String>,
+}
+
+async fn distribution_page(
+    State(d): State<Dashboard>,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let range = q.range.unwrap_or_else(|| "1h".into());
+    let ms = match range_ms(Some(&range)) {
+        Ok(r) => r.unwrap_or(3_600_000),
+        Err(e) => return bad_request(e),
+    };
+    if d.store.series(&id).is_none() {
+        return not_found(&id);
+    }
+    let eid = escape(&id);
+    let ranges: String = RANGES
+        .iter()
+        .map(|(r, _)| {
+            let on = if *r == range { " class=on" } else { "" };
+            format!("<a{on} href=\"/distributions/{eid}?range={r}\">{r}</a>")
+        })
+        .collect();
+    let six: String = charts::DEFAULT_CHARTS
+        .iter()
+        .map(|c| chart_card(&d, &id, *c, &range, ms))
+        .collect();
+    let more: String = charts::ADDITIONAL_CHARTS
+        .iter()
+        .map(|c| chart_card(&d, &id, *c, &range, ms))
+        .collect();
+    let alarm_rows = alarm_rows(&d, Some(&id));
+    Html(format!(
+        "<!doctype html><html><head><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
+         <title>{eid} · edgelog</title><style>{STYLE}</style></head><body>\
+         <p><a href=\"/\">← all distributions</a></p><h1>{eid}</h1>\
+         <p class=ranges>Last: {ranges} <span class=muted>per minute, by event time, UTC; updates every 10 s</span></p>\
+         <h2>Alarms</h2><table id=alarms><tr><th>Alarm</th><th>State</th><th>Last datapoints</th></tr>{alarm_rows}</table>\
+         <h2>CloudFront metrics</h2><div class=grid id=default-charts>{six}</div>\
+         <h2>Additional metrics</h2><div class=grid id=additional-charts>{more}</div>\
+         <script>\
+         const id = {id_json}, range = {range_json};\
+         async function refresh() {{\
+           for (const el of document.querySelectorAll('.chart')) {{\
+             const r = await fetch(`/api/distributions/${{encodeURIComponent(id)}}/charts/${{el.dataset.chart}}?range=${{range}}`);\
+             if (r.ok) el.querySelector('.svg').innerHTML = await r.text();\
+           }}\
+           const a = await fetch('/api/alarms');\
+           if (a.ok) {{\
+             const rows = (await a.json()).filter(s => s.distribution === id);\
+             const t = document.getElementById('alarms');\
+             t.querySelectorAll('tr.alarm').forEach(r => r.remove());\
+             for (const s of rows) {{\
+               const tr = t.insertRow(); tr.className = 'alarm';\
+               const st = s.state;\
+               tr.insertCell().textContent = s.alarm;\
+               const c = tr.insertCell(); c.textContent = st; c.className = st;\
+               tr.insertCell().textContent = s.datapoints.map(v => v === null ? '–' : v.toFixed(1)).join(', ');\
+             }}\
+           }}\
+         }}\
+         setInterval(refresh, 10000);\
+         </script></body></html>",
+        id_json = serde_json::to_string(&id).unwrap_or_default(),
+        range_json = serde_json::to_string(&range).unwrap_or_default(),
+    ))
+    .into_response()
+}
+
+/// `0.4 %, 12.1 %, –`: the datapoints of the last evaluation.
+fn datapoints_text(points: &[Option<f64>]) -> String {
+    points
+        .iter()
+        .map(|p| p.map_or("–".to_owned(), |v| format!("{v:.1}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn alarm_rows(d: &Dashboard, only: Option<&str>) -> String {
+    let mut rows = String::new();
+    for a in d.alarms.statuses() {
+        if only.is_some_and(|id| id != a.distribution) {
+            continue;
+        }
+        let st = alarm_state_name(a.state);
+        let dist = if only.is_some() {
+            String::new()
+        } else {
+            format!("<td>{}</td>", escape(&a.distribution))
+        };
+        rows.push_str(&format!(
+            "<tr class=alarm><td>{}</td>{dist}<td class={st}>{st}</td><td>{}</td></tr>",
+            escape(&a.alarm),
+            datapoints_text(&a.datapoints)
+        ));
+    }
+    rows
 }
 
 async fn alarm_states(State(d): State<Dashboard>) -> Json<Vec<alarms::AlarmStatus>> {
@@ -385,33 +687,61 @@ async fn alarm_history(State(d): State<Dashboard>) -> Json<Vec<alarms::Transitio
 }
 
 async fn overview(State(d): State<Dashboard>) -> Html<String> {
+    let states = d.alarms.statuses();
     let mut rows = String::new();
     for id in d.store.distributions() {
-        if let Some(last) = d.store.series(&id).and_then(|s| s.last().cloned()) {
-            rows.push_str(&format!(
-                "<tr><td><a href=\"/api/distributions/{id}/series\">{id}</a></td><td>{}</td><td>{}</td><td>{:.2} %</td><td>{:.2} %</td><td>{:.2} %</td></tr>",
-                last.requests, last.bytes_downloaded, last.error_rate_4xx, last.error_rate_5xx, last.total_error_rate
-            ));
-        }
-    }
-    let mut alarm_rows = String::new();
-    for a in d.alarms.statuses() {
-        let color = match a.state {
-            alarms::AlarmState::Alarm => "#c0392b",
-            alarms::AlarmState::Ok => "#27ae60",
-            alarms::AlarmState::InsufficientData => "#7f8c8d",
+        let Some(points) = d.store.series(&id) else {
+            continue;
         };
-        alarm_rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td style=\"color:{color};font-weight:bold\">{:?}</td></tr>",
-            a.alarm, a.distribution, a.state
+        let recent = in_window(points, Some(3_600_000));
+        // The last complete minute, when there is one.
+        let last = recent
+            .iter()
+            .rev()
+            .nth(1)
+            .or(recent.last())
+            .cloned()
+            .unwrap_or_default();
+        let worst = states
+            .iter()
+            .filter(|s| s.distribution == id)
+            .map(|s| alarm_state_name(s.state))
+            .max_by_key(|s| match *s {
+                "ALARM" => 2,
+                "INSUFFICIENT_DATA" => 1,
+                _ => 0,
+            })
+            .unwrap_or("");
+        let eid = escape(&id);
+        rows.push_str(&format!(
+            "<tr><td><a href=\"/distributions/{eid}\">{eid}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{:.2} %</td><td>{:.2} %</td><td>{:.2} %</td><td class={worst}>{worst}</td></tr>",
+            charts::sparkline(&recent, 160, 28),
+            last.requests,
+            bytes(last.bytes_downloaded),
+            last.error_rate_4xx,
+            last.error_rate_5xx,
+            last.total_error_rate
         ));
     }
+    let alarm_rows = alarm_rows(&d, None);
     Html(format!(
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=10><title>edgelog</title>\
-         <style>body{{font-family:system-ui,sans-serif;margin:2em}}td,th{{padding:.3em 1em;text-align:right}}td:first-child{{text-align:left}}</style></head>\
-         <body><h1>edgelog</h1><p>Last minute per distribution.</p><table><tr><th>Distribution</th><th>Requests</th><th>BytesDownloaded</th><th>4xxErrorRate</th><th>5xxErrorRate</th><th>TotalErrorRate</th></tr>{rows}</table>\
-         <h2>Alarms</h2><table><tr><th>Alarm</th><th>Distribution</th><th>State</th></tr>{alarm_rows}</table></body></html>"
+         <style>{STYLE}</style></head><body><h1>edgelog</h1>\
+         <p class=muted>Last complete minute per distribution; the line is requests per minute over the last hour.</p>\
+         <table><tr><th>Distribution</th><th>Last hour</th><th>Requests</th><th>BytesDownloaded</th><th>4xxErrorRate</th><th>5xxErrorRate</th><th>TotalErrorRate</th><th>Alarms</th></tr>{rows}</table>\
+         <h2>Alarms</h2><table><tr><th>Alarm</th><th>Distribution</th><th>State</th><th>Last datapoints</th></tr>{alarm_rows}</table>\
+         <p class=muted><a href=\"/api/alarms/history\">alarm history</a> · <a href=\"/metrics\">Prometheus</a></p></body></html>"
     ))
+}
+
+fn bytes(n: u64) -> String {
+    let n = n as f64;
+    match n {
+        n if n >= 1e9 => format!("{:.1} GB", n / 1e9),
+        n if n >= 1e6 => format!("{:.1} MB", n / 1e6),
+        n if n >= 1e3 => format!("{:.1} kB", n / 1e3),
+        n => format!("{n} B"),
+    }
 }
 
 /// The dashboard router.
@@ -419,7 +749,9 @@ pub fn app(dashboard: Dashboard) -> Router {
     Router::new()
         .route("/", get(overview))
         .route("/api/distributions", get(list))
+        .route("/distributions/{id}", get(distribution_page))
         .route("/api/distributions/{id}/series", get(series))
+        .route("/api/distributions/{id}/charts/{chart}", get(chart))
         .route("/api/alarms", get(alarm_states))
         .route("/api/alarms/history", get(alarm_history))
         .route("/metrics", get(prometheus))

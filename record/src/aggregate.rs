@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::fields::Record;
+use crate::sketch::LatencySketch;
 
 /// Counters for one distribution and one minute of event time.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +25,8 @@ pub struct MinuteAggregate {
     pub cache_hits: u64,
     /// Requests that could have been served from cache (Hit, RefreshHit, Miss).
     pub cacheable: u64,
+    /// time-to-first-byte of requests served from the origin (Miss), for OriginLatency.
+    pub origin_latency: LatencySketch,
 }
 
 const DETAIL_STATUSES: [u16; 6] = [401, 403, 404, 502, 503, 504];
@@ -52,7 +55,12 @@ impl MinuteAggregate {
                 self.cache_hits += 1;
                 self.cacheable += 1;
             }
-            Some("Miss") => self.cacheable += 1,
+            Some("Miss") => {
+                self.cacheable += 1;
+                if let Some(t) = r.time_to_first_byte {
+                    self.origin_latency.add_seconds(t);
+                }
+            }
             _ => {}
         }
     }
@@ -69,6 +77,7 @@ impl MinuteAggregate {
         }
         self.cache_hits += o.cache_hits;
         self.cacheable += o.cacheable;
+        self.origin_latency.merge(&o.origin_latency);
     }
 
     fn percent(&self, n: u64) -> f64 {

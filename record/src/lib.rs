@@ -8,6 +8,7 @@ mod body;
 mod fields;
 mod json;
 mod sampler;
+mod sketch;
 pub mod time;
 mod value;
 pub mod w3c;
@@ -19,6 +20,7 @@ pub use json::{
     KeyCache, check_distribution_id, parse_line as parse_json_line, write_record as write_json,
 };
 pub use sampler::{Destination, Rates, SAMPLER_SEED, SamplingConfig, keep, sample_point};
+pub use sketch::LatencySketch;
 pub use value::{FieldKind, ParseValue, Value};
 
 /// Version of the record schema, carried in Parquet metadata and stream headers.

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 
 use crate::free_port;
 
-/// Finds an installed server binary on PATH or in cargo's bin directory.
+/// Finds an installed server (or browser) binary on PATH or in cargo's bin directory.
 pub fn server_binary(name: &str) -> anyhow::Result<PathBuf> {
     let cargo_bin = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
