@@ -2,7 +2,9 @@
 //!
 //! It counts into partial aggregates and hands them to a [`Publisher`] every interval;
 //! its position advances only once a publish succeeded, so after a crash the minutes are
-//! rebuilt from the log.
+//! rebuilt from the log. With a state file, the last published entry is saved after each
+//! publish, so a replay does not count again what was published (only a crash between
+//! the publisher's acknowledgement and that save can publish one interval twice).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +33,9 @@ pub struct MetricsAggregator {
     counted: Seq,
     delivered: Seq,
     last_publish: Instant,
+    /// Entries up to here are published (from the state file, after a restart).
+    published: Seq,
+    state_file: Option<std::path::PathBuf>,
 }
 
 impl MetricsAggregator {
@@ -43,7 +48,37 @@ impl MetricsAggregator {
             counted: 0,
             delivered: 0,
             last_publish: Instant::now(),
+            published: 0,
+            state_file: None,
         }
+    }
+
+    /// Keeps the last published entry in `path` (read now, written after every publish).
+    pub fn with_state_file(mut self, path: &std::path::Path) -> std::io::Result<Self> {
+        self.published = match std::fs::read_to_string(path) {
+            Ok(text) => text.trim().parse().map_err(std::io::Error::other)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        self.state_file = Some(path.to_owned());
+        Ok(self)
+    }
+
+    fn save_published(&self) -> Result<(), SinkError> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let write = || -> std::io::Result<()> {
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, self.counted.to_string().as_bytes())?;
+            f.sync_data()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| SinkError::Unavailable(format!("cannot save {}: {e}", path.display())))
     }
 
     async fn publish(&mut self) -> Result<(), SinkError> {
@@ -63,6 +98,7 @@ impl MetricsAggregator {
                 .collect();
             self.publisher.publish(updates).await?;
             self.pending.clear();
+            self.save_published()?;
         }
         self.delivered = self.counted;
         self.last_publish = Instant::now();
@@ -74,6 +110,11 @@ impl MetricsAggregator {
 impl Sink for MetricsAggregator {
     async fn write(&mut self, entry: &Entry) -> Result<(), SinkError> {
         if entry.seq <= self.counted {
+            return Ok(());
+        }
+        if entry.seq <= self.published {
+            // Published before a restart.
+            self.counted = entry.seq;
             return Ok(());
         }
         for r in entry.records.iter() {

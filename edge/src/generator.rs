@@ -164,6 +164,12 @@ impl Generator {
         }
     }
 
+    /// Keeps the distributions and draws the records from another seed: another edge
+    /// server of the same fleet.
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = SmallRng::seed_from_u64(seed);
+    }
+
     /// The distribution ids, in the order records cycle through them.
     pub fn distribution_ids(&self) -> Vec<String> {
         self.distributions

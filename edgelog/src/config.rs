@@ -8,7 +8,7 @@ use edgelog_collector::CollectorConfig;
 use edgelog_dashboard::DashboardConfig;
 use edgelog_record::SamplingConfig;
 use edgelog_sink_s3::StandardLogsConfig;
-use edgelog_sink_stream::RealtimeConfig;
+use edgelog_sink_stream::{MetricsKafkaConfig, RealtimeConfig};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,17 @@ pub struct Config {
     pub sinks: SinksConfig,
     /// The dashboard.
     pub dashboard: DashboardConfig,
+    /// Where per-minute aggregates travel between collectors and dashboards.
+    pub metrics: MetricsConfig,
+}
+
+/// Where per-minute aggregates travel: in process (the default, for `edgelog demo`), or a
+/// Kafka topic that every collector publishes to and every dashboard reads.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// The metrics topic.
+    pub kafka: Option<MetricsKafkaConfig>,
 }
 
 impl Default for Config {
@@ -37,6 +48,7 @@ impl Default for Config {
             sampling: SamplingConfig::default(),
             sinks: SinksConfig::default(),
             dashboard: DashboardConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -51,7 +63,14 @@ pub struct SinksConfig {
     pub realtime: RealtimeConfig,
 }
 
-const SECTIONS: &[&str] = &["data_dir", "collector", "sampling", "sinks", "dashboard"];
+const SECTIONS: &[&str] = &[
+    "data_dir",
+    "collector",
+    "sampling",
+    "sinks",
+    "dashboard",
+    "metrics",
+];
 
 impl Config {
     /// Loads and validates: defaults, then `file`, then the environment, then `overrides`
@@ -95,6 +114,9 @@ impl Config {
         self.sampling.validate()?;
         self.sinks.standard.validate()?;
         self.sinks.realtime.validate()?;
+        if let Some(k) = &self.metrics.kafka {
+            k.validate("metrics.kafka")?;
+        }
         self.dashboard.validate()
     }
 

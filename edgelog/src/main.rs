@@ -13,7 +13,7 @@ use edgelog_collector::{Collector, MetricsAggregator};
 use edgelog_dashboard::MetricsStore;
 use edgelog_edge::{Compression, ErrorMix, Target, TrafficConfig, WireFormat};
 use edgelog_sink_s3::StandardLogSink;
-use edgelog_sink_stream::{Bus, KafkaSink, RealtimeSink};
+use edgelog_sink_stream::{Bus, KafkaPublisher, KafkaSink, RealtimeSink, follow_metrics};
 use figment::value::Value;
 use tokio::net::TcpListener;
 
@@ -315,11 +315,21 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
             ),
         }
     }
-    let aggregator = MetricsAggregator::new(
-        &cfg.collector.id,
-        Arc::new(bus.clone()),
-        cfg.collector.metrics_interval,
-    );
+    let publisher: Arc<dyn edgelog_collector::Publisher> = match &cfg.metrics.kafka {
+        Some(k) => {
+            tracing::info!(brokers = %k.bootstrap_servers, topic = %k.topic, "minute aggregates go to kafka");
+            Arc::new(
+                KafkaPublisher::new(k, &cfg.collector.id)
+                    .context("cannot set up the kafka metrics publisher")?,
+            )
+        }
+        None => Arc::new(bus.clone()),
+    };
+    let published = cfg.data_dir.join("state").join("metrics-published");
+    let aggregator =
+        MetricsAggregator::new(&cfg.collector.id, publisher, cfg.collector.metrics_interval)
+            .with_state_file(&published)
+            .with_context(|| format!("cannot read {}", published.display()))?;
     collector.add_sink("metrics", Box::new(aggregator));
     Ok(collector)
 }
@@ -333,14 +343,13 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 /// Serves the dashboard, merging minutes from the bus and evaluating alarms.
 async fn serve_dashboard(
     listener: TcpListener,
-    bus: &Bus,
+    mut minutes: tokio::sync::broadcast::Receiver<Arc<edgelog_record::MinuteUpdate>>,
     cfg: &edgelog_dashboard::DashboardConfig,
 ) -> anyhow::Result<()> {
     let store = Arc::new(MetricsStore::new(cfg.history_minutes));
     let alarms = Arc::new(edgelog_dashboard::alarms::AlarmBoard::new(
         cfg.alarms.clone(),
     ));
-    let mut minutes = bus.subscribe_minutes();
     let merging = store.clone();
     tokio::spawn(async move {
         loop {
@@ -424,15 +433,32 @@ async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
     // The standalone dashboard has no collector to validate against; allow a token-less one.
     overrides.push(("collector.allow_unauthenticated", Value::from(true)));
     let cfg = Config::load(args.file.config.as_deref(), &overrides)?;
-    tracing::warn!(
-        "the standalone dashboard has no metrics source yet (it will read the Kafka metrics topic); \
-         `edgelog demo` runs it in process with live data"
-    );
-    let bus = Bus::new(16);
+    let bus = Bus::new(65_536);
+    // Subscribed before the feed starts, so the first minutes are not missed.
+    let minutes = bus.subscribe_minutes();
+    match cfg.metrics.kafka.clone() {
+        Some(k) => {
+            let feed = bus.clone();
+            tokio::spawn(async move {
+                let merged = follow_metrics(&k, |u| {
+                    // In process, publishing cannot fail.
+                    feed.publish_one(u);
+                })
+                .await;
+                if let Err(e) = merged {
+                    tracing::error!(error = %e, "cannot read the metrics topic");
+                }
+            });
+        }
+        None => tracing::warn!(
+            "no metrics source: set [metrics.kafka] to read the collectors' minute aggregates \
+             (`edgelog demo` runs a collector and the dashboard in one process)"
+        ),
+    }
     let listener = bind(cfg.dashboard.listen, "dashboard").await?;
     tracing::info!(url = %format!("http://{}/", cfg.dashboard.listen), "dashboard serving");
     tokio::select! {
-        r = serve_dashboard(listener, &bus, &cfg.dashboard) => r,
+        r = serve_dashboard(listener, minutes, &cfg.dashboard) => r,
         () = shutdown_signal() => Ok(()),
     }
 }
@@ -577,9 +603,9 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         },
     );
     let dash_cfg = cfg.dashboard.clone();
-    let dash_bus = bus.clone();
+    let minutes = bus.subscribe_minutes();
     tokio::spawn(async move {
-        if let Err(e) = serve_dashboard(dashboard, &dash_bus, &dash_cfg).await {
+        if let Err(e) = serve_dashboard(dashboard, minutes, &dash_cfg).await {
             tracing::error!(error = %e, "dashboard stopped");
         }
     });

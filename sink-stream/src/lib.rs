@@ -6,6 +6,7 @@
 mod config;
 mod format;
 mod kafka;
+mod metrics_topic;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ pub use kafka::{
     Encoder, HEADER_FIELDS, HEADER_FORMAT, HEADER_SAMPLE_RATE, HEADER_SCHEMA_VERSION, KafkaSink,
     KafkaSinkError,
 };
+pub use metrics_topic::{KafkaPublisher, MetricsKafkaConfig, follow_metrics};
 
 /// One real-time log message.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +53,11 @@ impl Bus {
     /// Follows real-time records from now on.
     pub fn subscribe_records(&self) -> broadcast::Receiver<Arc<StreamMessage>> {
         self.records.subscribe()
+    }
+
+    /// Hands one minute aggregate to the readers (none reading is fine).
+    pub fn publish_one(&self, u: MinuteUpdate) {
+        let _ = self.minutes.send(Arc::new(u));
     }
 
     /// Follows minute aggregates from now on.

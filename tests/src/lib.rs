@@ -53,11 +53,16 @@ pub struct CollectorProc {
 impl CollectorProc {
     /// Writes a config (plus `extra` TOML) into `data_dir` and starts a collector on it.
     pub fn start(data_dir: &Path, extra: &str) -> anyhow::Result<CollectorProc> {
+        CollectorProc::start_as(data_dir, extra, "collector-1")
+    }
+
+    /// Like [`CollectorProc::start`], with collector id `id`.
+    pub fn start_as(data_dir: &Path, extra: &str, id: &str) -> anyhow::Result<CollectorProc> {
         fs::create_dir_all(data_dir)?;
         let port = free_port();
         let config = data_dir.join("edgelog.toml");
         let toml = format!(
-            "data_dir = {dir:?}\n{extra}\n[collector]\nlisten = \"127.0.0.1:{port}\"\ntokens = [\"{TOKEN}\"]\n",
+            "data_dir = {dir:?}\n{extra}\n[collector]\nid = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\ntokens = [\"{TOKEN}\"]\n",
             dir = data_dir.display().to_string()
         );
         fs::write(&config, toml)?;
@@ -357,6 +362,28 @@ pub fn send_generated(
     sample_every: u64,
     concurrency: usize,
 ) -> anyhow::Result<Sent> {
+    send_generated_seeded(
+        url,
+        total,
+        distributions,
+        hours,
+        sample_every,
+        concurrency,
+        7,
+    )
+}
+
+/// [`send_generated`] with the records drawn from `seed` (the distributions stay those of
+/// seed 7): another edge server of the same fleet.
+pub fn send_generated_seeded(
+    url: &str,
+    total: u64,
+    distributions: usize,
+    hours: i64,
+    sample_every: u64,
+    concurrency: usize,
+    seed: u64,
+) -> anyhow::Result<Sent> {
     use edgelog_edge::{Compression, ErrorMix, Generator, OutBody, Target};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -365,6 +392,9 @@ pub fn send_generated(
     let (tx, rx) = tokio::sync::mpsc::channel::<OutBody>(8);
     let producer = std::thread::spawn(move || {
         let mut g = Generator::new(7, distributions, 8);
+        if seed != 7 {
+            g.reseed(seed);
+        }
         let mut sent = Sent::default();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
