@@ -45,13 +45,14 @@ for scenario in $SCENARIOS; do
       parquet) sinks=$'[sampling.default]\nrealtime = 10\n' ;;
       s3) sinks="[sampling.default]
 realtime = 10
+[sinks.standard]
+prefix = \"bench-$format\"
 [sinks.standard.s3]
 bucket = \"$EDGELOG_TEST_S3_BUCKET\"
 endpoint = \"$EDGELOG_TEST_S3_ENDPOINT\"
 region = \"garage\"
 access_key_id = \"$EDGELOG_TEST_S3_KEY_ID\"
 secret_access_key = \"$EDGELOG_TEST_S3_SECRET\"
-prefix = \"bench-$format\"
 [sinks.realtime.kafka]
 bootstrap_servers = \"$EDGELOG_TEST_KAFKA\"
 " ;;
@@ -67,6 +68,7 @@ EOF
     RUST_LOG=warn "$BIN" collector --config "$dir/edgelog.toml" 2> "$dir/collector.log" &
     pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null || { cat "$dir/collector.log" >&2; exit 1; }
     report=$("$BIN" edge --to "http://127.0.0.1:$p" --token "$TOKEN" --rate 0 --pregenerate 48 \
       --duration "$DURATION" --concurrency "$CONCURRENCY" --batch 1000 --format "$format" \
       --compression none --distributions 8 --progress 0s --json)
