@@ -4,6 +4,7 @@
 #
 #   scripts/bench-load.sh                 # every scenario, 20 s each
 #   DURATION=60s SCENARIOS="parquet" scripts/bench-load.sh
+#   DISTRIBUTIONS=100 SCENARIOS=parquet FORMATS=ndjson scripts/bench-load.sh   # 100 open files
 #
 # Scenarios: `blackhole` (metrics only: ingest + WAL + aggregation), `parquet` (standard
 # logs to local Parquet + 10 % real-time in process), `s3` (standard logs to Parquet on a
@@ -19,6 +20,7 @@ DURATION="${DURATION:-20s}"
 SCENARIOS="${SCENARIOS:-blackhole parquet}"
 FORMATS="${FORMATS:-ndjson w3c}"
 CONCURRENCY="${CONCURRENCY:-6}"
+DISTRIBUTIONS="${DISTRIBUTIONS:-8}"
 TOKEN=bench-token-0123456789abcdef
 
 cargo build --release --locked -p edgelog >&2
@@ -71,7 +73,7 @@ EOF
     kill -0 "$pid" 2>/dev/null || { cat "$dir/collector.log" >&2; exit 1; }
     report=$("$BIN" edge --to "http://127.0.0.1:$p" --token "$TOKEN" --rate 0 --pregenerate 48 \
       --duration "$DURATION" --concurrency "$CONCURRENCY" --batch 1000 --format "$format" \
-      --compression none --distributions 8 --progress 0s --json)
+      --compression none --distributions "$DISTRIBUTIONS" --progress 0s --json)
     rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
     kill -TERM "$pid"; wait "$pid" || true
     rows=0; bytes=0
