@@ -442,7 +442,8 @@ pub struct Transition {
 
 /// Evaluates configured alarms against the store and remembers states and changes.
 pub struct AlarmBoard {
-    configs: Vec<AlarmConfig>,
+    /// Definitions, from the config and the API.
+    configs: std::sync::RwLock<Vec<AlarmConfig>>,
     statuses: std::sync::Mutex<BTreeMap<(String, String), AlarmStatus>>,
     history: std::sync::Mutex<std::collections::VecDeque<Transition>>,
 }
@@ -453,7 +454,7 @@ const HISTORY: usize = 1000;
 impl AlarmBoard {
     pub fn new(configs: Vec<AlarmConfig>) -> AlarmBoard {
         AlarmBoard {
-            configs,
+            configs: std::sync::RwLock::new(configs),
             statuses: Default::default(),
             history: Default::default(),
         }
@@ -466,7 +467,8 @@ impl AlarmBoard {
         let Ok(mut statuses) = self.statuses.lock() else {
             return changes;
         };
-        for cfg in &self.configs {
+        let configs = self.definitions();
+        for cfg in &configs {
             let targets = if cfg.distribution == "*" {
                 store.distributions()
             } else {
@@ -524,6 +526,49 @@ impl AlarmBoard {
             }
         }
         changes
+    }
+
+    /// The alarm definitions.
+    pub fn definitions(&self) -> Vec<AlarmConfig> {
+        self.configs.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Adds an alarm, or replaces the one of the same name (its states start over).
+    /// Returns whether one was replaced.
+    pub fn put(&self, cfg: AlarmConfig) -> Result<bool, String> {
+        cfg.validate()?;
+        let name = cfg.name.clone();
+        let replaced = {
+            let mut configs = self
+                .configs
+                .write()
+                .map_err(|_| "alarm definitions unavailable")?;
+            let replaced = configs
+                .iter()
+                .position(|c| c.name == name)
+                .map(|i| configs.remove(i));
+            configs.push(cfg);
+            replaced.is_some()
+        };
+        self.forget(&name);
+        Ok(replaced)
+    }
+
+    /// Removes an alarm and its states; returns whether it existed.
+    pub fn delete(&self, name: &str) -> bool {
+        let removed = self.configs.write().is_ok_and(|mut c| {
+            let before = c.len();
+            c.retain(|a| a.name != name);
+            c.len() != before
+        });
+        self.forget(name);
+        removed
+    }
+
+    fn forget(&self, name: &str) {
+        if let Ok(mut s) = self.statuses.lock() {
+            s.retain(|(alarm, _), _| alarm != name);
+        }
     }
 
     /// Current states, by alarm and distribution.

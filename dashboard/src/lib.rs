@@ -682,6 +682,57 @@ async fn alarm_states(State(d): State<Dashboard>) -> Json<Vec<alarms::AlarmStatu
     Json(d.alarms.statuses())
 }
 
+async fn alarm_definitions(State(d): State<Dashboard>) -> Json<Vec<alarms::AlarmConfig>> {
+    Json(d.alarms.definitions())
+}
+
+/// `PUT /api/alarms/definitions/{name}` with an alarm as JSON (its `name` must match).
+async fn put_alarm(
+    State(d): State<Dashboard>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let cfg: alarms::AlarmConfig = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return bad_request(format!("invalid alarm: {e}")),
+    };
+    if cfg.name != name {
+        return bad_request(format!(
+            "the alarm's name {:?} differs from the path's {name:?}",
+            cfg.name
+        ));
+    }
+    match d.alarms.put(cfg) {
+        Ok(replaced) => {
+            tracing::info!(alarm = %name, replaced, "alarm defined through the API");
+            let code = if replaced {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            (
+                code,
+                Json(serde_json::json!({ "alarm": name, "replaced": replaced })),
+            )
+                .into_response()
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn delete_alarm(State(d): State<Dashboard>, Path(name): Path<String>) -> Response {
+    if d.alarms.delete(&name) {
+        tracing::info!(alarm = %name, "alarm deleted through the API");
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no alarm named {name:?}") })),
+        )
+            .into_response()
+    }
+}
+
 async fn alarm_history(State(d): State<Dashboard>) -> Json<Vec<alarms::Transition>> {
     Json(d.alarms.history())
 }
@@ -754,6 +805,11 @@ pub fn app(dashboard: Dashboard) -> Router {
         .route("/api/distributions/{id}/charts/{chart}", get(chart))
         .route("/api/alarms", get(alarm_states))
         .route("/api/alarms/history", get(alarm_history))
+        .route("/api/alarms/definitions", get(alarm_definitions))
+        .route(
+            "/api/alarms/definitions/{name}",
+            axum::routing::put(put_alarm).delete(delete_alarm),
+        )
         .route("/metrics", get(prometheus))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(axum::middleware::from_fn_with_state(

@@ -117,3 +117,82 @@ async fn a_configured_dashboard_wants_a_token_or_a_user() {
             .contains("dashboard.users")
     );
 }
+
+async fn send(router: &axum::Router, method: &str, path: &str, body: &str) -> (StatusCode, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .expect("request");
+    let resp = router.clone().oneshot(req).await.expect("response");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn alarms_are_defined_replaced_and_deleted_through_the_api() {
+    let (store, alarms, router) = dashboard(&DashboardConfig::default());
+    let alarm = r#"{"name": "total-errors", "distribution": "E1", "metric": "TotalErrorRate",
+        "comparison": "GreaterThanOrEqualToThreshold", "threshold": 10.0}"#;
+    let (status, body) = send(
+        &router,
+        "PUT",
+        "/api/alarms/definitions/total-errors",
+        alarm,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = send(
+        &router,
+        "PUT",
+        "/api/alarms/definitions/total-errors",
+        alarm,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "replaced");
+    let (_, defs) = get(&router, "/api/alarms/definitions", None).await;
+    let defs: Vec<serde_json::Value> = serde_json::from_str(&defs).expect("json");
+    assert_eq!(defs.len(), 2, "{defs:?}");
+
+    // Evaluated like the configured ones: 15 % of errors breaches 10 %.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    alarms.evaluate(&store, now);
+    let (_, states) = get(&router, "/api/alarms", None).await;
+    assert!(
+        states.contains(r#""alarm":"total-errors","distribution":"E1","state":"ALARM""#),
+        "{states}"
+    );
+
+    // Bad definitions are refused with the reason.
+    let bad = alarm.replace("10.0}", "10.0, \"datapoints_to_alarm\": 3}");
+    let (status, body) = send(&router, "PUT", "/api/alarms/definitions/total-errors", &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("datapoints_to_alarm"), "{body}");
+    let (status, body) = send(&router, "PUT", "/api/alarms/definitions/other", alarm).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("differs"), "{body}");
+
+    let (status, _) = send(
+        &router,
+        "DELETE",
+        "/api/alarms/definitions/total-errors",
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = send(
+        &router,
+        "DELETE",
+        "/api/alarms/definitions/total-errors",
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, states) = get(&router, "/api/alarms", None).await;
+    assert!(!states.contains("total-errors"), "{states}");
+}

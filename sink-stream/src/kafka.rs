@@ -87,6 +87,7 @@ struct Inflight {
 
 struct Context {
     inflight: Arc<Mutex<Inflight>>,
+    topic: String,
 }
 
 fn lock(m: &Mutex<Inflight>) -> MutexGuard<'_, Inflight> {
@@ -132,7 +133,20 @@ impl ProducerContext for Context {
             }
             Err((e, msg)) => {
                 metrics::counter!("edgelog_kafka_delivery_failures_total").increment(1);
-                s.error = Some(format!("kafka delivery failed: {e}"));
+                let missing = matches!(
+                    e,
+                    KafkaError::MessageProduction(
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+                    )
+                );
+                s.error = Some(if missing {
+                    format!(
+                        "kafka topic {} does not exist; create it (records wait meanwhile)",
+                        self.topic
+                    )
+                } else {
+                    format!("kafka delivery failed: {e}")
+                });
                 s.failed.push((seq, msg.detach()));
             }
         }
@@ -172,6 +186,7 @@ impl KafkaSink {
         let inflight = Arc::new(Mutex::new(Inflight::default()));
         let producer: ThreadedProducer<Context> = cc.create_with_context(Context {
             inflight: inflight.clone(),
+            topic: kafka.topic.clone(),
         })?;
         let producer = Arc::new(producer);
         check_topic(producer.clone(), kafka.topic.clone(), inflight.clone());
@@ -219,6 +234,7 @@ impl KafkaSink {
     async fn produce(
         &self,
         seq: Seq,
+        timestamp_ms: i64,
         key: &[u8],
         payload: &[u8],
         headers: OwnedHeaders,
@@ -228,7 +244,8 @@ impl KafkaSink {
         loop {
             let mut record = BaseRecord::with_opaque_to(&self.topic, seq as usize)
                 .key(key)
-                .payload(payload);
+                .payload(payload)
+                .timestamp(timestamp_ms);
             if let Some(h) = headers.take() {
                 record = record.headers(h);
             }
@@ -273,6 +290,7 @@ impl KafkaSink {
             let r = self
                 .produce(
                     seq,
+                    msg.timestamp().to_millis().unwrap_or(0),
                     msg.key().unwrap_or_default(),
                     msg.payload().unwrap_or_default(),
                     headers,
@@ -358,8 +376,15 @@ impl Sink for KafkaSink {
             buf.clear();
             sel.encode(self.encoder.format(), r, &mut buf);
             let headers = self.headers(rate, &sel);
+            // The message's timestamp is when the collector logged (and acknowledged) it.
             let result = self
-                .produce(entry.seq, r.distribution_id.as_bytes(), &buf, headers)
+                .produce(
+                    entry.seq,
+                    entry.appended_ms as i64,
+                    r.distribution_id.as_bytes(),
+                    &buf,
+                    headers,
+                )
                 .await;
             self.buf = buf;
             if let Err(e) = result {

@@ -131,14 +131,15 @@ fn sampled_records_reach_the_topic_exactly_once_and_in_order() -> anyhow::Result
 }
 
 #[test]
-fn tsv_messages_carry_the_selected_fields_in_cloudfront_order() -> anyhow::Result<()> {
+fn tsv_messages_zstd_compressed_carry_the_selected_fields_in_cloudfront_order() -> anyhow::Result<()>
+{
     let tansu = Tansu::start()?;
     tansu.create_topic(TOPIC, 1)?;
     let ids = distribution_ids(2);
     let dir = tempfile::tempdir()?;
     let extra = format!(
         "[sinks.realtime]\nformat = \"tsv\"\n[sinks.realtime.distributions.{}]\n\
-         fields = [\"x-edge-request-id\", \"sc-status\", \"timestamp\", \"cs-host\", \"time-to-first-byte\", \"cs_user_agent\", \"sc-range-start\"]\n{}",
+         fields = [\"x-edge-request-id\", \"sc-status\", \"timestamp\", \"cs-host\", \"time-to-first-byte\", \"cs_user_agent\", \"sc-range-start\"]\n{}compression = \"zstd\"\n",
         ids[0],
         tansu.collector_toml(TOPIC)
     );
@@ -298,5 +299,49 @@ fn thirty_seconds_without_the_broker_lose_nothing() -> anyhow::Result<()> {
     assert_eq!(unexpected, 0, "records the sampler did not keep");
     assert!(acked.len() > 80_000, "too little load: {}", acked.len());
     assert_eq!(lost, 0, "acknowledged records missing from the topic");
+    Ok(())
+}
+
+#[test]
+fn a_missing_topic_is_reported_and_its_records_wait_until_it_exists() -> anyhow::Result<()> {
+    let tansu = Tansu::start()?;
+    let dir = tempfile::tempdir()?;
+    let mut collector = CollectorProc::start(dir.path(), &tansu.collector_toml("not-yet"))?;
+    let sent = send_generated(&collector.url(), 500, 2, 1, 1, 1)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let ready = http_get(&format!("{}/readyz", collector.url()))?;
+        if ready.contains("not-yet does not exist") {
+            break ready;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the missing topic is not reported: {ready}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let status: serde_json::Value = serde_json::from_str(&ready)?;
+    assert_eq!(status["status"], "degraded", "{ready}");
+    assert!(
+        collector.log_text().contains("not-yet does not exist"),
+        "not in the log"
+    );
+    // Once the topic exists, the records that waited are delivered.
+    tansu.create_topic("not-yet", 1)?;
+    let got = consume(&tansu.bootstrap(), "not-yet", 500, Duration::from_secs(60))?;
+    assert!(collector.terminate()?, "{}", collector.log_text());
+    let ids: HashSet<String> = got
+        .iter()
+        .filter_map(|m| {
+            serde_json::from_str::<serde_json::Value>(&m.value).ok()?["x-edge-request-id"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        ids.len(),
+        sent.sample.len(),
+        "records lost after the topic appeared"
+    );
     Ok(())
 }
