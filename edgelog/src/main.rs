@@ -53,7 +53,8 @@ enum LogFormat {
 enum Command {
     /// Run a collector: receive records on POST /v1/records and feed the sinks.
     Collector(CollectorArgs),
-    /// Run the dashboard on its own.
+    /// Run the dashboard on its own, reading every collector's minute aggregates from the Kafka
+    /// metrics topic ([metrics.kafka]).
     Dashboard(DashboardArgs),
     /// Play a fleet of edge servers against a collector, or replay a CloudFront log file.
     Edge(EdgeArgs),
