@@ -361,3 +361,34 @@ fn sixty_seconds_without_s3_under_load_lose_and_duplicate_nothing() -> anyhow::R
     assert_eq!(r["rows"], r["distinct"], "duplicates: {r}");
     Ok(())
 }
+
+#[test]
+fn a_file_larger_than_a_part_goes_up_as_a_multipart_upload() -> anyhow::Result<()> {
+    let garage = Garage::start()?;
+    let dir = tempfile::tempdir()?;
+    // One distribution, one hour, distinct records: one file of about 14 MB, above the
+    // 8 MiB part size.
+    let extra = format!(
+        "[sinks.standard]\nmax_age = \"10m\"\n{}",
+        garage.collector_toml()
+    );
+    let mut collector = CollectorProc::start(dir.path(), &extra)?;
+    let sent = send_generated(&collector.url(), 200_000, 1, 0, 1_000_000, 4)?;
+    assert!(collector.terminate()?, "{}", collector.log_text());
+    let out = python_json(&format!(
+        r#"{prelude}
+files = con.sql("SELECT filename, size FROM read_blob('{GLOB}')").fetchall()
+rows = con.sql("SELECT count(*), count(DISTINCT x_edge_request_id) FROM read_parquet('{GLOB}')").fetchone()
+print(json.dumps({{"sizes": [s for _, s in files], "rows": rows[0], "distinct": rows[1]}}))
+"#,
+        prelude = garage.duckdb_prelude()
+    ))?;
+    let sizes: Vec<u64> = serde_json::from_value(out["sizes"].clone())?;
+    assert!(
+        sizes.iter().any(|s| *s > 8 << 20),
+        "no file above 8 MiB: {sizes:?}"
+    );
+    assert_eq!(out["rows"].as_u64(), Some(sent.count), "{out}");
+    assert_eq!(out["distinct"].as_u64(), Some(sent.count), "{out}");
+    Ok(())
+}
