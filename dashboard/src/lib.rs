@@ -343,6 +343,24 @@ async fn prometheus(State(d): State<Dashboard>) -> Response {
     }
     let _ = writeln!(
         out,
+        "# HELP edgelog_distribution_origin_latency_ms OriginLatency in the last complete minute, by quantile\n# TYPE edgelog_distribution_origin_latency_ms gauge"
+    );
+    for (id, p) in &last {
+        for (q, v) in [
+            ("0.5", p.origin_latency_p50_ms),
+            ("0.9", p.origin_latency_p90_ms),
+            ("0.99", p.origin_latency_p99_ms),
+        ] {
+            if let Some(v) = v {
+                let _ = writeln!(
+                    out,
+                    "edgelog_distribution_origin_latency_ms{{distribution=\"{id}\",quantile=\"{q}\"}} {v}"
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
         "# HELP edgelog_alarm_state 1 for the state each alarm is in\n# TYPE edgelog_alarm_state gauge"
     );
     for a in d.alarms.statuses() {

@@ -17,11 +17,12 @@ fn dashboard(cfg: &DashboardConfig) -> (Arc<MetricsStore>, Arc<AlarmBoard>, axum
         .expect("clock")
         .as_millis() as i64;
     let minute = now - now.rem_euclid(60_000) - 60_000;
-    let aggregate = MinuteAggregate {
+    let mut aggregate = MinuteAggregate {
         requests: 200,
         status_5xx: 30,
         ..MinuteAggregate::default()
     };
+    aggregate.origin_latency.add_seconds(0.05);
     store.merge(&MinuteUpdate {
         collector_id: "c".into(),
         distribution_id: "E1".into(),
@@ -83,6 +84,16 @@ async fn an_open_dashboard_serves_series_alarms_and_prometheus() {
             .contains("edgelog_alarm_state{alarm=\"5xx\",distribution=\"E1\",state=\"ALARM\"} 1"),
         "{metrics}"
     );
+    let p99: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "edgelog_distribution_origin_latency_ms{distribution=\"E1\",quantile=\"0.99\"} ",
+            )
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    assert!((p99 - 50.0).abs() < 0.5, "{metrics}");
     let (status, _) = get(&router, "/api/distributions/nope/series", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

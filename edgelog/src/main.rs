@@ -243,23 +243,37 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch SIGTERM");
-                std::future::pending::<()>().await;
-            }
+static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
+    std::sync::OnceLock::new();
+
+/// Watches SIGTERM and SIGINT from the moment the process starts, so a signal that comes
+/// while it is still starting (the listener already bound) shuts it down cleanly instead
+/// of killing it.
+fn watch_signals() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
+        tracing::info!("signal received, shutting down");
+        let _ = tx.send(true);
+    });
+    let _ = SHUTDOWN.set(rx);
+    Ok(())
+}
+
+/// Resolves once SIGTERM or SIGINT has arrived (at any time since the start).
+async fn shutdown_signal() {
+    match SHUTDOWN.get().cloned() {
+        Some(mut rx) => {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+        None => std::future::pending::<()>().await,
     }
-    tracing::info!("signal received, shutting down");
 }
 
 /// Wires a collector with the sinks the configuration asks for.
@@ -673,6 +687,7 @@ fn main() -> std::process::ExitCode {
         .context("cannot start the async runtime")
         .and_then(|rt| {
             rt.block_on(async move {
+                watch_signals()?;
                 match cli.command {
                     Command::Collector(a) => run_collector(a).await,
                     Command::Dashboard(a) => run_dashboard(a).await,

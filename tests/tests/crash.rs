@@ -85,3 +85,15 @@ fn sigkill_during_sustained_load_loses_no_acknowledged_record() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[test]
+fn sigterm_right_after_the_listener_opens_still_exits_cleanly() -> anyhow::Result<()> {
+    // The signal handlers are installed before anything listens: a SIGTERM that comes
+    // while the collector is still starting must not kill it uncleanly.
+    for _ in 0..10 {
+        let dir = tempfile::tempdir()?;
+        let mut collector = CollectorProc::start(dir.path(), "")?;
+        assert!(collector.terminate()?, "{}", collector.log_text());
+    }
+    Ok(())
+}
