@@ -524,17 +524,17 @@ struct ChartQuery {
     range: Option<String>,
 }
 
-fn chart_svg(d: &Dashboard, id: &str, chart: charts::Chart, range: i64) -> Option<(String, usize)> {
-    let points = d.store.series(id)?;
-    let (from, to) = window(&points, range);
+/// One chart of `points` over the last `range` ms, and how many minutes in it have data.
+fn chart_svg(points: &[MinutePoint], chart: charts::Chart, range: i64) -> (String, usize) {
+    let (from, to) = window(points, range);
     let shown = points
         .iter()
         .filter(|p| (from..to).contains(&p.minute_ms))
         .filter(|p| chart.lines().iter().any(|(_, get, _)| get(p).is_some()))
         .count();
-    let svg = charts::render(chart, &points, from, to, (640, 260))
+    let svg = charts::render(chart, points, from, to, (640, 260))
         .unwrap_or_else(|e| format!("<p class=error>cannot draw this chart: {e}</p>"));
-    Some((svg, shown))
+    (svg, shown)
 }
 
 async fn chart(
@@ -550,8 +550,9 @@ async fn chart(
     let Some(c) = charts::Chart::from_slug(slug) else {
         return bad_request(format!("unknown chart {slug:?}"));
     };
-    match chart_svg(&d, &id, c, range) {
-        Some((svg, _)) => {
+    match d.store.series(&id) {
+        Some(points) => {
+            let (svg, _) = chart_svg(&points, c, range);
             ([(axum::http::header::CONTENT_TYPE, "image/svg+xml")], svg).into_response()
         }
         None => not_found(&id),
@@ -582,8 +583,14 @@ fn alarm_state_name(s: alarms::AlarmState) -> &'static str {
     }
 }
 
-fn chart_card(d: &Dashboard, id: &str, c: charts::Chart, range: &str, range_ms: i64) -> String {
-    let (svg, shown) = chart_svg(d, id, c, range_ms).unwrap_or_default();
+fn chart_card(
+    points: &[MinutePoint],
+    id: &str,
+    c: charts::Chart,
+    range: &str,
+    range_ms: i64,
+) -> String {
+    let (svg, shown) = chart_svg(points, c, range_ms);
     let base = format!("/api/distributions/{}", escape(id));
     format!(
         "<div class=chart data-chart=\"{slug}\" data-points=\"{shown}\"><div class=svg>{svg}</div>\
@@ -609,9 +616,9 @@ async fn distribution_page(
         Ok(r) => r.unwrap_or(3_600_000),
         Err(e) => return bad_request(e),
     };
-    if d.store.series(&id).is_none() {
+    let Some(points) = d.store.series(&id) else {
         return not_found(&id);
-    }
+    };
     let eid = escape(&id);
     let ranges: String = RANGES
         .iter()
@@ -622,11 +629,11 @@ async fn distribution_page(
         .collect();
     let six: String = charts::DEFAULT_CHARTS
         .iter()
-        .map(|c| chart_card(&d, &id, *c, &range, ms))
+        .map(|c| chart_card(&points, &id, *c, &range, ms))
         .collect();
     let more: String = charts::ADDITIONAL_CHARTS
         .iter()
-        .map(|c| chart_card(&d, &id, *c, &range, ms))
+        .map(|c| chart_card(&points, &id, *c, &range, ms))
         .collect();
     let alarm_rows = alarm_rows(&d, Some(&id));
     Html(format!(

@@ -79,18 +79,11 @@ enum Slot {
 pub struct Selection {
     slots: Vec<Slot>,
     all: bool,
+    /// [`Selection::names`], comma-separated: the TSV header, made once.
+    columns: String,
 }
 
 impl Selection {
-    /// Every field.
-    pub fn all() -> Selection {
-        let names: Vec<String> = Vec::new();
-        Selection::parse(&names).unwrap_or(Selection {
-            slots: Vec::new(),
-            all: true,
-        })
-    }
-
     /// Field names in any of CloudFront's spellings (real-time `cs-host`, standard
     /// `cs(Host)`) or Athena's (`cs_host`); empty means every field. Returns the unknown
     /// name on error.
@@ -109,7 +102,7 @@ impl Selection {
                 .ok_or_else(|| n.clone())?;
             wanted[pos] = true;
         }
-        let slots = REALTIME_FIELDS
+        let slots: Vec<Slot> = REALTIME_FIELDS
             .iter()
             .zip(&wanted)
             .filter(|(_, w)| **w)
@@ -118,10 +111,18 @@ impl Selection {
                 None => Slot::Timestamp,
             })
             .collect();
-        Ok(Selection {
+        let mut sel = Selection {
             slots,
             all: names.is_empty(),
-        })
+            columns: String::new(),
+        };
+        sel.columns = sel.names().join(",");
+        Ok(sel)
+    }
+
+    /// [`Selection::names`], comma-separated.
+    pub fn columns(&self) -> &str {
+        &self.columns
     }
 
     /// The selected fields' real-time names, in message order (the TSV columns).
@@ -253,9 +254,10 @@ mod tests {
 
     #[test]
     fn every_record_field_has_a_real_time_name() {
-        assert_eq!(Selection::all().names().len(), FIELD_COUNT + 1);
+        let all = Selection::parse(&[]).expect("every field");
+        assert_eq!(all.names().len(), FIELD_COUNT + 1);
         assert_eq!(
-            Selection::all().names()[..3],
+            all.names()[..3],
             ["timestamp", "c-ip", "time-to-first-byte"]
         );
     }
@@ -265,6 +267,7 @@ mod tests {
         let names = ["sc_status", "cs(Host)", "timestamp", "c-ip"].map(String::from);
         let sel = Selection::parse(&names).expect("known names");
         assert_eq!(sel.names(), ["timestamp", "c-ip", "sc-status", "cs-host"]);
+        assert_eq!(sel.columns(), "timestamp,c-ip,sc-status,cs-host");
         assert_eq!(
             Selection::parse(&["nope".to_owned()]),
             Err("nope".to_owned())

@@ -85,6 +85,18 @@ struct Inflight {
     error: Option<String>,
 }
 
+impl Inflight {
+    /// One message of entry `seq` is out of flight (delivered, or never handed over).
+    fn done(&mut self, seq: Seq) {
+        if let Some(n) = self.outstanding.get_mut(&seq) {
+            *n -= 1;
+            if *n == 0 {
+                self.outstanding.remove(&seq);
+            }
+        }
+    }
+}
+
 struct Context {
     inflight: Arc<Mutex<Inflight>>,
     topic: String,
@@ -123,12 +135,7 @@ impl ProducerContext for Context {
         match result {
             Ok(_) => {
                 s.error = None;
-                if let Some(n) = s.outstanding.get_mut(&seq) {
-                    *n -= 1;
-                    if *n == 0 {
-                        s.outstanding.remove(&seq);
-                    }
-                }
+                s.done(seq);
                 metrics::counter!("edgelog_realtime_records_total").increment(1);
             }
             Err((e, msg)) => {
@@ -220,10 +227,9 @@ impl KafkaSink {
                 value: Some(format.as_str()),
             });
         if format == MessageFormat::Tsv {
-            let names = sel.names().join(",");
             h.insert(Header {
                 key: HEADER_FIELDS,
-                value: Some(names.as_str()),
+                value: Some(sel.columns()),
             })
         } else {
             h
@@ -258,13 +264,7 @@ impl KafkaSink {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((e, _)) => {
-                    let mut s = lock(&self.inflight);
-                    if let Some(n) = s.outstanding.get_mut(&seq) {
-                        *n -= 1;
-                        if *n == 0 {
-                            s.outstanding.remove(&seq);
-                        }
-                    }
+                    lock(&self.inflight).done(seq);
                     return Err(SinkError::Misconfigured(format!(
                         "cannot produce to kafka topic {}: {e}",
                         self.topic
@@ -371,11 +371,11 @@ impl Sink for KafkaSink {
             else {
                 continue;
             };
-            let sel = self.encoder.selection(&r.distribution_id).clone();
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
+            let sel = self.encoder.selection(&r.distribution_id);
             sel.encode(self.encoder.format(), r, &mut buf);
-            let headers = self.headers(rate, &sel);
+            let headers = self.headers(rate, sel);
             // The message's timestamp is when the collector logged (and acknowledged) it.
             let result = self
                 .produce(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use edgelog_tests::{DemoProc, TOKEN, http_get, run_edge};
 
 /// A webhook receiver on loopback: answers 200 and keeps every body.
-fn receiver() -> anyhow::Result<(u16, Arc<Mutex<Vec<serde_json::Value>>>)> {
+fn receiver() -> anyhow::Result<(u16, Received)> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -52,6 +52,35 @@ fn receiver() -> anyhow::Result<(u16, Arc<Mutex<Vec<serde_json::Value>>>)> {
         }
     });
     Ok((port, got))
+}
+
+type Received = Arc<Mutex<Vec<serde_json::Value>>>;
+
+/// Waits (20 s at most) for `count` notifications in all, then 6 s more for a duplicate
+/// to show up; returns them all, and the distributions of those with `status`, sorted.
+fn settled(
+    received: &Received,
+    count: usize,
+    status: &str,
+) -> (Vec<serde_json::Value>, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received.lock().map(|g| g.len()).unwrap_or(0) < count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let got = received.lock().map(|g| g.clone()).unwrap_or_default();
+    let mut ids: Vec<String> = got
+        .iter()
+        .filter(|b| b["status"] == status)
+        .map(|b| {
+            b["alerts"][0]["labels"]["distribution"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    ids.sort();
+    (got, ids)
 }
 
 #[test]
@@ -110,27 +139,7 @@ fn a_5xx_burst_puts_the_demo_alarm_in_alarm_and_late_clean_records_clear_it() ->
         "{page}"
     );
     // One firing notification per distribution, each exactly once.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let n = received.lock().map(|g| g.len()).unwrap_or(0);
-        if n >= 3 || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_secs(6)); // room for a duplicate to show up
-    let got = received.lock().map(|g| g.clone()).unwrap_or_default();
-    let mut fired: Vec<String> = got
-        .iter()
-        .filter(|b| b["status"] == "firing")
-        .map(|b| {
-            b["alerts"][0]["labels"]["distribution"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .collect();
-    fired.sort();
+    let (got, fired) = settled(&received, 3, "firing");
     let mut ids: Vec<String> = states
         .iter()
         .map(|s| s["distribution"].as_str().unwrap_or("").to_owned())
@@ -170,27 +179,7 @@ fn a_5xx_burst_puts_the_demo_alarm_in_alarm_and_late_clean_records_clear_it() ->
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let n = received.lock().map(|g| g.len()).unwrap_or(0);
-        if n >= 6 || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_secs(6)); // room for a duplicate to show up
-    let got = received.lock().map(|g| g.clone()).unwrap_or_default();
-    let mut resolved: Vec<String> = got
-        .iter()
-        .filter(|b| b["status"] == "resolved")
-        .map(|b| {
-            b["alerts"][0]["labels"]["distribution"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .collect();
-    resolved.sort();
+    let (got, resolved) = settled(&received, 6, "resolved");
     assert_eq!(resolved, ids, "notifications: {got:?}");
     assert_eq!(
         got.len(),
