@@ -6,6 +6,7 @@ use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use crate::fields::Record;
 use crate::json::{self, KeyCache};
+use crate::reject::{DEFAULT_MAX_FIELD_BYTES, DEFAULT_MAX_LINE_BYTES, Fault, RejectKind};
 use crate::w3c::Header;
 
 /// Wire format of a body.
@@ -29,12 +30,19 @@ impl Format {
     }
 }
 
-/// One refused line: its 1-based number in the body, and why.
+/// One refused line: its 1-based number in the body, why in words, and what kind of
+/// problem it is. As JSON: `{"line": 12, "reason": "...", "kind": "out_of_range"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
     pub line: u64,
     pub reason: String,
+    /// Machine-readable kind; its [`RejectKind::label`] is the metrics label.
+    #[serde(default)]
+    pub kind: RejectKind,
 }
+
+/// Reasons are cut to this many bytes (and `...`): an answer stays small.
+pub const MAX_REASON_BYTES: usize = 300;
 
 /// The outcome of parsing one body.
 #[derive(Debug, Default)]
@@ -46,9 +54,23 @@ pub struct Parsed {
 }
 
 impl Parsed {
-    fn reject(&mut self, line: u64, reason: String, max_listed: usize) {
+    fn reject(&mut self, line: u64, fault: Fault, max_listed: usize) {
         if self.rejected.len() < max_listed {
-            self.rejected.push(Rejection { line, reason });
+            let mut reason = fault.reason;
+            if reason.len() > MAX_REASON_BYTES {
+                // serde's "invalid type: string \"...\"" quotes a whole value.
+                let mut cut = MAX_REASON_BYTES;
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                reason.truncate(cut);
+                reason.push_str("...");
+            }
+            self.rejected.push(Rejection {
+                line,
+                reason,
+                kind: fault.kind,
+            });
         } else {
             self.rejected_unlisted += 1;
         }
@@ -57,6 +79,41 @@ impl Parsed {
     /// Total refused lines, listed or not.
     pub fn rejected_count(&self) -> u64 {
         self.rejected.len() as u64 + self.rejected_unlisted
+    }
+}
+
+/// How to parse a body: see [`parse_body`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseOptions<'a> {
+    /// The distribution of lines that name none (`?distribution=`).
+    pub default_distribution: Option<&'a str>,
+    /// At most this many refusals are listed individually; the rest are counted.
+    pub max_listed: usize,
+    /// A longer line (without its line break) is refused unparsed, as `line_too_long`.
+    pub max_line_bytes: usize,
+    /// A line with a longer value (a string after JSON unescaping, or a W3C column) is
+    /// refused, as `field_too_long`.
+    pub max_field_bytes: usize,
+}
+
+impl Default for ParseOptions<'_> {
+    fn default() -> Self {
+        ParseOptions {
+            default_distribution: None,
+            max_listed: 100,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            max_field_bytes: DEFAULT_MAX_FIELD_BYTES,
+        }
+    }
+}
+
+impl<'a> ParseOptions<'a> {
+    /// The defaults, with a distribution for lines that name none.
+    pub fn with_distribution(default_distribution: Option<&'a str>) -> Self {
+        ParseOptions {
+            default_distribution,
+            ..ParseOptions::default()
+        }
     }
 }
 
@@ -69,37 +126,59 @@ pub fn derive_request_id(line: &[u8], line_no: u64) -> String {
     base64::engine::general_purpose::URL_SAFE.encode(h.to_be_bytes())
 }
 
-/// Parses a body. `default_distribution` applies to lines that name none; at most
-/// `max_listed` refusals are listed individually.
-pub fn parse_body(
-    format: Format,
-    body: &[u8],
-    default_distribution: Option<&str>,
-    max_listed: usize,
-) -> Parsed {
-    let lines = memchr::memchr_iter(b'\n', body).count() + 1;
+/// A guess at the length of the shortest record line, for the first allocation only (the
+/// vector grows past it). One slot per line break would let a body of blank lines
+/// allocate gigabytes.
+const MIN_RECORD_LINE: usize = 32;
+
+/// Parses a body, line by line: records out, and each refused line with its number and
+/// reason. Never panics, whatever the bytes.
+pub fn parse_body(format: Format, body: &[u8], opts: &ParseOptions<'_>) -> Parsed {
+    let max_listed = opts.max_listed;
     let mut out = Parsed {
-        records: Vec::with_capacity(lines),
+        records: Vec::with_capacity((body.len() / MIN_RECORD_LINE + 1).min(1 << 16)),
         ..Parsed::default()
     };
     let mut keys = KeyCache::default();
     let mut header: Option<Header> = None;
     let mut start = 0;
-    for i in 0..lines {
+    let mut line_no = 0u64;
+    while start < body.len() {
         let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |n| start + n);
         let raw = &body[start..end];
-        start = (end + 1).min(body.len());
-        let line_no = i as u64 + 1;
+        start = end + 1;
+        line_no += 1;
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.len() > opts.max_line_bytes {
+            if format == Format::W3c && line.starts_with(b"#Fields:") {
+                // Data lines after a refused header must not be read with an older one.
+                header = None;
+            }
+            let fault = Fault::new(
+                RejectKind::LineTooLong,
+                format!(
+                    "line of {} bytes is longer than the limit of {} bytes; not parsed",
+                    line.len(),
+                    opts.max_line_bytes
+                ),
+            );
+            out.reject(line_no, fault, max_listed);
+            continue;
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         let parsed = match format {
-            Format::Ndjson => json::parse_line(line, default_distribution, &mut keys),
+            Format::Ndjson => json::parse_line_limited(
+                line,
+                opts.default_distribution,
+                opts.max_field_bytes,
+                &mut keys,
+            ),
             Format::W3c => match std::str::from_utf8(line) {
-                Err(e) => Err(format!(
-                    "line is not valid UTF-8 (byte {})",
-                    e.valid_up_to()
+                Err(e) => Err(Fault::new(
+                    RejectKind::NotUtf8,
+                    format!("line is not valid UTF-8 (byte {})", e.valid_up_to()),
                 )),
                 Ok(text) => {
                     if let Some(rest) = text.strip_prefix("#Fields:") {
@@ -107,7 +186,11 @@ pub fn parse_body(
                             Ok(h) => header = Some(h),
                             Err(e) => {
                                 header = None;
-                                out.reject(line_no, e, max_listed);
+                                out.reject(
+                                    line_no,
+                                    Fault::new(RejectKind::W3cHeader, e),
+                                    max_listed,
+                                );
                             }
                         }
                         continue;
@@ -116,8 +199,15 @@ pub fn parse_body(
                         continue;
                     }
                     match &header {
-                        Some(h) => h.parse_line(text, default_distribution),
-                        None => Err("data line without a valid #Fields header before it".into()),
+                        Some(h) => h.parse_line_limited(
+                            text,
+                            opts.default_distribution,
+                            opts.max_field_bytes,
+                        ),
+                        None => Err(Fault::new(
+                            RejectKind::W3cHeader,
+                            "data line without a valid #Fields header before it",
+                        )),
                     }
                 }
             },
@@ -129,7 +219,7 @@ pub fn parse_body(
                 }
                 out.records.push(rec);
             }
-            Err(reason) => out.reject(line_no, reason, max_listed),
+            Err(fault) => out.reject(line_no, fault, max_listed),
         }
     }
     out

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::reject::Fault;
 use crate::value::{FieldKind, ParseValue, Value};
 
 /// One column of the record as the outside world names it.
@@ -58,13 +59,21 @@ macro_rules! record_fields {
 
             /// Sets field `i` from its text form (W3C value, or a JSON string).
             pub fn set_text(&mut self, i: usize, text: &str) -> Result<(), String> {
+                self.put_text(i, text).map_err(String::from)
+            }
+
+            /// Sets field `i` from a JSON scalar.
+            pub fn set_value(&mut self, i: usize, v: ParseValue<'_>) -> Result<(), String> {
+                self.put_value(i, v).map_err(String::from)
+            }
+
+            pub(crate) fn put_text(&mut self, i: usize, text: &str) -> Result<(), Fault> {
                 const IDS: &[Field] = &[ $( Field::$ident, )* ];
                 match IDS[i] { $( Field::$ident => self.$ident = <$ty as FieldType>::from_text(text)?, )* }
                 Ok(())
             }
 
-            /// Sets field `i` from a JSON scalar.
-            pub fn set_value(&mut self, i: usize, v: ParseValue<'_>) -> Result<(), String> {
+            pub(crate) fn put_value(&mut self, i: usize, v: ParseValue<'_>) -> Result<(), Fault> {
                 const IDS: &[Field] = &[ $( Field::$ident, )* ];
                 match IDS[i] { $( Field::$ident => self.$ident = <$ty as FieldType>::from_value(v)?, )* }
                 Ok(())
@@ -78,8 +87,8 @@ pub trait FieldType {
     type Owned;
     const KIND: FieldKind;
     fn view(v: &Option<Self::Owned>) -> Value<'_>;
-    fn from_text(text: &str) -> Result<Option<Self::Owned>, String>;
-    fn from_value(v: ParseValue<'_>) -> Result<Option<Self::Owned>, String>;
+    fn from_text(text: &str) -> Result<Option<Self::Owned>, Fault>;
+    fn from_value(v: ParseValue<'_>) -> Result<Option<Self::Owned>, Fault>;
 }
 
 pub use crate::value::{F64, I64, Str, U16, U32, U64};

@@ -9,8 +9,9 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::fields::{FIELD_COUNT, FIELDS, Record, field_index};
+use crate::reject::{Fault, RejectKind, check_field_len};
 use crate::time;
-use crate::value::{ParseValue, Value, shown};
+use crate::value::{FieldKind, ParseValue, Value, shown};
 
 /// Where a JSON key goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,9 @@ impl Default for KeyCache {
     }
 }
 
+/// Keys longer than this are resolved but not remembered (the longest name is 30 bytes).
+const MAX_CACHED_KEY: usize = 64;
+
 /// Slots have indices 1.. (0 is the start of a line).
 const SLOTS: usize = FIELD_COUNT + 8;
 
@@ -75,6 +79,10 @@ impl KeyCache {
             return *slot;
         }
         let slot = slot_of(key);
+        if key.len() > MAX_CACHED_KEY {
+            // No field is named this long: don't let a line fill the cache with it.
+            return slot;
+        }
         ways.rotate_right(1);
         ways[0] = Some((key.into(), slot));
         slot
@@ -157,6 +165,10 @@ struct Partial<'a> {
 
 struct LineSeed<'c> {
     keys: &'c mut KeyCache,
+    max_field_bytes: usize,
+    /// Why the line was refused, when our check (not JSON syntax) refused it: serde only
+    /// carries a message, this keeps the kind.
+    fault: &'c mut Option<Fault>,
 }
 
 impl<'de> DeserializeSeed<'de> for LineSeed<'_> {
@@ -166,12 +178,87 @@ impl<'de> DeserializeSeed<'de> for LineSeed<'_> {
     }
 }
 
-fn value_text<'a>(v: ParseValue<'a>) -> Result<Cow<'a, str>, String> {
+fn value_text<'a>(v: ParseValue<'a>) -> Result<Cow<'a, str>, Fault> {
     match v {
         ParseValue::Str(s) => Ok(s),
         ParseValue::U64(n) => Ok(Cow::Owned(n.to_string())),
-        other => Err(format!("expected a string, got {other:?}")),
+        other => Err(Fault::bad(format!("expected a string, got {other:?}"))),
     }
+}
+
+/// Digits of a number written in decimal.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// Milliseconds of a `timestamp` value (epoch seconds), checked; the range too.
+fn timestamp_seconds(v: ParseValue<'_>) -> Result<i64, Fault> {
+    let from_secs = |s: i128| {
+        i64::try_from(s.saturating_mul(1000)).map_err(|_| {
+            Fault::new(
+                RejectKind::TimestampOutOfRange,
+                format!("timestamp {s} s is outside 2000-01-01 to 2100-01-01"),
+            )
+        })
+    };
+    let ms = match v {
+        ParseValue::U64(s) => from_secs(i128::from(s))?,
+        ParseValue::I64(s) => from_secs(i128::from(s))?,
+        ParseValue::F64(s) => time::epoch_seconds_f64(s)?,
+        ParseValue::Str(s) => time::epoch_seconds_ms(&s)?,
+        other => return Err(Fault::bad(format!("expected epoch seconds, got {other:?}"))),
+    };
+    time::in_range(ms)
+}
+
+/// Milliseconds of a `timestamp(ms)` value, checked; the range too.
+fn timestamp_millis(v: ParseValue<'_>) -> Result<i64, Fault> {
+    let outside = |what: String| {
+        Fault::new(
+            RejectKind::TimestampOutOfRange,
+            format!("timestamp {what} ms is outside 2000-01-01 to 2100-01-01"),
+        )
+    };
+    let ms = match v {
+        ParseValue::U64(ms) => i64::try_from(ms).map_err(|_| outside(ms.to_string()))?,
+        ParseValue::I64(ms) => ms,
+        // serde_json reads `-0` as a double.
+        ParseValue::F64(0.0) => 0,
+        // As for integer fields: a double is not an integer, but an integral one past
+        // i64 is out of range.
+        ParseValue::F64(x)
+            if x.is_finite() && x.fract() == 0.0 && !(-9.2e18..9.2e18).contains(&x) =>
+        {
+            return Err(outside(format!("{x:e}")));
+        }
+        ParseValue::Str(s) => time::epoch_ms(&s)?,
+        other => {
+            return Err(Fault::bad(format!(
+                "expected epoch milliseconds, got {other:?}"
+            )));
+        }
+    };
+    time::in_range(ms)
+}
+
+/// serde_json's message for an error inside a value, made ours: the field named, the
+/// position as a column, and a kind.
+fn value_fault(key: &str, msg: &str) -> Fault {
+    let kind = if msg.starts_with("number out of range") {
+        RejectKind::OutOfRange
+    } else if msg.starts_with("invalid type") {
+        RejectKind::BadValue
+    } else {
+        RejectKind::InvalidJson
+    };
+    let msg = match msg.rfind(" at line ") {
+        Some(cut) => {
+            let column = msg[cut..].rsplit(' ').next().unwrap_or("");
+            format!("{} (column {column})", &msg[..cut])
+        }
+        None => msg.to_owned(),
+    };
+    Fault::new(kind, msg).in_field(key)
 }
 
 impl<'de> Visitor<'de> for LineSeed<'_> {
@@ -183,46 +270,98 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut p = Partial::default();
         let mut prev = 0;
-        while let Some(CowStr(key)) = map.next_key::<CowStr<'de>>()? {
+        let mut last_key: Option<Cow<'de, str>> = None;
+        loop {
+            let key = match map.next_key::<CowStr<'de>>() {
+                Ok(Some(CowStr(key))) => key,
+                Ok(None) => break,
+                // A syntax error after a value (`"sc-status":200x`): say where.
+                Err(e) => match &last_key {
+                    Some(k) if !k.is_empty() => {
+                        let mut f = value_fault(k, &e.to_string());
+                        f.reason = format!("after {}", f.reason);
+                        let err = de::Error::custom(&f.reason);
+                        *self.fault = Some(f);
+                        return Err(err);
+                    }
+                    _ => return Err(e),
+                },
+            };
             let slot = self.keys.resolve(prev, &key);
             prev = slot_index(slot);
             if slot == Slot::Unknown {
                 map.next_value::<IgnoredAny>()?;
+                last_key = None;
                 continue;
             }
-            let value: ParseValue<'de> = map.next_value()?;
-            let bad = |msg: String| de::Error::custom(format!("field `{key}`: {msg}"));
-            match slot {
-                Slot::Field(i) => p.record.set_value(usize::from(i), value).map_err(bad)?,
-                Slot::Timestamp => {
-                    p.ts_ms = Some(match value {
-                        ParseValue::U64(s) => s.saturating_mul(1000) as i64,
-                        ParseValue::F64(s) => (s * 1000.0).round() as i64,
-                        ParseValue::Str(s) => time::parse_epoch_seconds(&s).map_err(bad)?,
-                        other => return Err(bad(format!("expected epoch seconds, got {other:?}"))),
-                    })
+            let value = match map.next_value::<ParseValue<'de>>() {
+                Ok(v) => v,
+                Err(e) => {
+                    let mut f = value_fault(&key, &e.to_string());
+                    if f.kind == RejectKind::OutOfRange
+                        && matches!(slot, Slot::Timestamp | Slot::TimestampMs)
+                    {
+                        f = Fault::new(
+                            RejectKind::TimestampOutOfRange,
+                            format!(
+                                "timestamp is outside 2000-01-01 to 2100-01-01: {}",
+                                f.reason
+                            ),
+                        );
+                    }
+                    let err = de::Error::custom(&f.reason);
+                    *self.fault = Some(f);
+                    return Err(err);
                 }
-                Slot::TimestampMs => {
-                    p.ts_ms = Some(match value {
-                        ParseValue::U64(ms) => ms as i64,
-                        ParseValue::Str(s) => s.parse().map_err(|_| {
-                            bad(format!("expected epoch milliseconds, got {}", shown(&s)))
-                        })?,
-                        other => {
-                            return Err(bad(format!("expected epoch milliseconds, got {other:?}")));
-                        }
-                    })
+            };
+            match self.settle(&mut p, slot, value) {
+                Ok(()) => {}
+                Err(f) => {
+                    let f = f.in_field(&key);
+                    let err = de::Error::custom(&f.reason);
+                    *self.fault = Some(f);
+                    return Err(err);
                 }
-                Slot::Date => p.date = Some(value_text(value).map_err(bad)?),
-                Slot::Time => p.time = Some(value_text(value).map_err(bad)?),
-                Slot::Distribution => match value {
-                    ParseValue::Null => {}
-                    v => p.distribution = Some(value_text(v).map_err(bad)?),
-                },
-                Slot::Unknown => {}
             }
+            last_key = Some(key);
         }
         Ok(p)
+    }
+}
+
+impl LineSeed<'_> {
+    /// Puts one value where its key says.
+    fn settle<'de>(
+        &self,
+        p: &mut Partial<'de>,
+        slot: Slot,
+        value: ParseValue<'de>,
+    ) -> Result<(), Fault> {
+        // A number is kept as its text in a string field: that text counts too.
+        let string_field =
+            matches!(slot, Slot::Field(i) if FIELDS[usize::from(i)].kind == FieldKind::Str);
+        let len = match &value {
+            ParseValue::Str(s) => s.len(),
+            ParseValue::U64(n) if string_field => decimal_len(*n),
+            ParseValue::I64(n) if string_field => {
+                decimal_len(n.unsigned_abs()) + usize::from(*n < 0)
+            }
+            _ => 0,
+        };
+        check_field_len(len, self.max_field_bytes)?;
+        match slot {
+            Slot::Field(i) => p.record.put_value(usize::from(i), value)?,
+            Slot::Timestamp => p.ts_ms = Some(timestamp_seconds(value)?),
+            Slot::TimestampMs => p.ts_ms = Some(timestamp_millis(value)?),
+            Slot::Date => p.date = Some(value_text(value)?),
+            Slot::Time => p.time = Some(value_text(value)?),
+            Slot::Distribution => match value {
+                ParseValue::Null => {}
+                v => p.distribution = Some(value_text(v)?),
+            },
+            Slot::Unknown => {}
+        }
+        Ok(())
     }
 }
 
@@ -247,46 +386,65 @@ pub fn check_distribution_id(id: &str) -> Result<(), String> {
 }
 
 /// Settles timestamp and distribution from what a line gave.
-fn finish(mut p: Partial<'_>, default_distribution: Option<&str>) -> Result<Record, String> {
+fn finish(mut p: Partial<'_>, default_distribution: Option<&str>) -> Result<Record, Fault> {
     let ts = match (p.ts_ms, &p.date, &p.time) {
         (Some(ts), _, _) => ts,
         (None, Some(d), Some(t)) => {
-            time::parse_date(d).map_err(|e| format!("field `date`: {e}"))? * time::MS_PER_DAY
-                + time::parse_time(t).map_err(|e| format!("field `time`: {e}"))?
+            time::parse_date(d).map_err(|e| Fault::bad(e).in_field("date"))? * time::MS_PER_DAY
+                + time::parse_time(t).map_err(|e| Fault::bad(e).in_field("time"))?
         }
         _ => {
-            return Err(
-                "missing timestamp: give `timestamp`, `timestamp(ms)`, or `date` and `time`".into(),
-            );
+            return Err(Fault::new(
+                RejectKind::MissingTimestamp,
+                "missing timestamp: give `timestamp`, `timestamp(ms)`, or `date` and `time`",
+            ));
         }
     };
-    p.record.timestamp_ms = time::check_range(ts)?;
+    p.record.timestamp_ms = time::in_range(ts)?;
     p.record.distribution_id = match (p.distribution, default_distribution) {
         (Some(d), _) => d.into_owned(),
         (None, Some(d)) => d.to_owned(),
         (None, None) => {
-            return Err(
-                "missing distribution id: give `DistributionId` in the record or `?distribution=` on the request"
-                    .into(),
-            );
+            return Err(Fault::new(
+                RejectKind::MissingDistribution,
+                "missing distribution id: give `DistributionId` in the record or `?distribution=` on the request",
+            ));
         }
     };
-    check_distribution_id(&p.record.distribution_id)?;
+    check_distribution_id(&p.record.distribution_id)
+        .map_err(|e| Fault::new(RejectKind::BadDistribution, e))?;
     Ok(p.record)
 }
 
-/// Parses one NDJSON line.
+/// Parses one NDJSON line (no limit on the length of a value).
 pub fn parse_line(
     line: &[u8],
     default_distribution: Option<&str>,
     keys: &mut KeyCache,
 ) -> Result<Record, String> {
+    parse_line_limited(line, default_distribution, usize::MAX, keys).map_err(String::from)
+}
+
+/// Parses one NDJSON line, refusing any string value longer than `max_field_bytes`.
+pub(crate) fn parse_line_limited(
+    line: &[u8],
+    default_distribution: Option<&str>,
+    max_field_bytes: usize,
+    keys: &mut KeyCache,
+) -> Result<Record, Fault> {
+    let mut fault = None;
     let mut de = serde_json::Deserializer::from_slice(line);
-    let partial = LineSeed { keys }
-        .deserialize(&mut de)
-        .and_then(|p| de.end().map(|()| p))
-        .map_err(|e| json_error(&e))?;
-    finish(partial, default_distribution)
+    let parsed = LineSeed {
+        keys,
+        max_field_bytes,
+        fault: &mut fault,
+    }
+    .deserialize(&mut de)
+    .and_then(|p| de.end().map(|()| p));
+    match parsed {
+        Ok(partial) => finish(partial, default_distribution),
+        Err(e) => Err(fault.unwrap_or_else(|| Fault::new(RejectKind::InvalidJson, json_error(&e)))),
+    }
 }
 
 /// serde_json's message without its "at line 1 column N" (the line is ours to name).

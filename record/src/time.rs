@@ -5,7 +5,8 @@
 
 use std::fmt::Write;
 
-use crate::value::shown;
+use crate::reject::{Fault, RejectKind};
+use crate::value::{IntError, is_decimal, parse_digits, parse_int, shown};
 
 pub const MS_PER_DAY: i64 = 86_400_000;
 /// Records must fall within these bounds (2000-01-01 to 2100-01-01) to be accepted.
@@ -44,11 +45,9 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     )
 }
 
+/// Fixed-width digit groups of a date or a time (at most 4 digits: no overflow).
 fn digits(s: &[u8]) -> Option<u32> {
-    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0, |n, b| n * 10 + u32::from(b - b'0')))
+    parse_digits(s).ok().and_then(|n| u32::try_from(n).ok())
 }
 
 /// Parses `YYYY-MM-DD` into days since the epoch.
@@ -101,33 +100,94 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
     Ok(i64::from(((h * 60 + m) * 60 + s) * 1000 + ms))
 }
 
-/// Parses epoch seconds with up to millisecond precision (`1575493351.123`), exactly.
-pub fn parse_epoch_seconds(text: &str) -> Result<i64, String> {
-    let bad = || format!("expected epoch seconds, got {}", shown(text));
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    let secs = i64::from(digits(whole.as_bytes()).ok_or_else(bad)?);
-    let frac = frac.as_bytes();
-    let ms = match frac.len() {
-        0 => 0,
-        n => {
-            let head = &frac[..n.min(3)];
-            if !frac.iter().all(u8::is_ascii_digit) {
-                return Err(bad());
-            }
-            i64::from(digits(head).ok_or_else(bad)? * 10u32.pow(3 - head.len() as u32))
-        }
+fn outside(shown_value: &str) -> Fault {
+    Fault::new(
+        RejectKind::TimestampOutOfRange,
+        format!("timestamp {shown_value} is outside 2000-01-01 to 2100-01-01"),
+    )
+}
+
+/// Epoch seconds as a double (a JSON number) to milliseconds, rounded; a value past `i64`
+/// milliseconds is out of range. The range itself is not checked.
+pub(crate) fn epoch_seconds_f64(s: f64) -> Result<i64, Fault> {
+    let ms = (s * 1000.0).round();
+    // Bounds exactly representable as doubles: anything between is a valid i64.
+    if (-9.2e18..9.2e18).contains(&ms) {
+        Ok(ms as i64)
+    } else {
+        Err(outside(&format!("{s:e} s")))
+    }
+}
+
+/// Epoch seconds, `-?digits(.digits)?`, to milliseconds rounded to the nearest one (as a
+/// JSON number is), with checked arithmetic: a value past `i64` milliseconds is out of
+/// range, never wrapped. With an exponent (`1.7e9`), read as a JSON number would be. The
+/// range itself is not checked.
+pub(crate) fn epoch_seconds_ms(text: &str) -> Result<i64, Fault> {
+    let bad = || Fault::bad(format!("expected epoch seconds, got {}", shown(text)));
+    if text.contains(['e', 'E']) {
+        return match text.parse::<f64>() {
+            Ok(s) if is_decimal(text) => epoch_seconds_f64(s),
+            _ => Err(bad()),
+        };
+    }
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
     };
-    Ok(secs * 1000 + ms)
+    let (whole, frac) = match unsigned.split_once('.') {
+        Some((w, f)) if !f.is_empty() => (w, f.as_bytes()),
+        Some(_) => return Err(bad()),
+        None => (unsigned, &b""[..]),
+    };
+    if !frac.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    let secs = match parse_digits(whole.as_bytes()) {
+        Ok(s) => i128::from(s),
+        Err(IntError::Syntax) => return Err(bad()),
+        Err(IntError::Overflow) => return Err(outside(&format!("{} s", shown(text)))),
+    };
+    // Milliseconds from the first three digits, rounded half up on the fourth.
+    let ms = frac
+        .iter()
+        .chain(std::iter::repeat(&b'0'))
+        .take(3)
+        .fold(0i128, |n, d| n * 10 + i128::from(d - b'0'))
+        + i128::from(frac.get(3).is_some_and(|&d| d >= b'5'));
+    let total = secs * 1000 + ms;
+    i64::try_from(if negative { -total } else { total })
+        .map_err(|_| outside(&format!("{} s", shown(text))))
+}
+
+/// Parses epoch seconds with up to millisecond precision (`1575493351.123`), exactly;
+/// further digits round to the nearest millisecond. The range is not checked.
+pub fn parse_epoch_seconds(text: &str) -> Result<i64, String> {
+    epoch_seconds_ms(text).map_err(String::from)
+}
+
+/// Epoch milliseconds as integer text (`-?digits`, no `+`), checked.
+pub(crate) fn epoch_ms(text: &str) -> Result<i64, Fault> {
+    match parse_int(text) {
+        Ok(n) => i64::try_from(n).map_err(|_| outside(&format!("{} ms", shown(text)))),
+        Err(IntError::Overflow) => Err(outside(&format!("{} ms", shown(text)))),
+        Err(IntError::Syntax) => Err(Fault::bad(format!(
+            "expected epoch milliseconds, got {}",
+            shown(text)
+        ))),
+    }
 }
 
 /// Checks that a timestamp is within the accepted range.
 pub fn check_range(ts_ms: i64) -> Result<i64, String> {
+    in_range(ts_ms).map_err(String::from)
+}
+
+pub(crate) fn in_range(ts_ms: i64) -> Result<i64, Fault> {
     if (MIN_TIMESTAMP_MS..MAX_TIMESTAMP_MS).contains(&ts_ms) {
         Ok(ts_ms)
     } else {
-        Err(format!(
-            "timestamp {ts_ms} ms is outside 2000-01-01 to 2100-01-01"
-        ))
+        Err(outside(&format!("{ts_ms} ms")))
     }
 }
 
@@ -171,10 +231,62 @@ mod tests {
         assert!(parse_time("24:00:00").is_err());
         assert_eq!(parse_epoch_seconds("1575493351.123"), Ok(1_575_493_351_123));
         assert_eq!(parse_epoch_seconds("1575493351"), Ok(1_575_493_351_000));
+        assert_eq!(
+            parse_epoch_seconds("1575493351.1235"),
+            Ok(1_575_493_351_124)
+        );
+        assert_eq!(
+            parse_epoch_seconds("1575493351.9999"),
+            Ok(1_575_493_352_000)
+        );
+        assert_eq!(parse_epoch_seconds("-1.5"), Ok(-1_500));
         let mut s = String::new();
         write_date(&mut s, 1_575_493_351_123);
         s.push(' ');
         write_time(&mut s, 1_575_493_351_123);
         assert_eq!(s, "2019-12-04 21:02:31");
+    }
+
+    #[test]
+    fn epoch_text_never_wraps() {
+        // Past u32 seconds: used to wrap into 2019 (and panic in debug builds).
+        assert_eq!(epoch_seconds_ms("5870000000"), Ok(5_870_000_000_000));
+        assert!(in_range(5_870_000_000_000).is_err());
+        // Milliseconds under `timestamp`: seconds in the year 55,900, not 2067.
+        assert_eq!(epoch_seconds_ms("1764000000000"), Ok(1_764_000_000_000_000));
+        for text in [
+            "9223372036854776",
+            "9223372036854775808",
+            "18446744073709551616",
+            "99999999999999999999999999999",
+        ] {
+            let f = epoch_seconds_ms(text).expect_err(text);
+            assert_eq!(f.kind, RejectKind::TimestampOutOfRange, "{text}");
+        }
+        assert_eq!(
+            epoch_seconds_ms("9223372036854775.807"),
+            Ok(i64::MAX),
+            "the largest representable"
+        );
+        assert_eq!(epoch_seconds_ms("1.7e9"), Ok(1_700_000_000_000));
+        assert_eq!(
+            epoch_seconds_ms("1e400").map_err(|f| f.kind),
+            Err(RejectKind::TimestampOutOfRange)
+        );
+        for text in [
+            "", ".", "1.", ".5", "+1", "1e", "e9", " 1", "1.2.3", "--1", "1.x", "inf",
+        ] {
+            let f = epoch_seconds_ms(text).expect_err(text);
+            assert_eq!(f.kind, RejectKind::BadValue, "{text}");
+        }
+        assert_eq!(epoch_ms("1764000000000"), Ok(1_764_000_000_000));
+        assert_eq!(
+            epoch_ms("9223372036854775808").map_err(|f| f.kind),
+            Err(RejectKind::TimestampOutOfRange)
+        );
+        assert_eq!(
+            epoch_ms("+1764000000000").map_err(|f| f.kind),
+            Err(RejectKind::BadValue)
+        );
     }
 }

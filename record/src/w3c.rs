@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use crate::fields::{FIELDS, Record, field_index};
 use crate::json::check_distribution_id;
+use crate::reject::{Fault, RejectKind, check_field_len};
 use crate::time;
 use crate::value::Value;
 
@@ -48,12 +49,23 @@ impl Header {
         Ok(Header { columns })
     }
 
-    /// Parses one data line.
+    /// Parses one data line (no limit on the length of a value).
     pub fn parse_line(
         &self,
         line: &str,
         default_distribution: Option<&str>,
     ) -> Result<Record, String> {
+        self.parse_line_limited(line, default_distribution, usize::MAX)
+            .map_err(String::from)
+    }
+
+    /// Parses one data line, refusing any value longer than `max_field_bytes`.
+    pub(crate) fn parse_line_limited(
+        &self,
+        line: &str,
+        default_distribution: Option<&str>,
+        max_field_bytes: usize,
+    ) -> Result<Record, Fault> {
         let mut rec = Record::default();
         let (mut days, mut tod, mut ts) = (None, None, None);
         let mut distribution = None;
@@ -63,48 +75,69 @@ impl Header {
             let Some(col) = self.columns.get(i) else {
                 continue;
             };
+            let name = match *col {
+                Column::Field(f) => FIELDS[usize::from(f)].cloudfront,
+                Column::Date => "date",
+                Column::Time => "time",
+                Column::Timestamp => "timestamp",
+                Column::TimestampMs => "timestamp(ms)",
+                Column::Distribution => "DistributionId",
+                Column::Unknown => continue,
+            };
+            check_field_len(value.len(), max_field_bytes).map_err(|f| f.in_field(name))?;
             match *col {
                 Column::Field(f) => rec
-                    .set_text(usize::from(f), value)
-                    .map_err(|e| format!("field `{}`: {e}", FIELDS[usize::from(f)].cloudfront))?,
+                    .put_text(usize::from(f), value)
+                    .map_err(|f| f.in_field(name))?,
                 Column::Date => {
-                    days = Some(time::parse_date(value).map_err(|e| format!("field `date`: {e}"))?)
+                    days = Some(time::parse_date(value).map_err(|e| Fault::bad(e).in_field(name))?)
                 }
                 Column::Time => {
-                    tod = Some(time::parse_time(value).map_err(|e| format!("field `time`: {e}"))?)
+                    tod = Some(time::parse_time(value).map_err(|e| Fault::bad(e).in_field(name))?)
                 }
                 Column::Timestamp => {
-                    ts = Some(
-                        time::parse_epoch_seconds(value)
-                            .map_err(|e| format!("field `timestamp`: {e}"))?,
-                    )
+                    ts = Some(time::in_range(
+                        time::epoch_seconds_ms(value).map_err(|f| f.in_field(name))?,
+                    )?)
                 }
                 Column::TimestampMs => {
-                    ts = Some(value.parse().map_err(|_| {
-                        format!("field `timestamp(ms)`: expected epoch milliseconds, got {value:?}")
-                    })?)
+                    ts = Some(time::in_range(
+                        time::epoch_ms(value).map_err(|f| f.in_field(name))?,
+                    )?)
                 }
                 Column::Distribution if value != "-" => distribution = Some(value),
                 Column::Distribution | Column::Unknown => {}
             }
         }
         if n != self.columns.len() {
-            return Err(format!(
-                "expected {} tab-separated values as #Fields announces, found {n}",
-                self.columns.len()
+            return Err(Fault::new(
+                RejectKind::ColumnCount,
+                format!(
+                    "expected {} tab-separated values as #Fields announces, found {n}",
+                    self.columns.len()
+                ),
             ));
         }
         let ts = match (ts, days, tod) {
             (Some(ts), _, _) => ts,
             (None, Some(d), Some(t)) => d * time::MS_PER_DAY + t,
-            _ => return Err("missing `date` or `time` value".into()),
+            _ => {
+                return Err(Fault::new(
+                    RejectKind::MissingTimestamp,
+                    "missing `date` or `time` value",
+                ));
+            }
         };
-        rec.timestamp_ms = time::check_range(ts)?;
+        rec.timestamp_ms = time::in_range(ts)?;
         rec.distribution_id = distribution
             .or(default_distribution)
-            .ok_or("missing distribution id: a W3C line carries none, give `?distribution=` on the request")?
+            .ok_or_else(|| Fault::new(
+                RejectKind::MissingDistribution,
+                "missing distribution id: a W3C line carries none, give `?distribution=` on the request",
+            ))?
             .to_owned();
-        check_distribution_id(&rec.distribution_id)?;
+        check_distribution_id(&rec.distribution_id)
+            .map_err(|e| Fault::new(RejectKind::BadDistribution, e))?;
         Ok(rec)
     }
 }

@@ -1,7 +1,7 @@
 //! Codec round trips, the AWS documentation example, per-line refusals.
 
 use edgelog_record::{
-    FIELDS, FieldKind, Format, ParseValue, Record, parse_body, time, w3c, write_json,
+    FIELDS, FieldKind, Format, ParseOptions, ParseValue, Record, parse_body, time, w3c, write_json,
 };
 use proptest::prelude::*;
 
@@ -12,8 +12,7 @@ fn aws_documentation_example_parses_to_documented_values() {
     let parsed = parse_body(
         Format::W3c,
         AWS_EXAMPLE.as_bytes(),
-        Some("EMLARXS9EXAMPLE"),
-        100,
+        &opts(Some("EMLARXS9EXAMPLE"), 100),
     );
     assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
     assert_eq!(parsed.records.len(), 6);
@@ -87,6 +86,14 @@ fn aws_documentation_example_parses_to_documented_values() {
     );
 }
 
+fn opts(default_distribution: Option<&str>, max_listed: usize) -> ParseOptions<'_> {
+    ParseOptions {
+        default_distribution,
+        max_listed,
+        ..ParseOptions::default()
+    }
+}
+
 /// A deterministic pseudo-random record from a seed: every field, every type.
 fn record_from_seed(seed: u64, w3c_safe: bool) -> Record {
     let mut s = seed;
@@ -149,7 +156,7 @@ proptest! {
         let rec = record_from_seed(seed, false);
         let mut line = Vec::new();
         write_json(&rec, &mut line);
-        let parsed = parse_body(Format::Ndjson, &line, None, 10);
+        let parsed = parse_body(Format::Ndjson, &line, &opts(None, 10));
         prop_assert!(parsed.rejected.is_empty(), "{:?} for {}", parsed.rejected, String::from_utf8_lossy(&line));
         prop_assert_eq!(&parsed.records[0], &rec);
     }
@@ -160,7 +167,7 @@ proptest! {
         let mut body = String::new();
         w3c::write_header(&mut body);
         w3c::write_line(&rec, &mut body);
-        let parsed = parse_body(Format::W3c, body.as_bytes(), Some(&rec.distribution_id), 10);
+        let parsed = parse_body(Format::W3c, body.as_bytes(), &opts(Some(&rec.distribution_id), 10));
         prop_assert!(parsed.rejected.is_empty(), "{:?} for {}", parsed.rejected, body);
         prop_assert_eq!(&parsed.records[0], &rec);
     }
@@ -178,7 +185,7 @@ fn bad_lines_are_named_and_good_lines_kept() {
         }
         body.push(b'\n');
     }
-    let parsed = parse_body(Format::Ndjson, &body, None, 100);
+    let parsed = parse_body(Format::Ndjson, &body, &opts(None, 100));
     assert_eq!(parsed.records.len(), 997);
     let lines: Vec<u64> = parsed.rejected.iter().map(|r| r.line).collect();
     assert_eq!(lines, [11, 501, 999]);
@@ -234,7 +241,7 @@ fn refusals_name_the_problem() {
         (b"[1,2]", "invalid type"),
     ];
     for (line, want) in cases {
-        let parsed = parse_body(Format::Ndjson, line, None, 10);
+        let parsed = parse_body(Format::Ndjson, line, &opts(None, 10));
         assert_eq!(
             parsed.rejected.len(),
             1,
@@ -249,7 +256,7 @@ fn refusals_name_the_problem() {
         );
     }
     let w3c_bad = "#Version: 1.0\n#Fields: date time sc-status\n2019-12-04\t21:02:31\n2019-12-04\t21:02:31\t2x0\n";
-    let parsed = parse_body(Format::W3c, w3c_bad.as_bytes(), Some("E1"), 10);
+    let parsed = parse_body(Format::W3c, w3c_bad.as_bytes(), &opts(Some("E1"), 10));
     assert_eq!(parsed.rejected.len(), 2);
     assert_eq!(parsed.rejected[0].line, 3);
     assert!(
@@ -263,8 +270,8 @@ fn refusals_name_the_problem() {
 #[test]
 fn missing_request_ids_are_derived_stably() {
     let body = b"{\"DistributionId\":\"E1\",\"timestamp(ms)\":1700000000000}\n{\"DistributionId\":\"E1\",\"timestamp(ms)\":1700000000000}\n";
-    let a = parse_body(Format::Ndjson, body, None, 10);
-    let b = parse_body(Format::Ndjson, body, None, 10);
+    let a = parse_body(Format::Ndjson, body, &opts(None, 10));
+    let b = parse_body(Format::Ndjson, body, &opts(None, 10));
     assert_eq!(a.records[0].request_id(), b.records[0].request_id());
     assert_ne!(a.records[0].request_id(), a.records[1].request_id());
     assert!(!a.records[0].request_id().is_empty());
@@ -273,7 +280,7 @@ fn missing_request_ids_are_derived_stably() {
 #[test]
 fn values_arrive_as_strings_or_numbers() {
     let line = br#"{"DistributionId":"E1","timestamp":"1700000000.250","sc-bytes":"100","sc-status":404,"time-taken":"0.5","cs-uri-query":"-","unknown-field":{"x":1}}"#;
-    let parsed = parse_body(Format::Ndjson, line, None, 10);
+    let parsed = parse_body(Format::Ndjson, line, &opts(None, 10));
     assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
     let r = &parsed.records[0];
     assert_eq!(r.timestamp_ms, 1_700_000_000_250);

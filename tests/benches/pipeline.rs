@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use edgelog_edge::{ErrorMix, Generator};
-use edgelog_record::{Format, Record, parse_body, w3c, write_json};
+use edgelog_record::{Format, ParseOptions, Record, parse_body, w3c, write_json};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -40,10 +40,12 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(N as u64));
     g.bench_function("parse_ndjson_1000", |b| {
-        b.iter(|| parse_body(Format::Ndjson, black_box(&ndjson), None, 100))
+        let opts = ParseOptions::default();
+        b.iter(|| parse_body(Format::Ndjson, black_box(&ndjson), &opts))
     });
     g.bench_function("parse_w3c_1000", |b| {
-        b.iter(|| parse_body(Format::W3c, black_box(tsv.as_bytes()), Some("E1"), 100))
+        let opts = ParseOptions::with_distribution(Some("E1"));
+        b.iter(|| parse_body(Format::W3c, black_box(tsv.as_bytes()), &opts))
     });
     g.bench_function("write_json_1000", |b| {
         let mut out = Vec::with_capacity(ndjson.len());
