@@ -71,14 +71,8 @@ impl MetricsAggregator {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
-        let write = || -> std::io::Result<()> {
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, self.counted.to_string().as_bytes())?;
-            f.sync_data()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| SinkError::Unavailable(format!("cannot save {}: {e}", path.display())))
+        crate::state_file::write_atomic(path, self.counted.to_string().as_bytes())
+            .map_err(|e| SinkError::Unavailable(format!("cannot save {}: {e}", path.display())))
     }
 
     async fn publish(&mut self) -> Result<(), SinkError> {

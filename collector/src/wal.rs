@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -20,6 +20,8 @@ use edgelog_record::Record;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::state_file::{sync_dir, write_atomic};
+
 /// Position of an entry in the log; entries are numbered from 1 without gaps.
 pub type Seq = u64;
 
@@ -28,8 +30,11 @@ const MAGIC: &[u8; 8] = b"EDGWAL02";
 const HEADER: usize = 24;
 /// No single entry may exceed this; a bigger length field means corruption.
 const MAX_ENTRY: usize = 512 << 20;
-/// Decoded entries kept in memory so live sinks skip the disk and the decoding.
+/// Decoded entries kept in memory so live sinks skip the disk and the decoding: at most
+/// this many entries, holding at most [`CACHE_RECORDS`] records in all (a huge body is
+/// read back from disk rather than pinned in memory).
 const CACHE_ENTRIES: usize = 16;
+const CACHE_RECORDS: usize = 32_768;
 
 /// Settings of the write-ahead log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +49,13 @@ pub struct WalConfig {
     pub fsync: bool,
 }
 
+/// The range of `wal.segment_bytes`: a segment holds at least one small entry and at most
+/// what a scan on start reads in reasonable time.
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+pub const MAX_SEGMENT_BYTES: u64 = 4 << 30;
+/// The largest `wal.max_bytes` accepted (1 PiB): beyond any disk, and far from overflow.
+pub const MAX_LOG_BYTES: u64 = 1 << 50;
+
 impl Default for WalConfig {
     fn default() -> Self {
         WalConfig {
@@ -57,11 +69,19 @@ impl Default for WalConfig {
 impl WalConfig {
     /// Checks the settings; names the offending key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.segment_bytes < 4096 {
-            return Err("wal.segment_bytes: must be at least 4096".into());
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            return Err(format!(
+                "wal.segment_bytes: must be from {MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES} (4 GiB), got {}",
+                self.segment_bytes
+            ));
         }
-        if self.max_bytes < 2 * self.segment_bytes {
-            return Err("wal.max_bytes: must be at least twice wal.segment_bytes".into());
+        // Checked: twice a huge segment size must not wrap to something small.
+        let twice = self.segment_bytes.saturating_mul(2);
+        if self.max_bytes < twice || self.max_bytes > MAX_LOG_BYTES {
+            return Err(format!(
+                "wal.max_bytes: must be from twice wal.segment_bytes ({twice}) to {MAX_LOG_BYTES} (1 PiB), got {}",
+                self.max_bytes
+            ));
         }
         Ok(())
     }
@@ -128,6 +148,11 @@ struct State {
     segments: Vec<Segment>,
     total_bytes: u64,
     cache: VecDeque<CachedEntry>,
+    /// Records held by `cache`.
+    cached_records: usize,
+    /// Bumped whenever a failed group is cut from the active segment, so readers drop
+    /// bytes of it they may have buffered past the committed end.
+    rewinds: u64,
     /// Delivered position of each registered sink.
     cursors: BTreeMap<String, Seq>,
     /// Positions saved on disk at open, by sink; a sink takes part once it registers.
@@ -189,19 +214,6 @@ fn cursor_path(dir: &Path, sink: &str) -> PathBuf {
     dir.join("cursors").join(sink)
 }
 
-/// Writes `data` to `path` atomically (temp file, fsync, rename).
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_data()?;
-    fs::rename(&tmp, path)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Result of scanning one segment at open.
 struct Scan {
     last_seq: Option<Seq>,
@@ -209,7 +221,9 @@ struct Scan {
     problem: Option<String>,
 }
 
-fn scan_segment(path: &Path, first_seq: Seq) -> Result<Scan, WalError> {
+/// Scans a segment from its start; `limit` is the next segment's first entry, where a
+/// segment left behind after a failed write must end.
+fn scan_segment(path: &Path, first_seq: Seq, limit: Option<Seq>) -> Result<Scan, WalError> {
     let file = File::open(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
@@ -250,6 +264,8 @@ fn scan_segment(path: &Path, first_seq: Seq) -> Result<Scan, WalError> {
                         Some("checksum mismatch".to_owned())
                     } else if seq != expect {
                         Some(format!("sequence {seq} where {expect} was expected"))
+                    } else if limit.is_some_and(|l| seq >= l) {
+                        Some(format!("entry {seq} belongs to the next segment"))
                     } else {
                         last = Some(seq);
                         expect = seq + 1;
@@ -326,7 +342,13 @@ impl Wal {
         let mut last_seq = 0;
         for (i, &first) in firsts.iter().enumerate() {
             let path = segment_path(dir, first);
-            let scan = scan_segment(&path, first)?;
+            // A segment ends where the next one holding entries begins (one left behind
+            // by a failed write may hold a cut-off group past that point).
+            let limit = firsts[i + 1..]
+                .iter()
+                .copied()
+                .find(|&f| fs::metadata(segment_path(dir, f)).is_ok_and(|m| m.len() > 8));
+            let scan = scan_segment(&path, first, limit)?;
             if let Some(problem) = &scan.problem {
                 let len = fs::metadata(&path).map_err(io_err(&path))?.len();
                 tracing::warn!(
@@ -341,7 +363,9 @@ impl Wal {
                 f.set_len(scan.valid_len).map_err(io_err(&path))?;
                 f.sync_all().map_err(io_err(&path))?;
             }
-            if scan.valid_len < 8 {
+            // An empty segment is kept only as the last one, where the next entry goes.
+            let stray = scan.last_seq.is_none() && (i + 1 < firsts.len() || first <= last_seq);
+            if scan.valid_len < 8 || stray {
                 fs::remove_file(&path).map_err(io_err(&path))?;
                 continue;
             }
@@ -367,8 +391,9 @@ impl Wal {
                     .map_err(io_err(&s.path))?;
                 ActiveSegment {
                     first_seq: s.first_seq,
-                    file: BufWriter::with_capacity(1 << 20, f),
+                    file: f,
                     bytes: s.bytes,
+                    must_roll: false,
                 }
             }
             _ => {
@@ -394,6 +419,8 @@ impl Wal {
                 segments,
                 total_bytes,
                 cache: VecDeque::new(),
+                cached_records: 0,
+                rewinds: 0,
                 cursors: BTreeMap::new(),
                 saved: cursors,
             }),
@@ -527,27 +554,41 @@ impl Wal {
 
 struct ActiveSegment {
     first_seq: Seq,
-    file: BufWriter<File>,
+    /// Opened for appending: every write lands at the end, also after a cut.
+    file: File,
     bytes: u64,
+    /// A failed group could not be cut from this file: the next group goes to a new one.
+    must_roll: bool,
 }
 
 impl ActiveSegment {
     fn create(dir: &Path, first_seq: Seq) -> Result<ActiveSegment, WalError> {
         let path = segment_path(dir, first_seq);
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        f.write_all(MAGIC).map_err(io_err(&path))?;
-        f.sync_all().map_err(io_err(&path))?;
-        sync_dir(dir).map_err(io_err(dir))?;
-        Ok(ActiveSegment {
-            first_seq,
-            file: BufWriter::with_capacity(1 << 20, f),
-            bytes: MAGIC.len() as u64,
-        })
+        let created = (|| {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)?;
+            f.write_all(MAGIC)?;
+            f.sync_all()?;
+            sync_dir(dir)?;
+            // Appending from here on: a write after a cut lands at the new end.
+            OpenOptions::new().append(true).open(&path)
+        })();
+        match created {
+            Ok(file) => Ok(ActiveSegment {
+                first_seq,
+                file,
+                bytes: MAGIC.len() as u64,
+                must_roll: false,
+            }),
+            Err(e) => {
+                // A half-made segment must not look like one at the next start.
+                let _ = fs::remove_file(&path);
+                Err(io_err(&path)(e))
+            }
+        }
     }
 }
 
@@ -560,7 +601,7 @@ fn writer_loop(
     mut next: Seq,
     shared: Arc<Shared>,
 ) {
-    let dir = shared.dir.clone();
+    let mut group = Vec::with_capacity(1 << 20);
     while let Some(first) = rx.blocking_recv() {
         let mut closing = false;
         let mut batch = Vec::new();
@@ -579,65 +620,104 @@ fn writer_loop(
             }
         }
         if !batch.is_empty() {
-            write_group(&mut seg, &mut next, batch, &shared);
-            if seg.bytes >= shared.cfg.segment_bytes {
-                match ActiveSegment::create(&dir, next) {
-                    Ok(new) => {
-                        let mut st = shared.lock();
-                        st.total_bytes += new.bytes;
-                        st.segments.push(Segment {
-                            first_seq: next,
-                            path: segment_path(&dir, next),
-                            bytes: new.bytes,
-                        });
-                        seg = new;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start a new write-ahead log segment; staying on the current one")
-                    }
+            if seg.must_roll
+                && let Err(e) = roll(&mut seg, next, &shared)
+            {
+                refuse(batch, &e);
+            } else {
+                write_group(&mut seg, &mut next, batch, &mut group, &shared);
+                if seg.bytes >= shared.cfg.segment_bytes
+                    && let Err(e) = roll(&mut seg, next, &shared)
+                {
+                    tracing::error!(error = %e, "cannot start a new write-ahead log segment; staying on the current one");
                 }
             }
+        }
+        if group.capacity() > 4 << 20 {
+            group = Vec::with_capacity(1 << 20);
         }
         if closing {
             break;
         }
     }
-    let _ = seg.file.flush();
-    let _ = seg.file.get_ref().sync_data();
+    let _ = seg.file.sync_data();
 }
 
-fn write_group(seg: &mut ActiveSegment, next: &mut Seq, batch: Vec<Append>, shared: &Shared) {
+/// Starts a new active segment at `next`.
+fn roll(seg: &mut ActiveSegment, next: Seq, shared: &Shared) -> Result<(), WalError> {
+    let new = ActiveSegment::create(&shared.dir, next)?;
+    let mut st = shared.lock();
+    st.total_bytes += new.bytes;
+    st.segments.push(Segment {
+        first_seq: next,
+        path: segment_path(&shared.dir, next),
+        bytes: new.bytes,
+    });
+    *seg = new;
+    Ok(())
+}
+
+/// Answers every append of a group with `e`: none of its records is acknowledged.
+fn refuse(batch: Vec<Append>, e: &WalError) {
+    for a in batch {
+        let _ = a.reply.send(Err(match e {
+            WalError::Io { path, source } => WalError::Io {
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            other => WalError::Encode(other.to_string()),
+        }));
+    }
+}
+
+/// Whether an I/O error means the disk (or the quota) is full.
+pub fn is_no_space(e: &io::Error) -> bool {
+    // ENOSPC and EDQUOT on Linux.
+    e.kind() == io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(28 | 122))
+}
+
+fn write_group(
+    seg: &mut ActiveSegment,
+    next: &mut Seq,
+    batch: Vec<Append>,
+    group: &mut Vec<u8>,
+    shared: &Shared,
+) {
     let start_bytes = seg.bytes;
     let start_seq = *next;
     let appended_ms = now_ms();
     let mut ends = Vec::with_capacity(batch.len());
-    let result = (|| -> io::Result<()> {
-        let mut off = seg.bytes;
-        for (i, a) in batch.iter().enumerate() {
-            let seq = start_seq + i as u64;
-            let mut h = [0u8; HEADER];
-            h[0..4].copy_from_slice(&(a.payload.len() as u32).to_le_bytes());
-            h[8..16].copy_from_slice(&seq.to_le_bytes());
-            h[16..24].copy_from_slice(&appended_ms.to_le_bytes());
-            let crc = entry_crc(&h[8..], &a.payload);
-            h[4..8].copy_from_slice(&crc.to_le_bytes());
-            seg.file.write_all(&h)?;
-            seg.file.write_all(&a.payload)?;
-            off += (HEADER + a.payload.len()) as u64;
-            ends.push(off);
-        }
-        seg.file.flush()?;
+    // The whole group is built in memory and handed to the kernel in one write: a
+    // failure leaves nothing of it in any buffer of ours.
+    group.clear();
+    let mut off = seg.bytes;
+    for (i, a) in batch.iter().enumerate() {
+        let seq = start_seq + i as u64;
+        let mut h = [0u8; HEADER];
+        h[0..4].copy_from_slice(&(a.payload.len() as u32).to_le_bytes());
+        h[8..16].copy_from_slice(&seq.to_le_bytes());
+        h[16..24].copy_from_slice(&appended_ms.to_le_bytes());
+        let crc = entry_crc(&h[8..], &a.payload);
+        h[4..8].copy_from_slice(&crc.to_le_bytes());
+        group.extend_from_slice(&h);
+        group.extend_from_slice(&a.payload);
+        off += (HEADER + a.payload.len()) as u64;
+        ends.push(off);
+    }
+    let mut synced = true;
+    let result = seg.file.write_all(group).and_then(|()| {
         if shared.cfg.fsync {
-            seg.file.get_ref().sync_data()?;
+            synced = false;
+            seg.file.sync_data()?;
+            synced = true;
         }
         Ok(())
-    })();
+    });
     let path = segment_path(&shared.dir, seg.first_seq);
     match result {
         Ok(()) => {
-            let end = *ends.last().unwrap_or(&seg.bytes);
-            let added = end - seg.bytes;
-            seg.bytes = end;
+            let added = off - seg.bytes;
+            seg.bytes = off;
             *next = start_seq + batch.len() as u64;
             {
                 let mut st = shared.lock();
@@ -646,6 +726,7 @@ fn write_group(seg: &mut ActiveSegment, next: &mut Seq, batch: Vec<Append>, shar
                     s.bytes = seg.bytes;
                 }
                 for (i, a) in batch.iter().enumerate() {
+                    st.cached_records += a.records.len();
                     st.cache.push_back(CachedEntry {
                         entry: Entry {
                             seq: start_seq + i as u64,
@@ -656,8 +737,11 @@ fn write_group(seg: &mut ActiveSegment, next: &mut Seq, batch: Vec<Append>, shar
                         end_offset: ends[i],
                     });
                 }
-                while st.cache.len() > CACHE_ENTRIES {
-                    st.cache.pop_front();
+                while st.cache.len() > CACHE_ENTRIES || st.cached_records > CACHE_RECORDS {
+                    match st.cache.pop_front() {
+                        Some(c) => st.cached_records -= c.entry.records.len(),
+                        None => break,
+                    }
                 }
             }
             shared.committed.send_replace(*next - 1);
@@ -666,17 +750,25 @@ fn write_group(seg: &mut ActiveSegment, next: &mut Seq, batch: Vec<Append>, shar
             }
         }
         Err(e) => {
-            tracing::error!(segment = %path.display(), error = %e, "write-ahead log append failed; refusing this group");
-            // Put the file back as it was so the log stays a clean sequence.
-            let _ = seg.file.get_ref().set_len(start_bytes);
-            let _ = seg.file.get_mut().seek(SeekFrom::Start(start_bytes));
-            let kind = e.kind();
-            for a in batch {
-                let _ = a.reply.send(Err(WalError::Io {
-                    path: path.clone(),
-                    source: io::Error::new(kind, e.to_string()),
-                }));
+            tracing::error!(
+                segment = %path.display(), error = %e, fsync_failed = !synced,
+                "write-ahead log append failed; refusing this group, nothing of it is acknowledged"
+            );
+            metrics::counter!("edgelog_wal_write_errors_total").increment(1);
+            // Cut whatever reached the file, durably, so the log stays a clean sequence.
+            // After a failed fsync the kernel may have dropped the group's pages: cutting
+            // them is the only safe state. If the cut fails, the next group starts a new
+            // segment, and a restart stops this one where the next begins.
+            let cut = seg
+                .file
+                .set_len(start_bytes)
+                .and_then(|()| seg.file.sync_all());
+            if let Err(cut_err) = cut {
+                tracing::error!(segment = %path.display(), error = %cut_err, "cannot cut the failed group; the next group starts a new segment");
+                seg.must_roll = true;
             }
+            shared.lock().rewinds += 1;
+            refuse(batch, &WalError::Io { path, source: e });
         }
     }
 }
@@ -685,6 +777,8 @@ struct OpenSegment {
     first_seq: Seq,
     reader: BufReader<File>,
     offset: u64,
+    /// [`State::rewinds`] when the buffer was last filled from a known position.
+    rewinds: u64,
 }
 
 /// A sink's view of the log: entries in order, from its cursor on.
@@ -749,18 +843,20 @@ impl WalReader {
 
     fn next_from_disk(&mut self) -> Result<Entry, WalError> {
         let want = self.next;
-        let seg_first = {
+        let (seg_first, rewinds) = {
             let st = self.shared.lock();
             let oldest = st.segments.first().map_or(want, |s| s.first_seq);
             if want < oldest {
                 // Deleted under us: only possible for a reader nobody waits for.
                 self.next = oldest;
             }
-            st.segments
+            let first = st
+                .segments
                 .iter()
                 .rev()
                 .find(|s| s.first_seq <= self.next)
-                .map_or(oldest, |s| s.first_seq)
+                .map_or(oldest, |s| s.first_seq);
+            (first, st.rewinds)
         };
         let want = self.next;
         let dir = self.shared.dir.clone();
@@ -776,14 +872,24 @@ impl WalReader {
                 first_seq: seg_first,
                 reader: BufReader::with_capacity(1 << 20, f),
                 offset,
+                rewinds,
             });
-        } else if let (Some(o), Some((s, off))) = (self.open.as_mut(), self.hint)
-            && s == seg_first
-            && o.offset != off
-        {
-            let path = segment_path(&dir, seg_first);
-            o.reader.seek(SeekFrom::Start(off)).map_err(io_err(&path))?;
-            o.offset = off;
+        } else if let Some(o) = self.open.as_mut() {
+            let target = match self.hint {
+                Some((s, off)) if s == seg_first => off,
+                _ => o.offset,
+            };
+            // A failed group was cut since the buffer was filled: what it holds past the
+            // committed end may be bytes of that group, not what is there now. Seeking
+            // drops the buffer.
+            if o.offset != target || o.rewinds != rewinds {
+                let path = segment_path(&dir, seg_first);
+                o.reader
+                    .seek(SeekFrom::Start(target))
+                    .map_err(io_err(&path))?;
+                o.offset = target;
+                o.rewinds = rewinds;
+            }
         }
         self.hint = None;
         let path = segment_path(&dir, seg_first);

@@ -186,3 +186,136 @@ async fn a_second_writer_on_the_same_log_is_refused() {
     let again = Wal::open(dir.path(), WalConfig::default()).expect("reopen after release");
     again.close().await;
 }
+
+/// A small tmpfs mounted for one test (root only, as CI runs); lazily unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(
+            ok,
+            "cannot mount a tmpfs (this test needs root, as CI runs)"
+        );
+        Tmpfs(dir.to_owned())
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(ok, "cannot resize the tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Records whose payload barely compresses, so the log really grows.
+fn bulky(n: usize, tag: &str) -> Arc<Vec<Record>> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for c in tag.bytes() {
+        x = x.wrapping_mul(131).wrapping_add(u64::from(c));
+    }
+    Arc::new(
+        (0..n)
+            .map(|i| {
+                let mut noise = String::new();
+                for _ in 0..8 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    noise.push_str(&format!("{x:016x}"));
+                }
+                Record {
+                    timestamp_ms: 1_700_000_000_000 + i as i64,
+                    distribution_id: "E1".into(),
+                    x_edge_request_id: Some(format!("{tag}-{i}")),
+                    cs_user_agent: Some(noise),
+                    ..Record::default()
+                }
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_appends_cleanly_and_the_log_stays_whole() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("wal");
+    let fs = Tmpfs::mount(&dir, "1m");
+    let cfg = WalConfig {
+        segment_bytes: 64 << 10,
+        max_bytes: 1 << 30,
+        fsync: true,
+    };
+    let mut acked = Vec::new();
+    let mut refusals = 0;
+    {
+        let wal = Wal::open(&dir, cfg.clone()).expect("open");
+        for i in 0..400 {
+            let tag = format!("a{i}");
+            match wal.append(bulky(50, &tag)).await {
+                Ok(_) => acked.push(tag),
+                Err(e) => {
+                    let no_space = matches!(&e, edgelog_collector::WalError::Io { source, .. }
+                        if edgelog_collector::wal::is_no_space(source));
+                    assert!(no_space, "not a no-space error: {e}");
+                    refusals += 1;
+                }
+            }
+        }
+        assert!(
+            refusals > 10,
+            "the disk never filled ({} appended)",
+            acked.len()
+        );
+        // Space returns: appends go through again, without reopening.
+        fs.resize("16m");
+        for i in 0..50 {
+            let tag = format!("b{i}");
+            wal.append(bulky(50, &tag))
+                .await
+                .expect("append after space returned");
+            acked.push(tag);
+        }
+        // Readers see exactly the acknowledged groups, in order.
+        let got = read_all(&wal, "s");
+        let groups: Vec<String> = got
+            .iter()
+            .filter(|(_, id)| id.ends_with("-0"))
+            .map(|(_, id)| id.trim_end_matches("-0").to_owned())
+            .collect();
+        assert_eq!(groups, acked, "live reader");
+        wal.close().await;
+    }
+    // Reopened: nothing cut, everything acknowledged is there, nothing else.
+    let wal = Wal::open(&dir, cfg).expect("reopen");
+    let got = read_all(&wal, "s");
+    let groups: Vec<String> = got
+        .iter()
+        .filter(|(_, id)| id.ends_with("-0"))
+        .map(|(_, id)| id.trim_end_matches("-0").to_owned())
+        .collect();
+    assert_eq!(groups, acked, "after reopen");
+    assert_eq!(got.len(), acked.len() * 50);
+    eprintln!(
+        "{} groups acknowledged, {refusals} refused for lack of space",
+        acked.len()
+    );
+}
