@@ -9,6 +9,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::dead_letter::DeadLetters;
 use crate::wal::{Entry, Seq, Wal, WalReader};
 
 /// Why a sink could not deliver.
@@ -52,6 +53,7 @@ pub struct SinkStatus {
     /// Append time (ms) of the oldest entry the sink holds undelivered; 0 when none.
     oldest_pending_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
+    dead_letters: Option<DeadLetters>,
 }
 
 /// A snapshot of [`SinkStatus`].
@@ -63,12 +65,23 @@ pub struct SinkReport {
     pub lag_seconds: f64,
     pub degraded: bool,
     pub last_error: Option<String>,
+    /// Records moved to the dead-letter store since start.
+    pub dead_letters: u64,
 }
 
 impl SinkStatus {
     pub fn new(name: &str) -> SinkStatus {
         SinkStatus {
             name: name.to_owned(),
+            ..SinkStatus::default()
+        }
+    }
+
+    /// A status that also reports the sink's dead letters.
+    pub fn with_dead_letters(name: &str, dead_letters: Option<DeadLetters>) -> SinkStatus {
+        SinkStatus {
+            name: name.to_owned(),
+            dead_letters,
             ..SinkStatus::default()
         }
     }
@@ -87,6 +100,7 @@ impl SinkStatus {
             },
             degraded: self.degraded.load(Ordering::Relaxed),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            dead_letters: self.dead_letters.as_ref().map_or(0, DeadLetters::records),
         }
     }
 
@@ -133,11 +147,15 @@ fn backoff() -> impl Iterator<Item = Duration> {
 
 /// Runs one sink until shutdown: reads the log from the sink's cursor, hands entries
 /// over, retries failures with backoff (forever, while not draining), saves the cursor.
+///
+/// `shutdown` turns to the drain deadline when shutdown begins: the loop delivers what it
+/// can until then, and gives up at it whatever the sink is doing (a call under way is
+/// dropped); what is undelivered stays in the log for the next start.
 pub async fn run_sink(
     mut sink: Box<dyn Sink>,
     wal: Wal,
     status: Arc<SinkStatus>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Option<Instant>>,
     settings: LoopSettings,
 ) {
     let name = status.name.clone();
@@ -148,15 +166,17 @@ pub async fn run_sink(
     status.delivered.store(saved, Ordering::Relaxed);
     let mut last_save = Instant::now();
     let mut last_tick = Instant::now();
-    let mut drain_deadline: Option<Instant> = None;
+    let mut drain = Drain {
+        deadline: None,
+        shutdown: &mut shutdown,
+    };
     // (seq, appended_ms) of entries handed over but not yet delivered.
     let mut pending: std::collections::VecDeque<(Seq, u64)> = Default::default();
+    let mut timed_out = false;
 
     while let Some(mut r) = reader.take() {
-        let draining = *shutdown.borrow();
-        if draining && drain_deadline.is_none() {
-            drain_deadline = Some(Instant::now() + settings.drain_timeout);
-        }
+        drain.check();
+        let draining = drain.deadline.is_some();
         if draining && r.caught_up() {
             break;
         }
@@ -165,7 +185,7 @@ pub async fn run_sink(
             biased;
             ready = r.wait() => ready,
             () = tokio::time::sleep(until_tick) => false,
-            _ = shutdown.changed(), if !draining => false,
+            _ = drain.shutdown.changed(), if !draining => false,
         };
         let mut ok = true;
         if has_data {
@@ -184,8 +204,7 @@ pub async fn run_sink(
                 Ok(entries) => {
                     for e in &entries {
                         pending.push_back((e.seq, e.appended_ms));
-                        ok = retry(&name, &status, drain_deadline, sink.as_mut(), Op::Write(e))
-                            .await;
+                        ok = retry(&name, &status, &mut drain, sink.as_mut(), Op::Write(e)).await;
                         if !ok {
                             break;
                         }
@@ -200,7 +219,7 @@ pub async fn run_sink(
         }
         // Ticks run even under sustained load, so batch ages are honoured.
         if ok && last_tick.elapsed() >= settings.tick {
-            ok = retry(&name, &status, drain_deadline, sink.as_mut(), Op::Tick).await;
+            ok = retry(&name, &status, &mut drain, sink.as_mut(), Op::Tick).await;
             last_tick = Instant::now();
         }
 
@@ -212,30 +231,61 @@ pub async fn run_sink(
             .oldest_pending_ms
             .store(pending.front().map_or(0, |p| p.1), Ordering::Relaxed);
         if delivered > saved && last_save.elapsed() >= settings.cursor_interval {
-            save_cursor(&wal, &name, delivered, &status, &mut saved);
+            save_cursor(&wal, &name, delivered, &status, &mut saved).await;
             sink.cursor_saved(saved);
             last_save = Instant::now();
         }
-        if !ok || drain_deadline.is_some_and(|d| Instant::now() > d) {
-            // Past the deadline: what is undelivered stays in the log for next time.
-            tracing::warn!(sink = %name, "drain timed out; undelivered records stay in the write-ahead log");
+        if !ok || drain.deadline.is_some_and(|d| Instant::now() >= d) {
+            timed_out = true;
             break;
         }
         reader = Some(r);
     }
 
-    if retry(
-        &name,
-        &status,
-        drain_deadline.or(Some(Instant::now() + settings.drain_timeout)),
-        sink.as_mut(),
-        Op::Flush,
-    )
-    .await
-    {
-        tracing::info!(sink = %name, delivered = sink.delivered(), "sink flushed");
+    if drain.deadline.is_none() {
+        drain.deadline = Some(Instant::now() + settings.drain_timeout);
     }
-    save_cursor(&wal, &name, sink.delivered(), &status, &mut saved);
+    if !timed_out && retry(&name, &status, &mut drain, sink.as_mut(), Op::Flush).await {
+        tracing::info!(sink = %name, delivered = sink.delivered(), "sink flushed");
+    } else {
+        // Past the deadline: what is undelivered stays in the log for next time.
+        tracing::warn!(
+            sink = %name, delivered = sink.delivered(), committed = wal.committed(),
+            "drain timed out; undelivered records stay in the write-ahead log for the next start"
+        );
+    }
+    save_cursor(&wal, &name, sink.delivered(), &status, &mut saved).await;
+}
+
+/// The drain deadline, once shutdown has begun.
+struct Drain<'a> {
+    deadline: Option<Instant>,
+    shutdown: &'a mut watch::Receiver<Option<Instant>>,
+}
+
+impl Drain<'_> {
+    /// Takes the deadline if shutdown has begun.
+    fn check(&mut self) {
+        if self.deadline.is_none() {
+            self.deadline = *self.shutdown.borrow_and_update();
+        }
+    }
+
+    /// Resolves when shutdown begins (at once if it has), with its deadline.
+    async fn started(&mut self) -> Instant {
+        loop {
+            self.check();
+            if let Some(d) = self.deadline {
+                return d;
+            }
+            if self.shutdown.changed().await.is_err() {
+                // The collector is gone without a word: stop now.
+                let now = Instant::now();
+                self.deadline = Some(now);
+                return now;
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -245,34 +295,57 @@ enum Op<'a> {
     Flush,
 }
 
-fn save_cursor(wal: &Wal, name: &str, delivered: Seq, status: &SinkStatus, saved: &mut Seq) {
+async fn save_cursor(wal: &Wal, name: &str, delivered: Seq, status: &SinkStatus, saved: &mut Seq) {
     if delivered <= *saved {
         return;
     }
-    match wal.commit_cursor(name, delivered) {
-        Ok(()) => {
+    let (w, n) = (wal.clone(), name.to_owned());
+    let result = tokio::task::spawn_blocking(move || w.commit_cursor(&n, delivered)).await;
+    match result {
+        Ok(Ok(())) => {
             *saved = delivered;
             status.delivered.store(delivered, Ordering::Relaxed);
         }
-        Err(e) => tracing::error!(sink = %name, error = %e, "cannot save the sink position"),
+        Ok(Err(e)) => tracing::error!(sink = %name, error = %e, "cannot save the sink position"),
+        Err(e) => tracing::error!(sink = %name, error = %e, "saving the sink position panicked"),
     }
 }
 
-/// Calls `f` until it succeeds, backing off between tries; gives up only past the
-/// drain deadline. Returns whether it succeeded.
+async fn call(sink: &mut dyn Sink, op: Op<'_>) -> Result<(), SinkError> {
+    match op {
+        Op::Write(e) => sink.write(e).await,
+        Op::Tick => sink.tick().await,
+        Op::Flush => sink.flush().await,
+    }
+}
+
+/// Calls the sink until it succeeds, backing off between tries (forever while not
+/// draining). Once shutdown has begun, neither a try nor a wait outlasts the drain
+/// deadline: past it, the call under way is dropped. Returns whether it succeeded.
 async fn retry(
     name: &str,
     status: &SinkStatus,
-    deadline: Option<Instant>,
+    drain: &mut Drain<'_>,
     sink: &mut dyn Sink,
     op: Op<'_>,
 ) -> bool {
     let mut delays = backoff();
     loop {
-        let result = match op {
-            Op::Write(e) => sink.write(e).await,
-            Op::Tick => sink.tick().await,
-            Op::Flush => sink.flush().await,
+        let result = {
+            let mut attempt = std::pin::pin!(call(sink, op));
+            loop {
+                drain.check();
+                match drain.deadline {
+                    Some(d) => match tokio::time::timeout_at(d.into(), &mut attempt).await {
+                        Ok(r) => break r,
+                        Err(_) => return false,
+                    },
+                    None => tokio::select! {
+                        r = &mut attempt => break r,
+                        _ = drain.started() => {}
+                    },
+                }
+            }
         };
         match result {
             Ok(()) => {
@@ -288,10 +361,16 @@ async fn retry(
                 metrics::counter!("edgelog_sink_errors_total", "sink" => name.to_owned())
                     .increment(1);
                 status.set_error(Some(&e));
-                if deadline.is_some_and(|d| Instant::now() + delay > d) {
-                    return false;
+                drain.check();
+                match drain.deadline {
+                    Some(d) if Instant::now() + delay > d => return false,
+                    Some(_) => tokio::time::sleep(delay).await,
+                    None => tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        // Shutdown began: one more try right away, within the deadline.
+                        _ = drain.started() => {}
+                    },
                 }
-                tokio::time::sleep(delay).await;
             }
         }
     }

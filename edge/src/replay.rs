@@ -1,4 +1,5 @@
-//! Replays a CloudFront standard log file (plain or gzip) as it is.
+//! Replays a CloudFront standard log file (plain or gzip) as it is, or an NDJSON file of
+//! records (such as a dead-letter file).
 
 use std::io::Read;
 use std::path::Path;
@@ -57,6 +58,9 @@ pub async fn replay(
         String::from_utf8(raw)
             .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?
     };
+    if text.trim_start().starts_with('{') {
+        return replay_ndjson(&text, distribution, batch, target).await;
+    }
     let distribution = distribution
         .or_else(|| distribution_from_file_name(path))
         .ok_or(ReplayError::NoDistribution)?;
@@ -94,6 +98,61 @@ pub async fn replay(
             }
         })
         .collect();
+    let feeder = tokio::spawn(async move {
+        for b in bodies {
+            if tx.send(b).await.is_err() {
+                break;
+            }
+        }
+    });
+    let report = send_all(target, rx).await;
+    let _ = feeder.await;
+    Ok(report)
+}
+
+/// NDJSON: lines as they are, `batch` to a body; records name their distribution
+/// (`distribution` is the default for those that don't).
+async fn replay_ndjson(
+    text: &str,
+    distribution: Option<String>,
+    batch: usize,
+    target: Target,
+) -> Result<Report, ReplayError> {
+    let mut query = "format=ndjson".to_owned();
+    if let Some(d) = &distribution {
+        check_distribution_id(d).map_err(ReplayError::BadDistribution)?;
+        query.push_str("&distribution=");
+        query.push_str(d);
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let compression = target.compression;
+    let bodies: Vec<OutBody> = lines
+        .chunks(batch.max(1))
+        .map(|chunk| {
+            let mut body = String::new();
+            let mut ids = Vec::with_capacity(chunk.len());
+            for l in chunk {
+                body.push_str(l);
+                body.push('\n');
+                let id = serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| {
+                        ["x-edge-request-id", "x_edge_request_id"]
+                            .iter()
+                            .find_map(|k| v.get(*k).and_then(|x| x.as_str()).map(str::to_owned))
+                    });
+                ids.push(id);
+            }
+            OutBody {
+                raw_len: body.len(),
+                body: compress(body.as_bytes(), compression),
+                records: chunk.len() as u64,
+                query: query.clone(),
+                ids,
+            }
+        })
+        .collect();
+    let (tx, rx) = mpsc::channel(target.concurrency * 2);
     let feeder = tokio::spawn(async move {
         for b in bodies {
             if tx.send(b).await.is_err() {

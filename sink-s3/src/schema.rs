@@ -159,3 +159,22 @@ pub fn to_batch(
     }
     c.finish(schema, sample_rate)
 }
+
+/// Refuses a record that cannot be written as a row. Every record that passed ingest's
+/// checks fits the schema today; the test hook `EDGELOG_TEST_UNENCODABLE_ID_PREFIX` makes
+/// records whose request id starts with it unencodable, to exercise the dead letters.
+pub fn check_encodable(r: &edgelog_record::Record) -> Result<(), String> {
+    static PREFIX: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        std::env::var("EDGELOG_TEST_UNENCODABLE_ID_PREFIX")
+            .ok()
+            .filter(|p| !p.is_empty())
+    });
+    match prefix {
+        Some(p) if r.request_id().starts_with(p.as_str()) => Err(format!(
+            "record {} cannot be encoded (injected by EDGELOG_TEST_UNENCODABLE_ID_PREFIX)",
+            r.request_id()
+        )),
+        _ => Ok(()),
+    }
+}

@@ -13,7 +13,8 @@ use std::time::Instant;
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use bytes::Bytes;
-use edgelog_collector::{Entry, Seq, Sink, SinkError};
+use edgelog_collector::state_file::blocking as cpu;
+use edgelog_collector::{DeadLetters, Entry, Seq, Sink, SinkError};
 use edgelog_record::{Destination, Record, SCHEMA_VERSION, SamplingConfig, time};
 use object_store::WriteMultipart;
 use object_store::path::Path as ObjectPath;
@@ -112,6 +113,11 @@ pub struct StandardLogSink {
     /// Last entry taken into the buffers.
     taken: Seq,
     watermarks: Watermarks,
+    /// Records the encoder refuses go here instead of stalling the sink.
+    dead_letters: Option<DeadLetters>,
+    /// The directory behind a local store: each file written is fsynced there, since the
+    /// log forgets its records once the file is reported written.
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// Per partition, the last entry whose rows are uploaded: a replay after a crash skips
@@ -171,15 +177,10 @@ impl Watermarks {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let write = || -> std::io::Result<()> {
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::File::create(&tmp)?;
-            let bytes = serde_json::to_vec(&self.by_partition).map_err(std::io::Error::other)?;
-            std::io::Write::write_all(&mut f, &bytes)?;
-            f.sync_data()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| SinkError::Unavailable(format!("cannot save {}: {e}", path.display())))
+        let bytes = serde_json::to_vec(&self.by_partition)
+            .map_err(|e| SinkError::Unavailable(format!("cannot encode watermarks: {e}")))?;
+        edgelog_collector::state_file::write_atomic(path, &bytes)
+            .map_err(|e| SinkError::Unavailable(format!("cannot save {}: {e}", path.display())))
     }
 }
 
@@ -234,7 +235,21 @@ impl StandardLogSink {
             ready: Vec::new(),
             taken: 0,
             watermarks: Watermarks::default(),
+            dead_letters: None,
+            local_root: None,
         }
+    }
+
+    /// Moves records the encoder refuses to `dead_letters` instead of retrying them.
+    pub fn with_dead_letters(mut self, dead_letters: DeadLetters) -> Self {
+        self.dead_letters = Some(dead_letters);
+        self
+    }
+
+    /// The store is a local directory at `root`: make every file durable there.
+    pub fn with_local_root(mut self, root: &std::path::Path) -> Self {
+        self.local_root = Some(root.to_owned());
+        self
     }
 
     /// Keeps per-partition upload watermarks in `path` (read now, written after every
@@ -331,6 +346,11 @@ impl StandardLogSink {
                     file.path
                 )));
             }
+            if let Some(root) = &self.local_root {
+                cpu(|| fsync_local(root, &file.path)).map_err(|e| {
+                    SinkError::Unavailable(format!("cannot make {} durable: {e}", file.path))
+                })?;
+            }
             tracing::debug!(object = %file.path, rows = file.rows, bytes = file.bytes.len(), "standard log file written");
             metrics::counter!("edgelog_standard_files_total").increment(1);
             metrics::counter!("edgelog_standard_rows_total").increment(file.rows as u64);
@@ -360,9 +380,34 @@ impl StandardLogSink {
         self.upload_ready().await
     }
 
+    /// Stores the entry's records that can never be encoded as dead letters, first, so a
+    /// failure to store them leaves the entry untaken for the retry. Returns their indices.
+    fn dead_letter_unencodable(&self, entry: &Entry) -> Result<Vec<usize>, SinkError> {
+        let mut refused: Vec<(usize, String)> = Vec::new();
+        for (i, r) in entry.records.iter().enumerate() {
+            if let Err(why) = schema::check_encodable(r) {
+                refused.push((i, why));
+            }
+        }
+        if refused.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(dl) = &self.dead_letters else {
+            return Err(SinkError::Misconfigured(refused.swap_remove(0).1));
+        };
+        let records: Vec<&Record> = refused.iter().map(|(i, _)| &entry.records[*i]).collect();
+        let why = refused[0].1.clone();
+        dl.put(entry.seq, "encode_error", &why, &records)?;
+        Ok(refused.into_iter().map(|(i, _)| i).collect())
+    }
+
     fn take(&mut self, entry: &Entry) -> Result<(), SinkError> {
         let mut full: Vec<PartitionKey> = Vec::new();
-        for r in entry.records.iter() {
+        let refused = self.dead_letter_unencodable(entry)?;
+        for (i, r) in entry.records.iter().enumerate() {
+            if refused.contains(&i) {
+                continue;
+            }
             let Some(rate) =
                 self.sampling
                     .decide(&r.distribution_id, r.request_id(), Destination::Standard)
@@ -431,13 +476,20 @@ impl StandardLogSink {
     }
 }
 
-/// Runs CPU-heavy encoding where it doesn't stall other tasks (a multi-thread runtime
-/// moves them off this worker); inline elsewhere.
-fn cpu<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
+/// Makes a file written under `root` durable: the file, then each directory up to `root`
+/// (the store may have created them).
+fn fsync_local(root: &std::path::Path, path: &ObjectPath) -> std::io::Result<()> {
+    let file = root.join(path.as_ref());
+    std::fs::File::open(&file)?.sync_all()?;
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        edgelog_collector::state_file::sync_dir(d)?;
+        if d == root {
+            break;
+        }
+        dir = d.parent();
     }
+    Ok(())
 }
 
 fn push(f: &mut OpenFile, r: &Record, seq: Seq) {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use edgelog_collector::{Entry, Seq, Sink, SinkError};
+use edgelog_collector::{DeadLetters, Entry, Seq, Sink, SinkError};
 use edgelog_record::{Destination, SCHEMA_VERSION, SamplingConfig};
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -81,6 +81,8 @@ struct Inflight {
     outstanding: BTreeMap<Seq, usize>,
     /// Deliveries that failed, to produce again.
     failed: Vec<(Seq, OwnedMessage)>,
+    /// Messages the broker refused for good (too large, invalid): for the dead letters.
+    refused: Vec<(Seq, OwnedMessage, String)>,
     /// The last error since the last successful delivery.
     error: Option<String>,
 }
@@ -140,6 +142,10 @@ impl ProducerContext for Context {
             }
             Err((e, msg)) => {
                 metrics::counter!("edgelog_kafka_delivery_failures_total").increment(1);
+                if let Some(reason) = refused_for_good(e) {
+                    s.refused.push((seq, msg.detach(), reason));
+                    return;
+                }
                 let missing = matches!(
                     e,
                     KafkaError::MessageProduction(
@@ -160,6 +166,19 @@ impl ProducerContext for Context {
     }
 }
 
+/// Why a message can never be delivered as it is, if that is what the error says: the
+/// message itself is at fault, not the broker's state, so retrying cannot help.
+fn refused_for_good(e: &KafkaError) -> Option<String> {
+    match e {
+        KafkaError::MessageProduction(
+            code @ (RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord),
+        ) => Some(format!("kafka refuses this message for good: {code}")),
+        _ => None,
+    }
+}
+
 /// Sends sampled records to a Kafka topic.
 pub struct KafkaSink {
     producer: Arc<ThreadedProducer<Context>>,
@@ -173,6 +192,8 @@ pub struct KafkaSink {
     /// failed half-way resumes there, so nothing is produced twice).
     resume: (Seq, usize),
     buf: Vec<u8>,
+    /// Where messages that can never be delivered go; without it they are retried.
+    dead_letters: Option<DeadLetters>,
 }
 
 impl KafkaSink {
@@ -206,7 +227,15 @@ impl KafkaSink {
             written: 0,
             resume: (0, 0),
             buf: Vec::with_capacity(2048),
+            dead_letters: None,
         })
+    }
+
+    /// Moves messages that can never be delivered (too large, refused by the broker for
+    /// good) to `dead_letters` instead of retrying them forever.
+    pub fn with_dead_letters(mut self, dead_letters: DeadLetters) -> Self {
+        self.dead_letters = Some(dead_letters);
+        self
     }
 
     fn headers(&self, rate: f64, sel: &Selection) -> OwnedHeaders {
@@ -236,7 +265,8 @@ impl KafkaSink {
         }
     }
 
-    /// Hands one message to the producer, waiting while its queue is full.
+    /// Hands one message to the producer, waiting while its queue is full. `Ok(Err(why))`:
+    /// the message can never be delivered (it was not handed over).
     async fn produce(
         &self,
         seq: Seq,
@@ -244,7 +274,7 @@ impl KafkaSink {
         key: &[u8],
         payload: &[u8],
         headers: OwnedHeaders,
-    ) -> Result<(), SinkError> {
+    ) -> Result<Result<(), String>, SinkError> {
         *lock(&self.inflight).outstanding.entry(seq).or_default() += 1;
         let mut headers = Some(headers);
         loop {
@@ -256,7 +286,7 @@ impl KafkaSink {
                 record = record.headers(h);
             }
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Ok(())),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     // Backpressure: librdkafka's thread drains the queue meanwhile.
                     headers = back.headers;
@@ -265,6 +295,11 @@ impl KafkaSink {
                 }
                 Err((e, _)) => {
                     lock(&self.inflight).done(seq);
+                    if self.dead_letters.is_some()
+                        && let Some(why) = refused_for_good(&e)
+                    {
+                        return Ok(Err(why));
+                    }
                     return Err(SinkError::Misconfigured(format!(
                         "cannot produce to kafka topic {}: {e}",
                         self.topic
@@ -274,8 +309,10 @@ impl KafkaSink {
         }
     }
 
-    /// Produces again what failed to be delivered.
+    /// Produces again what failed to be delivered; moves what the broker refused for good
+    /// to the dead letters.
     async fn resend_failed(&mut self) -> Result<(), SinkError> {
+        self.dead_letter_refused()?;
         let failed = std::mem::take(&mut lock(&self.inflight).failed);
         let mut it = failed.into_iter();
         while let Some((seq, msg)) = it.next() {
@@ -296,13 +333,49 @@ impl KafkaSink {
                     headers,
                 )
                 .await;
-            if let Err(e) = r {
+            let why = match r {
+                Ok(Ok(())) => continue,
+                Ok(Err(why)) => why,
+                Err(e) => {
+                    let mut s = lock(&self.inflight);
+                    *s.outstanding.entry(seq).or_default() += 1;
+                    s.failed.push((seq, msg));
+                    s.failed.extend(it);
+                    return Err(e);
+                }
+            };
+            // Refused at once this time: as if the broker had refused it.
+            let mut s = lock(&self.inflight);
+            *s.outstanding.entry(seq).or_default() += 1;
+            s.refused.push((seq, msg, why));
+            s.failed.extend(it);
+            drop(s);
+            return self.dead_letter_refused();
+        }
+        Ok(())
+    }
+
+    /// Stores the messages refused for good as dead letters; they are then out of flight.
+    fn dead_letter_refused(&mut self) -> Result<(), SinkError> {
+        let refused = std::mem::take(&mut lock(&self.inflight).refused);
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let Some(dl) = &self.dead_letters else {
+            let why = refused.first().map(|r| r.2.clone()).unwrap_or_default();
+            lock(&self.inflight).refused = refused;
+            return Err(SinkError::Misconfigured(why));
+        };
+        let mut it = refused.into_iter();
+        while let Some((seq, msg, why)) = it.next() {
+            let payload = msg.payload().unwrap_or_default();
+            if let Err(e) = dl.put_message(seq, "refused_by_kafka", &why, payload) {
                 let mut s = lock(&self.inflight);
-                *s.outstanding.entry(seq).or_default() += 1;
-                s.failed.push((seq, msg));
-                s.failed.extend(it);
+                s.refused.push((seq, msg, why));
+                s.refused.extend(it);
                 return Err(e);
             }
+            lock(&self.inflight).done(seq);
         }
         Ok(())
     }
@@ -311,7 +384,9 @@ impl KafkaSink {
     fn health(&self) -> Result<(), SinkError> {
         let s = lock(&self.inflight);
         match &s.error {
-            Some(e) if !s.outstanding.is_empty() || !s.failed.is_empty() => {
+            Some(e)
+                if !s.outstanding.is_empty() || !s.failed.is_empty() || !s.refused.is_empty() =>
+            {
                 Err(SinkError::Unavailable(e.clone()))
             }
             _ => Ok(()),
@@ -386,8 +461,16 @@ impl Sink for KafkaSink {
                     headers,
                 )
                 .await;
+            let stored = match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(why)) => match &self.dead_letters {
+                    Some(dl) => dl.put(entry.seq, "message_too_large", &why, &[r]),
+                    None => Err(SinkError::Misconfigured(why)),
+                },
+                Err(e) => Err(e),
+            };
             self.buf = buf;
-            if let Err(e) = result {
+            if let Err(e) = stored {
                 self.resume = (entry.seq, i);
                 return Err(e);
             }
