@@ -26,6 +26,28 @@ pub struct CollectorConfig {
     pub max_decompressed_bytes: u64,
     /// At most this many refused lines are listed in an answer; the rest are counted.
     pub max_listed_rejections: usize,
+    /// Most lines one body may hold; a body with more is refused with 413 (a parsed record
+    /// costs about 1 KiB of memory however short its line).
+    pub max_records_per_body: u64,
+    /// Memory for bodies being read, decompressed and parsed at once, in bytes; requests
+    /// past it wait up to 2 s, then get 503 with `Retry-After`.
+    pub max_inflight_bytes: u64,
+    /// Connections open at once (lowered at start to fit the open-files limit, keeping
+    /// 256 for the log and the sinks); more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, and an idle keep-alive connection is
+    /// closed after it.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this (408 otherwise).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Longest line of a body, in bytes (1 to 16 MiB); a longer line is refused without
+    /// being parsed (`line_too_long`).
+    pub max_line_bytes: u64,
+    /// Longest value of one field, in bytes (1 to `max_line_bytes`); a line holding a
+    /// longer one is refused (`field_too_long`).
+    pub max_field_bytes: u64,
     /// How long a SIGTERM may spend draining sinks before exiting (what is left stays in
     /// the write-ahead log).
     #[serde(with = "humantime_serde")]
@@ -33,6 +55,10 @@ pub struct CollectorConfig {
     /// How often per-minute partial aggregates are published.
     #[serde(with = "humantime_serde")]
     pub metrics_interval: Duration,
+    /// The most bytes each sink's dead-letter store (`{data_dir}/dead-letter/{sink}/`)
+    /// may hold; once full, that sink waits (its records stay in the log) until files
+    /// are moved away.
+    pub dead_letter_max_bytes: u64,
     /// The write-ahead log.
     pub wal: WalConfig,
 }
@@ -47,8 +73,16 @@ impl Default for CollectorConfig {
             max_body_bytes: 16 << 20,
             max_decompressed_bytes: 128 << 20,
             max_listed_rejections: 100,
+            max_records_per_body: 200_000,
+            max_inflight_bytes: 512 << 20,
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            max_line_bytes: edgelog_record::DEFAULT_MAX_LINE_BYTES as u64,
+            max_field_bytes: edgelog_record::DEFAULT_MAX_FIELD_BYTES as u64,
             shutdown_timeout: Duration::from_secs(30),
             metrics_interval: Duration::from_secs(5),
+            dead_letter_max_bytes: 1 << 30,
             wal: WalConfig::default(),
         }
     }
@@ -66,18 +100,104 @@ impl CollectorConfig {
         if self.tokens.is_empty() && !self.allow_unauthenticated {
             return Err("collector.tokens: give at least one token, or set collector.allow_unauthenticated = true".into());
         }
-        if let Some(t) = self.tokens.iter().find(|t| t.len() < 16) {
+        check_tokens("collector.tokens", &self.tokens)?;
+        in_range("collector.max_body_bytes", self.max_body_bytes, 1, 1 << 30)?;
+        in_range(
+            "collector.max_decompressed_bytes",
+            self.max_decompressed_bytes,
+            self.max_body_bytes,
+            4 << 30,
+        )?;
+        in_range(
+            "collector.max_listed_rejections",
+            self.max_listed_rejections as u64,
+            0,
+            100_000,
+        )?;
+        in_range(
+            "collector.max_records_per_body",
+            self.max_records_per_body,
+            1,
+            10_000_000,
+        )?;
+        // The biggest body allowed must fit: as sent, decompressed, and parsed.
+        let record = std::mem::size_of::<edgelog_record::Record>() as u64;
+        let biggest = self
+            .max_body_bytes
+            .saturating_add(self.max_decompressed_bytes.saturating_mul(2))
+            .saturating_add(self.max_records_per_body.saturating_mul(record));
+        in_range(
+            "collector.max_inflight_bytes",
+            self.max_inflight_bytes,
+            biggest,
+            1 << 40,
+        )?;
+        in_range(
+            "collector.dead_letter_max_bytes",
+            self.dead_letter_max_bytes,
+            1 << 20,
+            1 << 50,
+        )?;
+        in_range(
+            "collector.max_connections",
+            self.max_connections as u64,
+            1,
+            1_000_000,
+        )?;
+        for (key, d) in [
+            ("collector.header_timeout", self.header_timeout),
+            ("collector.body_timeout", self.body_timeout),
+        ] {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+                return Err(format!("{key}: must be from 1s to 1h, got {d:?}"));
+            }
+        }
+        if self.shutdown_timeout > Duration::from_secs(3600) {
             return Err(format!(
-                "collector.tokens: token of {} characters is too short (16 at least)",
+                "collector.shutdown_timeout: must be at most 1h, got {:?}",
+                self.shutdown_timeout
+            ));
+        }
+        if self.metrics_interval < Duration::from_millis(100)
+            || self.metrics_interval > Duration::from_secs(3600)
+        {
+            return Err(format!(
+                "collector.metrics_interval: must be from 100ms to 1h, got {:?}",
+                self.metrics_interval
+            ));
+        }
+        edgelog_record::check_limits(self.max_line_bytes, self.max_field_bytes)
+            .map_err(|e| format!("collector.{}", e.replace("to max_", "to collector.max_")))?;
+        self.wal.validate().map_err(|e| format!("collector.{e}"))
+    }
+}
+
+/// `min <= value <= max`, or an error naming `key` and the range.
+pub fn in_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{key}: must be from {min} to {max}, got {value}"))
+    }
+}
+
+/// Bearer tokens: printable ASCII without spaces (anything else could never match a
+/// header), 16 characters at least. The error never repeats a token.
+pub fn check_tokens(key: &str, tokens: &[String]) -> Result<(), String> {
+    for (i, t) in tokens.iter().enumerate() {
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{key}: token #{} must be printable ASCII without spaces",
+                i + 1
+            ));
+        }
+        if t.len() < 16 {
+            return Err(format!(
+                "{key}: token #{} has {} characters, 16 at least are needed",
+                i + 1,
                 t.len()
             ));
         }
-        if self.max_body_bytes == 0 || self.max_decompressed_bytes < self.max_body_bytes {
-            return Err("collector.max_decompressed_bytes: must be at least collector.max_body_bytes, which must be positive".into());
-        }
-        if self.metrics_interval.is_zero() {
-            return Err("collector.metrics_interval: must be positive".into());
-        }
-        self.wal.validate().map_err(|e| format!("collector.{e}"))
     }
+    Ok(())
 }

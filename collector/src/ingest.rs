@@ -3,24 +3,26 @@
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use edgelog_record::{Format, Rejection, check_distribution_id, parse_body};
+use edgelog_record::{Format, ParseOptions, Rejection, check_distribution_id, parse_body};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use crate::budget::{Budget, Held};
 use crate::config::CollectorConfig;
 use crate::sink::{SinkReport, SinkStatus};
-use crate::wal::{Wal, WalError, WalStats};
+use crate::wal::{Wal, WalError, WalStats, is_no_space};
 
 /// Why a request was refused as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +50,24 @@ pub enum IngestError {
     BadDistribution(String),
     #[error("cannot read request body: {0}")]
     Read(String),
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(Duration),
     #[error("collector is shutting down")]
     ShuttingDown,
+    #[error("invalid query string: {0}")]
+    BadQuery(String),
+    #[error(
+        "collector is busy: bodies in progress hold its memory budget ({budget} bytes); retry later"
+    )]
+    Busy { budget: u64 },
+    #[error("body holds more than {limit} lines; send smaller bodies")]
+    TooManyLines { limit: u64 },
+    #[error("no such endpoint: {method} {path} (records go to POST /v1/records)")]
+    NoRoute { method: String, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("internal error while parsing the body; nothing of it was written: {0}")]
+    Internal(String),
     #[error(transparent)]
     Wal(#[from] WalError),
 }
@@ -58,20 +76,28 @@ impl IngestError {
     fn status(&self) -> StatusCode {
         match self {
             IngestError::MissingToken | IngestError::BadToken => StatusCode::UNAUTHORIZED,
-            IngestError::BodyTooLarge { .. } | IngestError::DecompressedTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            IngestError::BodyTooLarge { .. }
+            | IngestError::DecompressedTooLarge { .. }
+            | IngestError::TooManyLines { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            IngestError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             IngestError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::Corrupt { .. }
             | IngestError::UnknownFormat
             | IngestError::BadFormat(_)
             | IngestError::BadDistribution(_)
+            | IngestError::BadQuery(_)
             | IngestError::Read(_) => StatusCode::BAD_REQUEST,
-            IngestError::ShuttingDown
-            | IngestError::Wal(WalError::Full { .. } | WalError::Closed) => {
+            IngestError::Wal(WalError::Io { source, .. }) if is_no_space(source) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            // Every other failure of the log is worth a retry: the records were not
+            // acknowledged, and a write error cut them from the log.
+            IngestError::ShuttingDown | IngestError::Busy { .. } | IngestError::Wal(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            IngestError::Wal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -83,9 +109,16 @@ impl IngestError {
             IngestError::UnsupportedEncoding(_) | IngestError::Corrupt { .. } => "bad_encoding",
             IngestError::UnknownFormat | IngestError::BadFormat(_) => "bad_format",
             IngestError::BadDistribution(_) => "bad_distribution",
+            IngestError::BadQuery(_) => "bad_query",
+            IngestError::Busy { .. } => "memory_budget",
+            IngestError::TooManyLines { .. } => "too_many_lines",
+            IngestError::NoRoute { .. } | IngestError::MethodNotAllowed { .. } => "no_route",
             IngestError::Read(_) => "read_error",
+            IngestError::BodyTimeout(_) => "body_timeout",
             IngestError::ShuttingDown => "shutting_down",
+            IngestError::Internal(_) => "internal_error",
             IngestError::Wal(WalError::Full { .. }) => "wal_full",
+            IngestError::Wal(WalError::Io { source, .. }) if is_no_space(source) => "no_space",
             IngestError::Wal(_) => "wal_error",
         }
     }
@@ -109,7 +142,7 @@ impl IntoResponse for IngestError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::INSUFFICIENT_STORAGE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -136,6 +169,7 @@ struct IngestQuery {
 
 struct Inner {
     cfg: CollectorConfig,
+    budget: Budget,
     wal: Wal,
     sinks: Vec<Arc<SinkStatus>>,
     accepting: AtomicBool,
@@ -153,6 +187,7 @@ impl AppState {
     pub fn new(cfg: CollectorConfig, wal: Wal, sinks: Vec<Arc<SinkStatus>>) -> AppState {
         AppState {
             inner: Arc::new(Inner {
+                budget: Budget::new(cfg.max_inflight_bytes),
                 cfg,
                 wal,
                 sinks,
@@ -222,6 +257,18 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus_metrics))
+        .fallback(|method: Method, uri: Uri| async move {
+            IngestError::NoRoute {
+                method: method.to_string(),
+                path: uri.path().to_owned(),
+            }
+        })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            IngestError::MethodNotAllowed {
+                method: method.to_string(),
+                path: uri.path().to_owned(),
+            }
+        })
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -230,14 +277,14 @@ fn check_token(cfg: &CollectorConfig, headers: &HeaderMap) -> Result<(), IngestE
     if cfg.tokens.is_empty() && cfg.allow_unauthenticated {
         return Ok(());
     }
+    // The scheme is case-insensitive (RFC 7235).
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .ok_or(IngestError::MissingToken)?
+        .1
         .trim()
         .as_bytes();
     // Compare against every token without stopping early.
@@ -252,35 +299,55 @@ fn check_token(cfg: &CollectorConfig, headers: &HeaderMap) -> Result<(), IngestE
     }
 }
 
+/// Reads a decompressed body in steps, each taken from the memory budget first.
 fn read_limited(
     r: impl Read,
     limit: u64,
     encoding: &'static str,
-    hint: usize,
+    held: &mut Held,
 ) -> Result<Vec<u8>, IngestError> {
-    let mut out = Vec::with_capacity(hint.min(limit as usize));
-    r.take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| IngestError::Corrupt {
-            encoding,
-            reason: e.to_string(),
-        })?;
-    if out.len() as u64 > limit {
-        return Err(IngestError::DecompressedTooLarge { limit });
+    const STEP: usize = 1 << 20;
+    let mut r = r.take(limit.saturating_add(1));
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        held.grow(STEP as u64)
+            .map_err(|e| IngestError::Busy { budget: e.budget })?;
+        let start = out.len();
+        out.resize(start + STEP, 0);
+        let mut filled = start;
+        while filled < out.len() {
+            match r.read(&mut out[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(IngestError::Corrupt {
+                        encoding,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        out.truncate(filled);
+        if out.len() as u64 > limit {
+            return Err(IngestError::DecompressedTooLarge { limit });
+        }
+        if filled < start + STEP {
+            return Ok(out);
+        }
     }
-    Ok(out)
 }
 
-/// Decompresses with memory bounded by `limit` (plus zstd's window, capped at 16 MiB).
-fn decode(encoding: &str, body: Bytes, limit: u64) -> Result<Bytes, IngestError> {
-    let hint = body.len().saturating_mul(6);
+/// Decompresses with memory bounded by `limit` and by the budget (plus zstd's window,
+/// capped at 16 MiB).
+fn decode(encoding: &str, body: Bytes, limit: u64, held: &mut Held) -> Result<Bytes, IngestError> {
     match encoding {
         "" | "identity" => Ok(body),
         "gzip" | "x-gzip" => read_limited(
             flate2::read::MultiGzDecoder::new(&body[..]),
             limit,
             "gzip",
-            hint,
+            held,
         )
         .map(Bytes::from),
         "zstd" => {
@@ -293,7 +360,7 @@ fn decode(encoding: &str, body: Bytes, limit: u64) -> Result<Bytes, IngestError>
                 encoding: "zstd",
                 reason: e.to_string(),
             })?;
-            read_limited(d, limit, "zstd", hint).map(Bytes::from)
+            read_limited(d, limit, "zstd", held).map(Bytes::from)
         }
         other => Err(IngestError::UnsupportedEncoding(other.to_owned())),
     }
@@ -319,38 +386,23 @@ fn choose_format(q: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Fo
     Format::sniff(body).ok_or(IngestError::UnknownFormat)
 }
 
-/// Low-cardinality label for a refusal reason.
-fn reason_label(reason: &str) -> String {
-    if let Some(rest) = reason.strip_prefix("field `") {
-        return format!("field:{}", rest.split('`').next().unwrap_or(""));
-    }
-    let label = if reason.starts_with("missing timestamp") || reason.starts_with("missing `date`") {
-        "missing_timestamp"
-    } else if reason.starts_with("missing distribution") {
-        "missing_distribution"
-    } else if reason.starts_with("distribution id") {
-        "bad_distribution"
-    } else if reason.starts_with("timestamp") {
-        "timestamp_out_of_range"
-    } else if reason.starts_with("expected ") {
-        "column_count"
-    } else if reason.contains("#Fields") {
-        "w3c_header"
-    } else if reason.contains("UTF-8") {
-        "not_utf8"
-    } else {
-        "invalid_json"
-    };
-    label.to_owned()
+/// How long a request waits for room in the memory budget before it is refused.
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
+
+/// Low-cardinality label for a refused line: its kind (`line_too_long`, `field_too_long`,
+/// `out_of_range`, `bad_value`, `timestamp_out_of_range`, `invalid_json`, ...).
+fn reason_label(r: &Rejection) -> &'static str {
+    r.kind.label()
 }
 
 async fn ingest(
     State(state): State<AppState>,
-    Query(q): Query<IngestQuery>,
+    query: Result<Query<IngestQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, IngestError> {
     let i = &state.inner;
+    let Query(q) = query.map_err(|e| IngestError::BadQuery(e.body_text()))?;
     check_token(&i.cfg, &headers)?;
     if !i.accepting.load(Ordering::Relaxed) {
         return Err(IngestError::ShuttingDown);
@@ -370,9 +422,16 @@ async fn ingest(
     if declared.is_some_and(|n| n > limit) {
         return Err(IngestError::BodyTooLarge { limit });
     }
-    let wire = Limited::new(body, limit as usize)
-        .collect()
+    // The body's bytes are taken from the budget before they are read.
+    let mut held = i
+        .budget
+        .reserve(declared.unwrap_or(limit), BUDGET_WAIT)
         .await
+        .map_err(|e| IngestError::Busy { budget: e.budget })?;
+    let reading = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect();
+    let wire = tokio::time::timeout(i.cfg.body_timeout, reading)
+        .await
+        .map_err(|_| IngestError::BodyTimeout(i.cfg.body_timeout))?
         .map_err(|e| {
             if e.downcast_ref::<LengthLimitError>().is_some() {
                 IngestError::BodyTooLarge { limit }
@@ -385,34 +444,66 @@ async fn ingest(
     if let Some(d) = &q.distribution {
         check_distribution_id(d).map_err(IngestError::BadDistribution)?;
     }
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let encoding = match headers.get(header::CONTENT_ENCODING) {
+        None => String::new(),
+        Some(v) => v
+            .to_str()
+            .map_err(|_| {
+                IngestError::UnsupportedEncoding(String::from_utf8_lossy(v.as_bytes()).into_owned())
+            })?
+            .trim()
+            .to_ascii_lowercase(),
+    };
+    let max_lines = i.cfg.max_records_per_body;
     let max_decoded = i.cfg.max_decompressed_bytes;
     let max_listed = i.cfg.max_listed_rejections;
+    // Validated to at most 16 MiB.
+    let max_line_bytes = usize::try_from(i.cfg.max_line_bytes).unwrap_or(usize::MAX);
+    let max_field_bytes = usize::try_from(i.cfg.max_field_bytes).unwrap_or(usize::MAX);
     // Decompressing and parsing are CPU work: keep them off the async workers.
     let parsed = tokio::task::spawn_blocking(move || {
-        let body = decode(&encoding, wire, max_decoded)?;
+        let body = decode(&encoding, wire, max_decoded, &mut held)?;
         metrics::counter!("edgelog_ingest_bytes_total", "stage" => "decoded")
             .increment(body.len() as u64);
         let format = choose_format(q.format.as_deref(), &headers, &body)?;
-        let parsed = parse_body(format, &body, q.distribution.as_deref(), max_listed);
+        // Parsed records cost their struct plus their text: taken from the budget first.
+        let lines = memchr::memchr_iter(b'\n', &body).count() as u64 + 1;
+        if lines > max_lines {
+            return Err(IngestError::TooManyLines { limit: max_lines });
+        }
+        let record = std::mem::size_of::<edgelog_record::Record>() as u64;
+        held.grow(
+            lines
+                .saturating_mul(record)
+                .saturating_add(body.len() as u64),
+        )
+        .map_err(|e| IngestError::Busy { budget: e.budget })?;
+        let opts = ParseOptions {
+            default_distribution: q.distribution.as_deref(),
+            max_listed,
+            max_line_bytes,
+            max_field_bytes,
+        };
+        let parsed = parse_body(format, &body, &opts);
         let payload = if parsed.records.is_empty() {
             Vec::new()
         } else {
             Wal::encode(&parsed.records)?
         };
-        Ok::<_, IngestError>((parsed, payload))
+        Ok::<_, IngestError>((parsed, payload, held))
     })
     .await
-    .map_err(|e| IngestError::Read(e.to_string()))??;
-    let (parsed, payload) = parsed;
+    .map_err(|e| {
+        // A bug, never the client's fault: a 500, counted, and logged with the panic.
+        metrics::counter!("edgelog_ingest_panics_total").increment(1);
+        tracing::error!(error = %e, "parsing a body panicked");
+        IngestError::Internal(e.to_string())
+    })??;
+    // Held until the log has the records (and they leave this request).
+    let (parsed, payload, _held) = parsed;
 
     for r in &parsed.rejected {
-        metrics::counter!("edgelog_records_rejected_total", "reason" => reason_label(&r.reason))
+        metrics::counter!("edgelog_records_rejected_total", "reason" => reason_label(r))
             .increment(1);
     }
     if parsed.rejected_unlisted > 0 {
@@ -456,6 +547,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn prometheus_metrics(State(state): State<AppState>) -> Response {
     let r = state.readiness();
+    metrics::gauge!("edgelog_ingest_memory_bytes").set(state.inner.budget.in_use() as f64);
+    metrics::gauge!("edgelog_ingest_memory_budget_bytes").set(state.inner.budget.total() as f64);
     metrics::gauge!("edgelog_wal_bytes").set(r.wal.bytes as f64);
     metrics::gauge!("edgelog_wal_max_bytes").set(r.wal.max_bytes as f64);
     metrics::gauge!("edgelog_wal_segments").set(r.wal.segments as f64);

@@ -5,14 +5,20 @@
 //! aggregates go to a [`Publisher`] that the binary plugs in.
 
 mod aggregator;
+mod budget;
 mod config;
+pub mod dead_letter;
+pub mod serve;
 mod ingest;
 mod sink;
+pub mod state_file;
 pub mod wal;
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -20,6 +26,7 @@ use tokio::sync::watch;
 
 pub use aggregator::{MetricsAggregator, Publisher};
 pub use config::CollectorConfig;
+pub use dead_letter::DeadLetters;
 pub use ingest::{AppState, IngestError, IngestResponse, Readiness, app};
 pub use sink::{LoopSettings, Sink, SinkError, SinkReport, SinkStatus, run_sink};
 pub use wal::{Entry, Seq, Wal, WalConfig, WalError};
@@ -52,9 +59,15 @@ pub enum CollectorError {
 /// A collector with its log and sinks, ready to serve.
 pub struct Collector {
     cfg: CollectorConfig,
+    data_dir: PathBuf,
     wal: Wal,
     sinks: Vec<(Arc<SinkStatus>, Box<dyn Sink>)>,
+    dead_letters: BTreeMap<String, DeadLetters>,
 }
+
+/// In-flight requests get at most this long after a shutdown signal (and at most half the
+/// shutdown budget); the rest of the budget is the sinks'.
+const REQUESTS_GRACE: Duration = Duration::from_secs(10);
 
 impl Collector {
     /// Validates the settings and opens the write-ahead log under `data_dir/wal`.
@@ -63,14 +76,34 @@ impl Collector {
         let wal = Wal::open(&data_dir.join("wal"), cfg.wal.clone())?;
         Ok(Collector {
             cfg,
+            data_dir: data_dir.to_owned(),
             wal,
             sinks: Vec::new(),
+            dead_letters: BTreeMap::new(),
         })
+    }
+
+    /// The dead-letter store of sink `name`, under `{data_dir}/dead-letter/{name}`; give it
+    /// to the sink, then add the sink under the same name (`/readyz` then counts them).
+    pub fn dead_letters(&mut self, name: &str) -> Result<DeadLetters, CollectorError> {
+        if let Some(d) = self.dead_letters.get(name) {
+            return Ok(d.clone());
+        }
+        let dir = self.data_dir.join("dead-letter").join(name);
+        let d = DeadLetters::open(&dir, name, self.cfg.dead_letter_max_bytes).map_err(|e| {
+            CollectorError::Config(format!(
+                "cannot open the dead-letter store {}: {e}",
+                dir.display()
+            ))
+        })?;
+        self.dead_letters.insert(name.to_owned(), d.clone());
+        Ok(d)
     }
 
     /// Adds a sink under a stable name (its position in the log is saved under it).
     pub fn add_sink(&mut self, name: &str, sink: Box<dyn Sink>) {
-        self.sinks.push((Arc::new(SinkStatus::new(name)), sink));
+        let status = SinkStatus::with_dead_letters(name, self.dead_letters.get(name).cloned());
+        self.sinks.push((Arc::new(status), sink));
     }
 
     pub fn config(&self) -> &CollectorConfig {
@@ -82,13 +115,15 @@ impl Collector {
     }
 
     /// Serves ingest on `listener` and runs the sinks until `shutdown` resolves; then
-    /// stops accepting, finishes in-flight requests, and drains the sinks.
+    /// stops accepting, finishes in-flight requests, and drains the sinks, all within
+    /// `shutdown_timeout` of the signal (plus a second or two to close the log): what is
+    /// undelivered by then stays in the log for the next start.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), CollectorError> {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(None::<Instant>);
         let statuses: Vec<_> = self.sinks.iter().map(|(s, _)| s.clone()).collect();
         let settings = LoopSettings {
             drain_timeout: self.cfg.shutdown_timeout,
@@ -109,22 +144,61 @@ impl Collector {
         let router = app(state.clone());
         let stopping = state.clone();
         let progress = tokio::spawn(log_progress(state.clone()));
-        tracing::info!(listen = %listener.local_addr().map_err(CollectorError::Serve)?, collector = %self.cfg.id, "collector accepting records");
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: finishing requests in flight");
-                stopping.stop_accepting();
-            })
-            .await;
+        let addr = listener.local_addr().map_err(CollectorError::Serve)?;
+        if self.cfg.tokens.is_empty() && !addr.ip().is_loopback() {
+            tracing::warn!(listen = %addr, "ingest takes records WITHOUT authentication on a network address (collector.allow_unauthenticated = true): anyone who can reach it can write records; give collector.tokens");
+        }
+        tracing::info!(listen = %addr, collector = %self.cfg.id, "collector accepting records");
+        let budget = self.cfg.shutdown_timeout;
+        let (signalled_tx, mut signalled) = watch::channel(None::<Instant>);
+        let limits = serve::HttpLimits {
+            max_connections: serve::fit_connections(self.cfg.max_connections),
+            header_timeout: self.cfg.header_timeout,
+        };
+        let served = serve::serve(listener, router, limits, "ingest", async move {
+            shutdown.await;
+            tracing::info!(
+                budget_ms = budget.as_millis() as u64,
+                "shutting down: finishing requests in flight"
+            );
+            let _ = signalled_tx.send(Some(Instant::now()));
+            stopping.stop_accepting();
+        });
+        let served = tokio::select! {
+            r = served => r,
+            // Requests still in flight after their grace are cut: none was acknowledged.
+            () = async {
+                let at = signalled.wait_for(Option::is_some).await.ok().and_then(|t| *t);
+                let at = at.unwrap_or_else(Instant::now);
+                tokio::time::sleep_until((at + REQUESTS_GRACE.min(budget / 2)).into()).await;
+            } => {
+                tracing::warn!("requests still in flight at the end of their grace; closing them");
+                Ok(())
+            }
+        };
+        let signalled_at = signalled.borrow().unwrap_or_else(Instant::now);
+        let deadline = signalled_at + budget;
         progress.abort();
         self.wal.close().await;
-        tracing::info!("draining sinks");
-        let _ = stop_tx.send(true);
+        tracing::info!(
+            remaining_ms = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64,
+            "draining sinks"
+        );
+        let _ = stop_tx.send(Some(deadline));
         let mut stopped = Vec::new();
-        for (name, r) in runners {
-            if !r.await.unwrap_or(false) {
-                stopped.push(name);
+        for (name, mut r) in runners {
+            // The loops stop at the deadline themselves; this is the backstop for a sink
+            // whose code blocks a thread.
+            let until = (deadline + Duration::from_secs(1)).into();
+            match tokio::time::timeout_at(until, &mut r).await {
+                Ok(Ok(true)) => {}
+                Ok(_) => stopped.push(name),
+                Err(_) => {
+                    tracing::error!(sink = %name, "sink did not stop by the shutdown deadline; leaving it (its records stay in the write-ahead log)");
+                    r.abort();
+                }
             }
         }
         tracing::info!(committed = self.wal.committed(), "collector stopped");

@@ -395,3 +395,121 @@ async fn a_real_socket_serves_and_shuts_down() {
     assert_eq!(wal.committed(), 1);
     let _ = Arc::new(());
 }
+
+#[tokio::test]
+async fn refusals_are_json_with_a_reason_and_limits_hold() {
+    let mut cfg = config();
+    cfg.max_records_per_body = 10;
+    let (_dir, _wal, router) = setup(cfg);
+    let call = |req: Request<Body>| {
+        let r = router.clone();
+        async move {
+            let resp = r.oneshot(req).await.expect("answer");
+            let status = resp.status();
+            let retry = resp.headers().contains_key(header::RETRY_AFTER);
+            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!("{status}: not JSON: {:?}", String::from_utf8_lossy(&bytes))
+            });
+            assert!(v["error"].is_string(), "{status}: {v}");
+            (status, v, retry)
+        }
+    };
+    let post = |uri: &str, body: String| {
+        Request::post(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(Body::from(body))
+            .expect("request")
+    };
+    // The query extractor's refusal is JSON too (a repeated parameter).
+    let (s, v, _) = call(post("/v1/records?distribution=E1&distribution=E2", line(1))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // Unknown paths and methods.
+    let (s, _, _) = call(Request::get("/nope").body(Body::empty()).expect("req")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = call(
+        Request::get("/v1/records")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    // More lines than a body may hold.
+    let body: String = (0..11).map(|i| line(i) + "\n").collect();
+    let (s, v, _) = call(post("/v1/records", body)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    // A Content-Encoding that is not ASCII is refused, not read as identity.
+    let mut req = post("/v1/records", line(2));
+    req.headers_mut().insert(
+        header::CONTENT_ENCODING,
+        header::HeaderValue::from_bytes(b"gz\xffip").expect("header"),
+    );
+    let (s, _, _) = call(req).await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // The auth scheme is case-insensitive.
+    let req = Request::post("/v1/records")
+        .header(header::AUTHORIZATION, format!("BEARER {TOKEN}"))
+        .body(Body::from(line(3)))
+        .expect("request");
+    let resp = router.clone().oneshot(req).await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_memory_budget_get_503_with_retry_after() {
+    let mut cfg = config();
+    // Room for the biggest body allowed, and little more.
+    cfg.max_records_per_body = 1000;
+    let record = std::mem::size_of::<edgelog_record::Record>() as u64;
+    cfg.max_inflight_bytes = cfg.max_body_bytes + 2 * cfg.max_decompressed_bytes + 1000 * record;
+    cfg.validate().expect("valid");
+    let (_dir, _wal, router) = setup(cfg.clone());
+    // A gzip body that decompresses to the limit holds most of the budget while it is
+    // parsed; many at once cannot all fit: the rest are told to come back.
+    let mut big = String::new();
+    let mut i = 0;
+    while big.len() + 11_000 < cfg.max_decompressed_bytes as usize {
+        big.push_str(&" ".repeat(10_000));
+        big.push_str(&line(i));
+        big.push('\n');
+        i += 1;
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, big.as_bytes()).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let r = router.clone();
+        let body = gz.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::post("/v1/records")
+                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                .header(header::CONTENT_ENCODING, "gzip")
+                .body(Body::from(body))
+                .expect("request");
+            let resp = r.oneshot(req).await.expect("answer");
+            (
+                resp.status(),
+                resp.headers().contains_key(header::RETRY_AFTER),
+            )
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let (s, retry) = t.await.expect("task");
+        if s == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(retry, "503 without Retry-After");
+        } else {
+            assert_eq!(s, StatusCode::OK);
+        }
+        statuses.push(s);
+    }
+    // Alone, the same body fits.
+    let req = Request::post("/v1/records")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_ENCODING, "gzip")
+        .body(Body::from(gz))
+        .expect("request");
+    let resp = router.clone().oneshot(req).await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK, "after {statuses:?}");
+}

@@ -48,6 +48,7 @@ pub struct CollectorProc {
     pub data_dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl CollectorProc {
@@ -58,6 +59,16 @@ impl CollectorProc {
 
     /// Like [`CollectorProc::start`], with collector id `id`.
     pub fn start_as(data_dir: &Path, extra: &str, id: &str) -> anyhow::Result<CollectorProc> {
+        CollectorProc::start_with(data_dir, extra, id, &[])
+    }
+
+    /// Like [`CollectorProc::start_as`], with more environment variables (kept on restart).
+    pub fn start_with(
+        data_dir: &Path,
+        extra: &str,
+        id: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<CollectorProc> {
         fs::create_dir_all(data_dir)?;
         let port = free_port();
         let config = data_dir.join("edgelog.toml");
@@ -67,12 +78,17 @@ impl CollectorProc {
         );
         fs::write(&config, toml)?;
         let log = data_dir.join("collector.log");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let mut c = CollectorProc {
-            child: spawn_collector(&config, &log)?,
+            child: spawn_collector(&config, &log, &env)?,
             port,
             data_dir: data_dir.to_owned(),
             config,
             log,
+            env,
         };
         c.wait_ready()?;
         Ok(c)
@@ -103,8 +119,33 @@ impl CollectorProc {
     pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
         self.child.kill()?;
         self.child.wait()?;
-        self.child = spawn_collector(&self.config, &self.log)?;
+        self.child = spawn_collector(&self.config, &self.log, &self.env)?;
         self.wait_ready()
+    }
+
+    /// Starts the collector again after it exited (same config, port and environment).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        self.child.wait()?;
+        self.child = spawn_collector(&self.config, &self.log, &self.env)?;
+        self.wait_ready()
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit; returns (clean exit, time taken).
+    pub fn terminate_within(&mut self, limit: Duration) -> anyhow::Result<(bool, Duration)> {
+        let start = Instant::now();
+        signal(&self.child, "TERM")?;
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok((status.success(), start.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        bail!(
+            "collector did not stop within {limit:?} of SIGTERM:\n{}",
+            self.log_text()
+        )
     }
 
     /// SIGTERM and wait for the drain; returns whether it exited cleanly.
@@ -146,12 +187,13 @@ pub fn signal(child: &Child, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_collector(config: &Path, log: &Path) -> anyhow::Result<Child> {
+fn spawn_collector(config: &Path, log: &Path, env: &[(String, String)]) -> anyhow::Result<Child> {
     let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
     Command::new(binary())
         .args(["collector", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::null())
         .stderr(out)
         .spawn()
@@ -244,6 +286,60 @@ pub fn http_get(url: &str) -> anyhow::Result<String> {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or(out))
+}
+
+/// An HTTP answer: status, headers (names lowercase) and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// POSTs `body` to `url` (http only) with the test token, over a raw socket.
+pub fn http_post(url: &str, body: &[u8]) -> anyhow::Result<Answer> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").context("http only")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        s,
+        "POST /{path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-type: application/x-ndjson\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no end of headers in {} bytes: {text:?}", raw.len()))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Answer {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
 }
 
 /// Waits up to 30 s for something to listen on `port`.

@@ -1,0 +1,274 @@
+//! A collector whose disk fills up under load refuses cleanly (507 or 503 with
+//! Retry-After, never 500), resumes by itself when space returns, and loses nothing it
+//! acknowledged across a SIGKILL afterwards.
+//!
+//! The data dir is a real, small tmpfs mounted by the test (CI runs as root), enlarged
+//! with a remount while the collector runs.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use edgelog_tests::{CollectorProc, http_get, http_post, spawn_edge, stored_ids};
+
+/// A tmpfs mounted for the test's life; unmounted (lazily) on drop, even after a failure.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> anyhow::Result<Tmpfs> {
+        std::fs::create_dir_all(dir)?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .context("cannot run mount")?;
+        if !out.status.success() {
+            bail!(
+                "cannot mount a tmpfs at {} (this test needs root, as CI runs): {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Tmpfs {
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn resize(&self, size: &str) -> anyhow::Result<()> {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .status()?
+            .success();
+        if !ok {
+            bail!("cannot resize the tmpfs at {}", self.dir.display());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// `n` records with ids `{tag}-{i}`, hard to compress so the log really grows.
+fn body(tag: &str, n: usize) -> (Vec<u8>, Vec<String>) {
+    let mut out = Vec::with_capacity(n * 400);
+    let mut ids = Vec::with_capacity(n);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (tag.len() as u64 * 7919);
+    for c in tag.bytes() {
+        x = x.wrapping_mul(31).wrapping_add(u64::from(c));
+    }
+    for i in 0..n {
+        let mut noise = String::with_capacity(160);
+        for _ in 0..10 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            noise.push_str(&format!("{x:016x}"));
+        }
+        let id = format!("{tag}-{i}");
+        out.extend_from_slice(
+            format!(
+                "{{\"timestamp\":{now},\"DistributionId\":\"EFULL\",\"x-edge-request-id\":\"{id}\",\
+                 \"sc-status\":200,\"sc-bytes\":{i},\"cs-uri-stem\":\"/{noise}\",\"cs(User-Agent)\":\"ua-{noise}\"}}\n"
+            )
+            .as_bytes(),
+        );
+        ids.push(id);
+    }
+    (out, ids)
+}
+
+#[derive(Default)]
+struct Probe {
+    acked: HashSet<String>,
+    refused: u64,
+    statuses: std::collections::BTreeMap<u16, u64>,
+    sent: u64,
+}
+
+impl Probe {
+    /// Posts one body; checks that a refusal is a retryable one with a reason.
+    fn post(&mut self, url: &str, records: usize) -> anyhow::Result<u16> {
+        let (b, ids) = body(&format!("probe{}", self.sent), records);
+        self.sent += 1;
+        let a = http_post(&format!("{url}/v1/records"), &b)?;
+        *self.statuses.entry(a.status).or_default() += 1;
+        match a.status {
+            200 => self.acked.extend(ids),
+            503 | 507 => {
+                self.refused += 1;
+                assert!(
+                    a.header("retry-after").is_some(),
+                    "a {} without Retry-After: {a:?}",
+                    a.status
+                );
+                let v: serde_json::Value = serde_json::from_str(&a.body)
+                    .with_context(|| format!("refusal is not JSON: {a:?}"))?;
+                assert!(v["error"].is_string(), "no reason: {a:?}");
+            }
+            other => bail!("unexpected answer {other} while the disk filled: {a:?}"),
+        }
+        Ok(a.status)
+    }
+}
+
+#[test]
+fn a_full_disk_is_refused_cleanly_and_loses_nothing_acknowledged() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let fs = Tmpfs::mount(&data, "6m")?;
+    let extra = "[collector.wal]\nsegment_bytes = 262144\n[sinks.standard]\nmax_age = \"1s\"\n";
+    // Everything on the tmpfs, the collector's own log (stderr) included: a log line that
+    // cannot be written must not hurt either.
+    let mut collector = CollectorProc::start(&data, extra)?;
+    let url = collector.url();
+    let ack_log = tmp.path().join("edge-acked.txt");
+    let ack = ack_log.display().to_string();
+    let edge = spawn_edge(
+        &url,
+        &[
+            "--rate",
+            "3000",
+            "--duration",
+            "25s",
+            "--batch",
+            "300",
+            "--concurrency",
+            "2",
+            "--ack-log",
+            &ack,
+            "--max-tries",
+            "100000",
+            "--timeout",
+            "5s",
+        ],
+    )?;
+
+    // Fill the disk: bodies until they are refused for a while.
+    let mut probe = Probe::default();
+    let start = Instant::now();
+    let mut full_since: Option<Instant> = None;
+    loop {
+        let status = probe
+            .post(&url, 500)
+            .with_context(|| format!("collector log:\n{}", collector.log_text()))?;
+        if status != 200 {
+            full_since.get_or_insert_with(Instant::now);
+        }
+        if full_since.is_some_and(|t| t.elapsed() > Duration::from_secs(3)) && probe.refused >= 10 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "the disk never filled: {:?}\n{}",
+                probe.statuses,
+                collector.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let readyz = http_get(&format!("{url}/readyz"))?;
+    eprintln!("full: {:?}; /readyz: {readyz}", probe.statuses);
+
+    // Space returns: ingest resumes without a restart.
+    fs.resize("256m")?;
+    let resumed = Instant::now();
+    loop {
+        if probe.post(&url, 100)? == 200 {
+            break;
+        }
+        if resumed.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "ingest did not resume within 30 s of the disk growing: {:?}\n{}",
+                probe.statuses,
+                collector.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let resumed_after = resumed.elapsed();
+    for _ in 0..20 {
+        assert_eq!(probe.post(&url, 100)?, 200, "refused after space returned");
+    }
+    let out = edge.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "edge failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A crash after all that, then a clean drain.
+    collector.crash_and_restart()?;
+    let drained = Instant::now();
+    loop {
+        let r: serde_json::Value = serde_json::from_str(&http_get(&format!("{url}/readyz"))?)?;
+        let behind: u64 = r["sinks"]
+            .as_array()
+            .context("sinks")?
+            .iter()
+            .map(|s| s["lag_entries"].as_u64().unwrap_or(0))
+            .sum();
+        if behind == 0 {
+            break;
+        }
+        if drained.elapsed() > Duration::from_secs(60) {
+            bail!("sinks did not catch up within 60 s: {r}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(collector.terminate()?, "{}", collector.log_text());
+
+    let mut acked = probe.acked.clone();
+    acked.extend(
+        std::fs::read_to_string(&ack_log)?
+            .lines()
+            .map(str::to_owned),
+    );
+    let stored = stored_ids(&data.join("standard-logs"))?;
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    let duplicates: u32 = stored.values().map(|n| n - 1).sum();
+    let log = collector.log_text();
+    eprintln!(
+        "full disk: answers {:?}; ingest resumed {resumed_after:?} after the disk grew; \
+         {} acknowledged, {} delivered, {} lost, {duplicates} duplicates",
+        probe.statuses,
+        acked.len(),
+        stored.len(),
+        lost.len()
+    );
+    assert!(
+        probe.refused >= 10 && acked.len() > 10_000,
+        "too little to mean anything"
+    );
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged records lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert_eq!(duplicates, 0, "records stored twice");
+    assert!(
+        !log.contains("cutting write-ahead log"),
+        "the log was cut on reopen:\n{log}"
+    );
+    assert!(
+        !stored.keys().any(|id| !acked.contains(id)),
+        "records stored that were never acknowledged: a refused group leaked into the log"
+    );
+    Ok(())
+}
