@@ -108,22 +108,26 @@ struct ConfigArgs {
 struct DemoArgs {
     #[command(flatten)]
     file: ConfigFile,
-    /// Where the write-ahead log and the Parquet standard logs go.
-    #[arg(long, value_name = "DIR", default_value = "edgelog-demo")]
-    data_dir: PathBuf,
-    /// Address of the ingest API.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Address of the dashboard.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
-    dashboard_listen: SocketAddr,
+    /// Where the write-ahead log and the Parquet standard logs go [default: edgelog-demo,
+    /// unless the configuration sets data_dir].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the ingest API [default: 127.0.0.1:8080, unless the configuration sets
+    /// collector.listen].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Address of the dashboard [default: 127.0.0.1:8081, unless the configuration sets
+    /// dashboard.listen].
+    #[arg(long, value_name = "ADDR")]
+    dashboard_listen: Option<SocketAddr>,
     /// Don't generate traffic; only serve.
     #[arg(long)]
     no_traffic: bool,
     /// Records per second of built-in traffic.
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
-    /// Ingest token to accept (default: a random one, printed at start).
+    /// Ingest token to accept (default: the configuration's, else a random one, printed at
+    /// start).
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
 }
@@ -154,7 +158,8 @@ struct EdgeArgs {
         hide_env_values = true
     )]
     token: String,
-    /// Replay this CloudFront standard log file (plain or .gz) instead of generating traffic.
+    /// Replay this CloudFront standard log file (plain or .gz), or an NDJSON file of records
+    /// such as a dead-letter file, instead of generating traffic.
     #[arg(long, value_name = "FILE")]
     replay: Option<PathBuf>,
     /// Distribution id for --replay (default: from the file name <ID>.YYYY-MM-DD-HH.<unique>.gz).
@@ -234,8 +239,15 @@ struct EdgeArgs {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never in files or journals.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
+        // A log that cannot be written (stderr on a full disk) must not take the process
+        // down: tracing would otherwise report it with eprintln!, which panics.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -246,21 +258,62 @@ fn init_logging(format: LogFormat) {
 static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
     std::sync::OnceLock::new();
 
+/// The shutdown budget (`collector.shutdown_timeout`) once the configuration is loaded.
+static SHUTDOWN_BUDGET_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(30_000);
+
+/// How long past its budget a shutdown may run before the process exits anyway: the
+/// drain stops at the budget, this covers closing the log and a client library that
+/// blocks a thread.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+
+fn set_shutdown_budget(budget: Duration) {
+    let ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
+    SHUTDOWN_BUDGET_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Watches SIGTERM and SIGINT from the moment the process starts, so a signal that comes
 /// while it is still starting (the listener already bound) shuts it down cleanly instead
-/// of killing it.
+/// of killing it. SIGHUP is logged and ignored (there is no reload yet). Once shutdown
+/// has begun, a watchdog ends the process at the budget plus [`SHUTDOWN_MARGIN`] whatever
+/// is still running: everything undelivered is in the write-ahead log.
 fn watch_signals() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("signal received, shutting down");
+        let name = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = hup.recv() => {
+                    tracing::warn!("SIGHUP received and ignored: edgelog does not reload its configuration; restart it to apply changes");
+                }
+            }
+        };
+        let budget =
+            Duration::from_millis(SHUTDOWN_BUDGET_MS.load(std::sync::atomic::Ordering::Relaxed));
+        tracing::info!(
+            signal = name,
+            budget_ms = budget.as_millis() as u64,
+            "signal received, shutting down"
+        );
         let _ = tx.send(true);
+        let _ = std::thread::Builder::new()
+            .name("shutdown-watchdog".into())
+            .spawn(move || {
+                std::thread::sleep(budget.saturating_add(SHUTDOWN_MARGIN));
+                tracing::error!("shutdown did not finish within its budget plus the margin; exiting now (undelivered records stay in the write-ahead log)");
+                std::process::exit(1);
+            });
+        loop {
+            tokio::select! {
+                _ = hup.recv() => tracing::warn!("SIGHUP ignored while shutting down"),
+                _ = term.recv() => tracing::info!("shutdown already under way"),
+                _ = int.recv() => tracing::info!("shutdown already under way"),
+            }
+        }
     });
     let _ = SHUTDOWN.set(rx);
     Ok(())
@@ -304,14 +357,18 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
             ),
         };
         let state = cfg.data_dir.join("state").join("standard-watermarks.json");
-        let sink = StandardLogSink::new(
+        let mut sink = StandardLogSink::new(
             std_cfg.clone(),
             &cfg.collector.id,
             cfg.sampling.clone(),
             store,
         )
         .with_state_file(&state)
-        .with_context(|| format!("cannot read {}", state.display()))?;
+        .with_context(|| format!("cannot read {}", state.display()))?
+        .with_dead_letters(collector.dead_letters("standard")?);
+        if std_cfg.s3.is_none() {
+            sink = sink.with_local_root(&cfg.data_dir);
+        }
         collector.add_sink("standard", Box::new(sink));
         tracing::info!(to = %place, "standard logs go to Parquet files");
     }
@@ -320,7 +377,8 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
         match &rt.kafka {
             Some(kafka) => {
                 let sink = KafkaSink::new(rt, kafka, &cfg.collector.id, cfg.sampling.clone())
-                    .context("cannot set up the kafka real-time sink")?;
+                    .context("cannot set up the kafka real-time sink")?
+                    .with_dead_letters(collector.dead_letters("realtime")?);
                 collector.add_sink("realtime", Box::new(sink));
                 tracing::info!(brokers = %kafka.bootstrap_servers, topic = %kafka.topic, format = rt.format.as_str(), "real-time logs go to kafka");
             }
@@ -355,28 +413,15 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} for the {what}"))
 }
 
-/// Serves the dashboard, merging minutes from the bus and evaluating alarms.
+/// Serves the dashboard over `store` (fed by the caller) and evaluates alarms.
 async fn serve_dashboard(
     listener: TcpListener,
-    mut minutes: tokio::sync::broadcast::Receiver<Arc<edgelog_record::MinuteUpdate>>,
+    store: Arc<MetricsStore>,
     cfg: &edgelog_dashboard::DashboardConfig,
 ) -> anyhow::Result<()> {
-    let store = Arc::new(MetricsStore::new(cfg.history_minutes));
     let alarms = Arc::new(edgelog_dashboard::alarms::AlarmBoard::new(
         cfg.alarms.clone(),
     ));
-    let merging = store.clone();
-    tokio::spawn(async move {
-        loop {
-            match minutes.recv().await {
-                Ok(u) => merging.merge(&u),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "dashboard fell behind the metrics stream");
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            }
-        }
-    });
     let (watching, board, every) = (store.clone(), alarms.clone(), cfg.alarm_interval);
     // Notifications go out in order on their own task: a slow webhook never delays evaluation.
     let (notes_tx, mut notes_rx) =
@@ -409,7 +454,12 @@ async fn serve_dashboard(
         }
     });
     let app = edgelog_dashboard::app(edgelog_dashboard::Dashboard::new(store, alarms, cfg));
-    axum::serve(listener, app)
+    // People and browsers, not a fleet: fewer connections, the same timeouts.
+    let limits = edgelog_collector::serve::HttpLimits {
+        max_connections: edgelog_collector::serve::fit_connections(1024),
+        ..Default::default()
+    };
+    edgelog_collector::serve::serve(listener, app, limits, "dashboard", std::future::pending())
         .await
         .context("dashboard server failed")
 }
@@ -433,6 +483,7 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
         overrides.push(("collector.tokens", Value::from(args.tokens.clone())));
     }
     let cfg = Config::load(args.file.config.as_deref(), &overrides)?;
+    set_shutdown_budget(cfg.collector.shutdown_timeout);
     let bus = Bus::new(cfg.sinks.realtime.bus_capacity);
     let collector = build_collector(&cfg, &bus)?;
     let listener = bind(cfg.collector.listen, "ingest API").await?;
@@ -448,18 +499,13 @@ async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
     // The standalone dashboard has no collector to validate against; allow a token-less one.
     overrides.push(("collector.allow_unauthenticated", Value::from(true)));
     let cfg = Config::load(args.file.config.as_deref(), &overrides)?;
-    let bus = Bus::new(65_536);
-    // Subscribed before the feed starts, so the first minutes are not missed.
-    let minutes = bus.subscribe_minutes();
+    let store = Arc::new(MetricsStore::new(cfg.dashboard.history_minutes));
     match cfg.metrics.kafka.clone() {
         Some(k) => {
-            let feed = bus.clone();
+            let feed = store.clone();
             tokio::spawn(async move {
-                let merged = follow_metrics(&k, |u| {
-                    // In process, publishing cannot fail.
-                    feed.publish_one(u);
-                })
-                .await;
+                // Every aggregate is merged as it is read: none can be dropped.
+                let merged = follow_metrics(&k, |u| feed.merge(&u)).await;
                 if let Err(e) = merged {
                     tracing::error!(error = %e, "cannot read the metrics topic");
                 }
@@ -473,7 +519,7 @@ async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
     let listener = bind(cfg.dashboard.listen, "dashboard").await?;
     tracing::info!(url = %format!("http://{}/", cfg.dashboard.listen), "dashboard serving");
     tokio::select! {
-        r = serve_dashboard(listener, minutes, &cfg.dashboard) => r,
+        r = serve_dashboard(listener, store, &cfg.dashboard) => r,
         () = shutdown_signal() => Ok(()),
     }
 }
@@ -564,15 +610,51 @@ fn random_token() -> String {
         .collect()
 }
 
+/// The demo's settings, in the documented order: built-in defaults, then the demo's own
+/// defaults where the file and the environment say nothing, then the flags given.
+fn demo_config(args: &DemoArgs) -> anyhow::Result<(Config, String)> {
+    let mut given = Vec::new();
+    if let Some(d) = &args.data_dir {
+        given.push(("data_dir", s(d.display().to_string())));
+    }
+    if let Some(l) = args.listen {
+        given.push(("collector.listen", s(l.to_string())));
+    }
+    if let Some(l) = args.dashboard_listen {
+        given.push(("dashboard.listen", s(l.to_string())));
+    }
+    if let Some(t) = &args.token {
+        given.push(("collector.tokens", Value::from(vec![t.clone()])));
+    }
+    // What the file and the environment set, read without insisting on a token yet.
+    let mut probe = given.clone();
+    probe.push(("collector.allow_unauthenticated", Value::from(true)));
+    let seen = Config::load(args.file.config.as_deref(), &probe)?;
+    let builtin = Config::default();
+    let mut overrides = Vec::new();
+    if seen.data_dir == builtin.data_dir {
+        overrides.push(("data_dir", s("edgelog-demo")));
+    }
+    if seen.dashboard.listen == builtin.dashboard.listen {
+        overrides.push(("dashboard.listen", s("127.0.0.1:8081")));
+    }
+    // A token from the file stays unprinted: shown as a placeholder.
+    let token = match (&args.token, seen.collector.tokens.first()) {
+        (Some(t), _) => t.clone(),
+        (None, Some(_)) => "<one of collector.tokens>".to_owned(),
+        (None, None) => {
+            let t = random_token();
+            overrides.push(("collector.tokens", Value::from(vec![t.clone()])));
+            t
+        }
+    };
+    overrides.extend(given);
+    let cfg = Config::load(args.file.config.as_deref(), &overrides)?;
+    Ok((cfg, token))
+}
+
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
-    let token = args.token.clone().unwrap_or_else(random_token);
-    let overrides = vec![
-        ("data_dir", s(args.data_dir.display().to_string())),
-        ("collector.listen", s(args.listen.to_string())),
-        ("collector.tokens", Value::from(vec![token.clone()])),
-        ("dashboard.listen", s(args.dashboard_listen.to_string())),
-    ];
-    let mut cfg = Config::load(args.file.config.as_deref(), &overrides)?;
+    let (mut cfg, token) = demo_config(&args)?;
     if args.file.config.is_none() {
         // Quick feedback for a first look: files within seconds, minutes published often.
         cfg.sinks.standard.max_age = Duration::from_secs(10);
@@ -593,11 +675,13 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
                 treat_missing_data: edgelog_dashboard::alarms::MissingData::Missing,
             });
     }
+    set_shutdown_budget(cfg.collector.shutdown_timeout);
     let bus = Bus::new(cfg.sinks.realtime.bus_capacity);
     let collector = build_collector(&cfg, &bus)?;
     let ingest = bind(cfg.collector.listen, "ingest API").await?;
     let dashboard = bind(cfg.dashboard.listen, "dashboard").await?;
     let url = format!("http://{}", cfg.collector.listen);
+    let traffic_token = cfg.collector.tokens.first().cloned().unwrap_or_default();
     let logs = cfg.data_dir.join("standard-logs");
     println!(
         "edgelog demo is running\n  \
@@ -618,9 +702,12 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         },
     );
     let dash_cfg = cfg.dashboard.clone();
-    let minutes = bus.subscribe_minutes();
+    let store = Arc::new(MetricsStore::new(dash_cfg.history_minutes));
+    let merging = store.clone();
+    // Merged in place as the aggregator publishes: a backfill cannot overflow anything.
+    bus.on_minutes(move |u| merging.merge(u));
     tokio::spawn(async move {
-        if let Err(e) = serve_dashboard(dashboard, minutes, &dash_cfg).await {
+        if let Err(e) = serve_dashboard(dashboard, store, &dash_cfg).await {
             tracing::error!(error = %e, "dashboard stopped");
         }
     });
@@ -628,7 +715,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let traffic = (!args.no_traffic).then(|| {
         let target = Target {
             url: url.clone(),
-            token: token.clone(),
+            token: traffic_token.clone(),
             compression: Compression::Gzip,
             concurrency: 2,
             max_tries: 1000,
@@ -686,7 +773,7 @@ fn main() -> std::process::ExitCode {
         .build()
         .context("cannot start the async runtime")
         .and_then(|rt| {
-            rt.block_on(async move {
+            let result = rt.block_on(async move {
                 watch_signals()?;
                 match cli.command {
                     Command::Collector(a) => run_collector(a).await,
@@ -695,7 +782,11 @@ fn main() -> std::process::ExitCode {
                     Command::Demo(a) => run_demo(a).await,
                     Command::Config(a) => run_config(a),
                 }
-            })
+            });
+            // Work left on the blocking pool (a client library's flush) must not hold
+            // the exit: everything undelivered is in the write-ahead log.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            result
         });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -95,8 +95,12 @@ impl RealtimeConfig {
     /// Checks the settings; errors name the key.
     pub fn validate(&self) -> Result<(), String> {
         let k = "sinks.realtime";
-        if self.bus_capacity == 0 {
-            return Err(format!("{k}.bus_capacity: must be positive"));
+        // Each slot is allocated up front: a bound keeps a typo from taking the memory.
+        if self.bus_capacity == 0 || self.bus_capacity > 1 << 20 {
+            return Err(format!(
+                "{k}.bus_capacity: must be from 1 to 1048576, got {}",
+                self.bus_capacity
+            ));
         }
         Selection::parse(&self.fields).map_err(|n| format!("{k}.fields: unknown field {n:?}"))?;
         for (id, d) in &self.distributions {

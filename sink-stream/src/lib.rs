@@ -35,18 +35,24 @@ pub struct StreamMessage {
     pub payload: Vec<u8>,
 }
 
-/// The in-process stream: real-time messages and minute aggregates.
+/// Something that takes every minute aggregate published in process (a dashboard's store).
+type MinuteReader = Arc<dyn Fn(&MinuteUpdate) + Send + Sync>;
+
+/// The in-process stream: real-time messages (a bounded broadcast: a slow reader misses
+/// some) and minute aggregates (handed to every reader as they are published, never
+/// dropped: metrics must count every record).
 #[derive(Clone)]
 pub struct Bus {
     records: broadcast::Sender<Arc<StreamMessage>>,
-    minutes: broadcast::Sender<Arc<MinuteUpdate>>,
+    minutes: Arc<std::sync::RwLock<Vec<MinuteReader>>>,
 }
 
 impl Bus {
+    /// `capacity`: real-time messages kept for slow readers.
     pub fn new(capacity: usize) -> Bus {
         Bus {
-            records: broadcast::channel(capacity).0,
-            minutes: broadcast::channel(capacity).0,
+            records: broadcast::channel(capacity.max(1)).0,
+            minutes: Arc::default(),
         }
     }
 
@@ -55,23 +61,30 @@ impl Bus {
         self.records.subscribe()
     }
 
-    /// Hands one minute aggregate to the readers (none reading is fine).
-    pub fn publish_one(&self, u: MinuteUpdate) {
-        let _ = self.minutes.send(Arc::new(u));
+    /// Hands one minute aggregate to every reader (none reading is fine).
+    pub fn publish_one(&self, u: &MinuteUpdate) {
+        let readers = self.minutes.read().unwrap_or_else(|p| p.into_inner());
+        for r in readers.iter() {
+            r(u);
+        }
     }
 
-    /// Follows minute aggregates from now on.
-    pub fn subscribe_minutes(&self) -> broadcast::Receiver<Arc<MinuteUpdate>> {
-        self.minutes.subscribe()
+    /// Calls `reader` with every minute aggregate published from now on, in the
+    /// publisher's task (keep it quick: a merge into a map).
+    pub fn on_minutes(&self, reader: impl Fn(&MinuteUpdate) + Send + Sync + 'static) {
+        self.minutes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::new(reader));
     }
 }
 
 #[async_trait]
 impl Publisher for Bus {
     async fn publish(&self, updates: Vec<MinuteUpdate>) -> Result<(), SinkError> {
-        for u in updates {
-            // No subscriber is not an error: nobody is watching yet.
-            let _ = self.minutes.send(Arc::new(u));
+        for u in &updates {
+            // No reader is not an error: nobody is watching yet.
+            self.publish_one(u);
         }
         Ok(())
     }
