@@ -39,7 +39,10 @@ fn demo_takes_the_files_settings_and_explicit_flags_win() -> anyhow::Result<()> 
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs()
     );
-    let a = http_post(&format!("http://127.0.0.1:{ingest}/v1/records"), body.as_bytes())?;
+    let a = http_post(
+        &format!("http://127.0.0.1:{ingest}/v1/records"),
+        body.as_bytes(),
+    )?;
     assert_eq!(a.status, 200, "the file's token is accepted: {a:?}");
     assert!(data.join("wal").is_dir(), "the file's data dir is used");
     assert!(
@@ -50,7 +53,10 @@ fn demo_takes_the_files_settings_and_explicit_flags_win() -> anyhow::Result<()> 
     let out = demo.wait_with_output()?;
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{printed}");
-    assert!(!printed.contains(TOKEN), "the file's token was printed: {printed}");
+    assert!(
+        !printed.contains(TOKEN),
+        "the file's token was printed: {printed}"
+    );
 
     // An explicit flag wins over the file.
     let other = free_port();
