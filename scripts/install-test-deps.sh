@@ -12,6 +12,7 @@ GARAGE_VERSION=2.5.0
 TANSU_VERSION=0.6.0
 DUCKDB_VERSION=1.5.5
 CONFLUENT_KAFKA_VERSION=2.16.1
+PROMETHEUS_CLIENT_VERSION=0.26.0
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 INSTALL_TARGET="${EDGELOG_INSTALL_TARGET:-$HOME/.cache/edgelog/install-target}"
@@ -45,19 +46,29 @@ else
 fi
 
 # Python: DuckDB reads the Parquet standard logs the way users do, from disk and over S3;
-# confluent-kafka is the independent consumer of the real-time topic.
+# confluent-kafka is the independent consumer of the real-time topic; prometheus-client's
+# parser reads the dashboard's /metrics.
 if python3 -c "
 import sys, duckdb, duckdb_extension_httpfs, confluent_kafka
-ok = duckdb.__version__ == '$DUCKDB_VERSION' and confluent_kafka.__version__ == '$CONFLUENT_KAFKA_VERSION'
+from importlib.metadata import version
+from prometheus_client.parser import text_string_to_metric_families
+ok = (duckdb.__version__ == '$DUCKDB_VERSION'
+      and confluent_kafka.__version__ == '$CONFLUENT_KAFKA_VERSION'
+      and version('prometheus-client') == '$PROMETHEUS_CLIENT_VERSION')
 sys.exit(0 if ok else 1)" 2>/dev/null; then
-  log "duckdb $DUCKDB_VERSION, httpfs and confluent-kafka $CONFLUENT_KAFKA_VERSION already installed"
+  log "duckdb $DUCKDB_VERSION, httpfs, confluent-kafka $CONFLUENT_KAFKA_VERSION and prometheus-client $PROMETHEUS_CLIENT_VERSION already installed"
 else
-  log "installing duckdb $DUCKDB_VERSION with httpfs, and confluent-kafka $CONFLUENT_KAFKA_VERSION"
+  log "installing duckdb $DUCKDB_VERSION with httpfs, confluent-kafka $CONFLUENT_KAFKA_VERSION and prometheus-client $PROMETHEUS_CLIENT_VERSION"
   python3 -m pip install --quiet --disable-pip-version-check \
     "duckdb==$DUCKDB_VERSION" "duckdb-extension-httpfs==$DUCKDB_VERSION" \
-    "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
+    "confluent-kafka==$CONFLUENT_KAFKA_VERSION" \
+    "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
 fi
-python3 -c "import duckdb, confluent_kafka; print('install-test-deps: duckdb', duckdb.__version__, 'confluent-kafka', confluent_kafka.__version__, 'ok')" >&2
+python3 -c "
+import duckdb, confluent_kafka
+from importlib.metadata import version
+from prometheus_client.parser import text_string_to_metric_families
+print('install-test-deps: duckdb', duckdb.__version__, 'confluent-kafka', confluent_kafka.__version__, 'prometheus-client', version('prometheus-client'), 'ok')" >&2
 garage --version | head -1 >&2
 tansu --version >&2
 chromium --version >&2

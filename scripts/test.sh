@@ -22,3 +22,9 @@ cargo build --locked -p edgelog
 step "running every test"
 # Two test binaries at a time: the end-to-end tests start real collectors.
 cargo test --workspace --locked -- --test-threads 2
+
+step "the README's demo command, literally, in a fresh clone"
+scripts/readme-demo.sh
+
+step "fuzzing the NDJSON, W3C and body parsers (FUZZ_SECONDS=${FUZZ_SECONDS:-30} s each)"
+fuzz/run.sh

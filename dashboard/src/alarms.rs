@@ -122,27 +122,76 @@ fn one() -> u32 {
     1
 }
 
+/// Longest alarm name.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Longest look-back of an alarm, `evaluation_periods × period_minutes`: one day, as in
+/// CloudWatch.
+pub const MAX_EVALUATION_MINUTES: u64 = 24 * 60;
+
+/// An alarm name: 1 to 128 characters, ASCII letters, digits, `-`, `_`, `.`, `:` and
+/// spaces (not first or last). It goes into URLs, Prometheus labels, pages and webhooks.
+pub fn check_alarm_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "alarm name must be 1 to {MAX_NAME_LEN} characters, got {}",
+            name.chars().count()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | ' ')))
+    {
+        return Err(format!(
+            "alarm name {name:?} may hold only ASCII letters, digits, '-', '_', '.', ':' and spaces, not {c:?}"
+        ));
+    }
+    if name.starts_with(' ') || name.ends_with(' ') {
+        return Err(format!(
+            "alarm name {name:?} must not start or end with a space"
+        ));
+    }
+    Ok(())
+}
+
 impl AlarmConfig {
     /// Checks the settings; errors name the alarm and the key.
     pub fn validate(&self) -> Result<(), String> {
+        check_alarm_name(&self.name).map_err(|e| format!("alarms: {e}"))?;
         let at = |k: &str| format!("alarms.{}.{k}", self.name);
-        if self.name.is_empty() {
-            return Err("alarms: every alarm needs a name".into());
+        if self.distribution != "*" {
+            edgelog_record::check_distribution_id(&self.distribution).map_err(|e| {
+                format!(
+                    "{}: \"*\" (every distribution) or one distribution id: {e}",
+                    at("distribution")
+                )
+            })?;
         }
-        if self.period_minutes == 0 || self.period_minutes > 24 * 60 {
-            return Err(format!("{}: must be from 1 to 1440", at("period_minutes")));
+        if self.period_minutes == 0 || u64::from(self.period_minutes) > MAX_EVALUATION_MINUTES {
+            return Err(format!(
+                "{}: must be from 1 to {MAX_EVALUATION_MINUTES}",
+                at("period_minutes")
+            ));
         }
-        if self.evaluation_periods == 0 {
-            return Err(format!("{}: must be at least 1", at("evaluation_periods")));
+        let look_back = u64::from(self.evaluation_periods) * u64::from(self.period_minutes);
+        if self.evaluation_periods == 0 || look_back > MAX_EVALUATION_MINUTES {
+            return Err(format!(
+                "{}: evaluation_periods × period_minutes must be from 1 to {MAX_EVALUATION_MINUTES} minutes (one day), got {} × {} = {look_back}",
+                at("evaluation_periods"),
+                self.evaluation_periods,
+                self.period_minutes
+            ));
         }
         if self.datapoints_to_alarm == 0 || self.datapoints_to_alarm > self.evaluation_periods {
             return Err(format!(
-                "{}: must be from 1 to evaluation_periods",
-                at("datapoints_to_alarm")
+                "{}: must be from 1 to evaluation_periods ({}), got {}",
+                at("datapoints_to_alarm"),
+                self.evaluation_periods,
+                self.datapoints_to_alarm
             ));
         }
         if !self.threshold.is_finite() {
-            return Err(format!("{}: must be a number", at("threshold")));
+            return Err(format!("{}: must be a finite number", at("threshold")));
         }
         Ok(())
     }
@@ -406,6 +455,48 @@ mod tests {
         );
         cfg.datapoints_to_alarm = 2;
         assert!(cfg.validate().is_ok());
+        let refused = |f: &dyn Fn(&mut AlarmConfig), key: &str| {
+            let mut c = alarm(2, 3, MissingData::Missing);
+            f(&mut c);
+            let e = c.validate().expect_err(key);
+            assert!(e.contains(key), "{e}");
+        };
+        refused(&|c| c.evaluation_periods = u32::MAX, "evaluation_periods");
+        refused(&|c| c.evaluation_periods = 0, "evaluation_periods");
+        refused(
+            &|c| {
+                c.period_minutes = 60;
+                c.evaluation_periods = 25;
+            },
+            "evaluation_periods",
+        );
+        refused(&|c| c.period_minutes = 1441, "period_minutes");
+        refused(&|c| c.period_minutes = 0, "period_minutes");
+        refused(&|c| c.datapoints_to_alarm = 0, "datapoints_to_alarm");
+        refused(&|c| c.threshold = f64::NAN, "threshold");
+        refused(&|c| c.threshold = f64::INFINITY, "threshold");
+        refused(
+            &|c| c.distribution = "E1\"} 1\nevil 2".into(),
+            "distribution",
+        );
+        refused(&|c| c.distribution = String::new(), "distribution");
+        refused(&|c| c.name = "a\"b".into(), "alarm name");
+        refused(&|c| c.name = "line\nfeed".into(), "alarm name");
+        refused(&|c| c.name = "back\\slash".into(), "alarm name");
+        refused(&|c| c.name = String::new(), "alarm name");
+        refused(&|c| c.name = "x".repeat(MAX_NAME_LEN + 1), "alarm name");
+        refused(&|c| c.name = " padded".into(), "alarm name");
+        // The most a day allows, and names people write, pass.
+        let mut c = alarm(24, 24, MissingData::Missing);
+        c.period_minutes = 60;
+        assert_eq!(c.validate(), Ok(()));
+        c.evaluation_periods = 1440;
+        c.period_minutes = 1;
+        assert_eq!(c.validate(), Ok(()));
+        for name in ["5xx-error-rate", "High 5xx rate", "edge:E1.total_errors"] {
+            c.name = name.into();
+            assert_eq!(c.validate(), Ok(()), "{name}");
+        }
         let parsed: AlarmConfig = serde_json::from_str(
             r#"{"name":"a","distribution":"E1","metric":"5xxErrorRate","comparison":"GreaterThanThreshold","threshold":5,"evaluation_periods":3,"datapoints_to_alarm":2,"treat_missing_data":"notBreaching"}"#,
         )

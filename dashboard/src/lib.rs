@@ -11,15 +11,80 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use edgelog_record::{MinuteAggregate, MinuteUpdate};
 use serde::{Deserialize, Serialize};
 
-/// Settings of the dashboard.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A refusal of the dashboard's API: a status and a reason, answered as
+/// `{"error": "<reason>"}` (`application/json`). Every error the dashboard answers has this
+/// shape, extractor rejections (bad query strings, paths, bodies), 404 and 405 included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn bad_request(reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, reason)
+    }
+
+    pub fn not_found(reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, reason)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.reason })),
+        )
+            .into_response()
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.reason)
+    }
+}
+
+macro_rules! rejection_into_api_error {
+    ($($rejection:ty),*) => {$(
+        impl From<$rejection> for ApiError {
+            fn from(r: $rejection) -> ApiError {
+                ApiError::new(r.status(), r.body_text())
+            }
+        }
+    )*};
+}
+rejection_into_api_error!(QueryRejection, PathRejection, BytesRejection, JsonRejection);
+
+/// `axum::extract::Path` whose rejection is an [`ApiError`].
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+struct Path<T>(T);
+
+/// `axum::extract::Query` whose rejection is an [`ApiError`].
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+struct Query<T>(T);
+
+/// Settings of the dashboard. Its `Debug` redacts tokens, passwords and webhook
+/// credentials.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DashboardConfig {
     /// Address the dashboard listens on.
@@ -51,6 +116,41 @@ impl Default for DashboardConfig {
             users: Vec::new(),
             webhooks: Vec::new(),
         }
+    }
+}
+
+impl std::fmt::Debug for DashboardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const HIDDEN: &str = "<redacted>";
+        let tokens: Vec<&str> = self.tokens.iter().map(|_| HIDDEN).collect();
+        let users: Vec<String> = self
+            .users
+            .iter()
+            .map(|u| match u.split_once(':') {
+                Some((name, _)) => format!("{name}:{HIDDEN}"),
+                None => HIDDEN.to_owned(),
+            })
+            .collect();
+        // Scheme and host only: a webhook's path, query or user part may be its key.
+        let webhooks: Vec<String> = self
+            .webhooks
+            .iter()
+            .map(|w| {
+                let (scheme, rest) = w.split_once("://").unwrap_or(("", w));
+                let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+                let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+                format!("{scheme}://{host}/{HIDDEN}")
+            })
+            .collect();
+        f.debug_struct("DashboardConfig")
+            .field("listen", &self.listen)
+            .field("history_minutes", &self.history_minutes)
+            .field("alarm_interval", &self.alarm_interval)
+            .field("alarms", &self.alarms)
+            .field("tokens", &tokens)
+            .field("users", &users)
+            .field("webhooks", &webhooks)
+            .finish()
     }
 }
 
@@ -246,16 +346,39 @@ async fn require_auth(
     if bool::from(ok) {
         return next.run(req).await;
     }
-    let mut resp = (
-        StatusCode::UNAUTHORIZED,
-        Json(serde_json::json!({ "error": "authentication required" })),
-    )
-        .into_response();
+    let mut resp =
+        ApiError::new(StatusCode::UNAUTHORIZED, "authentication required").into_response();
     resp.headers_mut().insert(
         axum::http::header::WWW_AUTHENTICATE,
         axum::http::HeaderValue::from_static("Basic realm=\"edgelog\""),
     );
     resp
+}
+
+/// A label value as the Prometheus text exposition format wants it: backslash, double
+/// quote and line feed escaped (`\\`, `\"`, `\n`); everything else, any UTF-8, as it is.
+pub fn prometheus_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A sample value as the text format spells it (`NaN`, `+Inf`, `-Inf`).
+fn prometheus_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        v.to_string()
+    }
 }
 
 /// A Prometheus gauge: name, help, and how to read it from a minute.
@@ -336,8 +459,9 @@ async fn prometheus(State(d): State<Dashboard>) -> Response {
         for (id, p) in &last {
             let _ = writeln!(
                 out,
-                "edgelog_distribution_{name}{{distribution=\"{id}\"}} {}",
-                f(p)
+                "edgelog_distribution_{name}{{distribution=\"{}\"}} {}",
+                prometheus_label(id),
+                prometheus_value(f(p))
             );
         }
     }
@@ -354,7 +478,9 @@ async fn prometheus(State(d): State<Dashboard>) -> Response {
             if let Some(v) = v {
                 let _ = writeln!(
                     out,
-                    "edgelog_distribution_origin_latency_ms{{distribution=\"{id}\",quantile=\"{q}\"}} {v}"
+                    "edgelog_distribution_origin_latency_ms{{distribution=\"{}\",quantile=\"{q}\"}} {}",
+                    prometheus_label(id),
+                    prometheus_value(v)
                 );
             }
         }
@@ -372,8 +498,8 @@ async fn prometheus(State(d): State<Dashboard>) -> Response {
             let _ = writeln!(
                 out,
                 "edgelog_alarm_state{{alarm=\"{}\",distribution=\"{}\",state=\"{label}\"}} {}",
-                a.alarm,
-                a.distribution,
+                prometheus_label(&a.alarm),
+                prometheus_label(&a.distribution),
                 u8::from(a.state == state)
             );
         }
@@ -403,19 +529,11 @@ struct SeriesQuery {
 }
 
 fn bad_request(msg: String) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(serde_json::json!({ "error": msg })),
-    )
-        .into_response()
+    ApiError::bad_request(msg).into_response()
 }
 
 fn not_found(id: &str) -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(serde_json::json!({ "error": format!("unknown distribution {id:?}") })),
-    )
-        .into_response()
+    ApiError::not_found(format!("unknown distribution {id:?}")).into_response()
 }
 
 /// Chart ranges the pages offer, and their length in ms.
@@ -715,46 +833,40 @@ async fn alarm_definitions(State(d): State<Dashboard>) -> Json<Vec<alarms::Alarm
 async fn put_alarm(
     State(d): State<Dashboard>,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
-) -> Response {
-    let cfg: alarms::AlarmConfig = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => return bad_request(format!("invalid alarm: {e}")),
-    };
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    alarms::check_alarm_name(&name).map_err(ApiError::bad_request)?;
+    let cfg: alarms::AlarmConfig = serde_json::from_slice(&body?)
+        .map_err(|e| ApiError::bad_request(format!("invalid alarm: {e}")))?;
     if cfg.name != name {
-        return bad_request(format!(
+        return Err(ApiError::bad_request(format!(
             "the alarm's name {:?} differs from the path's {name:?}",
             cfg.name
-        ));
+        )));
     }
-    match d.alarms.put(cfg) {
-        Ok(replaced) => {
-            tracing::info!(alarm = %name, replaced, "alarm defined through the API");
-            let code = if replaced {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            };
-            (
-                code,
-                Json(serde_json::json!({ "alarm": name, "replaced": replaced })),
-            )
-                .into_response()
-        }
-        Err(e) => bad_request(e),
-    }
+    let replaced = d.alarms.put(cfg).map_err(ApiError::bad_request)?;
+    tracing::info!(alarm = %name, replaced, "alarm defined through the API");
+    let code = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        code,
+        Json(serde_json::json!({ "alarm": name, "replaced": replaced })),
+    )
+        .into_response())
 }
 
-async fn delete_alarm(State(d): State<Dashboard>, Path(name): Path<String>) -> Response {
+async fn delete_alarm(
+    State(d): State<Dashboard>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     if d.alarms.delete(&name) {
         tracing::info!(alarm = %name, "alarm deleted through the API");
-        StatusCode::NO_CONTENT.into_response()
+        Ok(StatusCode::NO_CONTENT)
     } else {
-        (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": format!("no alarm named {name:?}") })),
-        )
-            .into_response()
+        Err(ApiError::not_found(format!("no alarm named {name:?}")))
     }
 }
 
@@ -820,6 +932,58 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// 404 for any path the dashboard does not serve.
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no such page or API: {method} {}", uri.path()))
+}
+
+/// 405 for a path served with other methods (the `Allow` header lists them).
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Largest error body turned into a JSON reason by [`json_errors`].
+const ERROR_TEXT_LIMIT: usize = 4096;
+
+/// The net under everything: an error answered in any other shape than JSON (a layer's
+/// plain-text refusal, say) becomes `{"error": "<its text>"}`, headers kept.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, ERROR_TEXT_LIMIT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let reason = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::json!({ "error": reason }).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
 /// The dashboard router.
 pub fn app(dashboard: Dashboard) -> Router {
     Router::new()
@@ -837,9 +1001,12 @@ pub fn app(dashboard: Dashboard) -> Router {
         )
         .route("/metrics", get(prometheus))
         .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(
             dashboard.clone(),
             require_auth,
         ))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(dashboard)
 }

@@ -118,6 +118,24 @@ async fn a_configured_dashboard_wants_a_token_or_a_user() {
     assert_eq!(status, StatusCode::OK);
     let (status, _) = get(&router, "/healthz", None).await;
     assert_eq!(status, StatusCode::OK);
+    let shown = format!(
+        "{:?}",
+        DashboardConfig {
+            webhooks: vec!["http://hook:hook-pw@127.0.0.1:9/key-in-path?k=query-key".into()],
+            ..cfg.clone()
+        }
+    );
+    for secret in [
+        "dash-token-123",
+        "s3cret-pw",
+        "hook-pw",
+        "key-in-path",
+        "query-key",
+    ] {
+        assert!(!shown.contains(secret), "Debug shows {secret}: {shown}");
+    }
+    assert!(shown.contains("ops:<redacted>"), "{shown}");
+    assert!(shown.contains("http://127.0.0.1:9/<redacted>"), "{shown}");
     let bad = DashboardConfig {
         users: vec!["no-colon-here".into()],
         ..DashboardConfig::default()

@@ -13,8 +13,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-/// Everything edgelog can be told.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Everything edgelog can be told. Its `Debug` shows secrets redacted, as
+/// [`Config::to_pretty`] does.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Directory for the write-ahead log and, on embedded defaults, the standard logs.
@@ -33,7 +34,7 @@ pub struct Config {
 
 /// Where per-minute aggregates travel: in process (the default, for `edgelog demo`), or a
 /// Kafka topic that every collector publishes to and every dashboard reads.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// The metrics topic.
@@ -54,7 +55,7 @@ impl Default for Config {
 }
 
 /// The sinks.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinksConfig {
     /// Standard logs: Parquet files (under `{data_dir}/standard-logs` on embedded defaults).
@@ -120,33 +121,159 @@ impl Config {
         self.dashboard.validate()
     }
 
-    /// The effective configuration as TOML-ish JSON, for `edgelog config`.
-    /// The configuration as JSON, secrets (tokens, passwords, keys) redacted.
+    /// The configuration as JSON, for `edgelog config`, with every secret redacted (see
+    /// [`redact`]).
     pub fn to_pretty(&self) -> anyhow::Result<String> {
-        const HIDDEN: &str = "<redacted>";
-        let mut c = self.clone();
-        let hide = |v: &mut Vec<String>| v.iter_mut().for_each(|t| *t = HIDDEN.into());
-        hide(&mut c.collector.tokens);
-        hide(&mut c.dashboard.tokens);
-        for u in &mut c.dashboard.users {
-            if let Some((name, _)) = u.split_once(':') {
-                *u = format!("{name}:{HIDDEN}");
+        let mut v = serde_json::to_value(self).context("cannot print the configuration")?;
+        redact(None, &mut v);
+        serde_json::to_string_pretty(&v).context("cannot print the configuration")
+    }
+}
+
+/// What is printed instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// Option and setting names that mention a secret but name none: shown as they are. The
+/// S3 access key id names the key (as a user name does), its secret is the secret.
+const NOT_SECRET: &[&str] = &[
+    "access_key_id",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.kerberos.service.name",
+    "sasl.kerberos.principal",
+    "sasl.oauthbearer.method",
+    "sasl.oauthbearer.scope",
+    "sasl.oauthbearer.client.id",
+];
+
+/// Parts of a name that suggest its value is a secret: `collector.tokens`,
+/// `secret_access_key`, librdkafka's `sasl.password`, `ssl.key.password`, `ssl.key.pem`,
+/// `ssl.keystore.password`, `sasl.oauthbearer.client.secret`, `sasl.oauthbearer.config`,
+/// `sasl.jaas.config`...
+const SECRET_PARTS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "key",
+    "credential",
+    "sasl",
+    "jaas",
+    "private",
+    "auth",
+];
+
+/// Whether a setting or option named `name` holds a secret (by its name, in any case).
+pub fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    !NOT_SECRET.contains(&name.as_str()) && SECRET_PARTS.iter().any(|p| name.contains(p))
+}
+
+/// Redacts every secret in a configuration serialized as JSON, whatever section or map
+/// it is in:
+/// - a string (or each string of a list) under a name [`is_secret_name`] says is secret:
+///   `collector.tokens`, `dashboard.tokens`, the S3 `secret_access_key` and
+///   `session_token`, and such entries of every `options` map (the Kafka ones);
+/// - the password of each `dashboard.users` entry (the user name stays);
+/// - in `dashboard.webhooks`, a URL's password and query string; in any other URL, its
+///   password.
+///
+/// Empty strings, numbers, booleans and nulls stay: they say what is not set.
+pub fn redact(name: Option<&str>, v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => m.iter_mut().for_each(|(k, v)| redact(Some(k), v)),
+        // The elements of a list are under the list's name.
+        Value::Array(a) => a.iter_mut().for_each(|v| redact(name, v)),
+        Value::String(s) if !s.is_empty() => {
+            *s = match name {
+                Some("users") => match s.split_once(':') {
+                    Some((user, _)) => format!("{user}:{REDACTED}"),
+                    None => REDACTED.into(),
+                },
+                Some(n) if is_secret_name(n) => REDACTED.into(),
+                Some("webhooks") => redact_url(s, true),
+                _ => redact_url(s, false),
             }
         }
-        if let Some(s3) = &mut c.sinks.standard.s3 {
-            for secret in [&mut s3.secret_access_key, &mut s3.session_token] {
-                if secret.is_some() {
-                    *secret = Some(HIDDEN.into());
-                }
-            }
-        }
-        serde_json::to_string_pretty(&c).context("cannot print the configuration")
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@host/path?query` without its password (and its query when
+/// `query` is set, as webhook URLs often carry a key there). Anything else as it is.
+fn redact_url(s: &str, query: bool) -> String {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return s.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:{REDACTED}@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, _)) if query => format!("{path}?{REDACTED}"),
+        _ => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// A copy of `t` with its secrets redacted; `None` if it does not survive the trip through
+/// JSON (then nothing of it should be shown).
+fn redacted<T: Serialize + serde::de::DeserializeOwned>(t: &T) -> Option<T> {
+    let mut v = serde_json::to_value(t).ok()?;
+    redact(None, &mut v);
+    serde_json::from_value(v).ok()
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(c) = redacted(self) else {
+            return f.write_str("Config { <redacted> }");
+        };
+        f.debug_struct("Config")
+            .field("data_dir", &c.data_dir)
+            .field("collector", &c.collector)
+            .field("sampling", &c.sampling)
+            .field("sinks", &c.sinks)
+            .field("dashboard", &c.dashboard)
+            .field("metrics", &c.metrics)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SinksConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(c) = redacted(self) else {
+            return f.write_str("SinksConfig { <redacted> }");
+        };
+        f.debug_struct("SinksConfig")
+            .field("standard", &c.standard)
+            .field("realtime", &c.realtime)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for MetricsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(c) = redacted(self) else {
+            return f.write_str("MetricsConfig { <redacted> }");
+        };
+        f.debug_struct("MetricsConfig")
+            .field("kafka", &c.kafka)
+            .finish()
     }
 }
 
 /// `collector.max_body_bytes: invalid type ... (from EDGELOG_ environment variables)`,
-/// one line per problem.
+/// one line per problem. A value given for a secret key is not repeated.
 fn describe(e: figment::Error) -> String {
+    use figment::error::Kind;
     e.into_iter()
         .map(|e| {
             let source = e
@@ -154,6 +281,18 @@ fn describe(e: figment::Error) -> String {
                 .as_ref()
                 .map(|m| m.name.to_string())
                 .unwrap_or_default();
+            let secret = e.path.iter().any(|k| k == "users" || is_secret_name(k));
+            let kind = match &e.kind {
+                Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) if secret => {
+                    format!(
+                        "invalid value (not shown: this key holds a secret), expected {expected}"
+                    )
+                }
+                Kind::Message(_) if secret => {
+                    "invalid value (not shown: this key holds a secret)".to_owned()
+                }
+                kind => kind.to_string(),
+            };
             let key = e.path.join(".");
             let key = if key.is_empty() {
                 String::new()
@@ -161,11 +300,217 @@ fn describe(e: figment::Error) -> String {
                 format!("{key}: ")
             };
             if source.is_empty() {
-                format!("{key}{}", e.kind)
+                format!("{key}{kind}")
             } else {
-                format!("{key}{} (from {source})", e.kind)
+                format!("{key}{kind} (from {source})")
             }
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A configuration with a secret in every secret setting and in every options map,
+    /// beside settings that are not secret.
+    const WITH_SECRETS: &str = r#"
+[collector]
+id = "collector-visible-id"
+tokens = ["collector-token-SECRET-0001", "collector-token-SECRET-0002"]
+
+[sinks.standard.s3]
+bucket = "visible-bucket"
+endpoint = "http://s3user:s3-endpoint-pw-SECRET@127.0.0.1:3900"
+region = "visible-region"
+access_key_id = "GK-visible-access-key-id"
+secret_access_key = "s3-secret-access-key-SECRET"
+session_token = "s3-session-token-SECRET"
+
+[sinks.realtime.kafka]
+bootstrap_servers = "visible-broker:9092"
+topic = "visible-realtime-topic"
+[sinks.realtime.kafka.options]
+"security.protocol" = "sasl_ssl"
+"sasl.mechanism" = "SCRAM-SHA-512"
+"sasl.username" = "visible-kafka-user"
+"sasl.password" = "rt-sasl-password-SECRET"
+"ssl.key.password" = "rt-ssl-key-password-SECRET"
+"ssl.key.pem" = "rt-ssl-key-pem-SECRET"
+"ssl.keystore.password" = "rt-keystore-password-SECRET"
+"sasl.oauthbearer.client.secret" = "rt-oauth-client-secret-SECRET"
+"sasl.oauthbearer.config" = "principal=x clientSecret=rt-oauth-config-SECRET"
+"SASL.JAAS.CONFIG" = "rt-jaas-SECRET"
+"socket.timeout.ms" = "60001"
+
+[metrics.kafka]
+bootstrap_servers = "visible-metrics-broker:9092"
+topic = "visible-metrics-topic"
+[metrics.kafka.options]
+"sasl.mechanisms" = "PLAIN"
+"sasl.username" = "visible-metrics-user"
+"sasl.password" = "metrics-sasl-password-SECRET"
+"ssl.key.location" = "/secret/metrics-key-location-SECRET.pem"
+"ssl.ca.location" = "/visible/ca.pem"
+"sasl.oauthbearer.client.secret" = "metrics-oauth-SECRET"
+
+[dashboard]
+tokens = ["dashboard-token-SECRET"]
+users = ["visible-ops:dashboard-user-password-SECRET", "visible-admin:pw:with:colons-SECRET"]
+webhooks = ["http://hookuser:webhook-password-SECRET@127.0.0.1:9/alerts?key=webhook-query-key-SECRET"]
+"#;
+
+    /// The secrets above, and what must still show.
+    fn secrets() -> Vec<String> {
+        WITH_SECRETS
+            .split('"')
+            .filter(|s| s.contains("SECRET"))
+            .flat_map(|s| {
+                // Only the secret part of values that hold a secret among other text.
+                s.split(['@', ':', '=', ' ', '?', '/'])
+                    .filter(|p| p.contains("SECRET"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    const VISIBLE: &[&str] = &[
+        "collector-visible-id",
+        "visible-bucket",
+        "visible-region",
+        "GK-visible-access-key-id",
+        "s3user",
+        "127.0.0.1:3900",
+        "visible-broker:9092",
+        "visible-realtime-topic",
+        "sasl_ssl",
+        "SCRAM-SHA-512",
+        "visible-kafka-user",
+        "60001",
+        "visible-metrics-broker:9092",
+        "visible-metrics-topic",
+        "PLAIN",
+        "visible-metrics-user",
+        "/visible/ca.pem",
+        "visible-ops:<redacted>",
+        "visible-admin:<redacted>",
+        "http://hookuser:<redacted>@127.0.0.1:9/alerts?<redacted>",
+        "http://s3user:<redacted>@127.0.0.1:3900",
+    ];
+
+    fn load() -> Config {
+        let dir = std::env::temp_dir().join(format!("edgelog-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("secrets.toml");
+        std::fs::write(&file, WITH_SECRETS).expect("write config");
+        let cfg = Config::load(Some(&file), &[]).expect("a valid configuration");
+        let _ = std::fs::remove_dir_all(&dir);
+        cfg
+    }
+
+    #[test]
+    fn every_secret_is_redacted_in_edgelog_config_and_in_debug() {
+        let cfg = load();
+        let secrets = secrets();
+        assert!(secrets.len() >= 20, "{secrets:?}");
+        let pretty = cfg.to_pretty().expect("printable");
+        let debug = format!("{cfg:?}");
+        let parts = [
+            format!("{:?}", cfg.sinks),
+            format!("{:?}", cfg.metrics),
+            format!("{cfg:#?}"),
+        ];
+        for (what, text) in [("to_pretty", &pretty), ("Debug", &debug)]
+            .into_iter()
+            .chain(parts.iter().map(|p| ("Debug of a section", p)))
+        {
+            for s in &secrets {
+                assert!(!text.contains(s.as_str()), "{what} shows {s}:\n{text}");
+            }
+            assert!(!text.contains("SECRET"), "{what}:\n{text}");
+        }
+        for v in VISIBLE {
+            assert!(pretty.contains(v), "to_pretty hides {v}:\n{pretty}");
+        }
+        assert!(debug.contains("visible-kafka-user"), "{debug}");
+        assert!(debug.contains("visible-bucket"), "{debug}");
+        // The redacted values are marked, one per secret setting or entry.
+        assert!(pretty.matches(REDACTED).count() >= 20, "{pretty}");
+        // The configuration itself is untouched.
+        assert_eq!(cfg.collector.tokens[0], "collector-token-SECRET-0001");
+    }
+
+    #[test]
+    fn secret_names_are_recognised_in_any_case_and_plain_ones_are_not() {
+        for n in [
+            "sasl.password",
+            "SASL.PASSWORD",
+            "ssl.key.password",
+            "ssl.key.pem",
+            "ssl.keystore.password",
+            "ssl.key.location",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.config",
+            "sasl.jaas.config",
+            "sasl.kerberos.keytab",
+            "tokens",
+            "secret_access_key",
+            "session_token",
+            "basic.auth.user.info",
+            "aws.credentials",
+        ] {
+            assert!(is_secret_name(n), "{n}");
+        }
+        for n in [
+            "sasl.mechanism",
+            "sasl.mechanisms",
+            "sasl.username",
+            "access_key_id",
+            "security.protocol",
+            "ssl.ca.location",
+            "bootstrap_servers",
+            "topic",
+            "bucket",
+            "endpoint",
+            "users",
+            "webhooks",
+        ] {
+            assert!(!is_secret_name(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn urls_lose_their_password_and_webhooks_their_query() {
+        assert_eq!(
+            redact_url("http://u:p@h:1/x?k=v", false),
+            "http://u:<redacted>@h:1/x?k=v"
+        );
+        assert_eq!(
+            redact_url("http://u:p@h:1/x?k=v", true),
+            "http://u:<redacted>@h:1/x?<redacted>"
+        );
+        assert_eq!(redact_url("http://h/x", true), "http://h/x");
+        assert_eq!(redact_url("http://h?a=b", true), "http://h?<redacted>");
+        assert_eq!(redact_url("not a url", true), "not a url");
+        assert_eq!(redact_url("http://u@h/", false), "http://u@h/");
+    }
+
+    #[test]
+    fn a_secret_given_with_the_wrong_type_is_not_echoed_in_the_error() {
+        let dir = std::env::temp_dir().join(format!("edgelog-config-err-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("bad.toml");
+        std::fs::write(
+            &file,
+            "[collector]\ntokens = \"one-token-as-a-string-SECRET\"\n[dashboard]\nusers = \"ops:pw-SECRET\"\n",
+        )
+        .expect("write");
+        let e = Config::load(Some(&file), &[]).expect_err("tokens is a list");
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = format!("{e:#}");
+        assert!(e.contains("collector.tokens"), "{e}");
+        assert!(!e.contains("SECRET"), "{e}");
+    }
 }
