@@ -363,8 +363,15 @@ async fn retry(
                 status.set_error(Some(&e));
                 drain.check();
                 match drain.deadline {
-                    Some(d) if Instant::now() + delay > d => return false,
-                    Some(_) => tokio::time::sleep(delay).await,
+                    // Draining: keep trying until the deadline, at shorter waits if need
+                    // be, so a destination back within the budget still gets the records.
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        if left < Duration::from_millis(100) {
+                            return false;
+                        }
+                        tokio::time::sleep(delay.min(left / 2)).await;
+                    }
                     None => tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         // Shutdown began: one more try right away, within the deadline.

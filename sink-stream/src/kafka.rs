@@ -464,7 +464,10 @@ impl Sink for KafkaSink {
             let stored = match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(why)) => match &self.dead_letters {
-                    Some(dl) => dl.put(entry.seq, "message_too_large", &why, &[r]),
+                    Some(dl) => {
+                        let why = format!("{why}; the message has {} bytes", buf.len());
+                        dl.put(entry.seq, "message_too_large", &why, &[r])
+                    }
                     None => Err(SinkError::Misconfigured(why)),
                 },
                 Err(e) => Err(e),
