@@ -126,12 +126,13 @@ impl CollectorConfig {
             .max_body_bytes
             .saturating_add(self.max_decompressed_bytes.saturating_mul(2))
             .saturating_add(self.max_records_per_body.saturating_mul(record));
-        in_range(
-            "collector.max_inflight_bytes",
-            self.max_inflight_bytes,
-            biggest,
-            1 << 40,
-        )?;
+        if !(biggest..=1 << 40).contains(&self.max_inflight_bytes) {
+            return Err(format!(
+                "collector.max_inflight_bytes: must be from {biggest} (max_body_bytes + 2 x                  max_decompressed_bytes + max_records_per_body x {record} bytes, so the biggest                  body allowed fits) to {}, got {}",
+                1u64 << 40,
+                self.max_inflight_bytes
+            ));
+        }
         in_range(
             "collector.dead_letter_max_bytes",
             self.dead_letter_max_bytes,

@@ -64,6 +64,22 @@ pub struct SinksConfig {
     pub realtime: RealtimeConfig,
 }
 
+/// `EDGELOG_*` variables that are not settings but are known: `edgelog edge`'s token, and
+/// test hooks.
+const OTHER_VARS: &[&str] = &["EDGELOG_TOKEN", "EDGELOG_TEST_UNENCODABLE_ID_PREFIX"];
+
+/// The `EDGELOG_*` names that reach no setting (a typo such as `EDGELOG_COLLECTOR_LISTEN`
+/// would otherwise be ignored without a word).
+fn unknown_env_vars(names: impl Iterator<Item = String>) -> Vec<String> {
+    names
+        .filter(|k| k.starts_with("EDGELOG_") && !OTHER_VARS.contains(&k.as_str()))
+        .filter(|k| {
+            let key = k["EDGELOG_".len()..].to_ascii_lowercase();
+            !SECTIONS.contains(&key.split("__").next().unwrap_or(""))
+        })
+        .collect()
+}
+
 const SECTIONS: &[&str] = &[
     "data_dir",
     "collector",
@@ -88,6 +104,12 @@ impl Config {
             fig = fig.merge(Toml::file(f));
         }
         // Only our sections: EDGELOG_TOKEN and friends belong to `edgelog edge`.
+        for name in unknown_env_vars(std::env::vars().map(|(k, _)| k)) {
+            tracing::warn!(
+                variable = %name,
+                "environment variable ignored: it names no setting (sections are joined by two underscores, e.g. EDGELOG_COLLECTOR__LISTEN)"
+            );
+        }
         fig = fig.merge(
             Env::prefixed("EDGELOG_")
                 .filter(|k| {
@@ -111,6 +133,9 @@ impl Config {
 
     /// Checks every section; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err("data_dir: must not be empty".into());
+        }
         self.collector.validate()?;
         self.sampling.validate()?;
         self.sinks.standard.validate()?;
@@ -512,5 +537,152 @@ webhooks = ["http://hookuser:webhook-password-SECRET@127.0.0.1:9/alerts?key=webh
         let e = format!("{e:#}");
         assert!(e.contains("collector.tokens"), "{e}");
         assert!(!e.contains("SECRET"), "{e}");
+    }
+}
+
+/// Every numeric setting at its extremes: accepted and usable, or refused naming the key;
+/// never a panic, a wrap or a huge allocation.
+#[cfg(test)]
+mod ranges {
+    use super::*;
+    use figment::value::Value;
+
+    const INTEGER_KEYS: &[&str] = &[
+        "collector.max_body_bytes",
+        "collector.max_decompressed_bytes",
+        "collector.max_listed_rejections",
+        "collector.max_line_bytes",
+        "collector.max_field_bytes",
+        "collector.max_records_per_body",
+        "collector.max_inflight_bytes",
+        "collector.max_connections",
+        "collector.dead_letter_max_bytes",
+        "collector.wal.segment_bytes",
+        "collector.wal.max_bytes",
+        "sinks.standard.max_rows",
+        "sinks.standard.max_bytes",
+        "sinks.standard.max_open_bytes",
+        "sinks.standard.row_group_rows",
+        "sinks.standard.zstd_level",
+        "sinks.realtime.bus_capacity",
+        "sinks.realtime.kafka.max_in_flight_messages",
+        "dashboard.history_minutes",
+        "sampling.default.standard",
+        "sampling.default.realtime",
+    ];
+
+    const DURATION_KEYS: &[&str] = &[
+        "collector.shutdown_timeout",
+        "collector.metrics_interval",
+        "collector.header_timeout",
+        "collector.body_timeout",
+        "sinks.standard.max_age",
+        "sinks.realtime.kafka.linger",
+        "dashboard.alarm_interval",
+    ];
+
+    fn integers() -> Vec<Value> {
+        let mut v: Vec<Value> = [0u64, 1, 2, 1 << 31, 1 << 32, (1 << 63) - 1, 1 << 63]
+            .into_iter()
+            .chain([u64::MAX - 1, u64::MAX])
+            .map(Value::from)
+            .collect();
+        v.extend([-1i64, i64::MIN].map(Value::from));
+        v.push(Value::from("12"));
+        v.push(Value::from(f64::NAN));
+        v.push(Value::from(1e300));
+        v
+    }
+
+    fn durations() -> Vec<Value> {
+        [
+            "0s",
+            "1ns",
+            "1s",
+            "1h",
+            "100years",
+            "18446744073709551615s",
+            "-1s",
+            "",
+            "soon",
+        ]
+        .into_iter()
+        .map(Value::from)
+        .collect()
+    }
+
+    /// Builds what a collector builds from the settings: what could panic or allocate.
+    fn use_it(cfg: &Config) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bus = edgelog_sink_stream::Bus::new(cfg.sinks.realtime.bus_capacity);
+        drop(bus);
+        let mut collector =
+            edgelog_collector::Collector::open(cfg.collector.clone(), dir.path()).expect("open");
+        let store = edgelog_sink_s3::local_store(dir.path()).expect("store");
+        let sink = edgelog_sink_s3::StandardLogSink::new(
+            cfg.sinks.standard.clone(),
+            &cfg.collector.id,
+            cfg.sampling.clone(),
+            store,
+        );
+        collector.add_sink("standard", Box::new(sink));
+        if let Some(k) = &cfg.sinks.realtime.kafka {
+            edgelog_sink_stream::KafkaSink::new(
+                &cfg.sinks.realtime,
+                k,
+                &cfg.collector.id,
+                cfg.sampling.clone(),
+            )
+            .expect("kafka producer from accepted settings");
+        }
+        let _ = edgelog_dashboard::MetricsStore::new(cfg.dashboard.history_minutes);
+    }
+
+    #[test]
+    fn every_numeric_setting_at_its_extremes_is_usable_or_refused_by_name() {
+        let base = [
+            (
+                "collector.tokens",
+                Value::from(vec!["range-test-token-0123456".to_owned()]),
+            ),
+            (
+                "sinks.realtime.kafka.bootstrap_servers",
+                Value::from("127.0.0.1:9"),
+            ),
+        ];
+        let mut accepted = 0;
+        let mut refused = 0;
+        let cases = INTEGER_KEYS
+            .iter()
+            .flat_map(|k| integers().into_iter().map(move |v| (*k, v)))
+            .chain(
+                DURATION_KEYS
+                    .iter()
+                    .flat_map(|k| durations().into_iter().map(move |v| (*k, v))),
+            );
+        for (key, value) in cases {
+            let mut overrides: Vec<(&str, Value)> = base.to_vec();
+            overrides.push((key, value.clone()));
+            let shown = format!("{key} = {value:?}");
+            let result = std::panic::catch_unwind(|| Config::load(None, &overrides));
+            match result {
+                Err(_) => panic!("{shown}: loading panicked"),
+                Ok(Ok(cfg)) => {
+                    accepted += 1;
+                    let used = std::panic::catch_unwind(|| use_it(&cfg));
+                    assert!(used.is_ok(), "{shown}: accepted, but using it panicked");
+                }
+                Ok(Err(e)) => {
+                    refused += 1;
+                    let msg = format!("{e:#}");
+                    let leaf = key.rsplit('.').next().unwrap_or(key);
+                    assert!(
+                        msg.contains(leaf),
+                        "{shown}: refused without naming the key: {msg}"
+                    );
+                }
+            }
+        }
+        eprintln!("{accepted} accepted and used, {refused} refused by name");
     }
 }

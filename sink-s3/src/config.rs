@@ -94,8 +94,11 @@ impl S3Config {
                 "{k}.access_key_id and {k}.secret_access_key: set both or neither"
             ));
         }
-        if self.request_timeout.is_zero() {
-            return Err(format!("{k}.request_timeout: must be positive"));
+        if self.request_timeout.is_zero() || self.request_timeout > Duration::from_secs(3600) {
+            return Err(format!(
+                "{k}.request_timeout: must be from 1ns to 1h, got {:?}",
+                self.request_timeout
+            ));
         }
         Ok(())
     }
@@ -140,16 +143,22 @@ impl StandardLogsConfig {
                 self.path_template
             ));
         }
-        if self.max_rows == 0 || self.row_group_rows == 0 {
+        let range = |key: &str, v: u64, min: u64, max: u64| {
+            if (min..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{k}.{key}: must be from {min} to {max}, got {v}"))
+            }
+        };
+        range("max_rows", self.max_rows as u64, 1, 1 << 32)?;
+        range("row_group_rows", self.row_group_rows as u64, 1, 1 << 24)?;
+        range("max_bytes", self.max_bytes, 1 << 10, 1 << 40)?;
+        range("max_open_bytes", self.max_open_bytes, 1 << 20, 1 << 40)?;
+        if self.max_age.is_zero() || self.max_age > Duration::from_secs(86_400) {
             return Err(format!(
-                "{k}.max_rows and {k}.row_group_rows: must be positive"
+                "{k}.max_age: must be from 1ns to 24h (a file holds one event hour), got {:?}",
+                self.max_age
             ));
-        }
-        if self.max_age.is_zero() {
-            return Err(format!("{k}.max_age: must be positive"));
-        }
-        if self.max_open_bytes < self.max_bytes.min(1 << 20) {
-            return Err(format!("{k}.max_open_bytes: must be at least 1 MiB"));
         }
         if !(1..=22).contains(&self.zstd_level) {
             return Err(format!("{k}.zstd_level: must be from 1 to 22"));

@@ -138,8 +138,18 @@ impl KafkaConfig {
                 self.compression
             ));
         }
-        if self.max_in_flight_messages == 0 {
-            return Err(format!("{k}.max_in_flight_messages: must be positive"));
+        // librdkafka's own bounds for queue.buffering.max.messages and linger.ms.
+        if !(1..=2_147_483_647).contains(&self.max_in_flight_messages) {
+            return Err(format!(
+                "{k}.max_in_flight_messages: must be from 1 to 2147483647, got {}",
+                self.max_in_flight_messages
+            ));
+        }
+        if self.linger > Duration::from_secs(900) {
+            return Err(format!(
+                "{k}.linger: must be at most 900s, got {:?}",
+                self.linger
+            ));
         }
         if let Some(o) = self
             .options
