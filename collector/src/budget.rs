@@ -75,13 +75,24 @@ impl Budget {
 }
 
 impl Held {
-    /// Takes `bytes` more, now or never (called while the request works on a thread).
-    pub fn grow(&mut self, bytes: u64) -> Result<(), OverBudget> {
-        let more = self
-            .sem
-            .clone()
-            .try_acquire_many_owned(units(bytes))
-            .map_err(|_| OverBudget { budget: self.total })?;
+    /// Takes `bytes` more, waiting up to `wait` for other requests to give some back.
+    /// Blocking: called while the request works on a blocking thread.
+    pub fn grow(&mut self, bytes: u64, wait: Duration) -> Result<(), OverBudget> {
+        let over = OverBudget { budget: self.total };
+        let n = units(bytes);
+        if u64::from(n) * UNIT > self.total {
+            return Err(over);
+        }
+        let start = std::time::Instant::now();
+        let more = loop {
+            match self.sem.clone().try_acquire_many_owned(n) {
+                Ok(p) => break p,
+                Err(_) if start.elapsed() < wait => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return Err(over),
+            }
+        };
         match &mut self.permits {
             Some(p) => p.merge(more),
             None => self.permits = Some(more),
@@ -100,8 +111,8 @@ mod tests {
         let mut a = b.reserve(6 << 10, Duration::ZERO).await.expect("fits");
         assert_eq!(b.in_use(), 6 << 10);
         assert!(b.reserve(6 << 10, Duration::from_millis(10)).await.is_err());
-        assert!(a.grow(5 << 10).is_err());
-        a.grow(4 << 10).expect("fits");
+        assert!(a.grow(5 << 10, Duration::from_millis(20)).is_err());
+        a.grow(4 << 10, Duration::ZERO).expect("fits");
         assert_eq!(b.in_use(), 10 << 10);
         drop(a);
         assert_eq!(b.in_use(), 0);

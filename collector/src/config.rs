@@ -122,13 +122,15 @@ impl CollectorConfig {
         )?;
         // The biggest body allowed must fit: as sent, decompressed, and parsed.
         let record = std::mem::size_of::<edgelog_record::Record>() as u64;
+        // One more MiB: decompression reads one step past the limit to tell it was passed.
         let biggest = self
             .max_body_bytes
+            .saturating_add(1 << 20)
             .saturating_add(self.max_decompressed_bytes.saturating_mul(2))
             .saturating_add(self.max_records_per_body.saturating_mul(record));
         if !(biggest..=1 << 40).contains(&self.max_inflight_bytes) {
             return Err(format!(
-                "collector.max_inflight_bytes: must be from {biggest} (max_body_bytes + 2 x                  max_decompressed_bytes + max_records_per_body x {record} bytes, so the biggest                  body allowed fits) to {}, got {}",
+                "collector.max_inflight_bytes: must be from {biggest} (max_body_bytes + 1 MiB + 2 x max_decompressed_bytes + max_records_per_body x {record} bytes, so the biggest body allowed fits) to {}, got {}",
                 1u64 << 40,
                 self.max_inflight_bytes
             ));

@@ -38,9 +38,21 @@ struct Inner {
 }
 
 struct Files {
-    /// Bytes in the directory's files, counted at open and on every write.
+    /// Bytes in the directory's files, counted at open and on every write, and again
+    /// (at most every second) while the store looks full: files an operator moved
+    /// away make room.
     total: u64,
     current: Option<(File, PathBuf, u64)>,
+    recounted: Option<std::time::Instant>,
+}
+
+/// Bytes of the files in `dir`.
+fn dir_bytes(dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    for e in fs::read_dir(dir)? {
+        total += e?.metadata()?.len();
+    }
+    Ok(total)
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -56,10 +68,7 @@ impl DeadLetters {
     /// Opens (creating) `dir` for `sink`'s dead letters, at most `max_bytes` in all.
     pub fn open(dir: &Path, sink: &str, max_bytes: u64) -> io::Result<DeadLetters> {
         fs::create_dir_all(dir)?;
-        let mut total = 0;
-        for e in fs::read_dir(dir)? {
-            total += e?.metadata()?.len();
-        }
+        let total = dir_bytes(dir)?;
         Ok(DeadLetters {
             inner: Arc::new(Inner {
                 sink: sink.to_owned(),
@@ -69,6 +78,7 @@ impl DeadLetters {
                 files: Mutex::new(Files {
                     total,
                     current: None,
+                    recounted: None,
                 }),
             }),
         })
@@ -150,7 +160,22 @@ impl DeadLetters {
         let i = &self.inner;
         blocking(|| {
             let mut files = i.files.lock().unwrap_or_else(|p| p.into_inner());
-            if files.total + lines.len() as u64 > i.max_bytes {
+            let over = |f: &Files| f.total.saturating_add(lines.len() as u64) > i.max_bytes;
+            if over(&files)
+                && files
+                    .recounted
+                    .is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(1))
+            {
+                files.recounted = Some(std::time::Instant::now());
+                if let Ok(n) = dir_bytes(&i.dir) {
+                    files.total = n;
+                    // The file being appended to may have been moved away too.
+                    if files.current.as_ref().is_some_and(|(_, p, _)| !p.exists()) {
+                        files.current = None;
+                    }
+                }
+            }
+            if over(&files) {
                 return Err(SinkError::Unavailable(format!(
                     "dead-letter store {} is full ({} of {} bytes); move its files away to go on \
                      (the records wait in the write-ahead log)",
@@ -281,5 +306,15 @@ mod tests {
                 .put(3, "encode_error", "x", &[&rec("d"), &rec("e")])
                 .is_err()
         );
+        // Files moved away make room, without a restart: a full store recounts (at most
+        // every second).
+        for e in fs::read_dir(dir.path()).expect("ls") {
+            fs::remove_file(e.expect("entry").path()).expect("rm");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        again
+            .put(4, "encode_error", "x", &[&rec("f")])
+            .expect("room again");
+        assert_eq!(lines(dir.path()).len(), 1);
     }
 }

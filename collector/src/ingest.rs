@@ -306,14 +306,18 @@ fn read_limited(
     encoding: &'static str,
     held: &mut Held,
 ) -> Result<Vec<u8>, IngestError> {
-    const STEP: usize = 1 << 20;
+    const STEP: u64 = 1 << 20;
     let mut r = r.take(limit.saturating_add(1));
     let mut out: Vec<u8> = Vec::new();
     loop {
-        held.grow(STEP as u64)
+        // Never more than the limit allows (plus the one byte that tells it was passed).
+        let step = STEP.min(limit.saturating_add(1) - out.len() as u64).max(1);
+        held.grow(step, BUDGET_WAIT)
             .map_err(|e| IngestError::Busy { budget: e.budget })?;
         let start = out.len();
-        out.resize(start + STEP, 0);
+        let step = usize::try_from(step).unwrap_or(usize::MAX);
+        out.reserve_exact(step);
+        out.resize(start + step, 0);
         let mut filled = start;
         while filled < out.len() {
             match r.read(&mut out[filled..]) {
@@ -332,7 +336,7 @@ fn read_limited(
         if out.len() as u64 > limit {
             return Err(IngestError::DecompressedTooLarge { limit });
         }
-        if filled < start + STEP {
+        if filled < start + step {
             return Ok(out);
         }
     }
@@ -467,7 +471,9 @@ async fn ingest(
             .increment(body.len() as u64);
         let format = choose_format(q.format.as_deref(), &headers, &body)?;
         // Parsed records cost their struct plus their text: taken from the budget first.
-        let lines = memchr::memchr_iter(b'\n', &body).count() as u64 + 1;
+        // Lines as the client counts them: a last line without its newline counts too.
+        let lines = memchr::memchr_iter(b'\n', &body).count() as u64
+            + u64::from(body.last().is_some_and(|b| *b != b'\n'));
         if lines > max_lines {
             return Err(IngestError::TooManyLines { limit: max_lines });
         }
@@ -476,6 +482,7 @@ async fn ingest(
             lines
                 .saturating_mul(record)
                 .saturating_add(body.len() as u64),
+            BUDGET_WAIT,
         )
         .map_err(|e| IngestError::Busy { budget: e.budget })?;
         let opts = ParseOptions {

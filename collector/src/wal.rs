@@ -223,7 +223,13 @@ struct Scan {
 
 /// Scans a segment from its start; `limit` is the next segment's first entry, where a
 /// segment left behind after a failed write must end.
-fn scan_segment(path: &Path, first_seq: Seq, limit: Option<Seq>) -> Result<Scan, WalError> {
+/// `end`: the byte offset a cut marker gives, past which entries belong to a refused group.
+fn scan_segment(
+    path: &Path,
+    first_seq: Seq,
+    limit: Option<Seq>,
+    end: Option<u64>,
+) -> Result<Scan, WalError> {
     let file = File::open(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
@@ -245,6 +251,13 @@ fn scan_segment(path: &Path, first_seq: Seq, limit: Option<Seq>) -> Result<Scan,
                 last_seq: last,
                 valid_len: offset,
                 problem: None,
+            });
+        }
+        if end.is_some_and(|e| offset >= e) {
+            return Ok(Scan {
+                last_seq: last,
+                valid_len: offset,
+                problem: Some("bytes of a refused group past a cut marker".into()),
             });
         }
         let mut h = [0u8; HEADER];
@@ -348,7 +361,13 @@ impl Wal {
                 .iter()
                 .copied()
                 .find(|&f| fs::metadata(segment_path(dir, f)).is_ok_and(|m| m.len() > 8));
-            let scan = scan_segment(&path, first, limit)?;
+            // A failed group that could not be cut at run time left a marker of where the
+            // segment ends.
+            let marker = cut_marker_path(dir, first);
+            let end = fs::read_to_string(&marker)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok());
+            let scan = scan_segment(&path, first, limit, end)?;
             if let Some(problem) = &scan.problem {
                 let len = fs::metadata(&path).map_err(io_err(&path))?.len();
                 tracing::warn!(
@@ -362,6 +381,9 @@ impl Wal {
                     .map_err(io_err(&path))?;
                 f.set_len(scan.valid_len).map_err(io_err(&path))?;
                 f.sync_all().map_err(io_err(&path))?;
+            }
+            if marker.exists() {
+                fs::remove_file(&marker).map_err(io_err(&marker))?;
             }
             // An empty segment is kept only as the last one, where the next entry goes.
             let stray = scan.last_seq.is_none() && (i + 1 < firsts.len() || first <= last_seq);
@@ -393,7 +415,7 @@ impl Wal {
                     first_seq: s.first_seq,
                     file: f,
                     bytes: s.bytes,
-                    must_roll: false,
+                    pending_cut: None,
                 }
             }
             _ => {
@@ -557,8 +579,9 @@ struct ActiveSegment {
     /// Opened for appending: every write lands at the end, also after a cut.
     file: File,
     bytes: u64,
-    /// A failed group could not be cut from this file: the next group goes to a new one.
-    must_roll: bool,
+    /// A failed group could not be cut from this file: where it must end. A cut marker
+    /// (`{first_seq}.cut`) says so on disk too, in case the group's pages reach it anyway.
+    pending_cut: Option<u64>,
 }
 
 impl ActiveSegment {
@@ -581,7 +604,7 @@ impl ActiveSegment {
                 first_seq,
                 file,
                 bytes: MAGIC.len() as u64,
-                must_roll: false,
+                pending_cut: None,
             }),
             Err(e) => {
                 // A half-made segment must not look like one at the next start.
@@ -620,9 +643,7 @@ fn writer_loop(
             }
         }
         if !batch.is_empty() {
-            if seg.must_roll
-                && let Err(e) = roll(&mut seg, next, &shared)
-            {
+            if let Err(e) = settle_cut(&mut seg, next, &shared) {
                 refuse(batch, &e);
             } else {
                 write_group(&mut seg, &mut next, batch, &mut group, &shared);
@@ -640,11 +661,54 @@ fn writer_loop(
             break;
         }
     }
-    let _ = seg.file.sync_data();
+    // A refused group's bytes must not be made durable here.
+    if settle_cut(&mut seg, next, &shared).is_ok() {
+        let _ = seg.file.sync_data();
+    }
 }
 
-/// Starts a new active segment at `next`.
+fn cut_marker_path(dir: &Path, first_seq: Seq) -> PathBuf {
+    dir.join(format!("{first_seq:020}.cut"))
+}
+
+/// Cuts the active segment back to `at`, durably.
+fn cut(seg: &ActiveSegment, at: u64) -> io::Result<()> {
+    seg.file.set_len(at).and_then(|()| seg.file.sync_all())
+}
+
+/// Before a group is written: if a failed group could not be cut, try again; failing
+/// that, continue in a new segment (the marker cuts the old one at the next start). No
+/// group is written while a cut is pending in the active segment.
+fn settle_cut(seg: &mut ActiveSegment, next: Seq, shared: &Shared) -> Result<(), WalError> {
+    let Some(at) = seg.pending_cut else {
+        return Ok(());
+    };
+    let path = segment_path(&shared.dir, seg.first_seq);
+    let marker = cut_marker_path(&shared.dir, seg.first_seq);
+    if cut(seg, at).is_ok() {
+        match fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // A marker left behind would cut this segment at `at` after entries that
+            // will be acknowledged past it: go on in a new segment instead.
+            Err(_) => return roll(seg, next, shared),
+        }
+        seg.pending_cut = None;
+        tracing::info!(segment = %path.display(), "failed group cut from the write-ahead log");
+        return Ok(());
+    }
+    roll(seg, next, shared)
+}
+
+/// Starts a new active segment at `next`. Never onto the active segment's own path: a
+/// segment with no entry yet is kept (and stays cut-pending if it was).
 fn roll(seg: &mut ActiveSegment, next: Seq, shared: &Shared) -> Result<(), WalError> {
+    if next == seg.first_seq {
+        return Err(WalError::Io {
+            path: segment_path(&shared.dir, seg.first_seq),
+            source: io::Error::other("a failed write could not be cut from the log yet"),
+        });
+    }
     let new = ActiveSegment::create(&shared.dir, next)?;
     let mut st = shared.lock();
     st.total_bytes += new.bytes;
@@ -757,15 +821,16 @@ fn write_group(
             metrics::counter!("edgelog_wal_write_errors_total").increment(1);
             // Cut whatever reached the file, durably, so the log stays a clean sequence.
             // After a failed fsync the kernel may have dropped the group's pages: cutting
-            // them is the only safe state. If the cut fails, the next group starts a new
-            // segment, and a restart stops this one where the next begins.
-            let cut = seg
-                .file
-                .set_len(start_bytes)
-                .and_then(|()| seg.file.sync_all());
-            if let Err(cut_err) = cut {
-                tracing::error!(segment = %path.display(), error = %cut_err, "cannot cut the failed group; the next group starts a new segment");
-                seg.must_roll = true;
+            // them is the only safe state. If the cut fails, a marker records where this
+            // segment ends, and the next group retries the cut or starts a new segment.
+            if let Err(cut_err) = cut(seg, start_bytes) {
+                let marker = cut_marker_path(&shared.dir, seg.first_seq);
+                let marked = write_atomic(&marker, start_bytes.to_string().as_bytes());
+                tracing::error!(
+                    segment = %path.display(), error = %cut_err, marker_written = marked.is_ok(),
+                    "cannot cut the failed group yet; no group is written after it in this segment"
+                );
+                seg.pending_cut = Some(start_bytes);
             }
             shared.lock().rewinds += 1;
             refuse(batch, &WalError::Io { path, source: e });
@@ -825,7 +890,13 @@ impl WalReader {
                 out.push(e);
                 continue;
             }
-            out.push(self.next_from_disk()?);
+            match self.next_from_disk() {
+                Ok(e) => out.push(e),
+                // What was read is handed over; the error comes back on the next call,
+                // which starts at the entry that failed.
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }

@@ -273,10 +273,12 @@ fn set_shutdown_budget(budget: Duration) {
 
 /// Watches SIGTERM and SIGINT from the moment the process starts, so a signal that comes
 /// while it is still starting (the listener already bound) shuts it down cleanly instead
-/// of killing it. SIGHUP is logged and ignored (there is no reload yet). Once shutdown
-/// has begun, a watchdog ends the process at the budget plus [`SHUTDOWN_MARGIN`] whatever
-/// is still running: everything undelivered is in the write-ahead log.
-fn watch_signals() -> anyhow::Result<()> {
+/// of killing it. SIGHUP is logged and ignored by the services (there is no reload yet);
+/// for the commands one runs in a terminal (`edge`, `demo`), a closed terminal's SIGHUP
+/// stops them like SIGTERM. Once shutdown has begun, a watchdog ends the process at the
+/// budget plus [`SHUTDOWN_MARGIN`] whatever is still running: everything undelivered is
+/// in the write-ahead log.
+fn watch_signals(hup_stops: bool) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -288,6 +290,9 @@ fn watch_signals() -> anyhow::Result<()> {
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
                 _ = hup.recv() => {
+                    if hup_stops {
+                        break "SIGHUP";
+                    }
                     tracing::warn!("SIGHUP received and ignored: edgelog does not reload its configuration; restart it to apply changes");
                 }
             }
@@ -419,41 +424,45 @@ async fn serve_dashboard(
     store: Arc<MetricsStore>,
     cfg: &edgelog_dashboard::DashboardConfig,
 ) -> anyhow::Result<()> {
+    // The address really listened on (the Host check and webhook links use it).
+    let mut cfg = cfg.clone();
+    if let Ok(addr) = listener.local_addr() {
+        cfg.listen = addr;
+    }
     let alarms = Arc::new(edgelog_dashboard::alarms::AlarmBoard::new(
         cfg.alarms.clone(),
     ));
-    let (watching, board, every) = (store.clone(), alarms.clone(), cfg.alarm_interval);
-    // Notifications go out in order on their own task: a slow webhook never delays evaluation.
-    let (notes_tx, mut notes_rx) =
-        tokio::sync::mpsc::unbounded_channel::<edgelog_dashboard::alarms::Transition>();
-    let (webhooks, external_url) = (cfg.webhooks.clone(), format!("http://{}", cfg.listen));
-    tokio::spawn(async move {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
-        while let Some(t) = notes_rx.recv().await {
-            edgelog_dashboard::notify::notify(&client, &webhooks, &t, &external_url).await;
+    // Each webhook has its own queue and task: a slow or stuck one delays only itself,
+    // and nothing delays evaluation. Every transition (an evaluation's, or a firing
+    // alarm deleted or no longer watching a distribution) is logged and notified.
+    let notifier = edgelog_dashboard::notify::Notifier::start(
+        &cfg.webhooks,
+        &format!("http://{}", cfg.listen),
+        edgelog_dashboard::notify::NotifyOptions::default(),
+    );
+    alarms.on_transition(move |t| {
+        if t.to == edgelog_dashboard::alarms::AlarmState::Alarm {
+            tracing::warn!(alarm = %t.alarm, distribution = %t.distribution, from = ?t.from, reason = %t.reason, "alarm");
+        } else {
+            tracing::info!(alarm = %t.alarm, distribution = %t.distribution, from = ?t.from, to = ?t.to, reason = %t.reason, "alarm state changed");
         }
+        notifier.send(t);
     });
+    let (watching, board, every) = (store.clone(), alarms.clone(), cfg.alarm_interval);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
-            for t in board.evaluate(&watching, now) {
-                let _ = notes_tx.send(t.clone());
-                if t.to == edgelog_dashboard::alarms::AlarmState::Alarm {
-                    tracing::warn!(alarm = %t.alarm, distribution = %t.distribution, from = ?t.from, reason = %t.reason, "alarm");
-                } else {
-                    tracing::info!(alarm = %t.alarm, distribution = %t.distribution, from = ?t.from, to = ?t.to, reason = %t.reason, "alarm state changed");
-                }
-            }
+            let (store, board) = (watching.clone(), board.clone());
+            // Off the async workers: a first evaluation of long look-backs takes a while.
+            let _ = tokio::task::spawn_blocking(move || board.evaluate(&store, now)).await;
         }
     });
-    let app = edgelog_dashboard::app(edgelog_dashboard::Dashboard::new(store, alarms, cfg));
+    let app = edgelog_dashboard::app(edgelog_dashboard::Dashboard::new(store, alarms, &cfg));
     // People and browsers, not a fleet: fewer connections, the same timeouts.
     let limits = edgelog_collector::serve::HttpLimits {
         max_connections: edgelog_collector::serve::fit_connections(1024),
@@ -774,7 +783,7 @@ fn main() -> std::process::ExitCode {
         .context("cannot start the async runtime")
         .and_then(|rt| {
             let result = rt.block_on(async move {
-                watch_signals()?;
+                watch_signals(matches!(cli.command, Command::Edge(_) | Command::Demo(_)))?;
                 match cli.command {
                     Command::Collector(a) => run_collector(a).await,
                     Command::Dashboard(a) => run_dashboard(a).await,

@@ -81,7 +81,7 @@ struct Inflight {
     outstanding: BTreeMap<Seq, usize>,
     /// Deliveries that failed, to produce again.
     failed: Vec<(Seq, OwnedMessage)>,
-    /// Messages the broker refused for good (too large, invalid): for the dead letters.
+    /// Messages refused for good when produced again (too large): for the dead letters.
     refused: Vec<(Seq, OwnedMessage, String)>,
     /// The last error since the last successful delivery.
     error: Option<String>,
@@ -142,8 +142,17 @@ impl ProducerContext for Context {
             }
             Err((e, msg)) => {
                 metrics::counter!("edgelog_kafka_delivery_failures_total").increment(1);
+                // A broker's size refusal may be about the whole batch, not this message:
+                // it is retried (and shown), never dead-lettered from here. The producer's
+                // own check, at produce time, is what dead-letters an oversized record.
                 if let Some(reason) = refused_for_good(e) {
-                    s.refused.push((seq, msg.detach(), reason));
+                    s.error = Some(format!(
+                        "{reason} (a message of {} bytes): raise the topic's max.message.bytes, or set \
+                         the producer's message.max.bytes at or below it so that oversized records \
+                         are dead-lettered",
+                        msg.payload_len()
+                    ));
+                    s.failed.push((seq, msg.detach()));
                     return;
                 }
                 let missing = matches!(

@@ -97,3 +97,20 @@ fn sigterm_right_after_the_listener_opens_still_exits_cleanly() -> anyhow::Resul
     }
     Ok(())
 }
+
+#[test]
+fn sighup_is_logged_and_ignored_by_a_collector() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut collector = CollectorProc::start(dir.path(), "")?;
+    edgelog_tests::signal(&collector.child, "HUP")?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        collector.child.try_wait()?.is_none(),
+        "SIGHUP stopped the collector:\n{}",
+        collector.log_text()
+    );
+    edgelog_tests::http_get(&format!("{}/readyz", collector.url()))?;
+    assert!(collector.log_text().contains("SIGHUP received and ignored"));
+    assert!(collector.terminate()?, "{}", collector.log_text());
+    Ok(())
+}
