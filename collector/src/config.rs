@@ -73,7 +73,7 @@ impl Default for CollectorConfig {
             max_body_bytes: 16 << 20,
             max_decompressed_bytes: 128 << 20,
             max_listed_rejections: 100,
-            max_records_per_body: 200_000,
+            max_records_per_body: 150_000,
             max_inflight_bytes: 512 << 20,
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
@@ -127,10 +127,10 @@ impl CollectorConfig {
             .max_body_bytes
             .saturating_add(1 << 20)
             .saturating_add(self.max_decompressed_bytes.saturating_mul(2))
-            .saturating_add(self.max_records_per_body.saturating_mul(record));
+            .saturating_add(self.max_records_per_body.saturating_mul(record * 2));
         if !(biggest..=1 << 40).contains(&self.max_inflight_bytes) {
             return Err(format!(
-                "collector.max_inflight_bytes: must be from {biggest} (max_body_bytes + 1 MiB + 2 x max_decompressed_bytes + max_records_per_body x {record} bytes, so the biggest body allowed fits) to {}, got {}",
+                "collector.max_inflight_bytes: must be from {biggest} (max_body_bytes + 1 MiB + 2 x max_decompressed_bytes + max_records_per_body x 2 x {record} bytes, so the biggest body allowed fits) to {}, got {}",
                 1u64 << 40,
                 self.max_inflight_bytes
             ));

@@ -308,7 +308,10 @@ fn read_limited(
 ) -> Result<Vec<u8>, IngestError> {
     const STEP: u64 = 1 << 20;
     let mut r = r.take(limit.saturating_add(1));
-    let mut out: Vec<u8> = Vec::new();
+    // Room for the whole limit up front, so growing never copies (a copy would hold the
+    // old and the new buffer at once); pages count only once written.
+    let mut out: Vec<u8> =
+        Vec::with_capacity(usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX));
     loop {
         // Never more than the limit allows (plus the one byte that tells it was passed).
         let step = STEP.min(limit.saturating_add(1) - out.len() as u64).max(1);
@@ -316,7 +319,6 @@ fn read_limited(
             .map_err(|e| IngestError::Busy { budget: e.budget })?;
         let start = out.len();
         let step = usize::try_from(step).unwrap_or(usize::MAX);
-        out.reserve_exact(step);
         out.resize(start + step, 0);
         let mut filled = start;
         while filled < out.len() {
@@ -388,6 +390,19 @@ fn choose_format(q: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Fo
         return Ok(Format::W3c);
     }
     Format::sniff(body).ok_or(IngestError::UnknownFormat)
+}
+
+/// Records per log entry at most: a bigger body is split into several entries (written
+/// in one group), so what a sink decodes at a time stays small.
+const ENTRY_RECORDS: usize = 8_192;
+
+/// What a body becomes in the log.
+enum Entries {
+    None,
+    /// One entry, its records kept for the log's cache.
+    One(Arc<Vec<edgelog_record::Record>>, Vec<u8>),
+    /// Several entries, encoded only.
+    Many(Vec<Vec<u8>>),
 }
 
 /// How long a request waits for room in the memory budget before it is refused.
@@ -470,7 +485,8 @@ async fn ingest(
         metrics::counter!("edgelog_ingest_bytes_total", "stage" => "decoded")
             .increment(body.len() as u64);
         let format = choose_format(q.format.as_deref(), &headers, &body)?;
-        // Parsed records cost their struct plus their text: taken from the budget first.
+        // Parsed records cost their struct (twice: the vector may grow by copying) plus
+        // their text: taken from the budget first.
         // Lines as the client counts them: a last line without its newline counts too.
         let lines = memchr::memchr_iter(b'\n', &body).count() as u64
             + u64::from(body.last().is_some_and(|b| *b != b'\n'));
@@ -481,6 +497,7 @@ async fn ingest(
         held.grow(
             lines
                 .saturating_mul(record)
+                .saturating_mul(2)
                 .saturating_add(body.len() as u64),
             BUDGET_WAIT,
         )
@@ -491,13 +508,25 @@ async fn ingest(
             max_line_bytes,
             max_field_bytes,
         };
-        let parsed = parse_body(format, &body, &opts);
-        let payload = if parsed.records.is_empty() {
-            Vec::new()
+        let mut parsed = parse_body(format, &body, &opts);
+        // The records own their text: the body's room is the encoder's now.
+        drop(body);
+        let records = std::mem::take(&mut parsed.records);
+        let accepted = records.len() as u64;
+        let entry = if records.is_empty() {
+            Entries::None
+        } else if records.len() <= ENTRY_RECORDS {
+            let payload = Wal::encode(&records)?;
+            Entries::One(Arc::new(records), payload)
         } else {
-            Wal::encode(&parsed.records)?
+            // A big body becomes several entries, so no sink ever decodes it whole.
+            let payloads = records
+                .chunks(ENTRY_RECORDS)
+                .map(Wal::encode)
+                .collect::<Result<Vec<_>, _>>()?;
+            Entries::Many(payloads)
         };
-        Ok::<_, IngestError>((parsed, payload, held))
+        Ok::<_, IngestError>((parsed, accepted, entry, held))
     })
     .await
     .map_err(|e| {
@@ -507,7 +536,7 @@ async fn ingest(
         IngestError::Internal(e.to_string())
     })??;
     // Held until the log has the records (and they leave this request).
-    let (parsed, payload, _held) = parsed;
+    let (parsed, accepted, entry, _held) = parsed;
 
     for r in &parsed.rejected {
         metrics::counter!("edgelog_records_rejected_total", "reason" => reason_label(r))
@@ -517,12 +546,17 @@ async fn ingest(
         metrics::counter!("edgelog_records_rejected_total", "reason" => "unlisted")
             .increment(parsed.rejected_unlisted);
     }
-    let accepted = parsed.records.len() as u64;
     let rejected_total = parsed.rejected_count();
     if accepted > 0 {
-        i.wal
-            .append_encoded(Arc::new(parsed.records), payload)
-            .await?;
+        match entry {
+            Entries::None => {}
+            Entries::One(records, payload) => {
+                i.wal.append_encoded(records, payload).await?;
+            }
+            Entries::Many(payloads) => {
+                i.wal.append_payloads(payloads).await?;
+            }
+        }
         metrics::counter!("edgelog_records_accepted_total").increment(accepted);
         i.accepted_records.fetch_add(accepted, Ordering::Relaxed);
     }

@@ -35,6 +35,8 @@ const MAX_ENTRY: usize = 512 << 20;
 /// read back from disk rather than pinned in memory).
 const CACHE_ENTRIES: usize = 16;
 const CACHE_RECORDS: usize = 32_768;
+/// A reader stops adding entries to a batch once they hold this many records.
+pub const READ_RECORDS: usize = 8_192;
 
 /// Settings of the write-ahead log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,9 +177,15 @@ impl Shared {
     }
 }
 
-struct Append {
-    records: Arc<Vec<Record>>,
+/// One entry to append: its payload, and its records when they should be cached.
+struct Part {
+    records: Option<Arc<Vec<Record>>>,
     payload: Vec<u8>,
+}
+
+/// One request's entries, written in one group and answered together (with the last).
+struct Append {
+    parts: Vec<Part>,
     reply: oneshot::Sender<Result<Seq, WalError>>,
 }
 
@@ -481,17 +489,35 @@ impl Wal {
         records: Arc<Vec<Record>>,
         payload: Vec<u8>,
     ) -> Result<Seq, WalError> {
+        self.send(vec![Part {
+            records: Some(records),
+            payload,
+        }])
+        .await
+    }
+
+    /// Appends several entries already encoded, in one group: all become durable or none
+    /// does. They are not cached: a reader decodes them from disk one at a time, so a
+    /// huge body is split into entries no sink must hold at once. Returns the last one.
+    pub async fn append_payloads(&self, payloads: Vec<Vec<u8>>) -> Result<Seq, WalError> {
+        let parts = payloads
+            .into_iter()
+            .map(|payload| Part {
+                records: None,
+                payload,
+            })
+            .collect();
+        self.send(parts).await
+    }
+
+    async fn send(&self, parts: Vec<Part>) -> Result<Seq, WalError> {
         let (used, max) = (self.shared.lock().total_bytes, self.shared.cfg.max_bytes);
         if used >= max {
             return Err(WalError::Full { used, max });
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(WriterMsg::Append(Append {
-                records,
-                payload,
-                reply,
-            }))
+            .send(WriterMsg::Append(Append { parts, reply }))
             .await
             .map_err(|_| WalError::Closed)?;
         rx.await.map_err(|_| WalError::Closed)?
@@ -633,7 +659,7 @@ fn writer_loop(
         while let Some(m) = msg.take() {
             match m {
                 WriterMsg::Append(a) => {
-                    bytes += a.payload.len();
+                    bytes += a.parts.iter().map(|p| p.payload.len()).sum::<usize>();
                     batch.push(a);
                 }
                 WriterMsg::Close => closing = true,
@@ -755,19 +781,21 @@ fn write_group(
     // failure leaves nothing of it in any buffer of ours.
     group.clear();
     let mut off = seg.bytes;
-    for (i, a) in batch.iter().enumerate() {
+    let parts = batch.iter().flat_map(|a| a.parts.iter());
+    for (i, p) in parts.clone().enumerate() {
         let seq = start_seq + i as u64;
         let mut h = [0u8; HEADER];
-        h[0..4].copy_from_slice(&(a.payload.len() as u32).to_le_bytes());
+        h[0..4].copy_from_slice(&(p.payload.len() as u32).to_le_bytes());
         h[8..16].copy_from_slice(&seq.to_le_bytes());
         h[16..24].copy_from_slice(&appended_ms.to_le_bytes());
-        let crc = entry_crc(&h[8..], &a.payload);
+        let crc = entry_crc(&h[8..], &p.payload);
         h[4..8].copy_from_slice(&crc.to_le_bytes());
         group.extend_from_slice(&h);
-        group.extend_from_slice(&a.payload);
-        off += (HEADER + a.payload.len()) as u64;
+        group.extend_from_slice(&p.payload);
+        off += (HEADER + p.payload.len()) as u64;
         ends.push(off);
     }
+    let count = ends.len() as u64;
     let mut synced = true;
     let result = seg.file.write_all(group).and_then(|()| {
         if shared.cfg.fsync {
@@ -782,20 +810,26 @@ fn write_group(
         Ok(()) => {
             let added = off - seg.bytes;
             seg.bytes = off;
-            *next = start_seq + batch.len() as u64;
+            *next = start_seq + count;
             {
                 let mut st = shared.lock();
                 st.total_bytes += added;
                 if let Some(s) = st.segments.last_mut() {
                     s.bytes = seg.bytes;
                 }
-                for (i, a) in batch.iter().enumerate() {
-                    st.cached_records += a.records.len();
+                for (i, p) in parts.enumerate() {
+                    let Some(records) = &p.records else {
+                        // Not cached: the cache must not hold entries from before this one.
+                        st.cache.clear();
+                        st.cached_records = 0;
+                        continue;
+                    };
+                    st.cached_records += records.len();
                     st.cache.push_back(CachedEntry {
                         entry: Entry {
                             seq: start_seq + i as u64,
                             appended_ms,
-                            records: a.records.clone(),
+                            records: records.clone(),
                         },
                         segment_first: seg.first_seq,
                         end_offset: ends[i],
@@ -809,8 +843,10 @@ fn write_group(
                 }
             }
             shared.committed.send_replace(*next - 1);
-            for (i, a) in batch.into_iter().enumerate() {
-                let _ = a.reply.send(Ok(start_seq + i as u64));
+            let mut last = start_seq;
+            for a in batch {
+                last += a.parts.len() as u64;
+                let _ = a.reply.send(Ok(last - 1));
             }
         }
         Err(e) => {
@@ -880,12 +916,20 @@ impl WalReader {
         *self.committed.borrow() < self.next
     }
 
-    /// Reads up to `max` durable entries past the cursor. Blocking file I/O: call from a
-    /// blocking context.
+    /// Reads up to `max` durable entries past the cursor, and no more once they hold
+    /// [`READ_RECORDS`] records (a sink never holds many huge bodies at once). Blocking
+    /// file I/O: call from a blocking context.
     pub fn read_available(&mut self, max: usize) -> Result<Vec<Entry>, WalError> {
         let committed = *self.committed.borrow();
-        let mut out = Vec::new();
-        while self.next <= committed && out.len() < max {
+        let mut out: Vec<Entry> = Vec::new();
+        let mut records = 0;
+        while self.next <= committed && out.len() < max && records < READ_RECORDS {
+            if let Some(e) = out.last() {
+                records += e.records.len();
+                if records >= READ_RECORDS {
+                    break;
+                }
+            }
             if let Some(e) = self.next_cached() {
                 out.push(e);
                 continue;

@@ -462,7 +462,7 @@ async fn bodies_beyond_the_memory_budget_get_503_with_retry_after() {
     cfg.max_records_per_body = 1000;
     let record = std::mem::size_of::<edgelog_record::Record>() as u64;
     cfg.max_inflight_bytes =
-        cfg.max_body_bytes + (1 << 20) + 2 * cfg.max_decompressed_bytes + 1000 * record;
+        cfg.max_body_bytes + (1 << 20) + 2 * cfg.max_decompressed_bytes + 2000 * record;
     cfg.validate().expect("valid");
     let (_dir, _wal, router) = setup(cfg.clone());
     // A gzip body that decompresses to the limit holds most of the budget while it is
