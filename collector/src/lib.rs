@@ -11,8 +11,8 @@ pub mod dead_letter;
 mod ingest;
 pub mod serve;
 mod sink;
-pub mod state_file;
-pub mod wal;
+pub use edgelog_wal as wal;
+pub use edgelog_wal::state_file;
 
 use std::collections::BTreeMap;
 use std::future::Future;

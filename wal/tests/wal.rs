@@ -4,8 +4,8 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::Arc;
 
-use edgelog_collector::{Wal, WalConfig};
 use edgelog_record::Record;
+use edgelog_wal::{Wal, WalConfig};
 
 fn records(n: usize, tag: &str) -> Arc<Vec<Record>> {
     Arc::new(
@@ -273,8 +273,8 @@ async fn a_full_disk_refuses_appends_cleanly_and_the_log_stays_whole() {
             match wal.append(bulky(50, &tag)).await {
                 Ok(_) => acked.push(tag),
                 Err(e) => {
-                    let no_space = matches!(&e, edgelog_collector::WalError::Io { source, .. }
-                        if edgelog_collector::wal::is_no_space(source));
+                    let no_space = matches!(&e, edgelog_wal::WalError::Io { source, .. }
+                        if edgelog_wal::is_no_space(source));
                     assert!(no_space, "not a no-space error: {e}");
                     refusals += 1;
                 }

@@ -1,0 +1,419 @@
+//! The write-ahead log: what ingest acknowledges is here, on disk, checksummed.
+//!
+//! Layout: `{dir}/{first_seq:020}.wal` segments, each an 8-byte magic followed by entries
+//! `len:u32 crc32:u32 seq:u64 appended_ms:u64 payload`, the crc covering seq, time and
+//! payload; the payload is the records, postcard-encoded then zstd-compressed (records
+//! repeat hosts, agents and paths, so the log is several times smaller than the input).
+//! One writer thread appends and fsyncs groups of entries (group commit); every
+//! sink reads with its own [`WalReader`] and reports how far it has delivered with
+//! [`Wal::commit_cursor`]. A segment is deleted once every sink is past it.
+//!
+//! Modules: [`config`] (settings and their ranges), `format` (entry layout, checksums,
+//! the scan on open), `writer` (group commit and what a failed write leaves), `reader`
+//! (a sink's view, the decoded cache), [`state_file`] (atomic state files).
+
+mod config;
+mod error;
+mod format;
+mod reader;
+pub mod state_file;
+mod writer;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use edgelog_record::Record;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use config::{MAX_LOG_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES, WalConfig};
+pub use error::{WalError, is_no_space};
+pub use reader::{READ_RECORDS, WalReader};
+
+use error::io_err;
+use format::{cut_marker_path, scan_segment, segment_path};
+use state_file::write_atomic;
+use writer::{ActiveSegment, Append, Part, WriterMsg, writer_loop};
+
+/// Position of an entry in the log; entries are numbered from 1 without gaps.
+pub type Seq = u64;
+
+/// Decoded entries kept in memory so live sinks skip the disk and the decoding: at most
+/// this many entries, holding at most [`CACHE_RECORDS`] records in all (a huge body is
+/// read back from disk rather than pinned in memory).
+const CACHE_ENTRIES: usize = 16;
+const CACHE_RECORDS: usize = 32_768;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One entry as a reader sees it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub seq: Seq,
+    /// When the entry was appended, milliseconds since the epoch.
+    pub appended_ms: u64,
+    pub records: Arc<Vec<Record>>,
+}
+
+#[derive(Debug)]
+struct Segment {
+    first_seq: Seq,
+    path: PathBuf,
+    bytes: u64,
+}
+
+struct CachedEntry {
+    entry: Entry,
+    segment_first: Seq,
+    end_offset: u64,
+}
+
+struct State {
+    segments: Vec<Segment>,
+    total_bytes: u64,
+    cache: VecDeque<CachedEntry>,
+    /// Records held by `cache`.
+    cached_records: usize,
+    /// Bumped whenever a failed group is cut from the active segment, so readers drop
+    /// bytes of it they may have buffered past the committed end.
+    rewinds: u64,
+    /// Delivered position of each registered sink.
+    cursors: BTreeMap<String, Seq>,
+    /// Positions saved on disk at open, by sink; a sink takes part once it registers.
+    saved: BTreeMap<String, Seq>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    cfg: WalConfig,
+    committed: watch::Sender<Seq>,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Sizes and positions, for `/metrics` and `/readyz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalStats {
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub segments: usize,
+    pub committed: Seq,
+    pub cursors: BTreeMap<String, Seq>,
+}
+
+/// Handle to the log; cheap to clone.
+#[derive(Clone)]
+pub struct Wal {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<WriterMsg>,
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Held open for the life of the log: the exclusive lock on `{dir}/LOCK`.
+    _lock: Arc<File>,
+}
+
+fn cursor_path(dir: &Path, sink: &str) -> PathBuf {
+    dir.join("cursors").join(sink)
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, cutting a torn tail left by a crash.
+    pub fn open(dir: &Path, cfg: WalConfig) -> Result<Wal, WalError> {
+        fs::create_dir_all(dir.join("cursors")).map_err(io_err(dir))?;
+        // One writer per log: a second collector on the same data dir would interleave.
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(WalError::Locked {
+                    dir: dir.to_owned(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
+        let mut firsts: Vec<Seq> = Vec::new();
+        for e in fs::read_dir(dir).map_err(io_err(dir))? {
+            let e = e.map_err(io_err(dir))?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if let Some(first) = name.strip_suffix(".wal").and_then(|s| s.parse().ok()) {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+
+        let mut cursors = BTreeMap::new();
+        for e in fs::read_dir(dir.join("cursors")).map_err(io_err(dir))? {
+            let e = e.map_err(io_err(dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                continue;
+            }
+            let text = fs::read_to_string(e.path()).map_err(io_err(&e.path()))?;
+            if let Ok(seq) = text.trim().parse::<Seq>() {
+                cursors.insert(name, seq);
+            }
+        }
+        let max_cursor = cursors.values().copied().max().unwrap_or(0);
+
+        let mut segments = Vec::new();
+        let mut last_seq = 0;
+        for (i, &first) in firsts.iter().enumerate() {
+            let path = segment_path(dir, first);
+            // A segment ends where the next one holding entries begins (one left behind
+            // by a failed write may hold a cut-off group past that point).
+            let limit = firsts[i + 1..]
+                .iter()
+                .copied()
+                .find(|&f| fs::metadata(segment_path(dir, f)).is_ok_and(|m| m.len() > 8));
+            // A failed group that could not be cut at run time left a marker of where the
+            // segment ends.
+            let marker = cut_marker_path(dir, first);
+            let end = fs::read_to_string(&marker)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok());
+            let scan = scan_segment(&path, first, limit, end)?;
+            if let Some(problem) = &scan.problem {
+                let len = fs::metadata(&path).map_err(io_err(&path))?.len();
+                tracing::warn!(
+                    segment = %path.display(), offset = scan.valid_len, cut_bytes = len - scan.valid_len,
+                    last_segment = i + 1 == firsts.len(), %problem,
+                    "cutting write-ahead log after the last good entry"
+                );
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                f.set_len(scan.valid_len).map_err(io_err(&path))?;
+                f.sync_all().map_err(io_err(&path))?;
+            }
+            if marker.exists() {
+                fs::remove_file(&marker).map_err(io_err(&marker))?;
+            }
+            // An empty segment is kept only as the last one, where the next entry goes.
+            let stray = scan.last_seq.is_none() && (i + 1 < firsts.len() || first <= last_seq);
+            if scan.valid_len < 8 || stray {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            if let Some(l) = scan.last_seq {
+                last_seq = l;
+            }
+            segments.push(Segment {
+                first_seq: first,
+                path,
+                bytes: scan.valid_len,
+            });
+        }
+        let next = last_seq
+            .max(max_cursor)
+            .max(segments.last().map_or(0, |s| s.first_seq.saturating_sub(1)))
+            + 1;
+        // Append to the last segment if it is not full, else start a new one.
+        let active = match segments.last() {
+            Some(s) if s.bytes < cfg.segment_bytes => {
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(&s.path)
+                    .map_err(io_err(&s.path))?;
+                ActiveSegment {
+                    first_seq: s.first_seq,
+                    file: f,
+                    bytes: s.bytes,
+                    pending_cut: None,
+                }
+            }
+            _ => {
+                let seg = ActiveSegment::create(dir, next)?;
+                segments.push(Segment {
+                    first_seq: next,
+                    path: segment_path(dir, next),
+                    bytes: seg.bytes,
+                });
+                seg
+            }
+        };
+        let total_bytes = segments.iter().map(|s| s.bytes).sum();
+
+        let (committed, _) = watch::channel(next - 1);
+        let shared = Arc::new(Shared {
+            dir: dir.to_owned(),
+            cfg,
+            committed,
+            // Cursors of sinks that are gone must not pin segments forever: only sinks
+            // that register a reader take part.
+            state: Mutex::new(State {
+                segments,
+                total_bytes,
+                cache: VecDeque::new(),
+                cached_records: 0,
+                rewinds: 0,
+                cursors: BTreeMap::new(),
+                saved: cursors,
+            }),
+        });
+        let (tx, rx) = mpsc::channel(4096);
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer_loop(rx, active, next, writer_shared))
+            .map_err(io_err(dir))?;
+        tracing::info!(dir = %dir.display(), next_seq = next, "write-ahead log open");
+        Ok(Wal {
+            shared,
+            tx,
+            writer: Arc::new(Mutex::new(Some(writer))),
+            _lock: Arc::new(lock),
+        })
+    }
+
+    /// Encodes records into an entry payload. CPU work: callers on an async runtime may
+    /// run it on a blocking thread and hand the result to [`Wal::append_encoded`].
+    pub fn encode(records: &[Record]) -> Result<Vec<u8>, WalError> {
+        let raw = postcard::to_allocvec(records).map_err(|e| WalError::Encode(e.to_string()))?;
+        zstd::bulk::compress(&raw, 1).map_err(|e| WalError::Encode(e.to_string()))
+    }
+
+    /// Appends the records as one entry; returns once they are durable.
+    pub async fn append(&self, records: Arc<Vec<Record>>) -> Result<Seq, WalError> {
+        let payload = Wal::encode(&records)?;
+        self.append_encoded(records, payload).await
+    }
+
+    /// Appends records already encoded by [`Wal::encode`]; returns once they are durable.
+    pub async fn append_encoded(
+        &self,
+        records: Arc<Vec<Record>>,
+        payload: Vec<u8>,
+    ) -> Result<Seq, WalError> {
+        self.send(vec![Part {
+            records: Some(records),
+            payload,
+        }])
+        .await
+    }
+
+    /// Appends several entries already encoded, in one group: all become durable or none
+    /// does. They are not cached: a reader decodes them from disk one at a time, so a
+    /// huge body is split into entries no sink must hold at once. Returns the last one.
+    pub async fn append_payloads(&self, payloads: Vec<Vec<u8>>) -> Result<Seq, WalError> {
+        let parts = payloads
+            .into_iter()
+            .map(|payload| Part {
+                records: None,
+                payload,
+            })
+            .collect();
+        self.send(parts).await
+    }
+
+    async fn send(&self, parts: Vec<Part>) -> Result<Seq, WalError> {
+        let (used, max) = (self.shared.lock().total_bytes, self.shared.cfg.max_bytes);
+        if used >= max {
+            return Err(WalError::Full { used, max });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(WriterMsg::Append(Append { parts, reply }))
+            .await
+            .map_err(|_| WalError::Closed)?;
+        rx.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Whether the log has reached its size bound.
+    pub fn is_full(&self) -> bool {
+        self.shared.lock().total_bytes >= self.shared.cfg.max_bytes
+    }
+
+    /// Highest durable position.
+    pub fn committed(&self) -> Seq {
+        *self.shared.committed.borrow()
+    }
+
+    /// A reader for a sink, starting after the sink's saved position.
+    pub fn reader(&self, sink: &str) -> WalReader {
+        let mut st = self.shared.lock();
+        let saved = st.saved.get(sink).copied().unwrap_or(0);
+        let oldest = st.segments.first().map_or(1, |s| s.first_seq);
+        let start = (saved + 1).max(oldest);
+        st.cursors.insert(sink.to_owned(), start - 1);
+        WalReader {
+            shared: self.shared.clone(),
+            committed: self.shared.committed.subscribe(),
+            next: start,
+            open: None,
+            hint: None,
+        }
+    }
+
+    /// Records that `sink` has delivered everything up to `seq`; persists it and deletes
+    /// segments every sink is past.
+    pub fn commit_cursor(&self, sink: &str, seq: Seq) -> Result<(), WalError> {
+        let path = cursor_path(&self.shared.dir, sink);
+        write_atomic(&path, seq.to_string().as_bytes()).map_err(io_err(&path))?;
+        let doomed: Vec<PathBuf> = {
+            let mut st = self.shared.lock();
+            st.cursors.insert(sink.to_owned(), seq);
+            let min = st.cursors.values().copied().min().unwrap_or(0);
+            let mut doomed = Vec::new();
+            // A segment ends where the next begins; the active (last) one always stays.
+            while st.segments.len() > 1 && st.segments[1].first_seq <= min + 1 {
+                let seg = st.segments.remove(0);
+                st.total_bytes -= seg.bytes;
+                doomed.push(seg.path);
+            }
+            doomed
+        };
+        for p in doomed {
+            fs::remove_file(&p).map_err(io_err(&p))?;
+            tracing::debug!(segment = %p.display(), "deleted delivered segment");
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> WalStats {
+        let st = self.shared.lock();
+        WalStats {
+            bytes: st.total_bytes,
+            max_bytes: self.shared.cfg.max_bytes,
+            segments: st.segments.len(),
+            committed: self.committed(),
+            cursors: st.cursors.clone(),
+        }
+    }
+
+    /// Stops the writer after the appends already queued; waits for it.
+    pub async fn close(&self) {
+        // Other clones may still hold senders, so say it rather than drop ours.
+        let _ = self.tx.send(WriterMsg::Close).await;
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}

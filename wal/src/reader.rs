@@ -1,0 +1,216 @@
+//! A sink's view of the log: entries in order from its cursor, from the decoded cache
+//! when it keeps up, else from disk.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+use edgelog_record::Record;
+use tokio::sync::watch;
+
+use crate::error::{WalError, io_err};
+use crate::format::{HEADER, MAX_ENTRY, entry_crc, segment_path};
+use crate::{Entry, Seq, Shared};
+
+/// A reader stops adding entries to a batch once they hold this many records.
+pub const READ_RECORDS: usize = 8_192;
+
+pub(crate) struct OpenSegment {
+    first_seq: Seq,
+    reader: BufReader<File>,
+    offset: u64,
+    /// [`State::rewinds`] when the buffer was last filled from a known position.
+    rewinds: u64,
+}
+
+/// A sink's view of the log: entries in order, from its cursor on.
+pub struct WalReader {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) committed: watch::Receiver<Seq>,
+    pub(crate) next: Seq,
+    pub(crate) open: Option<OpenSegment>,
+    /// Where the entry before `next` ended, when known from the cache.
+    pub(crate) hint: Option<(Seq, u64)>,
+}
+
+impl WalReader {
+    /// The next position this reader will return.
+    pub fn position(&self) -> Seq {
+        self.next
+    }
+
+    /// Waits until an entry past the cursor is durable. Returns false when the log is
+    /// closed and drained.
+    pub async fn wait(&mut self) -> bool {
+        loop {
+            if *self.committed.borrow_and_update() >= self.next {
+                return true;
+            }
+            if self.committed.changed().await.is_err() {
+                return *self.committed.borrow() >= self.next;
+            }
+        }
+    }
+
+    /// Whether every durable entry has been read.
+    pub fn caught_up(&self) -> bool {
+        *self.committed.borrow() < self.next
+    }
+
+    /// Reads up to `max` durable entries past the cursor, and no more once they hold
+    /// [`READ_RECORDS`] records (a sink never holds many huge bodies at once). Blocking
+    /// file I/O: call from a blocking context.
+    pub fn read_available(&mut self, max: usize) -> Result<Vec<Entry>, WalError> {
+        let committed = *self.committed.borrow();
+        let mut out: Vec<Entry> = Vec::new();
+        let mut records = 0;
+        while self.next <= committed && out.len() < max && records < READ_RECORDS {
+            if let Some(e) = out.last() {
+                records += e.records.len();
+                if records >= READ_RECORDS {
+                    break;
+                }
+            }
+            if let Some(e) = self.next_cached() {
+                out.push(e);
+                continue;
+            }
+            match self.next_from_disk() {
+                Ok(e) => out.push(e),
+                // What was read is handed over; the error comes back on the next call,
+                // which starts at the entry that failed.
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn next_cached(&mut self) -> Option<Entry> {
+        let st = self.shared.lock();
+        let front = st.cache.front()?.entry.seq;
+        let c = st
+            .cache
+            .get(usize::try_from(self.next.checked_sub(front)?).ok()?)?;
+        self.hint = Some((c.segment_first, c.end_offset));
+        self.next += 1;
+        Some(c.entry.clone())
+    }
+
+    fn next_from_disk(&mut self) -> Result<Entry, WalError> {
+        let want = self.next;
+        let (seg_first, rewinds) = {
+            let st = self.shared.lock();
+            let oldest = st.segments.first().map_or(want, |s| s.first_seq);
+            if want < oldest {
+                // Deleted under us: only possible for a reader nobody waits for.
+                self.next = oldest;
+            }
+            let first = st
+                .segments
+                .iter()
+                .rev()
+                .find(|s| s.first_seq <= self.next)
+                .map_or(oldest, |s| s.first_seq);
+            (first, st.rewinds)
+        };
+        let want = self.next;
+        let dir = self.shared.dir.clone();
+        if self.open.as_ref().is_none_or(|o| o.first_seq != seg_first) {
+            let path = segment_path(&dir, seg_first);
+            let mut f = File::open(&path).map_err(io_err(&path))?;
+            let offset = match self.hint {
+                Some((s, off)) if s == seg_first => off,
+                _ => 8,
+            };
+            f.seek(SeekFrom::Start(offset)).map_err(io_err(&path))?;
+            self.open = Some(OpenSegment {
+                first_seq: seg_first,
+                reader: BufReader::with_capacity(1 << 20, f),
+                offset,
+                rewinds,
+            });
+        } else if let Some(o) = self.open.as_mut() {
+            let target = match self.hint {
+                Some((s, off)) if s == seg_first => off,
+                _ => o.offset,
+            };
+            // A failed group was cut since the buffer was filled: what it holds past the
+            // committed end may be bytes of that group, not what is there now. Seeking
+            // drops the buffer.
+            if o.offset != target || o.rewinds != rewinds {
+                let path = segment_path(&dir, seg_first);
+                o.reader
+                    .seek(SeekFrom::Start(target))
+                    .map_err(io_err(&path))?;
+                o.offset = target;
+                o.rewinds = rewinds;
+            }
+        }
+        self.hint = None;
+        let path = segment_path(&dir, seg_first);
+        let corrupt = |offset: u64, reason: String| WalError::Corrupt {
+            path: path.clone(),
+            offset,
+            reason,
+        };
+        loop {
+            let o = self.open.as_mut().ok_or(WalError::Closed)?;
+            let mut h = [0u8; HEADER];
+            if let Err(e) = o.reader.read_exact(&mut h) {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    // This segment is done; the entry is in the next one.
+                    let missing = corrupt(o.offset, format!("entry {want} is missing"));
+                    self.open = None;
+                    self.hint = None;
+                    let next_first = {
+                        let st = self.shared.lock();
+                        st.segments
+                            .iter()
+                            .find(|s| s.first_seq > seg_first)
+                            .map(|s| s.first_seq)
+                    };
+                    return match next_first {
+                        Some(f) if f <= want => self.next_from_disk(),
+                        _ => Err(missing),
+                    };
+                }
+                return Err(io_err(&path)(e));
+            }
+            let n = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+            let seq = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+            let appended_ms = u64::from_le_bytes(h[16..24].try_into().unwrap_or_default());
+            let at = o.offset;
+            if n > MAX_ENTRY {
+                return Err(corrupt(at, format!("entry length {n} is implausible")));
+            }
+            o.offset += (HEADER + n) as u64;
+            if seq < want {
+                o.reader.seek_relative(n as i64).map_err(io_err(&path))?;
+                continue;
+            }
+            let mut payload = vec![0u8; n];
+            o.reader.read_exact(&mut payload).map_err(io_err(&path))?;
+            if entry_crc(&h[8..], &payload) != crc {
+                return Err(corrupt(at, "checksum mismatch".into()));
+            }
+            if seq != want {
+                return Err(corrupt(
+                    at,
+                    format!("sequence {seq} where {want} was expected"),
+                ));
+            }
+            let raw = zstd::bulk::decompress(&payload, MAX_ENTRY)
+                .map_err(|e| corrupt(at, format!("undecompressable entry: {e}")))?;
+            let records: Vec<Record> = postcard::from_bytes(&raw)
+                .map_err(|e| corrupt(at, format!("undecodable entry: {e}")))?;
+            self.next += 1;
+            return Ok(Entry {
+                seq,
+                appended_ms,
+                records: Arc::new(records),
+            });
+        }
+    }
+}
