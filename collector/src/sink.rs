@@ -34,7 +34,7 @@ pub enum SinkError {
 pub trait Sink: Send {
     /// Takes one entry's records.
     async fn write(&mut self, entry: &Entry) -> Result<(), SinkError>;
-    /// Delivers what time makes due (batch age); called about every second.
+    /// Delivers what time makes due (batch age); called every `LoopSettings::tick` (500 ms).
     async fn tick(&mut self) -> Result<(), SinkError>;
     /// Delivers everything buffered (on shutdown).
     async fn flush(&mut self) -> Result<(), SinkError>;
