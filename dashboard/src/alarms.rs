@@ -1,14 +1,20 @@
 //! CloudWatch-style alarms on the per-minute metrics: a metric compared with a threshold
 //! over periods, "M out of N" datapoints, and a rule for missing data.
 //!
-//! Evaluation is a pure function of the settings, the series and the clock, so it can be
-//! run anywhere and tested without time passing.
+//! A datapoint is a pure function of the settings, the minutes and the clock
+//! ([`datapoints`], [`evaluate`]), so it can be tested without time passing. The
+//! [`AlarmBoard`] computes the same thing incrementally: each alarm keeps the datapoints
+//! of its last N periods per distribution and recomputes only the periods that are new or
+//! whose minutes changed since it last looked, so an evaluation costs the same whatever
+//! the length of the history.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Mutex, OnceLock, RwLock};
 
+use edgelog_record::MinuteAggregate;
 use serde::{Deserialize, Serialize};
 
-use crate::MinutePoint;
+use crate::{Minutes, percent};
 
 /// The metrics an alarm can watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,28 +31,61 @@ pub enum Metric {
 }
 
 impl Metric {
-    /// The metric's value in one minute.
-    pub fn of(self, p: &MinutePoint) -> f64 {
+    /// The metric over a period (one minute or more): counts are summed; a rate is its
+    /// numerator summed over its denominator summed, as CloudFront computes it from the
+    /// requests themselves (error rates over requests, CacheHitRate over cacheable
+    /// requests). `None` is no data: a period without minutes, or a rate whose
+    /// denominator is 0 (CacheHitRate where nothing was cacheable).
+    pub fn of(self, s: &PeriodSums) -> Option<f64> {
+        if s.minutes == 0 {
+            return None;
+        }
         match self {
-            Metric::Requests => p.requests as f64,
-            Metric::BytesDownloaded => p.bytes_downloaded as f64,
-            Metric::BytesUploaded => p.bytes_uploaded as f64,
-            Metric::ErrorRate4xx => p.error_rate_4xx,
-            Metric::ErrorRate5xx => p.error_rate_5xx,
-            Metric::TotalErrorRate => p.total_error_rate,
-            Metric::CacheHitRate => p.cache_hit_rate,
+            Metric::Requests => Some(s.requests as f64),
+            Metric::BytesDownloaded => Some(s.bytes_downloaded as f64),
+            Metric::BytesUploaded => Some(s.bytes_uploaded as f64),
+            Metric::ErrorRate4xx => percent(s.status_4xx, s.requests),
+            Metric::ErrorRate5xx => percent(s.status_5xx, s.requests),
+            Metric::TotalErrorRate => {
+                percent(s.status_4xx.saturating_add(s.status_5xx), s.requests)
+            }
+            Metric::CacheHitRate => percent(s.cache_hits, s.cacheable),
         }
     }
+}
 
-    /// Rates are averaged over a period; counts are summed.
-    fn is_rate(self) -> bool {
-        matches!(
-            self,
-            Metric::ErrorRate4xx
-                | Metric::ErrorRate5xx
-                | Metric::TotalErrorRate
-                | Metric::CacheHitRate
-        )
+/// The counters of a period's minutes, summed (saturating: sums never wrap).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeriodSums {
+    /// Minutes with data.
+    pub minutes: u32,
+    pub requests: u64,
+    pub bytes_downloaded: u64,
+    pub bytes_uploaded: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub cache_hits: u64,
+    pub cacheable: u64,
+}
+
+impl PeriodSums {
+    /// Adds one minute.
+    pub fn add(&mut self, a: &MinuteAggregate) {
+        self.minutes = self.minutes.saturating_add(1);
+        self.requests = self.requests.saturating_add(a.requests);
+        self.bytes_downloaded = self.bytes_downloaded.saturating_add(a.bytes_downloaded);
+        self.bytes_uploaded = self.bytes_uploaded.saturating_add(a.bytes_uploaded);
+        self.status_4xx = self.status_4xx.saturating_add(a.status_4xx);
+        self.status_5xx = self.status_5xx.saturating_add(a.status_5xx);
+        self.cache_hits = self.cache_hits.saturating_add(a.cache_hits);
+        self.cacheable = self.cacheable.saturating_add(a.cacheable);
+    }
+
+    /// The sums of some minutes.
+    pub fn of<'a>(minutes: impl IntoIterator<Item = &'a MinuteAggregate>) -> PeriodSums {
+        let mut s = PeriodSums::default();
+        minutes.into_iter().for_each(|a| s.add(a));
+        s
     }
 }
 
@@ -199,55 +238,72 @@ impl AlarmConfig {
 
 const MINUTE_MS: i64 = 60_000;
 
+/// Where an alarm's N periods lie at some time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    /// Length of a period, ms.
+    period: i64,
+    /// N.
+    periods: usize,
+    /// Start of the period in progress (not judged: it is still filling).
+    current: i64,
+    /// Start of the oldest period judged.
+    start: i64,
+}
+
+impl Window {
+    fn at(cfg: &AlarmConfig, now_ms: i64) -> Window {
+        // Within CloudWatch's limits even for a definition built in code, unchecked.
+        let minutes = i64::from(cfg.period_minutes).clamp(1, MAX_EVALUATION_MINUTES as i64);
+        let period = minutes * MINUTE_MS;
+        let periods = (cfg.evaluation_periods as usize).clamp(1, MAX_EVALUATION_MINUTES as usize);
+        let current = now_ms - now_ms.rem_euclid(period);
+        Window {
+            period,
+            periods,
+            current,
+            start: current.saturating_sub(periods as i64 * period),
+        }
+    }
+
+    fn period_start(&self, k: usize) -> i64 {
+        self.start + k as i64 * self.period
+    }
+
+    /// The period (0 = oldest) a minute falls in, if it is judged.
+    fn period_of(&self, minute_ms: i64) -> Option<usize> {
+        (self.start..self.current)
+            .contains(&minute_ms)
+            .then(|| ((minute_ms - self.start) / self.period) as usize)
+    }
+
+    /// The datapoint of period `k`.
+    fn value(
+        &self,
+        cfg: &AlarmConfig,
+        minutes: &BTreeMap<i64, MinuteAggregate>,
+        k: usize,
+    ) -> Option<f64> {
+        let from = self.period_start(k);
+        cfg.metric.of(&PeriodSums::of(
+            minutes.range(from..from + self.period).map(|(_, a)| a),
+        ))
+    }
+}
+
 /// The value of each of the last `evaluation_periods` complete periods before `now_ms`
 /// (oldest first), `None` where the period has no data.
 pub fn datapoints(
     cfg: &AlarmConfig,
-    series: &BTreeMap<i64, MinutePoint>,
+    minutes: &BTreeMap<i64, MinuteAggregate>,
     now_ms: i64,
 ) -> Vec<Option<f64>> {
-    let period = i64::from(cfg.period_minutes) * MINUTE_MS;
-    // The period in progress is not judged: it is still filling.
-    let current = now_ms - now_ms.rem_euclid(period);
-    (1..=i64::from(cfg.evaluation_periods))
-        .rev()
-        .map(|k| {
-            let start = current - k * period;
-            let points: Vec<&MinutePoint> = series
-                .range(start..start + period)
-                .map(|(_, p)| p)
-                .collect();
-            if points.is_empty() {
-                return None;
-            }
-            let values = points.iter().map(|p| cfg.metric.of(p));
-            Some(if cfg.metric.is_rate() {
-                // A rate over a period weighs each minute by its requests.
-                let requests: f64 = points.iter().map(|p| p.requests as f64).sum();
-                if requests == 0.0 {
-                    values.sum::<f64>() / points.len() as f64
-                } else {
-                    points
-                        .iter()
-                        .map(|p| cfg.metric.of(p) * p.requests as f64)
-                        .sum::<f64>()
-                        / requests
-                }
-            } else {
-                values.sum()
-            })
-        })
-        .collect()
+    let w = Window::at(cfg, now_ms);
+    (0..w.periods).map(|k| w.value(cfg, minutes, k)).collect()
 }
 
-/// The state the alarm should be in, given its previous state.
-pub fn evaluate(
-    cfg: &AlarmConfig,
-    series: &BTreeMap<i64, MinutePoint>,
-    now_ms: i64,
-    previous: AlarmState,
-) -> AlarmState {
-    let points = datapoints(cfg, series, now_ms);
+/// The state datapoints put an alarm in, given its previous state.
+pub fn state_of(cfg: &AlarmConfig, points: &[Option<f64>], previous: AlarmState) -> AlarmState {
     if points.iter().all(Option::is_none) {
         return match cfg.treat_missing_data {
             MissingData::Missing => AlarmState::InsufficientData,
@@ -270,9 +326,381 @@ pub fn evaluate(
     }
 }
 
+/// The state the alarm should be in, given its previous state.
+pub fn evaluate(
+    cfg: &AlarmConfig,
+    minutes: &BTreeMap<i64, MinuteAggregate>,
+    now_ms: i64,
+    previous: AlarmState,
+) -> AlarmState {
+    state_of(cfg, &datapoints(cfg, minutes, now_ms), previous)
+}
+
+/// Where an alarm stands for one distribution.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlarmStatus {
+    pub alarm: String,
+    pub distribution: String,
+    pub state: AlarmState,
+    /// When the state began, ms since the epoch.
+    pub since_ms: i64,
+    /// The datapoints of the last evaluation, oldest first.
+    pub datapoints: Vec<Option<f64>>,
+}
+
+/// A state change.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    pub alarm: String,
+    pub distribution: String,
+    pub from: AlarmState,
+    pub to: AlarmState,
+    pub at_ms: i64,
+    /// When the state left (`from`) began: for a resolved alarm, when it started firing.
+    pub from_since_ms: i64,
+    pub reason: String,
+}
+
+/// The outcome of [`AlarmBoard::put`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// A new alarm.
+    Created,
+    /// Another definition under the same name: states carry on (as CloudWatch's
+    /// `PutMetricAlarm` leaves them) and are evaluated by the new definition.
+    Replaced,
+    /// The same definition again: nothing changes.
+    Unchanged,
+}
+
+/// One alarm on one distribution: its status, and what its datapoints were computed from.
+struct Tracked {
+    status: AlarmStatus,
+    /// `None` before the first evaluation and after the definition changed.
+    basis: Option<Basis>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Basis {
+    /// The store's latest change then.
+    change: u64,
+    /// The period in progress then.
+    current: i64,
+}
+
+type Listener = Box<dyn Fn(&Transition) + Send + Sync>;
+
+/// Evaluates configured alarms against the store and remembers states and changes.
+pub struct AlarmBoard {
+    /// Definitions, from the config and the API.
+    configs: RwLock<Vec<AlarmConfig>>,
+    /// By alarm, then distribution.
+    tracked: Mutex<BTreeMap<String, BTreeMap<String, Tracked>>>,
+    history: Mutex<VecDeque<Transition>>,
+    listener: OnceLock<Listener>,
+}
+
+/// Transitions kept for the history view.
+const HISTORY: usize = 1000;
+
+impl AlarmBoard {
+    pub fn new(configs: Vec<AlarmConfig>) -> AlarmBoard {
+        AlarmBoard {
+            configs: RwLock::new(configs),
+            tracked: Mutex::default(),
+            history: Mutex::default(),
+            listener: OnceLock::new(),
+        }
+    }
+
+    /// Calls `f` with every state change from now on, whether an evaluation, a changed
+    /// definition or a deletion made it (a firing alarm deleted resolves). Set once;
+    /// returns false if a listener was already set.
+    pub fn on_transition(&self, f: impl Fn(&Transition) + Send + Sync + 'static) -> bool {
+        self.listener.set(Box::new(f)).is_ok()
+    }
+
+    /// Evaluates every alarm (an alarm on `*` watches each distribution seen) and returns
+    /// the state changes. Only periods that are new since the last evaluation, or whose
+    /// minutes changed, are computed again.
+    pub fn evaluate(&self, store: &crate::MetricsStore, now_ms: i64) -> Vec<Transition> {
+        let mut changes = Vec::new();
+        {
+            // Definitions stay put during an evaluation (see `put`).
+            let Ok(configs) = self.configs.read() else {
+                return changes;
+            };
+            let Some(series) = store.read() else {
+                return changes;
+            };
+            let Ok(mut tracked) = self.tracked.lock() else {
+                return changes;
+            };
+            for cfg in configs.iter() {
+                if !tracked.contains_key(&cfg.name) {
+                    tracked.insert(cfg.name.clone(), BTreeMap::new());
+                }
+                let Some(per_distribution) = tracked.get_mut(&cfg.name) else {
+                    continue;
+                };
+                let w = Window::at(cfg, now_ms);
+                let mut track = |d: &str, minutes: Option<&Minutes>| {
+                    if !per_distribution.contains_key(d) {
+                        per_distribution.insert(
+                            d.to_owned(),
+                            Tracked {
+                                status: AlarmStatus {
+                                    alarm: cfg.name.clone(),
+                                    distribution: d.to_owned(),
+                                    state: AlarmState::InsufficientData,
+                                    since_ms: now_ms,
+                                    datapoints: Vec::new(),
+                                },
+                                basis: None,
+                            },
+                        );
+                    }
+                    if let Some(t) = per_distribution.get_mut(d)
+                        && refresh(cfg, w, minutes, series.last_change, t)
+                        && let Some(c) = judge(cfg, t, now_ms)
+                    {
+                        changes.push(c);
+                    }
+                };
+                if cfg.distribution == "*" {
+                    for (d, minutes) in &series.distributions {
+                        track(d, Some(minutes));
+                    }
+                } else {
+                    track(
+                        &cfg.distribution,
+                        series.distributions.get(&cfg.distribution),
+                    );
+                }
+            }
+        }
+        self.record(&changes);
+        changes
+    }
+
+    /// Keeps `changes` in the history and hands them to the listener.
+    fn record(&self, changes: &[Transition]) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Ok(mut h) = self.history.lock() {
+            for c in changes {
+                h.push_back(c.clone());
+                if h.len() > HISTORY {
+                    h.pop_front();
+                }
+            }
+        }
+        if let Some(f) = self.listener.get() {
+            changes.iter().for_each(f);
+        }
+    }
+
+    /// The alarm definitions.
+    pub fn definitions(&self) -> Vec<AlarmConfig> {
+        self.configs.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Adds an alarm, or replaces the one of the same name. A replaced alarm keeps its
+    /// states (the next evaluation judges them by the new definition); the same
+    /// definition again changes nothing. A distribution the new definition no longer
+    /// watches loses its state (a firing one resolves).
+    pub fn put(&self, cfg: AlarmConfig) -> Result<PutOutcome, String> {
+        cfg.validate()?;
+        let mut changes = Vec::new();
+        let outcome = {
+            let mut configs = self
+                .configs
+                .write()
+                .map_err(|_| "alarm definitions unavailable")?;
+            let outcome = match configs.iter().position(|c| c.name == cfg.name) {
+                Some(i) if configs[i] == cfg => return Ok(PutOutcome::Unchanged),
+                Some(i) => {
+                    configs[i] = cfg.clone();
+                    PutOutcome::Replaced
+                }
+                None => {
+                    configs.push(cfg.clone());
+                    PutOutcome::Created
+                }
+            };
+            if let Ok(mut tracked) = self.tracked.lock()
+                && let Some(per_distribution) = tracked.get_mut(&cfg.name)
+            {
+                let now = crate::now_ms();
+                per_distribution.retain(|d, t| {
+                    let watched = cfg.distribution == "*" || *d == cfg.distribution;
+                    if !watched {
+                        changes.extend(retire(
+                            t,
+                            now,
+                            "the alarm no longer watches this distribution",
+                        ));
+                    }
+                    watched
+                });
+                per_distribution.values_mut().for_each(|t| t.basis = None);
+            }
+            outcome
+        };
+        self.record(&changes);
+        Ok(outcome)
+    }
+
+    /// Removes an alarm and its states (a firing one resolves); returns whether it
+    /// existed.
+    pub fn delete(&self, name: &str) -> bool {
+        let mut changes = Vec::new();
+        let removed = {
+            let Ok(mut configs) = self.configs.write() else {
+                return false;
+            };
+            let before = configs.len();
+            configs.retain(|a| a.name != name);
+            if let Ok(mut tracked) = self.tracked.lock()
+                && let Some(per_distribution) = tracked.remove(name)
+            {
+                let now = crate::now_ms();
+                for (_, mut t) in per_distribution {
+                    changes.extend(retire(&mut t, now, "the alarm was deleted"));
+                }
+            }
+            configs.len() != before
+        };
+        self.record(&changes);
+        removed
+    }
+
+    /// Current states, by alarm and distribution.
+    pub fn statuses(&self) -> Vec<AlarmStatus> {
+        self.tracked
+            .lock()
+            .map(|t| {
+                t.values()
+                    .flat_map(|per| per.values().map(|t| t.status.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// State changes, oldest first.
+    pub fn history(&self) -> Vec<Transition> {
+        self.history
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Brings `t`'s datapoints up to window `w` and the store's changes since it last looked;
+/// returns false when nothing they depend on changed (the state stands).
+fn refresh(
+    cfg: &AlarmConfig,
+    w: Window,
+    minutes: Option<&Minutes>,
+    last_change: u64,
+    t: &mut Tracked,
+) -> bool {
+    let value = |k: usize| minutes.and_then(|m| w.value(cfg, &m.by_minute, k));
+    let points = &mut t.status.datapoints;
+    let since = t.basis.and_then(|b| {
+        // Periods the window moved by; a changed definition, a clock gone back, or
+        // changes no longer listed mean starting over.
+        let moved = (w.current - b.current) / w.period;
+        let listed = minutes.is_none_or(|m| m.forgotten <= b.change);
+        (b.current <= w.current && points.len() == w.periods && listed).then_some((b.change, moved))
+    });
+    t.basis = Some(Basis {
+        change: last_change,
+        current: w.current,
+    });
+    match since {
+        Some((seen, moved)) if moved < w.periods as i64 => {
+            let moved = moved as usize;
+            points.drain(..moved);
+            points.resize(w.periods, None);
+            let mut dirty: Vec<usize> = (w.periods - moved..w.periods).collect();
+            if let Some(m) = minutes {
+                dirty.extend(
+                    m.changes
+                        .iter()
+                        .rev()
+                        .take_while(|(change, _)| *change > seen)
+                        .filter_map(|(_, minute)| w.period_of(*minute)),
+                );
+            }
+            if dirty.is_empty() {
+                return false;
+            }
+            dirty.sort_unstable();
+            dirty.dedup();
+            for k in dirty {
+                points[k] = value(k);
+            }
+        }
+        _ => *points = (0..w.periods).map(value).collect(),
+    }
+    true
+}
+
+/// Judges `t`'s datapoints; returns the transition when the state changes.
+fn judge(cfg: &AlarmConfig, t: &mut Tracked, now_ms: i64) -> Option<Transition> {
+    let state = state_of(cfg, &t.status.datapoints, t.status.state);
+    if state == t.status.state {
+        return None;
+    }
+    let shown: Vec<String> = t
+        .status
+        .datapoints
+        .iter()
+        .map(|p| p.map_or("missing".into(), |v| format!("{v:.2}")))
+        .collect();
+    let change = Transition {
+        alarm: cfg.name.clone(),
+        distribution: t.status.distribution.clone(),
+        from: t.status.state,
+        to: state,
+        at_ms: now_ms,
+        from_since_ms: t.status.since_ms,
+        reason: format!(
+            "{:?} {:?} {} in {} of the last {} periods of {} min: [{}]",
+            cfg.metric,
+            cfg.comparison,
+            cfg.threshold,
+            cfg.datapoints_to_alarm,
+            cfg.evaluation_periods,
+            cfg.period_minutes,
+            shown.join(", ")
+        ),
+    };
+    t.status.state = state;
+    t.status.since_ms = now_ms;
+    Some(change)
+}
+
+/// The transition of a state that goes away: only a firing alarm has one (it resolves).
+fn retire(t: &mut Tracked, now_ms: i64, why: &str) -> Option<Transition> {
+    (t.status.state == AlarmState::Alarm).then(|| Transition {
+        alarm: t.status.alarm.clone(),
+        distribution: t.status.distribution.clone(),
+        from: AlarmState::Alarm,
+        to: AlarmState::InsufficientData,
+        at_ms: now_ms,
+        from_since_ms: t.status.since_ms,
+        reason: why.to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MetricsStore;
+    use edgelog_record::MinuteUpdate;
 
     fn alarm(m: u32, n: u32, missing: MissingData) -> AlarmConfig {
         AlarmConfig {
@@ -288,14 +716,14 @@ mod tests {
         }
     }
 
-    fn point(minute: i64, requests: u64, rate_5xx: f64) -> (i64, MinutePoint) {
+    /// A minute with `requests`, `errors` of them 5xx.
+    fn point(minute: i64, requests: u64, errors: u64) -> (i64, MinuteAggregate) {
         (
             minute * MINUTE_MS,
-            MinutePoint {
-                minute_ms: minute * MINUTE_MS,
+            MinuteAggregate {
                 requests,
-                error_rate_5xx: rate_5xx,
-                ..MinutePoint::default()
+                status_5xx: errors,
+                ..MinuteAggregate::default()
             },
         )
     }
@@ -305,10 +733,10 @@ mod tests {
         let cfg = alarm(2, 3, MissingData::Missing);
         let now = 10 * MINUTE_MS + 30_000; // minute 10 is in progress
         let series: BTreeMap<_, _> = [
-            point(7, 100, 9.0),
-            point(8, 100, 1.0),
-            point(9, 100, 7.0),
-            point(10, 100, 50.0),
+            point(7, 100, 9),
+            point(8, 100, 1),
+            point(9, 100, 7),
+            point(10, 100, 50),
         ]
         .into();
         assert_eq!(
@@ -319,8 +747,7 @@ mod tests {
             evaluate(&cfg, &series, now, AlarmState::Ok),
             AlarmState::Alarm
         );
-        let calm: BTreeMap<_, _> =
-            [point(7, 100, 9.0), point(8, 100, 1.0), point(9, 100, 2.0)].into();
+        let calm: BTreeMap<_, _> = [point(7, 100, 9), point(8, 100, 1), point(9, 100, 2)].into();
         assert_eq!(
             evaluate(&cfg, &calm, now, AlarmState::Alarm),
             AlarmState::Ok
@@ -331,85 +758,131 @@ mod tests {
     fn missing_data_follows_the_configured_rule() {
         let now = 10 * MINUTE_MS;
         let empty = BTreeMap::new();
-        let one_bad: BTreeMap<_, _> = [point(9, 100, 9.0)].into();
-        assert_eq!(
-            evaluate(
-                &alarm(2, 3, MissingData::Missing),
+        let one_bad: BTreeMap<_, _> = [point(9, 100, 9)].into();
+        let cases = [
+            (
+                MissingData::Missing,
                 &empty,
-                now,
-                AlarmState::Ok
+                AlarmState::Ok,
+                AlarmState::InsufficientData,
             ),
-            AlarmState::InsufficientData
-        );
-        assert_eq!(
-            evaluate(
-                &alarm(2, 3, MissingData::Ignore),
+            (
+                MissingData::Ignore,
                 &empty,
-                now,
-                AlarmState::Alarm
+                AlarmState::Alarm,
+                AlarmState::Alarm,
             ),
-            AlarmState::Alarm
-        );
-        assert_eq!(
-            evaluate(
-                &alarm(2, 3, MissingData::NotBreaching),
+            (
+                MissingData::NotBreaching,
                 &one_bad,
-                now,
-                AlarmState::Ok
+                AlarmState::Ok,
+                AlarmState::Ok,
             ),
-            AlarmState::Ok
-        );
-        assert_eq!(
-            evaluate(
-                &alarm(2, 3, MissingData::Breaching),
+            (
+                MissingData::Breaching,
                 &one_bad,
-                now,
-                AlarmState::Ok
+                AlarmState::Ok,
+                AlarmState::Alarm,
             ),
-            AlarmState::Alarm
-        );
-        assert_eq!(
-            evaluate(
-                &alarm(2, 3, MissingData::Missing),
+            (
+                MissingData::Missing,
                 &one_bad,
-                now,
-                AlarmState::Ok
+                AlarmState::Ok,
+                AlarmState::Ok,
             ),
-            AlarmState::Ok
-        );
+        ];
+        for (missing, series, previous, want) in cases {
+            assert_eq!(
+                evaluate(&alarm(2, 3, missing), series, now, previous),
+                want,
+                "{missing:?}"
+            );
+        }
     }
 
     #[test]
-    fn longer_periods_weigh_rates_by_requests_and_sum_counts() {
+    fn longer_periods_weigh_each_rate_by_its_own_denominator_and_sum_counts() {
         let mut cfg = alarm(1, 1, MissingData::Missing);
         cfg.period_minutes = 5;
-        let series: BTreeMap<_, _> = [point(5, 900, 0.0), point(6, 100, 50.0)].into();
+        let series: BTreeMap<_, _> = [point(5, 900, 0), point(6, 100, 50)].into();
         let now = 10 * MINUTE_MS + 1;
+        // 50 errors in 1,000 requests, not the mean of 0 % and 50 %.
         assert_eq!(datapoints(&cfg, &series, now), vec![Some(5.0)]);
         cfg.metric = Metric::Requests;
         assert_eq!(datapoints(&cfg, &series, now), vec![Some(1000.0)]);
+
+        // CacheHitRate over two minutes: 10 hits of 1,000 cacheable requests (among 2,000),
+        // then 10 of 10 (among 1,000): 20 of 1,010 cacheable, whatever the requests.
+        cfg.metric = Metric::CacheHitRate;
+        cfg.period_minutes = 2;
+        let minute = |requests, cacheable, cache_hits| MinuteAggregate {
+            requests,
+            cacheable,
+            cache_hits,
+            ..MinuteAggregate::default()
+        };
+        let series: BTreeMap<_, _> = [
+            (6 * MINUTE_MS, minute(2_000, 1_000, 10)),
+            (7 * MINUTE_MS, minute(1_000, 10, 10)),
+        ]
+        .into();
+        let got = datapoints(&cfg, &series, 8 * MINUTE_MS)[0].expect("a datapoint");
+        assert!((got - 2_000.0 / 1_010.0).abs() < 1e-9, "{got}");
+        // The 5xx rate of the same period weighs by requests: 300 of 3,000.
+        cfg.metric = Metric::ErrorRate5xx;
+        let series: BTreeMap<_, _> = [point(6, 2_000, 0), point(7, 1_000, 300)].into();
+        assert_eq!(datapoints(&cfg, &series, 8 * MINUTE_MS), vec![Some(10.0)]);
+    }
+
+    #[test]
+    fn a_period_where_nothing_was_cacheable_has_no_cache_hit_rate() {
+        let mut cfg = alarm(1, 3, MissingData::Missing);
+        cfg.metric = Metric::CacheHitRate;
+        cfg.comparison = Comparison::LessThanThreshold;
+        cfg.threshold = 50.0;
+        // Requests, all of them uncacheable (errors, passes through): no CacheHitRate.
+        let idle: BTreeMap<_, _> = [point(7, 100, 0), point(8, 5, 0), point(9, 1, 1)].into();
+        let now = 10 * MINUTE_MS;
+        assert_eq!(datapoints(&cfg, &idle, now), vec![None, None, None]);
+        assert_eq!(
+            evaluate(&cfg, &idle, now, AlarmState::Ok),
+            AlarmState::InsufficientData
+        );
+        // Sums saturate: no wrap, no panic.
+        let mut s = PeriodSums::default();
+        let huge = MinuteAggregate {
+            requests: u64::MAX,
+            status_5xx: u64::MAX,
+            status_4xx: u64::MAX,
+            ..MinuteAggregate::default()
+        };
+        s.add(&huge);
+        s.add(&huge);
+        assert_eq!(s.requests, u64::MAX);
+        assert_eq!(Metric::TotalErrorRate.of(&s), Some(100.0));
+    }
+
+    fn merge(store: &MetricsStore, d: &str, minute: i64, requests: u64, errors: u64) {
+        store.merge(&MinuteUpdate {
+            collector_id: "c".into(),
+            distribution_id: d.into(),
+            minute_ms: minute * MINUTE_MS,
+            aggregate: MinuteAggregate {
+                requests,
+                status_5xx: errors,
+                cacheable: requests / 2,
+                cache_hits: errors,
+                ..MinuteAggregate::default()
+            },
+        });
     }
 
     #[test]
     fn the_board_fires_and_clears_per_distribution_and_keeps_history() {
-        use edgelog_record::{MinuteAggregate, MinuteUpdate};
-        let store = crate::MetricsStore::new(60);
-        let put = |d: &str, minute: i64, requests: u64, errors: u64| {
-            let aggregate = MinuteAggregate {
-                requests,
-                status_5xx: errors,
-                ..MinuteAggregate::default()
-            };
-            store.merge(&MinuteUpdate {
-                collector_id: "c".into(),
-                distribution_id: d.into(),
-                minute_ms: minute * MINUTE_MS,
-                aggregate,
-            });
-        };
+        let store = MetricsStore::new(60);
         for m in 1..=3 {
-            put("E1", m, 100, 20);
-            put("E2", m, 100, 0);
+            merge(&store, "E1", m, 100, 20);
+            merge(&store, "E2", m, 100, 0);
         }
         let mut cfg = alarm(2, 3, MissingData::Missing);
         cfg.distribution = "*".into();
@@ -433,8 +906,8 @@ mod tests {
             "no change, no transition"
         );
         for m in 4..=6 {
-            put("E1", m, 100, 1);
-            put("E2", m, 100, 0);
+            merge(&store, "E1", m, 100, 1);
+            merge(&store, "E2", m, 100, 0);
         }
         let changes = board.evaluate(&store, 7 * MINUTE_MS);
         assert_eq!(changes.len(), 1);
@@ -442,7 +915,192 @@ mod tests {
             (changes[0].from, changes[0].to),
             (AlarmState::Alarm, AlarmState::Ok)
         );
+        assert_eq!(changes[0].from_since_ms, 4 * MINUTE_MS);
         assert_eq!(board.history().len(), 3);
+    }
+
+    /// A small deterministic generator (xorshift): no dependency for a random walk.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    #[test]
+    fn incremental_evaluation_equals_evaluating_everything_again() {
+        let store = MetricsStore::new(90);
+        let metrics = [
+            Metric::ErrorRate5xx,
+            Metric::Requests,
+            Metric::CacheHitRate,
+            Metric::TotalErrorRate,
+        ];
+        let shapes = [(1, 3, 2), (5, 4, 1), (2, 30, 5), (60, 2, 1), (1, 1440, 3)];
+        let missing = [
+            MissingData::Missing,
+            MissingData::Breaching,
+            MissingData::NotBreaching,
+            MissingData::Ignore,
+        ];
+        let mut configs = Vec::new();
+        for (i, (period, n, m)) in shapes.iter().enumerate() {
+            for (j, metric) in metrics.iter().enumerate() {
+                configs.push(AlarmConfig {
+                    name: format!("a{i}-{j}"),
+                    distribution: if j == 3 { "E1".into() } else { "*".into() },
+                    metric: *metric,
+                    comparison: if *metric == Metric::CacheHitRate {
+                        Comparison::LessThanThreshold
+                    } else {
+                        Comparison::GreaterThanOrEqualToThreshold
+                    },
+                    threshold: if *metric == Metric::Requests {
+                        150.0
+                    } else {
+                        10.0
+                    },
+                    period_minutes: *period,
+                    evaluation_periods: *n,
+                    datapoints_to_alarm: *m,
+                    treat_missing_data: missing[(i + j) % missing.len()],
+                });
+            }
+        }
+        let board = AlarmBoard::new(configs.clone());
+        // The reference: every datapoint from scratch, the state from the previous one.
+        let mut reference: BTreeMap<(String, String), AlarmState> = BTreeMap::new();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut now = 1_000 * MINUTE_MS;
+        for step in 0..400 {
+            // Some minutes change (late, current, or in the future), then time passes;
+            // now and then a burst longer than the change log (a backfill).
+            let merges = if step % 50 == 49 { 600 } else { rng.below(4) };
+            for _ in 0..merges {
+                let d = if merges > 100 {
+                    "E2"
+                } else {
+                    ["E1", "E2", "E3"][rng.below(3) as usize]
+                };
+                let minute = now / MINUTE_MS - rng.below(100) as i64 + 1;
+                let requests = rng.below(300);
+                merge(&store, d, minute, requests, rng.below(requests + 1));
+            }
+            now += [0, 1_000, 20_000, 60_000, 300_000, 7_200_000][rng.below(6) as usize];
+            board.evaluate(&store, now);
+            type Seen = (AlarmState, Vec<Option<f64>>);
+            let got: BTreeMap<(String, String), Seen> = board
+                .statuses()
+                .into_iter()
+                .map(|s| ((s.alarm, s.distribution), (s.state, s.datapoints)))
+                .collect();
+            for cfg in &configs {
+                let targets = if cfg.distribution == "*" {
+                    store.distributions()
+                } else {
+                    vec![cfg.distribution.clone()]
+                };
+                for d in targets {
+                    let minutes: BTreeMap<i64, MinuteAggregate> = store
+                        .read()
+                        .and_then(|s| s.distributions.get(&d).map(|m| m.by_minute.clone()))
+                        .unwrap_or_default();
+                    let key = (cfg.name.clone(), d.clone());
+                    let previous = reference
+                        .get(&key)
+                        .copied()
+                        .unwrap_or(AlarmState::InsufficientData);
+                    let points = datapoints(cfg, &minutes, now);
+                    let state = state_of(cfg, &points, previous);
+                    reference.insert(key.clone(), state);
+                    assert_eq!(got.get(&key), Some(&(state, points)), "{key:?} at {now}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_definition_again_keeps_states_and_deleting_a_firing_alarm_resolves_it() {
+        let store = MetricsStore::new(60);
+        for m in 1..=3 {
+            merge(&store, "E1", m, 100, 20);
+            merge(&store, "E2", m, 100, 0);
+        }
+        let mut cfg = alarm(2, 3, MissingData::Missing);
+        cfg.distribution = "*".into();
+        let board = AlarmBoard::new(vec![cfg.clone()]);
+        let heard = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let keep = heard.clone();
+        assert!(board.on_transition(move |t| keep.lock().expect("lock").push(t.clone())));
+        assert_eq!(board.evaluate(&store, 4 * MINUTE_MS).len(), 2);
+        let firing_since = 4 * MINUTE_MS;
+
+        assert_eq!(board.put(cfg.clone()), Ok(PutOutcome::Unchanged));
+        assert!(board.evaluate(&store, 4 * MINUTE_MS + 10_000).is_empty());
+        let e1 = |b: &AlarmBoard| {
+            b.statuses()
+                .into_iter()
+                .find(|s| s.distribution == "E1")
+                .map(|s| (s.state, s.since_ms))
+        };
+        assert_eq!(e1(&board), Some((AlarmState::Alarm, firing_since)));
+
+        // A changed threshold that still breaches: still firing since then, no new firing.
+        let mut changed = cfg.clone();
+        changed.threshold = 10.0;
+        assert_eq!(board.put(changed.clone()), Ok(PutOutcome::Replaced));
+        assert!(board.evaluate(&store, 4 * MINUTE_MS + 20_000).is_empty());
+        assert_eq!(e1(&board), Some((AlarmState::Alarm, firing_since)));
+        // One that no longer does resolves at the next evaluation.
+        changed.threshold = 50.0;
+        assert_eq!(board.put(changed.clone()), Ok(PutOutcome::Replaced));
+        let back = board.evaluate(&store, 4 * MINUTE_MS + 30_000);
+        assert_eq!(back.len(), 1);
+        assert_eq!(
+            (back[0].from, back[0].to),
+            (AlarmState::Alarm, AlarmState::Ok)
+        );
+        assert_eq!(board.put(cfg.clone()), Ok(PutOutcome::Replaced));
+        assert_eq!(board.evaluate(&store, 4 * MINUTE_MS + 40_000).len(), 1);
+
+        // Deleting it while it fires resolves it; a state that was not ALARM goes quietly.
+        assert!(board.delete("5xx"));
+        assert!(!board.delete("5xx"));
+        assert!(board.statuses().is_empty());
+        let heard = heard.lock().expect("lock").clone();
+        let last = heard.last().expect("transitions");
+        assert_eq!(
+            (last.distribution.as_str(), last.from, last.to),
+            ("E1", AlarmState::Alarm, AlarmState::InsufficientData)
+        );
+        assert!(last.reason.contains("deleted"), "{}", last.reason);
+        assert_eq!(heard.len(), 5, "{heard:?}");
+        assert_eq!(board.history(), heard);
+    }
+
+    #[test]
+    fn evaluating_costs_the_same_whatever_the_history() {
+        // Not a benchmark (see `cargo run --release --example alarm_eval`): with 20,000
+        // minutes of history, a round looks at the minutes that changed and the periods
+        // that are new, microseconds, where it used to go over the whole history.
+        let store = MetricsStore::new(100_000);
+        let mut cfg = alarm(2, 3, MissingData::Missing);
+        cfg.distribution = "*".into();
+        let board = AlarmBoard::new(vec![cfg]);
+        for m in 0..20_000 {
+            merge(&store, "E1", m, 100, 1);
+        }
+        board.evaluate(&store, 20_000 * MINUTE_MS);
+        merge(&store, "E1", 20_000, 100, 1);
+        let t = std::time::Instant::now();
+        for i in 0..1_000 {
+            board.evaluate(&store, 20_000 * MINUTE_MS + 1 + i);
+        }
+        let per = t.elapsed() / 1_000;
+        assert!(per < std::time::Duration::from_millis(5), "{per:?}");
     }
 
     #[test]
@@ -505,176 +1163,5 @@ mod tests {
             (parsed.metric, parsed.treat_missing_data),
             (Metric::ErrorRate5xx, MissingData::NotBreaching)
         );
-    }
-}
-
-/// Where an alarm stands for one distribution.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AlarmStatus {
-    pub alarm: String,
-    pub distribution: String,
-    pub state: AlarmState,
-    /// When the state began, ms since the epoch.
-    pub since_ms: i64,
-    /// The datapoints of the last evaluation, oldest first.
-    pub datapoints: Vec<Option<f64>>,
-}
-
-/// A state change.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Transition {
-    pub alarm: String,
-    pub distribution: String,
-    pub from: AlarmState,
-    pub to: AlarmState,
-    pub at_ms: i64,
-    pub reason: String,
-}
-
-/// Evaluates configured alarms against the store and remembers states and changes.
-pub struct AlarmBoard {
-    /// Definitions, from the config and the API.
-    configs: std::sync::RwLock<Vec<AlarmConfig>>,
-    statuses: std::sync::Mutex<BTreeMap<(String, String), AlarmStatus>>,
-    history: std::sync::Mutex<std::collections::VecDeque<Transition>>,
-}
-
-/// Transitions kept for the history view.
-const HISTORY: usize = 1000;
-
-impl AlarmBoard {
-    pub fn new(configs: Vec<AlarmConfig>) -> AlarmBoard {
-        AlarmBoard {
-            configs: std::sync::RwLock::new(configs),
-            statuses: Default::default(),
-            history: Default::default(),
-        }
-    }
-
-    /// Evaluates every alarm (an alarm on `*` watches each distribution seen) and returns
-    /// the state changes.
-    pub fn evaluate(&self, store: &crate::MetricsStore, now_ms: i64) -> Vec<Transition> {
-        let mut changes = Vec::new();
-        let Ok(mut statuses) = self.statuses.lock() else {
-            return changes;
-        };
-        let configs = self.definitions();
-        for cfg in &configs {
-            let targets = if cfg.distribution == "*" {
-                store.distributions()
-            } else {
-                vec![cfg.distribution.clone()]
-            };
-            for d in targets {
-                let series = store.series_map(&d);
-                let points = datapoints(cfg, &series, now_ms);
-                let key = (cfg.name.clone(), d.clone());
-                let previous = statuses
-                    .get(&key)
-                    .map_or(AlarmState::InsufficientData, |s| s.state);
-                let state = evaluate(cfg, &series, now_ms, previous);
-                let entry = statuses.entry(key).or_insert_with(|| AlarmStatus {
-                    alarm: cfg.name.clone(),
-                    distribution: d.clone(),
-                    state: AlarmState::InsufficientData,
-                    since_ms: now_ms,
-                    datapoints: Vec::new(),
-                });
-                entry.datapoints = points.clone();
-                if state != entry.state {
-                    let shown: Vec<String> = points
-                        .iter()
-                        .map(|p| p.map_or("missing".into(), |v| format!("{v:.2}")))
-                        .collect();
-                    changes.push(Transition {
-                        alarm: cfg.name.clone(),
-                        distribution: d.clone(),
-                        from: entry.state,
-                        to: state,
-                        at_ms: now_ms,
-                        reason: format!(
-                            "{:?} {:?} {} in {} of the last {} periods of {} min: [{}]",
-                            cfg.metric,
-                            cfg.comparison,
-                            cfg.threshold,
-                            cfg.datapoints_to_alarm,
-                            cfg.evaluation_periods,
-                            cfg.period_minutes,
-                            shown.join(", ")
-                        ),
-                    });
-                    entry.state = state;
-                    entry.since_ms = now_ms;
-                }
-            }
-        }
-        if let Ok(mut h) = self.history.lock() {
-            for c in &changes {
-                h.push_back(c.clone());
-                if h.len() > HISTORY {
-                    h.pop_front();
-                }
-            }
-        }
-        changes
-    }
-
-    /// The alarm definitions.
-    pub fn definitions(&self) -> Vec<AlarmConfig> {
-        self.configs.read().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    /// Adds an alarm, or replaces the one of the same name (its states start over).
-    /// Returns whether one was replaced.
-    pub fn put(&self, cfg: AlarmConfig) -> Result<bool, String> {
-        cfg.validate()?;
-        let name = cfg.name.clone();
-        let replaced = {
-            let mut configs = self
-                .configs
-                .write()
-                .map_err(|_| "alarm definitions unavailable")?;
-            let replaced = configs
-                .iter()
-                .position(|c| c.name == name)
-                .map(|i| configs.remove(i));
-            configs.push(cfg);
-            replaced.is_some()
-        };
-        self.forget(&name);
-        Ok(replaced)
-    }
-
-    /// Removes an alarm and its states; returns whether it existed.
-    pub fn delete(&self, name: &str) -> bool {
-        let removed = self.configs.write().is_ok_and(|mut c| {
-            let before = c.len();
-            c.retain(|a| a.name != name);
-            c.len() != before
-        });
-        self.forget(name);
-        removed
-    }
-
-    fn forget(&self, name: &str) {
-        if let Ok(mut s) = self.statuses.lock() {
-            s.retain(|(alarm, _), _| alarm != name);
-        }
-    }
-
-    /// Current states, by alarm and distribution.
-    pub fn statuses(&self) -> Vec<AlarmStatus> {
-        self.statuses
-            .lock()
-            .map(|s| s.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// State changes, oldest first.
-    pub fn history(&self) -> Vec<Transition> {
-        self.history
-            .lock()
-            .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default()
     }
 }

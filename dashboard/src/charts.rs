@@ -111,32 +111,35 @@ impl Chart {
             Chart::BytesUploaded => {
                 vec![("bytes_uploaded", |p| Some(p.bytes_uploaded as f64), BLUE)]
             }
-            Chart::ErrorRate4xx => vec![("error_rate_4xx", |p| Some(p.error_rate_4xx), ORANGE)],
-            Chart::ErrorRate5xx => vec![("error_rate_5xx", |p| Some(p.error_rate_5xx), RED)],
+            Chart::ErrorRate4xx => vec![("error_rate_4xx", |p| p.error_rate_4xx, ORANGE)],
+            Chart::ErrorRate5xx => vec![("error_rate_5xx", |p| p.error_rate_5xx, RED)],
             Chart::TotalErrorRate => {
-                vec![("total_error_rate", |p| Some(p.total_error_rate), PURPLE)]
+                vec![("total_error_rate", |p| p.total_error_rate, PURPLE)]
             }
-            Chart::CacheHitRate => vec![("cache_hit_rate", |p| Some(p.cache_hit_rate), GREEN)],
+            Chart::CacheHitRate => vec![("cache_hit_rate", |p| p.cache_hit_rate, GREEN)],
             Chart::OriginLatency => vec![
                 ("origin_latency_p50_ms", |p| p.origin_latency_p50_ms, BLUE),
                 ("origin_latency_p90_ms", |p| p.origin_latency_p90_ms, ORANGE),
                 ("origin_latency_p99_ms", |p| p.origin_latency_p99_ms, RED),
             ],
             Chart::ErrorRatesByStatus => vec![
-                ("error_rate_401", |p| Some(p.error_rate_401), GREY),
-                ("error_rate_403", |p| Some(p.error_rate_403), PURPLE),
-                ("error_rate_404", |p| Some(p.error_rate_404), ORANGE),
-                ("error_rate_502", |p| Some(p.error_rate_502), RED),
-                ("error_rate_503", |p| Some(p.error_rate_503), BLUE),
-                ("error_rate_504", |p| Some(p.error_rate_504), GREEN),
+                ("error_rate_401", |p| p.error_rate_401, GREY),
+                ("error_rate_403", |p| p.error_rate_403, PURPLE),
+                ("error_rate_404", |p| p.error_rate_404, ORANGE),
+                ("error_rate_502", |p| p.error_rate_502, RED),
+                ("error_rate_503", |p| p.error_rate_503, BLUE),
+                ("error_rate_504", |p| p.error_rate_504, GREEN),
             ],
         }
     }
 }
 
-/// `1.5k`, `2.3M`, `4.1G`: short tick labels.
+/// `1.5k`, `2.3M`, `4.1G`: short tick labels (`2.5e18` past 10^15).
 fn si(v: f64) -> String {
     let a = v.abs();
+    if !v.is_finite() || a >= 1e15 {
+        return format!("{v:.1e}");
+    }
     let (x, suffix) = if a >= 1e12 {
         (v / 1e12, "T")
     } else if a >= 1e9 {
@@ -161,7 +164,33 @@ fn hh_mm(ms: i64) -> String {
     format!("{h:02}:{m:02}")
 }
 
-/// Draws `chart` over `[from_ms, to_ms)` as an SVG document.
+/// The largest value a chart's axis goes to. Axis ticks are computed by dividing the
+/// range by powers of ten: with an infinite or overflowing range that never ends, so
+/// every value is brought within this first.
+const Y_CAP: f64 = 1e300;
+
+/// The longest span a chart shows: a month, in ms.
+const MAX_SPAN_MS: i64 = 31 * 86_400_000;
+
+/// A value as a chart draws it: within `[0, cap]`; NaN is no point.
+fn drawable(v: f64, cap: f64) -> Option<f64> {
+    (!v.is_nan()).then(|| v.clamp(0.0, cap))
+}
+
+/// The top of the y axis for the largest value drawn: 15 % of headroom, at least 1 (a
+/// flat zero line stays visible), percentages at most 100, never past [`Y_CAP`].
+fn y_top(chart: Chart, largest: f64) -> f64 {
+    let top = (largest * 1.15).clamp(1.0, Y_CAP);
+    match chart.unit() {
+        "percent of requests" => top.min(100.0),
+        _ => top,
+    }
+}
+
+/// Draws `chart` over `[from_ms, to_ms)` as an SVG document. Any values are fine: NaN is
+/// left out, infinities and values past 10^300 (or past 100 for a percentage) are drawn at
+/// the top, negative ones at 0; an empty or reversed span becomes a minute, a span
+/// longer than a month is cut to its last month.
 pub fn render(
     chart: Chart,
     points: &[MinutePoint],
@@ -169,19 +198,21 @@ pub fn render(
     to_ms: i64,
     size: (u32, u32),
 ) -> Result<String, String> {
+    let to_ms = to_ms.max(from_ms.saturating_add(60_000));
+    let from_ms = from_ms.max(to_ms.saturating_sub(MAX_SPAN_MS));
     let lines = chart.lines();
-    let mut y_max: f64 = 0.0;
-    for p in points {
+    let mut largest: f64 = 0.0;
+    for p in points
+        .iter()
+        .filter(|p| (from_ms..to_ms).contains(&p.minute_ms))
+    {
         for (_, get, _) in &lines {
-            if let Some(v) = get(p) {
-                y_max = y_max.max(v);
+            if let Some(v) = get(p).and_then(|v| drawable(v, Y_CAP)) {
+                largest = largest.max(v);
             }
         }
     }
-    let y_max = match chart.unit() {
-        "percent of requests" => (y_max * 1.15).clamp(1.0, 100.0),
-        _ => (y_max * 1.15).max(1.0),
-    };
+    let y_max = y_top(chart, largest);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
@@ -211,7 +242,7 @@ pub fn render(
             let data: Vec<(i64, f64)> = points
                 .iter()
                 .filter(|p| (from_ms..to_ms).contains(&p.minute_ms))
-                .filter_map(|p| Some((p.minute_ms, get(p)?)))
+                .filter_map(|p| Some((p.minute_ms, drawable(get(p)?, y_max)?)))
                 .collect();
             // Dots too: a lone minute (a new distribution) has no line to draw.
             ctx.draw_series(
@@ -253,11 +284,15 @@ pub fn sparkline(points: &[MinutePoint], width: u32, height: u32) -> String {
     let (Some(first), Some(last)) = (points.first(), points.last()) else {
         return String::new();
     };
-    let span = (last.minute_ms - first.minute_ms).max(1) as f64;
+    let span = (last.minute_ms as f64 - first.minute_ms as f64).max(1.0);
+    let (w, h) = (
+        f64::from(width.saturating_sub(2)),
+        f64::from(height.saturating_sub(2)),
+    );
     let mut pts = String::new();
     for p in points {
-        let x = (p.minute_ms - first.minute_ms) as f64 / span * f64::from(width - 2) + 1.0;
-        let y = f64::from(height - 2) * (1.0 - p.requests as f64 / max) + 1.0;
+        let x = (p.minute_ms as f64 - first.minute_ms as f64) / span * w + 1.0;
+        let y = h * (1.0 - p.requests as f64 / max) + 1.0;
         let _ = write!(pts, "{x:.1},{y:.1} ");
     }
     format!(
@@ -308,10 +343,10 @@ mod tests {
             .map(|i| MinutePoint {
                 minute_ms: i * 60_000,
                 requests: 1000 + i as u64 * 10,
-                error_rate_5xx: if i > 40 { 12.5 } else { 0.5 },
+                error_rate_5xx: Some(if i > 40 { 12.5 } else { 0.5 }),
                 origin_latency_p50_ms: Some(20.0),
                 origin_latency_p99_ms: Some(180.0),
-                ..MinutePoint::default()
+                ..all(i * 60_000, 1.5)
             })
             .collect()
     }
@@ -336,5 +371,135 @@ mod tests {
         assert_eq!(rows.next(), Some("1970-01-01T00:00:00Z,0,0.5"));
         assert_eq!(text.lines().count(), 61);
         assert_eq!(si(2_500_000.0), "2.5M");
+        assert_eq!(si(2.5e18), "2.5e18");
+    }
+
+    /// Every metric of a minute set to `v`.
+    fn all(minute_ms: i64, v: f64) -> MinutePoint {
+        MinutePoint {
+            minute_ms,
+            requests: if v.is_finite() && v >= 0.0 {
+                v as u64
+            } else {
+                u64::MAX
+            },
+            bytes_downloaded: v.abs().min(u64::MAX as f64) as u64,
+            bytes_uploaded: u64::MAX,
+            error_rate_4xx: Some(v),
+            error_rate_5xx: Some(v),
+            total_error_rate: Some(v),
+            cache_hit_rate: Some(v),
+            error_rate_401: Some(v),
+            error_rate_403: Some(v),
+            error_rate_404: Some(v),
+            error_rate_502: Some(v),
+            error_rate_503: Some(v),
+            error_rate_504: Some(v),
+            origin_latency_p50_ms: Some(v),
+            origin_latency_p90_ms: Some(v),
+            origin_latency_p99_ms: Some(v),
+        }
+    }
+
+    /// Series that once made the axis code loop forever or draw garbage.
+    fn extreme_series() -> Vec<(&'static str, Vec<MinutePoint>)> {
+        let specials = [
+            1e302,
+            f64::MAX,
+            -f64::MAX,
+            f64::MIN_POSITIVE,
+            1e-300,
+            5e-324,
+            0.0,
+            -0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e15,
+            u64::MAX as f64,
+        ];
+        let mut out: Vec<(&'static str, Vec<MinutePoint>)> = Vec::new();
+        for v in specials {
+            out.push(("a single point", vec![all(0, v)]));
+            out.push(("all equal", (0..60).map(|i| all(i * 60_000, v)).collect()));
+        }
+        out.push((
+            "a huge range",
+            (0..60)
+                .map(|i| all(i * 60_000, if i % 2 == 0 { 1e-300 } else { 1e302 }))
+                .collect(),
+        ));
+        out.push((
+            "everything at once",
+            specials
+                .iter()
+                .enumerate()
+                .map(|(i, v)| all(i as i64 * 60_000, *v))
+                .collect(),
+        ));
+        out.push(("nothing", Vec::new()));
+        out.push((
+            "no data in any minute",
+            (0..60).map(|i| MinutePoint::quiet(i * 60_000)).collect(),
+        ));
+        out
+    }
+
+    #[test]
+    fn every_chart_draws_extreme_series_in_bounded_time() {
+        // A hang detector, not a benchmark: the drawing runs on its own thread and the
+        // test fails if it is not done in 10 s (it takes milliseconds).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let spans = [
+                (0, 3_600_000),
+                (0, 0),
+                (3_600_000, 0),
+                (i64::MIN, i64::MAX),
+                (i64::MAX - 1, i64::MAX),
+            ];
+            for (what, points) in extreme_series() {
+                for c in DEFAULT_CHARTS.iter().chain(&ADDITIONAL_CHARTS) {
+                    for (from, to) in spans {
+                        let svg = render(*c, &points, from, to, (640, 260))
+                            .unwrap_or_else(|e| panic!("{c:?}, {what}, {from}..{to}: {e}"));
+                        assert!(svg.starts_with("<svg"), "{c:?}, {what}");
+                        assert!(
+                            !svg.contains("NaN") && !svg.contains("inf"),
+                            "{c:?}, {what}"
+                        );
+                    }
+                }
+                let line = sparkline(&points, 160, 28);
+                assert!(!line.contains("NaN") && !line.contains("inf"), "{what}");
+                sparkline(&points, 0, 0);
+                csv(None, &points);
+            }
+            let _ = tx.send(());
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("drawing extreme series did not finish in 10 s")
+            }
+            Err(e) => panic!("drawing extreme series failed: {e}"),
+        }
+    }
+
+    #[test]
+    fn axes_stay_finite_and_bounded() {
+        for c in DEFAULT_CHARTS.iter().chain(&ADDITIONAL_CHARTS) {
+            for v in [0.0, 1e-300, 1.0, 1e302, f64::MAX, f64::INFINITY] {
+                let top = y_top(*c, drawable(v, Y_CAP).unwrap_or(0.0));
+                assert!(
+                    top.is_finite() && (1.0..=Y_CAP).contains(&top),
+                    "{c:?} {v}: {top}"
+                );
+            }
+        }
+        assert_eq!(y_top(Chart::ErrorRate5xx, 250.0), 100.0);
+        assert_eq!(drawable(f64::NAN, 1.0), None);
+        assert_eq!(drawable(-5.0, 1.0), Some(0.0));
     }
 }

@@ -103,6 +103,10 @@ pub struct DashboardConfig {
     pub users: Vec<String>,
     /// Webhooks (http://) that get every alarm state change in Alertmanager's format.
     pub webhooks: Vec<String>,
+    /// Lets anyone who reaches the dashboard add, replace and delete alarm definitions
+    /// (`PUT`/`DELETE /api/alarms/definitions/{name}`) when it has neither tokens nor
+    /// users. Off by default: an open dashboard is read-only.
+    pub allow_unauthenticated_writes: bool,
 }
 
 impl Default for DashboardConfig {
@@ -115,6 +119,7 @@ impl Default for DashboardConfig {
             tokens: Vec::new(),
             users: Vec::new(),
             webhooks: Vec::new(),
+            allow_unauthenticated_writes: false,
         }
     }
 }
@@ -150,6 +155,10 @@ impl std::fmt::Debug for DashboardConfig {
             .field("tokens", &tokens)
             .field("users", &users)
             .field("webhooks", &webhooks)
+            .field(
+                "allow_unauthenticated_writes",
+                &self.allow_unauthenticated_writes,
+            )
             .finish()
     }
 }
@@ -157,11 +166,19 @@ impl std::fmt::Debug for DashboardConfig {
 impl DashboardConfig {
     /// Checks the settings; errors name the key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.history_minutes == 0 {
-            return Err("dashboard.history_minutes: must be positive".into());
+        if self.history_minutes == 0 || self.history_minutes > 44_640 {
+            return Err(format!(
+                "dashboard.history_minutes: must be from 1 to 44640 (31 days), got {}",
+                self.history_minutes
+            ));
         }
-        if self.alarm_interval.is_zero() {
-            return Err("dashboard.alarm_interval: must be positive".into());
+        if self.alarm_interval < std::time::Duration::from_millis(100)
+            || self.alarm_interval > std::time::Duration::from_secs(3600)
+        {
+            return Err(format!(
+                "dashboard.alarm_interval: must be from 100ms to 1h, got {:?}",
+                self.alarm_interval
+            ));
         }
         for a in &self.alarms {
             a.validate().map_err(|e| format!("dashboard.{e}"))?;
@@ -184,27 +201,76 @@ impl DashboardConfig {
 /// Merged minutes per distribution.
 #[derive(Default)]
 pub struct MetricsStore {
-    series: RwLock<BTreeMap<String, BTreeMap<i64, MinuteAggregate>>>,
+    series: RwLock<Series>,
     history_minutes: usize,
 }
 
+/// Every distribution's minutes, and a counter of changes.
+#[derive(Default)]
+pub(crate) struct Series {
+    pub(crate) distributions: BTreeMap<String, Minutes>,
+    /// Number of the latest change (a merge or a minute dropped from history).
+    pub(crate) last_change: u64,
+}
+
+/// Changes to one distribution listed for incremental alarm evaluation; older ones are
+/// forgotten (an evaluation that missed them looks at its whole window again).
+const CHANGE_LOG: usize = 512;
+
+/// One distribution's minutes, and which of them changed lately.
+#[derive(Default)]
+pub(crate) struct Minutes {
+    pub(crate) by_minute: BTreeMap<i64, MinuteAggregate>,
+    /// `(change number, minute)` of the latest changes, oldest first.
+    pub(crate) changes: std::collections::VecDeque<(u64, i64)>,
+    /// Changes numbered up to this one are no longer listed.
+    pub(crate) forgotten: u64,
+}
+
+impl Minutes {
+    fn changed(&mut self, change: u64, minute: i64) {
+        match self.changes.back_mut() {
+            // A minute in progress changes again and again: listed once, with its latest.
+            Some(last) if last.1 == minute => last.0 = change,
+            _ => self.changes.push_back((change, minute)),
+        }
+        while self.changes.len() > CHANGE_LOG {
+            if let Some((n, _)) = self.changes.pop_front() {
+                self.forgotten = n;
+            }
+        }
+    }
+}
+
+/// Minutes further than this from 1970 (about 285,000 years) are ignored: no arithmetic
+/// on them can overflow, and they convert to f64 exactly.
+const MAX_ABS_MINUTE_MS: i64 = 1 << 53;
+
+/// A percentage `n / d`, or `None` when `d` is 0 (no data, not 0 %).
+pub(crate) fn percent(n: u64, d: u64) -> Option<f64> {
+    (d > 0).then(|| n as f64 * 100.0 / d as f64)
+}
+
 /// One minute of CloudFront's six metrics and the additional ones (rates in percent).
+/// A rate is `null` when its denominator is 0: the error rates in a minute without
+/// requests, CacheHitRate in a minute where nothing was cacheable.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct MinutePoint {
     pub minute_ms: i64,
     pub requests: u64,
     pub bytes_downloaded: u64,
     pub bytes_uploaded: u64,
-    pub error_rate_4xx: f64,
-    pub error_rate_5xx: f64,
-    pub total_error_rate: f64,
-    pub cache_hit_rate: f64,
-    pub error_rate_401: f64,
-    pub error_rate_403: f64,
-    pub error_rate_404: f64,
-    pub error_rate_502: f64,
-    pub error_rate_503: f64,
-    pub error_rate_504: f64,
+    pub error_rate_4xx: Option<f64>,
+    pub error_rate_5xx: Option<f64>,
+    pub total_error_rate: Option<f64>,
+    /// Hits over cacheable requests (Hit, RefreshHit, Miss).
+    pub cache_hit_rate: Option<f64>,
+    pub error_rate_401: Option<f64>,
+    pub error_rate_403: Option<f64>,
+    pub error_rate_404: Option<f64>,
+    pub error_rate_502: Option<f64>,
+    pub error_rate_503: Option<f64>,
+    pub error_rate_504: Option<f64>,
     /// OriginLatency (time-to-first-byte of requests served from the origin), ms; null
     /// in a minute without any.
     pub origin_latency_p50_ms: Option<f64>,
@@ -212,26 +278,46 @@ pub struct MinutePoint {
     pub origin_latency_p99_ms: Option<f64>,
 }
 
+/// A quantile of OriginLatency in ms. The sketch's lowest bucket holds everything up to
+/// 1 µs and reads as 0.001 ms; a time-to-first-byte that small is 0 ms.
+fn origin_latency_ms(sketch: &edgelog_record::LatencySketch, q: f64) -> Option<f64> {
+    sketch
+        .quantile_ms(q)
+        .map(|ms| if ms <= 0.001 { 0.0 } else { ms })
+}
+
 impl MinutePoint {
-    fn of(minute_ms: i64, a: &MinuteAggregate) -> MinutePoint {
+    /// The metrics of one minute's aggregate.
+    pub fn of(minute_ms: i64, a: &MinuteAggregate) -> MinutePoint {
+        let requests = a.requests;
+        let detail = |i: usize| percent(a.status_detail[i], requests);
         MinutePoint {
             minute_ms,
-            requests: a.requests,
+            requests,
             bytes_downloaded: a.bytes_downloaded,
             bytes_uploaded: a.bytes_uploaded,
-            error_rate_4xx: a.error_rate_4xx(),
-            error_rate_5xx: a.error_rate_5xx(),
-            total_error_rate: a.total_error_rate(),
-            cache_hit_rate: a.cache_hit_rate(),
-            error_rate_401: a.status_rate(401),
-            error_rate_403: a.status_rate(403),
-            error_rate_404: a.status_rate(404),
-            error_rate_502: a.status_rate(502),
-            error_rate_503: a.status_rate(503),
-            error_rate_504: a.status_rate(504),
-            origin_latency_p50_ms: a.origin_latency.quantile_ms(0.5),
-            origin_latency_p90_ms: a.origin_latency.quantile_ms(0.9),
-            origin_latency_p99_ms: a.origin_latency.quantile_ms(0.99),
+            error_rate_4xx: percent(a.status_4xx, requests),
+            error_rate_5xx: percent(a.status_5xx, requests),
+            total_error_rate: percent(a.status_4xx.saturating_add(a.status_5xx), requests),
+            cache_hit_rate: percent(a.cache_hits, a.cacheable),
+            error_rate_401: detail(0),
+            error_rate_403: detail(1),
+            error_rate_404: detail(2),
+            error_rate_502: detail(3),
+            error_rate_503: detail(4),
+            error_rate_504: detail(5),
+            origin_latency_p50_ms: origin_latency_ms(&a.origin_latency, 0.5),
+            origin_latency_p90_ms: origin_latency_ms(&a.origin_latency, 0.9),
+            origin_latency_p99_ms: origin_latency_ms(&a.origin_latency, 0.99),
+        }
+    }
+
+    /// A minute without records, as CloudWatch reports it: no requests, no bytes, no
+    /// rates, no latency.
+    pub fn quiet(minute_ms: i64) -> MinutePoint {
+        MinutePoint {
+            minute_ms,
+            ..MinutePoint::default()
         }
     }
 }
@@ -244,24 +330,56 @@ impl MetricsStore {
         }
     }
 
-    /// Adds one collector's partial aggregate.
+    /// Adds one collector's partial aggregate (sums saturate, they never wrap). A minute
+    /// that does not start on a minute, or lies beyond ±285,000 years, is ignored.
     pub fn merge(&self, u: &MinuteUpdate) {
+        if u.minute_ms.rem_euclid(60_000) != 0 || u.minute_ms.abs() > MAX_ABS_MINUTE_MS {
+            tracing::debug!(minute_ms = u.minute_ms, distribution = %u.distribution_id, "implausible minute ignored");
+            return;
+        }
         let Ok(mut s) = self.series.write() else {
             return;
         };
-        let dist = s.entry(u.distribution_id.clone()).or_default();
-        dist.entry(u.minute_ms).or_default().merge(&u.aggregate);
-        while dist.len() > self.history_minutes {
-            dist.pop_first();
+        s.last_change += 1;
+        let change = s.last_change;
+        let dist = s
+            .distributions
+            .entry(u.distribution_id.clone())
+            .or_default();
+        dist.by_minute
+            .entry(u.minute_ms)
+            .or_default()
+            .merge(&u.aggregate);
+        dist.changed(change, u.minute_ms);
+        while dist.by_minute.len() > self.history_minutes {
+            if let Some((minute, _)) = dist.by_minute.pop_first() {
+                dist.changed(change, minute);
+            }
         }
+    }
+
+    /// Read access for alarm evaluation.
+    pub(crate) fn read(&self) -> Option<std::sync::RwLockReadGuard<'_, Series>> {
+        self.series.read().ok()
     }
 
     /// Distribution ids seen.
     pub fn distributions(&self) -> Vec<String> {
         self.series
             .read()
-            .map(|s| s.keys().cloned().collect())
+            .map(|s| s.distributions.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// One minute of one distribution: `None` for an unknown distribution, a quiet minute
+    /// (no requests, no rates) when it has no data in that minute.
+    pub fn minute(&self, distribution: &str, minute_ms: i64) -> Option<MinutePoint> {
+        let s = self.series.read().ok()?;
+        let d = s.distributions.get(distribution)?;
+        Some(d.by_minute.get(&minute_ms).map_or_else(
+            || MinutePoint::quiet(minute_ms),
+            |a| MinutePoint::of(minute_ms, a),
+        ))
     }
 
     /// The minutes of one distribution, by start time.
@@ -269,20 +387,38 @@ impl MetricsStore {
         let Ok(s) = self.series.read() else {
             return BTreeMap::new();
         };
-        s.get(distribution)
+        s.distributions
+            .get(distribution)
             .map(|m| {
-                m.iter()
+                m.by_minute
+                    .iter()
                     .map(|(k, a)| (*k, MinutePoint::of(*k, a)))
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    /// The series of one distribution, oldest first.
+    /// The minutes with data of one distribution in the window a chart of `range_ms`
+    /// shows (see [`window`]), oldest first.
+    pub fn recent(&self, distribution: &str, range_ms: i64) -> Option<Vec<MinutePoint>> {
+        let s = self.series.read().ok()?;
+        let d = s.distributions.get(distribution)?;
+        let (from, to) = window_of(d.by_minute.last_key_value().map(|(m, _)| *m), range_ms);
+        Some(
+            d.by_minute
+                .range(from..to)
+                .map(|(m, a)| MinutePoint::of(*m, a))
+                .collect(),
+        )
+    }
+
+    /// The series of one distribution, oldest first (minutes with data).
     pub fn series(&self, distribution: &str) -> Option<Vec<MinutePoint>> {
         let s = self.series.read().ok()?;
         Some(
-            s.get(distribution)?
+            s.distributions
+                .get(distribution)?
+                .by_minute
                 .iter()
                 .map(|(m, a)| MinutePoint::of(*m, a))
                 .collect(),
@@ -297,6 +433,40 @@ pub struct Dashboard {
     pub alarms: Arc<alarms::AlarmBoard>,
     /// Accepted `Authorization` header values (`Bearer ...`, `Basic ...`); empty: open.
     pub credentials: Arc<Vec<String>>,
+    /// `Host` values accepted (lower case) when the dashboard listens on loopback; `None`
+    /// when it listens elsewhere (any name may lead to it then).
+    pub allowed_hosts: Arc<Option<Vec<String>>>,
+    /// Whether alarm definitions may be changed: with credentials (they are then
+    /// required), or with `allow_unauthenticated_writes`.
+    pub writes_allowed: bool,
+}
+
+/// The `Host` values under which a dashboard listening on loopback `listen` is reached:
+/// `localhost`, `127.0.0.1`, `[::1]` and the address itself, with the port (and without
+/// it on port 80). A browser sends one of them unless a page of another site was made
+/// to reach the dashboard under that site's name (DNS rebinding).
+pub fn loopback_hosts(listen: SocketAddr) -> Option<Vec<String>> {
+    if !listen.ip().is_loopback() {
+        return None;
+    }
+    let port = listen.port();
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "[::1]".to_owned(),
+    ];
+    let own = match listen {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    if !names.contains(&own) {
+        names.push(own);
+    }
+    let mut hosts: Vec<String> = names.iter().map(|n| format!("{n}:{port}")).collect();
+    if port == 80 {
+        hosts.extend(names);
+    }
+    Some(hosts)
 }
 
 impl Dashboard {
@@ -306,7 +476,7 @@ impl Dashboard {
         cfg: &DashboardConfig,
     ) -> Dashboard {
         use base64::Engine;
-        let credentials = cfg
+        let credentials: Vec<String> = cfg
             .tokens
             .iter()
             .map(|t| format!("Bearer {t}"))
@@ -317,12 +487,62 @@ impl Dashboard {
                 )
             }))
             .collect();
+        let writes_allowed = !credentials.is_empty() || cfg.allow_unauthenticated_writes;
         Dashboard {
             store,
             alarms,
             credentials: Arc::new(credentials),
+            allowed_hosts: Arc::new(loopback_hosts(cfg.listen)),
+            writes_allowed,
         }
     }
+}
+
+/// Refuses (403) a request whose `Host` is not the dashboard's own loopback address.
+/// A request without `Host` passes: browsers always send one. `/healthz` passes.
+async fn check_host(
+    State(d): State<Dashboard>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(allowed) = d.allowed_hosts.as_ref() else {
+        return next.run(req).await;
+    };
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+    match host {
+        Some(h) if req.uri().path() != "/healthz" && !allowed.contains(&h.to_ascii_lowercase()) => {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Host {h:?} is not this dashboard's address: it listens on loopback and answers only to {} (protection against DNS rebinding)",
+                    allowed.join(", ")
+                ),
+            )
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// Refuses (403) a change to alarm definitions on a dashboard without credentials,
+/// unless `allow_unauthenticated_writes` is set.
+async fn check_writes(
+    State(d): State<Dashboard>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if d.writes_allowed {
+        return next.run(req).await;
+    }
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "alarm definitions are read-only on a dashboard without credentials: set dashboard.tokens or dashboard.users (or dashboard.allow_unauthenticated_writes = true, for local experiments)",
+    )
+    .into_response()
 }
 
 async fn require_auth(
@@ -381,43 +601,50 @@ fn prometheus_value(v: f64) -> String {
     }
 }
 
-/// A Prometheus gauge: name, help, and how to read it from a minute.
-type Gauge = (&'static str, &'static str, fn(&MinutePoint) -> f64);
+/// A Prometheus gauge: name, help, and how to read it from a minute (`None`: no data).
+type Gauge = (&'static str, &'static str, fn(&MinutePoint) -> Option<f64>);
 
-/// Prometheus text: each distribution's last complete minute, and alarm states.
+/// Prometheus text: each distribution's last complete minute, and alarm states. A quiet
+/// minute has 0 requests and bytes, and NaN rates and latencies (no data, as a 0/0
+/// would be in PromQL).
 async fn prometheus(State(d): State<Dashboard>) -> Response {
     use std::fmt::Write;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.as_millis() as i64);
-    let current = now - now.rem_euclid(60_000);
+    let last_complete = last_complete_minute(now_ms());
     let mut out = String::new();
     let gauges: [Gauge; 13] = [
         ("requests", "Requests in the last complete minute", |p| {
-            p.requests as f64
+            Some(p.requests as f64)
         }),
         (
             "bytes_downloaded",
             "BytesDownloaded in the last complete minute",
-            |p| p.bytes_downloaded as f64,
+            |p| Some(p.bytes_downloaded as f64),
         ),
         (
             "bytes_uploaded",
             "BytesUploaded in the last complete minute",
-            |p| p.bytes_uploaded as f64,
+            |p| Some(p.bytes_uploaded as f64),
         ),
-        ("error_rate_4xx_percent", "4xxErrorRate", |p| {
-            p.error_rate_4xx
-        }),
-        ("error_rate_5xx_percent", "5xxErrorRate", |p| {
-            p.error_rate_5xx
-        }),
-        ("total_error_rate_percent", "TotalErrorRate", |p| {
-            p.total_error_rate
-        }),
-        ("cache_hit_rate_percent", "CacheHitRate", |p| {
-            p.cache_hit_rate
-        }),
+        (
+            "error_rate_4xx_percent",
+            "4xxErrorRate (NaN without requests)",
+            |p| p.error_rate_4xx,
+        ),
+        (
+            "error_rate_5xx_percent",
+            "5xxErrorRate (NaN without requests)",
+            |p| p.error_rate_5xx,
+        ),
+        (
+            "total_error_rate_percent",
+            "TotalErrorRate (NaN without requests)",
+            |p| p.total_error_rate,
+        ),
+        (
+            "cache_hit_rate_percent",
+            "CacheHitRate: hits over cacheable requests (NaN when nothing was cacheable)",
+            |p| p.cache_hit_rate,
+        ),
         ("error_rate_401_percent", "401ErrorRate", |p| {
             p.error_rate_401
         }),
@@ -442,12 +669,7 @@ async fn prometheus(State(d): State<Dashboard>) -> Response {
         .distributions()
         .into_iter()
         .filter_map(|id| {
-            let p = d
-                .store
-                .series_map(&id)
-                .range(..current)
-                .next_back()
-                .map(|(_, p)| p.clone())?;
+            let p = d.store.minute(&id, last_complete)?;
             Some((id, p))
         })
         .collect();
@@ -461,13 +683,13 @@ async fn prometheus(State(d): State<Dashboard>) -> Response {
                 out,
                 "edgelog_distribution_{name}{{distribution=\"{}\"}} {}",
                 prometheus_label(id),
-                prometheus_value(f(p))
+                prometheus_value(f(p).unwrap_or(f64::NAN))
             );
         }
     }
     let _ = writeln!(
         out,
-        "# HELP edgelog_distribution_origin_latency_ms OriginLatency in the last complete minute, by quantile\n# TYPE edgelog_distribution_origin_latency_ms gauge"
+        "# HELP edgelog_distribution_origin_latency_ms OriginLatency in the last complete minute, by quantile (NaN without requests from the origin)\n# TYPE edgelog_distribution_origin_latency_ms gauge"
     );
     for (id, p) in &last {
         for (q, v) in [
@@ -475,14 +697,12 @@ async fn prometheus(State(d): State<Dashboard>) -> Response {
             ("0.9", p.origin_latency_p90_ms),
             ("0.99", p.origin_latency_p99_ms),
         ] {
-            if let Some(v) = v {
-                let _ = writeln!(
-                    out,
-                    "edgelog_distribution_origin_latency_ms{{distribution=\"{}\",quantile=\"{q}\"}} {}",
-                    prometheus_label(id),
-                    prometheus_value(v)
-                );
-            }
+            let _ = writeln!(
+                out,
+                "edgelog_distribution_origin_latency_ms{{distribution=\"{}\",quantile=\"{q}\"}} {}",
+                prometheus_label(id),
+                prometheus_value(v.unwrap_or(f64::NAN))
+            );
         }
     }
     let _ = writeln!(
@@ -562,29 +782,27 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The start of the last complete minute at `now_ms`: the one before the minute in
+/// progress.
+pub fn last_complete_minute(now_ms: i64) -> i64 {
+    now_ms - now_ms.rem_euclid(60_000) - 60_000
+}
+
 /// The window a chart shows: the last `range` up to now, or up to the last minute with
 /// data when the distribution has been quiet for longer (a replay of old logs).
 fn window(points: &[MinutePoint], range: i64) -> (i64, i64) {
+    window_of(points.last().map(|p| p.minute_ms), range)
+}
+
+/// [`window`] for a distribution whose last minute with data is `last_minute`.
+fn window_of(last_minute: Option<i64>, range: i64) -> (i64, i64) {
     let now = now_ms();
     let now_end = now - now.rem_euclid(60_000) + 60_000;
-    let to = match points.last() {
-        Some(p) if p.minute_ms + 60_000 < now_end - range => p.minute_ms + 60_000,
+    let to = match last_minute {
+        Some(m) if m + 60_000 <= now_end - range => m + 60_000,
         _ => now_end,
     };
     (to - range, to)
-}
-
-fn in_window(points: Vec<MinutePoint>, range: Option<i64>) -> Vec<MinutePoint> {
-    match range {
-        None => points,
-        Some(r) => {
-            let (from, to) = window(&points, r);
-            points
-                .into_iter()
-                .filter(|p| (from..to).contains(&p.minute_ms))
-                .collect()
-        }
-    }
 }
 
 async fn series(
@@ -596,22 +814,26 @@ async fn series(
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    let Some(points) = d.store.series(&id) else {
+    let points = match range {
+        Some(r) => d.store.recent(&id, r),
+        None => d.store.series(&id),
+    };
+    let Some(points) = points else {
         return not_found(&id);
     };
-    let points = in_window(points, range);
+    // `chart=` is checked whatever the format (it picks the CSV's columns).
+    let chart = match q
+        .chart
+        .as_deref()
+        .map(|c| charts::Chart::from_slug(c).ok_or(c))
+    {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(c)) => return bad_request(format!("unknown chart {c:?}")),
+    };
     match q.format.as_deref() {
         None | Some("json") => Json(points).into_response(),
         Some("csv") => {
-            let chart = match q
-                .chart
-                .as_deref()
-                .map(|c| charts::Chart::from_slug(c).ok_or(c))
-            {
-                None => None,
-                Some(Ok(c)) => Some(c),
-                Some(Err(c)) => return bad_request(format!("unknown chart {c:?}")),
-            };
             let name = format!(
                 "{id}-{}-{}.csv",
                 chart.map_or("all", charts::Chart::slug),
@@ -668,7 +890,7 @@ async fn chart(
     let Some(c) = charts::Chart::from_slug(slug) else {
         return bad_request(format!("unknown chart {slug:?}"));
     };
-    match d.store.series(&id) {
+    match d.store.recent(&id, range) {
         Some(points) => {
             let (svg, _) = chart_svg(&points, c, range);
             ([(axum::http::header::CONTENT_TYPE, "image/svg+xml")], svg).into_response()
@@ -734,7 +956,7 @@ async fn distribution_page(
         Ok(r) => r.unwrap_or(3_600_000),
         Err(e) => return bad_request(e),
     };
-    let Some(points) = d.store.series(&id) else {
+    let Some(points) = d.store.recent(&id, ms) else {
         return not_found(&id);
     };
     let eid = escape(&id);
@@ -844,16 +1066,17 @@ async fn put_alarm(
             cfg.name
         )));
     }
-    let replaced = d.alarms.put(cfg).map_err(ApiError::bad_request)?;
-    tracing::info!(alarm = %name, replaced, "alarm defined through the API");
-    let code = if replaced {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
+    let outcome = d.alarms.put(cfg).map_err(ApiError::bad_request)?;
+    tracing::info!(alarm = %name, ?outcome, "alarm defined through the API");
+    let (code, replaced, changed) = match outcome {
+        alarms::PutOutcome::Created => (StatusCode::CREATED, false, true),
+        alarms::PutOutcome::Replaced => (StatusCode::OK, true, true),
+        // The same definition again: states, and notifications, carry on untouched.
+        alarms::PutOutcome::Unchanged => (StatusCode::OK, true, false),
     };
     Ok((
         code,
-        Json(serde_json::json!({ "alarm": name, "replaced": replaced })),
+        Json(serde_json::json!({ "alarm": name, "replaced": replaced, "changed": changed })),
     )
         .into_response())
 }
@@ -878,17 +1101,13 @@ async fn overview(State(d): State<Dashboard>) -> Html<String> {
     let states = d.alarms.statuses();
     let mut rows = String::new();
     for id in d.store.distributions() {
-        let Some(points) = d.store.series(&id) else {
+        let Some(recent) = d.store.recent(&id, 3_600_000) else {
             continue;
         };
-        let recent = in_window(points, Some(3_600_000));
-        // The last complete minute, when there is one.
-        let last = recent
-            .iter()
-            .rev()
-            .nth(1)
-            .or(recent.last())
-            .cloned()
+        // The last complete minute, quiet (0 requests, no rates) when it has no data.
+        let last = d
+            .store
+            .minute(&id, last_complete_minute(now_ms()))
             .unwrap_or_default();
         let worst = states
             .iter()
@@ -902,13 +1121,13 @@ async fn overview(State(d): State<Dashboard>) -> Html<String> {
             .unwrap_or("");
         let eid = escape(&id);
         rows.push_str(&format!(
-            "<tr><td><a href=\"/distributions/{eid}\">{eid}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{:.2} %</td><td>{:.2} %</td><td>{:.2} %</td><td class={worst}>{worst}</td></tr>",
+            "<tr><td><a href=\"/distributions/{eid}\">{eid}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class={worst}>{worst}</td></tr>",
             charts::sparkline(&recent, 160, 28),
             last.requests,
             bytes(last.bytes_downloaded),
-            last.error_rate_4xx,
-            last.error_rate_5xx,
-            last.total_error_rate
+            percent_text(last.error_rate_4xx),
+            percent_text(last.error_rate_5xx),
+            percent_text(last.total_error_rate)
         ));
     }
     let alarm_rows = alarm_rows(&d, None);
@@ -920,6 +1139,11 @@ async fn overview(State(d): State<Dashboard>) -> Html<String> {
          <h2>Alarms</h2><table><tr><th>Alarm</th><th>Distribution</th><th>State</th><th>Last datapoints</th></tr>{alarm_rows}</table>\
          <p class=muted><a href=\"/api/alarms/history\">alarm history</a> · <a href=\"/metrics\">Prometheus</a></p></body></html>"
     ))
+}
+
+/// `1.25 %`, or `–` for no data.
+fn percent_text(p: Option<f64>) -> String {
+    p.map_or_else(|| "–".to_owned(), |v| format!("{v:.2} %"))
 }
 
 fn bytes(n: u64) -> String {
@@ -997,7 +1221,12 @@ pub fn app(dashboard: Dashboard) -> Router {
         .route("/api/alarms/definitions", get(alarm_definitions))
         .route(
             "/api/alarms/definitions/{name}",
-            axum::routing::put(put_alarm).delete(delete_alarm),
+            axum::routing::put(put_alarm)
+                .delete(delete_alarm)
+                .route_layer(axum::middleware::from_fn_with_state(
+                    dashboard.clone(),
+                    check_writes,
+                )),
         )
         .route("/metrics", get(prometheus))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -1006,6 +1235,10 @@ pub fn app(dashboard: Dashboard) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             dashboard.clone(),
             require_auth,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            dashboard.clone(),
+            check_host,
         ))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(dashboard)

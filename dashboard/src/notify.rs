@@ -1,15 +1,20 @@
 //! Alarm notifications: each state change into or out of ALARM is posted to every webhook
-//! in Alertmanager's webhook format (`firing` / `resolved`), retried with backoff.
+//! in Alertmanager's webhook format (`firing` / `resolved`).
+//!
+//! Each webhook has its own queue and task, so one that is slow, down or stuck (it
+//! accepts the connection and never answers) delays only its own notifications: every
+//! request has a timeout, every notification a bounded number of tries with backoff
+//! (jittered, seeded anew in each process), and a webhook gets its notifications in the
+//! order they happened.
 
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use serde_json::json;
 
 use crate::alarms::{AlarmState, Transition};
-
-/// Tries per notification and webhook.
-const TRIES: usize = 8;
 
 /// RFC 3339 in UTC for a millisecond timestamp.
 fn rfc3339(ms: i64) -> String {
@@ -27,7 +32,8 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// The Alertmanager webhook body for one transition, or `None` when it is not worth a
-/// notification (changes between OK and INSUFFICIENT_DATA).
+/// notification (changes between OK and INSUFFICIENT_DATA). A firing alert starts when
+/// the alarm went to ALARM; a resolved one started then too, and ends now.
 pub fn alertmanager_body(t: &Transition, external_url: &str) -> Option<serde_json::Value> {
     let status = match (t.from, t.to) {
         (_, AlarmState::Alarm) => "firing",
@@ -36,10 +42,10 @@ pub fn alertmanager_body(t: &Transition, external_url: &str) -> Option<serde_jso
     };
     let labels =
         json!({ "alertname": t.alarm, "distribution": t.distribution, "severity": "warning" });
-    let ends = if status == "firing" {
-        "0001-01-01T00:00:00Z".to_owned()
+    let (starts, ends) = if status == "firing" {
+        (rfc3339(t.at_ms), "0001-01-01T00:00:00Z".to_owned())
     } else {
-        rfc3339(t.at_ms)
+        (rfc3339(t.from_since_ms), rfc3339(t.at_ms))
     };
     Some(json!({
         "version": "4",
@@ -55,7 +61,7 @@ pub fn alertmanager_body(t: &Transition, external_url: &str) -> Option<serde_jso
             "status": status,
             "labels": labels,
             "annotations": { "summary": t.reason, "state": format!("{:?}", t.to) },
-            "startsAt": rfc3339(t.at_ms),
+            "startsAt": starts,
             "endsAt": ends,
             "generatorURL": format!("{external_url}/api/alarms"),
             "fingerprint": format!("{:016x}", xxhash_rust::xxh3::xxh3_64(format!("{}/{}", t.alarm, t.distribution).as_bytes())),
@@ -63,48 +69,141 @@ pub fn alertmanager_body(t: &Transition, external_url: &str) -> Option<serde_jso
     }))
 }
 
-/// Posts a transition to every webhook, retrying each until it answers 2xx or the tries
-/// run out. Returns how many webhooks took it.
-pub async fn notify(
-    client: &reqwest::Client,
-    webhooks: &[String],
-    t: &Transition,
-    external_url: &str,
-) -> usize {
-    let Some(body) = alertmanager_body(t, external_url) else {
-        return 0;
-    };
-    let mut delivered = 0;
-    for url in webhooks {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(30))
-            .with_jitter()
-            .with_max_times(TRIES)
-            .build();
-        loop {
-            let result = client.post(url).json(&body).send().await;
-            let err = match result {
-                Ok(r) if r.status().is_success() => {
-                    delivered += 1;
-                    break;
+/// How notifications are delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyOptions {
+    /// Longest wait for a webhook's answer (connecting included).
+    pub timeout: Duration,
+    /// Tries per notification and webhook, the first included.
+    pub tries: usize,
+    /// First wait between tries; each next one doubles, up to `max_delay`, plus jitter.
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// Notifications waiting per webhook; past this, new ones for it are dropped (logged).
+    pub queue: usize,
+}
+
+impl Default for NotifyOptions {
+    fn default() -> Self {
+        NotifyOptions {
+            timeout: Duration::from_secs(5),
+            tries: 6,
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(30),
+            queue: 1024,
+        }
+    }
+}
+
+/// A seed for the jitter of retry delays: random in every process (std's `RandomState`
+/// keys are), and different at every call.
+pub fn jitter_seed() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// The waits between the tries of one notification.
+pub fn retry_delays(o: &NotifyOptions) -> impl Iterator<Item = Duration> + use<> {
+    ExponentialBuilder::default()
+        .with_min_delay(o.min_delay)
+        .with_max_delay(o.max_delay)
+        .with_jitter()
+        .with_jitter_seed(jitter_seed())
+        .with_max_times(o.tries.saturating_sub(1))
+        .build()
+}
+
+/// Posts alarm transitions to webhooks, each webhook on its own task. Dropping it lets
+/// the tasks finish what is queued and end.
+pub struct Notifier {
+    queues: Vec<(String, tokio::sync::mpsc::Sender<Arc<serde_json::Value>>)>,
+    external_url: String,
+}
+
+impl Notifier {
+    /// Starts one delivery task per webhook (on the current tokio runtime).
+    pub fn start(webhooks: &[String], external_url: &str, options: NotifyOptions) -> Notifier {
+        let client = reqwest::Client::builder()
+            .timeout(options.timeout)
+            .connect_timeout(options.timeout)
+            .build()
+            .unwrap_or_default();
+        let queues = webhooks
+            .iter()
+            .map(|url| {
+                let (tx, rx) = tokio::sync::mpsc::channel(options.queue.max(1));
+                tokio::spawn(deliver(client.clone(), url.clone(), rx, options.clone()));
+                (url.clone(), tx)
+            })
+            .collect();
+        Notifier {
+            queues,
+            external_url: external_url.to_owned(),
+        }
+    }
+
+    /// Queues a transition for every webhook (when it is worth a notification); returns
+    /// how many queues took it.
+    pub fn send(&self, t: &Transition) -> usize {
+        let Some(body) = alertmanager_body(t, &self.external_url) else {
+            return 0;
+        };
+        let body = Arc::new(body);
+        let mut queued = 0;
+        for (url, tx) in &self.queues {
+            match tx.try_send(body.clone()) {
+                Ok(()) => queued += 1,
+                Err(e) => {
+                    tracing::error!(webhook = %redact(url), alarm = %t.alarm, distribution = %t.distribution, error = %e, "notification dropped: the webhook's queue is full or closed");
                 }
+            }
+        }
+        queued
+    }
+}
+
+/// A webhook URL for logs: scheme and host (its path or query may hold a key).
+fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    format!("{scheme}://{host}/…")
+}
+
+/// One webhook's task: its notifications in order, each tried `tries` times at most.
+async fn deliver(
+    client: reqwest::Client,
+    url: String,
+    mut rx: tokio::sync::mpsc::Receiver<Arc<serde_json::Value>>,
+    options: NotifyOptions,
+) {
+    let shown = redact(&url);
+    while let Some(body) = rx.recv().await {
+        let mut delays = retry_delays(&options);
+        loop {
+            let err = match client.post(&url).json(&*body).send().await {
+                Ok(r) if r.status().is_success() => break,
                 Ok(r) => format!("HTTP {}", r.status()),
+                Err(e) if e.is_timeout() => format!("no answer within {:?}", options.timeout),
                 Err(e) => e.to_string(),
             };
             match delays.next() {
                 Some(d) => {
-                    tracing::warn!(webhook = %url, alarm = %t.alarm, error = %err, retry_in_ms = d.as_millis() as u64, "webhook failed");
+                    tracing::warn!(webhook = %shown, error = %err, retry_in_ms = d.as_millis() as u64, "webhook failed");
                     tokio::time::sleep(d).await;
                 }
                 None => {
-                    tracing::error!(webhook = %url, alarm = %t.alarm, error = %err, "webhook gave up");
+                    tracing::error!(webhook = %shown, error = %err, tries = options.tries, "webhook gave up on a notification");
                     break;
                 }
             }
         }
     }
-    delivered
 }
 
 #[cfg(test)]
@@ -119,6 +218,7 @@ mod tests {
             from: AlarmState::Ok,
             to: AlarmState::Alarm,
             at_ms: 1_575_493_351_123,
+            from_since_ms: 1_575_493_000_000,
             reason: "r".into(),
         };
         let b = alertmanager_body(&t, "http://d").expect("firing");
@@ -128,11 +228,21 @@ mod tests {
         let back = Transition {
             from: AlarmState::Alarm,
             to: AlarmState::Ok,
+            at_ms: 1_575_493_411_000,
+            from_since_ms: t.at_ms,
             ..t.clone()
         };
+        let resolved = alertmanager_body(&back, "http://d").expect("resolved");
+        assert_eq!(resolved["status"], "resolved");
+        // The same alert: it started when it fired, and ends now.
         assert_eq!(
-            alertmanager_body(&back, "http://d").expect("resolved")["status"],
-            "resolved"
+            resolved["alerts"][0]["startsAt"],
+            "2019-12-04T21:02:31.123Z"
+        );
+        assert_eq!(resolved["alerts"][0]["endsAt"], "2019-12-04T21:03:31.000Z");
+        assert_eq!(
+            resolved["alerts"][0]["fingerprint"],
+            b["alerts"][0]["fingerprint"]
         );
         let quiet = Transition {
             from: AlarmState::InsufficientData,
@@ -140,5 +250,16 @@ mod tests {
             ..t
         };
         assert!(alertmanager_body(&quiet, "http://d").is_none());
+    }
+
+    #[test]
+    fn retry_delays_are_bounded_and_jittered_differently_each_time() {
+        let o = NotifyOptions::default();
+        let a: Vec<Duration> = retry_delays(&o).collect();
+        let b: Vec<Duration> = retry_delays(&o).collect();
+        assert_eq!(a.len(), o.tries - 1);
+        assert_ne!(a, b, "the same jitter twice");
+        assert_ne!(jitter_seed(), jitter_seed());
+        assert_eq!(redact("http://u:pw@h:9/key?k=v"), "http://h:9/…");
     }
 }

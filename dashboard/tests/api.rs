@@ -162,7 +162,10 @@ async fn send(router: &axum::Router, method: &str, path: &str, body: &str) -> (S
 
 #[tokio::test]
 async fn alarms_are_defined_replaced_and_deleted_through_the_api() {
-    let (store, alarms, router) = dashboard(&DashboardConfig::default());
+    let (store, alarms, router) = dashboard(&DashboardConfig {
+        allow_unauthenticated_writes: true,
+        ..DashboardConfig::default()
+    });
     let alarm = r#"{"name": "total-errors", "distribution": "E1", "metric": "TotalErrorRate",
         "comparison": "GreaterThanOrEqualToThreshold", "threshold": 10.0}"#;
     let (status, body) = send(

@@ -84,7 +84,10 @@ fn alarm(name: &str, extra: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn extractor_router_and_layer_refusals_are_json_errors_with_a_reason() {
-    let (_alarms, r) = router(&DashboardConfig::default());
+    let (_alarms, r) = router(&DashboardConfig {
+        allow_unauthenticated_writes: true,
+        ..DashboardConfig::default()
+    });
 
     // Query strings: an unknown key, a wrong type, on the API and on a page.
     let a = call(&r, "GET", "/api/distributions/E1/series?bogus=1", vec![]).await;
@@ -154,7 +157,10 @@ async fn a_locked_dashboard_refuses_with_json_before_saying_whether_a_page_exist
 
 #[tokio::test]
 async fn hostile_alarm_names_and_distributions_are_refused_with_a_reason() {
-    let (alarms, r) = router(&DashboardConfig::default());
+    let (alarms, r) = router(&DashboardConfig {
+        allow_unauthenticated_writes: true,
+        ..DashboardConfig::default()
+    });
     let put = |name: &str, body: Vec<u8>| {
         let uri = format!(
             "/api/alarms/definitions/{}",

@@ -114,9 +114,13 @@ async fn hostile_names_are_escaped_and_a_real_parser_reads_back_exactly_them() {
         .as_millis() as i64;
     let minute = now - now.rem_euclid(60_000) - 60_000;
     for (i, id) in HOSTILE.iter().enumerate() {
+        // Some cacheable requests, so every gauge has a value (CacheHitRate without any
+        // is NaN: tests/quiet.rs).
         let mut aggregate = MinuteAggregate {
             requests: 100 + i as u64,
             status_5xx: 7,
+            cacheable: 10,
+            cache_hits: 4,
             ..MinuteAggregate::default()
         };
         aggregate.origin_latency.add_seconds(0.02);

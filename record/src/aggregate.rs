@@ -32,31 +32,37 @@ pub struct MinuteAggregate {
 const DETAIL_STATUSES: [u16; 6] = [401, 403, 404, 502, 503, 504];
 
 impl MinuteAggregate {
-    /// Counts one record.
+    /// Counts one record (sums saturate at `u64::MAX`).
     pub fn add(&mut self, r: &Record) {
-        self.requests += 1;
+        self.requests = self.requests.saturating_add(1);
         match r.cs_method.as_deref() {
-            Some("GET" | "HEAD" | "OPTIONS") => self.bytes_downloaded += r.sc_bytes.unwrap_or(0),
-            Some("POST" | "PUT") => self.bytes_uploaded += r.cs_bytes.unwrap_or(0),
+            Some("GET" | "HEAD" | "OPTIONS") => {
+                self.bytes_downloaded = self
+                    .bytes_downloaded
+                    .saturating_add(r.sc_bytes.unwrap_or(0))
+            }
+            Some("POST" | "PUT") => {
+                self.bytes_uploaded = self.bytes_uploaded.saturating_add(r.cs_bytes.unwrap_or(0))
+            }
             _ => {}
         }
         if let Some(status) = r.sc_status {
             match status {
-                400..=499 => self.status_4xx += 1,
-                500..=599 => self.status_5xx += 1,
+                400..=499 => self.status_4xx = self.status_4xx.saturating_add(1),
+                500..=599 => self.status_5xx = self.status_5xx.saturating_add(1),
                 _ => {}
             }
             if let Some(i) = DETAIL_STATUSES.iter().position(|&s| s == status) {
-                self.status_detail[i] += 1;
+                self.status_detail[i] = self.status_detail[i].saturating_add(1);
             }
         }
         match r.x_edge_result_type.as_deref() {
             Some("Hit" | "RefreshHit") => {
-                self.cache_hits += 1;
-                self.cacheable += 1;
+                self.cache_hits = self.cache_hits.saturating_add(1);
+                self.cacheable = self.cacheable.saturating_add(1);
             }
             Some("Miss") => {
-                self.cacheable += 1;
+                self.cacheable = self.cacheable.saturating_add(1);
                 if let Some(t) = r.time_to_first_byte {
                     self.origin_latency.add_seconds(t);
                 }
@@ -65,18 +71,19 @@ impl MinuteAggregate {
         }
     }
 
-    /// Adds another partial aggregate of the same distribution and minute.
+    /// Adds another partial aggregate of the same distribution and minute. Sums saturate
+    /// at `u64::MAX`: they never wrap, whatever a producer sends.
     pub fn merge(&mut self, o: &MinuteAggregate) {
-        self.requests += o.requests;
-        self.bytes_downloaded += o.bytes_downloaded;
-        self.bytes_uploaded += o.bytes_uploaded;
-        self.status_4xx += o.status_4xx;
-        self.status_5xx += o.status_5xx;
+        self.requests = self.requests.saturating_add(o.requests);
+        self.bytes_downloaded = self.bytes_downloaded.saturating_add(o.bytes_downloaded);
+        self.bytes_uploaded = self.bytes_uploaded.saturating_add(o.bytes_uploaded);
+        self.status_4xx = self.status_4xx.saturating_add(o.status_4xx);
+        self.status_5xx = self.status_5xx.saturating_add(o.status_5xx);
         for (a, b) in self.status_detail.iter_mut().zip(o.status_detail) {
-            *a += b;
+            *a = a.saturating_add(b);
         }
-        self.cache_hits += o.cache_hits;
-        self.cacheable += o.cacheable;
+        self.cache_hits = self.cache_hits.saturating_add(o.cache_hits);
+        self.cacheable = self.cacheable.saturating_add(o.cacheable);
         self.origin_latency.merge(&o.origin_latency);
     }
 
@@ -100,7 +107,7 @@ impl MinuteAggregate {
 
     /// CloudFront's TotalErrorRate, percent of all requests.
     pub fn total_error_rate(&self) -> f64 {
-        self.percent(self.status_4xx + self.status_5xx)
+        self.percent(self.status_4xx.saturating_add(self.status_5xx))
     }
 
     /// Percent of all requests answered with `status` (401, 403, 404, 502, 503 or 504;

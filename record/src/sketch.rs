@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 /// Bucket growth factor: bucket `i` holds values in `(GAMMA^(i-1), GAMMA^i]` microseconds.
 const GAMMA: f64 = 1.02;
 
+/// The last bucket (about 1.1e12 µs, 12 days): larger values, infinity included, count in
+/// it, and a bucket beyond it (from a foreign sketch) reads as it, so quantiles stay finite.
+const MAX_BUCKET: i32 = 1400;
+
 /// Counts of latencies (microseconds) per logarithmic bucket, sorted by bucket.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LatencySketch {
@@ -21,7 +25,7 @@ fn bucket_of(micros: f64) -> i32 {
     if micros <= 1.0 {
         0
     } else {
-        (micros.ln() / GAMMA.ln()).ceil() as i32
+        ((micros.ln() / GAMMA.ln()).ceil() as i32).min(MAX_BUCKET)
     }
 }
 
@@ -30,21 +34,21 @@ fn value_of(bucket: i32) -> f64 {
     if bucket <= 0 {
         return 1.0;
     }
-    2.0 * GAMMA.powi(bucket) / (GAMMA + 1.0)
+    2.0 * GAMMA.powi(bucket.min(MAX_BUCKET)) / (GAMMA + 1.0)
 }
 
 impl LatencySketch {
-    /// Counts one latency, in seconds (negative and NaN values are ignored).
+    /// Counts one latency, in seconds (negative and NaN values are ignored; counts saturate).
     pub fn add_seconds(&mut self, seconds: f64) {
         if seconds.is_nan() || seconds < 0.0 {
             return;
         }
         let b = bucket_of(seconds * 1e6);
         match self.buckets.binary_search_by_key(&b, |(k, _)| *k) {
-            Ok(i) => self.buckets[i].1 += 1,
+            Ok(i) => self.buckets[i].1 = self.buckets[i].1.saturating_add(1),
             Err(i) => self.buckets.insert(i, (b, 1)),
         }
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
     }
 
     /// Adds another sketch's counts.
@@ -60,7 +64,7 @@ impl LatencySketch {
                 (Some(x), Some(y)) if x.0 == y.0 => {
                     i += 1;
                     j += 1;
-                    (x.0, x.1 + y.1)
+                    (x.0, x.1.saturating_add(y.1))
                 }
                 (Some(x), Some(y)) if x.0 < y.0 => {
                     i += 1;
@@ -79,7 +83,7 @@ impl LatencySketch {
             out.push(next);
         }
         self.buckets = out;
-        self.count += o.count;
+        self.count = self.count.saturating_add(o.count);
     }
 
     /// Latencies counted.
@@ -93,9 +97,9 @@ impl LatencySketch {
             return None;
         }
         let rank = (q.clamp(0.0, 1.0) * (self.count - 1) as f64).floor() as u64;
-        let mut seen = 0;
+        let mut seen: u64 = 0;
         for (b, n) in &self.buckets {
-            seen += n;
+            seen = seen.saturating_add(*n);
             if seen > rank {
                 return Some(value_of(*b) / 1000.0);
             }
