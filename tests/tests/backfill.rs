@@ -65,3 +65,66 @@ fn a_24_hour_backfill_of_many_distributions_is_counted_whole() -> anyhow::Result
     assert_eq!(seen, total, "records missing from the metrics");
     Ok(())
 }
+
+/// The same path in process at full scale: a day of 1,000 distributions (1,440,000 minute
+/// aggregates, one record each) through the metrics aggregator and the in-process stream,
+/// every one counted by the reader.
+#[test]
+fn a_day_of_1000_distributions_reaches_the_reader_whole() -> anyhow::Result<()> {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use edgelog_collector::{Entry, MetricsAggregator, Publisher, Sink};
+    use edgelog_record::Record;
+    use edgelog_sink_stream::Bus;
+
+    let (distributions, minutes) = (1_000usize, 1_440i64);
+    let bus = Bus::new(16);
+    let requests = Arc::new(AtomicU64::new(0));
+    let cells = Arc::new(Mutex::new(HashSet::new()));
+    let (r, c) = (requests.clone(), cells.clone());
+    bus.on_minutes(move |u| {
+        r.fetch_add(u.aggregate.requests, Ordering::Relaxed);
+        c.lock()
+            .expect("lock")
+            .insert((u.distribution_id.clone(), u.minute_ms));
+    });
+    let publisher: Arc<dyn Publisher> = Arc::new(bus.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut agg = MetricsAggregator::new("c1", publisher, Duration::from_secs(3600));
+        let start = 1_764_000_000_000i64 - 1_764_000_000_000i64 % 60_000;
+        let mut seq = 0;
+        for m in 0..minutes {
+            let records: Vec<Record> = (0..distributions)
+                .map(|d| Record {
+                    timestamp_ms: start + m * 60_000,
+                    distribution_id: format!("E{d}"),
+                    sc_status: Some(200),
+                    ..Record::default()
+                })
+                .collect();
+            seq += 1;
+            let entry = Entry {
+                seq,
+                appended_ms: 0,
+                records: Arc::new(records),
+            };
+            agg.write(&entry).await?;
+        }
+        agg.flush().await?;
+        anyhow::Ok(())
+    })?;
+    let total = distributions as u64 * minutes as u64;
+    let seen = requests.load(Ordering::Relaxed);
+    let cells = cells.lock().expect("lock").len();
+    eprintln!(
+        "in process: {total} records, {seen} counted, {cells} (distribution, minute) aggregates"
+    );
+    assert_eq!(seen, total);
+    assert_eq!(cells as u64, total);
+    Ok(())
+}
