@@ -225,6 +225,8 @@ api_bind_addr = "127.0.0.1:{admin_port}"
             r#"import duckdb, duckdb_extension_httpfs, glob, os, json
 ext = glob.glob(os.path.dirname(duckdb_extension_httpfs.__file__) + "/extensions/*/httpfs.duckdb_extension")[0]
 con = duckdb.connect()
+# A slow query must not print a progress bar into the JSON the test reads.
+con.sql("SET enable_progress_bar = false")
 con.sql(f"LOAD '{{ext}}'")
 con.sql("""CREATE SECRET (TYPE s3, KEY_ID '{S3_KEY_ID}', SECRET '{S3_SECRET}', REGION 'garage',
     ENDPOINT '127.0.0.1:{}', URL_STYLE 'path', USE_SSL false)""")
@@ -260,7 +262,14 @@ pub fn python_json(script: &str) -> anyhow::Result<serde_json::Value> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    serde_json::from_slice(&out.stdout).with_context(|| {
+    // The JSON is the last line printed (a library may print before it).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    serde_json::from_str(last).with_context(|| {
         format!(
             "python printed no JSON: {}",
             String::from_utf8_lossy(&out.stdout)

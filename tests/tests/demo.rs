@@ -31,6 +31,7 @@ fn the_demo_runs_flushes_on_sigterm_and_duckdb_reads_its_files() -> anyhow::Resu
     let script = format!(
         "import duckdb\n\
          con = duckdb.connect()\n\
+         con.sql(\"SET enable_progress_bar = false\")\n\
          print(con.sql(\"SELECT count(*), count(DISTINCT DistributionId), typeof(any_value(sc_status)), typeof(any_value(timestamp)) FROM read_parquet('{glob}', hive_partitioning=true)\").fetchone())"
     );
     let out = Command::new("python3").args(["-c", &script]).output()?;

@@ -51,6 +51,7 @@ fn dashboard_minutes_equal_duckdb_over_the_standard_logs() -> anyhow::Result<()>
         .to_string();
     let script = format!(
         r#"import duckdb, json
+duckdb.sql("SET enable_progress_bar = false")
 rows = duckdb.sql("""
 SELECT DistributionId, epoch_ms(timestamp) // 60000 * 60000 AS minute_ms, count(*) AS requests,
   sum(CASE WHEN cs_method IN ('GET','HEAD','OPTIONS') THEN coalesce(sc_bytes, 0) ELSE 0 END) AS bytes_downloaded,

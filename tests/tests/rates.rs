@@ -155,6 +155,7 @@ fn cache_hit_and_error_rates_per_minute_and_period_equal_duckdb() -> anyhow::Res
         .to_string();
     let script = format!(
         r#"import duckdb, json
+duckdb.sql("SET enable_progress_bar = false")
 rows = duckdb.sql("""
 SELECT DistributionId, epoch_ms(timestamp) // 60000 * 60000 AS minute_ms, count(*),
   count(*) FILTER (WHERE sc_status BETWEEN 400 AND 599),
