@@ -96,8 +96,8 @@ fn a_day_of_1000_distributions_reaches_the_reader_whole() -> anyhow::Result<()> 
         .build()?;
     rt.block_on(async {
         let mut agg = MetricsAggregator::new("c1", publisher, Duration::from_secs(3600));
-        let start = 1_764_000_000_000i64 - 1_764_000_000_000i64 % 60_000;
-        let mut seq = 0;
+        // A whole minute.
+        let start = 1_764_000_000_000i64;
         for m in 0..minutes {
             let records: Vec<Record> = (0..distributions)
                 .map(|d| Record {
@@ -107,9 +107,8 @@ fn a_day_of_1000_distributions_reaches_the_reader_whole() -> anyhow::Result<()> 
                     ..Record::default()
                 })
                 .collect();
-            seq += 1;
             let entry = Entry {
-                seq,
+                seq: m as u64 + 1,
                 appended_ms: 0,
                 records: Arc::new(records),
             };
