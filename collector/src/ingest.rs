@@ -185,6 +185,9 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(cfg: CollectorConfig, wal: Wal, sinks: Vec<Arc<SinkStatus>>) -> AppState {
+        // Counters that matter most at zero are shown from the start.
+        metrics::counter!("edgelog_ingest_panics_total").increment(0);
+        metrics::counter!("edgelog_wal_write_errors_total").increment(0);
         AppState {
             inner: Arc::new(Inner {
                 budget: Budget::new(cfg.max_inflight_bytes),
@@ -222,10 +225,15 @@ impl AppState {
             .collect();
         let accepting = i.accepting.load(Ordering::Relaxed);
         let full = wal.bytes >= wal.max_bytes;
+        let failing = wal.write_error.is_some();
         let status = if !accepting {
             "shutting_down"
         } else if full {
             "wal_full"
+        } else if wal.no_space {
+            "disk_full"
+        } else if failing {
+            "wal_write_failing"
         } else if sinks.iter().any(|s| s.degraded) {
             "degraded"
         } else {
@@ -233,7 +241,7 @@ impl AppState {
         };
         Readiness {
             status,
-            accepting: accepting && !full,
+            accepting: accepting && !full && !failing,
             wal,
             sinks,
         }
@@ -243,7 +251,8 @@ impl AppState {
 /// What `/readyz` answers.
 #[derive(Debug, Serialize)]
 pub struct Readiness {
-    /// `ready`, `degraded` (a sink is failing; still accepting), `wal_full` or `shutting_down`.
+    /// `ready`, `degraded` (a sink is failing; still accepting), `wal_full`, `disk_full`
+    /// or `wal_write_failing` (the last write failed, in the last 5 s), or `shutting_down`.
     pub status: &'static str,
     pub accepting: bool,
     pub wal: WalStats,
@@ -462,6 +471,11 @@ async fn ingest(
     metrics::counter!("edgelog_ingest_bytes_total", "stage" => "wire").increment(wire.len() as u64);
     if let Some(d) = &q.distribution {
         check_distribution_id(d).map_err(IngestError::BadDistribution)?;
+    }
+    if headers.get_all(header::CONTENT_ENCODING).iter().count() > 1 {
+        return Err(IngestError::UnsupportedEncoding(
+            "several Content-Encoding headers".into(),
+        ));
     }
     let encoding = match headers.get(header::CONTENT_ENCODING) {
         None => String::new(),

@@ -28,6 +28,9 @@ pub struct StandardLogsConfig {
     pub max_age: Duration,
     /// Memory all open files may hold together; past it the oldest is closed first.
     pub max_open_bytes: u64,
+    /// Files open at once (each holds its Parquet writer's buffers, a few hundred KiB
+    /// whatever its size); past it the oldest is closed first.
+    pub max_open_files: usize,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
     /// zstd level for Parquet pages.
@@ -114,6 +117,7 @@ impl Default for StandardLogsConfig {
             max_bytes: 64 << 20,
             max_age: Duration::from_secs(60),
             max_open_bytes: 128 << 20,
+            max_open_files: 256,
             row_group_rows: 128 * 1024,
             zstd_level: 3,
             s3: None,
@@ -154,6 +158,7 @@ impl StandardLogsConfig {
         range("row_group_rows", self.row_group_rows as u64, 1, 1 << 24)?;
         range("max_bytes", self.max_bytes, 1 << 10, 1 << 40)?;
         range("max_open_bytes", self.max_open_bytes, 1 << 20, 1 << 40)?;
+        range("max_open_files", self.max_open_files as u64, 1, 100_000)?;
         if self.max_age.is_zero() || self.max_age > Duration::from_secs(86_400) {
             return Err(format!(
                 "{k}.max_age: must be from 1ns to 24h (a file holds one event hour), got {:?}",

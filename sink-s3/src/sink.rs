@@ -109,6 +109,8 @@ pub struct StandardLogSink {
     schema: SchemaRef,
     props: WriterProperties,
     open: HashMap<String, HashMap<i64, OpenFile>>,
+    /// Files in `open`.
+    open_files: usize,
     ready: Vec<ReadyFile>,
     /// Last entry taken into the buffers.
     taken: Seq,
@@ -232,6 +234,7 @@ impl StandardLogSink {
             schema: schema::schema(),
             props,
             open: HashMap::new(),
+            open_files: 0,
             ready: Vec::new(),
             taken: 0,
             watermarks: Watermarks::default(),
@@ -284,26 +287,6 @@ impl StandardLogSink {
         open + self.ready.iter().map(|r| r.bytes.len()).sum::<usize>()
     }
 
-    /// Encodes the rows waiting in the builders (CPU work: off the async workers' path).
-    fn encode_pending(&self, key: &PartitionKey, f: &mut OpenFile) -> Result<(), SinkError> {
-        if f.columns.is_empty() {
-            return Ok(());
-        }
-        let batch = f
-            .columns
-            .finish(&self.schema, f.sample_rate)
-            .map_err(|source| {
-                SinkError::Misconfigured(
-                    StandardLogError::Batch {
-                        partition: format!("{}/{}", key.distribution, key.hour_ms),
-                        source,
-                    }
-                    .to_string(),
-                )
-            })?;
-        cpu(|| f.writer.write(&batch)).map_err(|e| encode_err(key, e))
-    }
-
     /// Finishes an open file into a ready one.
     fn seal(&mut self, key: &PartitionKey) -> Result<(), SinkError> {
         let Some(mut f) = self
@@ -313,6 +296,7 @@ impl StandardLogSink {
         else {
             return Ok(());
         };
+        self.open_files -= 1;
         if self
             .open
             .get(&key.distribution)
@@ -323,7 +307,7 @@ impl StandardLogSink {
         if f.rows == 0 {
             return Ok(());
         }
-        self.encode_pending(key, &mut f)?;
+        encode_batch(&self.schema, key, &mut f)?;
         cpu(|| f.writer.finish()).map_err(|e| encode_err(key, e))?;
         let bytes = Bytes::from(std::mem::take(f.writer.inner_mut()));
         self.ready.push(ReadyFile {
@@ -402,8 +386,12 @@ impl StandardLogSink {
     }
 
     fn take(&mut self, entry: &Entry) -> Result<(), SinkError> {
-        let mut full: Vec<PartitionKey> = Vec::new();
         let refused = self.dead_letter_unencodable(entry)?;
+        // The sampled rows, grouped by partition (in their order within it): a partition
+        // is complete for this entry once its group is taken, so files can be closed
+        // between groups when too many are open, without a later row of the same entry
+        // landing in a file behind an uploaded one.
+        let mut picks: Vec<(usize, i64, f64)> = Vec::new();
         for (i, r) in entry.records.iter().enumerate() {
             if refused.contains(&i) {
                 continue;
@@ -418,9 +406,25 @@ impl StandardLogSink {
             if entry.seq <= self.watermarks.get(&r.distribution_id, hour_ms) {
                 continue; // uploaded before a crash
             }
-            let by_hour = match self.open.get_mut(&r.distribution_id) {
+            picks.push((i, hour_ms, rate));
+        }
+        picks.sort_by(|a, b| {
+            let (ra, rb) = (&entry.records[a.0], &entry.records[b.0]);
+            (ra.distribution_id.as_str(), a.1).cmp(&(rb.distribution_id.as_str(), b.1))
+        });
+        let mut groups = picks.chunk_by(|a, b| {
+            entry.records[a.0].distribution_id == entry.records[b.0].distribution_id && a.1 == b.1
+        });
+        for group in &mut groups {
+            let (first, hour_ms, rate) = group[0];
+            let distribution = &entry.records[first].distribution_id;
+            let key = PartitionKey {
+                distribution: distribution.clone(),
+                hour_ms,
+            };
+            let by_hour = match self.open.get_mut(distribution) {
                 Some(m) => m,
-                None => self.open.entry(r.distribution_id.clone()).or_default(),
+                None => self.open.entry(distribution.clone()).or_default(),
             };
             let f = match by_hour.get_mut(&hour_ms) {
                 Some(f) => f,
@@ -430,15 +434,8 @@ impl StandardLogSink {
                         self.schema.clone(),
                         Some(self.props.clone()),
                     )
-                    .map_err(|e| {
-                        encode_err(
-                            &PartitionKey {
-                                distribution: r.distribution_id.clone(),
-                                hour_ms,
-                            },
-                            e,
-                        )
-                    })?;
+                    .map_err(|e| encode_err(&key, e))?;
+                    self.open_files += 1;
                     by_hour.entry(hour_ms).or_insert(OpenFile {
                         columns: Columns::default(),
                         writer,
@@ -450,30 +447,52 @@ impl StandardLogSink {
                     })
                 }
             };
-            push(f, r, entry.seq);
-            if f.columns.len() >= BATCH_ROWS {
-                full.push(PartitionKey {
-                    distribution: r.distribution_id.clone(),
-                    hour_ms,
-                });
+            for (i, _, _) in group {
+                push(f, &entry.records[*i], entry.seq);
+                if f.columns.len() >= BATCH_ROWS {
+                    let encoded = encode_batch(&self.schema, &key, f);
+                    encoded?;
+                }
             }
-        }
-        for key in full {
-            if let Some(mut f) = self
-                .open
-                .get_mut(&key.distribution)
-                .and_then(|m| m.remove(&key.hour_ms))
-            {
-                let encoded = self.encode_pending(&key, &mut f);
-                self.open
-                    .entry(key.distribution.clone())
-                    .or_default()
-                    .insert(key.hour_ms, f);
-                encoded?;
+            // Too many files open (each holds its writer's buffers): close the oldest.
+            while self.open_files > self.cfg.max_open_files {
+                let Some(oldest) = self.oldest_open() else {
+                    break;
+                };
+                self.seal(&oldest)?;
             }
         }
         Ok(())
     }
+
+    /// The partition of the file opened longest ago.
+    fn oldest_open(&self) -> Option<PartitionKey> {
+        self.open
+            .iter()
+            .flat_map(|(d, m)| m.iter().map(move |(h, f)| (d, h, f.opened)))
+            .min_by_key(|x| x.2)
+            .map(|(d, h, _)| PartitionKey {
+                distribution: d.clone(),
+                hour_ms: *h,
+            })
+    }
+}
+
+/// Encodes the rows waiting in a file's builders (CPU work: off the async workers' path).
+fn encode_batch(schema: &SchemaRef, key: &PartitionKey, f: &mut OpenFile) -> Result<(), SinkError> {
+    if f.columns.is_empty() {
+        return Ok(());
+    }
+    let batch = f.columns.finish(schema, f.sample_rate).map_err(|source| {
+        SinkError::Misconfigured(
+            StandardLogError::Batch {
+                partition: format!("{}/{}", key.distribution, key.hour_ms),
+                source,
+            }
+            .to_string(),
+        )
+    })?;
+    cpu(|| f.writer.write(&batch)).map_err(|e| encode_err(key, e))
 }
 
 /// Makes a file written under `root` durable: the file, then each directory up to `root`
@@ -512,16 +531,7 @@ impl Sink for StandardLogSink {
             .await?;
         // Over the memory bound: close the oldest files first.
         while self.memory() > self.cfg.max_open_bytes as usize && !self.open.is_empty() {
-            let oldest = self
-                .open
-                .iter()
-                .flat_map(|(d, m)| m.iter().map(move |(h, f)| (d, h, f.opened)))
-                .min_by_key(|x| x.2)
-                .map(|(d, h, _)| PartitionKey {
-                    distribution: d.clone(),
-                    hour_ms: *h,
-                });
-            if let Some(k) = oldest {
+            if let Some(k) = self.oldest_open() {
                 self.seal(&k)?;
             }
             self.upload_ready().await?;

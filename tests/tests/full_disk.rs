@@ -180,6 +180,10 @@ fn a_full_disk_is_refused_cleanly_and_loses_nothing_acknowledged() -> anyhow::Re
     }
     let readyz = http_get(&format!("{url}/readyz"))?;
     eprintln!("full: {:?}; /readyz: {readyz}", probe.statuses);
+    // A load balancer must see it: not ready while writes fail for lack of space.
+    let r: serde_json::Value = serde_json::from_str(&readyz)?;
+    assert_eq!(r["status"], "disk_full", "{readyz}");
+    assert_eq!(r["accepting"], false, "{readyz}");
 
     // Space returns: ingest resumes without a restart.
     fs.resize("256m")?;

@@ -35,7 +35,10 @@ pub use error::{WalError, is_no_space};
 pub use reader::{READ_RECORDS, WalReader};
 
 use error::io_err;
-use format::{cut_marker_path, scan_segment, segment_path};
+use format::{MAGIC, cut_marker_path, scan_segment, segment_path};
+
+/// A segment of this size holds no entry.
+const MAGIC_LEN: u64 = MAGIC.len() as u64;
 use state_file::write_atomic;
 use writer::{ActiveSegment, Append, Part, WriterMsg, writer_loop};
 
@@ -85,6 +88,9 @@ struct State {
     /// Bumped whenever a failed group is cut from the active segment, so readers drop
     /// bytes of it they may have buffered past the committed end.
     rewinds: u64,
+    /// When the last group failed, why, and whether for lack of space; cleared by a
+    /// group written.
+    write_error: Option<(u64, String, bool)>,
     /// Delivered position of each registered sink.
     cursors: BTreeMap<String, Seq>,
     /// Positions saved on disk at open, by sink; a sink takes part once it registers.
@@ -115,7 +121,17 @@ pub struct WalStats {
     pub segments: usize,
     pub committed: Seq,
     pub cursors: BTreeMap<String, Seq>,
+    /// The last write error, while the last group written failed (within the last
+    /// [`WRITE_ERROR_SHOWN_MS`]): ingest is refusing.
+    pub write_error: Option<String>,
+    /// Whether that error is a full disk or quota.
+    pub no_space: bool,
 }
+
+/// How long a failed write keeps the log reported as failing without a newer success:
+/// long enough for a load balancer to notice, short enough that it sends traffic again
+/// (the next write is what tells whether space returned).
+pub const WRITE_ERROR_SHOWN_MS: u64 = 5_000;
 
 /// Handle to the log; cheap to clone.
 #[derive(Clone)]
@@ -230,9 +246,19 @@ impl Wal {
             .max(max_cursor)
             .max(segments.last().map_or(0, |s| s.first_seq.saturating_sub(1)))
             + 1;
-        // Append to the last segment if it is not full, else start a new one.
+        // Append to the last segment if it is not full and the next entry follows its last
+        // one; else start a new one. After a cut that lost entries some sink had already
+        // delivered, the numbers go on past them: a new segment keeps every segment a
+        // gapless sequence (appending would put them behind the cut, to be cut again).
+        let follows = |s: &Segment| {
+            if s.bytes > MAGIC_LEN {
+                last_seq + 1 == next
+            } else {
+                s.first_seq == next
+            }
+        };
         let active = match segments.last() {
-            Some(s) if s.bytes < cfg.segment_bytes => {
+            Some(s) if s.bytes < cfg.segment_bytes && follows(s) => {
                 let f = OpenOptions::new()
                     .append(true)
                     .open(&s.path)
@@ -269,6 +295,7 @@ impl Wal {
                 cache: VecDeque::new(),
                 cached_records: 0,
                 rewinds: 0,
+                write_error: None,
                 cursors: BTreeMap::new(),
                 saved: cursors,
             }),
@@ -394,12 +421,18 @@ impl Wal {
 
     pub fn stats(&self) -> WalStats {
         let st = self.shared.lock();
+        let recent = st
+            .write_error
+            .as_ref()
+            .filter(|(at, _, _)| now_ms().saturating_sub(*at) < WRITE_ERROR_SHOWN_MS);
         WalStats {
             bytes: st.total_bytes,
             max_bytes: self.shared.cfg.max_bytes,
             segments: st.segments.len(),
             committed: self.committed(),
             cursors: st.cursors.clone(),
+            write_error: recent.map(|(_, e, _)| e.clone()),
+            no_space: recent.is_some_and(|(_, _, n)| *n),
         }
     }
 

@@ -172,7 +172,21 @@ impl WalReader {
                     };
                     return match next_first {
                         Some(f) if f <= want => self.next_from_disk(),
-                        _ => Err(missing),
+                        Some(f) => {
+                            // Entries lost to a corrupt spot (cut at start) leave a gap
+                            // between segments: say so, and go on after it rather than
+                            // stall this sink forever.
+                            tracing::error!(
+                                from = want,
+                                to = f - 1,
+                                "write-ahead log entries are missing (lost to corruption found at start); skipping them"
+                            );
+                            metrics::counter!("edgelog_wal_missing_entries_total")
+                                .increment(f - want);
+                            self.next = f;
+                            self.next_from_disk()
+                        }
+                        None => Err(missing),
                     };
                 }
                 return Err(io_err(&path)(e));

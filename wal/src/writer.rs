@@ -235,6 +235,7 @@ fn write_group(
             {
                 let mut st = shared.lock();
                 st.total_bytes += added;
+                st.write_error = None;
                 if let Some(s) = st.segments.last_mut() {
                     s.bytes = seg.bytes;
                 }
@@ -289,7 +290,11 @@ fn write_group(
                 );
                 seg.pending_cut = Some(start_bytes);
             }
-            shared.lock().rewinds += 1;
+            {
+                let mut st = shared.lock();
+                st.rewinds += 1;
+                st.write_error = Some((now_ms(), e.to_string(), crate::is_no_space(&e)));
+            }
             refuse(batch, &WalError::Io { path, source: e });
         }
     }
