@@ -183,9 +183,11 @@ impl DashboardConfig {
         for a in &self.alarms {
             a.validate().map_err(|e| format!("dashboard.{e}"))?;
         }
-        if let Some(w) = self.webhooks.iter().find(|w| !w.starts_with("http://")) {
+        // The URL itself is not repeated: it may carry credentials.
+        if let Some(i) = self.webhooks.iter().position(|w| !w.starts_with("http://")) {
             return Err(format!(
-                "dashboard.webhooks: {w:?} is not an http:// URL (https is not built in yet)"
+                "dashboard.webhooks: entry #{} is not an http:// URL (https is not built in yet)",
+                i + 1
             ));
         }
         if self.users.iter().any(|u| !u.contains(':')) {

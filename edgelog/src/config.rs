@@ -297,6 +297,19 @@ impl std::fmt::Debug for MetricsConfig {
 
 /// `collector.max_body_bytes: invalid type ... (from EDGELOG_ environment variables)`,
 /// one line per problem. A value given for a secret key is not repeated.
+/// A parser's message without the lines it quotes from the file (`3 | tokens = [...]`,
+/// and the caret line under it).
+fn without_source_lines(msg: &str) -> String {
+    msg.lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            let digits = t.trim_start_matches(|c: char| c.is_ascii_digit());
+            !(digits.trim_start().starts_with('|'))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn describe(e: figment::Error) -> String {
     use figment::error::Kind;
     e.into_iter()
@@ -316,7 +329,9 @@ fn describe(e: figment::Error) -> String {
                 Kind::Message(_) if secret => {
                     "invalid value (not shown: this key holds a secret)".to_owned()
                 }
-                kind => kind.to_string(),
+                // A syntax error quotes the source line, which may hold a secret: keep
+                // where and what, not the line.
+                kind => without_source_lines(&kind.to_string()),
             };
             let key = e.path.join(".");
             let key = if key.is_empty() {
@@ -684,5 +699,27 @@ mod ranges {
             }
         }
         eprintln!("{accepted} accepted and used, {refused} refused by name");
+    }
+}
+
+#[cfg(test)]
+mod errors {
+    use super::*;
+
+    #[test]
+    fn syntax_errors_do_not_quote_the_line_that_may_hold_a_secret() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for text in [
+            "[collector]\ntokens = [\"SECRET-N-0123456789\" \"x\"]\n",
+            "[sinks.realtime.kafka.options]\n\"sasl.password\" = \"SECRET-U\"\n\"sasl.password\" = \"SECRET-U\"\n",
+            "[sinks.standard.s3]\nsecret_access_key = \"SECRET-K\n",
+            "[collector]\ntokens = [\"visible-token-0123456789\"]\n[dashboard]\nwebhooks = [\"ftp://u:SECRET-A@h/x?token=SECRET-B\"]\n",
+        ] {
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, text).expect("write");
+            let err = format!("{:#}", Config::load(Some(&path), &[]).expect_err("invalid"));
+            assert!(!err.contains("SECRET"), "{err}");
+            assert!(err.contains("line") || err.contains("webhooks"), "{err}");
+        }
     }
 }
