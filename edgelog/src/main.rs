@@ -168,7 +168,8 @@ struct EdgeArgs {
     /// Records per second in total (0: as fast as the collector takes them).
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// Stop after this long (e.g. 30s, 5m).
+    /// Stop sending after this long (e.g. 30s, 5m); retries of what was sent may go on
+    /// 30 s more, then the run ends whatever is left.
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
     /// Stop after this many records.
@@ -550,6 +551,9 @@ fn edge_target(args: &EdgeArgs) -> Target {
     }
 }
 
+/// How long `edgelog edge` may go on retrying past `--duration`.
+const EDGE_RETRY_GRACE: Duration = Duration::from_secs(30);
+
 async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     let target = edge_target(&args);
     let report = if let Some(file) = &args.replay {
@@ -583,9 +587,21 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
             },
             pregenerate: args.pregenerate,
         };
+        // --duration bounds the whole run, retries included (a collector that never
+        // comes back must not keep this running forever).
+        let limit = args.duration.map(|d| d.saturating_add(EDGE_RETRY_GRACE));
         tokio::select! {
             r = edgelog_edge::run_traffic(cfg, target) => r,
             () = shutdown_signal() => bail!("interrupted"),
+            () = async {
+                match limit {
+                    Some(l) => tokio::time::sleep(l).await,
+                    None => std::future::pending().await,
+                }
+            } => bail!(
+                "stopped {}s after --duration with requests still being retried",
+                EDGE_RETRY_GRACE.as_secs()
+            ),
         }
     };
     if args.json {
