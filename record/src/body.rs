@@ -127,8 +127,9 @@ pub fn derive_request_id(line: &[u8], line_no: u64) -> String {
 }
 
 /// A guess at the length of the shortest record line, for the first allocation only (the
-/// vector grows past it). One slot per line break would let a body of blank lines
-/// allocate gigabytes.
+/// vector grows past it). One slot per line break alone would let a body of blank lines
+/// allocate gigabytes; one slot per 32 bytes alone reserves 30 times too much for real
+/// records, which the allocator then keeps.
 const MIN_RECORD_LINE: usize = 32;
 
 /// Parses a body, line by line: records out, and each refused line with its number and
@@ -136,7 +137,13 @@ const MIN_RECORD_LINE: usize = 32;
 pub fn parse_body(format: Format, body: &[u8], opts: &ParseOptions<'_>) -> Parsed {
     let max_listed = opts.max_listed;
     let mut out = Parsed {
-        records: Vec::with_capacity((body.len() / MIN_RECORD_LINE + 1).min(1 << 16)),
+        // As many slots as lines (a count memchr makes cheaply), but never more than the
+        // shortest possible lines could fill: a body of blank lines stays small.
+        records: Vec::with_capacity(
+            (memchr::memchr_iter(b'\n', body).count() + 1)
+                .min(body.len() / MIN_RECORD_LINE + 1)
+                .min(1 << 16),
+        ),
         ..Parsed::default()
     };
     let mut keys = KeyCache::default();
