@@ -1,4 +1,7 @@
 //! The ingest API: `POST /v1/records`, `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Long (about 600 lines): the handler, its one error type, the memory budget's use, the
+//! bounded decoder and `/readyz` belong to one request path.
 
 use std::io::Read;
 use std::sync::Arc;

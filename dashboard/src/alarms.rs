@@ -7,6 +7,9 @@
 //! of its last N periods per distribution and recomputes only the periods that are new or
 //! whose minutes changed since it last looked, so an evaluation costs the same whatever
 //! the length of the history.
+//!
+//! Long (about 1,100 lines) because evaluation, incremental state and the board's
+//! lifecycle are one state machine, and half the file is its tests.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, OnceLock, RwLock};

@@ -1,5 +1,8 @@
 //! The whole configuration: one TOML file, then `EDGELOG_*` environment variables, then
 //! command-line flags, each overriding the one before.
+//!
+//! Long (about 700 lines) because the redaction rules and their tests, and the test of
+//! every numeric setting at its extremes, sit beside the loader they check.
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,7 @@
 //! `edgelog`: request logs and real-time metrics for edge and CDN traffic.
+//!
+//! Long (about 800 lines) because every subcommand's flags and wiring live here; each
+//! `run_*` function is one subcommand. Moving sink wiring into the sink crates is planned.
 
 mod config;
 

@@ -5,6 +5,9 @@
 //! order, so it is the low-water mark: every entry below the oldest entry with a message
 //! still in flight is delivered. A full producer queue is backpressure (the sink waits,
 //! records wait in the log); a failed delivery is produced again.
+//!
+//! Long (about 520 lines): the in-flight bookkeeping (delivery reports, resends, dead
+//! letters) is one piece with the producer calls it tracks.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
