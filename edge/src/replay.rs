@@ -77,7 +77,6 @@ pub async fn replay(
         .collect();
     let mut head = headers.join("\n");
     head.push('\n');
-    let (tx, rx) = mpsc::channel(target.concurrency * 2);
     let compression = target.compression;
     let bodies: Vec<OutBody> = lines
         .chunks(batch.max(1))
@@ -98,16 +97,7 @@ pub async fn replay(
             }
         })
         .collect();
-    let feeder = tokio::spawn(async move {
-        for b in bodies {
-            if tx.send(b).await.is_err() {
-                break;
-            }
-        }
-    });
-    let report = send_all(target, rx).await;
-    let _ = feeder.await;
-    Ok(report)
+    Ok(send_bodies(bodies, target).await)
 }
 
 /// NDJSON: lines as they are, `batch` to a body; records name their distribution
@@ -152,6 +142,11 @@ async fn replay_ndjson(
             }
         })
         .collect();
+    Ok(send_bodies(bodies, target).await)
+}
+
+/// Sends prepared bodies, `target.concurrency` at a time.
+async fn send_bodies(bodies: Vec<OutBody>, target: Target) -> Report {
     let (tx, rx) = mpsc::channel(target.concurrency * 2);
     let feeder = tokio::spawn(async move {
         for b in bodies {
@@ -162,5 +157,5 @@ async fn replay_ndjson(
     });
     let report = send_all(target, rx).await;
     let _ = feeder.await;
-    Ok(report)
+    report
 }
