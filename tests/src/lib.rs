@@ -305,8 +305,13 @@ impl Answer {
     }
 }
 
-/// POSTs `body` to `url` (http only) with the test token, over a raw socket.
+/// POSTs an NDJSON `body` to `url` (http only) with the test token, over a raw socket.
 pub fn http_post(url: &str, body: &[u8]) -> anyhow::Result<Answer> {
+    http_post_with(url, &[], body)
+}
+
+/// [`http_post`] with more request headers (`content-encoding: gzip`, ...).
+pub fn http_post_with(url: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<Answer> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").context("http only")?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -315,9 +320,13 @@ pub fn http_post(url: &str, body: &[u8]) -> anyhow::Result<Answer> {
     write!(
         s,
         "POST /{path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {TOKEN}\r\n\
-         content-type: application/x-ndjson\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+         content-type: application/x-ndjson\r\ncontent-length: {}\r\nconnection: close\r\n",
         body.len()
     )?;
+    for (k, v) in headers {
+        write!(s, "{k}: {v}\r\n")?;
+    }
+    s.write_all(b"\r\n")?;
     s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
@@ -331,15 +340,37 @@ pub fn http_post(url: &str, body: &[u8]) -> anyhow::Result<Answer> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .context("no status line")?;
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
     Ok(Answer {
         status,
         headers,
-        body: body.to_owned(),
+        body,
     })
+}
+
+/// The payload of a chunked HTTP/1.1 body.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// Waits up to 30 s for something to listen on `port`.

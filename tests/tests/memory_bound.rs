@@ -3,11 +3,11 @@
 //! Retry-After), and every record it accepted is delivered.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use edgelog_tests::{CollectorProc, TOKEN, http_get, stored_ids};
+use edgelog_tests::{CollectorProc, http_get, stored_ids};
 
 const MIB: u64 = 1 << 20;
 
@@ -38,27 +38,12 @@ fn body(tag: &str, bytes: u64) -> (Vec<u8>, Vec<String>) {
 
 /// Posts a gzip body; returns (status, has Retry-After).
 fn post(url: &str, body: &[u8]) -> anyhow::Result<(u16, bool)> {
-    let rest = url.strip_prefix("http://").context("http")?;
-    let mut s = std::net::TcpStream::connect(rest)?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    write!(
-        s,
-        "POST /v1/records HTTP/1.1\r\nhost: {rest}\r\nauthorization: Bearer {TOKEN}\r\n\
-         content-type: application/x-ndjson\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
+    let a = edgelog_tests::http_post_with(
+        &format!("{url}/v1/records"),
+        &[("content-encoding", "gzip")],
+        body,
     )?;
-    s.write_all(body)?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status: {out:?}"))?;
-    Ok((
-        status,
-        out.to_ascii_lowercase().contains("\r\nretry-after:"),
-    ))
+    Ok((a.status, a.header("retry-after").is_some()))
 }
 
 fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {

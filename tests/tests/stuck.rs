@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -177,55 +176,12 @@ fn wait_ready_until(
     }
 }
 
-/// POSTs an NDJSON body over a raw loopback socket; returns the status and the body.
-fn post_ndjson(url: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
-    let host = url.strip_prefix("http://").context("http only")?;
-    let mut s = std::net::TcpStream::connect(host)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        s,
-        "POST /v1/records HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {TOKEN}\r\n\
-         content-type: application/x-ndjson\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("no HTTP answer: {text}"))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status in {head}"))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        let mut out = String::new();
-        let mut rest = rest;
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 || after.len() < n {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = after[n..].trim_start_matches("\r\n");
-        }
-        out
-    } else {
-        rest.to_owned()
-    };
-    Ok((status, body))
-}
-
 /// Posts `lines` as one body; fails unless every line is accepted.
 fn post_all(url: &str, lines: &[String]) -> anyhow::Result<()> {
     let mut body = lines.join("\n");
     body.push('\n');
-    let (status, answer) = post_ndjson(url, body.as_bytes())?;
+    let a = edgelog_tests::http_post(&format!("{url}/v1/records"), body.as_bytes())?;
+    let (status, answer) = (a.status, a.body);
     ensure!(status == 200, "POST answered {status}: {answer}");
     let v: serde_json::Value = serde_json::from_str(&answer)?;
     ensure!(
