@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use edgelog_record::{MinuteAggregate, MinuteUpdate};
 
-use crate::sink::{Sink, SinkError};
-use crate::wal::{Entry, Seq};
+use crate::sink::{Batch, Sink, SinkError};
+use crate::wal::Seq;
 
 /// Where finished partial aggregates go (Kafka, or the in-process bus).
 #[async_trait]
@@ -71,8 +71,9 @@ impl MetricsAggregator {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
-        crate::state_file::write_atomic(path, self.counted.to_string().as_bytes())
-            .map_err(|e| SinkError::Unavailable(format!("cannot save {}: {e}", path.display())))
+        crate::state_file::write_atomic(path, self.counted.to_string().as_bytes()).map_err(|e| {
+            SinkError::unavailable(format!("cannot save {}", path.display())).with_source(e)
+        })
     }
 
     async fn publish(&mut self) -> Result<(), SinkError> {
@@ -102,7 +103,8 @@ impl MetricsAggregator {
 
 #[async_trait]
 impl Sink for MetricsAggregator {
-    async fn write(&mut self, entry: &Entry) -> Result<(), SinkError> {
+    async fn write(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
+        let entry = batch.entry;
         if entry.seq <= self.counted {
             return Ok(());
         }
@@ -111,7 +113,7 @@ impl Sink for MetricsAggregator {
             self.counted = entry.seq;
             return Ok(());
         }
-        for r in entry.records.iter() {
+        for r in batch.records().map(|k| k.record) {
             let minute = r.timestamp_ms - r.timestamp_ms.rem_euclid(60_000);
             // Look up before inserting: no id copied per record.
             let minutes = match self.pending.get_mut(&r.distribution_id) {

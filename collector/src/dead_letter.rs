@@ -176,7 +176,7 @@ impl DeadLetters {
                 }
             }
             if over(&files) {
-                return Err(SinkError::Unavailable(format!(
+                return Err(SinkError::unavailable(format!(
                     "dead-letter store {} is full ({} of {} bytes); move its files away to go on \
                      (the records wait in the write-ahead log)",
                     i.dir.display(),
@@ -185,10 +185,11 @@ impl DeadLetters {
                 )));
             }
             self.append(&mut files, lines).map_err(|e| {
-                SinkError::Unavailable(format!(
-                    "cannot write to the dead-letter store {}: {e}",
+                SinkError::unavailable(format!(
+                    "cannot write to the dead-letter store {}",
                     i.dir.display()
                 ))
+                .with_source(e)
             })
         })?;
         i.records.fetch_add(count, Ordering::Relaxed);

@@ -6,6 +6,7 @@
 
 mod aggregator;
 mod budget;
+pub mod bus;
 mod config;
 pub mod dead_letter;
 mod ingest;
@@ -20,15 +21,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use edgelog_record::SamplingConfig;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use aggregator::{MetricsAggregator, Publisher};
+pub use bus::{Bus, StreamMessage};
 pub use config::CollectorConfig;
 pub use dead_letter::DeadLetters;
 pub use ingest::{AppState, IngestError, IngestResponse, Readiness, app};
-pub use sink::{LoopSettings, Sink, SinkError, SinkReport, SinkStatus, run_sink};
+pub use sink::{
+    Batch, Kept, LoopSettings, Sampler, Sink, SinkConfig, SinkContext, SinkError, SinkErrorKind,
+    SinkReport, SinkStatus, run_sink,
+};
 pub use wal::{Entry, Seq, Wal, WalConfig, WalError};
 
 /// The process-wide Prometheus recorder; installed on first use.
@@ -61,8 +67,9 @@ pub struct Collector {
     cfg: CollectorConfig,
     data_dir: PathBuf,
     wal: Wal,
-    sinks: Vec<(Arc<SinkStatus>, Box<dyn Sink>)>,
+    sinks: Vec<(Arc<SinkStatus>, Box<dyn Sink>, Sampler)>,
     dead_letters: BTreeMap<String, DeadLetters>,
+    sampling: SamplingConfig,
 }
 
 /// In-flight requests get at most this long after a shutdown signal (and at most half the
@@ -80,7 +87,14 @@ impl Collector {
             wal,
             sinks: Vec::new(),
             dead_letters: BTreeMap::new(),
+            sampling: SamplingConfig::default(),
         })
+    }
+
+    /// Sampling rates, keyed by sink name; every sink added after this gets its own.
+    pub fn with_sampling(mut self, sampling: SamplingConfig) -> Collector {
+        self.sampling = sampling;
+        self
     }
 
     /// The dead-letter store of sink `name`, under `{data_dir}/dead-letter/{name}`; give it
@@ -100,10 +114,46 @@ impl Collector {
         Ok(d)
     }
 
-    /// Adds a sink under a stable name (its position in the log is saved under it).
+    /// Adds a sink under a stable name (its position in the log is saved under it); it is
+    /// given the records the sampling rates for `name` keep.
     pub fn add_sink(&mut self, name: &str, sink: Box<dyn Sink>) {
+        let sampler = Sampler::new(&self.sampling, name);
+        self.push_sink(name, sink, sampler);
+    }
+
+    /// Adds a sink that is given every record, whatever the sampling (metrics count all).
+    pub fn add_unsampled_sink(&mut self, name: &str, sink: Box<dyn Sink>) {
+        self.push_sink(name, sink, Sampler::all());
+    }
+
+    fn push_sink(&mut self, name: &str, sink: Box<dyn Sink>, sampler: Sampler) {
         let status = SinkStatus::with_dead_letters(name, self.dead_letters.get(name).cloned());
-        self.sinks.push((Arc::new(status), sink));
+        self.sinks.push((Arc::new(status), sink, sampler));
+    }
+
+    /// Builds sink `name` from its settings and adds it; says where it delivers. A
+    /// disabled sink is skipped (`Ok(None)`).
+    pub fn build_sink(
+        &mut self,
+        name: &str,
+        cfg: &dyn SinkConfig,
+        bus: &Bus,
+    ) -> Result<Option<String>, CollectorError> {
+        if !cfg.enabled() {
+            return Ok(None);
+        }
+        let cx = SinkContext {
+            name: name.to_owned(),
+            collector_id: self.cfg.id.clone(),
+            data_dir: self.data_dir.clone(),
+            dead_letters: self.dead_letters(name)?,
+            bus: bus.clone(),
+        };
+        let sink = cfg
+            .build(&cx)
+            .map_err(|e| CollectorError::Config(format!("cannot set up sink {name}: {e}")))?;
+        self.add_sink(name, sink);
+        Ok(Some(cfg.describe(&cx)))
     }
 
     pub fn config(&self) -> &CollectorConfig {
@@ -124,15 +174,16 @@ impl Collector {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), CollectorError> {
         let (stop_tx, stop_rx) = watch::channel(None::<Instant>);
-        let statuses: Vec<_> = self.sinks.iter().map(|(s, _)| s.clone()).collect();
+        let statuses: Vec<_> = self.sinks.iter().map(|(s, _, _)| s.clone()).collect();
         let settings = LoopSettings {
             drain_timeout: self.cfg.shutdown_timeout,
             ..LoopSettings::default()
         };
         let mut runners = Vec::new();
-        for (status, sink) in self.sinks {
+        for (status, sink, sampler) in self.sinks {
             let task = tokio::spawn(run_sink(
                 sink,
+                sampler,
                 self.wal.clone(),
                 status.clone(),
                 stop_rx.clone(),
@@ -224,7 +275,7 @@ async fn supervise(task: tokio::task::JoinHandle<()>, status: Arc<SinkStatus>) -
                 "was cancelled"
             };
             tracing::error!(sink = %status.name, "sink stopped: its task {why}; undelivered records stay in the write-ahead log");
-            status.set_error(Some(&SinkError::Misconfigured(format!(
+            status.set_error(Some(&SinkError::misconfigured(format!(
                 "sink stopped: its task {why}; restart the collector"
             ))));
             metrics::counter!("edgelog_sink_errors_total", "sink" => status.name.clone())

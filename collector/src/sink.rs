@@ -1,5 +1,7 @@
 //! The sink contract and the loop that feeds a sink from the write-ahead log.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,39 +11,237 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use edgelog_record::{Record, SamplingConfig, keep};
+
+use crate::bus::Bus;
 use crate::dead_letter::DeadLetters;
 use crate::wal::{Entry, Seq, Wal, WalReader};
 
-/// Why a sink could not deliver.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// The destination is unreachable or refused for now; retried with backoff.
-    #[error("{0}")]
-    Unavailable(String),
+/// What kind of failure a [`SinkError`] is; both are retried, since records must not be
+/// dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SinkErrorKind {
+    /// The destination is unreachable or refused for now.
+    Unavailable,
     /// The destination refuses in a way that needs an operator (authorization, a missing
-    /// topic or bucket); still retried, since records must not be dropped.
-    #[error("{0}")]
-    Misconfigured(String),
+    /// topic or bucket, a record it can never take).
+    Misconfigured,
+}
+
+/// Why a sink could not deliver: a kind, what was being done, and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    kind: SinkErrorKind,
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SinkError {
+    /// The destination is unreachable or refused for now; retried with backoff.
+    pub fn unavailable(message: impl Into<String>) -> SinkError {
+        SinkError {
+            kind: SinkErrorKind::Unavailable,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The destination needs an operator; still retried.
+    pub fn misconfigured(message: impl Into<String>) -> SinkError {
+        SinkError {
+            kind: SinkErrorKind::Misconfigured,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Keeps `source` as the cause; the message (shown in logs and `/readyz`) ends with
+    /// it.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.message = format!("{}: {source}", self.message);
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    pub fn kind(&self) -> SinkErrorKind {
+        self.kind
+    }
+}
+
+/// One log entry as a sink sees it: the records sampled for this sink, each with the rate
+/// it was kept at. Sinks never sample themselves.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    pub entry: &'a Entry,
+    /// Indexes into `entry.records` with their rate; `None`: every record at 100 %.
+    kept: Option<&'a [(u32, f64)]>,
+}
+
+/// One record of a [`Batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Kept<'a> {
+    /// Position in the entry (stable across retries and restarts).
+    pub index: usize,
+    pub record: &'a Record,
+    /// Percent of this distribution's records the sink is given.
+    pub rate: f64,
+}
+
+impl<'a> Batch<'a> {
+    /// Every record of `entry`, at 100 %.
+    pub fn all(entry: &'a Entry) -> Batch<'a> {
+        Batch { entry, kept: None }
+    }
+
+    pub fn seq(&self) -> Seq {
+        self.entry.seq
+    }
+
+    /// When the collector logged (and acknowledged) the entry, ms since the epoch.
+    pub fn appended_ms(&self) -> u64 {
+        self.entry.appended_ms
+    }
+
+    pub fn len(&self) -> usize {
+        self.kept.map_or(self.entry.records.len(), <[_]>::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = Kept<'a>> + 'a {
+        let (entry, kept) = (self.entry, self.kept);
+        let all = kept.is_none().then(|| {
+            entry
+                .records
+                .iter()
+                .enumerate()
+                .map(|(index, record)| Kept {
+                    index,
+                    record,
+                    rate: 100.0,
+                })
+        });
+        let some = kept.map(|k| {
+            k.iter().map(move |&(i, rate)| Kept {
+                index: i as usize,
+                record: &entry.records[i as usize],
+                rate,
+            })
+        });
+        all.into_iter().flatten().chain(some.into_iter().flatten())
+    }
+}
+
+/// Applies the sampling rates of one sink (keyed by its name) to entries, once, before
+/// the sink sees them.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    default: f64,
+    distributions: HashMap<String, f64>,
+    kept: Vec<(u32, f64)>,
+}
+
+impl Sampler {
+    /// The rates `sampling` gives sink `name`.
+    pub fn new(sampling: &SamplingConfig, name: &str) -> Sampler {
+        Sampler {
+            default: sampling.default.rate(name),
+            distributions: sampling
+                .distributions
+                .iter()
+                .map(|(id, r)| (id.clone(), r.rate(name)))
+                .collect(),
+            kept: Vec::new(),
+        }
+    }
+
+    /// Every record, at 100 % (the metrics aggregator counts them all).
+    pub fn all() -> Sampler {
+        Sampler {
+            default: 100.0,
+            distributions: HashMap::new(),
+            kept: Vec::new(),
+        }
+    }
+
+    /// The records of `entry` this sink is given.
+    pub fn batch<'a>(&'a mut self, entry: &'a Entry) -> Batch<'a> {
+        if self.default >= 100.0 && self.distributions.values().all(|r| *r >= 100.0) {
+            return Batch::all(entry);
+        }
+        self.kept.clear();
+        for (i, r) in entry.records.iter().enumerate() {
+            let rate = self
+                .distributions
+                .get(&r.distribution_id)
+                .copied()
+                .unwrap_or(self.default);
+            if keep(r.request_id(), rate) {
+                self.kept.push((i as u32, rate));
+            }
+        }
+        Batch {
+            entry,
+            kept: Some(&self.kept),
+        }
+    }
 }
 
 /// A destination fed from the write-ahead log.
 ///
-/// The loop hands entries in order; a sink may buffer them and reports, through
-/// [`Sink::delivered`], the position at or below which everything is delivered. An
-/// entry handed again after an error (or after a restart) must not be delivered twice
-/// where the destination can tell.
+/// The loop hands entries in order, sampled for this sink; a sink may buffer them and
+/// reports, through [`Sink::delivered`], the position at or below which everything is
+/// delivered. An entry handed again after an error (or after a restart) must not be
+/// delivered twice where the destination can tell.
 #[async_trait]
 pub trait Sink: Send {
-    /// Takes one entry's records.
-    async fn write(&mut self, entry: &Entry) -> Result<(), SinkError>;
+    /// Takes one entry's records (possibly none: the position still moves).
+    async fn write(&mut self, batch: &Batch<'_>) -> Result<(), SinkError>;
     /// Delivers what time makes due (batch age); called every `LoopSettings::tick` (500 ms).
-    async fn tick(&mut self) -> Result<(), SinkError>;
+    async fn tick(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// Delivers everything buffered (on shutdown).
-    async fn flush(&mut self) -> Result<(), SinkError>;
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// Every entry at or below this position is delivered.
     fn delivered(&self) -> Seq;
     /// The loop saved `seq` as this sink's position: a restart resumes after it.
     fn cursor_saved(&mut self, _seq: Seq) {}
+}
+
+/// What a sink's config gets to build the sink.
+#[derive(Clone)]
+pub struct SinkContext {
+    /// The sink's name: its log position, sampling rates, metrics and dead letters.
+    pub name: String,
+    pub collector_id: String,
+    pub data_dir: PathBuf,
+    /// Where records the destination can never take go.
+    pub dead_letters: DeadLetters,
+    /// The in-process stream (for sinks that feed the dashboard or a local tail).
+    pub bus: Bus,
+}
+
+/// A sink's configuration: it builds the sink. Adding a destination is a module with one
+/// of these plus one variant in the binary's sink enum.
+pub trait SinkConfig {
+    /// Builds the sink; `Err` says why it cannot start (in words for the operator).
+    fn build(&self, cx: &SinkContext) -> Result<Box<dyn Sink>, SinkError>;
+    /// Where it delivers, for the start-up log line.
+    fn describe(&self, cx: &SinkContext) -> String;
+    /// Whether it is switched on.
+    fn enabled(&self) -> bool {
+        true
+    }
+    /// Checks the settings; `key` is the config path (`sinks.NAME`) errors start with.
+    fn validate(&self, key: &str) -> Result<(), String>;
 }
 
 /// What `/readyz` and `/metrics` show of a sink.
@@ -153,6 +353,7 @@ fn backoff() -> impl Iterator<Item = Duration> {
 /// dropped); what is undelivered stays in the log for the next start.
 pub async fn run_sink(
     mut sink: Box<dyn Sink>,
+    mut sampler: Sampler,
     wal: Wal,
     status: Arc<SinkStatus>,
     mut shutdown: watch::Receiver<Option<Instant>>,
@@ -204,7 +405,9 @@ pub async fn run_sink(
                 Ok(entries) => {
                     for e in &entries {
                         pending.push_back((e.seq, e.appended_ms));
-                        ok = retry(&name, &status, &mut drain, sink.as_mut(), Op::Write(e)).await;
+                        let batch = sampler.batch(e);
+                        ok = retry(&name, &status, &mut drain, sink.as_mut(), Op::Write(&batch))
+                            .await;
                         if !ok {
                             break;
                         }
@@ -212,7 +415,9 @@ pub async fn run_sink(
                 }
                 Err(e) => {
                     tracing::error!(sink = %name, error = %e, "cannot read the write-ahead log");
-                    status.set_error(Some(&SinkError::Unavailable(e.to_string())));
+                    status.set_error(Some(
+                        &SinkError::unavailable("cannot read the write-ahead log").with_source(e),
+                    ));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -290,7 +495,7 @@ impl Drain<'_> {
 
 #[derive(Clone, Copy)]
 enum Op<'a> {
-    Write(&'a Entry),
+    Write(&'a Batch<'a>),
     Tick,
     Flush,
 }

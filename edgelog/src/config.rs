@@ -10,11 +10,12 @@ use anyhow::{Context, bail};
 use edgelog_collector::CollectorConfig;
 use edgelog_dashboard::DashboardConfig;
 use edgelog_record::SamplingConfig;
-use edgelog_sink_s3::StandardLogsConfig;
-use edgelog_sink_stream::{MetricsKafkaConfig, RealtimeConfig};
+use edgelog_sink_stream::MetricsKafkaConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+
+pub use crate::sinks::SinksConfig;
 
 /// Everything edgelog can be told. Its `Debug` shows secrets redacted, as
 /// [`Config::to_pretty`] does.
@@ -27,7 +28,7 @@ pub struct Config {
     pub collector: CollectorConfig,
     /// Sampling rates per destination, by default and per distribution.
     pub sampling: SamplingConfig,
-    /// Where records go.
+    /// Where records go: `[sinks.NAME]` with a `type`.
     pub sinks: SinksConfig,
     /// The dashboard.
     pub dashboard: DashboardConfig,
@@ -55,16 +56,6 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
         }
     }
-}
-
-/// The sinks.
-#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SinksConfig {
-    /// Standard logs: Parquet files (under `{data_dir}/standard-logs` on embedded defaults).
-    pub standard: StandardLogsConfig,
-    /// Real-time logs: sampled records to a stream (in process on embedded defaults).
-    pub realtime: RealtimeConfig,
 }
 
 /// `EDGELOG_*` variables that are not settings but are known: `edgelog edge`'s token, and
@@ -140,9 +131,8 @@ impl Config {
             return Err("data_dir: must not be empty".into());
         }
         self.collector.validate()?;
-        self.sampling.validate()?;
-        self.sinks.standard.validate()?;
-        self.sinks.realtime.validate()?;
+        self.sinks.validate()?;
+        self.sampling.validate(&self.sinks.names())?;
         if let Some(k) = &self.metrics.kafka {
             k.validate("metrics.kafka")?;
         }
@@ -280,10 +270,7 @@ impl std::fmt::Debug for SinksConfig {
         let Some(c) = redacted(self) else {
             return f.write_str("SinksConfig { <redacted> }");
         };
-        f.debug_struct("SinksConfig")
-            .field("standard", &c.standard)
-            .field("realtime", &c.realtime)
-            .finish()
+        f.debug_map().entries(c.0.iter()).finish()
     }
 }
 
@@ -313,7 +300,7 @@ fn without_source_lines(msg: &str) -> String {
         .join(" ")
 }
 
-fn describe(e: figment::Error) -> String {
+pub(crate) fn describe(e: figment::Error) -> String {
     use figment::error::Kind;
     e.into_iter()
         .map(|e| {
@@ -632,27 +619,13 @@ mod ranges {
     /// Builds what a collector builds from the settings: what could panic or allocate.
     fn use_it(cfg: &Config) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let bus = edgelog_sink_stream::Bus::new(cfg.sinks.realtime.bus_capacity);
-        drop(bus);
-        let mut collector =
-            edgelog_collector::Collector::open(cfg.collector.clone(), dir.path()).expect("open");
-        let store = edgelog_sink_s3::local_store(dir.path()).expect("store");
-        let sink = edgelog_sink_s3::StandardLogSink::new(
-            cfg.sinks.standard.clone(),
-            &cfg.collector.id,
-            cfg.sampling.clone(),
-            store,
-        );
-        collector.add_sink("standard", Box::new(sink));
-        if let Some(k) = &cfg.sinks.realtime.kafka {
-            edgelog_sink_stream::KafkaSink::new(
-                &cfg.sinks.realtime,
-                k,
-                &cfg.collector.id,
-                cfg.sampling.clone(),
-            )
-            .expect("kafka producer from accepted settings");
-        }
+        let bus = edgelog_sink_stream::Bus::new(cfg.sinks.bus_capacity());
+        let mut collector = edgelog_collector::Collector::open(cfg.collector.clone(), dir.path())
+            .expect("open")
+            .with_sampling(cfg.sampling.clone());
+        cfg.sinks
+            .build_into(&mut collector, &bus)
+            .expect("sinks from accepted settings");
         let _ = edgelog_dashboard::MetricsStore::new(cfg.dashboard.history_minutes);
     }
 

@@ -1,9 +1,10 @@
 //! `edgelog`: request logs and real-time metrics for edge and CDN traffic.
 //!
 //! Long (about 800 lines) because every subcommand's flags and wiring live here; each
-//! `run_*` function is one subcommand. Moving sink wiring into the sink crates is planned.
+//! `run_*` function is one subcommand.
 
 mod config;
+mod sinks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,8 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use edgelog_collector::{Collector, MetricsAggregator};
 use edgelog_dashboard::MetricsStore;
 use edgelog_edge::{Compression, ErrorMix, Target, TrafficConfig, WireFormat};
-use edgelog_sink_s3::StandardLogSink;
-use edgelog_sink_stream::{Bus, KafkaPublisher, KafkaSink, RealtimeSink, follow_metrics};
+use edgelog_sink_stream::{Bus, KafkaPublisher, follow_metrics};
 use figment::value::Value;
 use tokio::net::TcpListener;
 
@@ -341,62 +341,9 @@ async fn shutdown_signal() {
 /// Wires a collector with the sinks the configuration asks for.
 fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
     let mut collector = Collector::open(cfg.collector.clone(), &cfg.data_dir)
-        .with_context(|| format!("cannot start the collector in {}", cfg.data_dir.display()))?;
-    if cfg.sinks.standard.enabled {
-        let std_cfg = &cfg.sinks.standard;
-        let (store, place) = match &std_cfg.s3 {
-            Some(s3) => (
-                edgelog_sink_s3::s3_store(s3).with_context(|| {
-                    format!("cannot use bucket {} for standard logs", s3.bucket)
-                })?,
-                format!(
-                    "s3://{}/{} at {}",
-                    s3.bucket,
-                    std_cfg.prefix,
-                    s3.endpoint.as_deref().unwrap_or("AWS")
-                ),
-            ),
-            // The store's root is the data dir; the sink's prefix (`standard-logs`) goes
-            // under it, the same key layout as in a bucket.
-            None => (
-                edgelog_sink_s3::local_store(&cfg.data_dir).with_context(|| {
-                    format!("cannot use {} for standard logs", cfg.data_dir.display())
-                })?,
-                cfg.data_dir.join(&std_cfg.prefix).display().to_string(),
-            ),
-        };
-        let state = cfg.data_dir.join("state").join("standard-watermarks.json");
-        let mut sink = StandardLogSink::new(
-            std_cfg.clone(),
-            &cfg.collector.id,
-            cfg.sampling.clone(),
-            store,
-        )
-        .with_state_file(&state)
-        .with_context(|| format!("cannot read {}", state.display()))?
-        .with_dead_letters(collector.dead_letters("standard")?);
-        if std_cfg.s3.is_none() {
-            sink = sink.with_local_root(&cfg.data_dir);
-        }
-        collector.add_sink("standard", Box::new(sink));
-        tracing::info!(to = %place, "standard logs go to Parquet files");
-    }
-    let rt = &cfg.sinks.realtime;
-    if rt.enabled {
-        match &rt.kafka {
-            Some(kafka) => {
-                let sink = KafkaSink::new(rt, kafka, &cfg.collector.id, cfg.sampling.clone())
-                    .context("cannot set up the kafka real-time sink")?
-                    .with_dead_letters(collector.dead_letters("realtime")?);
-                collector.add_sink("realtime", Box::new(sink));
-                tracing::info!(brokers = %kafka.bootstrap_servers, topic = %kafka.topic, format = rt.format.as_str(), "real-time logs go to kafka");
-            }
-            None => collector.add_sink(
-                "realtime",
-                Box::new(RealtimeSink::in_process(cfg.sampling.clone(), bus.clone())),
-            ),
-        }
-    }
+        .with_context(|| format!("cannot start the collector in {}", cfg.data_dir.display()))?
+        .with_sampling(cfg.sampling.clone());
+    cfg.sinks.build_into(&mut collector, bus)?;
     let publisher: Arc<dyn edgelog_collector::Publisher> = match &cfg.metrics.kafka {
         Some(k) => {
             tracing::info!(brokers = %k.bootstrap_servers, topic = %k.topic, "minute aggregates go to kafka");
@@ -412,7 +359,7 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
         MetricsAggregator::new(&cfg.collector.id, publisher, cfg.collector.metrics_interval)
             .with_state_file(&published)
             .with_context(|| format!("cannot read {}", published.display()))?;
-    collector.add_sink("metrics", Box::new(aggregator));
+    collector.add_unsampled_sink("metrics", Box::new(aggregator));
     Ok(collector)
 }
 
@@ -497,7 +444,7 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     }
     let cfg = Config::load(args.file.config.as_deref(), &overrides)?;
     set_shutdown_budget(cfg.collector.shutdown_timeout);
-    let bus = Bus::new(cfg.sinks.realtime.bus_capacity);
+    let bus = Bus::new(cfg.sinks.bus_capacity());
     let collector = build_collector(&cfg, &bus)?;
     let listener = bind(cfg.collector.listen, "ingest API").await?;
     collector.serve(listener, shutdown_signal()).await?;
@@ -685,7 +632,9 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let (mut cfg, token) = demo_config(&args)?;
     if args.file.config.is_none() {
         // Quick feedback for a first look: files within seconds, minutes published often.
-        cfg.sinks.standard.max_age = Duration::from_secs(10);
+        if let Some(standard) = cfg.sinks.standard_mut() {
+            standard.max_age = Duration::from_secs(10);
+        }
         cfg.collector.metrics_interval = Duration::from_secs(2);
         cfg.dashboard.alarm_interval = Duration::from_secs(5);
         // The alarm a new user should see fire and clear with the built-in 5xx bursts.
@@ -704,7 +653,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             });
     }
     set_shutdown_budget(cfg.collector.shutdown_timeout);
-    let bus = Bus::new(cfg.sinks.realtime.bus_capacity);
+    let bus = Bus::new(cfg.sinks.bus_capacity());
     let collector = build_collector(&cfg, &bus)?;
     let ingest = bind(cfg.collector.listen, "ingest API").await?;
     let dashboard = bind(cfg.dashboard.listen, "dashboard").await?;

@@ -25,7 +25,7 @@ pub use json::{
 pub use reject::{
     DEFAULT_MAX_FIELD_BYTES, DEFAULT_MAX_LINE_BYTES, MAX_LIMIT_BYTES, RejectKind, check_limits,
 };
-pub use sampler::{Destination, Rates, SAMPLER_SEED, SamplingConfig, keep, sample_point};
+pub use sampler::{Rates, SAMPLER_SEED, SamplingConfig, keep, sample_point};
 pub use sketch::LatencySketch;
 pub use value::{FieldKind, MAX_SECONDS, ParseValue, Value};
 

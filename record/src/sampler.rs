@@ -12,16 +12,6 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 /// Never change: changing it changes every sampling decision ever made.
 pub const SAMPLER_SEED: u64 = 0x6564_6765_6c6f_6721;
 
-/// Where sampled records go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Destination {
-    /// Parquet standard logs.
-    Standard,
-    /// The real-time stream.
-    Realtime,
-}
-
 /// The point in `[0, 2^64)` where a request id falls.
 pub fn sample_point(request_id: &str) -> u64 {
     xxh3_64_with_seed(request_id.as_bytes(), SAMPLER_SEED)
@@ -40,28 +30,21 @@ pub fn keep(request_id: &str, rate_percent: f64) -> bool {
     u128::from(sample_point(request_id)) < threshold
 }
 
-fn default_rate() -> f64 {
-    100.0
-}
+/// Sampling rates in percent, by sink name (`standard = 100`, `realtime = 10`); a sink
+/// without one is given every record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Rates(pub BTreeMap<String, f64>);
 
-/// Sampling rates for one distribution, in percent.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rates {
-    /// Percent of records written to standard logs (0 to 100, fractions allowed).
-    #[serde(default = "default_rate")]
-    pub standard: f64,
-    /// Percent of records sent to the real-time stream (0 to 100, fractions allowed).
-    #[serde(default = "default_rate")]
-    pub realtime: f64,
-}
+impl Rates {
+    /// The rate for sink `sink` (100 when not given).
+    pub fn rate(&self, sink: &str) -> f64 {
+        self.0.get(sink).copied().unwrap_or(100.0)
+    }
 
-impl Default for Rates {
-    fn default() -> Self {
-        Rates {
-            standard: 100.0,
-            realtime: 100.0,
-        }
+    /// Rates from `(sink, percent)` pairs.
+    pub fn of<'a>(pairs: impl IntoIterator<Item = (&'a str, f64)>) -> Rates {
+        Rates(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
     }
 }
 
@@ -78,10 +61,16 @@ pub struct SamplingConfig {
 }
 
 impl SamplingConfig {
-    /// Checks every rate is within 0 to 100; names the offending key.
-    pub fn validate(&self) -> Result<(), String> {
-        let check = |key: String, r: f64| {
-            if (0.0..=100.0).contains(&r) {
+    /// Checks every rate is within 0 to 100 and names one of `sinks` (a typo would
+    /// otherwise sample nothing); names the offending key.
+    pub fn validate(&self, sinks: &[&str]) -> Result<(), String> {
+        let check = |key: String, sink: &str, r: f64| {
+            if !sinks.contains(&sink) {
+                Err(format!(
+                    "{key}: no sink is named {sink:?} (sinks: {})",
+                    sinks.join(", ")
+                ))
+            } else if (0.0..=100.0).contains(&r) {
                 Ok(())
             } else {
                 Err(format!(
@@ -89,30 +78,29 @@ impl SamplingConfig {
                 ))
             }
         };
-        check("sampling.default.standard".into(), self.default.standard)?;
-        check("sampling.default.realtime".into(), self.default.realtime)?;
-        for (id, r) in &self.distributions {
-            check(format!("sampling.distributions.{id}.standard"), r.standard)?;
-            check(format!("sampling.distributions.{id}.realtime"), r.realtime)?;
+        for (sink, r) in &self.default.0 {
+            check(format!("sampling.default.{sink}"), sink, *r)?;
+        }
+        for (id, rates) in &self.distributions {
+            for (sink, r) in &rates.0 {
+                check(format!("sampling.distributions.{id}.{sink}"), sink, *r)?;
+            }
         }
         Ok(())
     }
 
-    /// The rate (percent) for a distribution and destination.
-    pub fn rate(&self, distribution: &str, dest: Destination) -> f64 {
-        let r = self
-            .distributions
-            .get(distribution)
-            .unwrap_or(&self.default);
-        match dest {
-            Destination::Standard => r.standard,
-            Destination::Realtime => r.realtime,
+    /// The rate (percent) for a distribution and sink.
+    pub fn rate(&self, distribution: &str, sink: &str) -> f64 {
+        match self.distributions.get(distribution) {
+            // A distribution's table overrides only the sinks it names.
+            Some(r) if r.0.contains_key(sink) => r.rate(sink),
+            _ => self.default.rate(sink),
         }
     }
 
-    /// `Some(rate)` when the record is kept for `dest`.
-    pub fn decide(&self, distribution: &str, request_id: &str, dest: Destination) -> Option<f64> {
-        let rate = self.rate(distribution, dest);
+    /// `Some(rate)` when the record is kept for `sink`.
+    pub fn decide(&self, distribution: &str, request_id: &str, sink: &str) -> Option<f64> {
+        let rate = self.rate(distribution, sink);
         keep(request_id, rate).then_some(rate)
     }
 }

@@ -1,6 +1,6 @@
 //! The sampler: rate accuracy, determinism, subsets.
 
-use edgelog_record::{Destination, SamplingConfig, derive_request_id, keep, sample_point};
+use edgelog_record::{SamplingConfig, derive_request_id, keep, sample_point};
 use proptest::prelude::*;
 
 fn ids(n: u64) -> impl Iterator<Item = String> {
@@ -40,16 +40,38 @@ fn per_distribution_rates_override_the_default() {
         r#"{"default":{"standard":100,"realtime":10},"distributions":{"E2":{"realtime":25}}}"#,
     )
     .expect("valid config");
-    cfg.validate().expect("rates in range");
-    assert_eq!(cfg.rate("E1", Destination::Realtime), 10.0);
-    assert_eq!(cfg.rate("E2", Destination::Realtime), 25.0);
-    assert_eq!(cfg.rate("E2", Destination::Standard), 100.0);
+    cfg.validate(&["standard", "realtime"])
+        .expect("rates in range");
+    assert_eq!(cfg.rate("E1", "realtime"), 10.0);
+    assert_eq!(cfg.rate("E2", "realtime"), 25.0);
+    assert_eq!(cfg.rate("E2", "standard"), 100.0);
     let bad: SamplingConfig =
         serde_json::from_str(r#"{"default":{"standard":101}}"#).expect("parses");
     assert!(
-        bad.validate()
+        bad.validate(&["standard", "realtime"])
             .expect_err("101 % is out of range")
             .contains("sampling.default.standard")
+    );
+    let typo: SamplingConfig =
+        serde_json::from_str(r#"{"distributions":{"E2":{"realtme":5}}}"#).expect("parses");
+    let e = typo
+        .validate(&["standard", "realtime"])
+        .expect_err("no sink is named realtme");
+    assert!(e.contains("sampling.distributions.E2.realtme"), "{e}");
+}
+
+#[test]
+fn a_distribution_table_overrides_only_the_sinks_it_names() {
+    let cfg: SamplingConfig = serde_json::from_str(
+        r#"{"default":{"standard":50,"realtime":10},"distributions":{"E2":{"realtime":25}}}"#,
+    )
+    .expect("valid config");
+    assert_eq!(cfg.rate("E2", "standard"), 50.0);
+    assert_eq!(cfg.rate("E2", "realtime"), 25.0);
+    assert_eq!(
+        cfg.rate("E1", "audit"),
+        100.0,
+        "a sink without a rate gets every record"
     );
 }
 

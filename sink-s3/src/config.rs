@@ -80,8 +80,8 @@ impl Default for S3Config {
 }
 
 impl S3Config {
-    fn validate(&self) -> Result<(), String> {
-        let k = "sinks.standard.s3";
+    fn validate(&self, parent: &str) -> Result<(), String> {
+        let k = &format!("{parent}.s3");
         if self.bucket.is_empty() {
             return Err(format!("{k}.bucket: must be set"));
         }
@@ -126,9 +126,8 @@ impl Default for StandardLogsConfig {
 }
 
 impl StandardLogsConfig {
-    /// Checks the settings; errors name the key.
-    pub fn validate(&self) -> Result<(), String> {
-        let k = "sinks.standard";
+    /// Checks the settings; errors name the key, under `k` (`sinks.standard`).
+    pub fn validate(&self, k: &str) -> Result<(), String> {
         if self.prefix.starts_with('/') || self.prefix.ends_with('/') {
             return Err(format!("{k}.prefix: must not start or end with '/'"));
         }
@@ -169,7 +168,7 @@ impl StandardLogsConfig {
             return Err(format!("{k}.zstd_level: must be from 1 to 22"));
         }
         if let Some(s3) = &self.s3 {
-            s3.validate()?;
+            s3.validate(k)?;
         }
         Ok(())
     }

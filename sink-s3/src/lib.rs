@@ -8,6 +8,8 @@ mod sink;
 use std::path::Path;
 use std::sync::Arc;
 
+use edgelog_collector::{Sink, SinkConfig, SinkContext, SinkError};
+
 pub use config::{DEFAULT_TEMPLATE, S3Config, StandardLogsConfig};
 pub use schema::{Columns, SAMPLE_RATE_COLUMN, schema, to_batch};
 pub use sink::{BATCH_ROWS, StandardLogError, StandardLogSink};
@@ -61,4 +63,57 @@ pub fn s3_store(cfg: &S3Config) -> Result<Arc<dyn object_store::ObjectStore>, ob
         b = b.with_token(t);
     }
     Ok(Arc::new(b.build()?))
+}
+
+impl SinkConfig for StandardLogsConfig {
+    fn build(&self, cx: &SinkContext) -> Result<Box<dyn Sink>, SinkError> {
+        let store = match &self.s3 {
+            Some(s3) => s3_store(s3).map_err(|e| {
+                SinkError::misconfigured(format!("cannot use bucket {}", s3.bucket)).with_source(e)
+            })?,
+            // The store's root is the data dir; the prefix goes under it, the same key
+            // layout as in a bucket.
+            None => local_store(&cx.data_dir).map_err(|e| {
+                SinkError::misconfigured(format!("cannot use {}", cx.data_dir.display()))
+                    .with_source(e)
+            })?,
+        };
+        let state = cx
+            .data_dir
+            .join("state")
+            .join(format!("{}-watermarks.json", cx.name));
+        let mut sink = StandardLogSink::new(self.clone(), &cx.collector_id, store)
+            .with_state_file(&state)
+            .map_err(|e| {
+                SinkError::misconfigured(format!("cannot read {}", state.display())).with_source(e)
+            })?
+            .with_dead_letters(cx.dead_letters.clone());
+        if self.s3.is_none() {
+            sink = sink.with_local_root(&cx.data_dir);
+        }
+        Ok(Box::new(sink))
+    }
+
+    fn describe(&self, cx: &SinkContext) -> String {
+        match &self.s3 {
+            Some(s3) => format!(
+                "parquet files in s3://{}/{} at {}",
+                s3.bucket,
+                self.prefix,
+                s3.endpoint.as_deref().unwrap_or("AWS")
+            ),
+            None => format!(
+                "parquet files in {}",
+                cx.data_dir.join(&self.prefix).display()
+            ),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn validate(&self, key: &str) -> Result<(), String> {
+        StandardLogsConfig::validate(self, key)
+    }
 }

@@ -17,8 +17,8 @@ use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use bytes::Bytes;
 use edgelog_collector::state_file::blocking as cpu;
-use edgelog_collector::{DeadLetters, Entry, Seq, Sink, SinkError};
-use edgelog_record::{Destination, Record, SCHEMA_VERSION, SamplingConfig, time};
+use edgelog_collector::{Batch, DeadLetters, Kept, Seq, Sink, SinkError};
+use edgelog_record::{Record, SCHEMA_VERSION, time};
 use object_store::WriteMultipart;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -107,7 +107,6 @@ pub enum StandardLogError {
 pub struct StandardLogSink {
     cfg: StandardLogsConfig,
     collector_id: String,
-    sampling: SamplingConfig,
     store: Arc<dyn ObjectStore>,
     schema: SchemaRef,
     props: WriterProperties,
@@ -183,9 +182,10 @@ impl Watermarks {
             return Ok(());
         };
         let bytes = serde_json::to_vec(&self.by_partition)
-            .map_err(|e| SinkError::Unavailable(format!("cannot encode watermarks: {e}")))?;
-        edgelog_collector::state_file::write_atomic(path, &bytes)
-            .map_err(|e| SinkError::Unavailable(format!("cannot save {}: {e}", path.display())))
+            .map_err(|e| SinkError::unavailable("cannot encode watermarks").with_source(e))?;
+        edgelog_collector::state_file::write_atomic(path, &bytes).map_err(|e| {
+            SinkError::unavailable(format!("cannot save {}", path.display())).with_source(e)
+        })
     }
 }
 
@@ -200,23 +200,15 @@ fn render_partition(template: &str, key: &PartitionKey) -> String {
 }
 
 fn encode_err(key: &PartitionKey, source: parquet::errors::ParquetError) -> SinkError {
-    SinkError::Misconfigured(
-        StandardLogError::Encode {
-            partition: format!("{}/{}", key.distribution, key.hour_ms),
-            source,
-        }
-        .to_string(),
-    )
+    SinkError::misconfigured("cannot write a parquet file").with_source(StandardLogError::Encode {
+        partition: format!("{}/{}", key.distribution, key.hour_ms),
+        source,
+    })
 }
 
 impl StandardLogSink {
     /// A sink writing into `store`. Settings must have been validated.
-    pub fn new(
-        cfg: StandardLogsConfig,
-        collector_id: &str,
-        sampling: SamplingConfig,
-        store: Arc<dyn ObjectStore>,
-    ) -> Self {
+    pub fn new(cfg: StandardLogsConfig, collector_id: &str, store: Arc<dyn ObjectStore>) -> Self {
         let level = ZstdLevel::try_new(cfg.zstd_level).unwrap_or_default();
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
@@ -232,7 +224,6 @@ impl StandardLogSink {
         StandardLogSink {
             cfg,
             collector_id: collector_id.to_owned(),
-            sampling,
             store,
             schema: schema::schema(),
             props,
@@ -328,14 +319,14 @@ impl StandardLogSink {
     async fn upload_ready(&mut self) -> Result<(), SinkError> {
         while let Some(file) = self.ready.first() {
             if let Err(e) = upload(self.store.as_ref(), &file.path, file.bytes.clone()).await {
-                return Err(SinkError::Unavailable(format!(
-                    "cannot upload {}: {e}",
-                    file.path
-                )));
+                return Err(
+                    SinkError::unavailable(format!("cannot upload {}", file.path)).with_source(e),
+                );
             }
             if let Some(root) = &self.local_root {
                 cpu(|| fsync_local(root, &file.path)).map_err(|e| {
-                    SinkError::Unavailable(format!("cannot make {} durable: {e}", file.path))
+                    SinkError::unavailable(format!("cannot make {} durable", file.path))
+                        .with_source(e)
                 })?;
             }
             tracing::debug!(object = %file.path, rows = file.rows, bytes = file.bytes.len(), "standard log file written");
@@ -367,44 +358,44 @@ impl StandardLogSink {
         self.upload_ready().await
     }
 
-    /// Stores the entry's records that can never be encoded as dead letters, first, so a
+    /// Stores the batch's records that can never be encoded as dead letters, first, so a
     /// failure to store them leaves the entry untaken for the retry. Returns their indices.
-    fn dead_letter_unencodable(&self, entry: &Entry) -> Result<Vec<usize>, SinkError> {
-        let mut refused: Vec<(usize, String)> = Vec::new();
-        for (i, r) in entry.records.iter().enumerate() {
-            if let Err(why) = schema::check_encodable(r) {
-                refused.push((i, why));
+    fn dead_letter_unencodable(&self, batch: &Batch<'_>) -> Result<Vec<usize>, SinkError> {
+        let mut refused: Vec<(Kept<'_>, String)> = Vec::new();
+        for k in batch.records() {
+            if let Err(why) = schema::check_encodable(k.record) {
+                refused.push((k, why));
             }
         }
         if refused.is_empty() {
             return Ok(Vec::new());
         }
         let Some(dl) = &self.dead_letters else {
-            return Err(SinkError::Misconfigured(refused.swap_remove(0).1));
+            return Err(SinkError::misconfigured(refused.swap_remove(0).1));
         };
-        let records: Vec<&Record> = refused.iter().map(|(i, _)| &entry.records[*i]).collect();
+        let records: Vec<&Record> = refused.iter().map(|(k, _)| k.record).collect();
         let why = refused[0].1.clone();
-        dl.put(entry.seq, "encode_error", &why, &records)?;
-        Ok(refused.into_iter().map(|(i, _)| i).collect())
+        dl.put(batch.seq(), "encode_error", &why, &records)?;
+        Ok(refused.into_iter().map(|(k, _)| k.index).collect())
     }
 
-    fn take(&mut self, entry: &Entry) -> Result<(), SinkError> {
-        let refused = self.dead_letter_unencodable(entry)?;
+    fn take(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
+        let entry = batch.entry;
+        let refused = self.dead_letter_unencodable(batch)?;
         // The sampled rows, grouped by partition (in their order within it): a partition
         // is complete for this entry once its group is taken, so files can be closed
         // between groups when too many are open, without a later row of the same entry
         // landing in a file behind an uploaded one.
         let mut picks: Vec<(usize, i64, f64)> = Vec::new();
-        for (i, r) in entry.records.iter().enumerate() {
+        for Kept {
+            index: i,
+            record: r,
+            rate,
+        } in batch.records()
+        {
             if refused.contains(&i) {
                 continue;
             }
-            let Some(rate) =
-                self.sampling
-                    .decide(&r.distribution_id, r.request_id(), Destination::Standard)
-            else {
-                continue;
-            };
             let hour_ms = r.timestamp_ms - r.timestamp_ms.rem_euclid(3_600_000);
             if entry.seq <= self.watermarks.get(&r.distribution_id, hour_ms) {
                 continue; // uploaded before a crash
@@ -487,12 +478,11 @@ fn encode_batch(schema: &SchemaRef, key: &PartitionKey, f: &mut OpenFile) -> Res
         return Ok(());
     }
     let batch = f.columns.finish(schema, f.sample_rate).map_err(|source| {
-        SinkError::Misconfigured(
+        SinkError::misconfigured("cannot build a parquet batch").with_source(
             StandardLogError::Batch {
                 partition: format!("{}/{}", key.distribution, key.hour_ms),
                 source,
-            }
-            .to_string(),
+            },
         )
     })?;
     cpu(|| f.writer.write(&batch)).map_err(|e| encode_err(key, e))
@@ -522,12 +512,12 @@ fn push(f: &mut OpenFile, r: &Record, seq: Seq) {
 
 #[async_trait]
 impl Sink for StandardLogSink {
-    async fn write(&mut self, entry: &Entry) -> Result<(), SinkError> {
+    async fn write(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
         // Taking an entry is separate from closing files, so a retry after a failed
         // upload does not take the same rows twice.
-        if entry.seq > self.taken {
-            self.take(entry)?;
-            self.taken = entry.seq;
+        if batch.seq() > self.taken {
+            self.take(batch)?;
+            self.taken = batch.seq();
         }
         let (max_rows, max_bytes) = (self.cfg.max_rows, self.cfg.max_bytes as usize);
         self.close_where(|f| f.rows >= max_rows || f.memory() >= max_bytes)

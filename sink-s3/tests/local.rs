@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use edgelog_collector::{Batch, Sampler};
 use edgelog_collector::{Entry, Sink};
 use edgelog_edge::{ErrorMix, Generator};
 use edgelog_record::SamplingConfig;
@@ -42,12 +43,7 @@ async fn hundred_distributions_stay_within_the_memory_bound_and_lose_nothing() {
         max_age: Duration::from_secs(3600),
         ..StandardLogsConfig::default()
     };
-    let mut sink = StandardLogSink::new(
-        cfg,
-        "c1",
-        SamplingConfig::default(),
-        local_store(dir.path()).expect("store"),
-    );
+    let mut sink = StandardLogSink::new(cfg, "c1", local_store(dir.path()).expect("store"));
     let mut g = Generator::new(3, 100, 8);
     let mut total = 0;
     for seq in 1..=100u64 {
@@ -61,13 +57,12 @@ async fn hundred_distributions_stay_within_the_memory_bound_and_lose_nothing() {
             })
             .collect();
         total += recs.len();
-        sink.write(&Entry {
+        let entry = Entry {
             seq,
             appended_ms: 0,
             records: Arc::new(recs),
-        })
-        .await
-        .expect("write");
+        };
+        sink.write(&Batch::all(&entry)).await.expect("write");
     }
     sink.flush().await.expect("flush");
     assert_eq!(sink.delivered(), 100);
@@ -100,20 +95,19 @@ async fn nothing_in_means_no_file_and_the_position_still_moves() {
     let mut sink = StandardLogSink::new(
         StandardLogsConfig::default(),
         "c1",
-        sampling,
         local_store(dir.path()).expect("store"),
     );
     let mut g = Generator::new(1, 2, 2);
     let recs: Vec<_> = (0..100)
         .map(|i| g.record(1_764_000_000_000, i, ErrorMix::default()))
         .collect();
-    sink.write(&Entry {
+    let entry = Entry {
         seq: 7,
         appended_ms: 0,
         records: Arc::new(recs),
-    })
-    .await
-    .expect("write");
+    };
+    let mut sampler = Sampler::new(&sampling, "standard");
+    sink.write(&sampler.batch(&entry)).await.expect("write");
     sink.flush().await.expect("flush");
     assert_eq!(sink.delivered(), 7);
     assert!(files(dir.path()).is_empty());
@@ -171,14 +165,9 @@ async fn a_crash_at_any_point_leaves_every_row_exactly_once() {
                 max_age,
                 ..StandardLogsConfig::default()
             };
-            StandardLogSink::new(
-                cfg,
-                "c1",
-                SamplingConfig::default(),
-                local_store(dir.path()).expect("store"),
-            )
-            .with_state_file(&state)
-            .expect("state")
+            StandardLogSink::new(cfg, "c1", local_store(dir.path()).expect("store"))
+                .with_state_file(&state)
+                .expect("state")
         };
         let mut g = Generator::new(9, 3, 4);
         let all: Vec<Entry> = (1..=ENTRIES).map(|s| entry(s, &mut g)).collect();
@@ -189,7 +178,7 @@ async fn a_crash_at_any_point_leaves_every_row_exactly_once() {
         let mut first = make(Duration::from_millis(5));
         let mut saved = 0;
         for e in &all[..crash_after as usize] {
-            first.write(e).await.expect("write");
+            first.write(&Batch::all(e)).await.expect("write");
             if e.seq % 2 == 0 {
                 first.tick().await.expect("tick");
             }
@@ -210,7 +199,7 @@ async fn a_crash_at_any_point_leaves_every_row_exactly_once() {
         // Second life: replays from the saved position and closes files elsewhere.
         let mut second = make(Duration::from_secs(3600));
         for e in &all[saved as usize..] {
-            second.write(e).await.expect("write");
+            second.write(&Batch::all(e)).await.expect("write");
         }
         second.flush().await.expect("flush");
 
@@ -237,12 +226,7 @@ async fn one_body_of_thousands_of_partitions_keeps_few_files_open_and_loses_noth
         max_age: Duration::from_secs(3600),
         ..StandardLogsConfig::default()
     };
-    let mut sink = StandardLogSink::new(
-        cfg,
-        "c1",
-        SamplingConfig::default(),
-        local_store(dir.path()).expect("store"),
-    );
+    let mut sink = StandardLogSink::new(cfg, "c1", local_store(dir.path()).expect("store"));
     // 3,000 records, each its own (distribution, hour), interleaved with a partition that
     // recurs through the body: its rows must all land, whatever is closed in between.
     let mut recs = Vec::new();
@@ -268,7 +252,7 @@ async fn one_body_of_thousands_of_partitions_keeps_few_files_open_and_loses_noth
         appended_ms: 0,
         records: Arc::new(recs),
     };
-    sink.write(&entry).await.expect("write");
+    sink.write(&Batch::all(&entry)).await.expect("write");
     sink.flush().await.expect("flush");
     assert_eq!(sink.delivered(), 1);
     let written: usize = files(dir.path()).iter().map(|p| rows(p)).sum();

@@ -92,9 +92,8 @@ const OWNED_OPTIONS: &[&str] = &[
 ];
 
 impl RealtimeConfig {
-    /// Checks the settings; errors name the key.
-    pub fn validate(&self) -> Result<(), String> {
-        let k = "sinks.realtime";
+    /// Checks the settings; errors name the key, under `k` (`sinks.realtime`).
+    pub fn validate(&self, k: &str) -> Result<(), String> {
         // Each slot is allocated up front: a bound keeps a typo from taking the memory.
         if self.bus_capacity == 0 || self.bus_capacity > 1 << 20 {
             return Err(format!(
@@ -108,15 +107,14 @@ impl RealtimeConfig {
                 .map_err(|n| format!("{k}.distributions.{id}.fields: unknown field {n:?}"))?;
         }
         if let Some(kafka) = &self.kafka {
-            kafka.validate()?;
+            kafka.validate(&format!("{k}.kafka"))?;
         }
         Ok(())
     }
 }
 
 impl KafkaConfig {
-    fn validate(&self) -> Result<(), String> {
-        let k = "sinks.realtime.kafka";
+    fn validate(&self, k: &str) -> Result<(), String> {
         if self.bootstrap_servers.trim().is_empty() {
             return Err(format!("{k}.bootstrap_servers: must be set"));
         }
@@ -199,12 +197,15 @@ mod tests {
             ..RealtimeConfig::default()
         };
         assert!(
-            c.validate()
+            c.validate("sinks.realtime")
                 .is_err_and(|e| e.contains("sinks.realtime.fields"))
         );
         c.fields.clear();
         c.kafka = Some(KafkaConfig::default());
-        assert!(c.validate().is_err_and(|e| e.contains("bootstrap_servers")));
+        assert!(
+            c.validate("sinks.realtime")
+                .is_err_and(|e| e.contains("bootstrap_servers"))
+        );
         let kafka = KafkaConfig {
             bootstrap_servers: "127.0.0.1:9092".into(),
             options: [("acks".to_owned(), "1".to_owned())].into(),
@@ -212,7 +213,7 @@ mod tests {
         };
         c.kafka = Some(kafka);
         assert!(
-            c.validate()
+            c.validate("sinks.realtime")
                 .is_err_and(|e| e.contains("sinks.realtime.kafka.options.acks"))
         );
     }

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use edgelog_collector::{DeadLetters, Entry, Seq, Sink, SinkError};
-use edgelog_record::{Destination, SCHEMA_VERSION, SamplingConfig};
+use edgelog_collector::{Batch, DeadLetters, Kept, Seq, Sink, SinkError};
+use edgelog_record::SCHEMA_VERSION;
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -197,7 +197,6 @@ pub struct KafkaSink {
     inflight: Arc<Mutex<Inflight>>,
     topic: String,
     encoder: Encoder,
-    sampling: SamplingConfig,
     /// Every entry up to here has all its messages handed to the producer.
     written: Seq,
     /// Records of entry `.0` before index `.1` are already handed over (a write that
@@ -215,7 +214,6 @@ impl KafkaSink {
         cfg: &RealtimeConfig,
         kafka: &KafkaConfig,
         client_id: &str,
-        sampling: SamplingConfig,
     ) -> Result<KafkaSink, KafkaSinkError> {
         let encoder = Encoder::new(cfg)
             .map_err(|n| KafkaSinkError::Config(format!("unknown field {n:?}")))?;
@@ -235,7 +233,6 @@ impl KafkaSink {
             inflight,
             topic: kafka.topic.clone(),
             encoder,
-            sampling,
             written: 0,
             resume: (0, 0),
             buf: Vec::with_capacity(2048),
@@ -312,10 +309,11 @@ impl KafkaSink {
                     {
                         return Ok(Err(why));
                     }
-                    return Err(SinkError::Misconfigured(format!(
-                        "cannot produce to kafka topic {}: {e}",
+                    return Err(SinkError::misconfigured(format!(
+                        "cannot produce to kafka topic {}",
                         self.topic
-                    )));
+                    ))
+                    .with_source(e));
                 }
             }
         }
@@ -376,7 +374,7 @@ impl KafkaSink {
         let Some(dl) = &self.dead_letters else {
             let why = refused.first().map(|r| r.2.clone()).unwrap_or_default();
             lock(&self.inflight).refused = refused;
-            return Err(SinkError::Misconfigured(why));
+            return Err(SinkError::misconfigured(why));
         };
         let mut it = refused.into_iter();
         while let Some((seq, msg, why)) = it.next() {
@@ -399,7 +397,7 @@ impl KafkaSink {
             Some(e)
                 if !s.outstanding.is_empty() || !s.failed.is_empty() || !s.refused.is_empty() =>
             {
-                Err(SinkError::Unavailable(e.clone()))
+                Err(SinkError::unavailable(e.clone()))
             }
             _ => Ok(()),
         }
@@ -441,23 +439,23 @@ fn check_topic(
 
 #[async_trait]
 impl Sink for KafkaSink {
-    async fn write(&mut self, entry: &Entry) -> Result<(), SinkError> {
-        if entry.seq <= self.written {
+    async fn write(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
+        let seq = batch.seq();
+        if seq <= self.written {
             return Ok(());
         }
         self.resend_failed().await?;
-        let start = if self.resume.0 == entry.seq {
+        let start = if self.resume.0 == seq {
             self.resume.1
         } else {
             0
         };
-        for (i, r) in entry.records.iter().enumerate().skip(start) {
-            let Some(rate) =
-                self.sampling
-                    .decide(&r.distribution_id, r.request_id(), Destination::Realtime)
-            else {
-                continue;
-            };
+        for Kept {
+            index: i,
+            record: r,
+            rate,
+        } in batch.records().filter(|k| k.index >= start)
+        {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
             let sel = self.encoder.selection(&r.distribution_id);
@@ -466,8 +464,8 @@ impl Sink for KafkaSink {
             // The message's timestamp is when the collector logged (and acknowledged) it.
             let result = self
                 .produce(
-                    entry.seq,
-                    entry.appended_ms as i64,
+                    seq,
+                    batch.appended_ms() as i64,
                     r.distribution_id.as_bytes(),
                     &buf,
                     headers,
@@ -478,19 +476,19 @@ impl Sink for KafkaSink {
                 Ok(Err(why)) => match &self.dead_letters {
                     Some(dl) => {
                         let why = format!("{why}; the message has {} bytes", buf.len());
-                        dl.put(entry.seq, "message_too_large", &why, &[r])
+                        dl.put(seq, "message_too_large", &why, &[r])
                     }
-                    None => Err(SinkError::Misconfigured(why)),
+                    None => Err(SinkError::misconfigured(why)),
                 },
                 Err(e) => Err(e),
             };
             self.buf = buf;
             if let Err(e) = stored {
-                self.resume = (entry.seq, i);
+                self.resume = (seq, i);
                 return Err(e);
             }
         }
-        self.written = entry.seq;
+        self.written = seq;
         Ok(())
     }
 
@@ -504,17 +502,18 @@ impl Sink for KafkaSink {
         let p = self.producer.clone();
         let flushed = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(5)))
             .await
-            .map_err(|e| SinkError::Unavailable(format!("kafka flush task failed: {e}")))?;
+            .map_err(|e| SinkError::unavailable("kafka flush task failed").with_source(e))?;
         self.resend_failed().await?;
         let waiting: usize = lock(&self.inflight).outstanding.values().sum();
         match flushed {
             Ok(()) if waiting == 0 => Ok(()),
-            Ok(()) => Err(SinkError::Unavailable(format!(
+            Ok(()) => Err(SinkError::unavailable(format!(
                 "{waiting} kafka messages not delivered yet"
             ))),
-            Err(e) => Err(SinkError::Unavailable(format!(
-                "{waiting} kafka messages not delivered yet: {e}"
-            ))),
+            Err(e) => Err(SinkError::unavailable(format!(
+                "{waiting} kafka messages not delivered yet"
+            ))
+            .with_source(e)),
         }
     }
 

@@ -93,12 +93,12 @@ impl Publisher for KafkaPublisher {
         let mut pending = Vec::with_capacity(updates.len());
         for u in &updates {
             let payload = serde_json::to_vec(u)
-                .map_err(|e| SinkError::Unavailable(format!("cannot encode an aggregate: {e}")))?;
+                .map_err(|e| SinkError::unavailable("cannot encode an aggregate").with_source(e))?;
             let record = FutureRecord::to(&self.topic)
                 .key(u.distribution_id.as_bytes())
                 .payload(&payload);
             let delivery = self.producer.send_result(record).map_err(|(e, _)| {
-                SinkError::Unavailable(format!("kafka metrics topic {}: {e}", self.topic))
+                SinkError::unavailable(format!("kafka metrics topic {}", self.topic)).with_source(e)
             })?;
             pending.push(delivery);
         }
@@ -106,15 +106,14 @@ impl Publisher for KafkaPublisher {
             match d.await {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => {
-                    return Err(SinkError::Unavailable(format!(
-                        "kafka metrics topic {}: {e}",
+                    return Err(SinkError::unavailable(format!(
+                        "kafka metrics topic {}",
                         self.topic
-                    )));
+                    ))
+                    .with_source(e));
                 }
                 Err(_) => {
-                    return Err(SinkError::Unavailable(
-                        "kafka producer dropped a delivery".into(),
-                    ));
+                    return Err(SinkError::unavailable("kafka producer dropped a delivery"));
                 }
             }
         }

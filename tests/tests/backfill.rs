@@ -112,7 +112,7 @@ fn a_day_of_1000_distributions_reaches_the_reader_whole() -> anyhow::Result<()> 
                 appended_ms: 0,
                 records: Arc::new(records),
             };
-            agg.write(&entry).await?;
+            agg.write(&edgelog_collector::Batch::all(&entry)).await?;
         }
         agg.flush().await?;
         anyhow::Ok(())

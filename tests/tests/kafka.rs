@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Context;
-use edgelog_record::{
-    Destination, FIELDS, KeyCache, Record, SamplingConfig, field_index, parse_json_line, w3c,
-};
+use edgelog_record::{FIELDS, KeyCache, Record, SamplingConfig, field_index, parse_json_line, w3c};
 use edgelog_sink_stream::{HEADER_FIELDS, HEADER_FORMAT, HEADER_SAMPLE_RATE, parse_tsv_timestamp};
 use edgelog_tests::servers::{Consumed, Tansu, consume};
 use edgelog_tests::{CollectorProc, http_get, send_generated, spawn_edge};
@@ -19,10 +17,7 @@ fn sampling(distribution: &str, rate: f64) -> SamplingConfig {
     SamplingConfig {
         distributions: [(
             distribution.to_owned(),
-            edgelog_record::Rates {
-                standard: 100.0,
-                realtime: rate,
-            },
+            edgelog_record::Rates::of([("standard", 100.0), ("realtime", rate)]),
         )]
         .into(),
         ..SamplingConfig::default()
@@ -56,7 +51,7 @@ fn sampled_records_reach_the_topic_exactly_once_and_in_order() -> anyhow::Result
         .iter()
         .filter(|r| {
             sampling
-                .decide(&r.distribution_id, r.request_id(), Destination::Realtime)
+                .decide(&r.distribution_id, r.request_id(), "realtime")
                 .is_some()
         })
         .collect();
