@@ -242,4 +242,18 @@ mod tests {
         };
         assert!(!r.enabled);
     }
+
+    #[test]
+    fn the_configuration_in_the_readme_loads_as_documented() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Configuration").expect("section")..];
+        let start = section.find("```toml\n").expect("a toml block") + 8;
+        let block = &section[start..];
+        let toml = &block[..block.find("```").expect("block end")];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("readme.toml");
+        std::fs::write(&path, toml).expect("write");
+        let cfg = Config::load(Some(&path), &[]).expect("the README's configuration");
+        assert_eq!(cfg.sinks.names(), ["audit", "realtime", "standard"]);
+    }
 }
