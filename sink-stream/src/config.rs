@@ -82,6 +82,24 @@ impl Default for RealtimeConfig {
     }
 }
 
+/// The checks every Kafka table shares: brokers given, a topic name Kafka accepts.
+pub(crate) fn check_brokers_and_topic(k: &str, servers: &str, topic: &str) -> Result<(), String> {
+    if servers.trim().is_empty() {
+        return Err(format!("{k}.bootstrap_servers: must be set"));
+    }
+    let topic_ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !topic_ok {
+        return Err(format!(
+            "{k}.topic: {topic:?} is not a valid topic name (letters, digits, '.', '_', '-')"
+        ));
+    }
+    Ok(())
+}
+
 /// Properties edgelog sets itself: delivery guarantees depend on them.
 const OWNED_OPTIONS: &[&str] = &[
     "bootstrap.servers",
@@ -115,21 +133,7 @@ impl RealtimeConfig {
 
 impl KafkaConfig {
     fn validate(&self, k: &str) -> Result<(), String> {
-        if self.bootstrap_servers.trim().is_empty() {
-            return Err(format!("{k}.bootstrap_servers: must be set"));
-        }
-        let topic_ok = !self.topic.is_empty()
-            && self.topic.len() <= 249
-            && self
-                .topic
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !topic_ok {
-            return Err(format!(
-                "{k}.topic: {:?} is not a valid topic name (letters, digits, '.', '_', '-')",
-                self.topic
-            ));
-        }
+        check_brokers_and_topic(k, &self.bootstrap_servers, &self.topic)?;
         if !["none", "lz4", "zstd"].contains(&self.compression.as_str()) {
             return Err(format!(
                 "{k}.compression: {:?} is not none, lz4 or zstd",

@@ -42,13 +42,7 @@ impl Default for MetricsKafkaConfig {
 impl MetricsKafkaConfig {
     /// Checks the settings; errors name the key (under `prefix`).
     pub fn validate(&self, prefix: &str) -> Result<(), String> {
-        if self.bootstrap_servers.trim().is_empty() {
-            return Err(format!("{prefix}.bootstrap_servers: must be set"));
-        }
-        if self.topic.is_empty() {
-            return Err(format!("{prefix}.topic: must be set"));
-        }
-        Ok(())
+        crate::config::check_brokers_and_topic(prefix, &self.bootstrap_servers, &self.topic)
     }
 
     fn client(&self) -> ClientConfig {
