@@ -4,6 +4,7 @@
 mod config;
 mod schema;
 mod sink;
+mod spool;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use edgelog_collector::{Sink, SinkConfig, SinkContext, SinkError};
 
 pub use config::{DEFAULT_TEMPLATE, S3Config, StandardLogsConfig};
 pub use schema::{Columns, SAMPLE_RATE_COLUMN, schema, to_batch};
-pub use sink::{BATCH_ROWS, StandardLogError, StandardLogSink};
+pub use sink::{ROW_GROUP_BYTES, StandardLogError, StandardLogSink};
 
 /// The embedded default: files under a local directory, the same layout as on S3.
 pub fn local_store(dir: &Path) -> Result<Arc<dyn object_store::ObjectStore>, object_store::Error> {
@@ -87,7 +88,11 @@ impl SinkConfig for StandardLogsConfig {
             .map_err(|e| {
                 SinkError::misconfigured(format!("cannot read {}", state.display())).with_source(e)
             })?
-            .with_dead_letters(cx.dead_letters.clone());
+            .with_dead_letters(cx.dead_letters.clone())
+            .with_spool_dir(&cx.data_dir.join("spool").join(&cx.name))
+            .map_err(|e| {
+                SinkError::misconfigured("cannot make the spool directory").with_source(e)
+            })?;
         if self.s3.is_none() {
             sink = sink.with_local_root(&cx.data_dir);
         }

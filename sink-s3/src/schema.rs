@@ -53,18 +53,20 @@ pub struct Columns {
 }
 
 impl Default for Columns {
+    /// Empty builders that allocate nothing until a row comes: thousands of open files
+    /// each start this way.
     fn default() -> Self {
         Columns {
             timestamps: Vec::new(),
             columns: FIELDS
                 .iter()
                 .map(|f| match f.kind {
-                    FieldKind::Str => Column::Str(StringBuilder::new()),
-                    FieldKind::U16 => Column::I32(Int32Builder::new()),
+                    FieldKind::Str => Column::Str(StringBuilder::with_capacity(0, 0)),
+                    FieldKind::U16 => Column::I32(Int32Builder::with_capacity(0)),
                     FieldKind::U32 | FieldKind::U64 | FieldKind::I64 => {
-                        Column::I64(Int64Builder::new())
+                        Column::I64(Int64Builder::with_capacity(0))
                     }
-                    FieldKind::F64 => Column::F64(Float64Builder::new()),
+                    FieldKind::F64 => Column::F64(Float64Builder::with_capacity(0)),
                 })
                 .collect(),
             bytes: 0,
@@ -112,25 +114,20 @@ impl Columns {
         }
     }
 
-    /// Takes the rows as one batch, sorted by time, and empties the builders.
-    pub fn finish(
-        &mut self,
-        schema: &SchemaRef,
-        sample_rate: f64,
-    ) -> Result<RecordBatch, ArrowError> {
-        let ts = std::mem::take(&mut self.timestamps);
+    /// The rows as one batch, sorted by time; the rows stay (see [`Columns::clear`]).
+    pub fn batch(&self, schema: &SchemaRef, sample_rate: f64) -> Result<RecordBatch, ArrowError> {
+        let ts = &self.timestamps;
         let n = ts.len();
-        self.bytes = 0;
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(FIELDS.len() + 2);
         columns.push(Arc::new(
             TimestampMillisecondArray::from(ts.clone()).with_timezone("UTC"),
         ));
-        for col in &mut self.columns {
+        for col in &self.columns {
             columns.push(match col {
-                Column::Str(b) => Arc::new(b.finish()),
-                Column::I32(b) => Arc::new(b.finish()),
-                Column::I64(b) => Arc::new(b.finish()),
-                Column::F64(b) => Arc::new(b.finish()),
+                Column::Str(b) => Arc::new(b.finish_cloned()),
+                Column::I32(b) => Arc::new(b.finish_cloned()),
+                Column::I64(b) => Arc::new(b.finish_cloned()),
+                Column::F64(b) => Arc::new(b.finish_cloned()),
             });
         }
         columns.push(Arc::new(Float64Array::from(vec![sample_rate; n])));
@@ -144,6 +141,22 @@ impl Columns {
                 .collect::<Result<_, _>>()?;
         }
         RecordBatch::try_new(schema.clone(), columns)
+    }
+
+    /// Drops the rows and the memory they held.
+    pub fn clear(&mut self) {
+        *self = Columns::default();
+    }
+
+    /// Takes the rows as one batch, sorted by time, and empties the builders.
+    pub fn finish(
+        &mut self,
+        schema: &SchemaRef,
+        sample_rate: f64,
+    ) -> Result<RecordBatch, ArrowError> {
+        let batch = self.batch(schema, sample_rate);
+        self.clear();
+        batch
     }
 }
 

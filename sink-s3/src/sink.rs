@@ -1,57 +1,41 @@
 //! The standard-log sink: sampled records per (distribution, event hour) become one
 //! Parquet object each.
 //!
-//! Memory stays near the compressed size: rows wait in Arrow column builders for at most
-//! [`BATCH_ROWS`] rows, then are sorted by time and encoded into the file's in-memory
-//! Parquet writer. A closed file is uploaded from those bytes, and kept for another try
-//! if the upload fails.
+//! Memory holds only rows not yet encoded (Arrow builders, bounded by `max_open_bytes`):
+//! a file's row groups are encoded as they fill into the local [`Spool`], and joined into
+//! the file at close, which then goes up from disk (or is renamed into place for a local
+//! store). A failed upload keeps the file on disk for another try.
 //!
-//! Long (about 570 lines): taking rows, closing files, uploading and the exactly-once
+//! Long (about 600 lines): taking rows, closing files, uploading and the exactly-once
 //! watermarks are one bookkeeping that must change together.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
-use bytes::Bytes;
 use edgelog_collector::state_file::blocking as cpu;
 use edgelog_collector::{Batch, DeadLetters, Kept, Seq, Sink, SinkError};
 use edgelog_record::{Record, SCHEMA_VERSION, time};
-use object_store::WriteMultipart;
+use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::config::StandardLogsConfig;
 use crate::schema::{self, Columns};
+use crate::spool::{self, Spool};
 
-/// Files above this go up as multipart uploads, in parts of this size.
-const MULTIPART_PART_BYTES: usize = 8 << 20;
+/// A file's rows waiting in memory are encoded as a row group at about this size.
+pub const ROW_GROUP_BYTES: usize = 4 << 20;
 
-/// One object, in a single PUT or, when large, a multipart upload (aborted on failure,
-/// so no parts are left behind).
-async fn upload(
-    store: &dyn ObjectStore,
-    path: &ObjectPath,
-    bytes: Bytes,
-) -> Result<(), object_store::Error> {
-    if bytes.len() <= MULTIPART_PART_BYTES {
-        return store.put(path, bytes.into()).await.map(|_| ());
-    }
-    let mut w =
-        WriteMultipart::new_with_chunk_size(store.put_multipart(path).await?, MULTIPART_PART_BYTES);
-    w.put(bytes);
-    // finish() aborts the upload itself when a part or the completion fails.
-    w.finish().await.map(|_| ())
-}
-
-/// Rows gathered, sorted by time, and encoded together.
-pub const BATCH_ROWS: usize = 8192;
+/// Under memory pressure, a file with fewer rows waiting than this is closed rather than
+/// given a row group of its own (many tiny row groups make a poor file).
+const MIN_ROW_GROUP_ROWS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PartitionKey {
@@ -59,10 +43,12 @@ struct PartitionKey {
     hour_ms: i64,
 }
 
-/// A file being filled.
+/// A file being filled: rows in memory, earlier row groups in the spool.
 struct OpenFile {
     columns: Columns,
-    writer: ArrowWriter<Vec<u8>>,
+    /// Row groups written to the spool, one file each, in order.
+    parts: Vec<PathBuf>,
+    part_bytes: u64,
     rows: usize,
     first_seq: Seq,
     /// Entry of the last row taken.
@@ -72,18 +58,25 @@ struct OpenFile {
 }
 
 impl OpenFile {
+    /// Bytes the file holds in memory.
     fn memory(&self) -> usize {
-        // memory_size() is the row group in progress; bytes_written() the ones done.
-        self.columns.bytes() + self.writer.memory_size() + self.writer.bytes_written()
+        self.columns.bytes()
+    }
+
+    /// About the size the file would have if closed now.
+    fn size(&self) -> u64 {
+        self.part_bytes + self.columns.bytes() as u64
     }
 }
 
-/// A finished file waiting for its upload.
+/// A closed file waiting for its upload, on disk.
 struct ReadyFile {
     key: PartitionKey,
     last_seq: Seq,
     path: ObjectPath,
-    bytes: Bytes,
+    /// Its row groups, until they are joined into `local`.
+    parts: Vec<PathBuf>,
+    local: Option<(PathBuf, u64)>,
     rows: usize,
     first_seq: Seq,
 }
@@ -119,9 +112,10 @@ pub struct StandardLogSink {
     watermarks: Watermarks,
     /// Records the encoder refuses go here instead of stalling the sink.
     dead_letters: Option<DeadLetters>,
-    /// The directory behind a local store: each file written is fsynced there, since the
-    /// log forgets its records once the file is reported written.
-    local_root: Option<std::path::PathBuf>,
+    /// The directory behind a local store: files are renamed into it from the spool and
+    /// fsynced there, since the log forgets its records once a file is reported written.
+    local_root: Option<PathBuf>,
+    spool: Spool,
 }
 
 /// Per partition, the last entry whose rows are uploaded: a replay after a crash skips
@@ -199,13 +193,6 @@ fn render_partition(template: &str, key: &PartitionKey) -> String {
         .replace("{HH}", &format!("{h:02}"))
 }
 
-fn encode_err(key: &PartitionKey, source: parquet::errors::ParquetError) -> SinkError {
-    SinkError::misconfigured("cannot write a parquet file").with_source(StandardLogError::Encode {
-        partition: format!("{}/{}", key.distribution, key.hour_ms),
-        source,
-    })
-}
-
 impl StandardLogSink {
     /// A sink writing into `store`. Settings must have been validated.
     pub fn new(cfg: StandardLogsConfig, collector_id: &str, store: Arc<dyn ObjectStore>) -> Self {
@@ -234,7 +221,15 @@ impl StandardLogSink {
             watermarks: Watermarks::default(),
             dead_letters: None,
             local_root: None,
+            spool: Spool::temporary(),
         }
+    }
+
+    /// Encodes row groups into `dir` (emptied now: what it held is rebuilt from the log).
+    /// Without it, a directory under the system's temporary one.
+    pub fn with_spool_dir(mut self, dir: &Path) -> std::io::Result<Self> {
+        self.spool = Spool::open(dir)?;
+        Ok(self)
     }
 
     /// Moves records the encoder refuses to `dead_letters` instead of retrying them.
@@ -244,7 +239,7 @@ impl StandardLogSink {
     }
 
     /// The store is a local directory at `root`: make every file durable there.
-    pub fn with_local_root(mut self, root: &std::path::Path) -> Self {
+    pub fn with_local_root(mut self, root: &Path) -> Self {
         self.local_root = Some(root.to_owned());
         self
     }
@@ -272,18 +267,56 @@ impl StandardLogSink {
     }
 
     fn memory(&self) -> usize {
-        let open: usize = self
-            .open
+        self.open
             .values()
             .flat_map(HashMap::values)
             .map(OpenFile::memory)
-            .sum();
-        open + self.ready.iter().map(|r| r.bytes.len()).sum::<usize>()
+            .sum()
     }
 
-    /// Finishes an open file into a ready one.
+    /// Encodes a file's waiting rows as one row group in the spool. On failure the rows
+    /// stay waiting for the retry.
+    fn write_row_group(&mut self, key: &PartitionKey) -> Result<(), SinkError> {
+        let Some(f) = self
+            .open
+            .get_mut(&key.distribution)
+            .and_then(|m| m.get_mut(&key.hour_ms))
+        else {
+            return Ok(());
+        };
+        if f.columns.is_empty() {
+            return Ok(());
+        }
+        let batch = f
+            .columns
+            .batch(&self.schema, f.sample_rate)
+            .map_err(|source| {
+                SinkError::misconfigured("cannot build a parquet batch").with_source(
+                    StandardLogError::Batch {
+                        partition: format!("{}/{}", key.distribution, key.hour_ms),
+                        source,
+                    },
+                )
+            })?;
+        let path = self.spool.path("rows");
+        let (schema, props) = (&self.schema, &self.props);
+        let size = cpu(|| spool::write_part(&path, schema, props, &batch)).map_err(|e| {
+            SinkError::unavailable(format!("cannot write to the spool {}", path.display()))
+                .with_source(StandardLogError::Encode {
+                    partition: format!("{}/{}", key.distribution, key.hour_ms),
+                    source: e,
+                })
+        })?;
+        f.columns.clear();
+        f.parts.push(path);
+        f.part_bytes += size;
+        Ok(())
+    }
+
+    /// Closes an open file: its last rows go to the spool and it waits for its upload.
     fn seal(&mut self, key: &PartitionKey) -> Result<(), SinkError> {
-        let Some(mut f) = self
+        self.write_row_group(key)?;
+        let Some(f) = self
             .open
             .get_mut(&key.distribution)
             .and_then(|m| m.remove(&key.hour_ms))
@@ -301,38 +334,73 @@ impl StandardLogSink {
         if f.rows == 0 {
             return Ok(());
         }
-        encode_batch(&self.schema, key, &mut f)?;
-        cpu(|| f.writer.finish()).map_err(|e| encode_err(key, e))?;
-        let bytes = Bytes::from(std::mem::take(f.writer.inner_mut()));
         self.ready.push(ReadyFile {
             key: key.clone(),
             last_seq: f.last_seq,
             path: self.object_path(key, f.first_seq),
-            bytes,
+            parts: f.parts,
+            local: None,
             rows: f.rows,
             first_seq: f.first_seq,
         });
         Ok(())
     }
 
+    /// Joins a ready file's row groups into one file in the spool (once).
+    fn join(&mut self, i: usize) -> Result<(PathBuf, u64), SinkError> {
+        let file = &mut self.ready[i];
+        if let Some(l) = &file.local {
+            return Ok(l.clone());
+        }
+        let joined = if let [only] = file.parts.as_slice() {
+            (
+                only.clone(),
+                std::fs::metadata(only).map(|m| m.len()).unwrap_or(0),
+            )
+        } else {
+            let out = self.spool.path("file");
+            let props = &self.props;
+            let len = cpu(|| spool::join(&file.parts, &out, props)).map_err(|e| {
+                SinkError::unavailable(format!("cannot join {} in the spool", file.path))
+                    .with_source(e)
+            })?;
+            for p in &file.parts {
+                let _ = std::fs::remove_file(p);
+            }
+            (out, len)
+        };
+        file.parts.clear();
+        file.local = Some(joined.clone());
+        Ok(joined)
+    }
+
     /// Uploads every ready file; stops at the first failure (the rest wait for a retry).
     async fn upload_ready(&mut self) -> Result<(), SinkError> {
-        while let Some(file) = self.ready.first() {
-            if let Err(e) = upload(self.store.as_ref(), &file.path, file.bytes.clone()).await {
-                return Err(
-                    SinkError::unavailable(format!("cannot upload {}", file.path)).with_source(e),
-                );
+        while !self.ready.is_empty() {
+            let (local, len) = self.join(0)?;
+            let file = &self.ready[0];
+            match &self.local_root {
+                Some(root) => {
+                    let to = root.join(file.path.as_ref());
+                    cpu(|| place_local(root, &local, &to)).map_err(|e| {
+                        SinkError::unavailable(format!("cannot write {}", to.display()))
+                            .with_source(e)
+                    })?;
+                }
+                None => {
+                    spool::upload(self.store.as_ref(), &file.path, &local, len)
+                        .await
+                        .map_err(|e| {
+                            SinkError::unavailable(format!("cannot upload {}", file.path))
+                                .with_source(e)
+                        })?;
+                    let _ = std::fs::remove_file(&local);
+                }
             }
-            if let Some(root) = &self.local_root {
-                cpu(|| fsync_local(root, &file.path)).map_err(|e| {
-                    SinkError::unavailable(format!("cannot make {} durable", file.path))
-                        .with_source(e)
-                })?;
-            }
-            tracing::debug!(object = %file.path, rows = file.rows, bytes = file.bytes.len(), "standard log file written");
+            tracing::debug!(object = %file.path, rows = file.rows, bytes = len, "standard log file written");
             metrics::counter!("edgelog_standard_files_total").increment(1);
             metrics::counter!("edgelog_standard_rows_total").increment(file.rows as u64);
-            metrics::counter!("edgelog_standard_bytes_total").increment(file.bytes.len() as u64);
+            metrics::counter!("edgelog_standard_bytes_total").increment(len);
             let (key, last) = (file.key.clone(), file.last_seq);
             self.watermarks.set(&key, last)?;
             self.ready.remove(0);
@@ -423,16 +491,11 @@ impl StandardLogSink {
             let f = match by_hour.get_mut(&hour_ms) {
                 Some(f) => f,
                 None => {
-                    let writer = ArrowWriter::try_new(
-                        Vec::new(),
-                        self.schema.clone(),
-                        Some(self.props.clone()),
-                    )
-                    .map_err(|e| encode_err(&key, e))?;
                     self.open_files += 1;
                     by_hour.entry(hour_ms).or_insert(OpenFile {
                         columns: Columns::default(),
-                        writer,
+                        parts: Vec::new(),
+                        part_bytes: 0,
                         rows: 0,
                         first_seq: entry.seq,
                         last_seq: entry.seq,
@@ -441,14 +504,16 @@ impl StandardLogSink {
                     })
                 }
             };
+            let mut full = false;
             for (i, _, _) in group {
                 push(f, &entry.records[*i], entry.seq);
-                if f.columns.len() >= BATCH_ROWS {
-                    let encoded = encode_batch(&self.schema, &key, f);
-                    encoded?;
-                }
+                full |= f.columns.bytes() >= ROW_GROUP_BYTES
+                    || f.columns.len() >= self.cfg.row_group_rows;
             }
-            // Too many files open (each holds its writer's buffers): close the oldest.
+            if full {
+                self.write_row_group(&key)?;
+            }
+            // Too many files open: close the oldest.
             while self.open_files > self.cfg.max_open_files {
                 let Some(oldest) = self.oldest_open() else {
                     break;
@@ -457,6 +522,23 @@ impl StandardLogSink {
             }
         }
         Ok(())
+    }
+
+    /// The open file with the most memory in rows waiting, and how many rows.
+    fn largest_waiting(&self) -> Option<(PartitionKey, usize)> {
+        self.open
+            .iter()
+            .flat_map(|(d, m)| m.iter().map(move |(h, f)| (d, h, f)))
+            .max_by_key(|x| x.2.columns.bytes())
+            .map(|(d, h, f)| {
+                (
+                    PartitionKey {
+                        distribution: d.clone(),
+                        hour_ms: *h,
+                    },
+                    f.columns.len(),
+                )
+            })
     }
 
     /// The partition of the file opened longest ago.
@@ -472,28 +554,21 @@ impl StandardLogSink {
     }
 }
 
-/// Encodes the rows waiting in a file's builders (CPU work: off the async workers' path).
-fn encode_batch(schema: &SchemaRef, key: &PartitionKey, f: &mut OpenFile) -> Result<(), SinkError> {
-    if f.columns.is_empty() {
-        return Ok(());
+/// Moves a finished file from the spool to `to` under `root` and makes it durable there:
+/// the file, then each directory up to `root`. The spool is under the data dir, on the
+/// same file system, so this is a rename.
+fn place_local(root: &Path, from: &Path, to: &Path) -> std::io::Result<()> {
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir)?;
     }
-    let batch = f.columns.finish(schema, f.sample_rate).map_err(|source| {
-        SinkError::misconfigured("cannot build a parquet batch").with_source(
-            StandardLogError::Batch {
-                partition: format!("{}/{}", key.distribution, key.hour_ms),
-                source,
-            },
-        )
-    })?;
-    cpu(|| f.writer.write(&batch)).map_err(|e| encode_err(key, e))
-}
-
-/// Makes a file written under `root` durable: the file, then each directory up to `root`
-/// (the store may have created them).
-fn fsync_local(root: &std::path::Path, path: &ObjectPath) -> std::io::Result<()> {
-    let file = root.join(path.as_ref());
-    std::fs::File::open(&file)?.sync_all()?;
-    let mut dir = file.parent();
+    File::open(from)?.sync_all()?;
+    if std::fs::rename(from, to).is_err() {
+        // Another file system after all: copy.
+        std::fs::copy(from, to)?;
+        File::open(to)?.sync_all()?;
+        let _ = std::fs::remove_file(from);
+    }
+    let mut dir = to.parent();
     while let Some(d) = dir {
         edgelog_collector::state_file::sync_dir(d)?;
         if d == root {
@@ -520,14 +595,20 @@ impl Sink for StandardLogSink {
             self.taken = batch.seq();
         }
         let (max_rows, max_bytes) = (self.cfg.max_rows, self.cfg.max_bytes as usize);
-        self.close_where(|f| f.rows >= max_rows || f.memory() >= max_bytes)
+        self.close_where(|f| f.rows >= max_rows || f.size() >= max_bytes as u64)
             .await?;
-        // Over the memory bound: close the oldest files first.
+        // Over the memory bound: the file with most rows waiting writes them as a row
+        // group; when even that one has few, the oldest file closes.
         while self.memory() > self.cfg.max_open_bytes as usize && !self.open.is_empty() {
-            if let Some(k) = self.oldest_open() {
-                self.seal(&k)?;
+            match self.largest_waiting() {
+                Some((k, rows)) if rows >= MIN_ROW_GROUP_ROWS => self.write_row_group(&k)?,
+                _ => {
+                    if let Some(k) = self.oldest_open() {
+                        self.seal(&k)?;
+                    }
+                    self.upload_ready().await?;
+                }
             }
-            self.upload_ready().await?;
         }
         metrics::gauge!("edgelog_standard_open_bytes").set(self.memory() as f64);
         Ok(())

@@ -258,3 +258,78 @@ async fn one_body_of_thousands_of_partitions_keeps_few_files_open_and_loses_noth
     let written: usize = files(dir.path()).iter().map(|p| rows(p)).sum();
     assert_eq!(written, total, "every row once");
 }
+
+/// A file's row groups are encoded into the spool as they fill and joined at close: one
+/// file with several row groups, every row once, the edgelog metadata and Arrow types kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_groups_written_as_they_fill_join_into_one_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let cfg = StandardLogsConfig {
+        max_age: Duration::from_secs(3600),
+        ..StandardLogsConfig::default()
+    };
+    let mut sink = StandardLogSink::new(cfg, "c1", local_store(dir.path()).expect("store"))
+        .with_spool_dir(&spool)
+        .expect("spool");
+    let mut g = Generator::new(5, 1, 2);
+    let mut sent = Vec::new();
+    for seq in 1..=30u64 {
+        let recs: Vec<_> = (0..1000)
+            .map(|i| {
+                g.record(
+                    1_764_000_000_000 + (seq * 1000 + i) as i64,
+                    0,
+                    ErrorMix::default(),
+                )
+            })
+            .collect();
+        sent.extend(recs.iter().map(|r| r.request_id().to_owned()));
+        let entry = Entry {
+            seq,
+            appended_ms: 0,
+            records: Arc::new(recs),
+        };
+        sink.write(&Batch::all(&entry)).await.expect("write");
+    }
+    assert!(
+        std::fs::read_dir(&spool).expect("spool").count() > 1,
+        "rows went to the spool as they filled"
+    );
+    sink.flush().await.expect("flush");
+    assert_eq!(sink.delivered(), 30);
+    let found: Vec<_> = files(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet") && !p.starts_with(&spool))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let f = std::fs::File::open(&found[0]).expect("open");
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f).expect("parquet");
+    let meta = builder.metadata().clone();
+    assert!(
+        meta.num_row_groups() > 1,
+        "{} row groups",
+        meta.num_row_groups()
+    );
+    let kv = meta
+        .file_metadata()
+        .key_value_metadata()
+        .expect("key-value metadata");
+    assert!(kv.iter().any(|k| k.key == "edgelog.schema_version"));
+    assert_eq!(
+        builder
+            .schema()
+            .field_with_name("timestamp")
+            .expect("ts")
+            .data_type(),
+        &arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Millisecond, Some("UTC".into()))
+    );
+    let ids = ids_in(dir.path());
+    assert_eq!(ids.len(), sent.len());
+    assert!(ids.values().all(|n| *n == 1));
+    assert_eq!(
+        std::fs::read_dir(&spool).expect("spool").count(),
+        0,
+        "the spool is emptied"
+    );
+}
