@@ -380,6 +380,7 @@ async fn serve_dashboard(
     if let Ok(addr) = listener.local_addr() {
         cfg.listen = addr;
     }
+    tracing::info!(url = %format!("http://{}/", cfg.listen), "dashboard serving");
     let alarms = Arc::new(edgelog_dashboard::alarms::AlarmBoard::new(
         cfg.alarms.clone(),
     ));
@@ -477,7 +478,6 @@ async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
         ),
     }
     let listener = bind(cfg.dashboard.listen, "dashboard").await?;
-    tracing::info!(url = %format!("http://{}/", cfg.dashboard.listen), "dashboard serving");
     tokio::select! {
         r = serve_dashboard(listener, store, &cfg.dashboard) => r,
         () = shutdown_signal() => Ok(()),

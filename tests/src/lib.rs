@@ -1,14 +1,20 @@
 //! Harness for edgelog's end-to-end tests: the real `edgelog` binary as a child process,
 //! real sockets on loopback, real files.
 
+pub mod harness;
+pub mod process;
+pub mod scenarios;
 pub mod servers;
+
+pub use harness::{Kind, ServerConfig, TestServer};
+pub use process::{ChildProc, signal, wait_for, wait_until, wait_until_every, within};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use arrow_array::{Array, RecordBatch, StringArray};
@@ -31,7 +37,8 @@ pub fn binary() -> PathBuf {
     bin
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback (for servers that cannot say which port they bound; the
+/// port may be taken again before they bind it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -40,165 +47,6 @@ pub fn free_port() -> u16 {
 }
 
 pub const TOKEN: &str = "e2e-token-0123456789abcdef";
-
-/// A collector child process.
-pub struct CollectorProc {
-    pub child: Child,
-    pub port: u16,
-    pub data_dir: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-    env: Vec<(String, String)>,
-}
-
-impl CollectorProc {
-    /// Writes a config (plus `extra` TOML) into `data_dir` and starts a collector on it.
-    pub fn start(data_dir: &Path, extra: &str) -> anyhow::Result<CollectorProc> {
-        CollectorProc::start_as(data_dir, extra, "collector-1")
-    }
-
-    /// Like [`CollectorProc::start`], with collector id `id`.
-    pub fn start_as(data_dir: &Path, extra: &str, id: &str) -> anyhow::Result<CollectorProc> {
-        CollectorProc::start_with(data_dir, extra, id, &[])
-    }
-
-    /// Like [`CollectorProc::start_as`], with more environment variables (kept on restart).
-    pub fn start_with(
-        data_dir: &Path,
-        extra: &str,
-        id: &str,
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<CollectorProc> {
-        fs::create_dir_all(data_dir)?;
-        let port = free_port();
-        let config = data_dir.join("edgelog.toml");
-        let toml = format!(
-            "data_dir = {dir:?}\n{extra}\n[collector]\nid = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\ntokens = [\"{TOKEN}\"]\n",
-            dir = data_dir.display().to_string()
-        );
-        fs::write(&config, toml)?;
-        let log = data_dir.join("collector.log");
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let mut c = CollectorProc {
-            child: spawn_collector(&config, &log, &env)?,
-            port,
-            data_dir: data_dir.to_owned(),
-            config,
-            log,
-            env,
-        };
-        c.wait_ready()?;
-        Ok(c)
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "collector exited with {status}: {}",
-                    fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("collector did not listen within 30 s")
-    }
-
-    /// SIGKILL, then start again on the same config and port.
-    pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        self.child = spawn_collector(&self.config, &self.log, &self.env)?;
-        self.wait_ready()
-    }
-
-    /// Starts the collector again after it exited (same config, port and environment).
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        let _ = self.child.kill();
-        self.child.wait()?;
-        self.child = spawn_collector(&self.config, &self.log, &self.env)?;
-        self.wait_ready()
-    }
-
-    /// SIGTERM, then waits up to `limit` for the exit; returns (clean exit, time taken).
-    pub fn terminate_within(&mut self, limit: Duration) -> anyhow::Result<(bool, Duration)> {
-        let start = Instant::now();
-        signal(&self.child, "TERM")?;
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok((status.success(), start.elapsed()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill()?;
-        bail!(
-            "collector did not stop within {limit:?} of SIGTERM:\n{}",
-            self.log_text()
-        )
-    }
-
-    /// SIGTERM and wait for the drain; returns whether it exited cleanly.
-    pub fn terminate(&mut self) -> anyhow::Result<bool> {
-        signal(&self.child, "TERM")?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.success());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.child.kill()?;
-        bail!("collector did not stop within 60 s of SIGTERM")
-    }
-
-    pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for CollectorProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends a signal by name through kill(1), which keeps `unsafe_code = "forbid"`.
-pub fn signal(child: &Child, name: &str) -> anyhow::Result<()> {
-    let ok = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(child.id().to_string())
-        .status()?
-        .success();
-    if !ok {
-        bail!("cannot send SIG{name} to {}", child.id());
-    }
-    Ok(())
-}
-
-fn spawn_collector(config: &Path, log: &Path, env: &[(String, String)]) -> anyhow::Result<Child> {
-    let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
-    Command::new(binary())
-        .args(["collector", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(out)
-        .spawn()
-        .context("cannot start the collector")
-}
 
 /// Runs `edgelog edge` with `args` against `url`; returns stdout, failing on a non-zero exit.
 pub fn run_edge(url: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -371,97 +219,6 @@ fn dechunk(mut rest: &str) -> String {
         rest = after[n..].trim_start_matches("\r\n");
     }
     out
-}
-
-/// Waits up to 30 s for something to listen on `port`.
-pub fn wait_listening(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listened on port {port} within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-/// `edgelog demo` as a child process on two free loopback ports.
-pub struct DemoProc {
-    child: Child,
-    pub ingest: u16,
-    pub dashboard: u16,
-}
-
-impl DemoProc {
-    /// Starts `edgelog demo --data-dir DIR` with `args` and `env`; returns once ingest listens.
-    pub fn start(
-        data_dir: &Path,
-        args: &[&str],
-        env: &[(&str, String)],
-    ) -> anyhow::Result<DemoProc> {
-        let (ingest, dashboard) = (free_port(), free_port());
-        let child = Command::new(binary())
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .args(["demo", "--data-dir"])
-            .arg(data_dir)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{ingest}"),
-                "--dashboard-listen",
-                &format!("127.0.0.1:{dashboard}"),
-            ])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start edgelog demo")?;
-        let demo = DemoProc {
-            child,
-            ingest,
-            dashboard,
-        };
-        wait_listening(ingest)?;
-        Ok(demo)
-    }
-
-    pub fn ingest_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ingest)
-    }
-
-    /// A URL on the dashboard, `path` starting with `/`.
-    pub fn dashboard_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.dashboard)
-    }
-
-    /// SIGTERM, then waits (60 s at most) for a clean exit; returns what it printed.
-    pub fn stop(mut self) -> anyhow::Result<String> {
-        signal(&self.child, "TERM")?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = self.child.try_wait()? {
-                break s;
-            }
-            if Instant::now() > deadline {
-                bail!("demo did not stop within 60 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let mut stdout = String::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            std::io::Read::read_to_string(&mut out, &mut stdout)?;
-        }
-        if !status.success() {
-            bail!("demo exited with {status}: {stdout}");
-        }
-        Ok(stdout)
-    }
-}
-
-impl Drop for DemoProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// What a test sent, to hold against what comes out.

@@ -6,12 +6,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use crate::free_port;
+use crate::harness::ServerConfig;
+use crate::process::{ChildProc, wait_for, wait_port, within};
 
 /// Finds an installed server (or browser) binary on PATH or in cargo's bin directory.
 pub fn server_binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -46,30 +48,12 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn wait_port(port: u16, what: &str, child: &mut Child, log: &Path) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "{what} exited with {status}: {}",
-                fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!("{what} did not listen on {port} within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
-    let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
-    cmd.stdout(out.try_clone()?)
-        .stderr(out)
-        .stdin(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {cmd:?}"))
+/// A server the tests can take away and bring back (garage, tansu).
+pub trait StopStart {
+    /// Kills the server (its data stays).
+    fn stop(&mut self) -> anyhow::Result<()>;
+    /// Starts it again on the same data and ports.
+    fn restart(&mut self) -> anyhow::Result<()>;
 }
 
 /// The bucket every garage in these tests has.
@@ -80,10 +64,9 @@ pub const S3_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef012
 
 /// A single-node garage: one bucket, one imported key.
 pub struct Garage {
-    child: Option<Child>,
+    proc: ChildProc,
     dir: tempfile::TempDir,
     config: PathBuf,
-    log: PathBuf,
     pub s3_port: u16,
     rpc_port: u16,
 }
@@ -117,12 +100,10 @@ api_bind_addr = "127.0.0.1:{admin_port}"
                 d = dir.path().display()
             ),
         )?;
-        let log = dir.path().join("garage.log");
         let mut g = Garage {
-            child: None,
+            proc: ChildProc::new("garage", &dir.path().join("garage.log")),
             dir,
             config,
-            log,
             s3_port,
             rpc_port,
         };
@@ -135,21 +116,21 @@ api_bind_addr = "127.0.0.1:{admin_port}"
                 .env("RUST_LOG", "warn"))
         };
         // The node knows its own id once its RPC is up.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let node = loop {
-            let status = garage(&["status"]).unwrap_or_default();
-            if let Some(id) = status
-                .lines()
-                .find(|l| l.contains("NO ROLE"))
-                .and_then(|l| l.split_whitespace().next())
-            {
-                break id.to_owned();
-            }
-            if Instant::now() > deadline {
-                bail!("garage has no node without a role: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let mut status = String::new();
+        let node = wait_for(
+            within(Duration::from_secs(30)),
+            Duration::from_millis(200),
+            "garage's node without a role",
+            || {
+                status = garage(&["status"]).unwrap_or_default();
+                Ok(status
+                    .lines()
+                    .find(|l| l.contains("NO ROLE"))
+                    .and_then(|l| l.split_whitespace().next())
+                    .map(str::to_owned))
+            },
+        )
+        .with_context(|| format!("garage status: {status}"))?;
         garage(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
         garage(&["layout", "apply", "--version", "1"])?;
         garage(&["bucket", "create", BUCKET])?;
@@ -176,33 +157,24 @@ api_bind_addr = "127.0.0.1:{admin_port}"
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let bin = server_binary("garage")?;
-        let mut child = spawn_logged(
-            Command::new(bin)
+        self.proc.start(
+            Command::new(server_binary("garage")?)
                 .arg("-c")
                 .arg(&self.config)
                 .arg("server")
                 .env("RUST_LOG", "warn"),
-            &self.log,
         )?;
-        wait_port(self.rpc_port, "garage", &mut child, &self.log)?;
-        wait_port(self.s3_port, "garage", &mut child, &self.log)?;
-        self.child = Some(child);
-        Ok(())
+        wait_port(self.rpc_port, &mut self.proc)?;
+        wait_port(self.s3_port, &mut self.proc)
     }
 
     /// Kills the server (its data stays).
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
-        }
-        Ok(())
+        self.proc.stop()
     }
 
     /// Starts the server again on the same data and ports.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop()?;
         self.spawn()
     }
 
@@ -210,13 +182,14 @@ api_bind_addr = "127.0.0.1:{admin_port}"
         format!("http://127.0.0.1:{}", self.s3_port)
     }
 
-    /// The `[sinks.standard.s3]` table of a collector config writing into [`BUCKET`].
-    pub fn collector_toml(&self) -> String {
-        format!(
-            "[sinks.standard.s3]\nbucket = \"{BUCKET}\"\nendpoint = \"{}\"\nregion = \"garage\"\n\
-             access_key_id = \"{S3_KEY_ID}\"\nsecret_access_key = \"{S3_SECRET}\"\n",
-            self.endpoint()
-        )
+    /// `cfg` with its standard logs going to [`BUCKET`] (`[sinks.standard.s3]`).
+    pub fn s3_sink(&self, cfg: ServerConfig) -> ServerConfig {
+        let t = "sinks.standard.s3";
+        cfg.set(t, "bucket", BUCKET)
+            .set(t, "endpoint", self.endpoint())
+            .set(t, "region", "garage")
+            .set(t, "access_key_id", S3_KEY_ID)
+            .set(t, "secret_access_key", S3_SECRET)
     }
 
     /// Python that leaves a DuckDB connection `con` able to read `s3://edgelog/...`.
@@ -235,8 +208,44 @@ con.sql("""CREATE SECRET (TYPE s3, KEY_ID '{S3_KEY_ID}', SECRET '{S3_SECRET}', R
         )
     }
 
+    /// What DuckDB finds in the bucket's standard logs: files, rows and distinct request
+    /// ids; with `acked` (a file of ids, one a line), also how many of them there are,
+    /// how many are missing, and how many ids stored were not among them.
+    pub fn bucket_report(&self, acked: Option<&Path>) -> anyhow::Result<serde_json::Value> {
+        const GLOB: &str = "s3://edgelog/standard-logs/**/*.parquet";
+        let acked_sql = match acked {
+            Some(p) => format!(
+                r#"
+con.sql("CREATE TABLE acked AS SELECT DISTINCT column0 AS id FROM read_csv('{}', header = false, columns = {{'column0': 'VARCHAR'}})")
+out["acked"] = one("SELECT count(*) FROM acked")
+if out["files"]:
+    out["missing"] = one(f"SELECT count(*) FROM acked WHERE id NOT IN (SELECT x_edge_request_id FROM {{src}})")
+    out["unexpected"] = one(f"SELECT count(DISTINCT x_edge_request_id) FROM {{src}} WHERE x_edge_request_id NOT IN (SELECT id FROM acked)")
+else:
+    out["missing"] = out["acked"]
+    out["unexpected"] = 0"#,
+                p.display()
+            ),
+            None => String::new(),
+        };
+        python_json(&format!(
+            r#"{prelude}
+src = "read_parquet('{GLOB}', hive_partitioning = true)"
+one = lambda q: con.sql(q).fetchone()[0]
+out = {{"rows": 0, "distinct": 0}}
+out["files"] = one(f"SELECT count(*) FROM glob('{GLOB}')")
+if out["files"]:
+    out["rows"] = one(f"SELECT count(*) FROM {{src}}")
+    out["distinct"] = one(f"SELECT count(DISTINCT x_edge_request_id) FROM {{src}}")
+{acked_sql}
+print(json.dumps(out))
+"#,
+            prelude = self.duckdb_prelude()
+        ))
+    }
+
     pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log_text()
     }
 
     pub fn dir(&self) -> &Path {
@@ -244,9 +253,12 @@ con.sql("""CREATE SECRET (TYPE s3, KEY_ID '{S3_KEY_ID}', SECRET '{S3_SECRET}', R
     }
 }
 
-impl Drop for Garage {
-    fn drop(&mut self) {
-        let _ = self.stop();
+impl StopStart for Garage {
+    fn stop(&mut self) -> anyhow::Result<()> {
+        Garage::stop(self)
+    }
+    fn restart(&mut self) -> anyhow::Result<()> {
+        Garage::restart(self)
     }
 }
 
@@ -279,9 +291,8 @@ pub fn python_json(script: &str) -> anyhow::Result<serde_json::Value> {
 
 /// A tansu broker (Kafka protocol) on loopback.
 pub struct Tansu {
-    child: Option<Child>,
+    proc: ChildProc,
     dir: tempfile::TempDir,
-    log: PathBuf,
     storage: &'static str,
     pub port: u16,
 }
@@ -300,11 +311,9 @@ impl Tansu {
 
     fn start_with(storage: &'static str) -> anyhow::Result<Tansu> {
         let dir = tempfile::tempdir()?;
-        let log = dir.path().join("tansu.log");
         let mut t = Tansu {
-            child: None,
+            proc: ChildProc::new("tansu", &dir.path().join("tansu.log")),
             dir,
-            log,
             storage,
             port: free_port(),
         };
@@ -315,7 +324,7 @@ impl Tansu {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         // The SQLite path is taken relative to the working directory.
-        let mut child = spawn_logged(
+        self.proc.start(
             Command::new(server_binary("tansu")?)
                 .current_dir(self.dir.path())
                 .args([
@@ -329,11 +338,8 @@ impl Tansu {
                 .env_remove("LISTENER_URL")
                 .env_remove("ADVERTISED_LISTENER_URL")
                 .env_remove("STORAGE_ENGINE"),
-            &self.log,
         )?;
-        wait_port(self.port, "tansu", &mut child, &self.log)?;
-        self.child = Some(child);
-        Ok(())
+        wait_port(self.port, &mut self.proc)
     }
 
     /// Creates a topic (tansu does not create topics on first use).
@@ -347,15 +353,11 @@ impl Tansu {
 
     /// Kills the broker (its messages stay).
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
-        }
-        Ok(())
+        self.proc.stop()
     }
 
+    /// Starts the broker again on the same storage and port.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop()?;
         self.spawn()
     }
 
@@ -363,22 +365,32 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// The `[sinks.realtime.kafka]` table of a collector writing to `topic`.
-    pub fn collector_toml(&self, topic: &str) -> String {
-        format!(
-            "[sinks.realtime.kafka]\nbootstrap_servers = \"{}\"\ntopic = \"{topic}\"\n",
-            self.bootstrap()
+    /// `cfg` with its real-time logs going to `topic` (`[sinks.realtime.kafka]`).
+    pub fn realtime_sink(&self, cfg: ServerConfig, topic: &str) -> ServerConfig {
+        cfg.set(
+            "sinks.realtime.kafka",
+            "bootstrap_servers",
+            self.bootstrap(),
         )
+        .set("sinks.realtime.kafka", "topic", topic)
+    }
+
+    /// `cfg` with its minute aggregates going to this broker (`[metrics.kafka]`).
+    pub fn metrics_sink(&self, cfg: ServerConfig) -> ServerConfig {
+        cfg.set("metrics.kafka", "bootstrap_servers", self.bootstrap())
     }
 
     pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log_text()
     }
 }
 
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.stop();
+impl StopStart for Tansu {
+    fn stop(&mut self) -> anyhow::Result<()> {
+        Tansu::stop(self)
+    }
+    fn restart(&mut self) -> anyhow::Result<()> {
+        Tansu::restart(self)
     }
 }
 

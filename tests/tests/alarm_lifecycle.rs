@@ -8,64 +8,16 @@
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use edgelog_tests::{DemoProc, TOKEN, http_get, http_post, run_edge};
+use edgelog_tests::scenarios::{Received, send_5xx_burst, webhook_receiver};
+use edgelog_tests::{TOKEN, TestServer, http_get, http_post, wait_until, within};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Notifications received: when (ms since the epoch) and the body.
-type Received = Arc<Mutex<Vec<(i64, serde_json::Value)>>>;
-
-/// A webhook receiver on loopback: answers 200 and keeps every body with its arrival time.
-fn receiver() -> anyhow::Result<(u16, Received)> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    let got: Received = Arc::default();
-    let keep = got.clone();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten().take(200) {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let body = loop {
-                let Ok(n) = conn.read(&mut chunk) else {
-                    break None;
-                };
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).into_owned();
-                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
-                    let len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if rest.len() >= len {
-                        break Some(rest[..len].to_owned());
-                    }
-                }
-            };
-            let at = now_ms();
-            let _ = conn
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            if let Some(b) = body.and_then(|b| serde_json::from_str(&b).ok())
-                && let Ok(mut g) = keep.lock()
-            {
-                g.push((at, b));
-            }
-        }
-    });
-    Ok((port, got))
 }
 
 /// A webhook that accepts connections and never answers; counts them.
@@ -135,23 +87,20 @@ fn wait_for(
     count: usize,
     within: Duration,
 ) -> Vec<(i64, serde_json::Value)> {
-    let deadline = Instant::now() + within;
-    loop {
-        let got: Vec<_> = received
+    let got = || -> Vec<(i64, serde_json::Value)> {
+        received
             .lock()
             .map(|g| g.clone())
             .unwrap_or_default()
             .into_iter()
             .filter(|(_, b)| b["status"] == status)
-            .collect();
-        if got.len() >= count || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+            .collect()
+    };
+    wait_until(edgelog_tests::within(within), || got().len() >= count);
+    got()
 }
 
-fn states(demo: &DemoProc) -> anyhow::Result<Vec<serde_json::Value>> {
+fn states(demo: &TestServer) -> anyhow::Result<Vec<serde_json::Value>> {
     Ok(serde_json::from_str(&http_get(
         &demo.dashboard_url("/api/alarms"),
     )?)?)
@@ -162,8 +111,8 @@ fn a_stuck_webhook_delays_no_other_and_alarms_fire_once_and_resolve_when_deleted
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (stuck, stuck_connections) = stuck_receiver()?;
-    let (hook, received) = receiver()?;
-    let demo = DemoProc::start(
+    let (hook, received) = webhook_receiver()?;
+    let demo = TestServer::demo(
         dir.path(),
         &["--no-traffic", "--token", TOKEN],
         &[
@@ -180,19 +129,7 @@ fn a_stuck_webhook_delays_no_other_and_alarms_fire_once_and_resolve_when_deleted
         ],
     )?;
     // 30 % 5xx over the last 4 minutes, for 3 distributions: the demo's alarm fires.
-    run_edge(
-        &demo.ingest_url(),
-        &[
-            "--total",
-            "12000",
-            "--rate",
-            "0",
-            "--backfill-hours",
-            "0.066",
-            "--error-5xx",
-            "30",
-        ],
-    )?;
+    send_5xx_burst(&demo.url())?;
     let fired = wait_for(&received, "firing", 3, Duration::from_secs(40));
     let ids: Vec<String> = {
         let mut ids: Vec<String> = fired.iter().map(|(_, b)| distribution(b)).collect();
@@ -251,7 +188,8 @@ fn a_stuck_webhook_delays_no_other_and_alarms_fire_once_and_resolve_when_deleted
     let (status, body) = request("PUT", &url, &[], &def.to_string())?;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"changed\":true"), "{body}");
-    // Two evaluations (every 5 s in the demo) and then some.
+    // Two evaluations (every 5 s in the demo) and then some: the scenario's window for
+    // a change that must not come (nothing to poll for).
     std::thread::sleep(Duration::from_secs(12));
     let after = states(&demo)?;
     for s in &before {
@@ -292,15 +230,10 @@ fn a_stuck_webhook_delays_no_other_and_alarms_fire_once_and_resolve_when_deleted
 fn without_credentials_definitions_are_read_only_and_foreign_hosts_are_refused()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let demo = DemoProc::start(dir.path(), &["--no-traffic", "--token", TOKEN], &[])?;
+    // Returns once the dashboard serves too.
+    let demo = TestServer::demo(dir.path(), &["--no-traffic", "--token", TOKEN], &[])?;
     let url = demo.dashboard_url("/api/alarms/definitions/mine");
     let alarm = r#"{"name":"mine","distribution":"*","metric":"Requests","comparison":"GreaterThanThreshold","threshold":1}"#;
-    // The dashboard serves (ingest listens first).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while request("GET", &demo.dashboard_url("/healthz"), &[], "").is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "no dashboard");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let (status, body) = request("PUT", &url, &[], alarm)?;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("allow_unauthenticated_writes"), "{body}");
@@ -318,7 +251,7 @@ fn without_credentials_definitions_are_read_only_and_foreign_hosts_are_refused()
     );
 
     // DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1.
-    let port = demo.dashboard;
+    let port = demo.dashboard_port();
     for host in [format!("evil.example:{port}"), "evil.example".to_owned()] {
         for path in ["/", "/api/distributions", "/metrics"] {
             let (status, body) = request("GET", &demo.dashboard_url(path), &[("host", &host)], "")?;
@@ -342,20 +275,14 @@ fn without_credentials_definitions_are_read_only_and_foreign_hosts_are_refused()
     let record = format!(
         "{{\"timestamp\":{ten_minutes_ago},\"DistributionId\":\"EQUIET\",\"sc-status\":503,\"cs-method\":\"GET\",\"sc-bytes\":\"100\",\"x-edge-result-type\":\"Error\"}}\n"
     );
-    let answer = http_post(
-        &format!("{}/v1/records", demo.ingest_url()),
-        record.as_bytes(),
-    )?;
+    let answer = http_post(&format!("{}/v1/records", demo.url()), record.as_bytes())?;
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let metrics = loop {
-        let text = http_get(&demo.dashboard_url("/metrics"))?;
-        if text.contains("distribution=\"EQUIET\"") {
-            break text;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "EQUIET never showed: {text}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let mut metrics = String::new();
+    let shown = wait_until(within(Duration::from_secs(30)), || {
+        metrics = http_get(&demo.dashboard_url("/metrics")).unwrap_or_default();
+        metrics.contains("distribution=\"EQUIET\"")
+    });
+    anyhow::ensure!(shown, "EQUIET never showed: {metrics}");
     for (gauge, value) in [
         ("requests", "0"),
         ("bytes_downloaded", "0"),

@@ -1,14 +1,14 @@
 //! Metrics count every record, also when a backfill publishes far more minute aggregates at
 //! once than any channel holds (the in-process stream once dropped what overflowed).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use edgelog_tests::{DemoProc, TOKEN, http_get as get, run_edge};
+use edgelog_tests::{TOKEN, TestServer, http_get as get, run_edge, wait_until_every, within};
 
 #[test]
 fn a_24_hour_backfill_of_many_distributions_is_counted_whole() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let demo = DemoProc::start(
+    let demo = TestServer::demo(
         &dir.path().join("demo"),
         &["--no-traffic", "--token", TOKEN],
         &[],
@@ -19,7 +19,7 @@ fn a_24_hour_backfill_of_many_distributions_is_counted_whole() -> anyhow::Result
     let dists = distributions.to_string();
     let tot = total.to_string();
     run_edge(
-        &demo.ingest_url(),
+        &demo.url(),
         &[
             "--total",
             &tot,
@@ -36,12 +36,10 @@ fn a_24_hour_backfill_of_many_distributions_is_counted_whole() -> anyhow::Result
             "4",
         ],
     )?;
-    let start = Instant::now();
-    let (mut seen, mut ids) = (0u64, Vec::new());
-    while start.elapsed() < Duration::from_secs(90) {
-        ids =
+    let count = || -> anyhow::Result<(Vec<String>, u64)> {
+        let ids =
             serde_json::from_str::<Vec<String>>(&get(&demo.dashboard_url("/api/distributions"))?)?;
-        seen = 0;
+        let mut seen = 0;
         for id in &ids {
             let points: Vec<serde_json::Value> = serde_json::from_str(&get(
                 &demo.dashboard_url(&format!("/api/distributions/{id}/series"))
@@ -51,10 +49,26 @@ fn a_24_hour_backfill_of_many_distributions_is_counted_whole() -> anyhow::Result
                 .map(|p| p["requests"].as_u64().unwrap_or(0))
                 .sum::<u64>();
         }
-        if seen == total {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(2));
+        Ok((ids, seen))
+    };
+    let (mut seen, mut ids, mut failed) = (0u64, Vec::new(), None);
+    // Each look reads 201 pages: every 500 ms is often enough.
+    wait_until_every(
+        within(Duration::from_secs(90)),
+        Duration::from_millis(500),
+        || match count() {
+            Ok((i, s)) => {
+                (ids, seen) = (i, s);
+                seen == total
+            }
+            Err(e) => {
+                failed = Some(e);
+                true
+            }
+        },
+    );
+    if let Some(e) = failed {
+        return Err(e);
     }
     demo.stop()?;
     eprintln!(

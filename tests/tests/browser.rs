@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use edgelog_tests::{DemoProc, binary, http_get};
+use edgelog_tests::{TestServer, binary, http_get, wait_for, within};
 
 fn chromium() -> anyhow::Result<PathBuf> {
     edgelog_tests::servers::server_binary("chromium")
@@ -50,27 +50,25 @@ fn artifacts() -> anyhow::Result<PathBuf> {
 #[test]
 fn a_distribution_page_shows_six_charts_with_data_and_the_alarm_state() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let demo = DemoProc::start(&dir.path().join("data"), &["--rate", "400"], &[])?;
+    let demo = TestServer::demo(&dir.path().join("data"), &["--rate", "400"], &[])?;
     // Wait until a distribution has minutes on the dashboard and its alarm was evaluated.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let id = loop {
-        let ids: Vec<String> =
-            serde_json::from_str(&http_get(&demo.dashboard_url("/api/distributions"))?)
-                .unwrap_or_default();
-        let alarms: serde_json::Value =
-            serde_json::from_str(&http_get(&demo.dashboard_url("/api/alarms"))?)?;
-        if let Some(id) = ids.first()
-            && alarms
-                .as_array()
-                .is_some_and(|a| a.iter().any(|s| s["distribution"] == id.as_str()))
-        {
-            break id.clone();
-        }
-        if Instant::now() > deadline {
-            bail!("no distribution with an evaluated alarm within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let id = wait_for(
+        within(Duration::from_secs(60)),
+        Duration::from_millis(100),
+        "a distribution with an evaluated alarm within 60 s",
+        || {
+            let ids: Vec<String> =
+                serde_json::from_str(&http_get(&demo.dashboard_url("/api/distributions"))?)
+                    .unwrap_or_default();
+            let alarms: serde_json::Value =
+                serde_json::from_str(&http_get(&demo.dashboard_url("/api/alarms"))?)?;
+            Ok(ids.first().cloned().filter(|id| {
+                alarms
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|s| s["distribution"] == id.as_str()))
+            }))
+        },
+    )?;
     let url = demo.dashboard_url(&format!("/distributions/{id}"));
     let profile = dir.path().join("chromium");
     let dom = headless(

@@ -3,16 +3,18 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use edgelog_tests::{CollectorProc, spawn_edge, stored_ids};
+use edgelog_tests::scenarios::{acked_ids, lost_and_duplicates, spawn_load};
+use edgelog_tests::{ServerConfig, TestServer, stored_ids, wait_until, within};
 
 #[test]
 fn sigkill_during_sustained_load_loses_no_acknowledged_record() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut collector = CollectorProc::start(dir.path(), "[sinks.standard]\nmax_age = \"2s\"\n")?;
+    let mut collector =
+        TestServer::collector(dir.path(), &ServerConfig::new().standard("max_age", "2s"))?;
     let ack_log = dir.path().join("acked.txt");
-    let ack = ack_log.display().to_string();
-    let edge = spawn_edge(
+    let edge = spawn_load(
         &collector.url(),
+        &ack_log,
         &[
             "--rate",
             "4000",
@@ -24,8 +26,6 @@ fn sigkill_during_sustained_load_loses_no_acknowledged_record() -> anyhow::Resul
             "4",
             "--distributions",
             "4",
-            "--ack-log",
-            &ack,
             "--max-tries",
             "500",
             "--timeout",
@@ -34,32 +34,20 @@ fn sigkill_during_sustained_load_loses_no_acknowledged_record() -> anyhow::Resul
     )?;
     let kills = 6;
     for i in 0..kills {
+        // The scenario: kills at staggered times under load.
         std::thread::sleep(Duration::from_millis(2000 + 350 * i));
         collector.crash_and_restart()?;
     }
-    let out = edge.wait_with_output()?;
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "edge failed: {report}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = edge.finish()?;
     assert!(
         collector.terminate()?,
         "collector did not drain cleanly:\n{}",
         collector.log_text()
     );
 
-    let acked: HashSet<String> = std::fs::read_to_string(&ack_log)?
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let acked: HashSet<String> = acked_ids(&ack_log)?;
     let stored = stored_ids(&dir.path().join("standard-logs"))?;
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|id| !stored.contains_key(*id))
-        .collect();
-    let duplicates: u32 = stored.values().map(|n| n - 1).sum();
+    let (lost, duplicates) = lost_and_duplicates(&acked, &stored);
     eprintln!(
         "{kills} SIGKILLs: {} acknowledged, {} distinct stored, {} duplicates (resent after a kill), {} lost\n{report}",
         acked.len(),
@@ -92,7 +80,7 @@ fn sigterm_right_after_the_listener_opens_still_exits_cleanly() -> anyhow::Resul
     // while the collector is still starting must not kill it uncleanly.
     for _ in 0..10 {
         let dir = tempfile::tempdir()?;
-        let mut collector = CollectorProc::start(dir.path(), "")?;
+        let mut collector = TestServer::collector_listening(dir.path(), &ServerConfig::new())?;
         assert!(collector.terminate()?, "{}", collector.log_text());
     }
     Ok(())
@@ -101,11 +89,13 @@ fn sigterm_right_after_the_listener_opens_still_exits_cleanly() -> anyhow::Resul
 #[test]
 fn sighup_is_logged_and_ignored_by_a_collector() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut collector = CollectorProc::start(dir.path(), "")?;
-    edgelog_tests::signal(&collector.child, "HUP")?;
-    std::thread::sleep(Duration::from_millis(500));
+    let mut collector = TestServer::collector(dir.path(), &ServerConfig::new())?;
+    collector.signal("HUP")?;
+    wait_until(within(Duration::from_secs(10)), || {
+        collector.log_text().contains("SIGHUP received and ignored")
+    });
     assert!(
-        collector.child.try_wait()?.is_none(),
+        collector.running()?,
         "SIGHUP stopped the collector:\n{}",
         collector.log_text()
     );

@@ -1,10 +1,11 @@
 //! A record the standard-log sink can never encode goes to the dead-letter store; the
 //! records around it are delivered, and the dead-letter file replays as it is.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use edgelog_tests::{CollectorProc, http_get, http_post, run_edge, stored_ids};
+use anyhow::Context;
+use edgelog_tests::scenarios::{sink, wait_readyz};
+use edgelog_tests::{ServerConfig, TestServer, http_get, http_post, run_edge, stored_ids};
 
 fn body(ids: &[String]) -> Vec<u8> {
     let now = std::time::SystemTime::now()
@@ -22,40 +23,15 @@ fn body(ids: &[String]) -> Vec<u8> {
     out
 }
 
-/// Waits until `/readyz` satisfies `ok`.
-fn wait_readyz(
-    url: &str,
-    ok: impl Fn(&serde_json::Value) -> bool,
-) -> anyhow::Result<serde_json::Value> {
-    let start = Instant::now();
-    loop {
-        let r: serde_json::Value = serde_json::from_str(&http_get(&format!("{url}/readyz"))?)?;
-        if ok(&r) {
-            return Ok(r);
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("/readyz never got there: {r}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn sink<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    r["sinks"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == name))
-        .unwrap_or(&serde_json::Value::Null)
-}
-
 #[test]
 fn an_unencodable_record_is_dead_lettered_and_replays() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("a");
-    let mut collector = CollectorProc::start_with(
+    let mut collector = TestServer::collector(
         &data,
-        "[sinks.standard]\nmax_age = \"1s\"\n",
-        "collector-1",
-        &[("EDGELOG_TEST_UNENCODABLE_ID_PREFIX", "poison-")],
+        &ServerConfig::new()
+            .standard("max_age", "1s")
+            .env("EDGELOG_TEST_UNENCODABLE_ID_PREFIX", "poison-"),
     )?;
     let url = collector.url();
     let mut good = Vec::new();
@@ -76,10 +52,15 @@ fn an_unencodable_record_is_dead_lettered_and_replays() -> anyhow::Result<()> {
         let a = http_post(&format!("{url}/v1/records"), &body(&ids))?;
         assert_eq!(a.status, 200, "{a:?}");
     }
-    let r = wait_readyz(&url, |r| {
-        let s = sink(r, "standard");
-        s["dead_letters"] == poison.len() && s["lag_entries"] == 0
-    })?;
+    let r = wait_readyz(
+        &url,
+        Duration::from_secs(60),
+        "/readyz never got there",
+        |r| {
+            let s = sink(r, "standard");
+            s["dead_letters"] == poison.len() && s["lag_entries"] == 0
+        },
+    )?;
     assert_eq!(sink(&r, "standard")["degraded"], false, "{r}");
     let metrics = http_get(&format!("{url}/metrics"))?;
     let line = metrics
@@ -123,10 +104,16 @@ fn an_unencodable_record_is_dead_lettered_and_replays() -> anyhow::Result<()> {
 
     // Replayed as it is into another collector, the dead letters land.
     let other_dir = dir.path().join("b");
-    let mut other = CollectorProc::start(&other_dir, "[sinks.standard]\nmax_age = \"1s\"\n")?;
+    let mut other =
+        TestServer::collector(&other_dir, &ServerConfig::new().standard("max_age", "1s"))?;
     let file = files[0].display().to_string();
     run_edge(&other.url(), &["--replay", &file])?;
-    wait_readyz(&other.url(), |r| sink(r, "standard")["lag_entries"] == 0)?;
+    wait_readyz(
+        &other.url(),
+        Duration::from_secs(60),
+        "/readyz never got there",
+        |r| sink(r, "standard")["lag_entries"] == 0,
+    )?;
     assert!(other.terminate()?, "{}", other.log_text());
     let replayed = stored_ids(&other_dir.join("standard-logs"))?;
     assert!(

@@ -4,15 +4,26 @@
 use std::process::Command;
 use std::time::Duration;
 
-use edgelog_tests::{DemoProc, http_get, stored_ids};
+use edgelog_tests::{TestServer, http_get, stored_ids, wait_until, within};
 
 #[test]
 fn the_demo_runs_flushes_on_sigterm_and_duckdb_reads_its_files() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("demo");
-    let demo = DemoProc::start(&data, &["--rate", "3000"], &[])?;
-    std::thread::sleep(Duration::from_secs(8));
-    let readyz = http_get(&format!("{}/readyz", demo.ingest_url()));
+    let demo = TestServer::demo(&data, &["--rate", "3000"], &[])?;
+    // Traffic flows (8 s at most): over 5,000 records accepted, and the dashboard has
+    // seen a distribution.
+    wait_until(within(Duration::from_secs(8)), || {
+        let accepted = http_get(&format!("{}/metrics", demo.url()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("edgelog_records_accepted_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let dists = http_get(&demo.dashboard_url("/api/distributions")).unwrap_or_default();
+        accepted > 5_000.0 && dists.starts_with("[\"E")
+    });
+    let readyz = http_get(&format!("{}/readyz", demo.url()));
     let dists = http_get(&demo.dashboard_url("/api/distributions"));
     let stdout = demo.stop()?;
     assert!(stdout.contains("Authorization: Bearer "), "{stdout}");

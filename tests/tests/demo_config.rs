@@ -1,15 +1,13 @@
 //! `edgelog demo --config FILE` uses the file's addresses, data dir and tokens; flags given
 //! explicitly win over the file.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use edgelog_tests::{TOKEN, binary, free_port, http_post, signal, wait_listening};
+use edgelog_tests::{Kind, TOKEN, TestServer, free_port, http_post};
 
 #[test]
 fn demo_takes_the_files_settings_and_explicit_flags_win() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("from-file");
+    // The file's own addresses: what the test is about, so not port 0.
     let (ingest, dash) = (free_port(), free_port());
     let config = dir.path().join("demo.toml");
     std::fs::write(
@@ -19,20 +17,19 @@ fn demo_takes_the_files_settings_and_explicit_flags_win() -> anyhow::Result<()> 
             data.display().to_string()
         ),
     )?;
-    let run = |extra: &[&str]| -> anyhow::Result<std::process::Child> {
-        Ok(Command::new(binary())
-            .current_dir(dir.path())
-            .args(["demo", "--no-traffic", "--config"])
-            .arg(&config)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?)
+    let config = config.display().to_string();
+    let run = |extra: &[&str]| -> anyhow::Result<TestServer> {
+        let mut args = vec!["demo", "--no-traffic", "--config", &config];
+        args.extend(extra);
+        TestServer::command(Kind::Demo, dir.path(), &args)
     };
 
     let demo = run(&[])?;
-    wait_listening(ingest)?;
-    wait_listening(dash)?;
+    assert_eq!(
+        (demo.port(), demo.dashboard_port()),
+        (ingest, dash),
+        "the file's addresses are used"
+    );
     let body = format!(
         "{{\"timestamp\":{},\"DistributionId\":\"E1\",\"sc-status\":200}}\n",
         std::time::SystemTime::now()
@@ -49,25 +46,19 @@ fn demo_takes_the_files_settings_and_explicit_flags_win() -> anyhow::Result<()> 
         !dir.path().join("edgelog-demo").exists(),
         "the flag's default data dir was used"
     );
-    signal(&demo, "TERM")?;
-    let out = demo.wait_with_output()?;
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{printed}");
+    let printed = demo.stop()?;
     assert!(
         !printed.contains(TOKEN),
         "the file's token was printed: {printed}"
     );
 
     // An explicit flag wins over the file.
-    let other = free_port();
-    let mut demo = run(&["--listen", &format!("127.0.0.1:{other}")])?;
-    wait_listening(other)?;
-    std::thread::sleep(Duration::from_millis(200));
+    let mut demo = run(&["--listen", "127.0.0.1:0"])?;
+    assert_ne!(demo.port(), ingest);
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", ingest)).is_err(),
         "still listening on the file's address"
     );
-    signal(&demo, "TERM")?;
-    assert!(demo.wait()?.success());
+    assert!(demo.terminate()?);
     Ok(())
 }

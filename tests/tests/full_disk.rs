@@ -11,7 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use edgelog_tests::{CollectorProc, http_get, http_post, spawn_edge, stored_ids};
+use edgelog_tests::scenarios::{
+    acked_ids, caught_up, lost_and_duplicates, spawn_load, wait_readyz,
+};
+use edgelog_tests::{ServerConfig, TestServer, http_get, http_post, stored_ids, wait_for, within};
 
 /// A tmpfs mounted for the test's life; unmounted (lazily) on drop, even after a failure.
 struct Tmpfs {
@@ -128,15 +131,17 @@ fn a_full_disk_is_refused_cleanly_and_loses_nothing_acknowledged() -> anyhow::Re
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
     let fs = Tmpfs::mount(&data, "6m")?;
-    let extra = "[collector.wal]\nsegment_bytes = 262144\n[sinks.standard]\nmax_age = \"1s\"\n";
+    let cfg = ServerConfig::new()
+        .set("collector.wal", "segment_bytes", 262_144u64)
+        .standard("max_age", "1s");
     // Everything on the tmpfs, the collector's own log (stderr) included: a log line that
     // cannot be written must not hurt either.
-    let mut collector = CollectorProc::start(&data, extra)?;
+    let mut collector = TestServer::collector(&data, &cfg)?;
     let url = collector.url();
     let ack_log = tmp.path().join("edge-acked.txt");
-    let ack = ack_log.display().to_string();
-    let edge = spawn_edge(
+    let edge = spawn_load(
         &url,
+        &ack_log,
         &[
             "--rate",
             "3000",
@@ -146,8 +151,6 @@ fn a_full_disk_is_refused_cleanly_and_loses_nothing_acknowledged() -> anyhow::Re
             "300",
             "--concurrency",
             "2",
-            "--ack-log",
-            &ack,
             "--max-tries",
             "100000",
             "--timeout",
@@ -176,6 +179,7 @@ fn a_full_disk_is_refused_cleanly_and_loses_nothing_acknowledged() -> anyhow::Re
                 collector.log_text()
             );
         }
+        // The scenario: the probe's pace while the edge fills the disk.
         std::thread::sleep(Duration::from_millis(20));
     }
     let readyz = http_get(&format!("{url}/readyz"))?;
@@ -188,64 +192,33 @@ fn a_full_disk_is_refused_cleanly_and_loses_nothing_acknowledged() -> anyhow::Re
     // Space returns: ingest resumes without a restart.
     fs.resize("256m")?;
     let resumed = Instant::now();
-    loop {
-        if probe.post(&url, 100)? == 200 {
-            break;
-        }
-        if resumed.elapsed() > Duration::from_secs(30) {
-            bail!(
-                "ingest did not resume within 30 s of the disk growing: {:?}\n{}",
-                probe.statuses,
-                collector.log_text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        within(Duration::from_secs(30)),
+        Duration::from_millis(100),
+        "ingest resumed after the disk grew",
+        || Ok((probe.post(&url, 100)? == 200).then_some(())),
+    )
+    .with_context(|| format!("{:?}\n{}", probe.statuses, collector.log_text()))?;
     let resumed_after = resumed.elapsed();
     for _ in 0..20 {
         assert_eq!(probe.post(&url, 100)?, 200, "refused after space returned");
     }
-    let out = edge.wait_with_output()?;
-    assert!(
-        out.status.success(),
-        "edge failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    edge.finish()?;
 
     // A crash after all that, then a clean drain.
     collector.crash_and_restart()?;
-    let drained = Instant::now();
-    loop {
-        let r: serde_json::Value = serde_json::from_str(&http_get(&format!("{url}/readyz"))?)?;
-        let behind: u64 = r["sinks"]
-            .as_array()
-            .context("sinks")?
-            .iter()
-            .map(|s| s["lag_entries"].as_u64().unwrap_or(0))
-            .sum();
-        if behind == 0 {
-            break;
-        }
-        if drained.elapsed() > Duration::from_secs(60) {
-            bail!("sinks did not catch up within 60 s: {r}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_readyz(
+        &url,
+        Duration::from_secs(60),
+        "sinks did not catch up",
+        caught_up,
+    )?;
     assert!(collector.terminate()?, "{}", collector.log_text());
 
     let mut acked = probe.acked.clone();
-    acked.extend(
-        std::fs::read_to_string(&ack_log)?
-            .lines()
-            .map(str::to_owned),
-    );
+    acked.extend(acked_ids(&ack_log)?);
     let stored = stored_ids(&data.join("standard-logs"))?;
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|id| !stored.contains_key(*id))
-        .collect();
-    let duplicates: u32 = stored.values().map(|n| n - 1).sum();
+    let (lost, duplicates) = lost_and_duplicates(&acked, &stored);
     let log = collector.log_text();
     eprintln!(
         "full disk: answers {:?}; ingest resumed {resumed_after:?} after the disk grew; \

@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use edgelog_record::{FIELDS, KeyCache, Record, SamplingConfig, field_index, parse_json_line, w3c};
 use edgelog_sink_stream::{HEADER_FIELDS, HEADER_FORMAT, HEADER_SAMPLE_RATE, parse_tsv_timestamp};
+use edgelog_tests::scenarios::{Outage, acked_ids, lost_and_duplicates, outage_under_load};
 use edgelog_tests::servers::{Consumed, Tansu, consume};
-use edgelog_tests::{CollectorProc, http_get, send_generated, spawn_edge};
+use edgelog_tests::{ServerConfig, TestServer, http_get, send_generated, wait_for, within};
 
 const TOPIC: &str = "edgelog-realtime";
 
@@ -35,12 +36,12 @@ fn sampled_records_reach_the_topic_exactly_once_and_in_order() -> anyhow::Result
     tansu.create_topic(TOPIC, 3)?;
     let ids = distribution_ids(2);
     let dir = tempfile::tempdir()?;
-    let extra = format!(
-        "[sampling.distributions.{}]\nrealtime = 25\n{}",
-        ids[0],
-        tansu.collector_toml(TOPIC)
+    let cfg = ServerConfig::new().set(
+        &format!("sampling.distributions.{}", ids[0]),
+        "realtime",
+        25u32,
     );
-    let mut collector = CollectorProc::start(dir.path(), &extra)?;
+    let mut collector = TestServer::collector(dir.path(), &tansu.realtime_sink(cfg, TOPIC))?;
     // One request at a time: the log holds records in generation order.
     let sent = send_generated(&collector.url(), 100_000, 2, 1, 1, 1)?;
     assert!(collector.terminate()?, "{}", collector.log_text());
@@ -132,13 +133,23 @@ fn tsv_messages_zstd_compressed_carry_the_selected_fields_in_cloudfront_order() 
     tansu.create_topic(TOPIC, 1)?;
     let ids = distribution_ids(2);
     let dir = tempfile::tempdir()?;
-    let extra = format!(
-        "[sinks.realtime]\nformat = \"tsv\"\n[sinks.realtime.distributions.{}]\n\
-         fields = [\"x-edge-request-id\", \"sc-status\", \"timestamp\", \"cs-host\", \"time-to-first-byte\", \"cs_user_agent\", \"sc-range-start\"]\n{}compression = \"zstd\"\n",
-        ids[0],
-        tansu.collector_toml(TOPIC)
-    );
-    let mut collector = CollectorProc::start(dir.path(), &extra)?;
+    let cfg = ServerConfig::new()
+        .realtime("format", "tsv")
+        .set(
+            &format!("sinks.realtime.distributions.{}", ids[0]),
+            "fields",
+            [
+                "x-edge-request-id",
+                "sc-status",
+                "timestamp",
+                "cs-host",
+                "time-to-first-byte",
+                "cs_user_agent",
+                "sc-range-start",
+            ],
+        )
+        .set("sinks.realtime.kafka", "compression", "zstd");
+    let mut collector = TestServer::collector(dir.path(), &tansu.realtime_sink(cfg, TOPIC))?;
     let sent = send_generated(&collector.url(), 2_000, 2, 1, 1, 2)?;
     assert!(collector.terminate()?, "{}", collector.log_text());
 
@@ -208,38 +219,28 @@ fn thirty_seconds_without_the_broker_lose_nothing() -> anyhow::Result<()> {
     let mut tansu = Tansu::start_persistent()?;
     tansu.create_topic(TOPIC, 3)?;
     let dir = tempfile::tempdir()?;
-    let extra = format!(
-        "[sampling.default]\nrealtime = 5\n{}",
-        tansu.collector_toml(TOPIC)
-    );
-    let mut collector = CollectorProc::start(dir.path(), &extra)?;
-    let ack_log = dir.path().join("acked.txt");
-    let ack = ack_log.display().to_string();
-    let edge = spawn_edge(
-        &collector.url(),
-        &[
-            "--rate",
-            "2000",
-            "--duration",
-            "55s",
-            "--batch",
-            "200",
-            "--distributions",
-            "3",
-            "--ack-log",
-            &ack,
-        ],
+    let cfg = tansu.realtime_sink(ServerConfig::new().sample("realtime", 5), TOPIC);
+    let mut collector = TestServer::collector(dir.path(), &cfg)?;
+    let run = outage_under_load(
+        &mut collector,
+        &mut tansu,
+        &Outage {
+            edge: &[
+                "--rate",
+                "2000",
+                "--duration",
+                "55s",
+                "--batch",
+                "200",
+                "--distributions",
+                "3",
+            ],
+            up_first: Duration::from_secs(8),
+            down: Duration::from_secs(25),
+            down_after_probe: Duration::from_secs(5),
+        },
     )?;
-    std::thread::sleep(Duration::from_secs(8));
-    tansu.stop()?;
-    std::thread::sleep(Duration::from_secs(25));
-    let ready = http_get(&format!("{}/readyz", collector.url()))?;
-    std::thread::sleep(Duration::from_secs(5));
-    tansu.restart()?;
-    let out = edge.wait_with_output()?;
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "edge failed: {report}");
-    assert!(collector.terminate()?, "{}", collector.log_text());
+    let (ready, report) = (run.readyz, run.report);
 
     let status: serde_json::Value = serde_json::from_str(&ready)?;
     let realtime = status["sinks"]
@@ -258,10 +259,7 @@ fn thirty_seconds_without_the_broker_lose_nothing() -> anyhow::Result<()> {
         "{ready}"
     );
 
-    let acked: HashSet<String> = std::fs::read_to_string(&ack_log)?
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let acked: HashSet<String> = acked_ids(&run.ack_log)?;
     let sampled: HashSet<&String> = acked
         .iter()
         .filter(|id| edgelog_record::keep(id, 5.0))
@@ -279,11 +277,8 @@ fn thirty_seconds_without_the_broker_lose_nothing() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}: {}", m.value))?;
         *counts.entry(r.request_id().to_owned()).or_default() += 1;
     }
-    let lost = sampled
-        .iter()
-        .filter(|id| !counts.contains_key(**id))
-        .count();
-    let duplicates: u32 = counts.values().map(|n| n - 1).sum();
+    let (lost, duplicates) = lost_and_duplicates(sampled.iter().copied(), &counts);
+    let lost = lost.len();
     let unexpected = counts.keys().filter(|id| !sampled.contains(id)).count();
     eprintln!(
         "broker down 30 s under 2,000 records/s: {} acknowledged, {} sampled at 5 %, {} messages, {duplicates} duplicates, {lost} lost; readyz during the outage: {ready}\n{report}",
@@ -301,20 +296,24 @@ fn thirty_seconds_without_the_broker_lose_nothing() -> anyhow::Result<()> {
 fn a_missing_topic_is_reported_and_its_records_wait_until_it_exists() -> anyhow::Result<()> {
     let tansu = Tansu::start()?;
     let dir = tempfile::tempdir()?;
-    let mut collector = CollectorProc::start(dir.path(), &tansu.collector_toml("not-yet"))?;
+    let mut collector = TestServer::collector(
+        dir.path(),
+        &tansu.realtime_sink(ServerConfig::new(), "not-yet"),
+    )?;
     let sent = send_generated(&collector.url(), 500, 2, 1, 1, 1)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let ready = loop {
-        let ready = http_get(&format!("{}/readyz", collector.url()))?;
-        if ready.contains("not-yet does not exist") {
-            break ready;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the missing topic is not reported: {ready}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let mut last = String::new();
+    let ready = wait_for(
+        within(Duration::from_secs(30)),
+        Duration::from_millis(100),
+        "the missing topic reported",
+        || {
+            last = http_get(&format!("{}/readyz", collector.url()))?;
+            Ok(last
+                .contains("not-yet does not exist")
+                .then(|| last.clone()))
+        },
+    )
+    .with_context(|| format!("the missing topic is not reported: {last}"))?;
     let status: serde_json::Value = serde_json::from_str(&ready)?;
     assert_eq!(status["status"], "degraded", "{ready}");
     assert!(

@@ -7,7 +7,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use edgelog_tests::{CollectorProc, http_get, stored_ids};
+use edgelog_tests::scenarios::{caught_up, readyz};
+use edgelog_tests::{ServerConfig, TestServer, http_get, stored_ids, wait_until, within};
 
 const MIB: u64 = 1 << 20;
 
@@ -61,24 +62,19 @@ fn bodies_at_the_decompression_limit_stay_within_the_memory_budget() -> anyhow::
     let dir = tempfile::tempdir()?;
     let budget = 256 * MIB;
     let open_files = 32 * MIB;
-    let extra = format!(
-        "[sinks.standard]\nmax_age = \"1s\"\nmax_open_bytes = {open_files}\n[sinks.realtime]\nenabled = false\n"
-    );
-    let collector = CollectorProc::start_with(
-        dir.path(),
-        &extra,
-        "collector-1",
-        &[
-            (
-                "EDGELOG_COLLECTOR__MAX_DECOMPRESSED_BYTES",
-                &(32 * MIB).to_string(),
-            ),
-            ("EDGELOG_COLLECTOR__MAX_INFLIGHT_BYTES", &budget.to_string()),
-            ("EDGELOG_COLLECTOR__MAX_RECORDS_PER_BODY", "60000"),
-        ],
-    )?;
+    let cfg = ServerConfig::new()
+        .standard("max_age", "1s")
+        .standard("max_open_bytes", open_files)
+        .without_sink("realtime")
+        .env(
+            "EDGELOG_COLLECTOR__MAX_DECOMPRESSED_BYTES",
+            (32 * MIB).to_string(),
+        )
+        .env("EDGELOG_COLLECTOR__MAX_INFLIGHT_BYTES", budget.to_string())
+        .env("EDGELOG_COLLECTOR__MAX_RECORDS_PER_BODY", "60000");
+    let collector = TestServer::collector(dir.path(), &cfg)?;
     let url = collector.url();
-    let pid = collector.child.id();
+    let pid = collector.pid()?;
     let mut accepted: HashSet<String> = HashSet::new();
     let (mut ok, mut busy) = (0, 0);
 
@@ -130,18 +126,9 @@ fn bodies_at_the_decompression_limit_stay_within_the_memory_budget() -> anyhow::
     let metrics = http_get(&format!("{url}/metrics"))?;
     let mut collector = collector;
     // Everything accepted lands.
-    let mut delivered = false;
-    for _ in 0..120 {
-        let r: serde_json::Value = serde_json::from_str(&http_get(&format!("{url}/readyz"))?)?;
-        if r["sinks"]
-            .as_array()
-            .is_some_and(|s| s.iter().all(|s| s["lag_entries"].as_u64() == Some(0)))
-        {
-            delivered = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let delivered = wait_until(within(Duration::from_secs(60)), || {
+        readyz(&url).is_ok_and(|r| caught_up(&r))
+    });
     assert!(delivered, "sinks did not catch up");
     assert!(collector.terminate()?, "{}", collector.log_text());
     let stored = stored_ids(&dir.path().join("standard-logs"))?;

@@ -1,17 +1,20 @@
 //! The dashboard's per-minute metrics equal what DuckDB computes from the standard logs of
 //! the same records (sampled at 100 %), minute by minute, distribution by distribution.
 
-use std::process::Command;
 use std::time::Duration;
 
-use edgelog_tests::{DemoProc, TOKEN, http_get as get, run_edge};
+use edgelog_tests::servers::python_json;
+use edgelog_tests::{TOKEN, TestServer, http_get as get, run_edge, wait_until, within};
+
+/// (distribution, point) of every series point on the dashboard.
+type Points = Vec<(String, serde_json::Value)>;
 
 #[test]
 fn dashboard_minutes_equal_duckdb_over_the_standard_logs() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("demo");
-    let demo = DemoProc::start(&data, &["--no-traffic", "--token", TOKEN], &[])?;
-    let url = demo.ingest_url();
+    let demo = TestServer::demo(&data, &["--no-traffic", "--token", TOKEN], &[])?;
+    let url = demo.url();
     // Errors in the mix, times spread over the last 12 minutes.
     run_edge(
         &url,
@@ -30,19 +33,32 @@ fn dashboard_minutes_equal_duckdb_over_the_standard_logs() -> anyhow::Result<()>
             "3",
         ],
     )?;
-    // The demo publishes minutes every 2 s.
-    std::thread::sleep(Duration::from_secs(4));
-    let ids: Vec<String> = serde_json::from_str(&get(&demo.dashboard_url("/api/distributions"))?)?;
-    anyhow::ensure!(ids.len() == 3, "distributions: {ids:?}");
-    let mut dashboard = Vec::new();
-    for id in &ids {
-        let points: Vec<serde_json::Value> = serde_json::from_str(&get(
-            &demo.dashboard_url(&format!("/api/distributions/{id}/series"))
-        )?)?;
-        for p in points {
-            dashboard.push((id.clone(), p));
+    // The demo publishes minutes every 2 s: read the dashboard once it counts all 30,000
+    // (30 s at most; what differs then is told below).
+    let read = || -> anyhow::Result<(Vec<String>, Points)> {
+        let ids: Vec<String> =
+            serde_json::from_str(&get(&demo.dashboard_url("/api/distributions"))?)?;
+        let mut dashboard = Vec::new();
+        for id in &ids {
+            let points: Vec<serde_json::Value> = serde_json::from_str(&get(
+                &demo.dashboard_url(&format!("/api/distributions/{id}/series"))
+            )?)?;
+            for p in points {
+                dashboard.push((id.clone(), p));
+            }
         }
-    }
+        Ok((ids, dashboard))
+    };
+    wait_until(within(Duration::from_secs(30)), || {
+        read().is_ok_and(|(_, d)| {
+            d.iter()
+                .filter_map(|(_, p)| p["requests"].as_i64())
+                .sum::<i64>()
+                == 30_000
+        })
+    });
+    let (ids, dashboard) = read()?;
+    anyhow::ensure!(ids.len() == 3, "distributions: {ids:?}");
     demo.stop()?;
 
     let glob = data
@@ -63,13 +79,7 @@ FROM read_parquet('{glob}', hive_partitioning = true) GROUP BY ALL ORDER BY ALL
 """).fetchall()
 print(json.dumps(rows))"#
     );
-    let out = Command::new("python3").args(["-c", &script]).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "duckdb: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let duck: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    let duck: Vec<serde_json::Value> = serde_json::from_value(python_json(&script)?)?;
     anyhow::ensure!(
         duck.len() >= 30,
         "only {} (distribution, minute) rows",

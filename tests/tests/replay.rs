@@ -7,7 +7,7 @@ use arrow_array::{
     Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
 };
 use arrow_schema::{DataType, TimeUnit};
-use edgelog_tests::{CollectorProc, parquet_files, read_parquet, run_edge};
+use edgelog_tests::{ServerConfig, TestServer, parquet_files, read_parquet, run_edge};
 
 const EXAMPLE: &[u8] =
     include_bytes!("../../record/testdata/EMLARXS9EXAMPLE.2019-12-04-21.RT4KCN4SGK9.log");
@@ -15,7 +15,7 @@ const EXAMPLE: &[u8] =
 #[test]
 fn the_aws_example_replays_into_typed_parquet() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut collector = CollectorProc::start(dir.path(), "")?;
+    let mut collector = TestServer::collector(dir.path(), &ServerConfig::new())?;
     // As CloudFront delivers it: gzip'd, the distribution id in the file name.
     let file = dir
         .path()

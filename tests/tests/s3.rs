@@ -2,13 +2,13 @@
 //! straight from the bucket, the way users query them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use edgelog_record::{FIELDS, Record, Value};
+use edgelog_tests::scenarios::{Outage, outage_under_load};
 use edgelog_tests::servers::{Garage, python_json};
-use edgelog_tests::{CollectorProc, http_get, run_edge, send_generated, spawn_edge};
+use edgelog_tests::{ServerConfig, TestServer, run_edge, send_generated};
 use serde_json::json;
 
 const GLOB: &str = "s3://edgelog/standard-logs/**/*.parquet";
@@ -49,7 +49,7 @@ fn assert_row_matches(r: &Record, row: &serde_json::Value) {
 fn a_million_records_land_in_s3_and_duckdb_returns_exactly_them() -> anyhow::Result<()> {
     let garage = Garage::start()?;
     let dir = tempfile::tempdir()?;
-    let mut collector = CollectorProc::start(dir.path(), &garage.collector_toml())?;
+    let mut collector = TestServer::collector(dir.path(), &garage.s3_sink(ServerConfig::new()))?;
     let sent = send_generated(&collector.url(), 1_000_000, 5, 6, 4_999, 4)?;
     assert!(collector.terminate()?, "{}", collector.log_text());
     assert!(
@@ -147,41 +147,12 @@ print(json.dumps(out))
     Ok(())
 }
 
-/// What DuckDB finds in the bucket: rows, distinct request ids, and (with an ack log)
-/// how many acknowledged ids are missing.
-fn bucket_report(garage: &Garage, acked: Option<&Path>) -> anyhow::Result<serde_json::Value> {
-    let acked_sql = match acked {
-        Some(p) => format!(
-            r#"
-con.sql("CREATE TABLE acked AS SELECT DISTINCT column0 AS id FROM read_csv('{}', header = false, columns = {{'column0': 'VARCHAR'}})")
-out["acked"] = one("SELECT count(*) FROM acked")
-out["missing"] = one(f"SELECT count(*) FROM acked WHERE id NOT IN (SELECT x_edge_request_id FROM {{src}})")"#,
-            p.display()
-        ),
-        None => String::new(),
-    };
-    python_json(&format!(
-        r#"{prelude}
-src = "read_parquet('{GLOB}', hive_partitioning = true)"
-one = lambda q: con.sql(q).fetchone()[0]
-out = {{"rows": 0, "distinct": 0}}
-out["files"] = one(f"SELECT count(*) FROM glob('{GLOB}')")
-if out["files"]:
-    out["rows"] = one(f"SELECT count(*) FROM {{src}}")
-    out["distinct"] = one(f"SELECT count(DISTINCT x_edge_request_id) FROM {{src}}")
-{acked_sql}
-print(json.dumps(out))
-"#,
-        prelude = garage.duckdb_prelude()
-    ))
-}
-
 #[test]
 fn the_aws_example_comes_back_from_s3_with_its_documented_values() -> anyhow::Result<()> {
     const EXAMPLE: &str = "../record/testdata/EMLARXS9EXAMPLE.2019-12-04-21.RT4KCN4SGK9.log";
     let garage = Garage::start()?;
     let dir = tempfile::tempdir()?;
-    let mut collector = CollectorProc::start(dir.path(), &garage.collector_toml())?;
+    let mut collector = TestServer::collector(dir.path(), &garage.s3_sink(ServerConfig::new()))?;
     let out = run_edge(&collector.url(), &["--replay", EXAMPLE])?;
     assert!(out.contains("records acknowledged: 6"), "{out}");
     assert!(collector.terminate()?, "{}", collector.log_text());
@@ -245,11 +216,10 @@ fn sigkill_during_uploads_leaves_every_record_exactly_once() -> anyhow::Result<(
     let mut garage = Garage::start()?;
     let dir = tempfile::tempdir()?;
     // Small files, so uploads go on all the time.
-    let extra = format!(
-        "[sinks.standard]\nmax_rows = 2000\nmax_age = \"1s\"\n{}",
-        garage.collector_toml()
-    );
-    let mut collector = CollectorProc::start(dir.path(), &extra)?;
+    let cfg = ServerConfig::new()
+        .standard("max_rows", 2000u32)
+        .standard("max_age", "1s");
+    let mut collector = TestServer::collector(dir.path(), &garage.s3_sink(cfg))?;
     // With the bucket away, everything waits in the write-ahead log, acknowledged.
     garage.stop()?;
     let sent = send_generated(&collector.url(), 200_000, 5, 3, 1_000_000, 4)?;
@@ -257,14 +227,15 @@ fn sigkill_during_uploads_leaves_every_record_exactly_once() -> anyhow::Result<(
     let mut kills = 0;
     let mut files_seen = Vec::new();
     for i in 0..6u64 {
+        // The scenario: kills at staggered times while uploads go on.
         std::thread::sleep(Duration::from_millis(900 + 300 * i));
-        let files = bucket_report(&garage, None)?["files"].as_u64().unwrap_or(0);
+        let files = garage.bucket_report(None)?["files"].as_u64().unwrap_or(0);
         files_seen.push(files);
         collector.crash_and_restart()?;
         kills += 1;
     }
     assert!(collector.terminate()?, "{}", collector.log_text());
-    let r = bucket_report(&garage, None)?;
+    let r = garage.bucket_report(None)?;
     eprintln!("{kills} SIGKILLs during uploads; files seen before each: {files_seen:?}; {r}");
     assert!(
         files_seen.windows(2).any(|w| w[0] < w[1]),
@@ -279,40 +250,29 @@ fn sigkill_during_uploads_leaves_every_record_exactly_once() -> anyhow::Result<(
 fn sixty_seconds_without_s3_under_load_lose_and_duplicate_nothing() -> anyhow::Result<()> {
     let mut garage = Garage::start()?;
     let dir = tempfile::tempdir()?;
-    let extra = format!(
-        "[sinks.standard]\nmax_age = \"2s\"\n{}",
-        garage.collector_toml()
-    );
-    let mut collector = CollectorProc::start(dir.path(), &extra)?;
-    let ack_log = dir.path().join("acked.txt");
-    let ack = ack_log.display().to_string();
-    let edge = spawn_edge(
-        &collector.url(),
-        &[
-            "--rate",
-            "2000",
-            "--duration",
-            "80s",
-            "--batch",
-            "200",
-            "--distributions",
-            "4",
-            "--ack-log",
-            &ack,
-        ],
+    let cfg = ServerConfig::new().standard("max_age", "2s");
+    let mut collector = TestServer::collector(dir.path(), &garage.s3_sink(cfg))?;
+    // Degraded, lagging, and still accepting: /readyz and /metrics 55 s into the outage.
+    let run = outage_under_load(
+        &mut collector,
+        &mut garage,
+        &Outage {
+            edge: &[
+                "--rate",
+                "2000",
+                "--duration",
+                "80s",
+                "--batch",
+                "200",
+                "--distributions",
+                "4",
+            ],
+            up_first: Duration::from_secs(8),
+            down: Duration::from_secs(55),
+            down_after_probe: Duration::from_secs(5),
+        },
     )?;
-    std::thread::sleep(Duration::from_secs(8));
-    garage.stop()?;
-    std::thread::sleep(Duration::from_secs(55));
-    // Degraded, lagging, and still accepting.
-    let ready = http_get(&format!("{}/readyz", collector.url()))?;
-    let metrics = http_get(&format!("{}/metrics", collector.url()))?;
-    std::thread::sleep(Duration::from_secs(5));
-    garage.restart()?;
-    let out = edge.wait_with_output()?;
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "edge failed: {report}");
-    assert!(collector.terminate()?, "{}", collector.log_text());
+    let (ready, metrics, report, ack_log) = (run.readyz, run.metrics, run.report, run.ack_log);
 
     let log = collector.log_text();
     let log_tail: String = log
@@ -349,7 +309,7 @@ fn sixty_seconds_without_s3_under_load_lose_and_duplicate_nothing() -> anyhow::R
         .unwrap_or(0.0);
     assert!(lag > 30.0, "{lag_line}");
 
-    let r = bucket_report(&garage, Some(&ack_log))?;
+    let r = garage.bucket_report(Some(&ack_log))?;
     eprintln!("S3 down 60 s under 2,000 records/s: {r}\n{report}");
     let acked = r["acked"].as_u64().unwrap_or(0);
     assert!(acked > 100_000, "too little load: {r}");
@@ -368,11 +328,8 @@ fn a_file_larger_than_a_part_goes_up_as_a_multipart_upload() -> anyhow::Result<(
     let dir = tempfile::tempdir()?;
     // One distribution, one hour, distinct records: one file of about 14 MB, above the
     // 8 MiB part size.
-    let extra = format!(
-        "[sinks.standard]\nmax_age = \"10m\"\n{}",
-        garage.collector_toml()
-    );
-    let mut collector = CollectorProc::start(dir.path(), &extra)?;
+    let cfg = ServerConfig::new().standard("max_age", "10m");
+    let mut collector = TestServer::collector(dir.path(), &garage.s3_sink(cfg))?;
     let sent = send_generated(&collector.url(), 200_000, 1, 0, 1_000_000, 4)?;
     assert!(collector.terminate()?, "{}", collector.log_text());
     let out = python_json(&format!(

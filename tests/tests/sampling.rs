@@ -3,10 +3,10 @@
 
 use std::collections::HashSet;
 
-use edgelog_tests::{CollectorProc, run_edge, stored_ids};
+use edgelog_tests::{ServerConfig, TestServer, run_edge, stored_ids};
 
 fn sample(dir: &std::path::Path, rate: u32) -> anyhow::Result<HashSet<String>> {
-    let mut c = CollectorProc::start(dir, &format!("[sampling.default]\nstandard = {rate}\n"))?;
+    let mut c = TestServer::collector(dir, &ServerConfig::new().sample("standard", rate))?;
     run_edge(
         &c.url(),
         &[

@@ -7,7 +7,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use edgelog_tests::{CollectorProc, http_get, http_post, stored_ids};
+use edgelog_tests::{
+    ServerConfig, TestServer, http_get, http_post, stored_ids, wait_until, within,
+};
 
 fn record(id: &str) -> Vec<u8> {
     let now = std::time::SystemTime::now()
@@ -41,17 +43,14 @@ fn closed(mut s: &TcpStream) -> bool {
 #[test]
 fn trickling_and_idle_connections_are_cut_and_normal_clients_served() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let extra = "[sinks.standard]\nmax_age = \"1s\"\n";
-    let collector = CollectorProc::start_with(
+    let collector = TestServer::collector(
         dir.path(),
-        extra,
-        "collector-1",
-        &[
-            ("EDGELOG_COLLECTOR__HEADER_TIMEOUT", "2s"),
-            ("EDGELOG_COLLECTOR__BODY_TIMEOUT", "2s"),
-        ],
+        &ServerConfig::new()
+            .standard("max_age", "1s")
+            .env("EDGELOG_COLLECTOR__HEADER_TIMEOUT", "2s")
+            .env("EDGELOG_COLLECTOR__BODY_TIMEOUT", "2s"),
     )?;
-    let addr = ("127.0.0.1", collector.port);
+    let addr = ("127.0.0.1", collector.port());
     let (n_slow, n_idle) = (2000, 2000);
     let mut slow = Vec::with_capacity(n_slow);
     for _ in 0..n_slow {
@@ -88,6 +87,7 @@ fn trickling_and_idle_connections_are_cut_and_normal_clients_served() -> anyhow:
         assert_eq!(a.status, 200, "{a:?}");
         served.push(t.elapsed());
         i += 1;
+        // The scenario: a normal client posting every 200 ms while the others trickle.
         std::thread::sleep(Duration::from_millis(200));
     }
     let worst = served.iter().max().copied().unwrap_or_default();
@@ -109,15 +109,9 @@ fn trickling_and_idle_connections_are_cut_and_normal_clients_served() -> anyhow:
     assert!(answer.starts_with("HTTP/1.1 408"), "short body: {answer:?}");
     assert!(timeouts >= (n_slow + n_idle) as f64 * 0.9, "{timeouts}");
     // The sinks could still open their files.
-    let mut ok = false;
-    for _ in 0..50 {
-        let ids = stored_ids(&dir.path().join("standard-logs"))?;
-        if ids.contains_key("normal-0") {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let ok = wait_until(within(Duration::from_secs(10)), || {
+        stored_ids(&dir.path().join("standard-logs")).is_ok_and(|ids| ids.contains_key("normal-0"))
+    });
     assert!(ok, "no standard-log file written: {}", collector.log_text());
     Ok(())
 }
@@ -125,30 +119,25 @@ fn trickling_and_idle_connections_are_cut_and_normal_clients_served() -> anyhow:
 #[test]
 fn connections_past_the_cap_are_closed_and_counted() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let collector = CollectorProc::start_with(
+    let collector = TestServer::collector(
         dir.path(),
-        "",
-        "collector-1",
-        &[
-            ("EDGELOG_COLLECTOR__MAX_CONNECTIONS", "50"),
-            ("EDGELOG_COLLECTOR__HEADER_TIMEOUT", "2s"),
-        ],
+        &ServerConfig::new()
+            .env("EDGELOG_COLLECTOR__MAX_CONNECTIONS", "50")
+            .env("EDGELOG_COLLECTOR__HEADER_TIMEOUT", "2s"),
     )?;
-    let addr = ("127.0.0.1", collector.port);
+    let addr = ("127.0.0.1", collector.port());
     let held: Vec<TcpStream> = (0..50)
         .map(|_| TcpStream::connect(addr))
         .collect::<Result<_, _>>()?;
+    // The scenario: the server takes the 50 before the one past the cap comes.
     std::thread::sleep(Duration::from_millis(300));
     let extra = TcpStream::connect(addr)?;
     assert!(
-        closed(&extra) || {
-            std::thread::sleep(Duration::from_millis(300));
-            closed(&extra)
-        },
+        wait_until(within(Duration::from_millis(300)), || closed(&extra)),
         "a connection past the cap stayed open"
     );
-    // Once the idle ones time out, clients get in again.
-    std::thread::sleep(Duration::from_secs(3));
+    // Once the idle ones time out (the server closes them), clients get in again.
+    wait_until(within(Duration::from_secs(10)), || held.iter().all(closed));
     let a = http_post(&format!("{}/v1/records", collector.url()), &record("after"))
         .context("a client after the idle ones were cut")?;
     assert_eq!(a.status, 200, "{a:?}");

@@ -9,114 +9,23 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use arrow_array::{Array, StringArray};
-use edgelog_tests::servers::{Garage, Tansu, consume, python_json};
+use edgelog_tests::scenarios::{lost_and_duplicates, sink, wait_readyz as wait_ready_until};
+use edgelog_tests::servers::{Garage, Tansu, consume};
 use edgelog_tests::{
-    CollectorProc, TOKEN, binary, free_port, http_get, parquet_files, read_parquet, run_edge,
-    send_generated, send_generated_seeded, signal, stored_ids,
+    ServerConfig, TestServer, free_port, http_get, parquet_files, read_parquet, run_edge,
+    send_generated, send_generated_seeded, stored_ids,
 };
 
 const TOPIC: &str = "edgelog-realtime";
 const DISTRIBUTION: &str = "E2QWRUHAPOMQZL";
-const GLOB: &str = "s3://edgelog/standard-logs/**/*.parquet";
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// A collector child process whose `[collector]` section takes extra keys
-/// (`shutdown_timeout`), which `CollectorProc` cannot add.
-struct Collector {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Collector {
-    /// Writes `data_dir/edgelog.toml` (`extra` at the top, `collector_keys` in
-    /// `[collector]`) and starts a collector on it; returns once it listens.
-    fn start(data_dir: &Path, extra: &str, collector_keys: &str) -> anyhow::Result<Collector> {
-        fs::create_dir_all(data_dir)?;
-        let port = free_port();
-        let config = data_dir.join("edgelog.toml");
-        fs::write(
-            &config,
-            format!(
-                "data_dir = {dir:?}\n{extra}\n[collector]\nid = \"collector-1\"\n\
-                 listen = \"127.0.0.1:{port}\"\ntokens = [\"{TOKEN}\"]\n{collector_keys}\n",
-                dir = data_dir.display().to_string()
-            ),
-        )?;
-        let log = data_dir.join("collector.log");
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let child = Command::new(binary())
-            .args(["collector", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .context("cannot start the collector")?;
-        let mut c = Collector { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = c.child.try_wait()? {
-                bail!("collector exited with {status}: {}", c.log_text());
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(c);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "collector did not listen within 30 s: {}",
-                c.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGTERM; waits (60 s at most) for the exit and says how long it took.
-    fn terminate_timed(&mut self) -> anyhow::Result<(Duration, ExitStatus)> {
-        let start = Instant::now();
-        signal(&self.child, "TERM")?;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok((start.elapsed(), status));
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                self.child.kill()?;
-                let _ = self.child.wait();
-                bail!(
-                    "collector did not stop within 60 s of SIGTERM: {}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The log lines that tell what a shutdown or a sink did (not librdkafka's repeated
 /// connection errors): enough to see what happened without the whole file.
@@ -142,38 +51,32 @@ fn log_excerpt(log: &str) -> String {
     lines[from..].join("\n")
 }
 
-/// `/readyz` as JSON.
-fn readyz(url: &str) -> anyhow::Result<serde_json::Value> {
-    let body = http_get(&format!("{url}/readyz"))?;
-    serde_json::from_str(&body).with_context(|| format!("/readyz is not JSON: {body}"))
-}
-
-/// One sink's entry in a `/readyz` answer (`Null` if there is none).
-fn sink<'a>(ready: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    ready["sinks"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == name))
-        .unwrap_or(&serde_json::Value::Null)
-}
-
-/// Polls `/readyz` until `done` holds, for at most `timeout`; returns the last answer.
-fn wait_ready_until(
-    url: &str,
-    timeout: Duration,
+/// SIGTERM: the collector must exit cleanly within `budget` plus the 5 s margin; returns
+/// its log. `what` says what was wrong when it was told to stop.
+fn terminate_within_budget(
+    collector: &mut TestServer,
+    budget: Duration,
     what: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> anyhow::Result<serde_json::Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let r = readyz(url)?;
-        if done(&r) {
-            return Ok(r);
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {timeout:?}; /readyz: {r}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+) -> anyhow::Result<String> {
+    let (took, status) = collector.terminate_timed()?;
+    let log = collector.log_text();
+    eprintln!(
+        "SIGTERM {what}: exited with {status} after {:.2} s \
+         (shutdown_timeout {} s, limit {} s)\n{}",
+        took.as_secs_f64(),
+        budget.as_secs(),
+        budget.as_secs() + 5,
+        log_excerpt(&log)
+    );
+    assert!(
+        took <= budget + Duration::from_secs(5),
+        "took {took:?} to stop, budget {budget:?} + 5 s"
+    );
+    assert!(
+        status.success(),
+        "did not exit cleanly ({status}): the shutdown watchdog ended it?"
+    );
+    Ok(log)
 }
 
 /// Posts `lines` as one body; fails unless every line is accepted.
@@ -276,32 +179,6 @@ fn prometheus_sum(text: &str, name: &str, label: &str) -> (f64, Vec<String>) {
     (sum, lines)
 }
 
-/// What DuckDB finds in the bucket: rows, distinct ids, and how many of the ids in
-/// `acked` (one per line) are missing.
-fn bucket_report(garage: &Garage, acked: &Path) -> anyhow::Result<serde_json::Value> {
-    python_json(&format!(
-        r#"{prelude}
-src = "read_parquet('{GLOB}', hive_partitioning = true)"
-one = lambda q: con.sql(q).fetchone()[0]
-out = {{"rows": 0, "distinct": 0}}
-out["files"] = one(f"SELECT count(*) FROM glob('{GLOB}')")
-con.sql("CREATE TABLE acked AS SELECT DISTINCT column0 AS id FROM read_csv('{acked}', header = false, columns = {{'column0': 'VARCHAR'}})")
-out["acked"] = one("SELECT count(*) FROM acked")
-if out["files"]:
-    out["rows"] = one(f"SELECT count(*) FROM {{src}}")
-    out["distinct"] = one(f"SELECT count(DISTINCT x_edge_request_id) FROM {{src}}")
-    out["missing"] = one(f"SELECT count(*) FROM acked WHERE id NOT IN (SELECT x_edge_request_id FROM {{src}})")
-    out["unexpected"] = one(f"SELECT count(DISTINCT x_edge_request_id) FROM {{src}} WHERE x_edge_request_id NOT IN (SELECT id FROM acked)")
-else:
-    out["missing"] = out["acked"]
-    out["unexpected"] = 0
-print(json.dumps(out))
-"#,
-        prelude = garage.duckdb_prelude(),
-        acked = acked.display(),
-    ))
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. A record too large for Kafka
 // ---------------------------------------------------------------------------------------
@@ -316,12 +193,12 @@ fn a_record_too_large_for_kafka_is_dead_lettered_and_the_rest_delivered() -> any
     let tansu = Tansu::start()?;
     tansu.create_topic(TOPIC, 3)?;
     let dir = tempfile::tempdir()?;
-    let extra = format!(
-        "[sampling.default]\nrealtime = 100\n{}[sinks.realtime.kafka.options]\n\
-         \"message.max.bytes\" = \"20000\"\n",
-        tansu.collector_toml(TOPIC)
+    let cfg = ServerConfig::new().sample("realtime", 100).set(
+        "sinks.realtime.kafka.options",
+        "\"message.max.bytes\"",
+        "20000",
     );
-    let mut collector = CollectorProc::start(dir.path(), &extra)?;
+    let mut collector = TestServer::collector(dir.path(), &tansu.realtime_sink(cfg, TOPIC))?;
     let url = collector.url();
 
     // ~2,000 ordinary records; three valid ones (each field within the ingest limits)
@@ -486,7 +363,7 @@ fn a_record_too_large_for_kafka_is_dead_lettered_and_the_rest_delivered() -> any
 
     // Replayed from the dead-letter file into another collector, they land in Parquet.
     let dir2 = tempfile::tempdir()?;
-    let mut second = CollectorProc::start(dir2.path(), "")?;
+    let mut second = TestServer::collector(dir2.path(), &ServerConfig::new())?;
     let mut acked = 0;
     for f in &files {
         let out = run_edge(&second.url(), &["--replay", &f.display().to_string()])?;
@@ -536,20 +413,19 @@ fn a_record_too_large_for_kafka_is_dead_lettered_and_the_rest_delivered() -> any
 fn sigterm_with_the_broker_and_the_store_down_ends_within_budget_and_a_restart_delivers_the_rest()
 -> anyhow::Result<()> {
     const BUDGET: Duration = Duration::from_secs(3);
-    const REALTIME_RATE: f64 = 10.0;
+    const REALTIME_RATE: u32 = 10;
     let mut garage = Garage::start()?;
     // Messages must outlive the broker's restart: SQLite storage, which tansu serves
     // slowly, hence 10 % of the records to the stream.
     let mut tansu = Tansu::start_persistent()?;
     tansu.create_topic(TOPIC, 3)?;
     let dir = tempfile::tempdir()?;
-    let extra = format!(
-        "[sampling.default]\nrealtime = {REALTIME_RATE}\n[sinks.standard]\nmax_age = \"2s\"\n{}{}",
-        garage.collector_toml(),
-        tansu.collector_toml(TOPIC)
-    );
-    let keys = format!("shutdown_timeout = \"{}s\"", BUDGET.as_secs());
-    let mut collector = Collector::start(dir.path(), &extra, &keys)?;
+    let cfg = ServerConfig::new()
+        .sample("realtime", REALTIME_RATE)
+        .standard("max_age", "2s")
+        .shutdown_timeout(BUDGET);
+    let cfg = tansu.realtime_sink(garage.s3_sink(cfg), TOPIC);
+    let mut collector = TestServer::collector(dir.path(), &cfg)?;
 
     let first = send_generated(&collector.url(), 5_000, 3, 1, 1, 2)?;
     // Delivered before the outage, so the restart has old and new records to tell apart.
@@ -593,24 +469,7 @@ fn sigterm_with_the_broker_and_the_store_down_ends_within_budget_and_a_restart_d
             > 0
     );
 
-    let (took, status) = collector.terminate_timed()?;
-    let log = collector.log_text();
-    eprintln!(
-        "SIGTERM with garage and tansu down: exited with {status} after {:.2} s \
-         (shutdown_timeout {} s, limit {} s)\n{}",
-        took.as_secs_f64(),
-        BUDGET.as_secs(),
-        BUDGET.as_secs() + 5,
-        log_excerpt(&log)
-    );
-    assert!(
-        took <= BUDGET + Duration::from_secs(5),
-        "took {took:?} to stop, budget {BUDGET:?} + 5 s"
-    );
-    assert!(
-        status.success(),
-        "did not exit cleanly ({status}): the shutdown watchdog ended it?"
-    );
+    let log = terminate_within_budget(&mut collector, BUDGET, "with garage and tansu down")?;
     assert!(
         log.contains("undelivered records stay in the write-ahead log"),
         "the log does not say records stay in the write-ahead log"
@@ -619,7 +478,7 @@ fn sigterm_with_the_broker_and_the_store_down_ends_within_budget_and_a_restart_d
 
     garage.restart()?;
     tansu.restart()?;
-    let mut collector = Collector::start(dir.path(), &extra, &keys)?;
+    let mut collector = TestServer::collector(dir.path(), &cfg)?;
     let restarted = Instant::now();
     let ready = wait_ready_until(
         &collector.url(),
@@ -636,7 +495,7 @@ fn sigterm_with_the_broker_and_the_store_down_ends_within_budget_and_a_restart_d
     // S3: every acknowledged record, exactly once.
     let ack_file = dir.path().join("acked.txt");
     fs::write(&ack_file, acked.join("\n") + "\n")?;
-    let s3 = bucket_report(&garage, &ack_file)?;
+    let s3 = garage.bucket_report(Some(&ack_file))?;
     let s3_missing = s3["missing"].as_u64().unwrap_or(u64::MAX);
     eprintln!(
         "S3: {} acknowledged, {} rows, {} distinct, {s3_missing} lost, {} unexpected ({s3})",
@@ -649,7 +508,7 @@ fn sigterm_with_the_broker_and_the_store_down_ends_within_budget_and_a_restart_d
     // Kafka: every sampled acknowledged record, at least once.
     let sampled: HashSet<&String> = acked
         .iter()
-        .filter(|id| edgelog_record::keep(id, REALTIME_RATE))
+        .filter(|id| edgelog_record::keep(id, f64::from(REALTIME_RATE)))
         .collect();
     let got = consume(
         &tansu.bootstrap(),
@@ -658,11 +517,8 @@ fn sigterm_with_the_broker_and_the_store_down_ends_within_budget_and_a_restart_d
         Duration::from_secs(30),
     )?;
     let counts = consumed_ids(&got)?;
-    let lost = sampled
-        .iter()
-        .filter(|id| !counts.contains_key(**id))
-        .count();
-    let duplicates: u32 = counts.values().map(|n| n - 1).sum();
+    let (lost, duplicates) = lost_and_duplicates(sampled.iter().copied(), &counts);
+    let lost = lost.len();
     let unexpected = counts.keys().filter(|id| !sampled.contains(id)).count();
     eprintln!(
         "Kafka: {} acknowledged, {} sampled at {REALTIME_RATE} %, {} messages, {} delivered, \
@@ -698,12 +554,16 @@ fn sigterm_with_a_poison_record_before_it_is_dead_lettered_ends_within_budget() 
     let dir = tempfile::tempdir()?;
     // Nothing listens there: the sink hands messages to librdkafka, which holds them.
     let nowhere = free_port();
-    let extra = format!(
-        "[sampling.default]\nrealtime = 100\n[sinks.realtime.kafka]\n\
-         bootstrap_servers = \"127.0.0.1:{nowhere}\"\ntopic = \"{TOPIC}\"\n"
-    );
-    let keys = format!("shutdown_timeout = \"{}s\"", BUDGET.as_secs());
-    let mut collector = Collector::start(dir.path(), &extra, &keys)?;
+    let cfg = ServerConfig::new()
+        .sample("realtime", 100)
+        .set(
+            "sinks.realtime.kafka",
+            "bootstrap_servers",
+            format!("127.0.0.1:{nowhere}"),
+        )
+        .set("sinks.realtime.kafka", "topic", TOPIC)
+        .shutdown_timeout(BUDGET);
+    let mut collector = TestServer::collector(dir.path(), &cfg)?;
     let sent = send_generated(&collector.url(), 1_000, 2, 1, 1, 1)?;
     let ready = wait_ready_until(
         &collector.url(),
@@ -717,24 +577,7 @@ fn sigterm_with_a_poison_record_before_it_is_dead_lettered_ends_within_budget() 
     .map_err(|e| e.context(log_excerpt(&collector.log_text())))?;
     eprintln!("before SIGTERM: {}", sink(&ready, "realtime"));
 
-    let (took, status) = collector.terminate_timed()?;
-    let log = collector.log_text();
-    eprintln!(
-        "SIGTERM with the real-time sink stuck: exited with {status} after {:.2} s \
-         (shutdown_timeout {} s, limit {} s)\n{}",
-        took.as_secs_f64(),
-        BUDGET.as_secs(),
-        BUDGET.as_secs() + 5,
-        log_excerpt(&log)
-    );
-    assert!(
-        took <= BUDGET + Duration::from_secs(5),
-        "took {took:?} to stop, budget {BUDGET:?} + 5 s"
-    );
-    assert!(
-        status.success(),
-        "did not exit cleanly ({status}): the shutdown watchdog ended it?"
-    );
+    let log = terminate_within_budget(&mut collector, BUDGET, "with the real-time sink stuck")?;
     let says = log
         .lines()
         .find(|l| l.contains("undelivered records stay in the write-ahead log"))
@@ -745,11 +588,10 @@ fn sigterm_with_a_poison_record_before_it_is_dead_lettered_ends_within_budget() 
     // The same data dir, a broker this time: the records that waited arrive.
     let tansu = Tansu::start()?;
     tansu.create_topic(TOPIC, 1)?;
-    let extra = format!(
-        "[sampling.default]\nrealtime = 100\n{}",
-        tansu.collector_toml(TOPIC)
-    );
-    let mut collector = Collector::start(dir.path(), &extra, &keys)?;
+    let cfg = ServerConfig::new()
+        .sample("realtime", 100)
+        .shutdown_timeout(BUDGET);
+    let mut collector = TestServer::collector(dir.path(), &tansu.realtime_sink(cfg, TOPIC))?;
     let want: HashSet<String> = sent
         .sample
         .iter()
@@ -763,8 +605,8 @@ fn sigterm_with_a_poison_record_before_it_is_dead_lettered_ends_within_budget() 
         Duration::from_secs(60),
     )?;
     let counts = consumed_ids(&got)?;
-    let lost = want.iter().filter(|id| !counts.contains_key(*id)).count();
-    let duplicates: u32 = counts.values().map(|n| n - 1).sum();
+    let (lost, duplicates) = lost_and_duplicates(&want, &counts);
+    let lost = lost.len();
     let unexpected = counts.keys().filter(|id| !want.contains(*id)).count();
     eprintln!(
         "after the restart with a broker: {} acknowledged, {} messages, {} delivered, \

@@ -1,0 +1,268 @@
+//! The sink loop (`run_sink`) against a fake sink: a failing write is retried with
+//! growing waits and the sink's error shows until it recovers; the delivered position is
+//! saved and a restart resumes after it; at shutdown the loop drains what it can and
+//! gives up at the deadline, whatever the sink is doing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use edgelog_collector::{
+    Entry, LoopSettings, Seq, Sink, SinkError, SinkStatus, Wal, WalConfig, run_sink,
+};
+use edgelog_record::Record;
+use tokio::sync::watch;
+
+/// What the fake sink saw and does.
+#[derive(Default)]
+struct Shared {
+    /// When each write was tried, and for which entry.
+    tries: Vec<(Instant, Seq)>,
+    /// Writes that fail before the first succeeds.
+    failures_left: usize,
+    /// Writes never return.
+    hang: bool,
+    delivered: Seq,
+    flushed: bool,
+    cursors_saved: Vec<Seq>,
+}
+
+/// Delivers each entry as it is written (unless told to fail or hang).
+struct FakeSink(Arc<Mutex<Shared>>);
+
+impl FakeSink {
+    fn new() -> (FakeSink, Arc<Mutex<Shared>>) {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        (FakeSink(shared.clone()), shared)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.0.lock().expect("lock")
+    }
+}
+
+#[async_trait]
+impl Sink for FakeSink {
+    async fn write(&mut self, entry: &Entry) -> Result<(), SinkError> {
+        let hang = {
+            let mut s = self.state();
+            s.tries.push((Instant::now(), entry.seq));
+            if s.failures_left > 0 {
+                s.failures_left -= 1;
+                return Err(SinkError::Unavailable("destination down".into()));
+            }
+            s.hang
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        self.state().delivered = entry.seq;
+        Ok(())
+    }
+
+    async fn tick(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        self.state().flushed = true;
+        Ok(())
+    }
+
+    fn delivered(&self) -> Seq {
+        self.state().delivered
+    }
+
+    fn cursor_saved(&mut self, seq: Seq) {
+        self.state().cursors_saved.push(seq);
+    }
+}
+
+fn record(id: &str) -> Record {
+    Record {
+        timestamp_ms: 1_764_000_000_000,
+        distribution_id: "EFAKE".into(),
+        x_edge_request_id: Some(id.into()),
+        ..Record::default()
+    }
+}
+
+async fn append(wal: &Wal, n: usize) -> Seq {
+    let mut last = 0;
+    for i in 0..n {
+        last = wal
+            .append(Arc::new(vec![record(&format!("r{i}"))]))
+            .await
+            .expect("append");
+    }
+    last
+}
+
+fn settings() -> LoopSettings {
+    LoopSettings {
+        tick: Duration::from_millis(50),
+        cursor_interval: Duration::from_millis(10),
+        drain_timeout: Duration::from_secs(5),
+        read_batch: 4,
+    }
+}
+
+/// Waits (10 s at most) until `cond` holds.
+async fn until(mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not met within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The loop running over `wal`; shut it down with the sender (a deadline).
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+    status: Arc<SinkStatus>,
+    stop: watch::Sender<Option<Instant>>,
+}
+
+fn start(sink: FakeSink, wal: &Wal, settings: LoopSettings) -> Running {
+    let status = Arc::new(SinkStatus::new("fake"));
+    let (stop, rx) = watch::channel(None);
+    let task = tokio::spawn(run_sink(
+        Box::new(sink),
+        wal.clone(),
+        status.clone(),
+        rx,
+        settings,
+    ));
+    Running { task, status, stop }
+}
+
+#[tokio::test]
+async fn a_failing_write_is_retried_with_growing_waits_and_the_error_clears() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("wal");
+    let (sink, shared) = FakeSink::new();
+    shared.lock().expect("lock").failures_left = 3;
+    let run = start(sink, &wal, settings());
+    let last = append(&wal, 1).await;
+
+    // Degraded while it fails, with the sink's error.
+    until(|| run.status.report(wal.committed(), 0).degraded).await;
+    let r = run.status.report(wal.committed(), 0);
+    assert_eq!(r.last_error.as_deref(), Some("destination down"), "{r:?}");
+
+    until(|| shared.lock().expect("lock").delivered == last).await;
+    let tries = shared.lock().expect("lock").tries.clone();
+    assert_eq!(tries.len(), 4, "three failures, then the success");
+    assert!(tries.iter().all(|(_, seq)| *seq == last), "the same entry");
+    let waits: Vec<Duration> = tries.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert!(waits[0] >= Duration::from_millis(90), "{waits:?}");
+    assert!(
+        waits.windows(2).all(|w| w[1] > w[0]),
+        "waits do not grow: {waits:?}"
+    );
+    until(|| !run.status.report(wal.committed(), 0).degraded).await;
+    assert_eq!(run.status.report(wal.committed(), 0).last_error, None);
+
+    run.stop.send(Some(Instant::now())).expect("send");
+    run.task.await.expect("loop");
+}
+
+#[tokio::test]
+async fn the_delivered_position_is_saved_and_a_restart_resumes_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("wal");
+    let (sink, shared) = FakeSink::new();
+    let run = start(sink, &wal, settings());
+    let last = append(&wal, 10).await;
+
+    until(|| run.status.report(wal.committed(), 0).delivered == last).await;
+    let r = run.status.report(wal.committed(), 0);
+    assert_eq!(r.lag_entries, 0, "{r:?}");
+    assert_eq!(
+        shared.lock().expect("lock").cursors_saved.last(),
+        Some(&last),
+        "the sink is told its position was saved"
+    );
+    run.stop.send(Some(Instant::now())).expect("send");
+    run.task.await.expect("loop");
+    assert!(shared.lock().expect("lock").flushed, "flushed on shutdown");
+    wal.close().await;
+    drop(wal);
+
+    // Reopened: the sink resumes after what it delivered, and gets only what is new.
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("reopen");
+    let (sink, shared) = FakeSink::new();
+    let run = start(sink, &wal, settings());
+    let newer = append(&wal, 2).await;
+    until(|| shared.lock().expect("lock").delivered == newer).await;
+    let seqs: Vec<Seq> = shared
+        .lock()
+        .expect("lock")
+        .tries
+        .iter()
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(seqs, vec![last + 1, last + 2], "written again or skipped");
+    run.stop.send(Some(Instant::now())).expect("send");
+    run.task.await.expect("loop");
+}
+
+#[tokio::test]
+async fn at_shutdown_a_write_that_never_returns_is_dropped_at_the_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("wal");
+    let (sink, shared) = FakeSink::new();
+    shared.lock().expect("lock").hang = true;
+    let run = start(sink, &wal, settings());
+    append(&wal, 1).await;
+    until(|| !shared.lock().expect("lock").tries.is_empty()).await;
+
+    let budget = Duration::from_millis(300);
+    let signalled = Instant::now();
+    run.stop.send(Some(signalled + budget)).expect("send");
+    tokio::time::timeout(Duration::from_secs(5), run.task)
+        .await
+        .expect("the loop outlived its deadline")
+        .expect("loop");
+    let took = signalled.elapsed();
+    assert!(took >= budget, "gave up early: {took:?}");
+    assert!(took < budget + Duration::from_secs(1), "took {took:?}");
+    let s = shared.lock().expect("lock");
+    assert!(!s.flushed, "flushed past the deadline");
+    assert_eq!(s.delivered, 0);
+    // Nothing saved: the entry stays in the log for the next start.
+    assert_eq!(run.status.report(wal.committed(), 0).delivered, 0);
+}
+
+#[tokio::test]
+async fn shutdown_during_a_backoff_tries_again_at_once_and_drains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("wal");
+    let (sink, shared) = FakeSink::new();
+    // Enough failures that the wait after the last is 1.6 s or more.
+    shared.lock().expect("lock").failures_left = 5;
+    let run = start(sink, &wal, settings());
+    let last = append(&wal, 3).await;
+    until(|| shared.lock().expect("lock").tries.len() >= 5).await;
+    // Into that wait (the loop marks the failure, then waits).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let signalled = Instant::now();
+    run.stop
+        .send(Some(signalled + Duration::from_secs(5)))
+        .expect("send");
+    tokio::time::timeout(Duration::from_secs(6), run.task)
+        .await
+        .expect("the loop outlived its deadline")
+        .expect("loop");
+    // The wait was 1.6 s or more: the retry came at once, not at its end.
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        signalled.elapsed()
+    );
+    let s = shared.lock().expect("lock");
+    assert_eq!(s.delivered, last, "not drained");
+    assert!(s.flushed);
+    assert_eq!(run.status.report(wal.committed(), 0).delivered, last);
+}
