@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use edgelog_collector::{
-    Entry, LoopSettings, Seq, Sink, SinkError, SinkStatus, Wal, WalConfig, run_sink,
+    Batch, LoopSettings, Sampler, Seq, Sink, SinkError, SinkStatus, Wal, WalConfig, run_sink,
 };
 use edgelog_record::Record;
 use tokio::sync::watch;
@@ -43,20 +43,20 @@ impl FakeSink {
 
 #[async_trait]
 impl Sink for FakeSink {
-    async fn write(&mut self, entry: &Entry) -> Result<(), SinkError> {
+    async fn write(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
         let hang = {
             let mut s = self.state();
-            s.tries.push((Instant::now(), entry.seq));
+            s.tries.push((Instant::now(), batch.seq()));
             if s.failures_left > 0 {
                 s.failures_left -= 1;
-                return Err(SinkError::Unavailable("destination down".into()));
+                return Err(SinkError::unavailable("destination down"));
             }
             s.hang
         };
         if hang {
             std::future::pending::<()>().await;
         }
-        self.state().delivered = entry.seq;
+        self.state().delivered = batch.seq();
         Ok(())
     }
 
@@ -128,6 +128,7 @@ fn start(sink: FakeSink, wal: &Wal, settings: LoopSettings) -> Running {
     let (stop, rx) = watch::channel(None);
     let task = tokio::spawn(run_sink(
         Box::new(sink),
+        Sampler::all(),
         wal.clone(),
         status.clone(),
         rx,

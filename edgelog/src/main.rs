@@ -657,7 +657,12 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let collector = build_collector(&cfg, &bus)?;
     let ingest = bind(cfg.collector.listen, "ingest API").await?;
     let dashboard = bind(cfg.dashboard.listen, "dashboard").await?;
-    let url = format!("http://{}", cfg.collector.listen);
+    // The addresses really bound (port 0 picks one).
+    let url = format!(
+        "http://{}",
+        ingest.local_addr().unwrap_or(cfg.collector.listen)
+    );
+    let dash = dashboard.local_addr().unwrap_or(cfg.dashboard.listen);
     let traffic_token = cfg.collector.tokens.first().cloned().unwrap_or_default();
     let logs = cfg.data_dir.join("standard-logs");
     println!(
@@ -669,7 +674,6 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
          query them:    duckdb -c \"SELECT count(*) FROM read_parquet('{logs}/**/*.parquet', hive_partitioning=true)\"\n  \
          traffic:       {traffic}\n  \
          stop with Ctrl-C or SIGTERM: everything is flushed to {dir} first",
-        dash = cfg.dashboard.listen,
         logs = logs.display(),
         dir = cfg.data_dir.display(),
         traffic = if args.no_traffic {

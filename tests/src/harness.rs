@@ -220,26 +220,18 @@ impl TestServer {
 
     /// `edgelog demo --data-dir DATA_DIR` with `args`; returns once ingest and the
     /// dashboard are ready. Its log and stdout are in `data_dir`.
-    ///
-    /// Both listeners are on port 0, except with the demo's own traffic (no
-    /// `--no-traffic`): that generator posts to the configured ingest address, not the
-    /// one bound, so ingest then gets a free port picked here.
+    /// Both listeners are on port 0.
     pub fn demo(
         data_dir: &Path,
         args: &[&str],
         env: &[(&str, String)],
     ) -> anyhow::Result<TestServer> {
-        let ingest = if args.contains(&"--no-traffic") {
-            "127.0.0.1:0".to_owned()
-        } else {
-            format!("127.0.0.1:{}", crate::free_port())
-        };
         let mut all: Vec<String> = [
             "demo",
             "--data-dir",
             &data_dir.display().to_string(),
             "--listen",
-            &ingest,
+            "127.0.0.1:0",
             "--dashboard-listen",
             "127.0.0.1:0",
         ]

@@ -6,28 +6,24 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use edgelog_record::SamplingConfig;
-use edgelog_tests::{CollectorProc, send_generated, send_generated_seeded, stored_ids};
-
-const CONFIG: &str = r#"
-[sinks.audit]
-type = "file"
-path = "audit/records.ndjson"
-buffer_bytes = 65536
-[sampling.default]
-audit = 30
-"#;
+use edgelog_tests::{ServerConfig, TestServer, send_generated, send_generated_seeded, stored_ids};
 
 #[test]
 fn a_file_sink_gets_its_sample_exactly_once_across_a_crash() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("c");
-    let mut collector = CollectorProc::start(&data, CONFIG)?;
+    let cfg = ServerConfig::new()
+        .set("sinks.audit", "type", "file")
+        .set("sinks.audit", "path", "audit/records.ndjson")
+        .set("sinks.audit", "buffer_bytes", 65_536u64)
+        .sample("audit", 30);
+    let mut collector = TestServer::collector(&data, &cfg)?;
     let first = send_generated(&collector.url(), 20_000, 3, 1, 1, 2)?;
     collector.crash_and_restart()?;
     let second = send_generated_seeded(&collector.url(), 20_000, 3, 1, 1, 2, 11)?;
     assert!(collector.terminate()?, "{}", collector.log_text());
 
-    // CONFIG's [sampling], as the collector reads it.
+    // The [sampling] above, as the collector reads it.
     let sampling: SamplingConfig = serde_json::from_str(r#"{"default":{"audit":30}}"#)?;
     let all: Vec<_> = first.sample.iter().chain(&second.sample).collect();
     assert_eq!(all.len(), 40_000);
