@@ -443,7 +443,8 @@ async fn serve_dashboard(
         &cfg.webhooks,
         &format!("http://{}", cfg.listen),
         edgelog_dashboard::notify::NotifyOptions::default(),
-    );
+    )
+    .context("cannot start alarm notifications")?;
     alarms.on_transition(move |t| {
         if t.to == edgelog_dashboard::alarms::AlarmState::Alarm {
             tracing::warn!(alarm = %t.alarm, distribution = %t.distribution, from = ?t.from, reason = %t.reason, "alarm");
