@@ -433,9 +433,7 @@ impl AlarmBoard {
             let Ok(configs) = self.configs.read() else {
                 return changes;
             };
-            let Some(series) = store.read() else {
-                return changes;
-            };
+            let series = store.read();
             let Ok(mut tracked) = self.tracked.lock() else {
                 return changes;
             };
@@ -1009,7 +1007,9 @@ mod tests {
                 for d in targets {
                     let minutes: BTreeMap<i64, MinuteAggregate> = store
                         .read()
-                        .and_then(|s| s.distributions.get(&d).map(|m| m.by_minute.clone()))
+                        .distributions
+                        .get(&d)
+                        .map(|m| m.by_minute.clone())
                         .unwrap_or_default();
                     let key = (cfg.name.clone(), d.clone());
                     let previous = reference

@@ -11,7 +11,7 @@ pub mod notify;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
@@ -335,6 +335,17 @@ impl MetricsStore {
         }
     }
 
+    // A panic while the lock was held leaves at worst one merge half applied (sums
+    // saturate, maps stay valid): better than dropping every later merge and read.
+    fn write(&self) -> RwLockWriteGuard<'_, Series> {
+        self.series.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Read access (alarm evaluation reads the minutes in place).
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Series> {
+        self.series.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Adds one collector's partial aggregate (sums saturate, they never wrap). A minute
     /// that does not start on a minute, or lies beyond ±285,000 years, is ignored.
     pub fn merge(&self, u: &MinuteUpdate) {
@@ -342,9 +353,7 @@ impl MetricsStore {
             tracing::debug!(minute_ms = u.minute_ms, distribution = %u.distribution_id, "implausible minute ignored");
             return;
         }
-        let Ok(mut s) = self.series.write() else {
-            return;
-        };
+        let mut s = self.write();
         s.last_change += 1;
         let change = s.last_change;
         let dist = s
@@ -363,23 +372,15 @@ impl MetricsStore {
         }
     }
 
-    /// Read access for alarm evaluation.
-    pub(crate) fn read(&self) -> Option<std::sync::RwLockReadGuard<'_, Series>> {
-        self.series.read().ok()
-    }
-
     /// Distribution ids seen.
     pub fn distributions(&self) -> Vec<String> {
-        self.series
-            .read()
-            .map(|s| s.distributions.keys().cloned().collect())
-            .unwrap_or_default()
+        self.read().distributions.keys().cloned().collect()
     }
 
     /// One minute of one distribution: `None` for an unknown distribution, a quiet minute
     /// (no requests, no rates) when it has no data in that minute.
     pub fn minute(&self, distribution: &str, minute_ms: i64) -> Option<MinutePoint> {
-        let s = self.series.read().ok()?;
+        let s = self.read();
         let d = s.distributions.get(distribution)?;
         Some(d.by_minute.get(&minute_ms).map_or_else(
             || MinutePoint::quiet(minute_ms),
@@ -389,10 +390,8 @@ impl MetricsStore {
 
     /// The minutes of one distribution, by start time.
     pub fn series_map(&self, distribution: &str) -> BTreeMap<i64, MinutePoint> {
-        let Ok(s) = self.series.read() else {
-            return BTreeMap::new();
-        };
-        s.distributions
+        self.read()
+            .distributions
             .get(distribution)
             .map(|m| {
                 m.by_minute
@@ -406,7 +405,7 @@ impl MetricsStore {
     /// The minutes with data of one distribution in the window a chart of `range_ms`
     /// shows (see [`window`]), oldest first.
     pub fn recent(&self, distribution: &str, range_ms: i64) -> Option<Vec<MinutePoint>> {
-        let s = self.series.read().ok()?;
+        let s = self.read();
         let d = s.distributions.get(distribution)?;
         let (from, to) = window_of(d.by_minute.last_key_value().map(|(m, _)| *m), range_ms);
         Some(
@@ -419,7 +418,7 @@ impl MetricsStore {
 
     /// The series of one distribution, oldest first (minutes with data).
     pub fn series(&self, distribution: &str) -> Option<Vec<MinutePoint>> {
-        let s = self.series.read().ok()?;
+        let s = self.read();
         Some(
             s.distributions
                 .get(distribution)?
@@ -1247,4 +1246,32 @@ pub fn app(dashboard: Dashboard) -> Router {
         ))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(dashboard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_holding_the_lock_loses_no_later_merge() {
+        let store = std::sync::Arc::new(MetricsStore::new(60));
+        let poisoner = store.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = poisoner.write();
+            panic!("poison the lock");
+        })
+        .join();
+        assert!(store.series.is_poisoned());
+        store.merge(&MinuteUpdate {
+            collector_id: "c".into(),
+            distribution_id: "E1".into(),
+            minute_ms: 60_000,
+            aggregate: MinuteAggregate {
+                requests: 3,
+                ..MinuteAggregate::default()
+            },
+        });
+        assert_eq!(store.distributions(), ["E1"]);
+        assert_eq!(store.minute("E1", 60_000).map(|p| p.requests), Some(3));
+    }
 }
