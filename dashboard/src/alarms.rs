@@ -17,7 +17,8 @@ use std::sync::{Mutex, OnceLock, RwLock};
 use edgelog_record::MinuteAggregate;
 use serde::{Deserialize, Serialize};
 
-use crate::{Minutes, percent};
+use crate::metrics::percent;
+use crate::store::Minutes;
 
 /// The metrics an alarm can watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -533,7 +534,7 @@ impl AlarmBoard {
             if let Ok(mut tracked) = self.tracked.lock()
                 && let Some(per_distribution) = tracked.get_mut(&cfg.name)
             {
-                let now = crate::now_ms();
+                let now = crate::store::now_ms();
                 per_distribution.retain(|d, t| {
                     let watched = cfg.distribution == "*" || *d == cfg.distribution;
                     if !watched {
@@ -566,7 +567,7 @@ impl AlarmBoard {
             if let Ok(mut tracked) = self.tracked.lock()
                 && let Some(per_distribution) = tracked.remove(name)
             {
-                let now = crate::now_ms();
+                let now = crate::store::now_ms();
                 for (_, mut t) in per_distribution {
                     changes.extend(retire(&mut t, now, "the alarm was deleted"));
                 }
