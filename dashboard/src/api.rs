@@ -6,15 +6,15 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use serde::Deserialize;
 
-use crate::alarms;
-use crate::charts;
+use crate::alarms::{self, AlarmBoard, AlarmConfig, PutOutcome};
+use crate::charts::Chart;
 use crate::config::DashboardConfig;
-use crate::error::{ApiError, Path, Query};
+use crate::error::{ApiError, Path, Query, error_body};
 use crate::store::MetricsStore;
 use crate::{auth, pages, prometheus};
 
@@ -22,7 +22,7 @@ use crate::{auth, pages, prometheus};
 #[derive(Clone)]
 pub struct Dashboard {
     pub store: Arc<MetricsStore>,
-    pub alarms: Arc<alarms::AlarmBoard>,
+    pub alarms: Arc<AlarmBoard>,
     /// Accepted `Authorization` header values (`Bearer ...`, `Basic ...`); empty: open.
     pub credentials: Arc<Vec<String>>,
     /// `Host` values accepted (lower case) when the dashboard listens on loopback; `None`
@@ -36,21 +36,10 @@ pub struct Dashboard {
 impl Dashboard {
     pub fn new(
         store: Arc<MetricsStore>,
-        alarms: Arc<alarms::AlarmBoard>,
+        alarms: Arc<AlarmBoard>,
         cfg: &DashboardConfig,
     ) -> Dashboard {
-        use base64::Engine;
-        let credentials: Vec<String> = cfg
-            .tokens
-            .iter()
-            .map(|t| format!("Bearer {t}"))
-            .chain(cfg.users.iter().map(|u| {
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(u)
-                )
-            }))
-            .collect();
+        let credentials = auth::credentials(cfg);
         let writes_allowed = !credentials.is_empty() || cfg.allow_unauthenticated_writes;
         Dashboard {
             store,
@@ -75,7 +64,7 @@ pub fn app(dashboard: Dashboard) -> Router {
         .route("/api/alarms/definitions", get(alarm_definitions))
         .route(
             "/api/alarms/definitions/{name}",
-            axum::routing::put(put_alarm)
+            put(put_alarm)
                 .delete(delete_alarm)
                 .route_layer(axum::middleware::from_fn_with_state(
                     dashboard.clone(),
@@ -106,23 +95,20 @@ pub(crate) const RANGES: [(&str, i64); 4] = [
     ("24h", 24 * 3_600_000),
 ];
 
-pub(crate) fn range_ms(range: Option<&str>) -> Result<Option<i64>, String> {
+/// The length of `?range=`, `None` without one.
+pub(crate) fn range_ms(range: Option<&str>) -> Result<Option<i64>, ApiError> {
     match range {
         None => Ok(None),
         Some(r) => RANGES
             .iter()
             .find(|(name, _)| *name == r)
             .map(|(_, ms)| Some(*ms))
-            .ok_or_else(|| format!("range {r:?} is not one of 1h, 3h, 12h, 24h")),
+            .ok_or_else(|| ApiError::BadRange(r.to_owned())),
     }
 }
 
-pub(crate) fn bad_request(msg: String) -> Response {
-    ApiError::bad_request(msg).into_response()
-}
-
-pub(crate) fn not_found(id: &str) -> Response {
-    ApiError::not_found(format!("unknown distribution {id:?}")).into_response()
+fn chart_named(slug: &str) -> Result<Chart, ApiError> {
+    Chart::from_slug(slug).ok_or_else(|| ApiError::UnknownChart(slug.to_owned()))
 }
 
 async fn list(State(d): State<Dashboard>) -> Json<Vec<String>> {
@@ -143,52 +129,35 @@ async fn series(
     State(d): State<Dashboard>,
     Path(id): Path<String>,
     Query(q): Query<SeriesQuery>,
-) -> Response {
-    let range = match range_ms(q.range.as_deref()) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let points = match range {
+) -> Result<Response, ApiError> {
+    let points = match range_ms(q.range.as_deref())? {
         Some(r) => d.store.recent(&id, r),
         None => d.store.series(&id),
     };
-    let Some(points) = points else {
-        return not_found(&id);
-    };
+    let points = points.ok_or_else(|| ApiError::UnknownDistribution(id.clone()))?;
     // `chart=` is checked whatever the format (it picks the CSV's columns).
-    let chart = match q
-        .chart
-        .as_deref()
-        .map(|c| charts::Chart::from_slug(c).ok_or(c))
-    {
-        None => None,
-        Some(Ok(c)) => Some(c),
-        Some(Err(c)) => return bad_request(format!("unknown chart {c:?}")),
-    };
+    let chart = q.chart.as_deref().map(chart_named).transpose()?;
     match q.format.as_deref() {
-        None | Some("json") => Json(points).into_response(),
+        None | Some("json") => Ok(Json(points).into_response()),
         Some("csv") => {
             let name = format!(
                 "{id}-{}-{}.csv",
-                chart.map_or("all", charts::Chart::slug),
+                chart.map_or("all", Chart::slug),
                 q.range.as_deref().unwrap_or("all")
             );
-            (
+            Ok((
                 [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
                     (
-                        axum::http::header::CONTENT_TYPE,
-                        "text/csv; charset=utf-8".to_owned(),
-                    ),
-                    (
-                        axum::http::header::CONTENT_DISPOSITION,
+                        header::CONTENT_DISPOSITION,
                         format!("attachment; filename=\"{name}\""),
                     ),
                 ],
-                charts::csv(chart, &points),
+                crate::charts::csv(chart, &points),
             )
-                .into_response()
+                .into_response())
         }
-        Some(f) => bad_request(format!("format {f:?} is not json or csv")),
+        Some(f) => Err(ApiError::BadFormat(f.to_owned())),
     }
 }
 
@@ -198,33 +167,27 @@ struct ChartQuery {
     range: Option<String>,
 }
 
+/// One chart as SVG (what the distribution page redraws every 10 s).
 async fn chart(
     State(d): State<Dashboard>,
     Path((id, slug)): Path<(String, String)>,
     Query(q): Query<ChartQuery>,
-) -> Response {
-    let range = match range_ms(q.range.as_deref().or(Some("1h"))) {
-        Ok(r) => r.unwrap_or(3_600_000),
-        Err(e) => return bad_request(e),
-    };
-    let slug = slug.trim_end_matches(".svg");
-    let Some(c) = charts::Chart::from_slug(slug) else {
-        return bad_request(format!("unknown chart {slug:?}"));
-    };
-    match d.store.recent(&id, range) {
-        Some(points) => {
-            let (svg, _) = pages::chart_svg(&points, c, range);
-            ([(axum::http::header::CONTENT_TYPE, "image/svg+xml")], svg).into_response()
-        }
-        None => not_found(&id),
-    }
+) -> Result<Response, ApiError> {
+    let range = range_ms(q.range.as_deref().or(Some("1h")))?.unwrap_or(3_600_000);
+    let c = chart_named(slug.trim_end_matches(".svg"))?;
+    let points = d
+        .store
+        .recent(&id, range)
+        .ok_or(ApiError::UnknownDistribution(id))?;
+    let (svg, _) = pages::chart_svg(&points, c, range);
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
 
 async fn alarm_states(State(d): State<Dashboard>) -> Json<Vec<alarms::AlarmStatus>> {
     Json(d.alarms.statuses())
 }
 
-async fn alarm_definitions(State(d): State<Dashboard>) -> Json<Vec<alarms::AlarmConfig>> {
+async fn alarm_definitions(State(d): State<Dashboard>) -> Json<Vec<AlarmConfig>> {
     Json(d.alarms.definitions())
 }
 
@@ -234,22 +197,22 @@ async fn put_alarm(
     Path(name): Path<String>,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    alarms::check_alarm_name(&name).map_err(ApiError::bad_request)?;
-    let cfg: alarms::AlarmConfig = serde_json::from_slice(&body?)
-        .map_err(|e| ApiError::bad_request(format!("invalid alarm: {e}")))?;
+    alarms::check_alarm_name(&name).map_err(ApiError::BadAlarm)?;
+    let cfg: AlarmConfig =
+        serde_json::from_slice(&body?).map_err(|e| ApiError::AlarmNotParsed(e.to_string()))?;
     if cfg.name != name {
-        return Err(ApiError::bad_request(format!(
-            "the alarm's name {:?} differs from the path's {name:?}",
-            cfg.name
-        )));
+        return Err(ApiError::AlarmNameMismatch {
+            body: cfg.name,
+            path: name,
+        });
     }
-    let outcome = d.alarms.put(cfg).map_err(ApiError::bad_request)?;
+    let outcome = d.alarms.put(cfg).map_err(ApiError::BadAlarm)?;
     tracing::info!(alarm = %name, ?outcome, "alarm defined through the API");
     let (code, replaced, changed) = match outcome {
-        alarms::PutOutcome::Created => (StatusCode::CREATED, false, true),
-        alarms::PutOutcome::Replaced => (StatusCode::OK, true, true),
+        PutOutcome::Created => (StatusCode::CREATED, false, true),
+        PutOutcome::Replaced => (StatusCode::OK, true, true),
         // The same definition again: states, and notifications, carry on untouched.
-        alarms::PutOutcome::Unchanged => (StatusCode::OK, true, false),
+        PutOutcome::Unchanged => (StatusCode::OK, true, false),
     };
     Ok((
         code,
@@ -266,7 +229,7 @@ async fn delete_alarm(
         tracing::info!(alarm = %name, "alarm deleted through the API");
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found(format!("no alarm named {name:?}")))
+        Err(ApiError::NoSuchAlarm(name))
     }
 }
 
@@ -275,16 +238,19 @@ async fn alarm_history(State(d): State<Dashboard>) -> Json<Vec<alarms::Transitio
 }
 
 /// 404 for any path the dashboard does not serve.
-async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found(format!("no such page or API: {method} {}", uri.path()))
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NoRoute {
+        method,
+        path: uri.path().to_owned(),
+    }
 }
 
 /// 405 for a path served with other methods (the `Allow` header lists them).
-async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("method {method} is not allowed on {}", uri.path()),
-    )
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method,
+        path: uri.path().to_owned(),
+    }
 }
 
 /// Largest error body turned into a JSON reason by [`json_errors`].
@@ -299,7 +265,7 @@ async fn json_errors(resp: Response) -> Response {
     }
     let json = resp
         .headers()
-        .get(axum::http::header::CONTENT_TYPE)
+        .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if json {
         return resp;
@@ -317,11 +283,11 @@ async fn json_errors(resp: Response) -> Response {
     } else {
         text
     };
-    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
-        axum::http::header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/json"),
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
-    let body = serde_json::json!({ "error": reason }).to_string();
+    let body = error_body(&reason).to_string();
     Response::from_parts(parts, axum::body::Body::from(body))
 }

@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::api::Dashboard;
+use crate::config::DashboardConfig;
 use crate::error::ApiError;
 
 /// The `Host` values under which a dashboard listening on loopback `listen` is reached:
@@ -38,30 +40,38 @@ pub fn loopback_hosts(listen: SocketAddr) -> Option<Vec<String>> {
     Some(hosts)
 }
 
+/// The `Authorization` header values the settings accept (`Bearer ...`, `Basic ...`).
+pub(crate) fn credentials(cfg: &DashboardConfig) -> Vec<String> {
+    use base64::Engine;
+    cfg.tokens
+        .iter()
+        .map(|t| format!("Bearer {t}"))
+        .chain(cfg.users.iter().map(|u| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(u)
+            )
+        }))
+        .collect()
+}
+
 /// Refuses (403) a request whose `Host` is not the dashboard's own loopback address.
 /// A request without `Host` passes: browsers always send one. `/healthz` passes.
-pub(crate) async fn check_host(
-    State(d): State<Dashboard>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+pub(crate) async fn check_host(State(d): State<Dashboard>, req: Request, next: Next) -> Response {
     let Some(allowed) = d.allowed_hosts.as_ref() else {
         return next.run(req).await;
     };
     let host = req
         .headers()
-        .get(axum::http::header::HOST)
+        .get(header::HOST)
         .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
     match host {
         Some(h) if req.uri().path() != "/healthz" && !allowed.contains(&h.to_ascii_lowercase()) => {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "Host {h:?} is not this dashboard's address: it listens on loopback and answers only to {} (protection against DNS rebinding)",
-                    allowed.join(", ")
-                ),
-            )
+            ApiError::ForeignHost {
+                host: h,
+                allowed: allowed.join(", "),
+            }
             .into_response()
         }
         _ => next.run(req).await,
@@ -70,32 +80,21 @@ pub(crate) async fn check_host(
 
 /// Refuses (403) a change to alarm definitions on a dashboard without credentials,
 /// unless `allow_unauthenticated_writes` is set.
-pub(crate) async fn check_writes(
-    State(d): State<Dashboard>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+pub(crate) async fn check_writes(State(d): State<Dashboard>, req: Request, next: Next) -> Response {
     if d.writes_allowed {
         return next.run(req).await;
     }
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "alarm definitions are read-only on a dashboard without credentials: set dashboard.tokens or dashboard.users (or dashboard.allow_unauthenticated_writes = true, for local experiments)",
-    )
-    .into_response()
+    ApiError::ReadOnly.into_response()
 }
 
-pub(crate) async fn require_auth(
-    State(d): State<Dashboard>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+/// Refuses (401) a request without one of the credentials, when there are any.
+pub(crate) async fn require_auth(State(d): State<Dashboard>, req: Request, next: Next) -> Response {
     if d.credentials.is_empty() || req.uri().path() == "/healthz" {
         return next.run(req).await;
     }
     let given = req
         .headers()
-        .get(axum::http::header::AUTHORIZATION)
+        .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
     // Compare with every credential without stopping early.
@@ -106,11 +105,5 @@ pub(crate) async fn require_auth(
     if bool::from(ok) {
         return next.run(req).await;
     }
-    let mut resp =
-        ApiError::new(StatusCode::UNAUTHORIZED, "authentication required").into_response();
-    resp.headers_mut().insert(
-        axum::http::header::WWW_AUTHENTICATE,
-        axum::http::HeaderValue::from_static("Basic realm=\"edgelog\""),
-    );
-    resp
+    ApiError::Unauthorized.into_response()
 }

@@ -2,48 +2,85 @@
 
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 
-/// A refusal of the dashboard's API: a status and a reason, answered as
-/// `{"error": "<reason>"}` (`application/json`). Every error the dashboard answers has this
-/// shape, extractor rejections (bad query strings, paths, bodies), 404 and 405 included.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub reason: String,
+/// A refusal of the dashboard: its message is the reason answered. Extractor rejections
+/// (bad query strings, paths, bodies), 404 and 405 have this shape too.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("range {0:?} is not one of 1h, 3h, 12h, 24h")]
+    BadRange(String),
+    #[error("unknown chart {0:?}")]
+    UnknownChart(String),
+    #[error("format {0:?} is not json or csv")]
+    BadFormat(String),
+    #[error("unknown distribution {0:?}")]
+    UnknownDistribution(String),
+    /// An alarm the board or its name check refuses (the reason names what is wrong).
+    #[error("{0}")]
+    BadAlarm(String),
+    #[error("invalid alarm: {0}")]
+    AlarmNotParsed(String),
+    #[error("the alarm's name {body:?} differs from the path's {path:?}")]
+    AlarmNameMismatch { body: String, path: String },
+    #[error("no alarm named {0:?}")]
+    NoSuchAlarm(String),
+    #[error("no such page or API: {method} {path}")]
+    NoRoute { method: Method, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: Method, path: String },
+    // Capitalised as it always was: clients may match on it.
+    #[error(
+        "Host {host:?} is not this dashboard's address: it listens on loopback and answers only to {allowed} (protection against DNS rebinding)"
+    )]
+    ForeignHost { host: String, allowed: String },
+    #[error(
+        "alarm definitions are read-only on a dashboard without credentials: set dashboard.tokens or dashboard.users (or dashboard.allow_unauthenticated_writes = true, for local experiments)"
+    )]
+    ReadOnly,
+    #[error("authentication required")]
+    Unauthorized,
+    /// An extractor's rejection, with its own status and text.
+    #[error("{reason}")]
+    Rejected { status: StatusCode, reason: String },
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, reason: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            reason: reason.into(),
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRange(_)
+            | ApiError::UnknownChart(_)
+            | ApiError::BadFormat(_)
+            | ApiError::BadAlarm(_)
+            | ApiError::AlarmNotParsed(_)
+            | ApiError::AlarmNameMismatch { .. } => StatusCode::BAD_REQUEST,
+            ApiError::UnknownDistribution(_)
+            | ApiError::NoSuchAlarm(_)
+            | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::ForeignHost { .. } | ApiError::ReadOnly => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Rejected { status, .. } => *status,
         }
     }
+}
 
-    pub fn bad_request(reason: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, reason)
-    }
-
-    pub fn not_found(reason: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, reason)
-    }
+/// The body of every refusal.
+pub(crate) fn error_body(reason: &str) -> serde_json::Value {
+    serde_json::json!({ "error": reason })
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.reason })),
-        )
-            .into_response()
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.status, self.reason)
+        let mut resp = (self.status(), Json(error_body(&self.to_string()))).into_response();
+        if let ApiError::Unauthorized = self {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"edgelog\""),
+            );
+        }
+        resp
     }
 }
 
@@ -51,7 +88,7 @@ macro_rules! rejection_into_api_error {
     ($($rejection:ty),*) => {$(
         impl From<$rejection> for ApiError {
             fn from(r: $rejection) -> ApiError {
-                ApiError::new(r.status(), r.body_text())
+                ApiError::Rejected { status: r.status(), reason: r.body_text() }
             }
         }
     )*};

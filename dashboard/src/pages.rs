@@ -4,8 +4,8 @@ use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::api::{Dashboard, RANGES, bad_request, not_found, range_ms};
-use crate::error::{Path, Query};
+use crate::api::{Dashboard, RANGES, range_ms};
+use crate::error::{ApiError, Path, Query};
 use crate::metrics::MinutePoint;
 use crate::store::{last_complete_minute, now_ms, window};
 use crate::{alarms, charts};
@@ -62,15 +62,13 @@ pub(crate) async fn distribution(
     State(d): State<Dashboard>,
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let range = q.range.unwrap_or_else(|| "1h".into());
-    let ms = match range_ms(Some(&range)) {
-        Ok(r) => r.unwrap_or(3_600_000),
-        Err(e) => return bad_request(e),
-    };
-    let Some(points) = d.store.recent(&id, ms) else {
-        return not_found(&id);
-    };
+    let ms = range_ms(Some(&range))?.unwrap_or(3_600_000);
+    let points = d
+        .store
+        .recent(&id, ms)
+        .ok_or_else(|| ApiError::UnknownDistribution(id.clone()))?;
     let eid = escape(&id);
     let ranges: String = RANGES
         .iter()
@@ -88,7 +86,7 @@ pub(crate) async fn distribution(
         .map(|c| chart_card(&points, &id, *c, &range, ms))
         .collect();
     let alarm_rows = alarm_rows(&d, Some(&id));
-    Html(format!(
+    Ok(Html(format!(
         "<!doctype html><html><head><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
          <title>{eid} · edgelog</title><style>{STYLE}</style></head><body>\
          <p><a href=\"/\">← all distributions</a></p><h1>{eid}</h1>\
@@ -122,7 +120,7 @@ pub(crate) async fn distribution(
         id_json = serde_json::to_string(&id).unwrap_or_default(),
         range_json = serde_json::to_string(&range).unwrap_or_default(),
     ))
-    .into_response()
+    .into_response())
 }
 
 /// `0.4 %, 12.1 %, –`: the datapoints of the last evaluation.
