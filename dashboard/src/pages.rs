@@ -1,14 +1,49 @@
-//! The HTML pages: the overview, and a page per distribution with its charts.
+//! The HTML pages: the overview, and a page per distribution with its charts, both from
+//! the templates under `pages/`.
 
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::alarms::AlarmState;
 use crate::api::{Dashboard, RANGES, range_ms};
+use crate::charts::{self, Chart};
 use crate::error::{ApiError, Path, Query};
 use crate::metrics::MinutePoint;
 use crate::store::{last_complete_minute, now_ms, window};
-use crate::{alarms, charts};
+
+const STYLE: &str = include_str!("pages/style.css");
+const OVERVIEW: &str = include_str!("pages/overview.html");
+const DISTRIBUTION: &str = include_str!("pages/distribution.html");
+const DISTRIBUTION_JS: &str = include_str!("pages/distribution.js");
+
+/// `template` with each `{{name}}` replaced by its value. One pass: a value (which may
+/// hold anything a distribution id holds) is never read as a template.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let Some((name, tail)) = rest[start + 2..].split_once("}}") else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        match values.iter().find(|(n, _)| *n == name) {
+            Some((_, v)) => out.push_str(v),
+            None => out.push_str(&rest[start..start + name.len() + 4]),
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+fn alarm_state_name(s: AlarmState) -> &'static str {
+    match s {
+        AlarmState::Ok => "OK",
+        AlarmState::Alarm => "ALARM",
+        AlarmState::InsufficientData => "INSUFFICIENT_DATA",
+    }
+}
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -17,30 +52,20 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;background:#f6f7f9}\
-a{color:#1f6fb4}h1{margin:.2em 0}h2{margin-top:1.2em}\
-table{border-collapse:collapse;background:#fff}td,th{padding:.35em .9em;text-align:right;border-bottom:1px solid #eee}\
-td:first-child,th:first-child{text-align:left}.ALARM{color:#c0392b;font-weight:bold}.OK{color:#27ae60;font-weight:bold}\
-.INSUFFICIENT_DATA{color:#7f8c8d;font-weight:bold}.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1em}\
-.chart{background:#fff;border:1px solid #e3e5e8;border-radius:6px;padding:.5em}.chart svg{width:100%;height:auto}\
-.chart .links{font-size:.85em;text-align:right}.ranges a{margin-right:.8em}.ranges a.on{font-weight:bold;text-decoration:none;color:#222}\
-.muted{color:#777;font-size:.9em}";
-
-fn alarm_state_name(s: alarms::AlarmState) -> &'static str {
-    match s {
-        alarms::AlarmState::Ok => "OK",
-        alarms::AlarmState::Alarm => "ALARM",
-        alarms::AlarmState::InsufficientData => "INSUFFICIENT_DATA",
-    }
+/// One chart of `points` over the last `range` ms, and how many minutes in it have data.
+pub(crate) fn chart_svg(points: &[MinutePoint], chart: Chart, range: i64) -> (String, usize) {
+    let (from, to) = window(points, range);
+    let shown = points
+        .iter()
+        .filter(|p| (from..to).contains(&p.minute_ms))
+        .filter(|p| chart.lines().iter().any(|(_, get, _)| get(p).is_some()))
+        .count();
+    let svg = charts::render(chart, points, from, to, (640, 260))
+        .unwrap_or_else(|e| format!("<p class=error>cannot draw this chart: {e}</p>"));
+    (svg, shown)
 }
 
-fn chart_card(
-    points: &[MinutePoint],
-    id: &str,
-    c: charts::Chart,
-    range: &str,
-    range_ms: i64,
-) -> String {
+fn chart_card(points: &[MinutePoint], id: &str, c: Chart, range: &str, range_ms: i64) -> String {
     let (svg, shown) = chart_svg(points, c, range_ms);
     let base = format!("/api/distributions/{}", escape(id));
     format!(
@@ -77,50 +102,34 @@ pub(crate) async fn distribution(
             format!("<a{on} href=\"/distributions/{eid}?range={r}\">{r}</a>")
         })
         .collect();
-    let six: String = charts::DEFAULT_CHARTS
-        .iter()
-        .map(|c| chart_card(&points, &id, *c, &range, ms))
-        .collect();
-    let more: String = charts::ADDITIONAL_CHARTS
-        .iter()
-        .map(|c| chart_card(&points, &id, *c, &range, ms))
-        .collect();
-    let alarm_rows = alarm_rows(&d, Some(&id));
-    Ok(Html(format!(
-        "<!doctype html><html><head><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
-         <title>{eid} · edgelog</title><style>{STYLE}</style></head><body>\
-         <p><a href=\"/\">← all distributions</a></p><h1>{eid}</h1>\
-         <p class=ranges>Last: {ranges} <span class=muted>per minute, by event time, UTC; updates every 10 s</span></p>\
-         <h2>Alarms</h2><table id=alarms><tr><th>Alarm</th><th>State</th><th>Last datapoints</th></tr>{alarm_rows}</table>\
-         <h2>CloudFront metrics</h2><div class=grid id=default-charts>{six}</div>\
-         <h2>Additional metrics</h2><div class=grid id=additional-charts>{more}</div>\
-         <script>\
-         const id = {id_json}, range = {range_json};\
-         async function refresh() {{\
-           for (const el of document.querySelectorAll('.chart')) {{\
-             const r = await fetch(`/api/distributions/${{encodeURIComponent(id)}}/charts/${{el.dataset.chart}}?range=${{range}}`);\
-             if (r.ok) el.querySelector('.svg').innerHTML = await r.text();\
-           }}\
-           const a = await fetch('/api/alarms');\
-           if (a.ok) {{\
-             const rows = (await a.json()).filter(s => s.distribution === id);\
-             const t = document.getElementById('alarms');\
-             t.querySelectorAll('tr.alarm').forEach(r => r.remove());\
-             for (const s of rows) {{\
-               const tr = t.insertRow(); tr.className = 'alarm';\
-               const st = s.state;\
-               tr.insertCell().textContent = s.alarm;\
-               const c = tr.insertCell(); c.textContent = st; c.className = st;\
-               tr.insertCell().textContent = s.datapoints.map(v => v === null ? '–' : v.toFixed(1)).join(', ');\
-             }}\
-           }}\
-         }}\
-         setInterval(refresh, 10000);\
-         </script></body></html>",
-        id_json = serde_json::to_string(&id).unwrap_or_default(),
-        range_json = serde_json::to_string(&range).unwrap_or_default(),
-    ))
-    .into_response())
+    let cards = |list: &[Chart]| -> String {
+        list.iter()
+            .map(|c| chart_card(&points, &id, *c, &range, ms))
+            .collect()
+    };
+    let script = fill(
+        DISTRIBUTION_JS,
+        &[
+            ("id_json", &serde_json::to_string(&id).unwrap_or_default()),
+            (
+                "range_json",
+                &serde_json::to_string(&range).unwrap_or_default(),
+            ),
+        ],
+    );
+    let page = fill(
+        DISTRIBUTION,
+        &[
+            ("id", &eid),
+            ("style", STYLE),
+            ("ranges", &ranges),
+            ("alarm_rows", &alarm_rows(&d, Some(&id))),
+            ("default_charts", &cards(&charts::DEFAULT_CHARTS)),
+            ("additional_charts", &cards(&charts::ADDITIONAL_CHARTS)),
+            ("script", &script),
+        ],
+    );
+    Ok(Html(page).into_response())
 }
 
 /// `0.4 %, 12.1 %, –`: the datapoints of the last evaluation.
@@ -151,23 +160,6 @@ fn alarm_rows(d: &Dashboard, only: Option<&str>) -> String {
         ));
     }
     rows
-}
-
-/// One chart of `points` over the last `range` ms, and how many minutes in it have data.
-pub(crate) fn chart_svg(
-    points: &[MinutePoint],
-    chart: charts::Chart,
-    range: i64,
-) -> (String, usize) {
-    let (from, to) = window(points, range);
-    let shown = points
-        .iter()
-        .filter(|p| (from..to).contains(&p.minute_ms))
-        .filter(|p| chart.lines().iter().any(|(_, get, _)| get(p).is_some()))
-        .count();
-    let svg = charts::render(chart, points, from, to, (640, 260))
-        .unwrap_or_else(|e| format!("<p class=error>cannot draw this chart: {e}</p>"));
-    (svg, shown)
 }
 
 /// `/`: every distribution's last complete minute and alarms, and every alarm.
@@ -204,14 +196,13 @@ pub(crate) async fn overview(State(d): State<Dashboard>) -> Html<String> {
             percent_text(last.total_error_rate)
         ));
     }
-    let alarm_rows = alarm_rows(&d, None);
-    Html(format!(
-        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=10><title>edgelog</title>\
-         <style>{STYLE}</style></head><body><h1>edgelog</h1>\
-         <p class=muted>Last complete minute per distribution; the line is requests per minute over the last hour.</p>\
-         <table><tr><th>Distribution</th><th>Last hour</th><th>Requests</th><th>BytesDownloaded</th><th>4xxErrorRate</th><th>5xxErrorRate</th><th>TotalErrorRate</th><th>Alarms</th></tr>{rows}</table>\
-         <h2>Alarms</h2><table><tr><th>Alarm</th><th>Distribution</th><th>State</th><th>Last datapoints</th></tr>{alarm_rows}</table>\
-         <p class=muted><a href=\"/api/alarms/history\">alarm history</a> · <a href=\"/metrics\">Prometheus</a></p></body></html>"
+    Html(fill(
+        OVERVIEW,
+        &[
+            ("style", STYLE),
+            ("rows", &rows),
+            ("alarm_rows", &alarm_rows(&d, None)),
+        ],
     ))
 }
 
@@ -227,5 +218,41 @@ fn bytes(n: u64) -> String {
         n if n >= 1e6 => format!("{:.1} MB", n / 1e6),
         n if n >= 1e3 => format!("{:.1} kB", n / 1e3),
         n => format!("{n} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_filled_in_one_pass() {
+        assert_eq!(
+            fill("a{{x}}b{{y}}c", &[("x", "{{y}}"), ("y", "2")]),
+            "a{{y}}b2c"
+        );
+        assert_eq!(fill("{{unknown}} {{x", &[("x", "1")]), "{{unknown}} {{x");
+        for (template, names) in [
+            (OVERVIEW, &["style", "rows", "alarm_rows"][..]),
+            (
+                DISTRIBUTION,
+                &[
+                    "id",
+                    "style",
+                    "ranges",
+                    "alarm_rows",
+                    "default_charts",
+                    "additional_charts",
+                    "script",
+                ],
+            ),
+            (DISTRIBUTION_JS, &["id_json", "range_json"]),
+        ] {
+            let values: Vec<(&str, &str)> = names.iter().map(|n| (*n, "")).collect();
+            assert!(!fill(template, &values).contains("{{"), "{template}");
+            for n in names {
+                assert!(template.contains(&format!("{{{{{n}}}}}")), "{n} unused");
+            }
+        }
     }
 }
