@@ -17,46 +17,8 @@ use std::sync::{Mutex, OnceLock, RwLock};
 use edgelog_record::MinuteAggregate;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::percent;
+pub use crate::metrics::Metric;
 use crate::store::Minutes;
-
-/// The metrics an alarm can watch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Metric {
-    Requests,
-    BytesDownloaded,
-    BytesUploaded,
-    #[serde(rename = "4xxErrorRate")]
-    ErrorRate4xx,
-    #[serde(rename = "5xxErrorRate")]
-    ErrorRate5xx,
-    TotalErrorRate,
-    CacheHitRate,
-}
-
-impl Metric {
-    /// The metric over a period (one minute or more): counts are summed; a rate is its
-    /// numerator summed over its denominator summed, as CloudFront computes it from the
-    /// requests themselves (error rates over requests, CacheHitRate over cacheable
-    /// requests). `None` is no data: a period without minutes, or a rate whose
-    /// denominator is 0 (CacheHitRate where nothing was cacheable).
-    pub fn of(self, s: &PeriodSums) -> Option<f64> {
-        if s.minutes == 0 {
-            return None;
-        }
-        match self {
-            Metric::Requests => Some(s.requests as f64),
-            Metric::BytesDownloaded => Some(s.bytes_downloaded as f64),
-            Metric::BytesUploaded => Some(s.bytes_uploaded as f64),
-            Metric::ErrorRate4xx => percent(s.status_4xx, s.requests),
-            Metric::ErrorRate5xx => percent(s.status_5xx, s.requests),
-            Metric::TotalErrorRate => {
-                percent(s.status_4xx.saturating_add(s.status_5xx), s.requests)
-            }
-            Metric::CacheHitRate => percent(s.cache_hits, s.cacheable),
-        }
-    }
-}
 
 /// The counters of a period's minutes, summed (saturating: sums never wrap).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -135,6 +97,17 @@ pub enum AlarmState {
     Ok,
     Alarm,
     InsufficientData,
+}
+
+impl AlarmState {
+    /// As the API, pages and Prometheus spell it (`INSUFFICIENT_DATA`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AlarmState::Ok => "OK",
+            AlarmState::Alarm => "ALARM",
+            AlarmState::InsufficientData => "INSUFFICIENT_DATA",
+        }
+    }
 }
 
 /// One alarm.

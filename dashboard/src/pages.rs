@@ -5,11 +5,10 @@ use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::alarms::AlarmState;
 use crate::api::{Dashboard, RANGES, range_ms};
 use crate::charts::{self, Chart};
 use crate::error::{ApiError, Path, Query};
-use crate::metrics::MinutePoint;
+use crate::metrics::{Metric, MinutePoint};
 use crate::store::{last_complete_minute, now_ms, window};
 
 const STYLE: &str = include_str!("pages/style.css");
@@ -37,14 +36,6 @@ fn fill(template: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
-fn alarm_state_name(s: AlarmState) -> &'static str {
-    match s {
-        AlarmState::Ok => "OK",
-        AlarmState::Alarm => "ALARM",
-        AlarmState::InsufficientData => "INSUFFICIENT_DATA",
-    }
-}
-
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -58,7 +49,7 @@ pub(crate) fn chart_svg(points: &[MinutePoint], chart: Chart, range: i64) -> (St
     let shown = points
         .iter()
         .filter(|p| (from..to).contains(&p.minute_ms))
-        .filter(|p| chart.lines().iter().any(|(_, get, _)| get(p).is_some()))
+        .filter(|p| chart.lines().iter().any(|m| (m.get)(p).is_some()))
         .count();
     let svg = charts::render(chart, points, from, to, (640, 260))
         .unwrap_or_else(|e| format!("<p class=error>cannot draw this chart: {e}</p>"));
@@ -147,7 +138,7 @@ fn alarm_rows(d: &Dashboard, only: Option<&str>) -> String {
         if only.is_some_and(|id| id != a.distribution) {
             continue;
         }
-        let st = alarm_state_name(a.state);
+        let st = a.state.name();
         let dist = if only.is_some() {
             String::new()
         } else {
@@ -161,6 +152,18 @@ fn alarm_rows(d: &Dashboard, only: Option<&str>) -> String {
     }
     rows
 }
+
+/// How a column of the overview shows a minute.
+type Show = fn(&MinutePoint) -> String;
+
+/// The overview's metric columns.
+const OVERVIEW_COLUMNS: [(Metric, Show); 5] = [
+    (Metric::Requests, |p| p.requests.to_string()),
+    (Metric::BytesDownloaded, |p| bytes(p.bytes_downloaded)),
+    (Metric::ErrorRate4xx, |p| percent_text(p.error_rate_4xx)),
+    (Metric::ErrorRate5xx, |p| percent_text(p.error_rate_5xx)),
+    (Metric::TotalErrorRate, |p| percent_text(p.total_error_rate)),
+];
 
 /// `/`: every distribution's last complete minute and alarms, and every alarm.
 pub(crate) async fn overview(State(d): State<Dashboard>) -> Html<String> {
@@ -178,7 +181,7 @@ pub(crate) async fn overview(State(d): State<Dashboard>) -> Html<String> {
         let worst = states
             .iter()
             .filter(|s| s.distribution == id)
-            .map(|s| alarm_state_name(s.state))
+            .map(|s| s.state.name())
             .max_by_key(|s| match *s {
                 "ALARM" => 2,
                 "INSUFFICIENT_DATA" => 1,
@@ -186,20 +189,24 @@ pub(crate) async fn overview(State(d): State<Dashboard>) -> Html<String> {
             })
             .unwrap_or("");
         let eid = escape(&id);
+        let cells: String = OVERVIEW_COLUMNS
+            .iter()
+            .map(|(_, show)| format!("<td>{}</td>", show(&last)))
+            .collect();
         rows.push_str(&format!(
-            "<tr><td><a href=\"/distributions/{eid}\">{eid}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class={worst}>{worst}</td></tr>",
+            "<tr><td><a href=\"/distributions/{eid}\">{eid}</a></td><td>{}</td>{cells}<td class={worst}>{worst}</td></tr>",
             charts::sparkline(&recent, 160, 28),
-            last.requests,
-            bytes(last.bytes_downloaded),
-            percent_text(last.error_rate_4xx),
-            percent_text(last.error_rate_5xx),
-            percent_text(last.total_error_rate)
         ));
     }
+    let headers: String = OVERVIEW_COLUMNS
+        .iter()
+        .map(|(m, _)| format!("<th>{}</th>", m.name()))
+        .collect();
     Html(fill(
         OVERVIEW,
         &[
             ("style", STYLE),
+            ("metric_headers", &headers),
             ("rows", &rows),
             ("alarm_rows", &alarm_rows(&d, None)),
         ],
@@ -233,7 +240,10 @@ mod tests {
         );
         assert_eq!(fill("{{unknown}} {{x", &[("x", "1")]), "{{unknown}} {{x");
         for (template, names) in [
-            (OVERVIEW, &["style", "rows", "alarm_rows"][..]),
+            (
+                OVERVIEW,
+                &["style", "metric_headers", "rows", "alarm_rows"][..],
+            ),
             (
                 DISTRIBUTION,
                 &[
