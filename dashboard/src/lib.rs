@@ -2,6 +2,7 @@
 //! ([`store`]) and serves them: an overview and a page per distribution ([`pages`]) with
 //! charts drawn by [`charts`], a JSON and CSV API ([`api`]), Prometheus metrics
 //! ([`prometheus`]); alarms are evaluated by [`alarms`] and sent on by [`notify`].
+//! [`metrics`] is the one list of what is measured; [`run`] runs it all as a service.
 
 pub mod alarms;
 pub mod api;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pages;
 pub mod prometheus;
+pub mod runtime;
 pub mod store;
 
 pub use api::{Dashboard, app};
@@ -21,4 +23,5 @@ pub use config::DashboardConfig;
 pub use error::ApiError;
 pub use metrics::MinutePoint;
 pub use prometheus::prometheus_label;
+pub use runtime::{RunError, run};
 pub use store::{MetricsStore, last_complete_minute};
