@@ -17,45 +17,8 @@ use std::sync::{Mutex, OnceLock, RwLock};
 use edgelog_record::MinuteAggregate;
 use serde::{Deserialize, Serialize};
 
-use crate::{Minutes, percent};
-
-/// The metrics an alarm can watch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Metric {
-    Requests,
-    BytesDownloaded,
-    BytesUploaded,
-    #[serde(rename = "4xxErrorRate")]
-    ErrorRate4xx,
-    #[serde(rename = "5xxErrorRate")]
-    ErrorRate5xx,
-    TotalErrorRate,
-    CacheHitRate,
-}
-
-impl Metric {
-    /// The metric over a period (one minute or more): counts are summed; a rate is its
-    /// numerator summed over its denominator summed, as CloudFront computes it from the
-    /// requests themselves (error rates over requests, CacheHitRate over cacheable
-    /// requests). `None` is no data: a period without minutes, or a rate whose
-    /// denominator is 0 (CacheHitRate where nothing was cacheable).
-    pub fn of(self, s: &PeriodSums) -> Option<f64> {
-        if s.minutes == 0 {
-            return None;
-        }
-        match self {
-            Metric::Requests => Some(s.requests as f64),
-            Metric::BytesDownloaded => Some(s.bytes_downloaded as f64),
-            Metric::BytesUploaded => Some(s.bytes_uploaded as f64),
-            Metric::ErrorRate4xx => percent(s.status_4xx, s.requests),
-            Metric::ErrorRate5xx => percent(s.status_5xx, s.requests),
-            Metric::TotalErrorRate => {
-                percent(s.status_4xx.saturating_add(s.status_5xx), s.requests)
-            }
-            Metric::CacheHitRate => percent(s.cache_hits, s.cacheable),
-        }
-    }
-}
+pub use crate::metrics::Metric;
+use crate::store::Minutes;
 
 /// The counters of a period's minutes, summed (saturating: sums never wrap).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -134,6 +97,17 @@ pub enum AlarmState {
     Ok,
     Alarm,
     InsufficientData,
+}
+
+impl AlarmState {
+    /// As the API, pages and Prometheus spell it (`INSUFFICIENT_DATA`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AlarmState::Ok => "OK",
+            AlarmState::Alarm => "ALARM",
+            AlarmState::InsufficientData => "INSUFFICIENT_DATA",
+        }
+    }
 }
 
 /// One alarm.
@@ -433,9 +407,7 @@ impl AlarmBoard {
             let Ok(configs) = self.configs.read() else {
                 return changes;
             };
-            let Some(series) = store.read() else {
-                return changes;
-            };
+            let series = store.read();
             let Ok(mut tracked) = self.tracked.lock() else {
                 return changes;
             };
@@ -535,7 +507,7 @@ impl AlarmBoard {
             if let Ok(mut tracked) = self.tracked.lock()
                 && let Some(per_distribution) = tracked.get_mut(&cfg.name)
             {
-                let now = crate::now_ms();
+                let now = crate::store::now_ms();
                 per_distribution.retain(|d, t| {
                     let watched = cfg.distribution == "*" || *d == cfg.distribution;
                     if !watched {
@@ -568,7 +540,7 @@ impl AlarmBoard {
             if let Ok(mut tracked) = self.tracked.lock()
                 && let Some(per_distribution) = tracked.remove(name)
             {
-                let now = crate::now_ms();
+                let now = crate::store::now_ms();
                 for (_, mut t) in per_distribution {
                     changes.extend(retire(&mut t, now, "the alarm was deleted"));
                 }
@@ -1009,7 +981,9 @@ mod tests {
                 for d in targets {
                     let minutes: BTreeMap<i64, MinuteAggregate> = store
                         .read()
-                        .and_then(|s| s.distributions.get(&d).map(|m| m.by_minute.clone()))
+                        .distributions
+                        .get(&d)
+                        .map(|m| m.by_minute.clone())
                         .unwrap_or_default();
                     let key = (cfg.name.clone(), d.clone());
                     let previous = reference

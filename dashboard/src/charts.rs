@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::MinutePoint;
+use crate::metrics::{METRICS, MetricDef, MinutePoint, Unit};
 
 /// What one chart shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,15 +39,6 @@ pub const ADDITIONAL_CHARTS: [Chart; 3] = [
     Chart::ErrorRatesByStatus,
 ];
 
-type Line = (&'static str, fn(&MinutePoint) -> Option<f64>, RGBColor);
-
-const BLUE: RGBColor = RGBColor(0x1f, 0x6f, 0xb4);
-const ORANGE: RGBColor = RGBColor(0xe6, 0x7e, 0x22);
-const RED: RGBColor = RGBColor(0xc0, 0x39, 0x2b);
-const PURPLE: RGBColor = RGBColor(0x8e, 0x44, 0xad);
-const GREEN: RGBColor = RGBColor(0x27, 0xae, 0x60);
-const GREY: RGBColor = RGBColor(0x7f, 0x8c, 0x8d);
-
 impl Chart {
     /// The name in URLs and the API (`requests`, `5xx-error-rate`, ...).
     pub fn slug(self) -> &'static str {
@@ -75,62 +66,24 @@ impl Chart {
     /// CloudFront's metric name.
     pub fn title(self) -> &'static str {
         match self {
-            Chart::Requests => "Requests",
-            Chart::BytesDownloaded => "BytesDownloaded",
-            Chart::BytesUploaded => "BytesUploaded",
-            Chart::ErrorRate4xx => "4xxErrorRate",
-            Chart::ErrorRate5xx => "5xxErrorRate",
-            Chart::TotalErrorRate => "TotalErrorRate",
-            Chart::CacheHitRate => "CacheHitRate",
             Chart::OriginLatency => "OriginLatency",
             Chart::ErrorRatesByStatus => "401 to 504 error rates",
+            _ => self.first_line().map_or("", |m| m.label),
         }
     }
 
     /// What the y axis measures.
     pub fn unit(self) -> &'static str {
-        match self {
-            Chart::Requests => "requests per minute",
-            Chart::BytesDownloaded | Chart::BytesUploaded => "bytes per minute",
-            Chart::OriginLatency => "milliseconds",
-            _ => "percent of requests",
-        }
+        self.first_line().map_or("", |m| m.unit.axis())
     }
 
-    /// The series drawn, with their JSON/CSV column names.
-    pub fn lines(self) -> Vec<Line> {
-        match self {
-            Chart::Requests => vec![("requests", |p| Some(p.requests as f64), BLUE)],
-            Chart::BytesDownloaded => {
-                vec![(
-                    "bytes_downloaded",
-                    |p| Some(p.bytes_downloaded as f64),
-                    BLUE,
-                )]
-            }
-            Chart::BytesUploaded => {
-                vec![("bytes_uploaded", |p| Some(p.bytes_uploaded as f64), BLUE)]
-            }
-            Chart::ErrorRate4xx => vec![("error_rate_4xx", |p| p.error_rate_4xx, ORANGE)],
-            Chart::ErrorRate5xx => vec![("error_rate_5xx", |p| p.error_rate_5xx, RED)],
-            Chart::TotalErrorRate => {
-                vec![("total_error_rate", |p| p.total_error_rate, PURPLE)]
-            }
-            Chart::CacheHitRate => vec![("cache_hit_rate", |p| p.cache_hit_rate, GREEN)],
-            Chart::OriginLatency => vec![
-                ("origin_latency_p50_ms", |p| p.origin_latency_p50_ms, BLUE),
-                ("origin_latency_p90_ms", |p| p.origin_latency_p90_ms, ORANGE),
-                ("origin_latency_p99_ms", |p| p.origin_latency_p99_ms, RED),
-            ],
-            Chart::ErrorRatesByStatus => vec![
-                ("error_rate_401", |p| p.error_rate_401, GREY),
-                ("error_rate_403", |p| p.error_rate_403, PURPLE),
-                ("error_rate_404", |p| p.error_rate_404, ORANGE),
-                ("error_rate_502", |p| p.error_rate_502, RED),
-                ("error_rate_503", |p| p.error_rate_503, BLUE),
-                ("error_rate_504", |p| p.error_rate_504, GREEN),
-            ],
-        }
+    fn first_line(self) -> Option<&'static MetricDef> {
+        METRICS.iter().find(|m| m.chart == self)
+    }
+
+    /// The series drawn (their `column`s name them in JSON and CSV).
+    pub fn lines(self) -> Vec<&'static MetricDef> {
+        METRICS.iter().filter(|m| m.chart == self).collect()
     }
 }
 
@@ -181,8 +134,8 @@ fn drawable(v: f64, cap: f64) -> Option<f64> {
 /// flat zero line stays visible), percentages at most 100, never past [`Y_CAP`].
 fn y_top(chart: Chart, largest: f64) -> f64 {
     let top = (largest * 1.15).clamp(1.0, Y_CAP);
-    match chart.unit() {
-        "percent of requests" => top.min(100.0),
+    match chart.first_line().map(|m| m.unit) {
+        Some(Unit::Percent) => top.min(100.0),
         _ => top,
     }
 }
@@ -206,8 +159,8 @@ pub fn render(
         .iter()
         .filter(|p| (from_ms..to_ms).contains(&p.minute_ms))
     {
-        for (_, get, _) in &lines {
-            if let Some(v) = get(p).and_then(|v| drawable(v, Y_CAP)) {
+        for m in &lines {
+            if let Some(v) = (m.get)(p).and_then(|v| drawable(v, Y_CAP)) {
                 largest = largest.max(v);
             }
         }
@@ -238,11 +191,12 @@ pub fn render(
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(|e| e.to_string())?;
-        for (name, get, color) in &lines {
+        for m in &lines {
+            let color = m.color;
             let data: Vec<(i64, f64)> = points
                 .iter()
                 .filter(|p| (from_ms..to_ms).contains(&p.minute_ms))
-                .filter_map(|p| Some((p.minute_ms, drawable(get(p)?, y_max)?)))
+                .filter_map(|p| Some((p.minute_ms, drawable((m.get)(p)?, y_max)?)))
                 .collect();
             // Dots too: a lone minute (a new distribution) has no line to draw.
             ctx.draw_series(
@@ -256,7 +210,8 @@ pub fn render(
             if lines.len() > 1 {
                 series
                     .label(
-                        name.trim_start_matches("origin_latency_")
+                        m.column
+                            .trim_start_matches("origin_latency_")
                             .trim_start_matches("error_rate_"),
                     )
                     .legend(move |(x, y)| {
@@ -314,18 +269,18 @@ pub fn csv(chart: Option<Chart>, points: &[MinutePoint]) -> String {
         Chart::lines,
     );
     let mut out = String::from("minute,minute_ms");
-    for (name, _, _) in &lines {
+    for m in &lines {
         out.push(',');
-        out.push_str(name);
+        out.push_str(m.column);
     }
     out.push('\n');
     for p in points {
         let mut date = String::new();
         edgelog_record::time::write_date(&mut date, p.minute_ms);
         let _ = write!(out, "{date}T{}:00Z,{}", hh_mm(p.minute_ms), p.minute_ms);
-        for (_, get, _) in &lines {
+        for m in &lines {
             out.push(',');
-            if let Some(v) = get(p) {
+            if let Some(v) = (m.get)(p) {
                 let _ = write!(out, "{v}");
             }
         }

@@ -118,6 +118,13 @@ pub fn retry_delays(o: &NotifyOptions) -> impl Iterator<Item = Duration> + use<>
         .build()
 }
 
+/// Why notifications cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("cannot build the webhook client")]
+    Client(#[source] reqwest::Error),
+}
+
 /// Posts alarm transitions to webhooks, each webhook on its own task. Dropping it lets
 /// the tasks finish what is queued and end.
 pub struct Notifier {
@@ -126,13 +133,18 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts one delivery task per webhook (on the current tokio runtime).
-    pub fn start(webhooks: &[String], external_url: &str, options: NotifyOptions) -> Notifier {
+    /// Starts one delivery task per webhook (on the current tokio runtime). Fails rather
+    /// than post without a timeout: a stuck webhook would hold its queue forever.
+    pub fn start(
+        webhooks: &[String],
+        external_url: &str,
+        options: NotifyOptions,
+    ) -> Result<Notifier, NotifyError> {
         let client = reqwest::Client::builder()
             .timeout(options.timeout)
             .connect_timeout(options.timeout)
             .build()
-            .unwrap_or_default();
+            .map_err(NotifyError::Client)?;
         let queues = webhooks
             .iter()
             .map(|url| {
@@ -141,10 +153,10 @@ impl Notifier {
                 (url.clone(), tx)
             })
             .collect();
-        Notifier {
+        Ok(Notifier {
             queues,
             external_url: external_url.to_owned(),
-        }
+        })
     }
 
     /// Queues a transition for every webhook (when it is worth a notification); returns

@@ -92,7 +92,8 @@ async fn a_stuck_webhook_does_not_delay_the_others() {
         &[stuck, good],
         "http://127.0.0.1:8081",
         NotifyOptions::default(),
-    );
+    )
+    .expect("notifier");
     let sent = Instant::now();
     assert_eq!(notifier.send(&transition("E1", AlarmState::Alarm)), 2);
     assert_eq!(notifier.send(&transition("E2", AlarmState::Alarm)), 2);
@@ -126,7 +127,8 @@ async fn a_stuck_webhook_does_not_delay_the_others() {
 async fn each_webhook_gets_its_notifications_in_order() {
     let (a, got_a) = webhook(200).await;
     let (b, got_b) = webhook(200).await;
-    let notifier = Notifier::start(&[a, b], "http://d", NotifyOptions::default());
+    let notifier =
+        Notifier::start(&[a, b], "http://d", NotifyOptions::default()).expect("notifier");
     let mut want = Vec::new();
     for i in 0..50 {
         let to = if i % 2 == 0 {
@@ -178,7 +180,7 @@ async fn a_notification_is_tried_a_bounded_number_of_times() {
         max_delay: Duration::from_millis(50),
         queue: 16,
     };
-    let notifier = Notifier::start(&[failing, stuck], "http://d", options);
+    let notifier = Notifier::start(&[failing, stuck], "http://d", options).expect("notifier");
     notifier.send(&transition("E1", AlarmState::Alarm));
     notifier.send(&transition("E2", AlarmState::Alarm));
     let g = wait_for(&got, 6, Duration::from_secs(10)).await;

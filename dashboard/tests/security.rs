@@ -167,3 +167,39 @@ async fn without_credentials_alarm_definitions_are_read_only_unless_allowed() {
     assert_eq!(alarms.definitions().len(), 1);
     assert!(format!("{allowed:?}").contains("allow_unauthenticated_writes: true"));
 }
+
+/// An id read from a metrics topic is not checked by a collector: one that holds
+/// `</script>` is shown as text, and cannot end the page's script.
+#[tokio::test]
+async fn a_distribution_id_cannot_end_the_page_script() {
+    let store = Arc::new(MetricsStore::new(60));
+    let evil = "E</script><script>alert(1)</script>";
+    let minute = edgelog_dashboard::last_complete_minute(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    );
+    store.merge(&edgelog_record::MinuteUpdate {
+        collector_id: "c".into(),
+        distribution_id: evil.into(),
+        minute_ms: minute,
+        aggregate: edgelog_record::MinuteAggregate {
+            requests: 1,
+            ..Default::default()
+        },
+    });
+    let r = app(Dashboard::new(
+        store,
+        Arc::new(AlarmBoard::new(Vec::new())),
+        &DashboardConfig::default(),
+    ));
+    let uri = "/distributions/E%3C%2Fscript%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let (status, page) = call(&r, "GET", uri, &[("host", "127.0.0.1:8081")], "").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(!page.contains("<script>alert(1)"), "{page}");
+    assert_eq!(
+        page.matches("</script>").count(),
+        1,
+        "only the page's own: {page}"
+    );
+}

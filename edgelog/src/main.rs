@@ -369,62 +369,6 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} for the {what}"))
 }
 
-/// Serves the dashboard over `store` (fed by the caller) and evaluates alarms.
-async fn serve_dashboard(
-    listener: TcpListener,
-    store: Arc<MetricsStore>,
-    cfg: &edgelog_dashboard::DashboardConfig,
-) -> anyhow::Result<()> {
-    // The address really listened on (the Host check and webhook links use it).
-    let mut cfg = cfg.clone();
-    if let Ok(addr) = listener.local_addr() {
-        cfg.listen = addr;
-    }
-    tracing::info!(url = %format!("http://{}/", cfg.listen), "dashboard serving");
-    let alarms = Arc::new(edgelog_dashboard::alarms::AlarmBoard::new(
-        cfg.alarms.clone(),
-    ));
-    // Each webhook has its own queue and task: a slow or stuck one delays only itself,
-    // and nothing delays evaluation. Every transition (an evaluation's, or a firing
-    // alarm deleted or no longer watching a distribution) is logged and notified.
-    let notifier = edgelog_dashboard::notify::Notifier::start(
-        &cfg.webhooks,
-        &format!("http://{}", cfg.listen),
-        edgelog_dashboard::notify::NotifyOptions::default(),
-    );
-    alarms.on_transition(move |t| {
-        if t.to == edgelog_dashboard::alarms::AlarmState::Alarm {
-            tracing::warn!(alarm = %t.alarm, distribution = %t.distribution, from = ?t.from, reason = %t.reason, "alarm");
-        } else {
-            tracing::info!(alarm = %t.alarm, distribution = %t.distribution, from = ?t.from, to = ?t.to, reason = %t.reason, "alarm state changed");
-        }
-        notifier.send(t);
-    });
-    let (watching, board, every) = (store.clone(), alarms.clone(), cfg.alarm_interval);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            let (store, board) = (watching.clone(), board.clone());
-            // Off the async workers: a first evaluation of long look-backs takes a while.
-            let _ = tokio::task::spawn_blocking(move || board.evaluate(&store, now)).await;
-        }
-    });
-    let app = edgelog_dashboard::app(edgelog_dashboard::Dashboard::new(store, alarms, &cfg));
-    // People and browsers, not a fleet: fewer connections, the same timeouts.
-    let limits = edgelog_collector::serve::HttpLimits {
-        max_connections: edgelog_collector::serve::fit_connections(1024),
-        ..Default::default()
-    };
-    edgelog_collector::serve::serve(listener, app, limits, "dashboard", std::future::pending())
-        .await
-        .context("dashboard server failed")
-}
-
 fn s(v: impl Into<String>) -> Value {
     Value::from(v.into())
 }
@@ -478,10 +422,8 @@ async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
         ),
     }
     let listener = bind(cfg.dashboard.listen, "dashboard").await?;
-    tokio::select! {
-        r = serve_dashboard(listener, store, &cfg.dashboard) => r,
-        () = shutdown_signal() => Ok(()),
-    }
+    edgelog_dashboard::run(listener, store, &cfg.dashboard, shutdown_signal()).await?;
+    Ok(())
 }
 
 fn edge_target(args: &EdgeArgs) -> Target {
@@ -688,7 +630,8 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     // Merged in place as the aggregator publishes: a backfill cannot overflow anything.
     bus.on_minutes(move |u| merging.merge(u));
     tokio::spawn(async move {
-        if let Err(e) = serve_dashboard(dashboard, store, &dash_cfg).await {
+        if let Err(e) = edgelog_dashboard::run(dashboard, store, &dash_cfg, shutdown_signal()).await
+        {
             tracing::error!(error = %e, "dashboard stopped");
         }
     });

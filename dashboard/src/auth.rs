@@ -1,0 +1,109 @@
+//! Who may reach the dashboard: its own host names on loopback (against DNS rebinding),
+//! bearer tokens or basic-auth users, and who may change alarm definitions.
+
+use std::net::SocketAddr;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::api::Dashboard;
+use crate::config::DashboardConfig;
+use crate::error::ApiError;
+
+/// The `Host` values under which a dashboard listening on loopback `listen` is reached:
+/// `localhost`, `127.0.0.1`, `[::1]` and the address itself, with the port (and without
+/// it on port 80). A browser sends one of them unless a page of another site was made
+/// to reach the dashboard under that site's name (DNS rebinding).
+pub fn loopback_hosts(listen: SocketAddr) -> Option<Vec<String>> {
+    if !listen.ip().is_loopback() {
+        return None;
+    }
+    let port = listen.port();
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "[::1]".to_owned(),
+    ];
+    let own = match listen {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    if !names.contains(&own) {
+        names.push(own);
+    }
+    let mut hosts: Vec<String> = names.iter().map(|n| format!("{n}:{port}")).collect();
+    if port == 80 {
+        hosts.extend(names);
+    }
+    Some(hosts)
+}
+
+/// The `Authorization` header values the settings accept (`Bearer ...`, `Basic ...`).
+pub(crate) fn credentials(cfg: &DashboardConfig) -> Vec<String> {
+    use base64::Engine;
+    cfg.tokens
+        .iter()
+        .map(|t| format!("Bearer {t}"))
+        .chain(cfg.users.iter().map(|u| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(u)
+            )
+        }))
+        .collect()
+}
+
+/// Refuses (403) a request whose `Host` is not the dashboard's own loopback address.
+/// A request without `Host` passes: browsers always send one. `/healthz` passes.
+pub(crate) async fn check_host(State(d): State<Dashboard>, req: Request, next: Next) -> Response {
+    let Some(allowed) = d.allowed_hosts.as_ref() else {
+        return next.run(req).await;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+    match host {
+        Some(h) if req.uri().path() != "/healthz" && !allowed.contains(&h.to_ascii_lowercase()) => {
+            ApiError::ForeignHost {
+                host: h,
+                allowed: allowed.join(", "),
+            }
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// Refuses (403) a change to alarm definitions on a dashboard without credentials,
+/// unless `allow_unauthenticated_writes` is set.
+pub(crate) async fn check_writes(State(d): State<Dashboard>, req: Request, next: Next) -> Response {
+    if d.writes_allowed {
+        return next.run(req).await;
+    }
+    ApiError::ReadOnly.into_response()
+}
+
+/// Refuses (401) a request without one of the credentials, when there are any.
+pub(crate) async fn require_auth(State(d): State<Dashboard>, req: Request, next: Next) -> Response {
+    if d.credentials.is_empty() || req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    // Compare with every credential without stopping early.
+    let mut ok = subtle::Choice::from(0);
+    for c in d.credentials.iter() {
+        ok |= subtle::ConstantTimeEq::ct_eq(c.as_bytes(), given);
+    }
+    if bool::from(ok) {
+        return next.run(req).await;
+    }
+    ApiError::Unauthorized.into_response()
+}

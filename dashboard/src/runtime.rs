@@ -1,0 +1,109 @@
+//! The dashboard as a service: alarms evaluated on a timer, their transitions logged and
+//! posted to webhooks, the router served until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgelog_collector::serve::{HttpLimits, fit_connections, serve};
+use tokio::net::TcpListener;
+
+use crate::alarms::{AlarmBoard, AlarmState, Transition};
+use crate::api::{Dashboard, app};
+use crate::config::DashboardConfig;
+use crate::notify::{Notifier, NotifyError, NotifyOptions};
+use crate::store::{MetricsStore, now_ms};
+
+/// Why the dashboard could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
+    #[error("dashboard server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// How long requests in flight may go on once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves the dashboard over `store` (fed by the caller) on `listener` and evaluates its
+/// alarms until `shutdown` resolves; then stops accepting, and returns once requests in
+/// flight are done (or after [`SHUTDOWN_GRACE`]).
+pub async fn run(
+    listener: TcpListener,
+    store: Arc<MetricsStore>,
+    cfg: &DashboardConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    // The address really listened on (the Host check and webhook links use it).
+    let mut cfg = cfg.clone();
+    if let Ok(addr) = listener.local_addr() {
+        cfg.listen = addr;
+    }
+    tracing::info!(url = %format!("http://{}/", cfg.listen), "dashboard serving");
+    let alarms = Arc::new(AlarmBoard::new(cfg.alarms.clone()));
+    // Each webhook has its own queue and task: a slow or stuck one delays only itself,
+    // and nothing delays evaluation. Every transition (an evaluation's, or a firing
+    // alarm deleted or no longer watching a distribution) is logged and notified.
+    let notifier = Notifier::start(
+        &cfg.webhooks,
+        &format!("http://{}", cfg.listen),
+        NotifyOptions::default(),
+    )?;
+    alarms.on_transition(move |t| {
+        log_transition(t);
+        notifier.send(t);
+    });
+    let evaluation = tokio::spawn(evaluate_every(
+        cfg.alarm_interval,
+        store.clone(),
+        alarms.clone(),
+    ));
+    let router = app(Dashboard::new(store, alarms, &cfg));
+    // People and browsers, not a fleet: fewer connections, the same timeouts.
+    let limits = HttpLimits {
+        max_connections: fit_connections(1024),
+        ..Default::default()
+    };
+    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = begun_tx.send(());
+    };
+    let grace_over = async move {
+        match begun_rx.await {
+            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let served = tokio::select! {
+        r = serve(listener, router, limits, "dashboard", shutdown) => r.map_err(RunError::Serve),
+        () = grace_over => {
+            tracing::warn!(grace_ms = SHUTDOWN_GRACE.as_millis() as u64, "dashboard requests left unfinished at shutdown");
+            Ok(())
+        }
+    };
+    evaluation.abort();
+    served
+}
+
+fn log_transition(t: &Transition) {
+    if t.to == AlarmState::Alarm {
+        tracing::warn!(alarm = %t.alarm, distribution = %t.distribution, from = ?t.from, reason = %t.reason, "alarm");
+    } else {
+        tracing::info!(alarm = %t.alarm, distribution = %t.distribution, from = ?t.from, to = ?t.to, reason = %t.reason, "alarm state changed");
+    }
+}
+
+/// Evaluates every alarm each `every`, for as long as the task runs.
+async fn evaluate_every(every: Duration, store: Arc<MetricsStore>, board: Arc<AlarmBoard>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = now_ms();
+        let (store, board) = (store.clone(), board.clone());
+        // Off the async workers: a first evaluation of long look-backs takes a while.
+        let _ = tokio::task::spawn_blocking(move || board.evaluate(&store, now)).await;
+    }
+}
