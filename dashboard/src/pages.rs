@@ -225,6 +225,15 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// A string as a JavaScript literal that is safe inside `<script>`: `<` is escaped, so
+/// an id holding `</script>` (one read from a metrics topic is not checked by a
+/// collector) cannot end the script.
+fn script_json(s: &str) -> String {
+    serde_json::to_string(s)
+        .unwrap_or_default()
+        .replace('<', "\\u003c")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,13 +271,4 @@ mod tests {
             }
         }
     }
-}
-
-/// A string as a JavaScript literal that is safe inside `<script>`: `<` is escaped, so
-/// an id holding `</script>` (one read from a metrics topic is not checked by a
-/// collector) cannot end the script.
-fn script_json(s: &str) -> String {
-    serde_json::to_string(s)
-        .unwrap_or_default()
-        .replace('<', "\\u003c")
 }
