@@ -26,12 +26,13 @@ pub struct StandardLogsConfig {
     /// A file closes this long after its first record arrived.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
-    /// Memory all open files may hold together; past it the oldest is closed first.
+    /// Memory the rows waiting in all open files may take together; past it the file with
+    /// most waiting writes a row group to the spool (or the oldest closes, when all are
+    /// small).
     pub max_open_bytes: u64,
-    /// Files open at once (each holds its Parquet writer's buffers, a few hundred KiB
-    /// whatever its size); past it the oldest is closed first.
+    /// Files open at once; past it the oldest is closed first.
     pub max_open_files: usize,
-    /// Rows per Parquet row group.
+    /// Rows per Parquet row group, at most (a row group also ends at about 4 MiB of rows).
     pub row_group_rows: usize,
     /// zstd level for Parquet pages.
     pub zstd_level: i32,

@@ -67,18 +67,53 @@ impl OpenFile {
     fn size(&self) -> u64 {
         self.part_bytes + self.columns.bytes() as u64
     }
+
+    /// Encodes the rows waiting as one row group in the spool. On failure they stay
+    /// waiting, for the retry.
+    fn spill(
+        &mut self,
+        key: &PartitionKey,
+        spool: &Spool,
+        schema: &SchemaRef,
+        props: &WriterProperties,
+    ) -> Result<(), SinkError> {
+        if self.columns.is_empty() {
+            return Ok(());
+        }
+        let partition = || format!("{}/{}", key.distribution, key.hour_ms);
+        let batch = self
+            .columns
+            .batch(schema, self.sample_rate)
+            .map_err(|source| {
+                SinkError::misconfigured("cannot build a parquet batch").with_source(
+                    StandardLogError::Batch {
+                        partition: partition(),
+                        source,
+                    },
+                )
+            })?;
+        let path = spool.path("rows");
+        let size = cpu(|| spool::write_part(&path, schema, props, &batch)).map_err(|e| {
+            SinkError::unavailable(format!("cannot write to the spool {}", path.display()))
+                .with_source(StandardLogError::Encode {
+                    partition: partition(),
+                    source: e,
+                })
+        })?;
+        self.columns.clear();
+        self.parts.push(path);
+        self.part_bytes += size;
+        Ok(())
+    }
 }
 
-/// A closed file waiting for its upload, on disk.
+/// A closed file waiting for its upload: its last rows go to the spool and its row groups
+/// are joined into `local` on the way (each step retried until it succeeds).
 struct ReadyFile {
     key: PartitionKey,
-    last_seq: Seq,
     path: ObjectPath,
-    /// Its row groups, until they are joined into `local`.
-    parts: Vec<PathBuf>,
+    file: OpenFile,
     local: Option<(PathBuf, u64)>,
-    rows: usize,
-    first_seq: Seq,
 }
 
 /// Why a file could not be built.
@@ -107,6 +142,8 @@ pub struct StandardLogSink {
     /// Files in `open`.
     open_files: usize,
     ready: Vec<ReadyFile>,
+    /// Open files with a row group's worth of rows waiting.
+    full: Vec<PartitionKey>,
     /// Last entry taken into the buffers.
     taken: Seq,
     watermarks: Watermarks,
@@ -217,6 +254,7 @@ impl StandardLogSink {
             open: HashMap::new(),
             open_files: 0,
             ready: Vec::new(),
+            full: Vec::new(),
             taken: 0,
             watermarks: Watermarks::default(),
             dead_letters: None,
@@ -267,61 +305,37 @@ impl StandardLogSink {
     }
 
     fn memory(&self) -> usize {
-        self.open
+        let open: usize = self
+            .open
             .values()
             .flat_map(HashMap::values)
             .map(OpenFile::memory)
-            .sum()
+            .sum();
+        open + self.ready.iter().map(|r| r.file.memory()).sum::<usize>()
     }
 
     /// Encodes a file's waiting rows as one row group in the spool. On failure the rows
     /// stay waiting for the retry.
     fn write_row_group(&mut self, key: &PartitionKey) -> Result<(), SinkError> {
-        let Some(f) = self
+        match self
             .open
             .get_mut(&key.distribution)
             .and_then(|m| m.get_mut(&key.hour_ms))
-        else {
-            return Ok(());
-        };
-        if f.columns.is_empty() {
-            return Ok(());
+        {
+            Some(f) => f.spill(key, &self.spool, &self.schema, &self.props),
+            None => Ok(()),
         }
-        let batch = f
-            .columns
-            .batch(&self.schema, f.sample_rate)
-            .map_err(|source| {
-                SinkError::misconfigured("cannot build a parquet batch").with_source(
-                    StandardLogError::Batch {
-                        partition: format!("{}/{}", key.distribution, key.hour_ms),
-                        source,
-                    },
-                )
-            })?;
-        let path = self.spool.path("rows");
-        let (schema, props) = (&self.schema, &self.props);
-        let size = cpu(|| spool::write_part(&path, schema, props, &batch)).map_err(|e| {
-            SinkError::unavailable(format!("cannot write to the spool {}", path.display()))
-                .with_source(StandardLogError::Encode {
-                    partition: format!("{}/{}", key.distribution, key.hour_ms),
-                    source: e,
-                })
-        })?;
-        f.columns.clear();
-        f.parts.push(path);
-        f.part_bytes += size;
-        Ok(())
     }
 
-    /// Closes an open file: its last rows go to the spool and it waits for its upload.
-    fn seal(&mut self, key: &PartitionKey) -> Result<(), SinkError> {
-        self.write_row_group(key)?;
+    /// Closes an open file: it waits for its upload. No I/O here, so that taking an
+    /// entry's rows never stops half-way.
+    fn seal(&mut self, key: &PartitionKey) {
         let Some(f) = self
             .open
             .get_mut(&key.distribution)
             .and_then(|m| m.remove(&key.hour_ms))
         else {
-            return Ok(());
+            return;
         };
         self.open_files -= 1;
         if self
@@ -332,26 +346,26 @@ impl StandardLogSink {
             self.open.remove(&key.distribution);
         }
         if f.rows == 0 {
-            return Ok(());
+            return;
         }
         self.ready.push(ReadyFile {
             key: key.clone(),
-            last_seq: f.last_seq,
             path: self.object_path(key, f.first_seq),
-            parts: f.parts,
+            file: f,
             local: None,
-            rows: f.rows,
-            first_seq: f.first_seq,
         });
-        Ok(())
     }
 
     /// Joins a ready file's row groups into one file in the spool (once).
     fn join(&mut self, i: usize) -> Result<(PathBuf, u64), SinkError> {
-        let file = &mut self.ready[i];
-        if let Some(l) = &file.local {
+        let ready = &mut self.ready[i];
+        if let Some(l) = &ready.local {
             return Ok(l.clone());
         }
+        ready
+            .file
+            .spill(&ready.key, &self.spool, &self.schema, &self.props)?;
+        let (file, path) = (&mut ready.file, &ready.path);
         let joined = if let [only] = file.parts.as_slice() {
             (
                 only.clone(),
@@ -361,8 +375,7 @@ impl StandardLogSink {
             let out = self.spool.path("file");
             let props = &self.props;
             let len = cpu(|| spool::join(&file.parts, &out, props)).map_err(|e| {
-                SinkError::unavailable(format!("cannot join {} in the spool", file.path))
-                    .with_source(e)
+                SinkError::unavailable(format!("cannot join {path} in the spool")).with_source(e)
             })?;
             for p in &file.parts {
                 let _ = std::fs::remove_file(p);
@@ -370,7 +383,7 @@ impl StandardLogSink {
             (out, len)
         };
         file.parts.clear();
-        file.local = Some(joined.clone());
+        ready.local = Some(joined.clone());
         Ok(joined)
     }
 
@@ -397,11 +410,11 @@ impl StandardLogSink {
                     let _ = std::fs::remove_file(&local);
                 }
             }
-            tracing::debug!(object = %file.path, rows = file.rows, bytes = len, "standard log file written");
+            tracing::debug!(object = %file.path, rows = file.file.rows, bytes = len, "standard log file written");
             metrics::counter!("edgelog_standard_files_total").increment(1);
-            metrics::counter!("edgelog_standard_rows_total").increment(file.rows as u64);
+            metrics::counter!("edgelog_standard_rows_total").increment(file.file.rows as u64);
             metrics::counter!("edgelog_standard_bytes_total").increment(len);
-            let (key, last) = (file.key.clone(), file.last_seq);
+            let (key, last) = (file.key.clone(), file.file.last_seq);
             self.watermarks.set(&key, last)?;
             self.ready.remove(0);
         }
@@ -421,7 +434,7 @@ impl StandardLogSink {
             })
             .collect();
         for k in keys {
-            self.seal(&k)?;
+            self.seal(&k);
         }
         self.upload_ready().await
     }
@@ -504,21 +517,18 @@ impl StandardLogSink {
                     })
                 }
             };
-            let mut full = false;
             for (i, _, _) in group {
                 push(f, &entry.records[*i], entry.seq);
-                full |= f.columns.bytes() >= ROW_GROUP_BYTES
-                    || f.columns.len() >= self.cfg.row_group_rows;
             }
-            if full {
-                self.write_row_group(&key)?;
+            if f.columns.bytes() >= ROW_GROUP_BYTES || f.columns.len() >= self.cfg.row_group_rows {
+                self.full.push(key);
             }
             // Too many files open: close the oldest.
             while self.open_files > self.cfg.max_open_files {
                 let Some(oldest) = self.oldest_open() else {
                     break;
                 };
-                self.seal(&oldest)?;
+                self.seal(&oldest);
             }
         }
         Ok(())
@@ -594,6 +604,13 @@ impl Sink for StandardLogSink {
             self.take(batch)?;
             self.taken = batch.seq();
         }
+        // Files whose rows make a row group now (taking has no I/O, so that it never stops
+        // half-way; what fails here is tried again with the entry).
+        while let Some(k) = self.full.last() {
+            let k = k.clone();
+            self.write_row_group(&k)?;
+            self.full.pop();
+        }
         let (max_rows, max_bytes) = (self.cfg.max_rows, self.cfg.max_bytes as usize);
         self.close_where(|f| f.rows >= max_rows || f.size() >= max_bytes as u64)
             .await?;
@@ -604,7 +621,7 @@ impl Sink for StandardLogSink {
                 Some((k, rows)) if rows >= MIN_ROW_GROUP_ROWS => self.write_row_group(&k)?,
                 _ => {
                     if let Some(k) = self.oldest_open() {
-                        self.seal(&k)?;
+                        self.seal(&k);
                     }
                     self.upload_ready().await?;
                 }
@@ -635,7 +652,7 @@ impl Sink for StandardLogSink {
             .values()
             .flat_map(HashMap::values)
             .map(|f| f.first_seq);
-        let ready = self.ready.iter().map(|r| r.first_seq);
+        let ready = self.ready.iter().map(|r| r.file.first_seq);
         match open.chain(ready).min() {
             Some(first) => first - 1,
             None => self.taken,
