@@ -26,7 +26,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The collector: ingest API, limits, write-ahead log.
     pub collector: CollectorConfig,
-    /// Sampling rates per destination, by default and per distribution.
+    /// Sampling rates per sink (by name), by default and per distribution.
     pub sampling: SamplingConfig,
     /// Where records go: `[sinks.NAME]` with a `type`.
     pub sinks: SinksConfig,
@@ -285,8 +285,6 @@ impl std::fmt::Debug for MetricsConfig {
     }
 }
 
-/// `collector.max_body_bytes: invalid type ... (from EDGELOG_ environment variables)`,
-/// one line per problem. A value given for a secret key is not repeated.
 /// A parser's message without the lines it quotes from the file (`3 | tokens = [...]`,
 /// and the caret line under it).
 fn without_source_lines(msg: &str) -> String {
@@ -300,6 +298,8 @@ fn without_source_lines(msg: &str) -> String {
         .join(" ")
 }
 
+/// `collector.max_body_bytes: invalid type ... (from EDGELOG_ environment variables)`,
+/// one line per problem. A value given for a secret key is not repeated.
 pub(crate) fn describe(e: figment::Error) -> String {
     use figment::error::Kind;
     e.into_iter()
@@ -571,6 +571,7 @@ mod ranges {
         "sinks.standard.zstd_level",
         "sinks.realtime.bus_capacity",
         "sinks.realtime.kafka.max_in_flight_messages",
+        "sinks.realtime.kafka.max_in_flight_bytes",
         "dashboard.history_minutes",
         "sampling.default.standard",
         "sampling.default.realtime",

@@ -51,6 +51,9 @@ pub struct KafkaConfig {
     /// Messages the producer may hold unacknowledged; past it the sink waits (the
     /// records wait in the write-ahead log).
     pub max_in_flight_messages: usize,
+    /// Bytes of messages the producer may hold unacknowledged (its memory); past it the
+    /// sink waits, as above.
+    pub max_in_flight_bytes: u64,
     /// More librdkafka properties, passed as they are: `security.protocol`,
     /// `sasl.mechanism`, `sasl.username`, `ssl.ca.location`, timeouts...
     pub options: BTreeMap<String, String>,
@@ -64,6 +67,7 @@ impl Default for KafkaConfig {
             compression: "lz4".into(),
             linger: Duration::from_millis(5),
             max_in_flight_messages: 100_000,
+            max_in_flight_bytes: 32 << 20,
             options: BTreeMap::new(),
         }
     }
@@ -107,6 +111,8 @@ const OWNED_OPTIONS: &[&str] = &[
     "acks",
     "message.timeout.ms",
     "delivery.timeout.ms",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
 ];
 
 impl RealtimeConfig {
@@ -147,6 +153,13 @@ impl KafkaConfig {
                 self.max_in_flight_messages
             ));
         }
+        // librdkafka takes queue.buffering.max.kbytes up to 2^31-1 KiB.
+        if !(1 << 20..=1 << 40).contains(&self.max_in_flight_bytes) {
+            return Err(format!(
+                "{k}.max_in_flight_bytes: must be from 1048576 to 1099511627776, got {}",
+                self.max_in_flight_bytes
+            ));
+        }
         if self.linger > Duration::from_secs(900) {
             return Err(format!(
                 "{k}.linger: must be at most 900s, got {:?}",
@@ -180,6 +193,10 @@ impl KafkaConfig {
             (
                 "queue.buffering.max.messages",
                 self.max_in_flight_messages.to_string(),
+            ),
+            (
+                "queue.buffering.max.kbytes",
+                (self.max_in_flight_bytes / 1024).to_string(),
             ),
         ]
         .into_iter()
