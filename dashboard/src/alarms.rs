@@ -12,7 +12,7 @@
 //! lifecycle are one state machine, and half the file is its tests.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Mutex, OnceLock, RwLock};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
 use edgelog_record::MinuteAggregate;
 use serde::{Deserialize, Serialize};
@@ -404,13 +404,9 @@ impl AlarmBoard {
         let mut changes = Vec::new();
         {
             // Definitions stay put during an evaluation (see `put`).
-            let Ok(configs) = self.configs.read() else {
-                return changes;
-            };
+            let configs = self.configs.read().unwrap_or_else(PoisonError::into_inner);
             let series = store.read();
-            let Ok(mut tracked) = self.tracked.lock() else {
-                return changes;
-            };
+            let mut tracked = self.tracked.lock().unwrap_or_else(PoisonError::into_inner);
             for cfg in configs.iter() {
                 if !tracked.contains_key(&cfg.name) {
                     tracked.insert(cfg.name.clone(), BTreeMap::new());
@@ -463,7 +459,8 @@ impl AlarmBoard {
         if changes.is_empty() {
             return;
         }
-        if let Ok(mut h) = self.history.lock() {
+        {
+            let mut h = self.history.lock().unwrap_or_else(PoisonError::into_inner);
             for c in changes {
                 h.push_back(c.clone());
                 if h.len() > HISTORY {
@@ -478,7 +475,10 @@ impl AlarmBoard {
 
     /// The alarm definitions.
     pub fn definitions(&self) -> Vec<AlarmConfig> {
-        self.configs.read().map(|c| c.clone()).unwrap_or_default()
+        self.configs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Adds an alarm, or replaces the one of the same name. A replaced alarm keeps its
@@ -489,10 +489,7 @@ impl AlarmBoard {
         cfg.validate()?;
         let mut changes = Vec::new();
         let outcome = {
-            let mut configs = self
-                .configs
-                .write()
-                .map_err(|_| "alarm definitions unavailable")?;
+            let mut configs = self.configs.write().unwrap_or_else(PoisonError::into_inner);
             let outcome = match configs.iter().position(|c| c.name == cfg.name) {
                 Some(i) if configs[i] == cfg => return Ok(PutOutcome::Unchanged),
                 Some(i) => {
@@ -504,8 +501,11 @@ impl AlarmBoard {
                     PutOutcome::Created
                 }
             };
-            if let Ok(mut tracked) = self.tracked.lock()
-                && let Some(per_distribution) = tracked.get_mut(&cfg.name)
+            if let Some(per_distribution) = self
+                .tracked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_mut(&cfg.name)
             {
                 let now = crate::store::now_ms();
                 per_distribution.retain(|d, t| {
@@ -532,13 +532,14 @@ impl AlarmBoard {
     pub fn delete(&self, name: &str) -> bool {
         let mut changes = Vec::new();
         let removed = {
-            let Ok(mut configs) = self.configs.write() else {
-                return false;
-            };
+            let mut configs = self.configs.write().unwrap_or_else(PoisonError::into_inner);
             let before = configs.len();
             configs.retain(|a| a.name != name);
-            if let Ok(mut tracked) = self.tracked.lock()
-                && let Some(per_distribution) = tracked.remove(name)
+            if let Some(per_distribution) = self
+                .tracked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(name)
             {
                 let now = crate::store::now_ms();
                 for (_, mut t) in per_distribution {
@@ -555,20 +556,20 @@ impl AlarmBoard {
     pub fn statuses(&self) -> Vec<AlarmStatus> {
         self.tracked
             .lock()
-            .map(|t| {
-                t.values()
-                    .flat_map(|per| per.values().map(|t| t.status.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .flat_map(|per| per.values().map(|t| t.status.clone()))
+            .collect()
     }
 
     /// State changes, oldest first.
     pub fn history(&self) -> Vec<Transition> {
         self.history
             .lock()
-            .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
