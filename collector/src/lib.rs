@@ -5,6 +5,7 @@
 //! aggregates go to a [`Publisher`] that the binary plugs in.
 
 mod aggregator;
+mod batch;
 mod budget;
 pub mod bus;
 mod config;

@@ -1,4 +1,6 @@
 //! The ingest API through `tower::ServiceExt::oneshot`, plus one real socket.
+//!
+//! Just over 500 lines: every refusal of the API, each a short test.
 
 use std::io::Write;
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! number, JSON string, W3C column), against an oracle written from the rules; and the
 //! line and field limits. Whatever the input: accepted with exactly the right value, or
 //! refused with a reason that names the field; never a panic.
+//!
+//! Long (about 1,000 lines): the oracle and a case table for every field and spelling.
 
 use edgelog_record::{
     FIELDS, FieldKind, Format, ParseOptions, Parsed, RejectKind, Rejection, Value, field_index,

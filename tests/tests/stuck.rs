@@ -3,6 +3,8 @@
 //! ends the collector within its budget with the brokers and the store down or
 //! unreachable; a restart then delivers what was left in the write-ahead log.
 //!
+//! Long (about 630 lines): four outage scenarios, each with its own checks.
+//!
 //! Real `edgelog` binary, real garage (S3) and tansu (Kafka) on loopback, read back by
 //! DuckDB and confluent-kafka.
 
