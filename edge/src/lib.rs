@@ -58,7 +58,10 @@ pub struct TrafficConfig {
     pub burst_length: Duration,
     pub burst: ErrorMix,
     /// Generate this many bodies once and send them round-robin (load tests: takes the
-    /// generator out of the measurement; request ids repeat).
+    /// generator out of the measurement). Each send is a copy of a pooled body with fresh
+    /// request ids: their last 16 characters (before the `==`) are a counter over the run,
+    /// so no two records of a run share an id; the rest of each record repeats. A
+    /// compressed body is compressed again on every send. The ack log gets no ids.
     pub pregenerate: Option<usize>,
 }
 
