@@ -59,9 +59,10 @@ pub struct TrafficConfig {
     pub burst: ErrorMix,
     /// Generate this many bodies once and send them round-robin (load tests: takes the
     /// generator out of the measurement). Each send is a copy of a pooled body with fresh
-    /// request ids: their last 16 characters (before the `==`) are a counter over the run,
-    /// so no two records of a run share an id; the rest of each record repeats. A
-    /// compressed body is compressed again on every send. The ack log gets no ids.
+    /// request ids written over the old ones: random characters, then the record's number
+    /// in the run (scrambled, as 16 hex digits), so no two records of a run share an id;
+    /// the other fields repeat. A compressed body is compressed again on every send. The
+    /// ack log gets no ids.
     pub pregenerate: Option<usize>,
 }
 

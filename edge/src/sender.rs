@@ -149,8 +149,7 @@ pub(crate) fn produce(cfg: &TrafficConfig, compression: Compression, tx: &mpsc::
     let mut made: u64 = 0;
     let mut body_no: usize = 0;
     let mut pool: Vec<Template> = Vec::new();
-    // The counter stamped into the next pregenerated request id: unique over the run.
-    let mut next_id: u64 = 0;
+    let mut ids = IdStamp::new(cfg.seed);
     loop {
         if cfg.total.is_some_and(|t| made >= t)
             || cfg.duration.is_some_and(|d| start.elapsed() >= d)
@@ -168,13 +167,13 @@ pub(crate) fn produce(cfg: &TrafficConfig, compression: Compression, tx: &mpsc::
             if n < batch {
                 // The last body of a --total run: shorter than the pooled ones.
                 Template::new(cfg, &mut generator, &mut rng, start, body_no, n)
-                    .stamp(&mut next_id, compression)
+                    .stamp(&mut ids, compression)
             } else {
                 if pool.len() < size {
                     let t = Template::new(cfg, &mut generator, &mut rng, start, body_no, n);
                     pool.push(t);
                 }
-                pool[body_no % pool.len()].stamp(&mut next_id, compression)
+                pool[body_no % pool.len()].stamp(&mut ids, compression)
             }
         } else {
             make_body(
@@ -195,22 +194,25 @@ pub(crate) fn produce(cfg: &TrafficConfig, compression: Compression, tx: &mpsc::
     }
 }
 
-/// Hex digits of the counter at the end of a pregenerated request id (before its `==`).
+/// Characters of a generator's request id (56 URL-safe base64 characters) before its `==`
+/// padding: what a resend writes anew.
+const ID_CHARS: usize = 54;
+/// Of these, the last ones: the record's number in the run, as scrambled hex.
 const ID_COUNTER_DIGITS: usize = 16;
+const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 /// A pregenerated body, resent with fresh request ids: its uncompressed bytes, and where
-/// in them each request id's counter is. A send copies the bytes and writes the next
-/// counter values there, so no two records of a run share an id.
+/// in them each request id is. A send copies the bytes and writes a new id over each.
 pub(crate) struct Template {
     raw: Vec<u8>,
-    /// Byte offsets of the `ID_COUNTER_DIGITS` hex digits of each request id.
-    counters: Vec<usize>,
+    /// Byte offsets of the request ids (their first `ID_CHARS` characters).
+    ids: Vec<usize>,
     records: u64,
     query: String,
 }
 
 impl Template {
-    /// Generates a body of `n` records whose request ids end in a counter (zero for now).
+    /// Generates a body of `n` records and notes where their request ids are.
     pub(crate) fn new(
         cfg: &TrafficConfig,
         generator: &mut Generator,
@@ -222,18 +224,17 @@ impl Template {
         let raw = make_raw(cfg, generator, rng, start, body_no, n, true);
         Template {
             raw: raw.bytes,
-            counters: raw.counters,
+            ids: raw.id_offsets,
             records: n as u64,
             query: raw.query,
         }
     }
 
-    /// The body with the next `records` counter values in its request ids.
-    pub(crate) fn stamp(&self, next_id: &mut u64, compression: Compression) -> OutBody {
+    /// A copy of the body with the next request ids from `ids`.
+    pub(crate) fn stamp(&self, ids: &mut IdStamp, compression: Compression) -> OutBody {
         let mut raw = self.raw.clone();
-        for &at in &self.counters {
-            write_hex(&mut raw[at..at + ID_COUNTER_DIGITS], *next_id);
-            *next_id += 1;
+        for &at in &self.ids {
+            ids.write(&mut raw[at..at + ID_CHARS]);
         }
         let raw_len = raw.len();
         OutBody {
@@ -249,26 +250,57 @@ impl Template {
     }
 }
 
-/// Writes `v` as fixed-width lowercase hex (the width of `out`).
-fn write_hex(out: &mut [u8], mut v: u64) {
-    for b in out.iter_mut().rev() {
-        *b = b"0123456789abcdef"[(v & 0xf) as usize];
-        v >>= 4;
+/// Makes the request ids of resent bodies: each is random URL-safe base64 characters
+/// followed by the record's number in the run (a counter through a bijective mix, so
+/// no two are equal and none looks like its neighbour), as hex.
+pub(crate) struct IdStamp {
+    next: u64,
+    rng: rand::rngs::SmallRng,
+}
+
+impl IdStamp {
+    pub(crate) fn new(seed: u64) -> IdStamp {
+        IdStamp {
+            next: 0,
+            rng: rand::rngs::SmallRng::seed_from_u64(seed ^ 0x1d5),
+        }
+    }
+
+    /// Writes the next id over `out` (`ID_CHARS` bytes).
+    fn write(&mut self, out: &mut [u8]) {
+        let (random, counter) = out.split_at_mut(ID_CHARS - ID_COUNTER_DIGITS);
+        for chunk in random.chunks_mut(10) {
+            let mut bits: u64 = self.rng.random();
+            for b in chunk {
+                *b = BASE64URL[(bits & 63) as usize];
+                bits >>= 6;
+            }
+        }
+        let mut v = mix(self.next);
+        self.next += 1;
+        for b in counter.iter_mut().rev() {
+            *b = b"0123456789abcdef"[(v & 0xf) as usize];
+            v >>= 4;
+        }
     }
 }
 
-/// A request id whose last hex digits (before the base64 padding) are a counter, zero for
-/// now; 56 characters like the generator's, and of the same URL-safe base64 alphabet.
-fn counter_id(id: &str) -> String {
-    let keep = id.len().saturating_sub(ID_COUNTER_DIGITS + 2);
-    format!("{}{}==", &id[..keep], "0".repeat(ID_COUNTER_DIGITS))
+/// splitmix64's finalizer: a bijection of u64 (each step can be undone).
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
-/// Where in `line` the counter of request id `id` (made by [`counter_id`]) starts.
-fn counter_offset(line: &[u8], id: &str) -> Option<usize> {
-    line.windows(id.len())
-        .position(|w| w == id.as_bytes())
-        .map(|at| at + id.len() - 2 - ID_COUNTER_DIGITS)
+/// Where in `line` the request id `id` is, if it is a generator's (`ID_CHARS` long
+/// before its padding).
+fn id_offset(line: &[u8], id: &str) -> Option<usize> {
+    if id.trim_end_matches('=').len() != ID_CHARS {
+        return None;
+    }
+    line.windows(id.len()).position(|w| w == id.as_bytes())
 }
 
 /// An uncompressed body.
@@ -277,8 +309,8 @@ struct RawBody {
     /// Request ids by line (None for a header line).
     ids: Vec<Option<String>>,
     query: String,
-    /// With `counters` asked for: offsets of each request id's counter digits.
-    counters: Vec<usize>,
+    /// With `id_offsets` asked for: where each request id is in `bytes`.
+    id_offsets: Vec<usize>,
 }
 
 fn make_body(
@@ -307,7 +339,7 @@ fn make_raw(
     start: Instant,
     body_no: usize,
     n: usize,
-    counters: bool,
+    id_offsets: bool,
 ) -> RawBody {
     let errors = match cfg.burst_every {
         Some(every) if !every.is_zero() => {
@@ -329,18 +361,11 @@ fn make_raw(
             now - rng.random_range(0..500)
         }
     };
-    let mut offsets = Vec::with_capacity(if counters { n } else { 0 });
-    let record = |generator: &mut Generator, ts: i64, dist: usize| {
-        let mut r = generator.record(ts, dist, errors);
-        if counters {
-            r.x_edge_request_id = r.x_edge_request_id.as_deref().map(counter_id);
-        }
-        r
-    };
-    // Remembers where the counter of `id` is, in the line written from `line_start` on.
+    let mut offsets = Vec::with_capacity(if id_offsets { n } else { 0 });
+    // Remembers where `id` is, in the line written from `line_start` on.
     let mut note = |bytes: &[u8], line_start: usize, id: &Option<String>| {
-        if let (true, Some(id)) = (counters, id)
-            && let Some(at) = counter_offset(&bytes[line_start..], id)
+        if let (true, Some(id)) = (id_offsets, id)
+            && let Some(at) = id_offset(&bytes[line_start..], id)
         {
             offsets.push(line_start + at);
         }
@@ -351,7 +376,7 @@ fn make_raw(
             let mut ids = Vec::with_capacity(n);
             for i in 0..n {
                 let ts = time(rng);
-                let r = record(generator, ts, body_no * n + i);
+                let r = generator.record(ts, body_no * n + i, errors);
                 let line_start = raw.len();
                 write_json(&r, &mut raw);
                 raw.push(b'\n');
@@ -369,7 +394,7 @@ fn make_raw(
             let mut id = String::new();
             for _ in 0..n {
                 let ts = time(rng);
-                let mut r = record(generator, ts - ts.rem_euclid(1000), dist);
+                let mut r = generator.record(ts - ts.rem_euclid(1000), dist, errors);
                 id = std::mem::take(&mut r.distribution_id);
                 let line_start = text.len();
                 w3c::write_line(&r, &mut text);
@@ -387,7 +412,7 @@ fn make_raw(
         bytes,
         ids,
         query,
-        counters: offsets,
+        id_offsets: offsets,
     }
 }
 
@@ -650,10 +675,11 @@ mod tests {
             let mut generator = Generator::new(7, 3, 8);
             let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
             let t = Template::new(&cfg, &mut generator, &mut rng, Instant::now(), 0, 200);
-            let mut next_id = 0;
-            let a = t.stamp(&mut next_id, Compression::None);
-            let b = t.stamp(&mut next_id, Compression::None);
-            assert_eq!(next_id, 400);
+            assert_eq!(t.ids.len(), 200);
+            let mut ids = IdStamp::new(7);
+            let a = t.stamp(&mut ids, Compression::None);
+            let b = t.stamp(&mut ids, Compression::None);
+            assert_eq!(ids.next, 400);
             assert_eq!((a.records, a.raw_len), (200, b.body.len()));
             assert_eq!(a.query, b.query);
             let (ids_a, rest_a) = ids_and_rest(format, &a);
@@ -675,7 +701,7 @@ mod tests {
             // Everything but the ids is the same.
             assert_eq!(rest_a, rest_b, "{format:?}");
             // A compressed send carries the next ids too.
-            let c = t.stamp(&mut next_id, Compression::Zstd);
+            let c = t.stamp(&mut ids, Compression::Zstd);
             let raw = zstd::decode_all(&c.body[..]).expect("zstd");
             assert_eq!(raw.len(), c.raw_len);
             assert!(!raw.windows(56).any(|w| w == ids_a[0].as_bytes()));
