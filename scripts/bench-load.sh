@@ -2,25 +2,54 @@
 # Load benchmark: a release collector (write-ahead log with fsync on) and `edgelog edge`
 # posting 1,000-record bodies as fast as they are acknowledged, on this machine.
 #
-#   scripts/bench-load.sh                 # every scenario, 20 s each
-#   DURATION=60s SCENARIOS="parquet" scripts/bench-load.sh
-#   DISTRIBUTIONS=100 SCENARIOS=parquet FORMATS=ndjson scripts/bench-load.sh   # 100 open files
+#   scripts/bench-load.sh                 # every scenario and format, 60 s each
+#   scripts/bench-load.sh --markdown      # the same, as the README's benchmark table
+#   DURATION=10s SCENARIOS="blackhole parquet" FORMATS=ndjson scripts/bench-load.sh
+#   DISTRIBUTIONS="8 100 10000" SCENARIOS=parquet FORMATS=ndjson scripts/bench-load.sh
 #
 # Scenarios: `blackhole` (metrics only: ingest + WAL + aggregation), `parquet` (standard
 # logs to local Parquet + 10 % real-time in process), `s3` (standard logs to Parquet on a
-# local garage + 10 % real-time to a local tansu, Kafka protocol), each with NDJSON and W3C
-# bodies. Prints
-# records/s, MB/s, ack latency, the collector's peak RSS, and Parquet bytes per record.
+# local garage + 10 % real-time to a local tansu, Kafka protocol, both started here by the
+# test-servers binary), each with NDJSON and W3C bodies and each number of distributions
+# in DISTRIBUTIONS (a space-separated list).
+#
 # Bodies are generated once and resent (--pregenerate), so the generator is not measured;
-# request ids repeat, which flatters Parquet size: `cargo bench` reports it on distinct records.
+# each send gets fresh request ids, so every record of a run is distinct by id (its other
+# fields repeat among the 48 pooled bodies).
+#
+# For each run: records/s acknowledged (edge's report), records/s sustained, MB/s
+# (uncompressed bodies), ack p50/p99, the collector's peak RSS (VmHWM), the drain time,
+# Parquet bytes per record, Parquet files written, records found in Parquet (duckdb) and,
+# for s3, records found on the Kafka topic (its high watermarks, before and after).
+# Sustained: after the load, the collector is left running until /readyz shows every
+# sink's lag_entries at 0 (at most DRAIN_TIMEOUT seconds), then stopped; sustained is the
+# records found in the outputs (Parquet; for blackhole, which writes none, the
+# acknowledged records) over the load's time plus that drain time. The metrics sink
+# delivers every collector.metrics_interval (5 s), so blackhole drains in about 5 s. A
+# standard-log file
+# closes `max_age` (default 60 s) after its first record, so the drain includes waiting
+# for the last files to reach that age: about 60 s whatever the load, which halves the
+# sustained figure of a 60 s run that the sinks kept up with. MAX_AGE=5s sets a shorter
+# one (more, smaller files) to see what the sinks sustain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edgelog/target}"
-DURATION="${DURATION:-20s}"
-SCENARIOS="${SCENARIOS:-blackhole parquet}"
+MARKDOWN=0
+for arg in "$@"; do
+  case $arg in
+    --markdown) MARKDOWN=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+DURATION="${DURATION:-60s}"
+SCENARIOS="${SCENARIOS:-blackhole parquet s3}"
 FORMATS="${FORMATS:-ndjson w3c}"
 CONCURRENCY="${CONCURRENCY:-6}"
 DISTRIBUTIONS="${DISTRIBUTIONS:-8}"
+DRAIN_TIMEOUT="${DRAIN_TIMEOUT:-300}"
+MAX_AGE="${MAX_AGE:-}"  # e.g. 5s: the standard-log files' max_age (default: the sink's, 60 s)
+TOPIC=edgelog-realtime  # the real-time sink's default topic, made by test-servers
 TOKEN=bench-token-0123456789abcdef
 
 cargo build --release --locked -p edgelog >&2
@@ -38,17 +67,73 @@ fi
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# Messages on the real-time topic: the sum of its partitions' high watermarks.
+kafka_messages() {
+  python3 - "$EDGELOG_TEST_KAFKA" "$TOPIC" <<'PY'
+import sys
+from confluent_kafka import Consumer, TopicPartition
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "edgelog-bench", "enable.auto.commit": False})
+parts = c.list_topics(sys.argv[2], timeout=10).topics[sys.argv[2]].partitions
+print(sum(c.get_watermark_offsets(TopicPartition(sys.argv[2], p), timeout=10)[1] for p in parts))
+c.close()
+PY
+}
+
+# Waits until every sink's lag_entries is 0 on /readyz; prints the seconds it took, and
+# "timeout" after them when DRAIN_TIMEOUT ran out first.
+drain() {
+  python3 - "$1" "$DRAIN_TIMEOUT" <<'PY'
+import json, sys, time, urllib.error, urllib.request
+url, limit = sys.argv[1], float(sys.argv[2])
+t0, sinks = time.monotonic(), []
+while True:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = r.read()
+    except urllib.error.HTTPError as e:  # 503 while not accepting: still a report
+        body = e.read()
+    except OSError:
+        body = b""
+    try:
+        sinks = json.loads(body)["sinks"]
+        if all(s["lag_entries"] == 0 for s in sinks):
+            print(f"{time.monotonic() - t0:.2f}")
+            break
+    except (ValueError, KeyError):
+        pass
+    if time.monotonic() - t0 >= limit:
+        print(f"{time.monotonic() - t0:.2f} timeout")
+        for s in sinks:
+            print(f"drain timed out: {s}", file=sys.stderr)
+        break
+    time.sleep(0.2)
+PY
+}
+
+if [ "$MARKDOWN" = 1 ]; then
+  echo "$(date +%F), \`DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" FORMATS=\"$FORMATS\" DISTRIBUTIONS=\"$DISTRIBUTIONS\" CONCURRENCY=$CONCURRENCY ${MAX_AGE:+MAX_AGE=$MAX_AGE }scripts/bench-load.sh --markdown\`, $(nproc) cores:"
+  echo
+  echo "| scenario | format | distributions | records/s acknowledged | records/s sustained | MB/s | ack p50 / p99 | collector peak RSS | drain | Parquet B/record | Parquet files | records in Parquet | records on Kafka |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+fi
+
 for scenario in $SCENARIOS; do
+ for dists in $DISTRIBUTIONS; do
   for format in $FORMATS; do
     dir=$(mktemp -d /tmp/edgelog-bench.XXXXXX)
     p=$(port)
+    prefix="bench-$format-$dists-$$"
+    max_age=""
+    [ -n "$MAX_AGE" ] && max_age="max_age = \"$MAX_AGE\""
     case $scenario in
       blackhole) sinks=$'[sinks.standard]\nenabled = false\n[sinks.realtime]\nenabled = false\n' ;;
-      parquet) sinks=$'[sampling.default]\nrealtime = 10\n' ;;
+      parquet) sinks=$'[sampling.default]\nrealtime = 10\n'
+        [ -n "$MAX_AGE" ] && sinks+=$'[sinks.standard]\n'"$max_age"$'\n' ;;
       s3) sinks="[sampling.default]
 realtime = 10
 [sinks.standard]
-prefix = \"bench-$format\"
+prefix = \"$prefix\"
+$max_age
 [sinks.standard.s3]
 bucket = \"$EDGELOG_TEST_S3_BUCKET\"
 endpoint = \"$EDGELOG_TEST_S3_ENDPOINT\"
@@ -67,26 +152,31 @@ $sinks
 listen = "127.0.0.1:$p"
 tokens = ["$TOKEN"]
 EOF
+    echo "bench: $scenario $format $dists distributions, $DURATION..." >&2
     RUST_LOG=warn "$BIN" collector --config "$dir/edgelog.toml" 2> "$dir/collector.log" &
     pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null || { cat "$dir/collector.log" >&2; exit 1; }
+    kafka_before=0
+    [ "$scenario" = s3 ] && kafka_before=$(kafka_messages)
     report=$("$BIN" edge --to "http://127.0.0.1:$p" --token "$TOKEN" --rate 0 --pregenerate 48 \
       --duration "$DURATION" --concurrency "$CONCURRENCY" --batch 1000 --format "$format" \
-      --compression none --distributions "$DISTRIBUTIONS" --progress 0s --json)
+      --compression none --distributions "$dists" --progress 0s --json)
+    read -r drain_s drain_note < <(drain "http://127.0.0.1:$p/readyz")
     rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
     kill -TERM "$pid"; wait "$pid" || true
-    rows=0; bytes=0
+    # rows, distinct request ids, files, bytes of the Parquet written; messages on Kafka.
+    parquet="0 0 0 0"
     if [ "$scenario" = parquet ]; then
-      read -r rows bytes < <(python3 - "$dir" <<'PY'
+      parquet=$(python3 - "$dir" <<'PY'
 import sys, duckdb, glob, os
 files = glob.glob(sys.argv[1] + "/standard-logs/**/*.parquet", recursive=True)
-rows = duckdb.sql(f"SELECT count(*) FROM read_parquet({files!r})").fetchone()[0] if files else 0
-print(rows, sum(os.path.getsize(f) for f in files))
+rows, ids = duckdb.sql(f"SELECT count(*), count(DISTINCT x_edge_request_id) FROM read_parquet({files!r})").fetchone() if files else (0, 0)
+print(rows, ids, len(files), sum(os.path.getsize(f) for f in files))
 PY
 )
     elif [ "$scenario" = s3 ]; then
-      read -r rows bytes < <(python3 - "$format" <<'PY'
+      parquet=$(python3 - "$prefix" <<'PY'
 import sys, os, glob, duckdb, duckdb_extension_httpfs
 ext = glob.glob(os.path.dirname(duckdb_extension_httpfs.__file__) + "/extensions/*/httpfs.duckdb_extension")[0]
 con = duckdb.connect()
@@ -94,23 +184,53 @@ con.sql(f"LOAD '{ext}'")
 e = os.environ
 con.sql(f"""CREATE SECRET (TYPE s3, KEY_ID '{e["EDGELOG_TEST_S3_KEY_ID"]}', SECRET '{e["EDGELOG_TEST_S3_SECRET"]}',
     REGION 'garage', ENDPOINT '127.0.0.1:{e["EDGELOG_TEST_S3_PORT"]}', URL_STYLE 'path', USE_SSL false)""")
-glob_ = f"s3://{e['EDGELOG_TEST_S3_BUCKET']}/bench-{sys.argv[1]}/**/*.parquet"
-rows = con.sql(f"SELECT count(*) FROM read_parquet('{glob_}')").fetchone()[0]
-files = con.sql(f"SELECT sum(size) FROM read_blob('{glob_}')").fetchone()[0]
-print(rows, files)
+glob_ = f"s3://{e['EDGELOG_TEST_S3_BUCKET']}/{sys.argv[1]}/**/*.parquet"
+files, size = con.sql(f"SELECT count(*), coalesce(sum(size), 0) FROM read_blob('{glob_}')").fetchone()
+rows, ids = con.sql(f"SELECT count(*), count(DISTINCT x_edge_request_id) FROM read_parquet('{glob_}')").fetchone() if files else (0, 0)
+print(rows, ids, files, size)
 PY
 )
     fi
-    python3 - "$scenario" "$format" "$report" "$rss_kb" "$rows" "$bytes" <<'PY'
+    kafka=-1
+    [ "$scenario" = s3 ] && kafka=$(( $(kafka_messages) - kafka_before ))
+    python3 - "$scenario" "$format" "$dists" "$report" "$rss_kb" "$drain_s" "${drain_note:-}" \
+      "$MARKDOWN" "$kafka" $parquet <<'PY'
 import json, sys
-scenario, fmt, report, rss_kb, rows, size = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-line = (f"{scenario:9} {fmt:6} {report['records_per_s']:>9,.0f} records/s  {report['mb_per_s']:6.1f} MB/s  "
-        f"ack p50 {report['latency_ms']['p50']:6.1f} ms p99 {report['latency_ms']['p99']:6.1f} ms  "
-        f"collector peak RSS {rss_kb/1024:6.1f} MiB  acked {report['acknowledged']:,}  given up {report['given_up']}")
-if rows:
-    line += f"  parquet {size/rows:.1f} B/record ({rows:,} rows)"
-print(line)
+(scenario, fmt, dists, report, rss_kb, drain_s, drain_note, markdown, kafka,
+ rows, ids, files, size) = sys.argv[1:]
+r = json.loads(report)
+rss, drain_s, kafka = int(rss_kb) / 1024, float(drain_s), int(kafka)
+rows, ids, files, size = int(rows), int(ids), int(files), int(size)
+found = r["acknowledged"] if scenario == "blackhole" else rows
+sustained = found / (r["elapsed_s"] + drain_s)
+timed_out = drain_note == "timeout"
+drain = f"{drain_s:.0f} s" + (" (timed out)" if timed_out else "")
+lat = r["latency_ms"]
+bpr = f"{size / rows:.1f}" if rows else "-"
+if markdown == "1":
+    k = lambda x: f"{x / 1000:,.0f}k"
+    cells = [scenario, fmt.upper() if fmt == "w3c" else "NDJSON", dists, k(r["records_per_s"]),
+             k(sustained) + ("*" if scenario == "blackhole" else "") + (" (drain timed out)" if timed_out else ""),
+             f"{r['mb_per_s']:.0f}", f"{lat['p50']:.0f} / {lat['p99']:.0f} ms", f"{rss:.0f} MiB",
+             f"{drain_s:.0f} s", bpr, f"{files:,}" if scenario != "blackhole" else "-",
+             f"{rows:,}" if scenario != "blackhole" else "-", f"{kafka:,}" if kafka >= 0 else "-"]
+    print("| " + " | ".join(cells) + " |")
+else:
+    line = (f"{scenario:9} {fmt:6} {dists:>5} dist  {r['records_per_s']:>9,.0f} records/s acked  "
+            f"{sustained:>9,.0f} sustained{'*' if scenario == 'blackhole' else ' '}  "
+            f"{r['mb_per_s']:6.1f} MB/s  ack p50 {lat['p50']:6.1f} ms p99 {lat['p99']:6.1f} ms  "
+            f"peak RSS {rss:6.1f} MiB  drain {drain}  acked {r['acknowledged']:,}  given up {r['given_up']}")
+    if scenario != "blackhole":
+        line += f"  parquet {bpr} B/record, {files:,} files, {rows:,} records ({ids:,} distinct ids)"
+    if kafka >= 0:
+        line += f"  kafka {kafka:,} records"
+    print(line)
 PY
     rm -rf "$dir"
   done
+ done
 done
+if [ "$MARKDOWN" = 1 ] && [[ " $SCENARIOS " == *" blackhole "* ]]; then
+  echo
+  echo "\\* blackhole writes no output to count: its sustained rate counts the acknowledged records."
+fi

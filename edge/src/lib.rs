@@ -58,7 +58,11 @@ pub struct TrafficConfig {
     pub burst_length: Duration,
     pub burst: ErrorMix,
     /// Generate this many bodies once and send them round-robin (load tests: takes the
-    /// generator out of the measurement; request ids repeat).
+    /// generator out of the measurement). Each send is a copy of a pooled body with fresh
+    /// request ids written over the old ones: random characters, then the record's number
+    /// in the run (scrambled, as 16 hex digits), so no two records of a run share an id;
+    /// the other fields repeat. A compressed body is compressed again on every send. The
+    /// ack log gets no ids.
     pub pregenerate: Option<usize>,
 }
 

@@ -148,7 +148,8 @@ pub(crate) fn produce(cfg: &TrafficConfig, compression: Compression, tx: &mpsc::
     let batch = cfg.batch.max(1);
     let mut made: u64 = 0;
     let mut body_no: usize = 0;
-    let mut pool: Vec<Arc<OutBody>> = Vec::new();
+    let mut pool: Vec<Template> = Vec::new();
+    let mut ids = IdStamp::new(cfg.seed);
     loop {
         if cfg.total.is_some_and(|t| made >= t)
             || cfg.duration.is_some_and(|d| start.elapsed() >= d)
@@ -163,24 +164,16 @@ pub(crate) fn produce(cfg: &TrafficConfig, compression: Compression, tx: &mpsc::
         }
         let n = cfg.total.map_or(batch, |t| batch.min((t - made) as usize));
         let body = if let Some(size) = cfg.pregenerate.filter(|&s| s > 0) {
-            if pool.len() < size {
-                pool.push(Arc::new(make_body(
-                    cfg,
-                    compression,
-                    &mut generator,
-                    &mut rng,
-                    start,
-                    body_no,
-                    n,
-                )));
-            }
-            let b = &pool[body_no % pool.len()];
-            OutBody {
-                body: b.body.clone(),
-                raw_len: b.raw_len,
-                records: b.records,
-                query: b.query.clone(),
-                ids: Vec::new(),
+            if n < batch {
+                // The last body of a --total run: shorter than the pooled ones.
+                Template::new(cfg, &mut generator, &mut rng, start, body_no, n)
+                    .stamp(&mut ids, compression)
+            } else {
+                if pool.len() < size {
+                    let t = Template::new(cfg, &mut generator, &mut rng, start, body_no, n);
+                    pool.push(t);
+                }
+                pool[body_no % pool.len()].stamp(&mut ids, compression)
             }
         } else {
             make_body(
@@ -201,6 +194,125 @@ pub(crate) fn produce(cfg: &TrafficConfig, compression: Compression, tx: &mpsc::
     }
 }
 
+/// Characters of a generator's request id (56 URL-safe base64 characters) before its `==`
+/// padding: what a resend writes anew.
+const ID_CHARS: usize = 54;
+/// Of these, the last ones: the record's number in the run, as scrambled hex.
+const ID_COUNTER_DIGITS: usize = 16;
+const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// A pregenerated body, resent with fresh request ids: its uncompressed bytes, and where
+/// in them each request id is. A send copies the bytes and writes a new id over each.
+pub(crate) struct Template {
+    raw: Vec<u8>,
+    /// Byte offsets of the request ids (their first `ID_CHARS` characters).
+    ids: Vec<usize>,
+    records: u64,
+    query: String,
+}
+
+impl Template {
+    /// Generates a body of `n` records and notes where their request ids are.
+    pub(crate) fn new(
+        cfg: &TrafficConfig,
+        generator: &mut Generator,
+        rng: &mut rand::rngs::SmallRng,
+        start: Instant,
+        body_no: usize,
+        n: usize,
+    ) -> Template {
+        let raw = make_raw(cfg, generator, rng, start, body_no, n, true);
+        Template {
+            raw: raw.bytes,
+            ids: raw.id_offsets,
+            records: n as u64,
+            query: raw.query,
+        }
+    }
+
+    /// A copy of the body with the next request ids from `ids`.
+    pub(crate) fn stamp(&self, ids: &mut IdStamp, compression: Compression) -> OutBody {
+        let mut raw = self.raw.clone();
+        for &at in &self.ids {
+            ids.write(&mut raw[at..at + ID_CHARS]);
+        }
+        let raw_len = raw.len();
+        OutBody {
+            body: match compression {
+                Compression::None => Bytes::from(raw),
+                c => compress(&raw, c),
+            },
+            raw_len,
+            records: self.records,
+            query: self.query.clone(),
+            ids: Vec::new(),
+        }
+    }
+}
+
+/// Makes the request ids of resent bodies: each is random URL-safe base64 characters
+/// followed by the record's number in the run (a counter through a bijective mix, so
+/// no two are equal and none looks like its neighbour), as hex.
+pub(crate) struct IdStamp {
+    next: u64,
+    rng: rand::rngs::SmallRng,
+}
+
+impl IdStamp {
+    pub(crate) fn new(seed: u64) -> IdStamp {
+        IdStamp {
+            next: 0,
+            rng: rand::rngs::SmallRng::seed_from_u64(seed ^ 0x1d5),
+        }
+    }
+
+    /// Writes the next id over `out` (`ID_CHARS` bytes).
+    fn write(&mut self, out: &mut [u8]) {
+        let (random, counter) = out.split_at_mut(ID_CHARS - ID_COUNTER_DIGITS);
+        for chunk in random.chunks_mut(10) {
+            let mut bits: u64 = self.rng.random();
+            for b in chunk {
+                *b = BASE64URL[(bits & 63) as usize];
+                bits >>= 6;
+            }
+        }
+        let mut v = mix(self.next);
+        self.next += 1;
+        for b in counter.iter_mut().rev() {
+            *b = b"0123456789abcdef"[(v & 0xf) as usize];
+            v >>= 4;
+        }
+    }
+}
+
+/// splitmix64's finalizer: a bijection of u64 (each step can be undone).
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Where in `line` the request id `id` is, if it is a generator's (`ID_CHARS` long
+/// before its padding).
+fn id_offset(line: &[u8], id: &str) -> Option<usize> {
+    if id.trim_end_matches('=').len() != ID_CHARS {
+        return None;
+    }
+    line.windows(id.len()).position(|w| w == id.as_bytes())
+}
+
+/// An uncompressed body.
+struct RawBody {
+    bytes: Vec<u8>,
+    /// Request ids by line (None for a header line).
+    ids: Vec<Option<String>>,
+    query: String,
+    /// With `id_offsets` asked for: where each request id is in `bytes`.
+    id_offsets: Vec<usize>,
+}
+
 fn make_body(
     cfg: &TrafficConfig,
     compression: Compression,
@@ -210,6 +322,25 @@ fn make_body(
     body_no: usize,
     n: usize,
 ) -> OutBody {
+    let raw = make_raw(cfg, generator, rng, start, body_no, n, false);
+    OutBody {
+        body: compress(&raw.bytes, compression),
+        raw_len: raw.bytes.len(),
+        records: n as u64,
+        query: raw.query,
+        ids: raw.ids,
+    }
+}
+
+fn make_raw(
+    cfg: &TrafficConfig,
+    generator: &mut Generator,
+    rng: &mut rand::rngs::SmallRng,
+    start: Instant,
+    body_no: usize,
+    n: usize,
+    id_offsets: bool,
+) -> RawBody {
     let errors = match cfg.burst_every {
         Some(every) if !every.is_zero() => {
             let phase = start.elapsed().as_secs_f64() % every.as_secs_f64();
@@ -230,16 +361,27 @@ fn make_body(
             now - rng.random_range(0..500)
         }
     };
-    let (raw, ids, query) = match cfg.format {
+    let mut offsets = Vec::with_capacity(if id_offsets { n } else { 0 });
+    // Remembers where `id` is, in the line written from `line_start` on.
+    let mut note = |bytes: &[u8], line_start: usize, id: &Option<String>| {
+        if let (true, Some(id)) = (id_offsets, id)
+            && let Some(at) = id_offset(&bytes[line_start..], id)
+        {
+            offsets.push(line_start + at);
+        }
+    };
+    let (bytes, ids, query) = match cfg.format {
         WireFormat::Ndjson => {
             let mut raw = Vec::with_capacity(n * 1000);
             let mut ids = Vec::with_capacity(n);
             for i in 0..n {
                 let ts = time(rng);
                 let r = generator.record(ts, body_no * n + i, errors);
-                ids.push(r.x_edge_request_id.clone());
+                let line_start = raw.len();
                 write_json(&r, &mut raw);
                 raw.push(b'\n');
+                note(&raw, line_start, &r.x_edge_request_id);
+                ids.push(r.x_edge_request_id);
             }
             (raw, ids, String::new())
         }
@@ -254,8 +396,10 @@ fn make_body(
                 let ts = time(rng);
                 let mut r = generator.record(ts - ts.rem_euclid(1000), dist, errors);
                 id = std::mem::take(&mut r.distribution_id);
-                ids.push(r.x_edge_request_id.clone());
+                let line_start = text.len();
                 w3c::write_line(&r, &mut text);
+                note(text.as_bytes(), line_start, &r.x_edge_request_id);
+                ids.push(r.x_edge_request_id);
             }
             (
                 text.into_bytes(),
@@ -264,12 +408,11 @@ fn make_body(
             )
         }
     };
-    OutBody {
-        body: compress(&raw, compression),
-        raw_len: raw.len(),
-        records: n as u64,
-        query,
+    RawBody {
+        bytes,
         ids,
+        query,
+        id_offsets: offsets,
     }
 }
 
@@ -481,4 +624,112 @@ pub async fn send_all(target: Target, rx: mpsc::Receiver<OutBody>) -> Report {
         .unwrap_or_default();
     report.elapsed = start.elapsed();
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use edgelog_record::{Format, ParseOptions, parse_body};
+
+    use super::*;
+
+    /// The request ids of a body, by line, and its lines with each id blanked out.
+    fn ids_and_rest(format: WireFormat, body: &OutBody) -> (Vec<String>, Vec<String>) {
+        let (format, dist) = match format {
+            WireFormat::Ndjson => (Format::Ndjson, None),
+            WireFormat::W3c => (Format::W3c, body.query.split('&').next()),
+        };
+        let dist = dist.and_then(|d| d.strip_prefix("distribution="));
+        let parsed = parse_body(format, &body.body, &ParseOptions::with_distribution(dist));
+        assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
+        let ids: Vec<String> = parsed
+            .records
+            .iter()
+            .map(|r| r.request_id().to_owned())
+            .collect();
+        let text = std::str::from_utf8(&body.body).expect("utf-8");
+        let mut rest = Vec::new();
+        let mut data = 0;
+        for line in text.lines() {
+            if line.starts_with('#') {
+                rest.push(line.to_owned());
+            } else {
+                rest.push(line.replacen(&ids[data], "<id>", 1));
+                data += 1;
+            }
+        }
+        assert_eq!(data, ids.len());
+        (ids, rest)
+    }
+
+    #[test]
+    fn resent_pregenerated_bodies_get_fresh_request_ids() {
+        for format in [WireFormat::Ndjson, WireFormat::W3c] {
+            let cfg = TrafficConfig {
+                format,
+                batch: 200,
+                pregenerate: Some(1),
+                ..TrafficConfig::default()
+            };
+            let mut generator = Generator::new(7, 3, 8);
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+            let t = Template::new(&cfg, &mut generator, &mut rng, Instant::now(), 0, 200);
+            assert_eq!(t.ids.len(), 200);
+            let mut ids = IdStamp::new(7);
+            let a = t.stamp(&mut ids, Compression::None);
+            let b = t.stamp(&mut ids, Compression::None);
+            assert_eq!(ids.next, 400);
+            assert_eq!((a.records, a.raw_len), (200, b.body.len()));
+            assert_eq!(a.query, b.query);
+            let (ids_a, rest_a) = ids_and_rest(format, &a);
+            let (ids_b, rest_b) = ids_and_rest(format, &b);
+            assert_eq!(ids_a.len(), 200);
+            let set_a: HashSet<&String> = ids_a.iter().collect();
+            let set_b: HashSet<&String> = ids_b.iter().collect();
+            assert_eq!((set_a.len(), set_b.len()), (200, 200), "{format:?}");
+            assert!(set_a.is_disjoint(&set_b), "{format:?}");
+            // Ids look like the generator's: 56 URL-safe base64 characters.
+            for id in ids_a.iter().chain(&ids_b) {
+                assert_eq!(id.len(), 56, "{id}");
+                assert!(
+                    id.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"-_=".contains(&c)),
+                    "{id}"
+                );
+            }
+            // Everything but the ids is the same.
+            assert_eq!(rest_a, rest_b, "{format:?}");
+            // A compressed send carries the next ids too.
+            let c = t.stamp(&mut ids, Compression::Zstd);
+            let raw = zstd::decode_all(&c.body[..]).expect("zstd");
+            assert_eq!(raw.len(), c.raw_len);
+            assert!(!raw.windows(56).any(|w| w == ids_a[0].as_bytes()));
+        }
+    }
+
+    #[test]
+    fn every_request_id_of_a_pregenerated_run_is_unique() {
+        for format in [WireFormat::Ndjson, WireFormat::W3c] {
+            let cfg = TrafficConfig {
+                format,
+                rate: 0.0,
+                batch: 100,
+                total: Some(1050),
+                pregenerate: Some(3),
+                ..TrafficConfig::default()
+            };
+            let (tx, mut rx) = mpsc::channel(100);
+            produce(&cfg, Compression::None, &tx);
+            drop(tx);
+            let mut seen = HashSet::new();
+            let mut records = 0;
+            while let Ok(body) = rx.try_recv() {
+                let (ids, _) = ids_and_rest(format, &body);
+                records += ids.len();
+                seen.extend(ids);
+            }
+            assert_eq!((records, seen.len()), (1050, 1050), "{format:?}");
+        }
+    }
 }

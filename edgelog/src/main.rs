@@ -220,7 +220,10 @@ struct EdgeArgs {
     /// Percent of 4xx answers during a burst.
     #[arg(long, default_value_t = 0.0)]
     burst_4xx: f64,
-    /// Generate this many bodies once and resend them (load tests; request ids repeat).
+    /// Generate this many bodies once and resend them (load tests: the generator is not
+    /// measured). Every send gets fresh request ids, unique over the run (random, ending in
+    /// the record's number in the run); the other fields repeat. With --compression gzip or
+    /// zstd each send is compressed anew; --ack-log gets no ids.
     #[arg(long)]
     pregenerate: Option<usize>,
     /// Append the request ids of acknowledged records to this file.
