@@ -242,6 +242,14 @@ fn bulky(n: usize, tag: &str) -> Arc<Vec<Record>> {
     )
 }
 
+/// The tags of the groups in what [`read_all`] read, in order.
+fn groups(got: &[(u64, String)]) -> Vec<String> {
+    got.iter()
+        .filter(|(_, id)| id.ends_with("-0"))
+        .map(|(_, id)| id.trim_end_matches("-0").to_owned())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_appends_cleanly_and_the_log_stays_whole() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -283,24 +291,13 @@ async fn a_full_disk_refuses_appends_cleanly_and_the_log_stays_whole() {
             acked.push(tag);
         }
         // Readers see exactly the acknowledged groups, in order.
-        let got = read_all(&wal, "s");
-        let groups: Vec<String> = got
-            .iter()
-            .filter(|(_, id)| id.ends_with("-0"))
-            .map(|(_, id)| id.trim_end_matches("-0").to_owned())
-            .collect();
-        assert_eq!(groups, acked, "live reader");
+        assert_eq!(groups(&read_all(&wal, "s")), acked, "live reader");
         wal.close().await;
     }
     // Reopened: nothing cut, everything acknowledged is there, nothing else.
     let wal = Wal::open(&dir, cfg).expect("reopen");
     let got = read_all(&wal, "s");
-    let groups: Vec<String> = got
-        .iter()
-        .filter(|(_, id)| id.ends_with("-0"))
-        .map(|(_, id)| id.trim_end_matches("-0").to_owned())
-        .collect();
-    assert_eq!(groups, acked, "after reopen");
+    assert_eq!(groups(&got), acked, "after reopen");
     assert_eq!(got.len(), acked.len() * 50);
     eprintln!(
         "{} groups acknowledged, {refusals} refused for lack of space",
