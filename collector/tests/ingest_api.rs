@@ -67,6 +67,22 @@ async fn post(
 
 const AUTH: (&str, &str) = ("authorization", "Bearer test-token-0123456789");
 
+/// `body` to `/v1/records` with the token, compressed as `encoding` says.
+async fn post_encoded(
+    router: &axum::Router,
+    body: Vec<u8>,
+    encoding: &str,
+) -> (StatusCode, serde_json::Value) {
+    let headers = [AUTH, ("content-encoding", encoding)];
+    let (s, body, _) = post(router, "/v1/records", body, &headers).await;
+    (s, body)
+}
+
+/// The reason of a refusal, "" without one.
+fn error(body: &serde_json::Value) -> &str {
+    body["error"].as_str().unwrap_or("")
+}
+
 async fn records_in(wal: &Wal) -> Vec<edgelog_record::Record> {
     let mut r = wal.reader("check");
     let mut out = Vec::new();
@@ -83,13 +99,7 @@ async fn tokens_are_required_and_checked() {
     let (_d, _wal, router) = setup(config());
     let (s, body, h) = post(&router, "/v1/records", ndjson(1).into_bytes(), &[]).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("missing bearer token"),
-        "{body}"
-    );
+    assert!(error(&body).contains("missing bearer token"), "{body}");
     assert_eq!(
         h.get(header::WWW_AUTHENTICATE).map(|v| v.as_bytes()),
         Some(&b"Bearer"[..])
@@ -150,52 +160,21 @@ async fn gzip_and_zstd_bodies_are_accepted() {
     gz.write_all(plain.as_bytes()).expect("gzip");
     let gz = gz.finish().expect("gzip");
     let zs = zstd::encode_all(plain.as_bytes(), 3).expect("zstd");
-    let (s, body, _) = post(
-        &router,
-        "/v1/records",
-        gz,
-        &[AUTH, ("content-encoding", "gzip")],
-    )
-    .await;
-    assert_eq!(
-        (s, body["accepted"].as_u64()),
-        (StatusCode::OK, Some(500)),
-        "{body}"
-    );
-    let (s, body, _) = post(
-        &router,
-        "/v1/records",
-        zs,
-        &[AUTH, ("content-encoding", "zstd")],
-    )
-    .await;
-    assert_eq!(
-        (s, body["accepted"].as_u64()),
-        (StatusCode::OK, Some(500)),
-        "{body}"
-    );
-    let (s, body, _) = post(
-        &router,
-        "/v1/records",
-        b"garbage".to_vec(),
-        &[AUTH, ("content-encoding", "gzip")],
-    )
-    .await;
+    for (compressed, encoding) in [(gz, "gzip"), (zs, "zstd")] {
+        let (s, body) = post_encoded(&router, compressed, encoding).await;
+        assert_eq!(
+            (s, body["accepted"].as_u64()),
+            (StatusCode::OK, Some(500)),
+            "{encoding}: {body}"
+        );
+    }
+    let (s, body) = post_encoded(&router, b"garbage".to_vec(), "gzip").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("cannot decompress gzip body"),
+        error(&body).contains("cannot decompress gzip body"),
         "{body}"
     );
-    let (s, _, _) = post(
-        &router,
-        "/v1/records",
-        b"{}".to_vec(),
-        &[AUTH, ("content-encoding", "br")],
-    )
-    .await;
+    let (s, _) = post_encoded(&router, b"{}".to_vec(), "br").await;
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(records_in(&wal).await.len(), 1000);
 }
@@ -206,13 +185,7 @@ async fn oversize_bodies_and_compression_bombs_get_413() {
     let big = vec![b' '; (1 << 20) + 1];
     let (s, body, _) = post(&router, "/v1/records", big, &[AUTH]).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("exceeds 1048576 bytes"),
-        "{body}"
-    );
+    assert!(error(&body).contains("exceeds 1048576 bytes"), "{body}");
 
     // 1 GiB of zeros: about 1 MiB gzip'd, 32 KiB zstd'd; both must stop at the 8 MiB bound.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -222,34 +195,16 @@ async fn oversize_bodies_and_compression_bombs_get_413() {
     }
     let gz = gz.finish().expect("gzip");
     assert!(gz.len() < 1 << 20, "bomb is {} bytes", gz.len());
-    let (s, body, _) = post(
-        &router,
-        "/v1/records",
-        gz,
-        &[AUTH, ("content-encoding", "gzip")],
-    )
-    .await;
+    let (s, body) = post_encoded(&router, gz, "gzip").await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("decompressed body exceeds"),
-        "{body}"
-    );
+    assert!(error(&body).contains("decompressed body exceeds"), "{body}");
 
     let mut zs = zstd::stream::write::Encoder::new(Vec::new(), 19).expect("zstd");
     for _ in 0..1000 {
         zs.write_all(&chunk).expect("zstd");
     }
     let zs = zs.finish().expect("zstd");
-    let (s, body, _) = post(
-        &router,
-        "/v1/records",
-        zs,
-        &[AUTH, ("content-encoding", "zstd")],
-    )
-    .await;
+    let (s, body) = post_encoded(&router, zs, "zstd").await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
 }
 
@@ -295,10 +250,7 @@ async fn w3c_bodies_take_the_distribution_from_the_query() {
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(
-        resp["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("query parameter distribution"),
+        error(&resp).contains("query parameter distribution"),
         "{resp}"
     );
 }

@@ -1,21 +1,19 @@
 //! The dashboard's HTTP surface through `oneshot`: auth, JSON API, Prometheus.
 
+mod common;
+
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use edgelog_dashboard::alarms::{AlarmBoard, AlarmConfig, Comparison, Metric, MissingData};
+use axum::http::StatusCode;
+use common::{alarm, merge, now_ms};
+use edgelog_dashboard::alarms::{AlarmBoard, Metric};
 use edgelog_dashboard::{Dashboard, DashboardConfig, MetricsStore, app};
-use edgelog_record::{MinuteAggregate, MinuteUpdate};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use edgelog_record::MinuteAggregate;
 
 fn dashboard(cfg: &DashboardConfig) -> (Arc<MetricsStore>, Arc<AlarmBoard>, axum::Router) {
     let store = Arc::new(MetricsStore::new(60));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
+    let now = now_ms();
     let minute = now - now.rem_euclid(60_000) - 60_000;
     let mut aggregate = MinuteAggregate {
         requests: 200,
@@ -23,41 +21,18 @@ fn dashboard(cfg: &DashboardConfig) -> (Arc<MetricsStore>, Arc<AlarmBoard>, axum
         ..MinuteAggregate::default()
     };
     aggregate.origin_latency.add_seconds(0.05);
-    store.merge(&MinuteUpdate {
-        collector_id: "c".into(),
-        distribution_id: "E1".into(),
-        minute_ms: minute,
-        aggregate,
-    });
-    let alarms = Arc::new(AlarmBoard::new(vec![AlarmConfig {
-        name: "5xx".into(),
-        distribution: "*".into(),
-        metric: Metric::ErrorRate5xx,
-        comparison: Comparison::GreaterThanThreshold,
-        threshold: 5.0,
-        period_minutes: 1,
-        evaluation_periods: 1,
-        datapoints_to_alarm: 1,
-        treat_missing_data: MissingData::Missing,
-    }]));
+    merge(&store, "E1", minute, aggregate);
+    let alarms = Arc::new(AlarmBoard::new(vec![alarm("5xx", Metric::ErrorRate5xx)]));
     alarms.evaluate(&store, now);
     let router = app(Dashboard::new(store.clone(), alarms.clone(), cfg));
     (store, alarms, router)
 }
 
+/// A `GET`, with the `authorization` header if `auth` is given: the status and the body.
 async fn get(router: &axum::Router, path: &str, auth: Option<&str>) -> (StatusCode, String) {
-    let mut req = Request::get(path);
-    if let Some(a) = auth {
-        req = req.header("authorization", a);
-    }
-    let resp = router
-        .clone()
-        .oneshot(req.body(Body::empty()).expect("request"))
-        .await
-        .expect("response");
-    let status = resp.status();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let auth: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+    let a = common::call(router, "GET", path, &auth, Body::empty()).await;
+    (a.status, a.body)
 }
 
 #[tokio::test]
@@ -147,17 +122,11 @@ async fn a_configured_dashboard_wants_a_token_or_a_user() {
     );
 }
 
+/// A JSON `body` sent with `method`: the status and the body of the answer.
 async fn send(router: &axum::Router, method: &str, path: &str, body: &str) -> (StatusCode, String) {
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_owned()))
-        .expect("request");
-    let resp = router.clone().oneshot(req).await.expect("response");
-    let status = resp.status();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let json = [("content-type", "application/json")];
+    let a = common::call(router, method, path, &json, body.to_owned()).await;
+    (a.status, a.body)
 }
 
 #[tokio::test]
@@ -168,32 +137,17 @@ async fn alarms_are_defined_replaced_and_deleted_through_the_api() {
     });
     let alarm = r#"{"name": "total-errors", "distribution": "E1", "metric": "TotalErrorRate",
         "comparison": "GreaterThanOrEqualToThreshold", "threshold": 10.0}"#;
-    let (status, body) = send(
-        &router,
-        "PUT",
-        "/api/alarms/definitions/total-errors",
-        alarm,
-    )
-    .await;
+    const DEFINITION: &str = "/api/alarms/definitions/total-errors";
+    let (status, body) = send(&router, "PUT", DEFINITION, alarm).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, _) = send(
-        &router,
-        "PUT",
-        "/api/alarms/definitions/total-errors",
-        alarm,
-    )
-    .await;
+    let (status, _) = send(&router, "PUT", DEFINITION, alarm).await;
     assert_eq!(status, StatusCode::OK, "replaced");
     let (_, defs) = get(&router, "/api/alarms/definitions", None).await;
     let defs: Vec<serde_json::Value> = serde_json::from_str(&defs).expect("json");
     assert_eq!(defs.len(), 2, "{defs:?}");
 
     // Evaluated like the configured ones: 15 % of errors breaches 10 %.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
-    alarms.evaluate(&store, now);
+    alarms.evaluate(&store, now_ms());
     let (_, states) = get(&router, "/api/alarms", None).await;
     assert!(
         states.contains(r#""alarm":"total-errors","distribution":"E1","state":"ALARM""#),
@@ -202,28 +156,16 @@ async fn alarms_are_defined_replaced_and_deleted_through_the_api() {
 
     // Bad definitions are refused with the reason.
     let bad = alarm.replace("10.0}", "10.0, \"datapoints_to_alarm\": 3}");
-    let (status, body) = send(&router, "PUT", "/api/alarms/definitions/total-errors", &bad).await;
+    let (status, body) = send(&router, "PUT", DEFINITION, &bad).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("datapoints_to_alarm"), "{body}");
     let (status, body) = send(&router, "PUT", "/api/alarms/definitions/other", alarm).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("differs"), "{body}");
 
-    let (status, _) = send(
-        &router,
-        "DELETE",
-        "/api/alarms/definitions/total-errors",
-        "",
-    )
-    .await;
+    let (status, _) = send(&router, "DELETE", DEFINITION, "").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = send(
-        &router,
-        "DELETE",
-        "/api/alarms/definitions/total-errors",
-        "",
-    )
-    .await;
+    let (status, _) = send(&router, "DELETE", DEFINITION, "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, states) = get(&router, "/api/alarms", None).await;
     assert!(!states.contains("total-errors"), "{states}");

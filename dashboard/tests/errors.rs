@@ -2,62 +2,32 @@
 //! a handler, an extractor (query string, path, body), the router (404, 405) or a layer.
 //! Alarm definitions with hostile names, distributions or look-backs are refused.
 
+mod common;
+
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
+use common::Answer;
 use edgelog_dashboard::alarms::AlarmBoard;
 use edgelog_dashboard::{Dashboard, DashboardConfig, MetricsStore, app};
-use edgelog_record::{MinuteAggregate, MinuteUpdate};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use edgelog_record::MinuteAggregate;
 
 fn router(cfg: &DashboardConfig) -> (Arc<AlarmBoard>, axum::Router) {
     let store = Arc::new(MetricsStore::new(60));
-    store.merge(&MinuteUpdate {
-        collector_id: "c".into(),
-        distribution_id: "E1".into(),
-        minute_ms: 0,
-        aggregate: MinuteAggregate {
-            requests: 1,
-            ..MinuteAggregate::default()
-        },
-    });
+    let one = MinuteAggregate {
+        requests: 1,
+        ..MinuteAggregate::default()
+    };
+    common::merge(&store, "E1", 0, one);
     let alarms = Arc::new(AlarmBoard::new(Vec::new()));
     let router = app(Dashboard::new(store, alarms.clone(), cfg));
     (alarms, router)
 }
 
-struct Answer {
-    status: StatusCode,
-    content_type: String,
-    allow: Option<String>,
-    body: String,
-}
-
+/// `method` on `uri` with a JSON `body`.
 async fn call(router: &axum::Router, method: &str, uri: &str, body: Vec<u8>) -> Answer {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body))
-        .expect("request");
-    let resp = router.clone().oneshot(req).await.expect("response");
-    let header = |name| {
-        resp.headers()
-            .get(name)
-            .map(|v: &axum::http::HeaderValue| v.to_str().unwrap_or_default().to_owned())
-    };
-    let content_type = header(header::CONTENT_TYPE).unwrap_or_default();
-    let allow = header(header::ALLOW);
-    let status = resp.status();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Answer {
-        status,
-        content_type,
-        allow,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    let json = [("content-type", "application/json")];
+    common::call(router, method, uri, &json, body).await
 }
 
 /// Asserts the answer is the JSON error shape with `status`, and returns the reason.

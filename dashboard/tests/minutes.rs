@@ -4,35 +4,15 @@
 //! CacheHitRate is null where nothing was cacheable; sums saturate; a time-to-first-byte
 //! of 0 is 0 ms; an unknown `chart=` is refused in JSON too.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use edgelog_dashboard::alarms::AlarmBoard;
-use edgelog_dashboard::{
-    Dashboard, DashboardConfig, MetricsStore, MinutePoint, app, last_complete_minute,
-};
-use edgelog_record::{LatencySketch, MinuteAggregate, MinuteUpdate};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
-
-fn put(store: &MetricsStore, id: &str, minute_ms: i64, aggregate: MinuteAggregate) {
-    store.merge(&MinuteUpdate {
-        collector_id: "c".into(),
-        distribution_id: id.into(),
-        minute_ms,
-        aggregate,
-    });
-}
+use axum::http::StatusCode;
+use common::{merge, now_ms, router};
+use edgelog_dashboard::{MetricsStore, MinutePoint, last_complete_minute};
+use edgelog_record::{LatencySketch, MinuteAggregate};
 
 fn minute(requests: u64, status_5xx: u64) -> MinuteAggregate {
     MinuteAggregate {
@@ -45,37 +25,16 @@ fn minute(requests: u64, status_5xx: u64) -> MinuteAggregate {
     }
 }
 
+/// A `GET`: the status, the content type and the body.
 async fn get(router: &axum::Router, path: &str) -> (StatusCode, String, String) {
-    let resp = router
-        .clone()
-        .oneshot(Request::get(path).body(Body::empty()).expect("request"))
-        .await
-        .expect("response");
-    let status = resp.status();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, ct, String::from_utf8_lossy(&body).into_owned())
-}
-
-fn router(store: Arc<MetricsStore>) -> axum::Router {
-    app(Dashboard::new(
-        store,
-        Arc::new(AlarmBoard::new(Vec::new())),
-        &DashboardConfig::default(),
-    ))
+    let a = common::call(router, "GET", path, &[], Body::empty()).await;
+    (a.status, a.content_type, a.body)
 }
 
 /// `/metrics` read by prometheus_client: `(sample name, distribution, value)`, NaN kept
 /// (as the string "NaN" on the way, JSON has no NaN).
 fn parse(text: &str) -> Vec<(String, String, f64)> {
     let script = r#"
-import json, math, sys
-from prometheus_client.parser import text_string_to_metric_families
 out = []
 for fam in text_string_to_metric_families(sys.stdin.read()):
     for s in fam.samples:
@@ -83,27 +42,7 @@ for fam in text_string_to_metric_families(sys.stdin.read()):
         out.append([s.name, s.labels.get("distribution", "") + "|" + s.labels.get("quantile", ""), v])
 print(json.dumps(out))
 "#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (scripts/install-test-deps.sh installs prometheus_client)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python ends");
-    assert!(
-        out.status.success(),
-        "prometheus_client refused the exposition: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<(String, String, serde_json::Value)> =
-        serde_json::from_slice(&out.stdout).expect("json");
+    let rows: Vec<(String, String, serde_json::Value)> = common::prometheus_client(script, text);
     rows.into_iter()
         .map(|(n, l, v)| (n, l, v.as_f64().unwrap_or(f64::NAN)))
         .collect()
@@ -122,13 +61,13 @@ async fn metrics_and_the_overview_show_the_last_complete_minute_and_quiet_minute
     let store = Arc::new(MetricsStore::new(1440));
     let last = last_complete_minute(now_ms());
     // BUSY: the minute before, the last complete one, and the one in progress.
-    put(&store, "BUSY", last - 60_000, minute(100, 1));
-    put(&store, "BUSY", last, minute(400, 40));
-    put(&store, "BUSY", last + 60_000, minute(7, 7));
+    merge(&store, "BUSY", last - 60_000, minute(100, 1));
+    merge(&store, "BUSY", last, minute(400, 40));
+    merge(&store, "BUSY", last + 60_000, minute(7, 7));
     // QUIET: busy ten minutes ago, nothing since.
     let mut old = minute(900, 90);
     old.origin_latency.add_seconds(0.05);
-    put(&store, "QUIET", last - 600_000, old);
+    merge(&store, "QUIET", last - 600_000, old);
     let r = router(store.clone());
 
     let (status, ct, text) = get(&r, "/metrics").await;
@@ -208,7 +147,7 @@ async fn rates_without_a_denominator_are_null_and_a_zero_ttfb_is_zero_ms() {
     for _ in 0..10 {
         a.origin_latency.add_seconds(0.0);
     }
-    put(&store, "E1", m, a);
+    merge(&store, "E1", m, a);
     let r = router(store);
     let (status, _, body) = get(&r, "/api/distributions/E1/series").await;
     assert_eq!(status, StatusCode::OK);
@@ -269,7 +208,7 @@ async fn sums_saturate_and_latency_stays_finite_whatever_the_collectors_send() {
         a
     };
     for _ in 0..3 {
-        put(&store, "E1", m, huge());
+        merge(&store, "E1", m, huge());
     }
     // A sketch from a broken or hostile producer: a bucket past any latency, counts that
     // overflow when added.
@@ -283,8 +222,8 @@ async fn sums_saturate_and_latency_stays_finite_whatever_the_collectors_send() {
         ..MinuteAggregate::default()
     };
     a.origin_latency = foreign;
-    put(&store, "E1", m, a.clone());
-    put(&store, "E1", m, a);
+    merge(&store, "E1", m, a.clone());
+    merge(&store, "E1", m, a);
 
     let r = router(store);
     let (_, _, body) = get(&r, "/api/distributions/E1/series").await;
@@ -326,7 +265,7 @@ async fn sums_saturate_and_latency_stays_finite_whatever_the_collectors_send() {
     // Implausible minutes are ignored rather than stored.
     let store = MetricsStore::new(60);
     for minute_ms in [i64::MAX, i64::MIN, 61_001, 1 << 60] {
-        put(&store, "E1", minute_ms, MinuteAggregate::default());
+        merge(&store, "E1", minute_ms, MinuteAggregate::default());
     }
     assert!(store.distributions().is_empty());
 }

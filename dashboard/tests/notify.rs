@@ -3,6 +3,8 @@
 //! order; each notification is tried a bounded number of times; retry jitter differs
 //! from one process to the next.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,10 +55,7 @@ async fn stuck_webhook() -> (String, Arc<Mutex<usize>>) {
 }
 
 fn transition(distribution: &str, to: AlarmState) -> Transition {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
+    let now = common::now_ms();
     Transition {
         alarm: "5xx".into(),
         distribution: distribution.into(),
@@ -81,6 +80,17 @@ async fn wait_for(got: &Got, n: usize, within: Duration) -> Vec<(Instant, serde_
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The distribution each notification in `got` was about.
+fn distributions(got: &[(Instant, serde_json::Value)]) -> Vec<&str> {
+    got.iter()
+        .map(|(_, b)| {
+            b["alerts"][0]["labels"]["distribution"]
+                .as_str()
+                .unwrap_or("")
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,15 +122,7 @@ async fn a_stuck_webhook_does_not_delay_the_others() {
         "still waiting on the first try"
     );
     // And both notifications went in order.
-    let ids: Vec<&str> = g
-        .iter()
-        .map(|(_, b)| {
-            b["alerts"][0]["labels"]["distribution"]
-                .as_str()
-                .unwrap_or("")
-        })
-        .collect();
-    assert_eq!(ids, ["E1", "E2"]);
+    assert_eq!(distributions(&g), ["E1", "E2"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,15 +189,7 @@ async fn a_notification_is_tried_a_bounded_number_of_times() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let g2 = got.lock().expect("lock").clone();
     assert_eq!(g2.len(), 6, "3 tries for each of 2 notifications: {g:?}");
-    let ids: Vec<&str> = g2
-        .iter()
-        .map(|(_, b)| {
-            b["alerts"][0]["labels"]["distribution"]
-                .as_str()
-                .unwrap_or("")
-        })
-        .collect();
-    assert_eq!(ids, ["E1", "E1", "E1", "E2", "E2", "E2"]);
+    assert_eq!(distributions(&g2), ["E1", "E1", "E1", "E2", "E2", "E2"]);
     // The stuck one: each try times out, then the next notification gets its turn.
     let deadline = Instant::now() + Duration::from_secs(10);
     while *connections.lock().expect("lock") < 6 && Instant::now() < deadline {

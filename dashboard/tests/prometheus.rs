@@ -3,18 +3,17 @@
 //! ids and alarm names that would forge series or break the format if written unescaped.
 //! Without the parser the test fails: it never skips.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use edgelog_dashboard::alarms::{AlarmBoard, AlarmConfig, Comparison, Metric, MissingData};
+use axum::http::StatusCode;
+use common::{alarm, merge, now_ms};
+use edgelog_dashboard::alarms::{AlarmBoard, Metric};
 use edgelog_dashboard::{Dashboard, DashboardConfig, MetricsStore, app, prometheus_label};
-use edgelog_record::{MinuteAggregate, MinuteUpdate};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use edgelog_record::MinuteAggregate;
 
 /// Distribution ids as a hostile or broken producer of the metrics topic could send them
 /// (the API refuses such alarm names; alarms built in code are not checked, so they are
@@ -36,82 +35,27 @@ type Sample = (String, String, String, BTreeMap<String, String>, f64);
 
 fn parse_with_prometheus_client(text: &str) -> Vec<Sample> {
     let script = r#"
-import json, sys
-try:
-    from prometheus_client.parser import text_string_to_metric_families
-except ImportError as e:
-    sys.exit(f"prometheus_client is missing ({e}): run scripts/install-test-deps.sh")
 out = []
 for fam in text_string_to_metric_families(sys.stdin.read()):
     for s in fam.samples:
         out.append([fam.name, fam.type, s.name, s.labels, s.value])
 print(json.dumps(out))
 "#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (scripts/install-test-deps.sh installs what the tests need)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to python");
-    let out = child.wait_with_output().expect("python ends");
-    assert!(
-        out.status.success(),
-        "the parser (python3, prometheus_client) failed or refused the exposition: {}\n--- exposition ---\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the parser's samples as JSON")
+    common::prometheus_client(script, text)
 }
 
 async fn metrics_text(router: &axum::Router) -> String {
-    let resp = router
-        .clone()
-        .oneshot(
-            Request::get("/metrics")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("response");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let a = common::call(router, "GET", "/metrics", &[], Body::empty()).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let ct = a.content_type;
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    String::from_utf8(body.to_vec()).expect("utf8")
-}
-
-fn hostile_alarm(name: &str) -> AlarmConfig {
-    AlarmConfig {
-        name: name.into(),
-        distribution: "*".into(),
-        metric: Metric::Requests,
-        comparison: Comparison::GreaterThanThreshold,
-        threshold: 5.0,
-        period_minutes: 1,
-        evaluation_periods: 1,
-        datapoints_to_alarm: 1,
-        treat_missing_data: MissingData::Missing,
-    }
+    String::from_utf8(a.bytes).expect("utf8")
 }
 
 #[tokio::test]
 async fn hostile_names_are_escaped_and_a_real_parser_reads_back_exactly_them() {
     let store = Arc::new(MetricsStore::new(60));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
+    let now = now_ms();
     let minute = now - now.rem_euclid(60_000) - 60_000;
     for (i, id) in HOSTILE.iter().enumerate() {
         // Some cacheable requests, so every gauge has a value (CacheHitRate without any
@@ -124,16 +68,14 @@ async fn hostile_names_are_escaped_and_a_real_parser_reads_back_exactly_them() {
             ..MinuteAggregate::default()
         };
         aggregate.origin_latency.add_seconds(0.02);
-        store.merge(&MinuteUpdate {
-            collector_id: "c".into(),
-            distribution_id: (*id).into(),
-            minute_ms: minute,
-            aggregate,
-        });
+        merge(&store, id, minute, aggregate);
     }
     let alarm_names = ["plain-name", "a\"} 1\nevil 3", "x\\y"];
     let alarms = Arc::new(AlarmBoard::new(
-        alarm_names.iter().map(|n| hostile_alarm(n)).collect(),
+        alarm_names
+            .iter()
+            .map(|n| alarm(n, Metric::Requests))
+            .collect(),
     ));
     alarms.evaluate(&store, now);
     let router = app(Dashboard::new(store, alarms, &DashboardConfig::default()));

@@ -1,13 +1,16 @@
 //! `run`: the dashboard as a service, on a real socket. It answers under the address it
 //! really listens on, evaluates alarms on its own, and stops when told to.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgelog_dashboard::alarms::{AlarmConfig, Comparison, Metric, MissingData};
+use common::{alarm, merge, now_ms};
+use edgelog_dashboard::alarms::Metric;
 use edgelog_dashboard::{DashboardConfig, MetricsStore, last_complete_minute, run};
-use edgelog_record::{MinuteAggregate, MinuteUpdate};
+use edgelog_record::MinuteAggregate;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -29,33 +32,15 @@ async fn run_serves_evaluates_alarms_and_stops_on_shutdown() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let store = Arc::new(MetricsStore::new(60));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
-    store.merge(&MinuteUpdate {
-        collector_id: "c".into(),
-        distribution_id: "E1".into(),
-        minute_ms: last_complete_minute(now),
-        aggregate: MinuteAggregate {
-            requests: 10,
-            ..MinuteAggregate::default()
-        },
-    });
+    let busy = MinuteAggregate {
+        requests: 10,
+        ..MinuteAggregate::default()
+    };
+    merge(&store, "E1", last_complete_minute(now_ms()), busy);
     let cfg = DashboardConfig {
         listen: "127.0.0.1:1".parse().expect("addr"),
         alarm_interval: Duration::from_millis(100),
-        alarms: vec![AlarmConfig {
-            name: "busy".into(),
-            distribution: "*".into(),
-            metric: Metric::Requests,
-            comparison: Comparison::GreaterThanThreshold,
-            threshold: 5.0,
-            period_minutes: 1,
-            evaluation_periods: 1,
-            datapoints_to_alarm: 1,
-            treat_missing_data: MissingData::Missing,
-        }],
+        alarms: vec![alarm("busy", Metric::Requests)],
         ..DashboardConfig::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -2,14 +2,16 @@
 //! resolves its name to 127.0.0.1 cannot read or change it: DNS rebinding), and alarm
 //! definitions change only with credentials, or with `allow_unauthenticated_writes`.
 
+mod common;
+
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use edgelog_dashboard::alarms::AlarmBoard;
-use edgelog_dashboard::{Dashboard, DashboardConfig, MetricsStore, app, loopback_hosts};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use edgelog_dashboard::{
+    Dashboard, DashboardConfig, MetricsStore, app, last_complete_minute, loopback_hosts,
+};
+use edgelog_record::MinuteAggregate;
 
 const ALARM: &str = r#"{"name":"a","distribution":"*","metric":"5xxErrorRate","comparison":"GreaterThanThreshold","threshold":5}"#;
 
@@ -30,26 +32,10 @@ async fn call(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (StatusCode, String) {
-    let mut req = Request::builder().method(method).uri(uri);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = r
-        .clone()
-        .oneshot(req.body(Body::from(body.to_owned())).expect("request"))
-        .await
-        .expect("response");
-    let status = resp.status();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    let body = String::from_utf8_lossy(&body).into_owned();
+    let a = common::call(r, method, uri, headers, body.to_owned()).await;
+    let (status, body) = (a.status, a.body);
     if !status.is_success() {
-        assert_eq!(ct, "application/json", "{status}: {body}");
+        assert_eq!(a.content_type, "application/json", "{status}: {body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("a JSON refusal");
         assert!(v["error"].is_string(), "{body}");
     }
@@ -174,25 +160,12 @@ async fn without_credentials_alarm_definitions_are_read_only_unless_allowed() {
 async fn a_distribution_id_cannot_end_the_page_script() {
     let store = Arc::new(MetricsStore::new(60));
     let evil = "E</script><script>alert(1)</script>";
-    let minute = edgelog_dashboard::last_complete_minute(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
-    );
-    store.merge(&edgelog_record::MinuteUpdate {
-        collector_id: "c".into(),
-        distribution_id: evil.into(),
-        minute_ms: minute,
-        aggregate: edgelog_record::MinuteAggregate {
-            requests: 1,
-            ..Default::default()
-        },
-    });
-    let r = app(Dashboard::new(
-        store,
-        Arc::new(AlarmBoard::new(Vec::new())),
-        &DashboardConfig::default(),
-    ));
+    let one = MinuteAggregate {
+        requests: 1,
+        ..Default::default()
+    };
+    common::merge(&store, evil, last_complete_minute(common::now_ms()), one);
+    let r = common::router(store);
     let uri = "/distributions/E%3C%2Fscript%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E";
     let (status, page) = call(&r, "GET", uri, &[("host", "127.0.0.1:8081")], "").await;
     assert_eq!(status, StatusCode::OK, "{page}");

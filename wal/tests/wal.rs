@@ -28,6 +28,25 @@ fn small() -> WalConfig {
     }
 }
 
+/// Appends `batches` groups of `n` records, group `i` tagged `{tag}{i}`.
+async fn append_groups(wal: &Wal, batches: usize, n: usize, tag: &str) {
+    for i in 0..batches {
+        wal.append(records(n, &format!("{tag}{i}")))
+            .await
+            .expect("append");
+    }
+}
+
+/// A new directory holding a log of `batches` groups of `n` records (as
+/// [`append_groups`] writes them), closed.
+async fn written(cfg: WalConfig, batches: usize, n: usize, tag: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), cfg).expect("open");
+    append_groups(&wal, batches, n, tag).await;
+    wal.close().await;
+    dir
+}
+
 fn read_all(wal: &Wal, sink: &str) -> Vec<(u64, String)> {
     let mut r = wal.reader(sink);
     let mut out = Vec::new();
@@ -43,16 +62,7 @@ fn read_all(wal: &Wal, sink: &str) -> Vec<(u64, String)> {
 
 #[tokio::test]
 async fn a_torn_tail_is_cut_and_everything_before_it_kept() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let wal = Wal::open(dir.path(), WalConfig::default()).expect("open");
-        for i in 0..10 {
-            wal.append(records(5, &format!("b{i}")))
-                .await
-                .expect("append");
-        }
-        wal.close().await;
-    }
+    let dir = written(WalConfig::default(), 10, 5, "b").await;
     // A crash mid-write: half an entry header and some junk at the end.
     let seg = std::fs::read_dir(dir.path())
         .expect("ls")
@@ -81,16 +91,7 @@ async fn a_torn_tail_is_cut_and_everything_before_it_kept() {
 
 #[tokio::test]
 async fn a_corrupt_entry_is_cut_with_what_follows() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let wal = Wal::open(dir.path(), WalConfig::default()).expect("open");
-        for i in 0..4 {
-            wal.append(records(3, &format!("c{i}")))
-                .await
-                .expect("append");
-        }
-        wal.close().await;
-    }
+    let dir = written(WalConfig::default(), 4, 3, "c").await;
     let seg = dir.path().join(format!("{:020}.wal", 1));
     let mut bytes = std::fs::read(&seg).expect("read");
     let n = bytes.len();
@@ -109,11 +110,7 @@ async fn segments_go_only_when_every_sink_is_past_them() {
     let mut a = wal.reader("a");
     let _b = wal.reader("b");
     // Entries are compressed: enough of them to span several 4 KiB segments.
-    for i in 0..400 {
-        wal.append(records(10, &format!("d{i}")))
-            .await
-            .expect("append");
-    }
+    append_groups(&wal, 400, 10, "d").await;
     let segments = wal.stats().segments;
     assert!(segments > 3, "only {segments} segments");
     let mut last = 0;
@@ -149,16 +146,7 @@ async fn segments_go_only_when_every_sink_is_past_them() {
 
 #[tokio::test]
 async fn readers_cross_segments_from_disk_after_a_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let wal = Wal::open(dir.path(), small()).expect("open");
-        for i in 0..200 {
-            wal.append(records(2, &format!("e{i}")))
-                .await
-                .expect("append");
-        }
-        wal.close().await;
-    }
+    let dir = written(small(), 200, 2, "e").await;
     let wal = Wal::open(dir.path(), small()).expect("reopen");
     let got = read_all(&wal, "fresh");
     assert_eq!(got.len(), 400);
@@ -254,6 +242,14 @@ fn bulky(n: usize, tag: &str) -> Arc<Vec<Record>> {
     )
 }
 
+/// The tags of the groups in what [`read_all`] read, in order.
+fn groups(got: &[(u64, String)]) -> Vec<String> {
+    got.iter()
+        .filter(|(_, id)| id.ends_with("-0"))
+        .map(|(_, id)| id.trim_end_matches("-0").to_owned())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_appends_cleanly_and_the_log_stays_whole() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -295,24 +291,13 @@ async fn a_full_disk_refuses_appends_cleanly_and_the_log_stays_whole() {
             acked.push(tag);
         }
         // Readers see exactly the acknowledged groups, in order.
-        let got = read_all(&wal, "s");
-        let groups: Vec<String> = got
-            .iter()
-            .filter(|(_, id)| id.ends_with("-0"))
-            .map(|(_, id)| id.trim_end_matches("-0").to_owned())
-            .collect();
-        assert_eq!(groups, acked, "live reader");
+        assert_eq!(groups(&read_all(&wal, "s")), acked, "live reader");
         wal.close().await;
     }
     // Reopened: nothing cut, everything acknowledged is there, nothing else.
     let wal = Wal::open(&dir, cfg).expect("reopen");
     let got = read_all(&wal, "s");
-    let groups: Vec<String> = got
-        .iter()
-        .filter(|(_, id)| id.ends_with("-0"))
-        .map(|(_, id)| id.trim_end_matches("-0").to_owned())
-        .collect();
-    assert_eq!(groups, acked, "after reopen");
+    assert_eq!(groups(&got), acked, "after reopen");
     assert_eq!(got.len(), acked.len() * 50);
     eprintln!(
         "{} groups acknowledged, {refusals} refused for lack of space",
@@ -327,11 +312,7 @@ async fn a_corrupt_spot_loses_only_what_it_covers_and_never_stalls_readers() {
     {
         let wal = Wal::open(dir.path(), cfg.clone()).expect("open");
         let _ = wal.reader("rt");
-        for i in 0..20 {
-            wal.append(records(5, &format!("a{i}")))
-                .await
-                .expect("append");
-        }
+        append_groups(&wal, 20, 5, "a").await;
         // One sink had delivered past where the damage will be.
         wal.commit_cursor("rt", 15).expect("cursor");
         wal.close().await;
@@ -344,11 +325,7 @@ async fn a_corrupt_spot_loses_only_what_it_covers_and_never_stalls_readers() {
     {
         let wal = Wal::open(dir.path(), cfg.clone()).expect("reopen after corruption");
         let _ = wal.reader("rt");
-        for i in 0..5 {
-            wal.append(records(5, &format!("b{i}")))
-                .await
-                .expect("append");
-        }
+        append_groups(&wal, 5, 5, "b").await;
         wal.close().await;
     }
     let seg_len = std::fs::metadata(&seg).expect("meta").len();
