@@ -87,10 +87,11 @@ impl Sampler {
     pub fn new(sampling: &SamplingConfig, name: &str) -> Sampler {
         Sampler {
             default: sampling.default.rate(name),
+            // A distribution's table overrides only the sinks it names.
             distributions: sampling
                 .distributions
-                .iter()
-                .map(|(id, r)| (id.clone(), r.rate(name)))
+                .keys()
+                .map(|id| (id.clone(), sampling.rate(id, name)))
                 .collect(),
             kept: Vec::new(),
         }

@@ -74,6 +74,22 @@ fn unknown_env_vars(names: impl Iterator<Item = String>) -> Vec<String> {
         .collect()
 }
 
+/// An `EDGELOG_*` name as a dotted key's parts joined by `__`, in lower case except a
+/// distribution id (`EDGELOG_SAMPLING__DISTRIBUTIONS__E2QWRUHAPOMQZL__REALTIME`): ids are
+/// case-sensitive, and CloudFront's are upper case.
+fn env_key(name: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for part in name.split("__") {
+        let keep = out.last().is_some_and(|p| p == "distributions");
+        out.push(if keep {
+            part.to_owned()
+        } else {
+            part.to_ascii_lowercase()
+        });
+    }
+    out.join("__")
+}
+
 const SECTIONS: &[&str] = &[
     "data_dir",
     "collector",
@@ -111,7 +127,7 @@ impl Config {
                     let first = key.split("__").next().unwrap_or("");
                     SECTIONS.contains(&first)
                 })
-                .map(|k| k.as_str().to_ascii_lowercase().into())
+                .map(|k| env_key(k.as_str()).into())
                 .split("__"),
         );
         for (key, value) in overrides {
@@ -132,6 +148,7 @@ impl Config {
         }
         self.collector.validate()?;
         self.sinks.validate()?;
+        self.sinks.validate_places(&self.data_dir)?;
         self.sampling.validate(&self.sinks.names())?;
         if let Some(k) = &self.metrics.kafka {
             k.validate("metrics.kafka")?;
@@ -342,6 +359,19 @@ pub(crate) fn describe(e: figment::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_names_keep_the_case_of_distribution_ids() {
+        assert_eq!(
+            env_key("SAMPLING__DISTRIBUTIONS__E30D0GV9SDE7MC__AUDIT"),
+            "sampling__distributions__E30D0GV9SDE7MC__audit"
+        );
+        assert_eq!(
+            env_key("SINKS__REALTIME__DISTRIBUTIONS__E1__FIELDS"),
+            "sinks__realtime__distributions__E1__fields"
+        );
+        assert_eq!(env_key("COLLECTOR__LISTEN"), "collector__listen");
+    }
 
     /// A configuration with a secret in every secret setting and in every options map,
     /// beside settings that are not secret.

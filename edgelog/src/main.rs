@@ -686,7 +686,14 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
 
 fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
     let cfg = Config::load(args.file.config.as_deref(), &[])?;
-    println!("{}", cfg.to_pretty()?);
+    // `edgelog config | head` closes the pipe early: not an error worth a panic.
+    use std::io::Write;
+    match writeln!(std::io::stdout(), "{}", cfg.to_pretty()?) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(e).context("cannot print the configuration");
+        }
+        _ => {}
+    }
     Ok(())
 }
 

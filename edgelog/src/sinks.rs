@@ -6,6 +6,7 @@
 //! and one line in [`sink_kinds!`] below.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use edgelog_collector::{Bus, Collector, SinkConfig};
 use edgelog_sink_s3::StandardLogsConfig;
@@ -101,6 +102,38 @@ impl Default for SinksConfig {
 /// Names the collector uses itself.
 const RESERVED: &[&str] = &["metrics"];
 
+/// Directories of the data dir that are edgelog's own.
+const OWN_DIRS: &[&str] = &["wal", "state", "spool", "dead-letter"];
+
+/// `path` as it stands under `data_dir` (`None` when it is elsewhere), refused when it
+/// climbs out with `..` or lands in one of edgelog's own directories.
+fn within_data_dir(path: &Path, data_dir: &Path, key: &str) -> Result<Option<PathBuf>, String> {
+    use std::path::Component;
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(format!("{key}: {} must not contain '..'", path.display()));
+    }
+    let rel = if path.is_absolute() {
+        match path.strip_prefix(data_dir) {
+            Ok(r) => r.to_owned(),
+            Err(_) => return Ok(None),
+        }
+    } else {
+        path.components()
+            .filter(|c| *c != Component::CurDir)
+            .collect()
+    };
+    if let Some(Component::Normal(first)) = rel.components().next()
+        && OWN_DIRS.iter().any(|d| first == *d)
+    {
+        return Err(format!(
+            "{key}: {} is inside edgelog's own directory {:?} of the data dir",
+            path.display(),
+            first
+        ));
+    }
+    Ok(Some(rel))
+}
+
 impl SinksConfig {
     /// Every sink's name (sampling keys must be one of them).
     pub fn names(&self) -> Vec<&str> {
@@ -126,6 +159,51 @@ impl SinksConfig {
                 ));
             }
             kind.settings().validate(&format!("sinks.{name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Where each sink writes must be its own: two sinks on one file or one bucket prefix
+    /// would overwrite each other, and edgelog's own directories under `data_dir` (the
+    /// log, state, spool, dead letters) are not for output. Errors name the key.
+    pub fn validate_places(&self, data_dir: &Path) -> Result<(), String> {
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (name, kind) in &self.0 {
+            let (key, place) = match kind {
+                SinkKind::File(f) => {
+                    let key = format!("sinks.{name}.path");
+                    let rel = within_data_dir(&f.path, data_dir, &key)?;
+                    let place = match rel {
+                        Some(rel) => format!("file:{}", rel.display()),
+                        None => format!("file:{}", f.path.display()),
+                    };
+                    (key, place)
+                }
+                SinkKind::Parquet(p) => {
+                    let key = format!("sinks.{name}.prefix");
+                    match &p.s3 {
+                        Some(s3) => (
+                            key,
+                            format!(
+                                "s3:{}/{}/{}",
+                                s3.endpoint.as_deref().unwrap_or("aws"),
+                                s3.bucket,
+                                p.prefix
+                            ),
+                        ),
+                        None => {
+                            within_data_dir(Path::new(&p.prefix), data_dir, &key)?;
+                            (key, format!("local:{}", p.prefix))
+                        }
+                    }
+                }
+                SinkKind::Realtime(_) => continue,
+            };
+            if let Some(other) = seen.insert(place, key.clone()) {
+                return Err(format!(
+                    "{key}: {other} writes there too; each sink needs a place of its own"
+                ));
+            }
         }
         Ok(())
     }

@@ -89,9 +89,8 @@ impl S3Config {
         if let Some(e) = &self.endpoint
             && !(e.starts_with("http://") || e.starts_with("https://"))
         {
-            return Err(format!(
-                "{k}.endpoint: {e:?} must start with http:// or https://"
-            ));
+            // Not echoed: it may hold a password.
+            return Err(format!("{k}.endpoint: must start with http:// or https://"));
         }
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             return Err(format!(

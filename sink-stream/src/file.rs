@@ -9,6 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -23,7 +24,8 @@ use crate::format::{MessageFormat, Selection};
 #[serde(deny_unknown_fields, default)]
 pub struct FileSinkConfig {
     pub enabled: bool,
-    /// The file; a relative path is under the data dir.
+    /// The file (a regular file; a character device such as `/dev/null` is written
+    /// without fsync); a relative path is under the data dir.
     pub path: PathBuf,
     /// `json` (one object per line) or `tsv`.
     pub format: MessageFormat,
@@ -99,6 +101,9 @@ struct Written {
 
 pub struct FileSink {
     file: File,
+    /// A regular file (fsynced); else a character device such as `/dev/null` or
+    /// `/dev/full`, which has nothing to fsync or cut.
+    durable: bool,
     path: PathBuf,
     state: PathBuf,
     format: MessageFormat,
@@ -122,37 +127,61 @@ impl FileSink {
         selection: Selection,
         limit: usize,
     ) -> Result<FileSink, SinkError> {
-        let mut written: Written = match std::fs::read(&state) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+        let recorded: Option<Written> = match std::fs::read(&state) {
+            Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| {
                 SinkError::misconfigured(format!("cannot read {}", state.display())).with_source(e)
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Written::default(),
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_err(format!("cannot read {}", state.display()))(e)),
         };
         for dir in [path.parent(), state.parent()].into_iter().flatten() {
             std::fs::create_dir_all(dir)
                 .map_err(io_err(format!("cannot create {}", dir.display())))?;
         }
+        // Checked before opening: opening a FIFO for writing would wait for a reader.
+        if let Ok(m) = std::fs::metadata(&path)
+            && !(m.is_file() || m.file_type().is_char_device())
+        {
+            return Err(SinkError::misconfigured(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(io_err(format!("cannot open {}", path.display())))?;
-        let len = file
+        let meta = file
             .metadata()
-            .map_err(io_err(format!("cannot read {}", path.display())))?
-            .len();
-        if len > written.bytes {
+            .map_err(io_err(format!("cannot read {}", path.display())))?;
+        let durable = meta.is_file();
+        let len = if durable { meta.len() } else { 0 };
+        let written = match recorded {
             // Written but not recorded before a crash: the log hands those entries again.
-            file.set_len(written.bytes)
-                .map_err(io_err(format!("cannot cut {} back", path.display())))?;
-        } else if len < written.bytes {
-            // Moved away or cut by someone else: a new file.
-            tracing::warn!(path = %path.display(), "file is shorter than what was written to it; going on from its end");
-            written.bytes = len;
-        }
+            Some(w) if len > w.bytes => {
+                file.set_len(w.bytes)
+                    .map_err(io_err(format!("cannot cut {} back", path.display())))?;
+                w
+            }
+            Some(w) if len < w.bytes => {
+                // Moved away or cut by someone else: a new file.
+                tracing::warn!(path = %path.display(), "file is shorter than what was written to it; going on from its end");
+                Written { bytes: len, ..w }
+            }
+            Some(w) => w,
+            // Not ours (another program's, or this sink's under another name): never cut
+            // what edgelog did not write; append after it.
+            None => {
+                if len > 0 {
+                    tracing::warn!(path = %path.display(), bytes = len, "file sink appends to a file it did not write");
+                }
+                Written { bytes: len, seq: 0 }
+            }
+        };
         Ok(FileSink {
             file,
+            durable,
             path,
             state,
             format,
@@ -175,14 +204,30 @@ impl FileSink {
             self.written.seq = self.buffered;
             return Ok(());
         }
-        let at = self.written.bytes;
+        // Where this write starts: the file as it is (someone may have cut it).
+        let at = match blocking(|| self.file.metadata()) {
+            Ok(m) if self.durable => m.len(),
+            Ok(_) => 0,
+            Err(e) => {
+                return Err(io_err(format!("cannot read {}", self.path.display()))(e));
+            }
+        };
+        if at != self.written.bytes {
+            tracing::warn!(path = %self.path.display(), expected = self.written.bytes, found = at, "file changed size outside edgelog; going on from its end");
+        }
         let result = blocking(|| {
-            self.file
-                .write_all(&self.buf)
-                .and_then(|()| self.file.sync_data())
+            self.file.write_all(&self.buf).and_then(|()| {
+                if self.durable {
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            })
         });
         if let Err(e) = result {
-            let _ = blocking(|| self.file.set_len(at));
+            if self.durable {
+                let _ = blocking(|| self.file.set_len(at));
+            }
             return Err(io_err(format!("cannot write to {}", self.path.display()))(
                 e,
             ));
@@ -194,7 +239,9 @@ impl FileSink {
         let json = serde_json::to_vec(&next)
             .map_err(|e| SinkError::unavailable("cannot encode the file's state").with_source(e))?;
         if let Err(e) = write_atomic(&self.state, &json) {
-            let _ = blocking(|| self.file.set_len(at));
+            if self.durable {
+                let _ = blocking(|| self.file.set_len(at));
+            }
             return Err(io_err(format!("cannot save {}", self.state.display()))(e));
         }
         self.written = next;

@@ -162,3 +162,49 @@ fn settings_at_their_limits_are_refused_by_name() {
             .is_err_and(|e| e.contains("sinks.audit.fields"))
     );
 }
+
+#[tokio::test]
+async fn a_file_it_did_not_write_is_appended_to_never_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("precious.log");
+    std::fs::write(&path, "someone else's line\n").expect("write");
+    let mut sink = settings("precious.log")
+        .build(&context(dir.path()))
+        .expect("build");
+    let mut g = Generator::new(2, 1, 1);
+    let e = entry(1, &mut g, 3);
+    sink.write(&Batch::all(&e)).await.expect("write");
+    sink.flush().await.expect("flush");
+    let text = std::fs::read_to_string(&path).expect("file");
+    assert!(text.starts_with("someone else's line\n"), "{text}");
+    assert_eq!(text.lines().count(), 4);
+}
+
+#[tokio::test]
+async fn a_file_cut_while_running_goes_on_from_its_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.ndjson");
+    let mut sink = settings("audit.ndjson")
+        .build(&context(dir.path()))
+        .expect("build");
+    let mut g = Generator::new(3, 1, 1);
+    let (a, b) = (entry(1, &mut g, 5), entry(2, &mut g, 5));
+    sink.write(&Batch::all(&a)).await.expect("write");
+    sink.flush().await.expect("flush");
+    // copytruncate, as logrotate does it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(0))
+        .expect("truncate");
+    sink.write(&Batch::all(&b)).await.expect("write");
+    sink.flush().await.expect("flush");
+    let text = std::fs::read(&path).expect("file");
+    assert!(!text.contains(&0), "no hole of NUL bytes");
+    let want: Vec<String> = b
+        .records
+        .iter()
+        .map(|r| r.request_id().to_owned())
+        .collect();
+    assert_eq!(ids(&String::from_utf8(text).expect("utf-8")), want);
+}
