@@ -114,27 +114,36 @@ impl Columns {
         }
     }
 
-    /// The rows as one batch, sorted by time; the rows stay (see [`Columns::clear`]).
-    pub fn batch(&self, schema: &SchemaRef, sample_rate: f64) -> Result<RecordBatch, ArrowError> {
-        let ts = &self.timestamps;
+    /// Takes the rows as one batch, sorted by time, and empties the builders (their
+    /// buffers move into the batch: nothing is copied unless the rows need sorting).
+    pub fn finish(
+        &mut self,
+        schema: &SchemaRef,
+        sample_rate: f64,
+    ) -> Result<RecordBatch, ArrowError> {
+        let ts = std::mem::take(&mut self.timestamps);
         let n = ts.len();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(FIELDS.len() + 2);
-        columns.push(Arc::new(
-            TimestampMillisecondArray::from(ts.clone()).with_timezone("UTC"),
-        ));
-        for col in &self.columns {
-            columns.push(match col {
-                Column::Str(b) => Arc::new(b.finish_cloned()),
-                Column::I32(b) => Arc::new(b.finish_cloned()),
-                Column::I64(b) => Arc::new(b.finish_cloned()),
-                Column::F64(b) => Arc::new(b.finish_cloned()),
-            });
-        }
-        columns.push(Arc::new(Float64Array::from(vec![sample_rate; n])));
-        if !ts.is_sorted() {
+        // The order that sorts the rows by time, when they are not sorted already.
+        let order = (!ts.is_sorted()).then(|| {
             let mut order: Vec<u32> = (0..n as u32).collect();
             order.sort_by_key(|&i| ts[i as usize]);
-            let order = UInt32Array::from(order);
+            UInt32Array::from(order)
+        });
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from(ts).with_timezone("UTC"),
+        ));
+        for col in &mut self.columns {
+            columns.push(match col {
+                Column::Str(b) => Arc::new(b.finish()),
+                Column::I32(b) => Arc::new(b.finish()),
+                Column::I64(b) => Arc::new(b.finish()),
+                Column::F64(b) => Arc::new(b.finish()),
+            });
+        }
+        self.clear();
+        columns.push(Arc::new(Float64Array::from(vec![sample_rate; n])));
+        if let Some(order) = order {
             columns = columns
                 .iter()
                 .map(|c| arrow_select::take::take(c.as_ref(), &order, None))
@@ -146,17 +155,6 @@ impl Columns {
     /// Drops the rows and the memory they held.
     pub fn clear(&mut self) {
         *self = Columns::default();
-    }
-
-    /// Takes the rows as one batch, sorted by time, and empties the builders.
-    pub fn finish(
-        &mut self,
-        schema: &SchemaRef,
-        sample_rate: f64,
-    ) -> Result<RecordBatch, ArrowError> {
-        let batch = self.batch(schema, sample_rate);
-        self.clear();
-        batch
     }
 }
 

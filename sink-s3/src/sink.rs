@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use edgelog_collector::state_file::blocking as cpu;
@@ -46,6 +47,9 @@ struct PartitionKey {
 /// A file being filled: rows in memory, earlier row groups in the spool.
 struct OpenFile {
     columns: Columns,
+    /// Rows taken out of `columns` whose row group could not be written yet (the spool's
+    /// disk was full, say), with the memory they hold; written first on the next try.
+    unwritten: Option<(RecordBatch, usize)>,
     /// Row groups written to the spool, one file each, in order.
     parts: Vec<PathBuf>,
     part_bytes: u64,
@@ -60,7 +64,7 @@ struct OpenFile {
 impl OpenFile {
     /// Bytes the file holds in memory.
     fn memory(&self) -> usize {
-        self.columns.bytes()
+        self.columns.bytes() + self.unwritten.as_ref().map_or(0, |u| u.1)
     }
 
     /// About the size the file would have if closed now.
@@ -77,33 +81,41 @@ impl OpenFile {
         schema: &SchemaRef,
         props: &WriterProperties,
     ) -> Result<(), SinkError> {
-        if self.columns.is_empty() {
-            return Ok(());
-        }
         let partition = || format!("{}/{}", key.distribution, key.hour_ms);
-        let batch = self
-            .columns
-            .batch(schema, self.sample_rate)
-            .map_err(|source| {
-                SinkError::misconfigured("cannot build a parquet batch").with_source(
-                    StandardLogError::Batch {
+        loop {
+            if self.unwritten.is_none() {
+                if self.columns.is_empty() {
+                    return Ok(());
+                }
+                let bytes = self.columns.bytes();
+                let batch = self
+                    .columns
+                    .finish(schema, self.sample_rate)
+                    .map_err(|source| {
+                        SinkError::misconfigured("cannot build a parquet batch").with_source(
+                            StandardLogError::Batch {
+                                partition: partition(),
+                                source,
+                            },
+                        )
+                    })?;
+                self.unwritten = Some((batch, bytes));
+            }
+            let Some((batch, _)) = &self.unwritten else {
+                return Ok(());
+            };
+            let path = spool.path("rows");
+            let size = cpu(|| spool::write_part(&path, schema, props, batch)).map_err(|e| {
+                SinkError::unavailable(format!("cannot write to the spool {}", path.display()))
+                    .with_source(StandardLogError::Encode {
                         partition: partition(),
-                        source,
-                    },
-                )
+                        source: e,
+                    })
             })?;
-        let path = spool.path("rows");
-        let size = cpu(|| spool::write_part(&path, schema, props, &batch)).map_err(|e| {
-            SinkError::unavailable(format!("cannot write to the spool {}", path.display()))
-                .with_source(StandardLogError::Encode {
-                    partition: partition(),
-                    source: e,
-                })
-        })?;
-        self.columns.clear();
-        self.parts.push(path);
-        self.part_bytes += size;
-        Ok(())
+            self.unwritten = None;
+            self.parts.push(path);
+            self.part_bytes += size;
+        }
     }
 }
 
@@ -507,6 +519,7 @@ impl StandardLogSink {
                     self.open_files += 1;
                     by_hour.entry(hour_ms).or_insert(OpenFile {
                         columns: Columns::default(),
+                        unwritten: None,
                         parts: Vec::new(),
                         part_bytes: 0,
                         rows: 0,
