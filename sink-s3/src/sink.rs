@@ -24,8 +24,11 @@ use edgelog_record::{Record, SCHEMA_VERSION, time};
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use crate::config::StandardLogsConfig;
 use crate::schema::{self, Columns};
@@ -47,11 +50,12 @@ struct PartitionKey {
 /// A file being filled: rows in memory, earlier row groups in the spool.
 struct OpenFile {
     columns: Columns,
-    /// Rows taken out of `columns` whose row group could not be written yet (the spool's
+    /// Rows taken out of `columns` whose row group could not be written (the spool's
     /// disk was full, say), with the memory they hold; written first on the next try.
-    unwritten: Option<(RecordBatch, usize)>,
-    /// Row groups written to the spool, one file each, in order.
-    parts: Vec<PathBuf>,
+    unwritten: Vec<(RecordBatch, usize)>,
+    /// Row groups in the spool, or on their way there, in order.
+    parts: Vec<Part>,
+    /// Bytes of the row groups in the spool.
     part_bytes: u64,
     rows: usize,
     first_seq: Seq,
@@ -61,62 +65,148 @@ struct OpenFile {
     sample_rate: f64,
 }
 
+/// A row group in the spool, or being encoded there on the blocking pool.
+enum Part {
+    Done(PathBuf),
+    Encoding {
+        path: PathBuf,
+        /// Memory its rows hold until encoded.
+        bytes: usize,
+        job: JoinHandle<(Result<u64, ParquetError>, RecordBatch)>,
+    },
+}
+
+/// What encodes row groups: a few at a time, off the sink's task, so a file's rows are
+/// encoded while the sink takes the next entries (and both cores work while it drains).
+struct Encoders {
+    slots: Arc<Semaphore>,
+    schema: SchemaRef,
+    props: Arc<WriterProperties>,
+}
+
+/// Row groups encoded at once.
+const ENCODERS: usize = 2;
+
 impl OpenFile {
     /// Bytes the file holds in memory.
     fn memory(&self) -> usize {
-        self.columns.bytes() + self.unwritten.as_ref().map_or(0, |u| u.1)
+        let encoding: usize = self
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Encoding { bytes, .. } => *bytes,
+                Part::Done(_) => 0,
+            })
+            .sum();
+        self.columns.bytes() + encoding + self.unwritten.iter().map(|u| u.1).sum::<usize>()
     }
 
-    /// About the size the file would have if closed now.
+    /// About the size the file would have if closed now (rows not encoded yet counted
+    /// as they are in memory: more than they will be).
     fn size(&self) -> u64 {
-        self.part_bytes + self.columns.bytes() as u64
+        self.part_bytes + self.memory() as u64
     }
 
-    /// Encodes the rows waiting as one row group in the spool. On failure they stay
-    /// waiting, for the retry.
-    fn spill(
+    /// Starts encoding the rows waiting as one row group (and first any whose write
+    /// failed before). Waits only for an encoder to be free.
+    async fn spill(
         &mut self,
         key: &PartitionKey,
         spool: &Spool,
-        schema: &SchemaRef,
-        props: &WriterProperties,
+        enc: &Encoders,
     ) -> Result<(), SinkError> {
-        let partition = || format!("{}/{}", key.distribution, key.hour_ms);
         loop {
-            if self.unwritten.is_none() {
-                if self.columns.is_empty() {
-                    return Ok(());
+            let (batch, bytes) = match self.unwritten.pop() {
+                Some(u) => u,
+                None if self.columns.is_empty() => return Ok(()),
+                None => {
+                    let bytes = self.columns.bytes();
+                    let batch =
+                        self.columns
+                            .finish(&enc.schema, self.sample_rate)
+                            .map_err(|source| {
+                                SinkError::misconfigured("cannot build a parquet batch")
+                                    .with_source(StandardLogError::Batch {
+                                        partition: partition_name(key),
+                                        source,
+                                    })
+                            })?;
+                    (batch, bytes)
                 }
-                let bytes = self.columns.bytes();
-                let batch = self
-                    .columns
-                    .finish(schema, self.sample_rate)
-                    .map_err(|source| {
-                        SinkError::misconfigured("cannot build a parquet batch").with_source(
-                            StandardLogError::Batch {
-                                partition: partition(),
-                                source,
-                            },
-                        )
-                    })?;
-                self.unwritten = Some((batch, bytes));
-            }
-            let Some((batch, _)) = &self.unwritten else {
-                return Ok(());
             };
+            let permit = enc
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| SinkError::unavailable("the encoders are gone").with_source(e))?;
             let path = spool.path("rows");
-            let size = cpu(|| spool::write_part(&path, schema, props, batch)).map_err(|e| {
-                SinkError::unavailable(format!("cannot write to the spool {}", path.display()))
-                    .with_source(StandardLogError::Encode {
-                        partition: partition(),
-                        source: e,
-                    })
-            })?;
-            self.unwritten = None;
-            self.parts.push(path);
-            self.part_bytes += size;
+            let (to, schema, props) = (path.clone(), enc.schema.clone(), enc.props.clone());
+            let job = tokio::task::spawn_blocking(move || {
+                let r = spool::write_part(&to, &schema, &props, &batch);
+                drop(permit);
+                (r, batch)
+            });
+            self.parts.push(Part::Encoding { path, bytes, job });
         }
     }
+
+    /// Waits for every row group under way (all of them with `all`, else only those
+    /// already finished). A failed one's rows go back to `unwritten` for the next try.
+    async fn settle(&mut self, key: &PartitionKey, all: bool) -> Result<(), SinkError> {
+        let mut failed = None;
+        let mut kept = Vec::with_capacity(self.parts.len());
+        for part in std::mem::take(&mut self.parts) {
+            let Part::Encoding { path, bytes, job } = part else {
+                kept.push(part);
+                continue;
+            };
+            if !all && !job.is_finished() {
+                kept.push(Part::Encoding { path, bytes, job });
+                continue;
+            }
+            match job.await {
+                Ok((Ok(size), _)) => {
+                    self.part_bytes += size;
+                    kept.push(Part::Done(path));
+                }
+                Ok((Err(e), batch)) => {
+                    self.unwritten.push((batch, bytes));
+                    failed.get_or_insert((path, e));
+                }
+                // An encoder that panicked: the sink stops the same way (its records
+                // stay in the log).
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        self.parts = kept;
+        match failed {
+            None => Ok(()),
+            Some((path, e)) => Err(SinkError::unavailable(format!(
+                "cannot write to the spool {}",
+                path.display()
+            ))
+            .with_source(StandardLogError::Encode {
+                partition: partition_name(key),
+                source: e,
+            })),
+        }
+    }
+
+    /// The row groups' files, once every one is written.
+    fn part_paths(&self) -> Vec<PathBuf> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Done(path) => Some(path.clone()),
+                Part::Encoding { .. } => None,
+            })
+            .collect()
+    }
+}
+
+fn partition_name(key: &PartitionKey) -> String {
+    format!("{}/{}", key.distribution, key.hour_ms)
 }
 
 /// A closed file waiting for its upload: its last rows go to the spool and its row groups
@@ -148,8 +238,7 @@ pub struct StandardLogSink {
     cfg: StandardLogsConfig,
     collector_id: String,
     store: Arc<dyn ObjectStore>,
-    schema: SchemaRef,
-    props: WriterProperties,
+    encoders: Encoders,
     open: HashMap<String, HashMap<i64, OpenFile>>,
     /// Files in `open`.
     open_files: usize,
@@ -261,8 +350,11 @@ impl StandardLogSink {
             cfg,
             collector_id: collector_id.to_owned(),
             store,
-            schema: schema::schema(),
-            props,
+            encoders: Encoders {
+                slots: Arc::new(Semaphore::new(ENCODERS)),
+                schema: schema::schema(),
+                props: Arc::new(props),
+            },
             open: HashMap::new(),
             open_files: 0,
             ready: Vec::new(),
@@ -328,13 +420,13 @@ impl StandardLogSink {
 
     /// Encodes a file's waiting rows as one row group in the spool. On failure the rows
     /// stay waiting for the retry.
-    fn write_row_group(&mut self, key: &PartitionKey) -> Result<(), SinkError> {
+    async fn write_row_group(&mut self, key: &PartitionKey) -> Result<(), SinkError> {
         match self
             .open
             .get_mut(&key.distribution)
             .and_then(|m| m.get_mut(&key.hour_ms))
         {
-            Some(f) => f.spill(key, &self.spool, &self.schema, &self.props),
+            Some(f) => f.spill(key, &self.spool, &self.encoders).await,
             None => Ok(()),
         }
     }
@@ -369,32 +461,34 @@ impl StandardLogSink {
     }
 
     /// Joins a ready file's row groups into one file in the spool (once).
-    fn join(&mut self, i: usize) -> Result<(PathBuf, u64), SinkError> {
+    async fn join(&mut self, i: usize) -> Result<(PathBuf, u64), SinkError> {
         let ready = &mut self.ready[i];
         if let Some(l) = &ready.local {
             return Ok(l.clone());
         }
         ready
             .file
-            .spill(&ready.key, &self.spool, &self.schema, &self.props)?;
-        let (file, path) = (&mut ready.file, &ready.path);
-        let joined = if let [only] = file.parts.as_slice() {
+            .spill(&ready.key, &self.spool, &self.encoders)
+            .await?;
+        ready.file.settle(&ready.key, true).await?;
+        let (parts, path) = (ready.file.part_paths(), &ready.path);
+        let joined = if let [only] = parts.as_slice() {
             (
                 only.clone(),
                 std::fs::metadata(only).map(|m| m.len()).unwrap_or(0),
             )
         } else {
             let out = self.spool.path("file");
-            let props = &self.props;
-            let len = cpu(|| spool::join(&file.parts, &out, props)).map_err(|e| {
+            let props = &self.encoders.props;
+            let len = cpu(|| spool::join(&parts, &out, props)).map_err(|e| {
                 SinkError::unavailable(format!("cannot join {path} in the spool")).with_source(e)
             })?;
-            for p in &file.parts {
+            for p in &parts {
                 let _ = std::fs::remove_file(p);
             }
             (out, len)
         };
-        file.parts.clear();
+        ready.file.parts.clear();
         ready.local = Some(joined.clone());
         Ok(joined)
     }
@@ -402,7 +496,7 @@ impl StandardLogSink {
     /// Uploads every ready file; stops at the first failure (the rest wait for a retry).
     async fn upload_ready(&mut self) -> Result<(), SinkError> {
         while !self.ready.is_empty() {
-            let (local, len) = self.join(0)?;
+            let (local, len) = self.join(0).await?;
             let file = &self.ready[0];
             match &self.local_root {
                 Some(root) => {
@@ -519,7 +613,7 @@ impl StandardLogSink {
                     self.open_files += 1;
                     by_hour.entry(hour_ms).or_insert(OpenFile {
                         columns: Columns::default(),
-                        unwritten: None,
+                        unwritten: Vec::new(),
                         parts: Vec::new(),
                         part_bytes: 0,
                         rows: 0,
@@ -542,6 +636,38 @@ impl StandardLogSink {
                     break;
                 };
                 self.seal(&oldest);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in the row groups already encoded (their sizes, or their failures).
+    async fn settle_finished(&mut self) -> Result<(), SinkError> {
+        for (d, m) in self.open.iter_mut() {
+            for (h, f) in m.iter_mut() {
+                if f.parts.iter().any(|p| matches!(p, Part::Encoding { .. })) {
+                    let key = PartitionKey {
+                        distribution: d.clone(),
+                        hour_ms: *h,
+                    };
+                    f.settle(&key, false).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every row group under way.
+    async fn settle_all_open(&mut self) -> Result<(), SinkError> {
+        for (d, m) in self.open.iter_mut() {
+            for (h, f) in m.iter_mut() {
+                if f.parts.iter().any(|p| matches!(p, Part::Encoding { .. })) {
+                    let key = PartitionKey {
+                        distribution: d.clone(),
+                        hour_ms: *h,
+                    };
+                    f.settle(&key, true).await?;
+                }
             }
         }
         Ok(())
@@ -621,9 +747,10 @@ impl Sink for StandardLogSink {
         // half-way; what fails here is tried again with the entry).
         while let Some(k) = self.full.last() {
             let k = k.clone();
-            self.write_row_group(&k)?;
+            self.write_row_group(&k).await?;
             self.full.pop();
         }
+        self.settle_finished().await?;
         let (max_rows, max_bytes) = (self.cfg.max_rows, self.cfg.max_bytes as usize);
         self.close_where(|f| f.rows >= max_rows || f.size() >= max_bytes as u64)
             .await?;
@@ -631,7 +758,11 @@ impl Sink for StandardLogSink {
         // group; when even that one has few, the oldest file closes.
         while self.memory() > self.cfg.max_open_bytes as usize && !self.open.is_empty() {
             match self.largest_waiting() {
-                Some((k, rows)) if rows >= MIN_ROW_GROUP_ROWS => self.write_row_group(&k)?,
+                Some((k, rows)) if rows >= MIN_ROW_GROUP_ROWS => {
+                    self.write_row_group(&k).await?;
+                    // Memory returns once encoded: wait for it.
+                    self.settle_all_open().await?;
+                }
                 _ => {
                     if let Some(k) = self.oldest_open() {
                         self.seal(&k);

@@ -319,7 +319,23 @@ impl Wal {
     /// run it on a blocking thread and hand the result to [`Wal::append_encoded`].
     pub fn encode(records: &[Record]) -> Result<Vec<u8>, WalError> {
         let raw = postcard::to_allocvec(records).map_err(|e| WalError::Encode(e.to_string()))?;
-        zstd::bulk::compress(&raw, 1).map_err(|e| WalError::Encode(e.to_string()))
+        thread_local! {
+            // One context per thread, reused: creating one per entry is a large
+            // allocation each time.
+            static PACKER: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        PACKER.with(|p| {
+            let mut p = p.borrow_mut();
+            let c = match &mut *p {
+                Some(c) => c,
+                None => p.insert(
+                    zstd::bulk::Compressor::new(1).map_err(|e| WalError::Encode(e.to_string()))?,
+                ),
+            };
+            c.compress(&raw)
+                .map_err(|e| WalError::Encode(e.to_string()))
+        })
     }
 
     /// Appends the records as one entry; returns once they are durable.
@@ -391,6 +407,7 @@ impl Wal {
             next: start,
             open: None,
             hint: None,
+            unpacked: Default::default(),
         }
     }
 

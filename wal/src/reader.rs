@@ -31,6 +31,55 @@ pub struct WalReader {
     pub(crate) open: Option<OpenSegment>,
     /// Where the entry before `next` ended, when known from the cache.
     pub(crate) hint: Option<(Seq, u64)>,
+    /// Entries are decompressed here, reusing its context and buffer: a fresh buffer of
+    /// the largest entry's size per entry cost a mapping and its page faults each time.
+    pub(crate) unpacked: Unpacker,
+}
+
+/// A zstd context and an output buffer, reused from entry to entry.
+pub(crate) struct Unpacker {
+    context: Option<zstd::bulk::Decompressor<'static>>,
+    buf: Vec<u8>,
+}
+
+impl Default for Unpacker {
+    fn default() -> Self {
+        Unpacker {
+            context: zstd::bulk::Decompressor::new().ok(),
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl Unpacker {
+    /// The decompressed payload (at most [`MAX_ENTRY`] bytes, as its frame says).
+    fn unpack(&mut self, payload: &[u8]) -> Result<&[u8], String> {
+        let size = zstd::zstd_safe::get_frame_content_size(payload)
+            .map_err(|e| format!("{e:?}"))?
+            .ok_or("the frame does not say its size")?;
+        let size = usize::try_from(size).map_err(|e| e.to_string())?;
+        if size > MAX_ENTRY {
+            return Err(format!(
+                "{size} bytes decompressed, more than an entry may hold"
+            ));
+        }
+        self.buf.clear();
+        // Keep a large buffer only while entries are large.
+        if self.buf.capacity() > 4 * size.max(1 << 20) {
+            self.buf = Vec::new();
+        }
+        self.buf.reserve(size);
+        let context = match &mut self.context {
+            Some(c) => c,
+            None => self
+                .context
+                .insert(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?),
+        };
+        context
+            .decompress_to_buffer(payload, &mut self.buf)
+            .map_err(|e| e.to_string())?;
+        Ok(&self.buf)
+    }
 }
 
 impl WalReader {
@@ -215,9 +264,11 @@ impl WalReader {
                     format!("sequence {seq} where {want} was expected"),
                 ));
             }
-            let raw = zstd::bulk::decompress(&payload, MAX_ENTRY)
+            let raw = self
+                .unpacked
+                .unpack(&payload)
                 .map_err(|e| corrupt(at, format!("undecompressable entry: {e}")))?;
-            let records: Vec<Record> = postcard::from_bytes(&raw)
+            let records: Vec<Record> = postcard::from_bytes(raw)
                 .map_err(|e| corrupt(at, format!("undecodable entry: {e}")))?;
             self.next += 1;
             return Ok(Entry {
