@@ -2,6 +2,7 @@
 //! disk, Hive-partitioned by distribution and event hour, for DuckDB, Athena and Spark.
 
 mod config;
+mod open_file;
 mod schema;
 mod sink;
 mod spool;

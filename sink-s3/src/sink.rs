@@ -6,7 +6,7 @@
 //! the file at close, which then goes up from disk (or is renamed into place for a local
 //! store). A failed upload keeps the file on disk for another try.
 //!
-//! Long (about 600 lines): taking rows, closing files, uploading and the exactly-once
+//! Long (about 610 lines): taking rows, closing files, uploading and the exactly-once
 //! watermarks are one bookkeeping that must change together.
 
 use std::collections::HashMap;
@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_array::RecordBatch;
-use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use edgelog_collector::state_file::blocking as cpu;
 use edgelog_collector::{Batch, DeadLetters, Kept, Seq, Sink, SinkError};
@@ -24,13 +22,12 @@ use edgelog_record::{Record, SCHEMA_VERSION, time};
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 
 use crate::config::StandardLogsConfig;
+use crate::open_file::{ENCODERS, Encoders, OpenFile, Part, PartitionKey, push};
 use crate::schema::{self, Columns};
 use crate::spool::{self, Spool};
 
@@ -40,174 +37,6 @@ pub const ROW_GROUP_BYTES: usize = 4 << 20;
 /// Under memory pressure, a file with fewer rows waiting than this is closed rather than
 /// given a row group of its own (many tiny row groups make a poor file).
 const MIN_ROW_GROUP_ROWS: usize = 256;
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct PartitionKey {
-    distribution: String,
-    hour_ms: i64,
-}
-
-/// A file being filled: rows in memory, earlier row groups in the spool.
-struct OpenFile {
-    columns: Columns,
-    /// Rows taken out of `columns` whose row group could not be written (the spool's
-    /// disk was full, say), with the memory they hold; written first on the next try.
-    unwritten: Vec<(RecordBatch, usize)>,
-    /// Row groups in the spool, or on their way there, in order.
-    parts: Vec<Part>,
-    /// Bytes of the row groups in the spool.
-    part_bytes: u64,
-    rows: usize,
-    first_seq: Seq,
-    /// Entry of the last row taken.
-    last_seq: Seq,
-    opened: Instant,
-    sample_rate: f64,
-}
-
-/// A row group in the spool, or being encoded there on the blocking pool.
-enum Part {
-    Done(PathBuf),
-    Encoding {
-        path: PathBuf,
-        /// Memory its rows hold until encoded.
-        bytes: usize,
-        job: JoinHandle<(Result<u64, ParquetError>, RecordBatch)>,
-    },
-}
-
-/// What encodes row groups: a few at a time, off the sink's task, so a file's rows are
-/// encoded while the sink takes the next entries (and both cores work while it drains).
-struct Encoders {
-    slots: Arc<Semaphore>,
-    schema: SchemaRef,
-    props: Arc<WriterProperties>,
-}
-
-/// Row groups encoded at once.
-const ENCODERS: usize = 2;
-
-impl OpenFile {
-    /// Bytes the file holds in memory.
-    fn memory(&self) -> usize {
-        let encoding: usize = self
-            .parts
-            .iter()
-            .map(|p| match p {
-                Part::Encoding { bytes, .. } => *bytes,
-                Part::Done(_) => 0,
-            })
-            .sum();
-        self.columns.bytes() + encoding + self.unwritten.iter().map(|u| u.1).sum::<usize>()
-    }
-
-    /// About the size the file would have if closed now (rows not encoded yet counted
-    /// as they are in memory: more than they will be).
-    fn size(&self) -> u64 {
-        self.part_bytes + self.memory() as u64
-    }
-
-    /// Starts encoding the rows waiting as one row group (and first any whose write
-    /// failed before). Waits only for an encoder to be free.
-    async fn spill(
-        &mut self,
-        key: &PartitionKey,
-        spool: &Spool,
-        enc: &Encoders,
-    ) -> Result<(), SinkError> {
-        loop {
-            let (batch, bytes) = match self.unwritten.pop() {
-                Some(u) => u,
-                None if self.columns.is_empty() => return Ok(()),
-                None => {
-                    let bytes = self.columns.bytes();
-                    let batch =
-                        self.columns
-                            .finish(&enc.schema, self.sample_rate)
-                            .map_err(|source| {
-                                SinkError::misconfigured("cannot build a parquet batch")
-                                    .with_source(StandardLogError::Batch {
-                                        partition: partition_name(key),
-                                        source,
-                                    })
-                            })?;
-                    (batch, bytes)
-                }
-            };
-            let permit = enc
-                .slots
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|e| SinkError::unavailable("the encoders are gone").with_source(e))?;
-            let path = spool.path("rows");
-            let (to, schema, props) = (path.clone(), enc.schema.clone(), enc.props.clone());
-            let job = tokio::task::spawn_blocking(move || {
-                let r = spool::write_part(&to, &schema, &props, &batch);
-                drop(permit);
-                (r, batch)
-            });
-            self.parts.push(Part::Encoding { path, bytes, job });
-        }
-    }
-
-    /// Waits for every row group under way (all of them with `all`, else only those
-    /// already finished). A failed one's rows go back to `unwritten` for the next try.
-    async fn settle(&mut self, key: &PartitionKey, all: bool) -> Result<(), SinkError> {
-        let mut failed = None;
-        let mut kept = Vec::with_capacity(self.parts.len());
-        for part in std::mem::take(&mut self.parts) {
-            let Part::Encoding { path, bytes, job } = part else {
-                kept.push(part);
-                continue;
-            };
-            if !all && !job.is_finished() {
-                kept.push(Part::Encoding { path, bytes, job });
-                continue;
-            }
-            match job.await {
-                Ok((Ok(size), _)) => {
-                    self.part_bytes += size;
-                    kept.push(Part::Done(path));
-                }
-                Ok((Err(e), batch)) => {
-                    self.unwritten.push((batch, bytes));
-                    failed.get_or_insert((path, e));
-                }
-                // An encoder that panicked: the sink stops the same way (its records
-                // stay in the log).
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
-        }
-        self.parts = kept;
-        match failed {
-            None => Ok(()),
-            Some((path, e)) => Err(SinkError::unavailable(format!(
-                "cannot write to the spool {}",
-                path.display()
-            ))
-            .with_source(StandardLogError::Encode {
-                partition: partition_name(key),
-                source: e,
-            })),
-        }
-    }
-
-    /// The row groups' files, once every one is written.
-    fn part_paths(&self) -> Vec<PathBuf> {
-        self.parts
-            .iter()
-            .filter_map(|p| match p {
-                Part::Done(path) => Some(path.clone()),
-                Part::Encoding { .. } => None,
-            })
-            .collect()
-    }
-}
-
-fn partition_name(key: &PartitionKey) -> String {
-    format!("{}/{}", key.distribution, key.hour_ms)
-}
 
 /// A closed file waiting for its upload: its last rows go to the spool and its row groups
 /// are joined into `local` on the way (each step retried until it succeeds).
@@ -641,8 +470,9 @@ impl StandardLogSink {
         Ok(())
     }
 
-    /// Takes in the row groups already encoded (their sizes, or their failures).
-    async fn settle_finished(&mut self) -> Result<(), SinkError> {
+    /// Takes in the row groups already encoded (their sizes, or their failures); with
+    /// `all`, waits for those still under way too.
+    async fn settle_open(&mut self, all: bool) -> Result<(), SinkError> {
         for (d, m) in self.open.iter_mut() {
             for (h, f) in m.iter_mut() {
                 if f.parts.iter().any(|p| matches!(p, Part::Encoding { .. })) {
@@ -650,23 +480,7 @@ impl StandardLogSink {
                         distribution: d.clone(),
                         hour_ms: *h,
                     };
-                    f.settle(&key, false).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits for every row group under way.
-    async fn settle_all_open(&mut self) -> Result<(), SinkError> {
-        for (d, m) in self.open.iter_mut() {
-            for (h, f) in m.iter_mut() {
-                if f.parts.iter().any(|p| matches!(p, Part::Encoding { .. })) {
-                    let key = PartitionKey {
-                        distribution: d.clone(),
-                        hour_ms: *h,
-                    };
-                    f.settle(&key, true).await?;
+                    f.settle(&key, all).await?;
                 }
             }
         }
@@ -728,12 +542,6 @@ fn place_local(root: &Path, from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn push(f: &mut OpenFile, r: &Record, seq: Seq) {
-    f.columns.push(r);
-    f.rows += 1;
-    f.last_seq = seq;
-}
-
 #[async_trait]
 impl Sink for StandardLogSink {
     async fn write(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
@@ -750,7 +558,7 @@ impl Sink for StandardLogSink {
             self.write_row_group(&k).await?;
             self.full.pop();
         }
-        self.settle_finished().await?;
+        self.settle_open(false).await?;
         let (max_rows, max_bytes) = (self.cfg.max_rows, self.cfg.max_bytes as usize);
         self.close_where(|f| f.rows >= max_rows || f.size() >= max_bytes as u64)
             .await?;
@@ -761,7 +569,7 @@ impl Sink for StandardLogSink {
                 Some((k, rows)) if rows >= MIN_ROW_GROUP_ROWS => {
                     self.write_row_group(&k).await?;
                     // Memory returns once encoded: wait for it.
-                    self.settle_all_open().await?;
+                    self.settle_open(true).await?;
                 }
                 _ => {
                     if let Some(k) = self.oldest_open() {
