@@ -158,6 +158,8 @@ impl FileSink {
         let durable = meta.is_file();
         let len = if durable { meta.len() } else { 0 };
         let written = match recorded {
+            // A device: nothing to cut or measure.
+            Some(w) if !durable => Written { bytes: 0, ..w },
             // Written but not recorded before a crash: the log hands those entries again.
             Some(w) if len > w.bytes => {
                 file.set_len(w.bytes)
@@ -233,7 +235,11 @@ impl FileSink {
             ));
         }
         let next = Written {
-            bytes: at + self.buf.len() as u64,
+            bytes: if self.durable {
+                at + self.buf.len() as u64
+            } else {
+                0
+            },
             seq: self.buffered,
         };
         let json = serde_json::to_vec(&next)
