@@ -79,20 +79,25 @@ impl<'a> Batch<'a> {
 pub struct Sampler {
     default: f64,
     distributions: HashMap<String, f64>,
+    /// Every rate is 100 %: entries are handed whole, without a lookup per record.
+    keeps_all: bool,
     kept: Vec<(u32, f64)>,
 }
 
 impl Sampler {
     /// The rates `sampling` gives sink `name`.
     pub fn new(sampling: &SamplingConfig, name: &str) -> Sampler {
+        let default = sampling.default.rate(name);
+        // A distribution's table overrides only the sinks it names.
+        let distributions: HashMap<String, f64> = sampling
+            .distributions
+            .keys()
+            .map(|id| (id.clone(), sampling.rate(id, name)))
+            .collect();
         Sampler {
-            default: sampling.default.rate(name),
-            // A distribution's table overrides only the sinks it names.
-            distributions: sampling
-                .distributions
-                .keys()
-                .map(|id| (id.clone(), sampling.rate(id, name)))
-                .collect(),
+            keeps_all: default >= 100.0 && distributions.values().all(|r| *r >= 100.0),
+            default,
+            distributions,
             kept: Vec::new(),
         }
     }
@@ -102,13 +107,14 @@ impl Sampler {
         Sampler {
             default: 100.0,
             distributions: HashMap::new(),
+            keeps_all: true,
             kept: Vec::new(),
         }
     }
 
     /// The records of `entry` this sink is given.
     pub fn batch<'a>(&'a mut self, entry: &'a Entry) -> Batch<'a> {
-        if self.default >= 100.0 && self.distributions.values().all(|r| *r >= 100.0) {
+        if self.keeps_all {
             return Batch::all(entry);
         }
         self.kept.clear();
