@@ -33,8 +33,8 @@ pub use config::CollectorConfig;
 pub use dead_letter::DeadLetters;
 pub use ingest::{AppState, IngestError, IngestResponse, Readiness, app};
 pub use sink::{
-    Batch, Kept, LoopSettings, Sampler, Sink, SinkConfig, SinkContext, SinkError, SinkErrorKind,
-    SinkReport, SinkStatus, run_sink,
+    Batch, Kept, LoopSettings, Place, Sampler, Sink, SinkConfig, SinkContext, SinkError,
+    SinkErrorKind, SinkReport, SinkStatus, run_sink,
 };
 pub use wal::{Entry, Seq, Wal, WalConfig, WalError};
 

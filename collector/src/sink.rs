@@ -119,6 +119,20 @@ pub trait SinkConfig {
     }
     /// Checks the settings; `key` is the config path (`sinks.NAME`) errors start with.
     fn validate(&self, key: &str) -> Result<(), String>;
+    /// Where it writes, if anywhere of its own: no two sinks may share a place, and a
+    /// local one may not be inside edgelog's own directories of the data dir.
+    fn place(&self) -> Option<Place> {
+        None
+    }
+}
+
+/// Where a sink writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// A path (relative: under the data dir), set by the setting `key` (`path`, `prefix`).
+    Local { key: &'static str, path: PathBuf },
+    /// Anywhere else, named so that equal names are the same place (`s3://...`).
+    Remote { key: &'static str, name: String },
 }
 
 /// What `/readyz` and `/metrics` show of a sink.

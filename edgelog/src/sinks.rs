@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use edgelog_collector::{Bus, Collector, SinkConfig};
+use edgelog_collector::{Bus, Collector, Place, SinkConfig};
 use edgelog_sink_s3::StandardLogsConfig;
 use edgelog_sink_stream::{FileSinkConfig, RealtimeConfig};
 use figment::Figment;
@@ -169,35 +169,17 @@ impl SinksConfig {
     pub fn validate_places(&self, data_dir: &Path) -> Result<(), String> {
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
         for (name, kind) in &self.0 {
-            let (key, place) = match kind {
-                SinkKind::File(f) => {
-                    let key = format!("sinks.{name}.path");
-                    let rel = within_data_dir(&f.path, data_dir, &key)?;
-                    let place = match rel {
-                        Some(rel) => format!("file:{}", rel.display()),
-                        None => format!("file:{}", f.path.display()),
-                    };
-                    (key, place)
+            let (key, place) = match kind.settings().place() {
+                None => continue,
+                Some(Place::Remote { key, name: there }) => {
+                    (format!("sinks.{name}.{key}"), format!("remote:{there}"))
                 }
-                SinkKind::Parquet(p) => {
-                    let key = format!("sinks.{name}.prefix");
-                    match &p.s3 {
-                        Some(s3) => (
-                            key,
-                            format!(
-                                "s3:{}/{}/{}",
-                                s3.endpoint.as_deref().unwrap_or("aws"),
-                                s3.bucket,
-                                p.prefix
-                            ),
-                        ),
-                        None => {
-                            within_data_dir(Path::new(&p.prefix), data_dir, &key)?;
-                            (key, format!("local:{}", p.prefix))
-                        }
-                    }
+                Some(Place::Local { key, path }) => {
+                    let key = format!("sinks.{name}.{key}");
+                    let rel = within_data_dir(&path, data_dir, &key)?;
+                    let at = rel.unwrap_or(path);
+                    (key, format!("local:{}", at.display()))
                 }
-                SinkKind::Realtime(_) => continue,
             };
             if let Some(other) = seen.insert(place, key.clone()) {
                 return Err(format!(

@@ -10,7 +10,7 @@ mod spool;
 use std::path::Path;
 use std::sync::Arc;
 
-use edgelog_collector::{Sink, SinkConfig, SinkContext, SinkError};
+use edgelog_collector::{Place, Sink, SinkConfig, SinkContext, SinkError};
 
 pub use config::{DEFAULT_TEMPLATE, S3Config, StandardLogsConfig};
 pub use schema::{Columns, SAMPLE_RATE_COLUMN, schema, to_batch};
@@ -121,5 +121,23 @@ impl SinkConfig for StandardLogsConfig {
 
     fn validate(&self, key: &str) -> Result<(), String> {
         StandardLogsConfig::validate(self, key)
+    }
+
+    fn place(&self) -> Option<Place> {
+        Some(match &self.s3 {
+            Some(s3) => Place::Remote {
+                key: "prefix",
+                name: format!(
+                    "s3://{}/{} at {}",
+                    s3.bucket,
+                    self.prefix,
+                    s3.endpoint.as_deref().unwrap_or("AWS")
+                ),
+            },
+            None => Place::Local {
+                key: "prefix",
+                path: self.prefix.clone().into(),
+            },
+        })
     }
 }

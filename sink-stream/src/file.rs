@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use edgelog_collector::state_file::{blocking, write_atomic};
-use edgelog_collector::{Batch, Seq, Sink, SinkConfig, SinkContext, SinkError};
+use edgelog_collector::{Batch, Place, Seq, Sink, SinkConfig, SinkContext, SinkError};
 use serde::{Deserialize, Serialize};
 
 use crate::format::{MessageFormat, Selection};
@@ -89,6 +89,13 @@ impl SinkConfig for FileSinkConfig {
         }
         Selection::parse(&self.fields).map_err(|n| format!("{k}.fields: unknown field {n:?}"))?;
         Ok(())
+    }
+
+    fn place(&self) -> Option<Place> {
+        Some(Place::Local {
+            key: "path",
+            path: self.path.clone(),
+        })
     }
 }
 
