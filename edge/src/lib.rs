@@ -7,30 +7,12 @@ mod sender;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 pub use generator::{ErrorMix, Generator};
 pub use replay::{ReplayError, distribution_from_file_name, replay};
 pub use sender::{OutBody, Report, Target, send_all};
 
-/// Compression of request bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    None,
-    #[default]
-    Gzip,
-    Zstd,
-}
-
-/// Format of request bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum WireFormat {
-    #[default]
-    Ndjson,
-    W3c,
-}
+/// Compression of request bodies, and their format (one for the whole body).
+pub use edgelog_client::{Compression, Format as WireFormat, compress};
 
 /// What traffic to make.
 #[derive(Debug, Clone)]

@@ -7,7 +7,9 @@ use std::path::Path;
 use edgelog_record::check_distribution_id;
 use tokio::sync::mpsc;
 
-use crate::sender::{OutBody, Report, Target, compress, send_all};
+use crate::WireFormat;
+use crate::compress;
+use crate::sender::{OutBody, Report, Target, send_all};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -92,7 +94,8 @@ pub async fn replay(
                 raw_len: body.len(),
                 body: compress(body.as_bytes(), compression),
                 records: chunk.len() as u64,
-                query: format!("distribution={distribution}&format=w3c"),
+                format: WireFormat::W3c,
+                distribution: Some(distribution.clone()),
                 ids,
             }
         })
@@ -108,11 +111,8 @@ async fn replay_ndjson(
     batch: usize,
     target: Target,
 ) -> Result<Report, ReplayError> {
-    let mut query = "format=ndjson".to_owned();
     if let Some(d) = &distribution {
         check_distribution_id(d).map_err(ReplayError::BadDistribution)?;
-        query.push_str("&distribution=");
-        query.push_str(d);
     }
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let compression = target.compression;
@@ -137,7 +137,8 @@ async fn replay_ndjson(
                 raw_len: body.len(),
                 body: compress(body.as_bytes(), compression),
                 records: chunk.len() as u64,
-                query: query.clone(),
+                format: WireFormat::Ndjson,
+                distribution: distribution.clone(),
                 ids,
             }
         })

@@ -6,15 +6,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
+use edgelog_client::{Answer, Batch, ErrorKind, Poster, Retry};
 use edgelog_record::{w3c, write_json};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::{Compression, Generator, TrafficConfig, WireFormat};
+use crate::{Compression, Generator, TrafficConfig, WireFormat, compress};
 
 /// Where and how to send.
 #[derive(Debug, Clone)]
@@ -39,8 +38,9 @@ pub struct OutBody {
     pub body: Bytes,
     pub raw_len: usize,
     pub records: u64,
-    /// Query string (`distribution=...&format=...`), without `?`.
-    pub query: String,
+    pub format: WireFormat,
+    /// The distribution of lines that name none (`?distribution=`).
+    pub distribution: Option<String>,
     /// Request ids by line, for the ack log (None where a line is a header).
     pub ids: Vec<Option<String>>,
 }
@@ -118,22 +118,6 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// Compresses a body.
-pub fn compress(raw: &[u8], c: Compression) -> Bytes {
-    match c {
-        Compression::None => Bytes::copy_from_slice(raw),
-        Compression::Gzip => {
-            let mut e = flate2::write::GzEncoder::new(
-                Vec::with_capacity(raw.len() / 4),
-                flate2::Compression::fast(),
-            );
-            let _ = e.write_all(raw);
-            Bytes::from(e.finish().unwrap_or_default())
-        }
-        Compression::Zstd => Bytes::from(zstd::bulk::compress(raw, 1).unwrap_or_default()),
-    }
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -208,7 +192,8 @@ pub(crate) struct Template {
     /// Byte offsets of the request ids (their first `ID_CHARS` characters).
     ids: Vec<usize>,
     records: u64,
-    query: String,
+    format: WireFormat,
+    distribution: Option<String>,
 }
 
 impl Template {
@@ -226,7 +211,8 @@ impl Template {
             raw: raw.bytes,
             ids: raw.id_offsets,
             records: n as u64,
-            query: raw.query,
+            format: raw.format,
+            distribution: raw.distribution,
         }
     }
 
@@ -244,7 +230,8 @@ impl Template {
             },
             raw_len,
             records: self.records,
-            query: self.query.clone(),
+            format: self.format,
+            distribution: self.distribution.clone(),
             ids: Vec::new(),
         }
     }
@@ -308,7 +295,8 @@ struct RawBody {
     bytes: Vec<u8>,
     /// Request ids by line (None for a header line).
     ids: Vec<Option<String>>,
-    query: String,
+    format: WireFormat,
+    distribution: Option<String>,
     /// With `id_offsets` asked for: where each request id is in `bytes`.
     id_offsets: Vec<usize>,
 }
@@ -327,7 +315,8 @@ fn make_body(
         body: compress(&raw.bytes, compression),
         raw_len: raw.bytes.len(),
         records: n as u64,
-        query: raw.query,
+        format: raw.format,
+        distribution: raw.distribution,
         ids: raw.ids,
     }
 }
@@ -370,7 +359,7 @@ fn make_raw(
             offsets.push(line_start + at);
         }
     };
-    let (bytes, ids, query) = match cfg.format {
+    let (bytes, ids, distribution) = match cfg.format {
         WireFormat::Ndjson => {
             let mut raw = Vec::with_capacity(n * 1000);
             let mut ids = Vec::with_capacity(n);
@@ -383,7 +372,7 @@ fn make_raw(
                 note(&raw, line_start, &r.x_edge_request_id);
                 ids.push(r.x_edge_request_id);
             }
-            (raw, ids, String::new())
+            (raw, ids, None)
         }
         WireFormat::W3c => {
             // A W3C line carries no distribution: one distribution per body.
@@ -401,34 +390,16 @@ fn make_raw(
                 note(text.as_bytes(), line_start, &r.x_edge_request_id);
                 ids.push(r.x_edge_request_id);
             }
-            (
-                text.into_bytes(),
-                ids,
-                format!("distribution={id}&format=w3c"),
-            )
+            (text.into_bytes(), ids, Some(id))
         }
     };
     RawBody {
         bytes,
         ids,
-        query,
+        format: cfg.format,
+        distribution,
         id_offsets: offsets,
     }
-}
-
-#[derive(Deserialize)]
-struct Answer {
-    accepted: u64,
-    #[serde(default)]
-    rejected: Vec<Refused>,
-    #[serde(default)]
-    rejected_total: u64,
-}
-
-#[derive(Deserialize)]
-struct Refused {
-    line: u64,
-    reason: String,
 }
 
 enum Outcome {
@@ -437,80 +408,41 @@ enum Outcome {
     GaveUp { last: String },
 }
 
-async fn send_one(
-    client: &reqwest::Client,
-    target: &Target,
-    b: &OutBody,
-    retries: &mut u64,
-) -> Outcome {
-    let url = if b.query.is_empty() {
-        format!("{}/v1/records", target.url.trim_end_matches('/'))
-    } else {
-        format!(
-            "{}/v1/records?{}",
-            target.url.trim_end_matches('/'),
-            b.query
-        )
+async fn send_one(poster: &Poster, b: &OutBody, retries: &mut u64) -> Outcome {
+    let batch = Batch {
+        body: Bytes::new(),
+        format: b.format,
+        distribution: b.distribution.clone(),
+        records: b.records,
+        key: None,
     };
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .with_jitter()
-        .without_max_times()
-        .build();
-    let mut last = String::new();
-    for attempt in 0..target.max_tries.max(1) {
-        if attempt > 0 {
-            *retries += 1;
-            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
-        }
-        let mut req = client
-            .post(&url)
-            .bearer_auth(&target.token)
-            .header(
-                "content-type",
-                if b.query.contains("format=w3c") {
-                    "text/plain"
-                } else {
-                    "application/x-ndjson"
-                },
-            )
-            .body(b.body.clone());
-        match target.compression {
-            Compression::Gzip => req = req.header("content-encoding", "gzip"),
-            Compression::Zstd => req = req.header("content-encoding", "zstd"),
-            Compression::None => {}
-        }
-        let t0 = Instant::now();
-        match req.send().await {
-            Err(e) => last = format!("request failed: {e}"),
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let text = resp.text().await.unwrap_or_default();
-                match status {
-                    200 | 400 if text.starts_with('{') && text.contains("\"accepted\"") => {
-                        if let Ok(answer) = serde_json::from_str::<Answer>(&text) {
-                            return Outcome::Acked {
-                                answer,
-                                latency: t0.elapsed(),
-                            };
-                        }
-                        last = format!("unreadable answer: {text}");
-                    }
-                    429 | 500..=599 => last = format!("HTTP {status}: {text}"),
-                    _ => return Outcome::Refused { status, text },
-                }
-            }
-        }
+    let t0 = Instant::now();
+    match poster.post_wire(&batch, &b.body, retries).await {
+        Ok(answer) => Outcome::Acked {
+            answer,
+            latency: t0.elapsed(),
+        },
+        Err(e) if e.kind == ErrorKind::Refused => Outcome::Refused {
+            status: e.status.unwrap_or(0),
+            text: e.message,
+        },
+        Err(e) => Outcome::GaveUp { last: e.message },
     }
-    Outcome::GaveUp { last }
 }
 
 /// Sends every body from `rx` with `target.concurrency` requests in flight.
 pub async fn send_all(target: Target, rx: mpsc::Receiver<OutBody>) -> Report {
-    let client = match reqwest::Client::builder()
+    let poster = match Poster::builder(target.url.clone())
+        .token(target.token.clone())
+        .compression(target.compression)
         .timeout(target.timeout)
-        .pool_max_idle_per_host(target.concurrency)
+        .pool(target.concurrency)
+        .retry(Retry {
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(2),
+            max_tries: Some(target.max_tries.max(1) as u32),
+            max_retry_after: Duration::from_secs(2),
+        })
         .build()
     {
         Ok(c) => c,
@@ -554,14 +486,14 @@ pub async fn send_all(target: Target, rx: mpsc::Receiver<OutBody>) -> Report {
     });
     let mut workers = Vec::new();
     for _ in 0..target.concurrency.max(1) {
-        let (shared, client, target) = (shared.clone(), client.clone(), target.clone());
+        let (shared, poster) = (shared.clone(), poster.clone());
         workers.push(tokio::spawn(async move {
             loop {
                 let Some(b) = shared.2.lock().await.recv().await else {
                     break;
                 };
                 let mut retries = 0;
-                let outcome = send_one(&client, &target, &b, &mut retries).await;
+                let outcome = send_one(&poster, &b, &mut retries).await;
                 let Ok(mut r) = shared.0.lock() else { break };
                 r.sent_records += b.records;
                 r.requests += 1 + retries;
@@ -638,9 +570,8 @@ mod tests {
     fn ids_and_rest(format: WireFormat, body: &OutBody) -> (Vec<String>, Vec<String>) {
         let (format, dist) = match format {
             WireFormat::Ndjson => (Format::Ndjson, None),
-            WireFormat::W3c => (Format::W3c, body.query.split('&').next()),
+            WireFormat::W3c => (Format::W3c, body.distribution.as_deref()),
         };
-        let dist = dist.and_then(|d| d.strip_prefix("distribution="));
         let parsed = parse_body(format, &body.body, &ParseOptions::with_distribution(dist));
         assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
         let ids: Vec<String> = parsed
@@ -681,7 +612,7 @@ mod tests {
             let b = t.stamp(&mut ids, Compression::None);
             assert_eq!(ids.next, 400);
             assert_eq!((a.records, a.raw_len), (200, b.body.len()));
-            assert_eq!(a.query, b.query);
+            assert_eq!((a.format, &a.distribution), (b.format, &b.distribution));
             let (ids_a, rest_a) = ids_and_rest(format, &a);
             let (ids_b, rest_b) = ids_and_rest(format, &b);
             assert_eq!(ids_a.len(), 200);
