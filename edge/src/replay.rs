@@ -28,15 +28,7 @@ pub enum ReplayError {
     NoHeader { path: String },
 }
 
-/// The distribution id in a CloudFront log file name, `<ID>.YYYY-MM-DD-HH.<unique>.gz`.
-pub fn distribution_from_file_name(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?;
-    let mut parts = name.split('.');
-    let id = parts.next()?;
-    let hour = parts.next()?;
-    let hour_shaped = hour.len() == 13 && hour.as_bytes()[4] == b'-' && hour.as_bytes()[10] == b'-';
-    (hour_shaped && check_distribution_id(id).is_ok()).then(|| id.to_owned())
-}
+pub use edgelog_record::w3c::distribution_from_file_name;
 
 /// Sends the file's lines in bodies of `batch` lines, each with the file's headers.
 pub async fn replay(

@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use edgelog_collector::{Collector, MetricsAggregator};
 use edgelog_dashboard::MetricsStore;
 use edgelog_edge::{Compression, ErrorMix, Target, TrafficConfig, WireFormat};
+use edgelog_ship::ShipConfig;
 use edgelog_sink_stream::{Bus, KafkaPublisher, follow_metrics};
 use figment::value::Value;
 use tokio::net::TcpListener;
@@ -65,6 +66,21 @@ enum Command {
     Demo(DemoArgs),
     /// Check a configuration and print it as edgelog will use it.
     Config(ConfigArgs),
+    /// Follow web servers' access logs (nginx, Caddy, Envoy, CloudFront files) and deliver
+    /// their lines to a collector as records, exactly once.
+    #[command(
+        long_about = "Follow web servers' access logs (nginx, Caddy, Envoy, CloudFront standard log \
+                      files) and deliver their lines to a collector as records, exactly once: \
+                      offsets are saved only after the collector answered, and a batch resent \
+                      after a crash carries the same idempotency key.\n\n\
+                      Settings come from a TOML file (--config: collector, token, state_dir, \
+                      [[inputs]]), then EDGELOG_SHIP_* environment variables (EDGELOG_SHIP_TOKEN, \
+                      EDGELOG_SHIP_COLLECTOR, ...), then flags. Paths given as arguments make one \
+                      more input, named cli.",
+        after_help = "Example:\n  edgelog ship --collector http://10.0.0.5:8080 --token $TOKEN \\\n    \
+                      --format nginx_json --distribution E2EXAMPLE '/var/log/nginx/access.log*'"
+    )]
+    Ship(ShipArgs),
 }
 
 #[derive(Args)]
@@ -99,6 +115,38 @@ struct DashboardArgs {
     /// Address to listen on (dashboard.listen).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct ShipArgs {
+    /// TOML file: collector, token, state_dir, [[inputs]] (see README).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Base URL of the collector (collector).
+    #[arg(long, value_name = "URL")]
+    collector: Option<String>,
+    /// Bearer token for the collector (token; better: EDGELOG_SHIP_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Where checkpoints are kept (state_dir) [default: edgelog-ship].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Serve Prometheus /metrics and /healthz on this address (metrics_listen).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Format of the files given as arguments: nginx_json, nginx_combined, caddy, envoy,
+    /// cloudfront or ndjson.
+    #[arg(long, value_name = "FORMAT", default_value = "nginx_json")]
+    format: String,
+    /// Distribution of the lines of the files given as arguments.
+    #[arg(long, value_name = "ID")]
+    distribution: Option<String>,
+    /// x-edge-location for lines of the files given as arguments that carry none.
+    #[arg(long, value_name = "NAME")]
+    edge_location: Option<String>,
+    /// Files to follow (globs, quoted), as one input named cli.
+    #[arg(value_name = "PATH")]
+    paths: Vec<String>,
 }
 
 #[derive(Args)]
@@ -396,6 +444,75 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     let collector = build_collector(&cfg, &bus)?;
     let listener = bind(cfg.collector.listen, "ingest API").await?;
     collector.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn run_ship(args: ShipArgs) -> anyhow::Result<()> {
+    use figment::providers::{Env, Format, Serialized, Toml};
+    use figment::value::{Dict, Map};
+    let mut fig = figment::Figment::from(Serialized::defaults(ShipConfig::default()));
+    if let Some(f) = &args.config {
+        if !f.is_file() {
+            bail!("config file {} does not exist", f.display());
+        }
+        fig = fig.merge(Toml::file(f));
+    }
+    fig = fig.merge(Env::prefixed("EDGELOG_SHIP_"));
+    let mut flags = Dict::new();
+    if let Some(c) = &args.collector {
+        flags.insert("collector".into(), s(c.clone()));
+    }
+    if let Some(t) = &args.token {
+        flags.insert("token".into(), s(t.clone()));
+    }
+    if let Some(d) = &args.state_dir {
+        flags.insert("state_dir".into(), s(d.display().to_string()));
+    }
+    if let Some(m) = args.metrics_listen {
+        flags.insert("metrics_listen".into(), s(m.to_string()));
+    }
+    fig = fig.merge(Serialized::defaults(flags));
+    let mut cfg: ShipConfig = fig
+        .extract()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    if !args.paths.is_empty() {
+        let mut input = Map::new();
+        input.insert("name".to_owned(), s("cli"));
+        input.insert("paths".to_owned(), Value::from(args.paths.clone()));
+        input.insert("format".to_owned(), s(args.format.clone()));
+        if let Some(d) = &args.distribution {
+            input.insert("distribution".to_owned(), s(d.clone()));
+        }
+        if let Some(l) = &args.edge_location {
+            input.insert("edge_location".to_owned(), s(l.clone()));
+        }
+        let input: edgelog_ship::InputConfig = figment::Figment::from(Serialized::defaults(input))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid command-line input: {e}"))?;
+        cfg.inputs.push(input);
+    }
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    if let Some(addr) = cfg.metrics_listen {
+        let handle = edgelog_collector::prometheus().clone();
+        let listener = bind(addr, "ship metrics").await?;
+        tracing::info!(address = %listener.local_addr()?, "serving /metrics and /healthz");
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let h = handle.clone();
+                    async move { h.render() }
+                }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    edgelog_ship::run(cfg, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -746,6 +863,7 @@ fn main() -> std::process::ExitCode {
                     Command::Edge(a) => run_edge(a).await,
                     Command::Demo(a) => run_demo(a).await,
                     Command::Config(a) => run_config(a),
+                    Command::Ship(a) => run_ship(a).await,
                 }
             });
             // Work left on the blocking pool (a client library's flush) must not hold

@@ -9,6 +9,17 @@ use crate::reject::{Fault, RejectKind, check_field_len};
 use crate::time;
 use crate::value::Value;
 
+/// The distribution id in a CloudFront log file name, `<ID>.YYYY-MM-DD-HH.<unique>.gz`.
+pub fn distribution_from_file_name(path: &std::path::Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let mut parts = name.split('.');
+    let id = parts.next()?;
+    let hour = parts.next()?;
+    let b = hour.as_bytes();
+    let hour_shaped = b.len() == 13 && b[4] == b'-' && b[7] == b'-' && b[10] == b'-';
+    (hour_shaped && check_distribution_id(id).is_ok()).then(|| id.to_owned())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Column {
     Date,

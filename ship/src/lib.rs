@@ -1,0 +1,421 @@
+//! `edgelog ship`: follows the access logs real web servers write (nginx, Caddy, Envoy,
+//! CloudFront standard log files) and delivers their lines to a collector as records.
+//!
+//! Exactly once: a batch's byte range is saved before it is sent and the new offset after
+//! it is answered; the batch carries an idempotency key made of the file's fingerprint and
+//! the range, so resending a batch whose answer a crash lost is recognized by the
+//! collector. Lines that cannot be mapped are counted and logged, never dropped silently.
+//! While the collector is unreachable, the log files themselves are the spool: ship
+//! retries without end and keeps files renamed or deleted by rotation open until read.
+
+mod checkpoint;
+pub mod config;
+pub mod mapping;
+mod tail;
+
+use std::fs::File;
+use std::future::Future;
+use std::path::Path;
+use std::pin::pin;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use edgelog_client::{Batch, ErrorKind, Format, Poster, Retry};
+use edgelog_record::w3c::distribution_from_file_name;
+use edgelog_record::write_json;
+
+pub use checkpoint::{Checkpoints, FileState};
+pub use config::{InputConfig, ShipConfig};
+pub use mapping::{Mapping, Preset};
+
+use tail::{Chunk, Files};
+
+/// Why ship stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShipError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("state directory {path}: {reason}")]
+    State { path: String, reason: String },
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Totals since start, for the progress line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Progress {
+    pub lines_read: u64,
+    pub lines_sent: u64,
+    pub accepted: u64,
+    pub refused: u64,
+    pub unmapped: u64,
+    pub duplicates: u64,
+}
+
+struct Input {
+    cfg: InputConfig,
+    mapping: Mapping,
+    files: Files,
+}
+
+/// A chunk turned into a request body.
+struct Prepared {
+    body: Vec<u8>,
+    lines: u64,
+    unmapped: u64,
+    format: Format,
+    distribution: Option<String>,
+    /// The first line not mapped: its offset and why.
+    first_unmapped: Option<(u64, String)>,
+}
+
+/// Runs until `shutdown` completes. A batch in flight then is abandoned; its range stays
+/// saved as pending and is resent, with the same key, on the next start.
+pub async fn run(
+    cfg: ShipConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Progress, ShipError> {
+    cfg.validate().map_err(ShipError::Config)?;
+    let state_err = |reason: String| ShipError::State {
+        path: cfg.state_dir.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| state_err(e.to_string()))?;
+    let lock = File::create(cfg.state_dir.join("lock")).map_err(|e| state_err(e.to_string()))?;
+    lock.try_lock()
+        .map_err(|_| state_err("another edgelog ship uses it (its lock is held)".into()))?;
+    let mut cp = Checkpoints::load(&cfg.state_dir).map_err(state_err)?;
+    let poster = Poster::builder(cfg.collector.clone())
+        .token(cfg.token.clone())
+        .compression(cfg.compression)
+        .timeout(cfg.request_timeout)
+        .pool(2)
+        .retry(Retry {
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            max_tries: None,
+            max_retry_after: Duration::from_secs(60),
+        })
+        .build()
+        .map_err(|e| ShipError::Config(e.to_string()))?;
+    let mut inputs = Vec::new();
+    for i in &cfg.inputs {
+        inputs.push(Input {
+            cfg: i.clone(),
+            mapping: i.mapping().map_err(ShipError::Config)?,
+            files: Files::new(
+                i.paths.clone(),
+                i.format == Preset::Cloudfront,
+                cfg.rotate_wait,
+                cfg.max_gz_bytes,
+            ),
+        });
+    }
+    tracing::info!(collector = %cfg.collector, inputs = inputs.len(), state_dir = %cfg.state_dir.display(), "shipping");
+    let mut shutdown = pin!(shutdown);
+    let mut progress = Progress::default();
+    let mut last_progress = Instant::now();
+    let mut last_problems: Vec<String> = Vec::new();
+    loop {
+        let now = Instant::now();
+        let mut problems = Vec::new();
+        for input in &mut inputs {
+            problems.extend(input.files.scan(&cp, now));
+        }
+        if problems != last_problems {
+            for p in &problems {
+                tracing::warn!(problem = %p, "cannot follow a file");
+            }
+            last_problems = problems;
+        }
+        let mut worked = false;
+        for k in 0..inputs.len() {
+            let mut i = 0;
+            while i < inputs[k].files.tracked.len() {
+                // A few chunks per file per round, so one busy file does not starve others.
+                for _ in 0..8 {
+                    let stop = tokio::select! {
+                        r = ship_one(&cfg, &poster, &mut inputs, k, i, &mut cp, &mut progress) => match r {
+                            Ok(true) => { worked = true; false }
+                            Ok(false) => true,
+                            Err(wait) => {
+                                tokio::select! {
+                                    _ = tokio::time::sleep(wait) => {}
+                                    _ = &mut shutdown => return Ok(stopped(progress)),
+                                }
+                                true
+                            }
+                        },
+                        _ = &mut shutdown => return Ok(stopped(progress)),
+                    };
+                    if stop {
+                        break;
+                    }
+                }
+                i += 1;
+            }
+        }
+        publish_gauges(&inputs);
+        if !cfg.progress_interval.is_zero() && last_progress.elapsed() >= cfg.progress_interval {
+            last_progress = Instant::now();
+            let lag: u64 = inputs
+                .iter()
+                .flat_map(|i| &i.files.tracked)
+                .map(|t| t.len.saturating_sub(t.offset))
+                .sum();
+            let files: usize = inputs.iter().map(|i| i.files.tracked.len()).sum();
+            tracing::info!(
+                lines_read = progress.lines_read,
+                lines_sent = progress.lines_sent,
+                accepted = progress.accepted,
+                refused = progress.refused,
+                unmapped = progress.unmapped,
+                files,
+                lag_bytes = lag,
+                "progress"
+            );
+        }
+        if !worked {
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.poll_interval) => {}
+                _ = &mut shutdown => return Ok(stopped(progress)),
+            }
+        }
+    }
+}
+
+fn stopped(p: Progress) -> Progress {
+    tracing::info!(
+        lines_read = p.lines_read,
+        accepted = p.accepted,
+        refused = p.refused,
+        unmapped = p.unmapped,
+        "stopped"
+    );
+    p
+}
+
+fn publish_gauges(inputs: &[Input]) {
+    for i in inputs {
+        let lag: u64 = i
+            .files
+            .tracked
+            .iter()
+            .map(|t| t.len.saturating_sub(t.offset))
+            .sum();
+        let name = i.cfg.name.clone();
+        metrics::gauge!("edgelog_ship_lag_bytes", "input" => name.clone()).set(lag as f64);
+        metrics::gauge!("edgelog_ship_files", "input" => name).set(i.files.tracked.len() as f64);
+    }
+}
+
+fn save(cp: &mut Checkpoints, inputs: &[Input], state_dir: &Path) -> Result<(), String> {
+    let now = now_ms();
+    for input in inputs {
+        for t in &input.files.tracked {
+            cp.files.insert(
+                checkpoint::fp_key(t.fp),
+                FileState {
+                    path: t.path.clone(),
+                    dev: t.dev,
+                    ino: t.ino,
+                    offset: t.offset,
+                    pending: t.pending,
+                    done: t.done,
+                    seen_ms: now,
+                },
+            );
+        }
+    }
+    cp.save(state_dir, now)
+}
+
+/// Ships the next chunk of file `i` of input `k`. `Ok(false)`: nothing to send now.
+/// `Err(wait)`: try again after `wait` (the state could not be saved, or the batch was
+/// refused as a whole; its range stays pending).
+async fn ship_one(
+    cfg: &ShipConfig,
+    poster: &Poster,
+    inputs: &mut [Input],
+    k: usize,
+    i: usize,
+    cp: &mut Checkpoints,
+    progress: &mut Progress,
+) -> Result<bool, Duration> {
+    let retry_later = Duration::from_secs(5);
+    let input = &mut inputs[k];
+    let name = input.cfg.name.clone();
+    let chunk = match edgelog_wal::state_file::blocking(|| {
+        input.files.read(i, cfg.batch_bytes, Instant::now())
+    }) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            if input.files.tracked[i].done {
+                save(cp, inputs, &cfg.state_dir).map_err(|_| retry_later)?;
+            }
+            return Ok(false);
+        }
+        Err(e) => {
+            tracing::error!(input = %name, path = %input.files.tracked[i].path.display(), error = %e, "cannot read a file");
+            return Err(retry_later);
+        }
+    };
+    let t = &input.files.tracked[i];
+    let prepared = if chunk.oversized {
+        tracing::error!(input = %name, path = %t.path.display(), offset = chunk.start, max = cfg.batch_bytes, "a line longer than batch_bytes is skipped");
+        Prepared {
+            body: Vec::new(),
+            lines: 0,
+            unmapped: 1,
+            format: Format::Ndjson,
+            distribution: None,
+            first_unmapped: None,
+        }
+    } else {
+        match edgelog_wal::state_file::blocking(|| prepare(&input.mapping, t, &chunk)) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(input = %name, path = %t.path.display(), error = %e, "cannot send this file");
+                return Err(Duration::from_secs(30));
+            }
+        }
+    };
+    if let Some((offset, reason)) = &prepared.first_unmapped {
+        // The first ones, then one in each power of ten: a file of garbage must not
+        // flood the log. Every one is counted.
+        let before = progress.unmapped;
+        let after = before + prepared.unmapped;
+        if before < 10 || after.ilog10() > before.ilog10() {
+            tracing::warn!(input = %name, path = %t.path.display(), offset, reason = %reason, in_batch = prepared.unmapped, total = after, "line not mapped; counted and skipped");
+        }
+    }
+    progress.lines_read += prepared.lines + prepared.unmapped;
+    progress.unmapped += prepared.unmapped;
+    metrics::counter!("edgelog_ship_lines_read_total", "input" => name.clone())
+        .increment(prepared.lines + prepared.unmapped);
+    metrics::counter!("edgelog_ship_lines_unmapped_total", "input" => name.clone())
+        .increment(prepared.unmapped);
+    if prepared.lines > 0 {
+        let key = format!("ship-{:016x}-{}-{}", t.fp, chunk.start, chunk.end);
+        if !chunk.resend {
+            input.files.tracked[i].pending = Some((chunk.start, chunk.end));
+            if let Err(e) = save(cp, inputs, &cfg.state_dir) {
+                tracing::error!(error = %e, "cannot save checkpoints; not sending");
+                inputs[k].files.tracked[i].pending = None;
+                return Err(retry_later);
+            }
+        }
+        let batch = Batch {
+            body: Bytes::from(prepared.body),
+            format: prepared.format,
+            distribution: prepared.distribution,
+            records: prepared.lines,
+            key: Some(key),
+        };
+        let mut retries = 0;
+        let r = poster.post(&batch, &mut retries).await;
+        metrics::counter!("edgelog_ship_retries_total", "input" => name.clone()).increment(retries);
+        match r {
+            Ok(a) => {
+                let refused = a.rejected_total.max(a.rejected.len() as u64);
+                progress.lines_sent += prepared.lines;
+                progress.accepted += a.accepted;
+                progress.refused += refused;
+                if a.duplicate {
+                    progress.duplicates += a.accepted;
+                }
+                metrics::counter!("edgelog_ship_lines_sent_total", "input" => name.clone())
+                    .increment(prepared.lines);
+                metrics::counter!("edgelog_ship_records_accepted_total", "input" => name.clone())
+                    .increment(a.accepted);
+                metrics::counter!("edgelog_ship_records_refused_total", "input" => name.clone())
+                    .increment(refused);
+                for r in a.rejected.iter().take(3) {
+                    tracing::warn!(input = %name, line = r.line, reason = %r.reason, "collector refused a line");
+                }
+            }
+            Err(e) if e.kind == ErrorKind::Refused => {
+                tracing::error!(input = %name, error = %e, "collector refused a batch as a whole; retrying it later");
+                return Err(Duration::from_secs(10));
+            }
+            Err(e) => {
+                tracing::warn!(input = %name, error = %e, "batch not delivered; retrying");
+                return Err(retry_later);
+            }
+        }
+    }
+    let t = &mut inputs[k].files.tracked[i];
+    t.offset = chunk.end;
+    t.pending = None;
+    if let Err(e) = save(cp, inputs, &cfg.state_dir) {
+        // The batch is in; a restart resends it with its key and the collector says so.
+        tracing::error!(error = %e, "cannot save checkpoints");
+        return Err(retry_later);
+    }
+    Ok(true)
+}
+
+fn prepare(mapping: &Mapping, t: &tail::Tracked, chunk: &Chunk) -> Result<Prepared, String> {
+    let mut p = Prepared {
+        body: Vec::with_capacity(chunk.bytes.len() + chunk.bytes.len() / 2),
+        lines: 0,
+        unmapped: 0,
+        format: Format::Ndjson,
+        distribution: mapping.distribution().map(str::to_owned),
+        first_unmapped: None,
+    };
+    let mut at = chunk.start;
+    match mapping.preset() {
+        Preset::Cloudfront => {
+            p.format = Format::W3c;
+            if p.distribution.is_none() {
+                p.distribution = Some(distribution_from_file_name(&t.path).ok_or_else(|| {
+                    "no distribution: name the file <ID>.YYYY-MM-DD-HH.<unique>.gz as CloudFront does, or set the input's distribution".to_owned()
+                })?);
+            }
+            p.body = t.w3c_header().map_err(|e| e.to_string())?;
+            for line in chunk.bytes.split_inclusive(|&b| b == b'\n') {
+                if !line.starts_with(b"#") && !line.trim_ascii().is_empty() {
+                    p.body.extend_from_slice(line);
+                    p.lines += 1;
+                }
+            }
+        }
+        Preset::Ndjson => {
+            for line in chunk.bytes.split_inclusive(|&b| b == b'\n') {
+                if !line.trim_ascii().is_empty() {
+                    p.body.extend_from_slice(line);
+                    p.lines += 1;
+                }
+            }
+        }
+        _ => {
+            for line in chunk.bytes.split_inclusive(|&b| b == b'\n') {
+                let offset = at;
+                at += line.len() as u64;
+                let text = line.strip_suffix(b"\n").unwrap_or(line);
+                let text = text.strip_suffix(b"\r").unwrap_or(text);
+                if text.trim_ascii().is_empty() {
+                    continue;
+                }
+                match mapping.map_line(text, t.fp ^ offset) {
+                    Ok(rec) => {
+                        write_json(&rec, &mut p.body);
+                        p.body.push(b'\n');
+                        p.lines += 1;
+                    }
+                    Err(reason) => {
+                        p.unmapped += 1;
+                        p.first_unmapped.get_or_insert((offset, reason));
+                    }
+                }
+            }
+        }
+    }
+    Ok(p)
+}

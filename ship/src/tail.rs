@@ -1,0 +1,399 @@
+//! Finding and following the files of one input: globs scanned every poll, files known by
+//! the fingerprint of their first line (so a rename, a copy or a move keeps its place), a
+//! truncation (copytruncate) seen as the file's old content moving to its copy, and a
+//! file renamed away (rename-and-create) read through its open descriptor to its end.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::checkpoint::{Checkpoints, fp_key};
+
+/// The fingerprint covers the first line up to this many bytes.
+const FP_BYTES: usize = 4096;
+
+/// One file being followed.
+#[derive(Debug)]
+pub struct Tracked {
+    pub fp: u64,
+    pub path: PathBuf,
+    file: File,
+    pub dev: u64,
+    pub ino: u64,
+    /// Lines before this byte are done.
+    pub offset: u64,
+    /// A batch whose answer was not seen before a restart: resend exactly this range.
+    pub pending: Option<(u64, u64)>,
+    /// Size at the last scan.
+    pub len: u64,
+    /// The decompressed content of a `.gz` file (read whole; it does not grow).
+    gz: Option<Vec<u8>>,
+    pub is_gz: bool,
+    pub done: bool,
+    /// Since when its path no longer leads to it (renamed away or deleted).
+    gone_since: Option<Instant>,
+    /// When it last grew.
+    grew_at: Instant,
+    /// Its inode was truncated below the offset: the content moved (copytruncate).
+    truncated: bool,
+}
+
+/// A chunk of whole lines, `[start, end)` of the file.
+pub struct Chunk {
+    pub start: u64,
+    pub end: u64,
+    pub bytes: Vec<u8>,
+    /// The chunk is exactly a range saved as pending before a restart.
+    pub resend: bool,
+    /// A single line longer than the batch size, which is skipped (counted).
+    pub oversized: bool,
+}
+
+/// The files of one input.
+#[derive(Debug)]
+pub struct Files {
+    patterns: Vec<String>,
+    gz_allowed: bool,
+    /// Files whose content is done (a finished `.gz`): not fingerprinted again.
+    finished: HashSet<(u64, u64)>,
+    /// Sizes of `.gz` files at the last scan: one is taken once its size holds still.
+    gz_sizes: HashMap<(u64, u64), u64>,
+    pub tracked: Vec<Tracked>,
+    rotate_wait: Duration,
+    max_gz_bytes: u64,
+}
+
+fn fingerprint(path: &Path, gz: bool) -> std::io::Result<Option<u64>> {
+    let mut buf = vec![0u8; FP_BYTES];
+    let n = read_up_to(&mut File::open(path)?, &mut buf)?;
+    let head = &buf[..n];
+    if gz {
+        // The compressed bytes; the caller waits until the file stops growing.
+        return Ok((n > 0).then(|| xxh3_64(head)));
+    }
+    match memchr::memchr(b'\n', head) {
+        Some(i) => Ok(Some(xxh3_64(&head[..=i]))),
+        None if n == FP_BYTES => Ok(Some(xxh3_64(head))),
+        // Not one whole line yet: wait.
+        None => Ok(None),
+    }
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+impl Files {
+    pub fn new(
+        patterns: Vec<String>,
+        gz_allowed: bool,
+        rotate_wait: Duration,
+        max_gz_bytes: u64,
+    ) -> Files {
+        Files {
+            patterns,
+            gz_allowed,
+            finished: HashSet::new(),
+            gz_sizes: HashMap::new(),
+            tracked: Vec::new(),
+            rotate_wait,
+            max_gz_bytes,
+        }
+    }
+
+    /// Looks for new, moved, truncated and vanished files.
+    pub fn scan(&mut self, cp: &Checkpoints, now: Instant) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut seen = HashSet::new();
+        let mut paths = Vec::new();
+        for pat in &self.patterns {
+            match glob::glob(pat) {
+                Ok(it) => paths.extend(it.flatten()),
+                Err(e) => problems.push(format!("pattern {pat:?}: {e}")),
+            }
+        }
+        paths.sort();
+        paths.dedup();
+        for path in paths {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let (dev, ino, len) = (meta.dev(), meta.ino(), meta.len());
+            seen.insert((dev, ino));
+            if let Some(t) = self
+                .tracked
+                .iter_mut()
+                .find(|t| (t.dev, t.ino) == (dev, ino))
+            {
+                t.path = path;
+                t.gone_since = None;
+                if len > t.len {
+                    t.grew_at = now;
+                }
+                if !t.is_gz && len < t.offset {
+                    t.truncated = true;
+                }
+                t.len = len;
+                continue;
+            }
+            if self.finished.contains(&(dev, ino)) {
+                continue;
+            }
+            let is_gz = path.extension().is_some_and(|x| x == "gz");
+            if is_gz && !self.gz_allowed {
+                // A rotated, compressed copy of a file already read.
+                continue;
+            }
+            if is_gz && self.gz_sizes.insert((dev, ino), len) != Some(len) {
+                // Still being written (or new): look again next scan.
+                continue;
+            }
+            let fp = match fingerprint(&path, is_gz) {
+                Ok(Some(fp)) => fp,
+                Ok(None) => continue,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            };
+            if let Some(t) = self.tracked.iter_mut().find(|t| t.fp == fp) {
+                // The same content in a second place: a copy (copytruncate) or a move
+                // across filesystems. Follow it once the original is truncated or gone.
+                if t.truncated || t.gone_since.is_some() {
+                    match File::open(&path) {
+                        Ok(f) => {
+                            tracing::info!(from = %t.path.display(), to = %path.display(), "file content moved; following it");
+                            t.file = f;
+                            (t.dev, t.ino, t.len, t.path) = (dev, ino, len, path);
+                            t.truncated = false;
+                            t.gone_since = None;
+                            t.grew_at = now;
+                            seen.insert((dev, ino));
+                        }
+                        Err(e) => problems.push(format!("{}: {e}", path.display())),
+                    }
+                }
+                continue;
+            }
+            let saved = cp.files.get(&fp_key(fp)).cloned().unwrap_or_default();
+            if saved.done {
+                self.finished.insert((dev, ino));
+                continue;
+            }
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            };
+            tracing::info!(path = %path.display(), offset = saved.offset, "following a file");
+            self.tracked.push(Tracked {
+                fp,
+                path,
+                file,
+                dev,
+                ino,
+                offset: saved.offset,
+                pending: saved.pending,
+                len,
+                gz: None,
+                is_gz,
+                done: false,
+                gone_since: None,
+                grew_at: now,
+                truncated: false,
+            });
+        }
+        self.gz_sizes.retain(|k, _| seen.contains(k));
+        let rotate_wait = self.rotate_wait;
+        for t in &mut self.tracked {
+            if !seen.contains(&(t.dev, t.ino)) && t.gone_since.is_none() {
+                t.gone_since = Some(now);
+            }
+            // A file renamed away is still written until the server reopens its log:
+            // keep the size current through the descriptor.
+            if let Ok(m) = t.file.metadata() {
+                if m.len() > t.len {
+                    t.grew_at = now;
+                }
+                if !t.is_gz && m.len() < t.offset {
+                    t.truncated = true;
+                }
+                t.len = m.len();
+            }
+        }
+        // Let go of files that are finished: truncated ones (their content is in the
+        // copy, or lost to copytruncate's race), renamed-away or deleted ones read to
+        // their end and quiet for `rotate_wait`, finished `.gz` files.
+        let finished = &mut self.finished;
+        self.tracked.retain(|t| {
+            let quiet = now.duration_since(t.grew_at) >= rotate_wait;
+            let at_end = t.pending.is_none() && t.offset >= t.len;
+            let keep = !(t.truncated
+                || t.done
+                || (t.gone_since.is_some() && at_end && quiet));
+            if !keep {
+                if t.done {
+                    finished.insert((t.dev, t.ino));
+                }
+                tracing::info!(path = %t.path.display(), offset = t.offset, truncated = t.truncated, "no longer following a file");
+            }
+            keep
+        });
+        problems
+    }
+
+    /// The next chunk of whole lines of file `i`, at most `max` bytes (a pending range as
+    /// it was). `None` when nothing whole is there yet.
+    pub fn read(&mut self, i: usize, max: usize, now: Instant) -> std::io::Result<Option<Chunk>> {
+        let rotate_wait = self.rotate_wait;
+        let max_gz = self.max_gz_bytes;
+        let t = &mut self.tracked[i];
+        if t.is_gz && t.gz.is_none() {
+            let mut d = flate2::read::MultiGzDecoder::new(&t.file).take(max_gz + 1);
+            let mut out = Vec::new();
+            d.read_to_end(&mut out)?;
+            if out.len() as u64 > max_gz {
+                return Err(std::io::Error::other(format!(
+                    "decompresses to more than max_gz_bytes ({max_gz})"
+                )));
+            }
+            t.len = out.len() as u64;
+            t.gz = Some(out);
+        }
+        if let Some((a, b)) = t.pending {
+            if b <= t.len && a < b {
+                let bytes = t.read_range(a, b)?;
+                if bytes.len() as u64 == b - a {
+                    return Ok(Some(Chunk {
+                        start: a,
+                        end: b,
+                        bytes,
+                        resend: true,
+                        oversized: false,
+                    }));
+                }
+            }
+            // The file no longer holds that range: its content changed under us.
+            tracing::warn!(path = %t.path.display(), start = a, end = b, "pending range no longer in the file; reading on from the acknowledged offset");
+            t.pending = None;
+        }
+        if t.offset >= t.len {
+            if t.is_gz {
+                t.done = true;
+            }
+            return Ok(None);
+        }
+        let want = (t.len - t.offset).min(max as u64);
+        let mut bytes = t.read_range(t.offset, t.offset + want)?;
+        match memchr::memrchr(b'\n', &bytes) {
+            Some(last) => {
+                bytes.truncate(last + 1);
+                Ok(Some(Chunk {
+                    start: t.offset,
+                    end: t.offset + bytes.len() as u64,
+                    bytes,
+                    resend: false,
+                    oversized: false,
+                }))
+            }
+            None if bytes.len() == max => {
+                // One line longer than a batch: find its end and skip it.
+                let mut end = t.offset + bytes.len() as u64;
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = t.read_at(&mut buf, end)?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    if let Some(k) = memchr::memchr(b'\n', &buf[..n]) {
+                        end += k as u64 + 1;
+                        break;
+                    }
+                    end += n as u64;
+                }
+                Ok(Some(Chunk {
+                    start: t.offset,
+                    end,
+                    bytes: Vec::new(),
+                    resend: false,
+                    oversized: true,
+                }))
+            }
+            None => {
+                // A last line without its line break: wait for the rest, unless the file
+                // is finished (a `.gz`, or renamed away and quiet).
+                let finished = t.is_gz
+                    || (t.gone_since.is_some() && now.duration_since(t.grew_at) >= rotate_wait);
+                if !finished {
+                    return Ok(None);
+                }
+                bytes.push(b'\n');
+                Ok(Some(Chunk {
+                    start: t.offset,
+                    end: t.offset + want,
+                    bytes,
+                    resend: false,
+                    oversized: false,
+                }))
+            }
+        }
+    }
+}
+
+impl Tracked {
+    fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+        match &self.gz {
+            Some(g) => {
+                let start = (at as usize).min(g.len());
+                let n = (g.len() - start).min(buf.len());
+                buf[..n].copy_from_slice(&g[start..start + n]);
+                Ok(n)
+            }
+            None => self.file.read_at(buf, at),
+        }
+    }
+
+    fn read_range(&self, a: u64, b: u64) -> std::io::Result<Vec<u8>> {
+        let mut out = vec![0u8; (b - a) as usize];
+        let mut n = 0;
+        while n < out.len() {
+            match self.read_at(&mut out[n..], a + n as u64)? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// The W3C header lines (`#Version`, `#Fields`) at the start of the file.
+    pub fn w3c_header(&self) -> std::io::Result<Vec<u8>> {
+        let head = self.read_range(0, self.len.min(64 << 10))?;
+        let mut out = Vec::new();
+        for line in head.split_inclusive(|&b| b == b'\n') {
+            if line.starts_with(b"#") {
+                out.extend_from_slice(line);
+            } else {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
