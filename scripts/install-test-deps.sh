@@ -45,6 +45,18 @@ else
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
+# Web server: `edgelog ship` is tested against Debian's nginx (the tests start their own on
+# loopback; the package's service is not needed).
+if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
+  log "nginx already installed"
+else
+  log "installing Debian's nginx-light"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null
+fi
+
 # Python: DuckDB reads the Parquet standard logs the way users do, from disk and over S3;
 # confluent-kafka is the independent consumer of the real-time topic; prometheus-client's
 # parser reads the dashboard's /metrics.
@@ -72,3 +84,4 @@ print('install-test-deps: duckdb', duckdb.__version__, 'confluent-kafka', conflu
 garage --version | head -1 >&2
 tansu --version >&2
 chromium --version >&2
+"$(command -v nginx || echo /usr/sbin/nginx)" -v

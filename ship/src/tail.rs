@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -84,7 +84,7 @@ fn fingerprint(path: &Path, gz: bool) -> std::io::Result<Option<u64>> {
     }
 }
 
-fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..])? {
@@ -266,7 +266,10 @@ impl Files {
         let max_gz = self.max_gz_bytes;
         let t = &mut self.tracked[i];
         if t.is_gz && t.gz.is_none() {
-            let mut d = flate2::read::MultiGzDecoder::new(&t.file).take(max_gz + 1);
+            // From the start: an earlier try on an incomplete file moved the position.
+            let mut f = &t.file;
+            f.seek(SeekFrom::Start(0))?;
+            let mut d = flate2::read::MultiGzDecoder::new(f).take(max_gz + 1);
             let mut out = Vec::new();
             d.read_to_end(&mut out)?;
             if out.len() as u64 > max_gz {
@@ -276,6 +279,12 @@ impl Files {
             }
             t.len = out.len() as u64;
             t.gz = Some(out);
+            // Complete now: the fingerprint of a file taken while still being written
+            // (paused longer than two scans) covered fewer bytes.
+            let mut head = vec![0u8; FP_BYTES];
+            f.seek(SeekFrom::Start(0))?;
+            let n = read_up_to(&mut f, &mut head)?;
+            t.fp = xxh3_64(&head[..n]);
         }
         if let Some((a, b)) = t.pending {
             if b <= t.len && a < b {

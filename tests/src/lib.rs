@@ -2,6 +2,7 @@
 //! real sockets on loopback, real files.
 
 pub mod harness;
+pub mod nginx;
 pub mod process;
 pub mod scenarios;
 pub mod servers;
@@ -315,7 +316,8 @@ pub fn send_generated_seeded(
                 raw_len: body.len(),
                 body: body.into(),
                 records: n,
-                query: String::new(),
+                format: edgelog_edge::WireFormat::Ndjson,
+                distribution: None,
                 ids: Vec::new(),
             };
             if tx.blocking_send(out).is_err() {

@@ -1,0 +1,416 @@
+//! `edgelog ship` against a real nginx: field by field into the standard logs; rotation
+//! (rename + reopen, copytruncate) and SIGKILLs under load, every line exactly once; the
+//! collector away for a minute; CloudFront `.gz` files each delivered once across a
+//! restart.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arrow_array::{
+    Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
+};
+use edgelog_tests::nginx::{Nginx, NginxClient, Ship};
+use edgelog_tests::{
+    ServerConfig, TestServer, http_get, parquet_files, read_parquet, stored_ids, wait_until, within,
+};
+
+fn accepted(url: &str) -> u64 {
+    http_get(&format!("{url}/metrics"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("edgelog_records_accepted_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Waits until the collector has accepted `n` records; fails with ship's log otherwise.
+fn wait_accepted(url: &str, n: u64, ship: &Ship, limit: Duration) -> anyhow::Result<()> {
+    if !wait_until(within(limit), || accepted(url) >= n) {
+        anyhow::bail!(
+            "collector accepted {} of {n} records within {limit:?}; ship's log:\n{}",
+            accepted(url),
+            tail(&ship.log_text(), 40)
+        );
+    }
+    Ok(())
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let l: Vec<&str> = s.lines().collect();
+    l[l.len().saturating_sub(n)..].join("\n")
+}
+
+fn nginx_input(nginx: &Nginx) -> String {
+    format!(
+        "[[inputs]]\nname = \"nginx\"\npaths = [{:?}]\nformat = \"nginx_json\"\n\
+         distribution = \"E2NGINX\"\n",
+        format!("{}/access.log*", nginx.dir.display())
+    )
+}
+
+fn collector(dir: &Path) -> anyhow::Result<TestServer> {
+    TestServer::collector(dir, &ServerConfig::new().without_sink("realtime"))
+}
+
+/// Every stored row as column name → value text, keyed by request id.
+fn stored_rows(dir: &Path) -> anyhow::Result<HashMap<String, HashMap<String, String>>> {
+    let mut out = HashMap::new();
+    for f in parquet_files(dir) {
+        // The distribution is in the partition path only.
+        let dist = f
+            .components()
+            .filter_map(|c| {
+                c.as_os_str()
+                    .to_str()?
+                    .strip_prefix("DistributionId=")
+                    .map(str::to_owned)
+            })
+            .next()
+            .context("a DistributionId= partition")?;
+        for b in read_parquet(&f)? {
+            let schema = b.schema();
+            for row in 0..b.num_rows() {
+                let mut m = HashMap::new();
+                m.insert("distribution_id".to_owned(), dist.clone());
+                for (i, field) in schema.fields().iter().enumerate() {
+                    let c = b.column(i);
+                    if c.is_null(row) {
+                        continue;
+                    }
+                    let any = c.as_any();
+                    let v = if let Some(a) = any.downcast_ref::<StringArray>() {
+                        a.value(row).to_owned()
+                    } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+                        a.value(row).to_string()
+                    } else if let Some(a) = any.downcast_ref::<Int32Array>() {
+                        a.value(row).to_string()
+                    } else if let Some(a) = any.downcast_ref::<TimestampMillisecondArray>() {
+                        a.value(row).to_string()
+                    } else if let Some(a) = any.downcast_ref::<Float64Array>() {
+                        a.value(row).to_string()
+                    } else {
+                        continue;
+                    };
+                    m.insert(field.name().clone(), v);
+                }
+                let id = m
+                    .get("x_edge_request_id")
+                    .cloned()
+                    .context("a request id")?;
+                out.insert(id, m);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn nginx_requests_arrive_in_the_standard_logs_field_by_field() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut collector = collector(&dir.path().join("c"))?;
+    let nginx = Nginx::start(&dir.path().join("nginx"))?;
+    let mut ship = Ship::start(
+        &dir.path().join("ship"),
+        &collector.url(),
+        &nginx_input(&nginx),
+    )?;
+
+    // (method, path, status, cache status)
+    let cases = [
+        ("GET", "/cached/a.png?w=1&h=2", 200, Some("Miss")),
+        ("GET", "/cached/a.png?w=1&h=2", 200, Some("Hit")),
+        ("GET", "/missing", 404, None),
+        ("GET", "/broken?retry=1", 503, None),
+        ("HEAD", "/", 200, None),
+        ("POST", "/form", 200, None),
+        ("GET", "/caf%C3%A9/menu", 200, None),
+    ];
+    for (n, (method, path, status, _)) in cases.iter().enumerate() {
+        let ua = format!("edgelog-test/1.0 (case {n}; like Gecko)");
+        let referer = format!("https://ref.example/page/{n}");
+        let got = nginx.request(
+            method,
+            path,
+            &[
+                ("user-agent", &ua),
+                ("referer", &referer),
+                ("cookie", "session=abc"),
+                ("x-forwarded-for", "198.51.100.7"),
+            ],
+        )?;
+        assert_eq!(got, *status, "{method} {path}");
+    }
+    wait_accepted(
+        &collector.url(),
+        cases.len() as u64,
+        &ship,
+        Duration::from_secs(30),
+    )?;
+    ship.terminate()?;
+    assert!(collector.terminate()?, "{}", collector.log_text());
+
+    let logged = nginx.logged_lines()?;
+    assert_eq!(logged.len(), cases.len());
+    let rows = stored_rows(&dir.path().join("c/standard-logs"))?;
+    assert_eq!(rows.len(), cases.len(), "{rows:?}");
+    for (n, (method, path, status, cache)) in cases.iter().enumerate() {
+        let ua = format!("edgelog-test/1.0%20(case%20{n};%20like%20Gecko)");
+        let (id, row) = rows
+            .iter()
+            .find(|(_, r)| r.get("cs_user_agent") == Some(&ua))
+            .with_context(|| format!("case {n} ({method} {path}) not stored: {rows:?}"))?;
+        let line = logged
+            .iter()
+            .find(|l| l["request_id"] == id.as_str())
+            .with_context(|| format!("request id {id} is not nginx's"))?;
+        let get = |k: &str| row.get(k).map(String::as_str);
+        let (stem, query) = path
+            .split_once('?')
+            .map_or((*path, None), |(s, q)| (s, Some(q)));
+        assert_eq!(get("distribution_id"), Some("E2NGINX"));
+        assert_eq!(get("cs_method"), Some(*method));
+        assert_eq!(get("cs_uri_stem"), Some(stem));
+        assert_eq!(get("cs_uri_query"), query);
+        assert_eq!(get("sc_status"), Some(status.to_string().as_str()));
+        assert_eq!(get("x_edge_result_type"), *cache, "case {n}");
+        assert_eq!(
+            get("cs_referer"),
+            Some(format!("https://ref.example/page/{n}").as_str())
+        );
+        assert_eq!(get("cs_cookie"), Some("session=abc"));
+        assert_eq!(get("x_forwarded_for"), Some("198.51.100.7"));
+        assert_eq!(get("c_ip"), Some("127.0.0.1"));
+        assert_eq!(get("cs_host"), Some("cdn.example.com"));
+        assert_eq!(get("cs_protocol"), Some("http"));
+        assert_eq!(get("cs_protocol_version"), Some("HTTP/1.1"));
+        // Numbers as nginx logged them.
+        let num = |k: &str| line[k].as_str().unwrap_or("").to_owned();
+        assert_eq!(get("sc_bytes"), Some(num("bytes_sent").as_str()));
+        assert_eq!(get("cs_bytes"), Some(num("request_length").as_str()));
+        assert_eq!(get("c_port"), Some(num("remote_port").as_str()));
+        let taken: f64 = num("request_time").parse()?;
+        let stored: f64 = get("time_taken").unwrap_or("x").parse()?;
+        assert!((taken - stored).abs() < 1e-9, "{taken} vs {stored}");
+        let ms = (num("time").parse::<f64>()? * 1000.0).round() as i64;
+        let ts = get("timestamp").unwrap_or("");
+        assert_eq!(ts, ms.to_string(), "timestamp");
+        if cache == &Some("Miss") {
+            assert!(
+                get("time_to_first_byte").is_some(),
+                "a miss has upstream time"
+            );
+        }
+        assert!(get("x_edge_location").is_some_and(|l| !l.is_empty()));
+    }
+    Ok(())
+}
+
+/// Load while the log is rotated both ways and ship is SIGKILLed twice: every line nginx
+/// wrote is stored exactly once.
+#[test]
+fn rotation_and_crashes_under_load_lose_and_duplicate_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut collector = collector(&dir.path().join("c"))?;
+    let nginx = Nginx::start(&dir.path().join("nginx"))?;
+    let mut ship = Ship::start(
+        &dir.path().join("ship"),
+        &collector.url(),
+        &nginx_input(&nginx),
+    )?;
+    let log = nginx.access_log();
+    let port = nginx.port;
+    let load = std::thread::spawn(move || -> anyhow::Result<u64> {
+        let n = NginxClient { port };
+        let start = Instant::now();
+        let mut sent = 0;
+        while start.elapsed() < Duration::from_secs(8) {
+            n.request(
+                "GET",
+                &format!("/obj/{sent}?v=1"),
+                &[("user-agent", "load/1")],
+            )?;
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(sent)
+    });
+    let at = |s: f64| std::thread::sleep(Duration::from_secs_f64(s));
+    at(1.0);
+    // logrotate's default: rename, then nginx -s reopen.
+    fs::rename(&log, nginx.dir.join("access.log.1"))?;
+    nginx.reopen()?;
+    at(1.0);
+    ship.kill()?;
+    at(0.5);
+    ship.restart()?;
+    at(1.0);
+    // copytruncate: copy, then truncate in place (nginx appends at the new end).
+    fs::copy(&log, nginx.dir.join("access.log.2"))?;
+    fs::OpenOptions::new().write(true).open(&log)?.set_len(0)?;
+    at(1.0);
+    ship.kill()?;
+    ship.restart()?;
+    let sent = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    ship.check_running()?;
+
+    let logged = nginx.logged_lines()?;
+    let ids: Vec<String> = logged
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    // copytruncate's own race may lose a line or two nginx wrote between copy and truncate.
+    assert!(
+        ids.len() as u64 + 5 >= sent && ids.len() as u64 <= sent,
+        "{} lines for {sent} requests",
+        ids.len()
+    );
+    wait_accepted(
+        &collector.url(),
+        ids.len() as u64,
+        &ship,
+        Duration::from_secs(60),
+    )?;
+    // Give a stray duplicate the chance to show.
+    std::thread::sleep(Duration::from_secs(1));
+    ship.terminate()?;
+    assert!(collector.terminate()?, "{}", collector.log_text());
+    let stored = stored_ids(&dir.path().join("c/standard-logs"))?;
+    let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    let missing: Vec<_> = ids.iter().filter(|id| !stored.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} lines not stored: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(stored.len(), ids.len());
+    let text = ship.log_text();
+    assert!(text.contains("following a file"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn the_collector_away_for_a_minute_delays_but_loses_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut collector = collector(&dir.path().join("c"))?;
+    let nginx = Nginx::start(&dir.path().join("nginx"))?;
+    let mut ship = Ship::start(
+        &dir.path().join("ship"),
+        &collector.url(),
+        &nginx_input(&nginx),
+    )?;
+    for k in 0..50 {
+        nginx.request("GET", &format!("/before/{k}"), &[])?;
+    }
+    wait_accepted(&collector.url(), 50, &ship, Duration::from_secs(30))?;
+    assert!(collector.terminate()?, "{}", collector.log_text());
+    // A minute of traffic with nobody to take it, rotated once on the way.
+    let start = Instant::now();
+    let mut k = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        nginx.request("GET", &format!("/during/{k}"), &[])?;
+        k += 1;
+        if k == 100 {
+            fs::rename(nginx.access_log(), nginx.dir.join("access.log.1"))?;
+            nginx.reopen()?;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ship.check_running()?;
+    collector.restart()?;
+    let total = 50 + k;
+    // `accepted` restarts from 0 with the collector: the records of the outage.
+    wait_accepted(&collector.url(), k, &ship, Duration::from_secs(60))?;
+    ship.terminate()?;
+    assert!(collector.terminate()?, "{}", collector.log_text());
+    let stored = stored_ids(&dir.path().join("c/standard-logs"))?;
+    assert_eq!(stored.len() as u64, total);
+    assert!(stored.values().all(|n| *n == 1));
+    Ok(())
+}
+
+fn cloudfront_file(path: &Path, records: &[edgelog_record::Record]) -> anyhow::Result<()> {
+    let mut text = String::new();
+    edgelog_record::w3c::write_header(&mut text);
+    for r in records {
+        edgelog_record::w3c::write_line(r, &mut text);
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text.as_bytes())?;
+    fs::write(path, gz.finish()?)?;
+    Ok(())
+}
+
+fn records(dist: &str, from: u64, n: u64) -> Vec<edgelog_record::Record> {
+    (from..from + n)
+        .map(|i| edgelog_record::Record {
+            timestamp_ms: 1_764_151_200_000 + i as i64 * 1000,
+            distribution_id: dist.into(),
+            x_edge_request_id: Some(format!("cf-{dist}-{i}")),
+            sc_status: Some(200),
+            cs_method: Some("GET".into()),
+            cs_uri_stem: Some(format!("/o/{i}")),
+            x_edge_location: Some("FRA56-P1".into()),
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[test]
+fn cloudfront_files_are_each_delivered_once_across_a_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut collector = collector(&dir.path().join("c"))?;
+    let logs = dir.path().join("cloudfront");
+    fs::create_dir_all(&logs)?;
+    // The documented example file name, and a second distribution.
+    cloudfront_file(
+        &logs.join("E2EXAMPLE.2026-11-26-10.abcdef12.gz"),
+        &records("E2EXAMPLE", 0, 3000),
+    )?;
+    cloudfront_file(
+        &logs.join("E3OTHER.2026-11-26-10.0badc0de.gz"),
+        &records("E3OTHER", 0, 500),
+    )?;
+    let input = format!(
+        "[[inputs]]\nname = \"cloudfront\"\npaths = [{:?}]\nformat = \"cloudfront\"\n",
+        format!("{}/*.gz", logs.display())
+    );
+    let mut ship = Ship::start(&dir.path().join("ship"), &collector.url(), &input)?;
+    wait_accepted(&collector.url(), 3500, &ship, Duration::from_secs(30))?;
+    // A restart must not send them again; a file arriving later (written in two steps,
+    // as an upload would) is sent once, whole.
+    ship.kill()?;
+    ship.restart()?;
+    let late = logs.join("E2EXAMPLE.2026-11-26-11.feedbeef.gz");
+    cloudfront_file(
+        &dir.path().join("late.gz"),
+        &records("E2EXAMPLE", 3000, 1000),
+    )?;
+    let bytes = fs::read(dir.path().join("late.gz"))?;
+    fs::write(&late, &bytes[..bytes.len() / 2])?;
+    std::thread::sleep(Duration::from_millis(300));
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&late)?
+        .write_all(&bytes[bytes.len() / 2..])?;
+    wait_accepted(&collector.url(), 4500, &ship, Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_secs(1));
+    ship.kill()?;
+    ship.restart()?;
+    std::thread::sleep(Duration::from_secs(1));
+    ship.terminate()?;
+    assert_eq!(accepted(&collector.url()), 4500, "{}", ship.log_text());
+    assert!(collector.terminate()?, "{}", collector.log_text());
+    let stored = stored_ids(&dir.path().join("c/standard-logs"))?;
+    assert_eq!(stored.len(), 4500);
+    assert!(stored.values().all(|n| *n == 1));
+    assert!(stored.contains_key("cf-E3OTHER-499") && stored.contains_key("cf-E2EXAMPLE-3999"));
+    Ok(())
+}
