@@ -121,6 +121,8 @@ pub async fn run(
     let mut progress = Progress::default();
     let mut last_progress = Instant::now();
     let mut last_problems: Vec<String> = Vec::new();
+    // Halved when the collector says a batch is too large (413), down to 1 KiB.
+    let mut batch_limit = cfg.batch_bytes;
     loop {
         let now = Instant::now();
         let mut problems = Vec::new();
@@ -140,7 +142,7 @@ pub async fn run(
                 // A few chunks per file per round, so one busy file does not starve others.
                 for _ in 0..8 {
                     let stop = tokio::select! {
-                        r = ship_one(&cfg, &poster, &mut inputs, k, i, &mut cp, &mut progress) => match r {
+                        r = ship_one(&cfg, &poster, &mut inputs, k, i, &mut cp, &mut progress, &mut batch_limit) => match r {
                             Ok(true) => { worked = true; false }
                             Ok(false) => true,
                             Err(wait) => {
@@ -169,6 +171,13 @@ pub async fn run(
                 .map(|t| t.len.saturating_sub(t.offset))
                 .sum();
             let files: usize = inputs.iter().map(|i| i.files.tracked.len()).sum();
+            // Each file's lag, the first ten.
+            let by_file: Vec<String> = inputs
+                .iter()
+                .flat_map(|i| &i.files.tracked)
+                .take(10)
+                .map(|t| format!("{}={}", t.path.display(), t.len.saturating_sub(t.offset)))
+                .collect();
             tracing::info!(
                 lines_read = progress.lines_read,
                 lines_sent = progress.lines_sent,
@@ -177,6 +186,7 @@ pub async fn run(
                 unmapped = progress.unmapped,
                 files,
                 lag_bytes = lag,
+                lag_by_file = %by_file.join(","),
                 "progress"
             );
         }
@@ -238,6 +248,7 @@ fn save(cp: &mut Checkpoints, inputs: &[Input], state_dir: &Path) -> Result<(), 
 /// Ships the next chunk of file `i` of input `k`. `Ok(false)`: nothing to send now.
 /// `Err(wait)`: try again after `wait` (the state could not be saved, or the batch was
 /// refused as a whole; its range stays pending).
+#[allow(clippy::too_many_arguments)]
 async fn ship_one(
     cfg: &ShipConfig,
     poster: &Poster,
@@ -246,12 +257,15 @@ async fn ship_one(
     i: usize,
     cp: &mut Checkpoints,
     progress: &mut Progress,
+    batch_limit: &mut usize,
 ) -> Result<bool, Duration> {
     let retry_later = Duration::from_secs(5);
     let input = &mut inputs[k];
     let name = input.cfg.name.clone();
     let chunk = match edgelog_wal::state_file::blocking(|| {
-        input.files.read(i, cfg.batch_bytes, Instant::now())
+        input
+            .files
+            .read(i, *batch_limit, cfg.batch_bytes, Instant::now())
     }) {
         Ok(Some(c)) => c,
         Ok(None) => {
@@ -338,6 +352,14 @@ async fn ship_one(
                 for r in a.rejected.iter().take(3) {
                     tracing::warn!(input = %name, line = r.line, reason = %r.reason, "collector refused a line");
                 }
+            }
+            Err(e) if e.status == Some(413) && *batch_limit > 1024 => {
+                // Nothing of it was stored: drop the pending range and send less.
+                *batch_limit = (*batch_limit / 2).max(1024);
+                tracing::warn!(input = %name, error = %e, batch_bytes = *batch_limit, "collector says the batch is too large; sending smaller ones");
+                inputs[k].files.tracked[i].pending = None;
+                save(cp, inputs, &cfg.state_dir).map_err(|_| retry_later)?;
+                return Err(Duration::ZERO);
             }
             Err(e) if e.kind == ErrorKind::Refused => {
                 tracing::error!(input = %name, error = %e, "collector refused a batch as a whole; retrying it later");

@@ -2,6 +2,8 @@
 //! the fingerprint of their first line (so a rename, a copy or a move keeps its place), a
 //! truncation (copytruncate) seen as the file's old content moving to its copy, and a
 //! file renamed away (rename-and-create) read through its open descriptor to its end.
+//!
+//! Long (about 650 lines) with its tests: every rotation case is tested on real files here.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -261,7 +263,15 @@ impl Files {
 
     /// The next chunk of whole lines of file `i`, at most `max` bytes (a pending range as
     /// it was). `None` when nothing whole is there yet.
-    pub fn read(&mut self, i: usize, max: usize, now: Instant) -> std::io::Result<Option<Chunk>> {
+    /// A line longer than `max` is returned alone if it is at most `line_max` long, and
+    /// skipped (`oversized`) past that.
+    pub fn read(
+        &mut self,
+        i: usize,
+        max: usize,
+        line_max: usize,
+        now: Instant,
+    ) -> std::io::Result<Option<Chunk>> {
         let rotate_wait = self.rotate_wait;
         let max_gz = self.max_gz_bytes;
         let t = &mut self.tracked[i];
@@ -323,7 +333,7 @@ impl Files {
                 }))
             }
             None if bytes.len() == max => {
-                // One line longer than a batch: find its end and skip it.
+                // One line longer than a batch: find its end; send it alone, or skip it.
                 let mut end = t.offset + bytes.len() as u64;
                 let mut buf = vec![0u8; 64 << 10];
                 loop {
@@ -337,12 +347,17 @@ impl Files {
                     }
                     end += n as u64;
                 }
+                let alone = end - t.offset <= line_max as u64;
                 Ok(Some(Chunk {
                     start: t.offset,
                     end,
-                    bytes: Vec::new(),
+                    bytes: if alone {
+                        t.read_range(t.offset, end)?
+                    } else {
+                        Vec::new()
+                    },
                     resend: false,
-                    oversized: true,
+                    oversized: !alone,
                 }))
             }
             None => {
@@ -404,5 +419,248 @@ impl Tracked {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::io::Write;
+
+    use super::*;
+    use crate::checkpoint::FileState;
+
+    fn files(dir: &Path, pattern: &str) -> Files {
+        Files::new(
+            vec![dir.join(pattern).display().to_string()],
+            true,
+            Duration::ZERO,
+            1 << 20,
+        )
+    }
+
+    fn append(p: &Path, s: &str) {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap_or_else(|e| panic!("{e}"));
+        f.write_all(s.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Reads every chunk of file `i` and marks it done, as an acknowledgement would.
+    fn drain(f: &mut Files, i: usize) -> String {
+        let mut out = String::new();
+        while let Some(c) = f
+            .read(i, 1 << 20, 1 << 20, Instant::now())
+            .unwrap_or_else(|e| panic!("{e}"))
+        {
+            out.push_str(&String::from_utf8_lossy(&c.bytes));
+            f.tracked[i].offset = c.end;
+            f.tracked[i].pending = None;
+        }
+        out
+    }
+
+    fn cp_of(f: &Files) -> Checkpoints {
+        let mut cp = Checkpoints::default();
+        for t in &f.tracked {
+            cp.files.insert(
+                fp_key(t.fp),
+                FileState {
+                    offset: t.offset,
+                    pending: t.pending,
+                    ..FileState::default()
+                },
+            );
+        }
+        cp
+    }
+
+    #[test]
+    fn a_growing_file_is_read_in_whole_lines() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("a.log");
+        append(&p, "one\ntwo\nthr");
+        let mut f = files(dir.path(), "a.log");
+        f.scan(&Checkpoints::default(), Instant::now());
+        assert_eq!(drain(&mut f, 0), "one\ntwo\n");
+        append(&p, "ee\n");
+        f.scan(&Checkpoints::default(), Instant::now());
+        assert_eq!(drain(&mut f, 0), "three\n");
+        assert_eq!(drain(&mut f, 0), "");
+    }
+
+    #[test]
+    fn a_file_without_a_whole_first_line_waits() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("a.log");
+        append(&p, "no line break yet");
+        let mut f = files(dir.path(), "a.log");
+        f.scan(&Checkpoints::default(), Instant::now());
+        assert!(f.tracked.is_empty());
+        append(&p, "\n");
+        f.scan(&Checkpoints::default(), Instant::now());
+        assert_eq!(drain(&mut f, 0), "no line break yet\n");
+    }
+
+    #[test]
+    fn rename_and_create_reads_the_old_file_to_its_end_then_the_new_one() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("a.log");
+        append(&p, "old 1\n");
+        let mut f = files(dir.path(), "a.log");
+        f.scan(&Checkpoints::default(), Instant::now());
+        assert_eq!(drain(&mut f, 0), "old 1\n");
+        fs::rename(&p, dir.path().join("a.log.1")).unwrap_or_else(|e| panic!("{e}"));
+        // The server writes to the old file until it reopens its log.
+        append(&dir.path().join("a.log.1"), "old 2\n");
+        append(&p, "new 1\n");
+        f.scan(&Checkpoints::default(), Instant::now());
+        assert_eq!(f.tracked.len(), 2);
+        assert_eq!(drain(&mut f, 0), "old 2\n");
+        assert_eq!(drain(&mut f, 1), "new 1\n");
+        // Read to its end and quiet (rotate_wait 0): let go.
+        f.scan(&Checkpoints::default(), Instant::now());
+        assert_eq!(f.tracked.len(), 1);
+        assert_eq!(f.tracked[0].path, p);
+    }
+
+    #[test]
+    fn copytruncate_continues_in_the_copy_and_restarts_the_original() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("a.log");
+        append(&p, "line 1\nline 2\n");
+        let mut f = files(dir.path(), "a.log*");
+        f.scan(&Checkpoints::default(), Instant::now());
+        assert_eq!(drain(&mut f, 0), "line 1\nline 2\n");
+        append(&p, "line 3\n");
+        fs::copy(&p, dir.path().join("a.log.1")).unwrap_or_else(|e| panic!("{e}"));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_len(0))
+            .unwrap_or_else(|e| panic!("{e}"));
+        append(&p, "after 1\n");
+        let cp = cp_of(&f);
+        f.scan(&cp, Instant::now());
+        let copy = f
+            .tracked
+            .iter()
+            .position(|t| t.path.ends_with("a.log.1"))
+            .unwrap_or_else(|| panic!("the copy is not followed: {:?}", f.tracked));
+        assert_eq!(drain(&mut f, copy), "line 3\n");
+        let cp = cp_of(&f);
+        f.scan(&cp, Instant::now());
+        f.scan(&cp, Instant::now());
+        let orig = f
+            .tracked
+            .iter()
+            .position(|t| t.path == p)
+            .unwrap_or_else(|| panic!("the truncated file is not followed anew"));
+        assert_eq!(drain(&mut f, orig), "after 1\n");
+    }
+
+    #[test]
+    fn a_pending_range_is_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("a.log");
+        append(&p, "a\nbb\nccc\ndddd\n");
+        let mut f = files(dir.path(), "a.log");
+        f.scan(&Checkpoints::default(), Instant::now());
+        let fp = f.tracked[0].fp;
+        let mut cp = Checkpoints::default();
+        cp.files.insert(
+            fp_key(fp),
+            FileState {
+                offset: 2,
+                pending: Some((2, 9)),
+                ..FileState::default()
+            },
+        );
+        let mut f = files(dir.path(), "a.log");
+        f.scan(&cp, Instant::now());
+        let c = f
+            .read(0, 1 << 20, 1 << 20, Instant::now())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("nothing"));
+        assert!(c.resend);
+        assert_eq!((c.start, c.end, &c.bytes[..]), (2, 9, &b"bb\nccc\n"[..]));
+        // A pending range past the end (the file changed): read on from the offset.
+        cp.files
+            .get_mut(&fp_key(fp))
+            .unwrap_or_else(|| panic!("fp"))
+            .pending = Some((2, 9999));
+        let mut f = files(dir.path(), "a.log");
+        f.scan(&cp, Instant::now());
+        let c = f
+            .read(0, 1 << 20, 1 << 20, Instant::now())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("nothing"));
+        assert!(!c.resend);
+        assert_eq!(&c.bytes[..], b"bb\nccc\ndddd\n");
+    }
+
+    #[test]
+    fn long_lines_go_alone_up_to_the_line_limit_and_are_skipped_past_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("a.log");
+        let long = "x".repeat(20);
+        let huge = "y".repeat(100_000);
+        append(&p, &format!("{long}\n{huge}\nok\n"));
+        let mut f = files(dir.path(), "a.log");
+        f.scan(&Checkpoints::default(), Instant::now());
+        let read = |f: &mut Files| {
+            let c = f
+                .read(0, 16, 64, Instant::now())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("nothing"));
+            f.tracked[0].offset = c.end;
+            c
+        };
+        let c = read(&mut f);
+        assert_eq!((c.oversized, c.bytes.len()), (false, 21));
+        let c = read(&mut f);
+        assert!(c.oversized);
+        assert_eq!(c.end - c.start, 100_001);
+        let c = read(&mut f);
+        assert_eq!(&c.bytes[..], b"ok\n");
+    }
+
+    #[test]
+    fn a_gz_is_taken_once_complete_and_still() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"#Version: 1.0\nl1\nl2\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bytes = gz.finish().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("E1.2026-11-26-10.x.gz");
+        fs::write(&p, &bytes[..bytes.len() / 2]).unwrap_or_else(|e| panic!("{e}"));
+        let mut f = files(dir.path(), "*.gz");
+        f.scan(&Checkpoints::default(), Instant::now());
+        assert!(f.tracked.is_empty(), "taken at first sight");
+        f.scan(&Checkpoints::default(), Instant::now());
+        assert_eq!(f.tracked.len(), 1);
+        assert!(
+            f.read(0, 1 << 20, 1 << 20, Instant::now()).is_err(),
+            "incomplete"
+        );
+        append(&p, "");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut h| h.write_all(&bytes[bytes.len() / 2..]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        f.scan(&Checkpoints::default(), Instant::now());
+        assert_eq!(drain(&mut f, 0), "#Version: 1.0\nl1\nl2\n");
+        assert!(f.tracked[0].done);
+        assert_eq!(
+            f.tracked[0].fp,
+            xxh3_64(&bytes[..bytes.len().min(FP_BYTES)])
+        );
+        f.scan(&Checkpoints::default(), Instant::now());
+        assert!(f.tracked.is_empty());
+        f.scan(&Checkpoints::default(), Instant::now());
+        assert!(f.tracked.is_empty(), "a finished file is not taken again");
     }
 }

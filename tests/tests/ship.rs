@@ -251,9 +251,12 @@ fn rotation_and_crashes_under_load_lose_and_duplicate_nothing() -> anyhow::Resul
     // copytruncate: copy, then truncate in place (nginx appends at the new end).
     fs::copy(&log, nginx.dir.join("access.log.2"))?;
     fs::OpenOptions::new().write(true).open(&log)?.set_len(0)?;
-    at(1.0);
-    ship.kill()?;
-    ship.restart()?;
+    // Crash after crash: some land with a batch in flight.
+    for _ in 0..6 {
+        at(0.3);
+        ship.kill()?;
+        ship.restart()?;
+    }
     let sent = load
         .join()
         .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
@@ -293,6 +296,65 @@ fn rotation_and_crashes_under_load_lose_and_duplicate_nothing() -> anyhow::Resul
     assert_eq!(stored.len(), ids.len());
     let text = ship.log_text();
     assert!(text.contains("following a file"), "{text}");
+    Ok(())
+}
+
+/// The crash that matters: the collector stored a batch, ship died before it saw the
+/// answer. Its checkpoint then says "pending [start, end)"; the restart resends exactly
+/// that range with the same key and the collector recognizes it.
+#[test]
+fn a_batch_resent_after_a_lost_answer_is_stored_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut collector = collector(&dir.path().join("c"))?;
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs)?;
+    // Small enough to be one batch: [0, len).
+    let mut text = String::new();
+    for k in 0..40 {
+        text.push_str(&format!(
+            "{{\"time\":\"1764151200.{k:03}\",\"status\":\"200\",\"request_uri\":\"/r/{k}\",\"request_id\":\"resend-{k}\"}}\n"
+        ));
+    }
+    fs::write(logs.join("access.log"), &text)?;
+    let input = format!(
+        "[[inputs]]\nname = \"nginx\"\npaths = [{:?}]\nformat = \"nginx_json\"\ndistribution = \"E2NGINX\"\n",
+        format!("{}/access.log", logs.display())
+    );
+    let mut ship = Ship::start(&dir.path().join("ship"), &collector.url(), &input)?;
+    wait_accepted(&collector.url(), 40, &ship, Duration::from_secs(30))?;
+    ship.terminate()?;
+    // Rewind the checkpoint to "sent, answer never seen".
+    let cp_path = dir.path().join("ship/state/checkpoints.json");
+    let mut cp: serde_json::Value = serde_json::from_slice(&fs::read(&cp_path)?)?;
+    let files = cp["files"].as_object_mut().context("files")?;
+    assert_eq!(files.len(), 1);
+    for f in files.values_mut() {
+        assert_eq!(f["offset"], text.len());
+        f["offset"] = 0.into();
+        f["pending"] = serde_json::json!([0, text.len()]);
+    }
+    fs::write(&cp_path, serde_json::to_vec(&cp)?)?;
+    ship.restart()?;
+    let duplicates = |url: &str| {
+        http_get(&format!("{url}/metrics"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("edgelog_ingest_duplicate_records_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let url = collector.url();
+    assert!(
+        wait_until(within(Duration::from_secs(20)), || duplicates(&url) >= 40.0),
+        "no duplicate seen by the collector:\n{}",
+        ship.log_text()
+    );
+    ship.terminate()?;
+    assert_eq!(accepted(&collector.url()), 40);
+    assert!(collector.terminate()?, "{}", collector.log_text());
+    let stored = stored_ids(&dir.path().join("c/standard-logs"))?;
+    assert_eq!(stored.len(), 40);
+    assert!(stored.values().all(|n| *n == 1), "{stored:?}");
     Ok(())
 }
 
