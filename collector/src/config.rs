@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wal::WalConfig;
+use crate::wal::{KeyLimits, WalConfig};
 
 /// Settings of the collector: ingest API, limits, write-ahead log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +59,14 @@ pub struct CollectorConfig {
     /// may hold; once full, that sink waits (its records stay in the log) until files
     /// are moved away.
     pub dead_letter_max_bytes: u64,
+    /// An `Idempotency-Key` is remembered at least this long, in seconds (1 to 31536000,
+    /// a year), unless more than `idempotency_max_keys` keys come after it: a request
+    /// repeating it within that time is answered as the first was, without being logged
+    /// again.
+    pub idempotency_ttl_secs: u64,
+    /// The most idempotency keys remembered (1 to 10000000; about 300 bytes of memory
+    /// each at most); past it the oldest are forgotten first.
+    pub idempotency_max_keys: u64,
     /// The write-ahead log.
     pub wal: WalConfig,
 }
@@ -83,6 +91,8 @@ impl Default for CollectorConfig {
             shutdown_timeout: Duration::from_secs(30),
             metrics_interval: Duration::from_secs(5),
             dead_letter_max_bytes: 1 << 30,
+            idempotency_ttl_secs: 86_400,
+            idempotency_max_keys: 100_000,
             wal: WalConfig::default(),
         }
     }
@@ -142,6 +152,18 @@ impl CollectorConfig {
             1 << 50,
         )?;
         in_range(
+            "collector.idempotency_ttl_secs",
+            self.idempotency_ttl_secs,
+            1,
+            MAX_IDEMPOTENCY_TTL_SECS,
+        )?;
+        in_range(
+            "collector.idempotency_max_keys",
+            self.idempotency_max_keys,
+            1,
+            MAX_IDEMPOTENCY_KEYS,
+        )?;
+        in_range(
             "collector.max_connections",
             self.max_connections as u64,
             1,
@@ -172,6 +194,21 @@ impl CollectorConfig {
         edgelog_record::check_limits(self.max_line_bytes, self.max_field_bytes)
             .map_err(|e| format!("collector.{}", e.replace("to max_", "to collector.max_")))?;
         self.wal.validate().map_err(|e| format!("collector.{e}"))
+    }
+}
+
+/// The largest `collector.idempotency_ttl_secs`: a year.
+pub const MAX_IDEMPOTENCY_TTL_SECS: u64 = 365 * 86_400;
+/// The largest `collector.idempotency_max_keys`: at about 300 bytes a key, 3 GB.
+pub const MAX_IDEMPOTENCY_KEYS: u64 = 10_000_000;
+
+impl CollectorConfig {
+    /// How long and how many idempotency keys the log remembers.
+    pub fn key_limits(&self) -> KeyLimits {
+        KeyLimits {
+            ttl_ms: self.idempotency_ttl_secs.saturating_mul(1000),
+            max_keys: usize::try_from(self.idempotency_max_keys).unwrap_or(usize::MAX),
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 //! Long (about 600 lines): the handler, its one error type, the memory budget's use, the
 //! bounded decoder and `/readyz` belong to one request path.
 
+use std::collections::HashSet;
 use std::io::Read;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -25,7 +26,7 @@ use subtle::ConstantTimeEq;
 use crate::budget::{Budget, Held};
 use crate::config::CollectorConfig;
 use crate::sink::{SinkReport, SinkStatus};
-use crate::wal::{Wal, WalError, WalStats, is_no_space};
+use crate::wal::{KeyAnswer, KeyedBody, Wal, WalError, WalStats, check_key, is_no_space};
 
 /// Why a request was refused as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,10 @@ pub enum IngestError {
     NoRoute { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    #[error("invalid idempotency-key header: {0}")]
+    BadIdempotencyKey(String),
+    #[error("a request with this idempotency key is in progress")]
+    KeyInProgress,
     #[error("internal error while parsing the body; nothing of it was written: {0}")]
     Internal(String),
     #[error(transparent)]
@@ -91,7 +96,9 @@ impl IngestError {
             | IngestError::BadFormat(_)
             | IngestError::BadDistribution(_)
             | IngestError::BadQuery(_)
+            | IngestError::BadIdempotencyKey(_)
             | IngestError::Read(_) => StatusCode::BAD_REQUEST,
+            IngestError::KeyInProgress => StatusCode::CONFLICT,
             IngestError::Wal(WalError::Io { source, .. }) if is_no_space(source) => {
                 StatusCode::INSUFFICIENT_STORAGE
             }
@@ -113,6 +120,8 @@ impl IngestError {
             IngestError::UnknownFormat | IngestError::BadFormat(_) => "bad_format",
             IngestError::BadDistribution(_) => "bad_distribution",
             IngestError::BadQuery(_) => "bad_query",
+            IngestError::BadIdempotencyKey(_) => "bad_idempotency_key",
+            IngestError::KeyInProgress => "idempotency_key_in_progress",
             IngestError::Busy { .. } => "memory_budget",
             IngestError::TooManyLines { .. } => "too_many_lines",
             IngestError::NoRoute { .. } | IngestError::MethodNotAllowed { .. } => "no_route",
@@ -145,7 +154,10 @@ impl IntoResponse for IngestError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::INSUFFICIENT_STORAGE {
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            || status == StatusCode::INSUFFICIENT_STORAGE
+            || status == StatusCode::CONFLICT
+        {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -162,6 +174,10 @@ pub struct IngestResponse {
     pub rejected: Vec<Rejection>,
     /// Number of refused lines, listed or not.
     pub rejected_total: u64,
+    /// The request repeated an `Idempotency-Key` already recorded: nothing was logged, and
+    /// the counts are the first answer's. Left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +194,8 @@ struct Inner {
     accepting: AtomicBool,
     accepted_records: AtomicU64,
     prometheus: PrometheusHandle,
+    /// Idempotency keys of requests in progress.
+    keys_in_progress: Mutex<HashSet<String>>,
 }
 
 /// Shared state of the ingest API.
@@ -191,6 +209,8 @@ impl AppState {
         // Counters that matter most at zero are shown from the start.
         metrics::counter!("edgelog_ingest_panics_total").increment(0);
         metrics::counter!("edgelog_wal_write_errors_total").increment(0);
+        metrics::counter!("edgelog_ingest_duplicate_requests_total").increment(0);
+        metrics::counter!("edgelog_ingest_duplicate_records_total").increment(0);
         AppState {
             inner: Arc::new(Inner {
                 budget: Budget::new(cfg.max_inflight_bytes),
@@ -200,6 +220,7 @@ impl AppState {
                 accepting: AtomicBool::new(true),
                 accepted_records: AtomicU64::new(0),
                 prometheus: crate::prometheus().clone(),
+                keys_in_progress: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -309,6 +330,79 @@ fn check_token(cfg: &CollectorConfig, headers: &HeaderMap) -> Result<(), IngestE
     } else {
         Err(IngestError::BadToken)
     }
+}
+
+/// The request's `Idempotency-Key`, if it sent one: 1 to 200 bytes of visible ASCII, once.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, IngestError> {
+    let mut all = headers.get_all("idempotency-key").iter();
+    let Some(v) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(IngestError::BadIdempotencyKey(
+            "several idempotency-key headers".into(),
+        ));
+    }
+    check_key(v.as_bytes())
+        .map(|k| Some(k.to_owned()))
+        .map_err(IngestError::BadIdempotencyKey)
+}
+
+/// A key of a request in progress; released when dropped.
+struct KeyClaim {
+    inner: Arc<Inner>,
+    key: String,
+}
+
+impl Drop for KeyClaim {
+    fn drop(&mut self) {
+        self.inner
+            .keys_in_progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+/// Claims `key` for this request, or says it was answered before (or is in progress).
+fn claim_key(inner: &Arc<Inner>, key: String) -> Result<Result<KeyClaim, KeyAnswer>, IngestError> {
+    let mut busy = inner
+        .keys_in_progress
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if busy.contains(&key) {
+        return Err(IngestError::KeyInProgress);
+    }
+    // Looked up under the lock: a request that records its key does so before it lets
+    // go of its claim, so the key is either in progress or found.
+    if let Some(a) = inner.wal.lookup_key(&key) {
+        return Ok(Err(a));
+    }
+    busy.insert(key.clone());
+    Ok(Ok(KeyClaim {
+        inner: inner.clone(),
+        key,
+    }))
+}
+
+/// The answer to a request that repeats a recorded key.
+fn duplicate(a: &KeyAnswer) -> Response {
+    metrics::counter!("edgelog_ingest_duplicate_requests_total").increment(1);
+    metrics::counter!("edgelog_ingest_duplicate_records_total").increment(a.accepted);
+    tracing::debug!(
+        accepted = a.accepted,
+        "repeated idempotency key; answered as before"
+    );
+    (
+        StatusCode::OK,
+        Json(IngestResponse {
+            accepted: a.accepted,
+            rejected: Vec::new(),
+            rejected_total: a.rejected_total,
+            duplicate: true,
+        }),
+    )
+        .into_response()
 }
 
 /// Reads a decompressed body in steps, each taken from the memory budget first.
@@ -435,6 +529,15 @@ async fn ingest(
     let i = &state.inner;
     let Query(q) = query.map_err(|e| IngestError::BadQuery(e.body_text()))?;
     check_token(&i.cfg, &headers)?;
+    // A repeated key is answered from memory, whatever the body, the log's room or a
+    // shutdown: nothing is written.
+    let claim = match idempotency_key(&headers)? {
+        None => None,
+        Some(key) => match claim_key(&state.inner, key)? {
+            Ok(claim) => Some(claim),
+            Err(answer) => return Ok(duplicate(&answer)),
+        },
+    };
     if !i.accepting.load(Ordering::Relaxed) {
         return Err(IngestError::ShuttingDown);
     }
@@ -565,13 +668,33 @@ async fn ingest(
     }
     let rejected_total = parsed.rejected_count();
     if accepted > 0 {
-        match entry {
-            Entries::None => {}
-            Entries::One(records, payload) => {
+        match (entry, claim) {
+            (Entries::None, _) => {}
+            (Entries::One(records, payload), None) => {
                 i.wal.append_encoded(records, payload).await?;
             }
-            Entries::Many(payloads) => {
+            (Entries::Many(payloads), None) => {
                 i.wal.append_payloads(payloads).await?;
+            }
+            (Entries::One(records, payload), Some(claim)) => {
+                append_keyed(
+                    &i.wal,
+                    claim,
+                    accepted,
+                    rejected_total,
+                    KeyedBody::One(records, payload),
+                )
+                .await?;
+            }
+            (Entries::Many(payloads), Some(claim)) => {
+                append_keyed(
+                    &i.wal,
+                    claim,
+                    accepted,
+                    rejected_total,
+                    KeyedBody::Many(payloads),
+                )
+                .await?;
             }
         }
         metrics::counter!("edgelog_records_accepted_total").increment(accepted);
@@ -588,9 +711,33 @@ async fn ingest(
             accepted,
             rejected: parsed.rejected,
             rejected_total,
+            duplicate: false,
         }),
     )
         .into_response())
+}
+
+/// Appends a keyed body in a task of its own that keeps the key claimed until the log has
+/// answered: a client that hangs up and resends at once must not get its records logged
+/// twice while the first append is still queued.
+async fn append_keyed(
+    wal: &Wal,
+    claim: KeyClaim,
+    accepted: u64,
+    rejected_total: u64,
+    body: KeyedBody,
+) -> Result<(), IngestError> {
+    let wal = wal.clone();
+    tokio::spawn(async move {
+        let r = wal
+            .append_keyed(&claim.key, accepted, rejected_total, body)
+            .await;
+        drop(claim);
+        r
+    })
+    .await
+    .map_err(|e| IngestError::Internal(e.to_string()))??;
+    Ok(())
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

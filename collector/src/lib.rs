@@ -81,7 +81,7 @@ impl Collector {
     /// Validates the settings and opens the write-ahead log under `data_dir/wal`.
     pub fn open(cfg: CollectorConfig, data_dir: &Path) -> Result<Collector, CollectorError> {
         cfg.validate().map_err(CollectorError::Config)?;
-        let wal = Wal::open(&data_dir.join("wal"), cfg.wal.clone())?;
+        let wal = Wal::open_with_keys(&data_dir.join("wal"), cfg.wal.clone(), cfg.key_limits())?;
         Ok(Collector {
             cfg,
             data_dir: data_dir.to_owned(),

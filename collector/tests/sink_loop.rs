@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use edgelog_collector::wal::KeyedBody;
 use edgelog_collector::{
     Batch, LoopSettings, Sampler, Seq, Sink, SinkError, SinkStatus, Wal, WalConfig, run_sink,
 };
@@ -25,6 +26,8 @@ struct Shared {
     delivered: Seq,
     flushed: bool,
     cursors_saved: Vec<Seq>,
+    /// Records handed with each entry written.
+    sizes: Vec<(Seq, usize)>,
 }
 
 /// Delivers each entry as it is written (unless told to fail or hang).
@@ -56,7 +59,9 @@ impl Sink for FakeSink {
         if hang {
             std::future::pending::<()>().await;
         }
-        self.state().delivered = batch.seq();
+        let mut s = self.state();
+        s.delivered = batch.seq();
+        s.sizes.push((batch.seq(), batch.len()));
         Ok(())
     }
 
@@ -266,4 +271,37 @@ async fn shutdown_during_a_backoff_tries_again_at_once_and_drains() {
     assert_eq!(s.delivered, last, "not drained");
     assert!(s.flushed);
     assert_eq!(run.status.report(wal.committed(), 0).delivered, last);
+}
+
+#[tokio::test]
+async fn key_markers_pass_through_as_entries_without_records_and_cursors_move_past_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("open");
+    append(&wal, 1).await;
+    let recs = Arc::new(vec![record("k0"), record("k1")]);
+    let payload = Wal::encode(&recs).expect("encode");
+    wal.append_keyed("key-1", 2, 0, KeyedBody::One(recs, payload))
+        .await
+        .expect("keyed");
+    let many = (0..2)
+        .map(|i| Wal::encode(&[record(&format!("m{i}"))]).expect("encode"))
+        .collect();
+    let last = wal
+        .append_keyed("key-2", 2, 0, KeyedBody::Many(many))
+        .await
+        .expect("keyed");
+    assert_eq!(last, 6);
+    let (sink, shared) = FakeSink::new();
+    let run = start(sink, &wal, settings());
+    until(|| shared.lock().expect("lock").delivered == last).await;
+    until(|| run.status.report(last, 0).delivered == last).await;
+    let _ = run.stop.send(Some(Instant::now() + Duration::from_secs(2)));
+    run.task.await.expect("join");
+    let sizes = shared.lock().expect("lock").sizes.clone();
+    assert_eq!(sizes, [(1, 1), (2, 0), (3, 2), (4, 0), (5, 1), (6, 1)]);
+    // After a restart the loop resumes past them.
+    wal.close().await;
+    drop(wal);
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("reopen");
+    assert_eq!(wal.reader("fake").position(), last + 1);
 }

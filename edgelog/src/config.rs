@@ -592,6 +592,8 @@ mod ranges {
         "collector.max_inflight_bytes",
         "collector.max_connections",
         "collector.dead_letter_max_bytes",
+        "collector.idempotency_ttl_secs",
+        "collector.idempotency_max_keys",
         "collector.wal.segment_bytes",
         "collector.wal.max_bytes",
         "sinks.standard.max_rows",

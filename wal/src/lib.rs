@@ -8,13 +8,19 @@
 //! sink reads with its own [`WalReader`] and reports how far it has delivered with
 //! [`Wal::commit_cursor`]. A segment is deleted once every sink is past it.
 //!
+//! Idempotency keys ([`Wal::append_keyed`]) are marker entries in the same group as their
+//! records, plus a journal `{dir}/idempotency-keys` that outlives deleted segments (see
+//! `keys`).
+//!
 //! Modules: [`config`] (settings and their ranges), `format` (entry layout, checksums,
-//! the scan on open), `writer` (group commit and what a failed write leaves), `reader`
+//! the scan on open), `keys` (idempotency keys: markers, journal, bounds), `writer`
+//! (group commit and what a failed write leaves), `reader`
 //! (a sink's view, the decoded cache), [`state_file`] (atomic state files).
 
 mod config;
 mod error;
 mod format;
+mod keys;
 mod reader;
 pub mod state_file;
 mod writer;
@@ -32,6 +38,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{MAX_LOG_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES, WalConfig};
 pub use error::{WalError, is_no_space};
+pub use keys::{KEY_JOURNAL, KeyAnswer, KeyLimits, MAX_KEY_BYTES, check_key};
 pub use reader::{READ_RECORDS, WalReader};
 
 use error::io_err;
@@ -39,8 +46,9 @@ use format::{MAGIC, cut_marker_path, scan_segment, segment_path};
 
 /// A segment of this size holds no entry.
 const MAGIC_LEN: u64 = MAGIC.len() as u64;
+use keys::{KeyIndex, Marker, encode_marker};
 use state_file::write_atomic;
-use writer::{ActiveSegment, Append, Part, WriterMsg, writer_loop};
+use writer::{ActiveSegment, Append, Keyed, Part, WriterMsg, writer_loop};
 
 /// Position of an entry in the log; entries are numbered from 1 without gaps.
 pub type Seq = u64;
@@ -102,9 +110,17 @@ struct Shared {
     cfg: WalConfig,
     committed: watch::Sender<Seq>,
     state: Mutex<State>,
+    /// Idempotency keys; may be locked while holding `state`, never the other way.
+    keys: Mutex<KeyIndex>,
 }
 
 impl Shared {
+    fn keys(&self) -> MutexGuard<'_, KeyIndex> {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; keep going.
         self.state
@@ -133,6 +149,14 @@ pub struct WalStats {
 /// (the next write is what tells whether space returned).
 pub const WRITE_ERROR_SHOWN_MS: u64 = 5_000;
 
+/// A keyed request's entries: see [`Wal::append_keyed`].
+pub enum KeyedBody {
+    /// One entry, with its records for the log's cache (from [`Wal::encode`]).
+    One(Arc<Vec<Record>>, Vec<u8>),
+    /// Several entries already encoded, not cached.
+    Many(Vec<Vec<u8>>),
+}
+
 /// Handle to the log; cheap to clone.
 #[derive(Clone)]
 pub struct Wal {
@@ -148,8 +172,15 @@ fn cursor_path(dir: &Path, sink: &str) -> PathBuf {
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir`, cutting a torn tail left by a crash.
+    /// Opens (or creates) the log in `dir`, cutting a torn tail left by a crash; keys are
+    /// remembered as [`KeyLimits::default`] says.
     pub fn open(dir: &Path, cfg: WalConfig) -> Result<Wal, WalError> {
+        Wal::open_with_keys(dir, cfg, KeyLimits::default())
+    }
+
+    /// Opens (or creates) the log in `dir`, cutting a torn tail left by a crash (and a
+    /// keyed group that is not whole); idempotency keys are remembered within `limits`.
+    pub fn open_with_keys(dir: &Path, cfg: WalConfig, limits: KeyLimits) -> Result<Wal, WalError> {
         fs::create_dir_all(dir.join("cursors")).map_err(io_err(dir))?;
         // One writer per log: a second collector on the same data dir would interleave.
         let lock_path = dir.join("LOCK");
@@ -194,6 +225,7 @@ impl Wal {
         let max_cursor = cursors.values().copied().max().unwrap_or(0);
 
         let mut segments = Vec::new();
+        let mut markers = Vec::new();
         let mut last_seq = 0;
         for (i, &first) in firsts.iter().enumerate() {
             let path = segment_path(dir, first);
@@ -236,6 +268,7 @@ impl Wal {
             if let Some(l) = scan.last_seq {
                 last_seq = l;
             }
+            markers.extend(scan.keys);
             segments.push(Segment {
                 first_seq: first,
                 path,
@@ -281,6 +314,7 @@ impl Wal {
             }
         };
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
+        let keys = KeyIndex::open(dir, limits, markers, now_ms())?;
 
         let (committed, _) = watch::channel(next - 1);
         let shared = Arc::new(Shared {
@@ -299,6 +333,7 @@ impl Wal {
                 cursors: BTreeMap::new(),
                 saved: cursors,
             }),
+            keys: Mutex::new(keys),
         });
         let (tx, rx) = mpsc::channel(4096);
         let writer_shared = shared.clone();
@@ -350,10 +385,13 @@ impl Wal {
         records: Arc<Vec<Record>>,
         payload: Vec<u8>,
     ) -> Result<Seq, WalError> {
-        self.send(vec![Part {
-            records: Some(records),
-            payload,
-        }])
+        self.send(
+            vec![Part {
+                records: Some(records),
+                payload,
+            }],
+            None,
+        )
         .await
     }
 
@@ -368,17 +406,78 @@ impl Wal {
                 payload,
             })
             .collect();
-        self.send(parts).await
+        self.send(parts, None).await
     }
 
-    async fn send(&self, parts: Vec<Part>) -> Result<Seq, WalError> {
+    /// Appends a request's entries with its idempotency key, in one group: a marker entry
+    /// holding the key and the answer given (`accepted`, `rejected_total`), then the
+    /// entries. The records and the key become durable together or not at all (a group
+    /// not whole is cut on open); once durable, [`Wal::lookup_key`] finds the key, also
+    /// after a restart, for at least the limits' time (unless more keys come after it
+    /// than the limits keep). Returns the last entry.
+    pub async fn append_keyed(
+        &self,
+        key: &str,
+        accepted: u64,
+        rejected_total: u64,
+        body: KeyedBody,
+    ) -> Result<Seq, WalError> {
+        let key = check_key(key.as_bytes())
+            .map_err(|e| WalError::Encode(format!("idempotency key: {e}")))?
+            .to_owned();
+        let entries = match &body {
+            KeyedBody::One(..) => 1,
+            KeyedBody::Many(p) => p.len(),
+        };
+        let marker = encode_marker(&Marker {
+            key: key.clone(),
+            entries: u32::try_from(entries)
+                .map_err(|_| WalError::Encode("too many entries in one group".into()))?,
+            accepted,
+            rejected_total,
+        });
+        let mut parts = Vec::with_capacity(entries + 1);
+        // Cached as an entry without records, so the body's entry may be cached after it.
+        parts.push(Part {
+            records: Some(Arc::new(Vec::new())),
+            payload: marker,
+        });
+        match body {
+            KeyedBody::One(records, payload) => parts.push(Part {
+                records: Some(records),
+                payload,
+            }),
+            KeyedBody::Many(payloads) => parts.extend(payloads.into_iter().map(|payload| Part {
+                records: None,
+                payload,
+            })),
+        }
+        let keyed = Keyed {
+            key,
+            accepted,
+            rejected_total,
+        };
+        self.send(parts, Some(keyed)).await
+    }
+
+    /// The answer given to the request that recorded `key`, if it is remembered.
+    pub fn lookup_key(&self, key: &str) -> Option<KeyAnswer> {
+        self.shared.keys().lookup(key, now_ms())
+    }
+
+    /// Idempotency keys remembered.
+    pub fn key_count(&self) -> usize {
+        self.shared.keys().len()
+    }
+
+    async fn send(&self, parts: Vec<Part>, key: Option<Keyed>) -> Result<Seq, WalError> {
         let (used, max) = (self.shared.lock().total_bytes, self.shared.cfg.max_bytes);
         if used >= max {
             return Err(WalError::Full { used, max });
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(WriterMsg::Append(Append { parts, reply }))
+            .send(WriterMsg::Append(Append { parts, key, reply }))
             .await
             .map_err(|_| WalError::Closed)?;
         rx.await.map_err(|_| WalError::Closed)?
@@ -420,6 +519,11 @@ impl Wal {
             let mut st = self.shared.lock();
             st.cursors.insert(sink.to_owned(), seq);
             let min = st.cursors.values().copied().min().unwrap_or(0);
+            if st.segments.len() > 1 && st.segments[1].first_seq <= min + 1 {
+                // The keys in the segments' markers must outlive them: in the journal.
+                // Under the state lock, so no segment rolls over meanwhile.
+                self.shared.keys().sync()?;
+            }
             let mut doomed = Vec::new();
             // A segment ends where the next begins; the active (last) one always stays.
             while st.segments.len() > 1 && st.segments[1].first_seq <= min + 1 {

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::error::{WalError, io_err};
 use crate::format::{HEADER, MAX_ENTRY, entry_crc, segment_path};
+use crate::keys::is_marker;
 use crate::{Entry, Seq, Shared};
 
 /// A reader stops adding entries to a batch once they hold this many records.
@@ -263,6 +264,15 @@ impl WalReader {
                     at,
                     format!("sequence {seq} where {want} was expected"),
                 ));
+            }
+            if is_marker(&payload) {
+                // An idempotency key: an entry without records, so positions stay gapless.
+                self.next += 1;
+                return Ok(Entry {
+                    seq,
+                    appended_ms,
+                    records: Arc::new(Vec::new()),
+                });
             }
             let raw = self
                 .unpacked

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{WalError, io_err};
 use crate::format::{HEADER, MAGIC, cut_marker_path, entry_crc, segment_path};
+use crate::keys::KeyAnswer;
 use crate::state_file::{sync_dir, write_atomic};
 use crate::{CACHE_ENTRIES, CACHE_RECORDS, CachedEntry, Entry, Segment, Seq, Shared, now_ms};
 
@@ -20,9 +21,18 @@ pub(crate) struct Part {
     pub(crate) payload: Vec<u8>,
 }
 
+/// The idempotency key of an append, remembered once its group is durable.
+pub(crate) struct Keyed {
+    pub(crate) key: String,
+    pub(crate) accepted: u64,
+    pub(crate) rejected_total: u64,
+}
+
 /// One request's entries, written in one group and answered together (with the last).
 pub(crate) struct Append {
     pub(crate) parts: Vec<Part>,
+    /// Its key, when its first part is the key's marker.
+    pub(crate) key: Option<Keyed>,
     pub(crate) reply: oneshot::Sender<Result<Seq, WalError>>,
 }
 
@@ -262,6 +272,20 @@ fn write_group(
                         Some(c) => st.cached_records -= c.entry.records.len(),
                         None => break,
                     }
+                }
+            }
+            // Keys are remembered before anyone sees their entries: a sink could deliver
+            // them and have their segment deleted before the request is answered.
+            let mut keyed = batch.iter().filter_map(|a| a.key.as_ref()).peekable();
+            if keyed.peek().is_some() {
+                let mut keys = shared.keys();
+                for k in keyed {
+                    let answer = KeyAnswer {
+                        accepted: k.accepted,
+                        rejected_total: k.rejected_total,
+                        appended_ms,
+                    };
+                    keys.insert(&k.key, answer, now_ms());
                 }
             }
             shared.committed.send_replace(*next - 1);
