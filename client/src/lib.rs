@@ -76,6 +76,9 @@ pub struct ClientConfig {
     /// Batches that exhaust their tries go here (directory, bound in bytes) and are resent
     /// from there; without a spool they are counted as failed.
     pub spool: Option<(PathBuf, u64)>,
+    /// [`Client::shutdown`] waits this long for batches in flight; what is still
+    /// unanswered then is counted as failed.
+    pub shutdown_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -93,6 +96,7 @@ impl ClientConfig {
             overflow: Overflow::Block,
             concurrency: 2,
             spool: None,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
     pub fn token(mut self, t: impl Into<String>) -> Self {
@@ -119,8 +123,11 @@ struct Counters {
     failed: AtomicU64,
     spooled: AtomicU64,
     duplicates: AtomicU64,
+    oversized: AtomicU64,
     retries: AtomicU64,
     batches: AtomicU64,
+    /// Records queued whose batch is not resolved yet.
+    unresolved: AtomicU64,
 }
 
 /// A snapshot of a client's counts, in records (batches and retries in requests).
@@ -140,6 +147,8 @@ pub struct Stats {
     pub spooled: u64,
     /// Acknowledged earlier already (the collector recognized the batch's key).
     pub duplicates: u64,
+    /// Bigger than the whole queue: never sendable.
+    pub oversized: u64,
     pub retries: u64,
     pub batches: u64,
 }
@@ -155,6 +164,7 @@ impl Counters {
             failed: g(&self.failed),
             spooled: g(&self.spooled),
             duplicates: g(&self.duplicates),
+            oversized: g(&self.oversized),
             retries: g(&self.retries),
             batches: g(&self.batches),
         }
@@ -185,6 +195,7 @@ pub struct Client {
     counters: Arc<Counters>,
     worker: tokio::task::JoinHandle<()>,
     drainer: Option<tokio::task::JoinHandle<()>>,
+    shutdown_timeout: Duration,
 }
 
 impl Client {
@@ -195,11 +206,22 @@ impl Client {
                 "batch_records, batch_bytes and concurrency must be at least 1",
             ));
         }
-        if cfg.queue_bytes == 0 || cfg.queue_bytes > Semaphore::MAX_PERMITS {
+        // Permits are taken per line as a u32.
+        let max_queue = (u32::MAX as usize).min(Semaphore::MAX_PERMITS);
+        if cfg.queue_bytes == 0 || cfg.queue_bytes > max_queue {
             return Err(ClientError::invalid(format!(
-                "queue_bytes must be between 1 and {}",
-                Semaphore::MAX_PERMITS
+                "queue_bytes must be between 1 and {max_queue}"
             )));
+        }
+        if cfg.batch_age.is_zero() || cfg.batch_age > Duration::from_secs(3600) {
+            return Err(ClientError::invalid(
+                "batch_age must be between 1 ns and 1 h",
+            ));
+        }
+        if cfg.shutdown_timeout > Duration::from_secs(86_400) {
+            return Err(ClientError::invalid(
+                "shutdown_timeout must be at most 1 day",
+            ));
         }
         let mut b = Poster::builder(cfg.url.clone())
             .compression(cfg.compression)
@@ -234,6 +256,7 @@ impl Client {
             counters,
             worker,
             drainer,
+            shutdown_timeout: cfg.shutdown_timeout,
         })
     }
 
@@ -248,7 +271,7 @@ impl Client {
     /// Queues one NDJSON line (ending in `\n`), already encoded.
     pub async fn send_line(&self, line: Bytes) -> Result<(), ClientError> {
         if line.len() > self.queue_bytes {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.counters.oversized.fetch_add(1, Ordering::Relaxed);
             return Err(ClientError::invalid(format!(
                 "a record of {} bytes does not fit a queue of {} bytes",
                 line.len(),
@@ -271,9 +294,11 @@ impl Client {
                 }
             },
         };
-        self.tx
-            .send(Msg::Line(line, permit))
-            .map_err(|_| ClientError::closed())?;
+        self.counters.unresolved.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Msg::Line(line, permit)).is_err() {
+            self.counters.unresolved.fetch_sub(1, Ordering::Relaxed);
+            return Err(ClientError::closed());
+        }
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -292,13 +317,25 @@ impl Client {
     }
 
     /// Flushes, stops, and returns the final counts. Spooled batches stay on disk for the
-    /// next start.
+    /// next start. Batches still unanswered after `shutdown_timeout` are given up and
+    /// counted as failed.
     pub async fn shutdown(self) -> Stats {
-        self.flush().await;
+        let done = tokio::time::timeout(self.shutdown_timeout, self.flush()).await;
         drop(self.tx);
+        if done.is_err() {
+            self.worker.abort();
+            let left = self.counters.unresolved.swap(0, Ordering::Relaxed);
+            self.counters.failed.fetch_add(left, Ordering::Relaxed);
+            tracing::error!(
+                records = left,
+                "shutdown timed out: records in flight given up"
+            );
+        }
         let _ = self.worker.await;
         if let Some(d) = self.drainer {
             d.abort();
+            // Its end releases the spool's lock, for the next client.
+            let _ = d.await;
         }
         self.counters.snapshot()
     }
@@ -414,6 +451,9 @@ impl Worker {
                     tracing::error!(records = batch.records, error = %e, "batch not delivered");
                 }
             }
+            counters
+                .unresolved
+                .fetch_sub(batch.records, Ordering::Relaxed);
             drop(permits);
         });
     }

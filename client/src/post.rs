@@ -248,6 +248,8 @@ impl Poster {
             .with_min_delay(self.retry.min_delay)
             .with_max_delay(self.retry.max_delay)
             .with_jitter()
+            // Each process its own: clients retrying after an outage must not do so in step.
+            .with_jitter_seed(rand::random())
             .without_max_times()
             .build();
         let mut tries = 0u32;

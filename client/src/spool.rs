@@ -26,6 +26,8 @@ pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
+    /// Held while open: one client per spool directory.
+    _lock: File,
 }
 
 fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> ClientError {
@@ -37,17 +39,26 @@ impl Spool {
     /// Opens (creating) `dir`; batches left by an earlier run are kept and sent first.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, ClientError> {
         fs::create_dir_all(dir).map_err(io(dir, "create"))?;
+        let lock_path = dir.join("lock");
+        let lock = File::create(&lock_path).map_err(io(&lock_path, "create"))?;
+        lock.try_lock().map_err(|_| {
+            ClientError::invalid(format!(
+                "spool {} is used by another client (its lock is held)",
+                dir.display()
+            ))
+        })?;
         let mut bytes = 0;
         let mut next = 0;
         for e in fs::read_dir(dir).map_err(io(dir, "read"))? {
             let e = e.map_err(io(dir, "read"))?;
             let p = e.path();
+            // Numbers of set-aside files (`.bad`, `.refused`) are not given out again.
+            if let Some(n) = seq_of(&p) {
+                next = next.max(n + 1);
+            }
             match p.extension().and_then(|x| x.to_str()) {
                 Some(EXT) => {
                     bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
-                    if let Some(n) = seq_of(&p) {
-                        next = next.max(n + 1);
-                    }
                 }
                 // A batch whose write a crash interrupted: it was never acknowledged to
                 // anyone, and its source still has it.
@@ -61,6 +72,7 @@ impl Spool {
             dir: dir.to_owned(),
             max_bytes,
             state: Mutex::new(State { bytes, next }),
+            _lock: lock,
         })
     }
 
@@ -204,6 +216,10 @@ mod tests {
         for n in 0..3 {
             s.push(&batch(n)).unwrap_or_else(|e| panic!("{e}"));
         }
+        assert!(
+            Spool::open(dir.path(), 1 << 20).is_err(),
+            "a second client on one spool"
+        );
         drop(s);
         // A torn write left behind by a crash, and a stray file: ignored.
         fs::write(dir.path().join("00000000000000000099.tmp"), b"{").ok();

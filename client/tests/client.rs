@@ -289,7 +289,27 @@ async fn a_record_bigger_than_the_queue_is_refused_not_waited_on_forever() {
         .unwrap_or_else(|| panic!("taken"));
     assert_eq!(e.kind, ErrorKind::Invalid);
     assert!(e.to_string().contains("does not fit"), "{e}");
-    assert_eq!(client.shutdown().await.dropped, 1);
+    let st = client.shutdown().await;
+    assert_eq!((st.oversized, st.dropped), (1, 0));
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_a_stalled_collector_at_its_deadline() {
+    let (addr, s) = stub().await;
+    s.stall_ms.store(10_000, Ordering::Relaxed);
+    let mut conf = cfg(addr);
+    conf.shutdown_timeout = Duration::from_millis(300);
+    let client = Client::new(conf).unwrap_or_else(|e| panic!("{e}"));
+    for n in 0..250 {
+        client
+            .send(&record(n))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let t0 = Instant::now();
+    let st = client.shutdown().await;
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!((st.acked, st.failed), (0, 250), "{st:?}");
 }
 
 #[tokio::test]
@@ -387,7 +407,11 @@ async fn an_unreachable_collector_spools_and_the_spool_delivers_once_it_is_back(
     client.shutdown().await;
     assert_eq!(ids(&s), expected(300));
     let left = std::fs::read_dir(dir.path().join("spool"))
-        .map(|d| d.count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "batch"))
+                .count()
+        })
         .unwrap_or(99);
     assert_eq!(left, 0, "the spool is empty once delivered");
 }

@@ -668,37 +668,47 @@ async fn ingest(
     }
     let rejected_total = parsed.rejected_count();
     if accepted > 0 {
-        match (entry, claim) {
-            (Entries::None, _) => {}
-            (Entries::One(records, payload), None) => {
-                i.wal.append_encoded(records, payload).await?;
+        // In a task of its own: once the log has the records they are counted, and a keyed
+        // body keeps its key claimed until the log has answered, even if the client hung
+        // up meanwhile (a client that resends at once must not get them logged twice).
+        let inner = state.inner.clone();
+        tokio::spawn(async move {
+            let i = &inner;
+            match (entry, claim) {
+                (Entries::None, _) => {}
+                (Entries::One(records, payload), None) => {
+                    i.wal.append_encoded(records, payload).await?;
+                }
+                (Entries::Many(payloads), None) => {
+                    i.wal.append_payloads(payloads).await?;
+                }
+                (Entries::One(records, payload), Some(claim)) => {
+                    i.wal
+                        .append_keyed(
+                            &claim.key,
+                            accepted,
+                            rejected_total,
+                            KeyedBody::One(records, payload),
+                        )
+                        .await?;
+                }
+                (Entries::Many(payloads), Some(claim)) => {
+                    i.wal
+                        .append_keyed(
+                            &claim.key,
+                            accepted,
+                            rejected_total,
+                            KeyedBody::Many(payloads),
+                        )
+                        .await?;
+                }
             }
-            (Entries::Many(payloads), None) => {
-                i.wal.append_payloads(payloads).await?;
-            }
-            (Entries::One(records, payload), Some(claim)) => {
-                append_keyed(
-                    &i.wal,
-                    claim,
-                    accepted,
-                    rejected_total,
-                    KeyedBody::One(records, payload),
-                )
-                .await?;
-            }
-            (Entries::Many(payloads), Some(claim)) => {
-                append_keyed(
-                    &i.wal,
-                    claim,
-                    accepted,
-                    rejected_total,
-                    KeyedBody::Many(payloads),
-                )
-                .await?;
-            }
-        }
-        metrics::counter!("edgelog_records_accepted_total").increment(accepted);
-        i.accepted_records.fetch_add(accepted, Ordering::Relaxed);
+            metrics::counter!("edgelog_records_accepted_total").increment(accepted);
+            i.accepted_records.fetch_add(accepted, Ordering::Relaxed);
+            Ok::<_, IngestError>(())
+        })
+        .await
+        .map_err(|e| IngestError::Internal(e.to_string()))??;
     }
     let status = if accepted == 0 && rejected_total > 0 {
         StatusCode::BAD_REQUEST
@@ -715,29 +725,6 @@ async fn ingest(
         }),
     )
         .into_response())
-}
-
-/// Appends a keyed body in a task of its own that keeps the key claimed until the log has
-/// answered: a client that hangs up and resends at once must not get its records logged
-/// twice while the first append is still queued.
-async fn append_keyed(
-    wal: &Wal,
-    claim: KeyClaim,
-    accepted: u64,
-    rejected_total: u64,
-    body: KeyedBody,
-) -> Result<(), IngestError> {
-    let wal = wal.clone();
-    tokio::spawn(async move {
-        let r = wal
-            .append_keyed(&claim.key, accepted, rejected_total, body)
-            .await;
-        drop(claim);
-        r
-    })
-    .await
-    .map_err(|e| IngestError::Internal(e.to_string()))??;
-    Ok(())
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -27,12 +27,12 @@ pub struct FileState {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Checkpoints {
-    /// By fingerprint, as 16 hex digits.
+    /// By input and fingerprint: `input/0123456789abcdef` (two inputs may read one file).
     pub files: BTreeMap<String, FileState>,
 }
 
-pub fn fp_key(fp: u64) -> String {
-    format!("{fp:016x}")
+pub fn file_key(input: &str, fp: u64) -> String {
+    format!("{input}/{fp:016x}")
 }
 
 /// Entries not seen for this long are forgotten.
@@ -56,7 +56,7 @@ impl Checkpoints {
     pub fn save(&mut self, state_dir: &Path, now_ms: u64) -> Result<(), String> {
         self.files
             .retain(|_, f| now_ms.saturating_sub(f.seen_ms) < FORGET_MS);
-        let data = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        let data = serde_json::to_vec(self).map_err(|e| e.to_string())?;
         let p = Self::path(state_dir);
         edgelog_wal::state_file::write_atomic(&p, &data)
             .map_err(|e| format!("cannot save {}: {e}", p.display()))

@@ -130,7 +130,7 @@ impl ShipConfig {
         range(
             "rotate_wait",
             self.rotate_wait,
-            Duration::ZERO,
+            Duration::from_secs(1),
             Duration::from_secs(3600),
         )?;
         range(
@@ -233,6 +233,7 @@ mod tests {
                 Box::new(|c| c.poll_interval = Duration::MAX),
             ),
             ("rotate_wait", Box::new(|c| c.rotate_wait = Duration::MAX)),
+            ("rotate_wait", Box::new(|c| c.rotate_wait = Duration::ZERO)),
             (
                 "request_timeout",
                 Box::new(|c| c.request_timeout = Duration::ZERO),

@@ -98,7 +98,9 @@ pub async fn run(
         .retry(Retry {
             min_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(10),
-            max_tries: None,
+            // Bounded, so the loop goes back to scanning (rotations during an outage
+            // are followed); the batch stays pending and is resent with its key.
+            max_tries: Some(5),
             max_retry_after: Duration::from_secs(60),
         })
         .build()
@@ -109,6 +111,7 @@ pub async fn run(
             cfg: i.clone(),
             mapping: i.mapping().map_err(ShipError::Config)?,
             files: Files::new(
+                &i.name,
                 i.paths.clone(),
                 i.format == Preset::Cloudfront,
                 cfg.rotate_wait,
@@ -139,6 +142,14 @@ pub async fn run(
         for k in 0..inputs.len() {
             let mut i = 0;
             while i < inputs[k].files.tracked.len() {
+                // A file that failed waits on its own; the others go on.
+                if inputs[k].files.tracked[i]
+                    .retry_at
+                    .is_some_and(|at| at > Instant::now())
+                {
+                    i += 1;
+                    continue;
+                }
                 // A few chunks per file per round, so one busy file does not starve others.
                 for _ in 0..8 {
                     let stop = tokio::select! {
@@ -146,10 +157,7 @@ pub async fn run(
                             Ok(true) => { worked = true; false }
                             Ok(false) => true,
                             Err(wait) => {
-                                tokio::select! {
-                                    _ = tokio::time::sleep(wait) => {}
-                                    _ = &mut shutdown => return Ok(stopped(progress)),
-                                }
+                                inputs[k].files.tracked[i].retry_at = Some(Instant::now() + wait);
                                 true
                             }
                         },
@@ -227,9 +235,18 @@ fn publish_gauges(inputs: &[Input]) {
 fn save(cp: &mut Checkpoints, inputs: &[Input], state_dir: &Path) -> Result<(), String> {
     let now = now_ms();
     for input in inputs {
+        // Finished files still there keep their entry, so they are never sent again.
+        for fp in &input.files.seen_done {
+            if let Some(f) = cp
+                .files
+                .get_mut(&checkpoint::file_key(&input.cfg.name, *fp))
+            {
+                f.seen_ms = now;
+            }
+        }
         for t in &input.files.tracked {
             cp.files.insert(
-                checkpoint::fp_key(t.fp),
+                checkpoint::file_key(&input.cfg.name, t.fp),
                 FileState {
                     path: t.path.clone(),
                     dev: t.dev,
@@ -315,7 +332,7 @@ async fn ship_one(
     metrics::counter!("edgelog_ship_lines_unmapped_total", "input" => name.clone())
         .increment(prepared.unmapped);
     if prepared.lines > 0 {
-        let key = format!("ship-{:016x}-{}-{}", t.fp, chunk.start, chunk.end);
+        let key = format!("ship-{name}-{:016x}-{}-{}", t.fp, chunk.start, chunk.end);
         if !chunk.resend {
             input.files.tracked[i].pending = Some((chunk.start, chunk.end));
             if let Err(e) = save(cp, inputs, &cfg.state_dir) {
@@ -353,13 +370,20 @@ async fn ship_one(
                     tracing::warn!(input = %name, line = r.line, reason = %r.reason, "collector refused a line");
                 }
             }
-            Err(e) if e.status == Some(413) && *batch_limit > 1024 => {
+            Err(e) if e.status == Some(413) && prepared.lines > 1 && *batch_limit > 1024 => {
                 // Nothing of it was stored: drop the pending range and send less.
                 *batch_limit = (*batch_limit / 2).max(1024);
                 tracing::warn!(input = %name, error = %e, batch_bytes = *batch_limit, "collector says the batch is too large; sending smaller ones");
                 inputs[k].files.tracked[i].pending = None;
                 save(cp, inputs, &cfg.state_dir).map_err(|_| retry_later)?;
                 return Err(Duration::ZERO);
+            }
+            Err(e) if e.status == Some(413) => {
+                // One line the collector will never take: counted, logged, passed.
+                progress.refused += prepared.lines;
+                metrics::counter!("edgelog_ship_records_refused_total", "input" => name.clone())
+                    .increment(prepared.lines);
+                tracing::error!(input = %name, error = %e, offset = chunk.start, "collector refuses a single line as too large; skipped");
             }
             Err(e) if e.kind == ErrorKind::Refused => {
                 tracing::error!(input = %name, error = %e, "collector refused a batch as a whole; retrying it later");

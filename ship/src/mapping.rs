@@ -16,13 +16,13 @@ use serde_json::Value as Json;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Preset {
-    /// nginx with the `log_format edgelog escape=json` documented in README.
+    /// nginx with the `log_format edgelog escape=json` in docs/shipping.md.
     NginxJson,
     /// nginx's predefined `combined` format.
     NginxCombined,
     /// Caddy's JSON access log (`log { format json }`).
     Caddy,
-    /// Envoy's JSON access log with the `json_format` documented in README.
+    /// Envoy's JSON access log with the `json_format` in docs/shipping.md.
     Envoy,
     /// CloudFront standard log files (W3C, usually `*.gz`), sent as they are.
     Cloudfront,
@@ -228,6 +228,9 @@ pub struct Mapping {
     distribution: Option<String>,
     by_host: BTreeMap<String, String>,
     edge_location: Option<String>,
+    /// The source's time is when the request started (Envoy); CloudFront's is when it
+    /// ended: time-taken is added.
+    time_is_start: bool,
 }
 
 /// Where a mapped line's distribution comes from.
@@ -328,6 +331,7 @@ impl Mapping {
             distribution: cfg.distribution.clone(),
             by_host: cfg.distribution_by_host.clone(),
             edge_location: cfg.edge_location.clone(),
+            time_is_start: preset == Preset::Envoy,
         })
     }
 
@@ -372,6 +376,17 @@ impl Mapping {
         }
         if !have_time {
             return Err("no request time in the line".into());
+        }
+        if self.time_is_start
+            && let Some(t) = rec.time_taken
+        {
+            rec.timestamp_ms = rec.timestamp_ms.saturating_add((t * 1000.0).round() as i64);
+        }
+        // CloudFront writes HTTP/2.0 where Envoy and Caddy may write HTTP/2.
+        if let Some(v) = &mut rec.cs_protocol_version
+            && matches!(v.as_str(), "HTTP/2" | "HTTP/3")
+        {
+            v.push_str(".0");
         }
         if rec.x_edge_location.is_none() {
             rec.x_edge_location = self.edge_location.clone();
@@ -564,17 +579,18 @@ fn apply(rec: &mut Record, i: usize, v: Option<&Json>, conv: Conv) -> Result<(),
             }
             Ok(())
         }
+        // Anything else is left out: CloudFront's `Error` means an error response.
         Conv::CacheStatus => set(
             rec,
             i,
-            text(v).map(|s| {
+            text(v).and_then(|s| {
                 match s.to_ascii_uppercase().as_str() {
-                    "HIT" | "STALE" | "UPDATING" => "Hit",
-                    "EXPIRED" | "REVALIDATED" => "RefreshHit",
-                    "MISS" | "BYPASS" => "Miss",
-                    _ => "Error",
+                    "HIT" | "STALE" | "UPDATING" => Some("Hit"),
+                    "EXPIRED" | "REVALIDATED" => Some("RefreshHit"),
+                    "MISS" | "BYPASS" => Some("Miss"),
+                    _ => None,
                 }
-                .to_owned()
+                .map(str::to_owned)
             }),
         ),
         Conv::Address => {
@@ -887,11 +903,12 @@ mod tests {
         assert_eq!(r.time_taken, Some(0.001));
         assert_eq!(r.sc_content_type.as_deref(), Some("text/html"));
 
-        let envoy = br#"{"start_time":"2023-11-14T22:13:20.250Z","method":"POST","path":"/api?q=1","protocol":"HTTP/1.1","response_code":503,"bytes_received":10,"bytes_sent":20,"duration":1500,"response_duration":40,"downstream_remote_address":"[2001:db8::1]:5555","user_agent":"Go-http-client/1.1","request_id":"rid-1","authority":"api.example.com","scheme":"http","tls_version":null}"#;
+        let envoy = br#"{"start_time":"2023-11-14T22:13:20.250Z","method":"POST","path":"/api?q=1","protocol":"HTTP/2","response_code":503,"bytes_received":10,"bytes_sent":20,"duration":1500,"response_duration":40,"downstream_remote_address":"[2001:db8::1]:5555","user_agent":"Go-http-client/1.1","request_id":"rid-1","authority":"api.example.com","scheme":"http","tls_version":null}"#;
         let r = mapping(Preset::Envoy)
             .map_line(envoy, 0)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(r.timestamp_ms, 1_700_000_000_250);
+        // Envoy logs the start; CloudFront's time is the end: plus the 1.5 s duration.
+        assert_eq!(r.timestamp_ms, 1_700_000_001_750);
         assert_eq!(r.c_ip.as_deref(), Some("2001:db8::1"));
         assert_eq!(r.c_port, Some(5555));
         assert_eq!(r.sc_status, Some(503));
@@ -899,6 +916,12 @@ mod tests {
         assert_eq!(r.time_to_first_byte, Some(0.04));
         assert_eq!(r.ssl_protocol, None);
         assert_eq!(r.x_edge_request_id.as_deref(), Some("rid-1"));
+        assert_eq!(r.cs_protocol_version.as_deref(), Some("HTTP/2.0"));
+        // An nginx cache status CloudFront has no word for is left out, not "Error".
+        let r = mapping(Preset::NginxJson)
+            .map_line(br#"{"time":"1","upstream_cache_status":"SCARCE"}"#, 0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.x_edge_result_type, None);
     }
 
     #[test]

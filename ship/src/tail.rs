@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::checkpoint::{Checkpoints, fp_key};
+use crate::checkpoint::{Checkpoints, file_key};
 
 /// The fingerprint covers the first line up to this many bytes.
 const FP_BYTES: usize = 4096;
@@ -43,6 +43,8 @@ pub struct Tracked {
     grew_at: Instant,
     /// Its inode was truncated below the offset: the content moved (copytruncate).
     truncated: bool,
+    /// After a failure (unreadable, refused, collector away): not before then.
+    pub retry_at: Option<Instant>,
 }
 
 /// A chunk of whole lines, `[start, end)` of the file.
@@ -61,8 +63,13 @@ pub struct Chunk {
 pub struct Files {
     patterns: Vec<String>,
     gz_allowed: bool,
-    /// Files whose content is done (a finished `.gz`): not fingerprinted again.
-    finished: HashSet<(u64, u64)>,
+    /// The input's name: checkpoints are per input and fingerprint.
+    name: String,
+    /// Files whose content is done (a finished `.gz`), by device, inode, size and mtime
+    /// (an inode reused by a new file differs in those): not fingerprinted again.
+    finished: HashMap<(u64, u64, u64, i64), u64>,
+    /// Fingerprints of the finished files the last scan saw (their checkpoints are kept).
+    pub seen_done: Vec<u64>,
     /// Sizes of `.gz` files at the last scan: one is taken once its size holds still.
     gz_sizes: HashMap<(u64, u64), u64>,
     pub tracked: Vec<Tracked>,
@@ -78,12 +85,22 @@ fn fingerprint(path: &Path, gz: bool) -> std::io::Result<Option<u64>> {
         // The compressed bytes; the caller waits until the file stops growing.
         return Ok((n > 0).then(|| xxh3_64(head)));
     }
-    match memchr::memchr(b'\n', head) {
-        Some(i) => Ok(Some(xxh3_64(&head[..=i]))),
-        None if n == FP_BYTES => Ok(Some(xxh3_64(head))),
-        // Not one whole line yet: wait.
-        None => Ok(None),
+    Ok(line_fingerprint(head))
+}
+
+/// The hash of the first whole line that is not blank and not a `#` header (files of one
+/// format share their headers); `None` until there is one.
+fn line_fingerprint(head: &[u8]) -> Option<u64> {
+    let mut rest = head;
+    while let Some(i) = memchr::memchr(b'\n', rest) {
+        let line = &rest[..=i];
+        if !line.starts_with(b"#") && !line.trim_ascii().is_empty() {
+            return Some(xxh3_64(line));
+        }
+        rest = &rest[i + 1..];
     }
+    // Headers alone filling the window: what there is.
+    (head.len() == FP_BYTES).then(|| xxh3_64(head))
 }
 
 fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -99,15 +116,18 @@ fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 
 impl Files {
     pub fn new(
+        name: &str,
         patterns: Vec<String>,
         gz_allowed: bool,
         rotate_wait: Duration,
         max_gz_bytes: u64,
     ) -> Files {
         Files {
+            name: name.to_owned(),
             patterns,
             gz_allowed,
-            finished: HashSet::new(),
+            finished: HashMap::new(),
+            seen_done: Vec::new(),
             gz_sizes: HashMap::new(),
             tracked: Vec::new(),
             rotate_wait,
@@ -119,6 +139,8 @@ impl Files {
     pub fn scan(&mut self, cp: &Checkpoints, now: Instant) -> Vec<String> {
         let mut problems = Vec::new();
         let mut seen = HashSet::new();
+        let mut seen_finished = HashSet::new();
+        self.seen_done.clear();
         let mut paths = Vec::new();
         for pat in &self.patterns {
             match glob::glob(pat) {
@@ -136,6 +158,12 @@ impl Files {
                 continue;
             }
             let (dev, ino, len) = (meta.dev(), meta.ino(), meta.len());
+            let done_key = (
+                dev,
+                ino,
+                len,
+                meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
+            );
             seen.insert((dev, ino));
             if let Some(t) = self
                 .tracked
@@ -150,10 +178,15 @@ impl Files {
                 if !t.is_gz && len < t.offset {
                     t.truncated = true;
                 }
-                t.len = len;
+                // A `.gz` once read has the decompressed length.
+                if t.gz.is_none() {
+                    t.len = len;
+                }
                 continue;
             }
-            if self.finished.contains(&(dev, ino)) {
+            if let Some(fp) = self.finished.get(&done_key) {
+                self.seen_done.push(*fp);
+                seen_finished.insert(done_key);
                 continue;
             }
             let is_gz = path.extension().is_some_and(|x| x == "gz");
@@ -163,6 +196,10 @@ impl Files {
             }
             if is_gz && self.gz_sizes.insert((dev, ino), len) != Some(len) {
                 // Still being written (or new): look again next scan.
+                continue;
+            }
+            if is_gz && self.tracked.iter().any(|t| t.is_gz && !t.done) {
+                // One `.gz` at a time: its decompressed content is in memory.
                 continue;
             }
             let fp = match fingerprint(&path, is_gz) {
@@ -192,9 +229,15 @@ impl Files {
                 }
                 continue;
             }
-            let saved = cp.files.get(&fp_key(fp)).cloned().unwrap_or_default();
+            let saved = cp
+                .files
+                .get(&file_key(&self.name, fp))
+                .cloned()
+                .unwrap_or_default();
             if saved.done {
-                self.finished.insert((dev, ino));
+                self.finished.insert(done_key, fp);
+                self.seen_done.push(fp);
+                seen_finished.insert(done_key);
                 continue;
             }
             let file = match File::open(&path) {
@@ -220,9 +263,11 @@ impl Files {
                 gone_since: None,
                 grew_at: now,
                 truncated: false,
+                retry_at: None,
             });
         }
         self.gz_sizes.retain(|k, _| seen.contains(k));
+        self.finished.retain(|k, _| seen_finished.contains(k));
         let rotate_wait = self.rotate_wait;
         for t in &mut self.tracked {
             if !seen.contains(&(t.dev, t.ino)) && t.gone_since.is_none() {
@@ -237,7 +282,9 @@ impl Files {
                 if !t.is_gz && m.len() < t.offset {
                     t.truncated = true;
                 }
-                t.len = m.len();
+                if t.gz.is_none() {
+                    t.len = m.len();
+                }
             }
         }
         // Let go of files that are finished: truncated ones (their content is in the
@@ -245,14 +292,19 @@ impl Files {
         // their end and quiet for `rotate_wait`, finished `.gz` files.
         let finished = &mut self.finished;
         self.tracked.retain(|t| {
+            let done_key = t.file.metadata().ok().map(|m| {
+                (t.dev, t.ino, m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000)
+            });
             let quiet = now.duration_since(t.grew_at) >= rotate_wait;
             let at_end = t.pending.is_none() && t.offset >= t.len;
             let keep = !(t.truncated
                 || t.done
                 || (t.gone_since.is_some() && at_end && quiet));
             if !keep {
-                if t.done {
-                    finished.insert((t.dev, t.ino));
+                if t.done
+                    && let Some(k) = done_key
+                {
+                    finished.insert(k, t.fp);
                 }
                 tracing::info!(path = %t.path.display(), offset = t.offset, truncated = t.truncated, "no longer following a file");
             }
@@ -296,6 +348,20 @@ impl Files {
             let n = read_up_to(&mut f, &mut head)?;
             t.fp = xxh3_64(&head[..n]);
         }
+        if !t.is_gz && !t.truncated {
+            // Copytruncate while no scan ran (the collector away) and the file grown back
+            // past the offset: its first line says whether it is still the same file.
+            let mut head = vec![0u8; FP_BYTES];
+            let n = t.read_at(&mut head, 0)?;
+            if line_fingerprint(&head[..n]) != Some(t.fp) {
+                t.truncated = true;
+                tracing::info!(path = %t.path.display(), "file content replaced (truncated and rewritten)");
+                return Ok(None);
+            }
+        }
+        if t.truncated {
+            return Ok(None);
+        }
         if let Some((a, b)) = t.pending {
             if b <= t.len && a < b {
                 let bytes = t.read_range(a, b)?;
@@ -336,9 +402,15 @@ impl Files {
                 // One line longer than a batch: find its end; send it alone, or skip it.
                 let mut end = t.offset + bytes.len() as u64;
                 let mut buf = vec![0u8; 64 << 10];
+                let finished = t.is_gz
+                    || (t.gone_since.is_some() && now.duration_since(t.grew_at) >= rotate_wait);
                 loop {
                     let n = t.read_at(&mut buf, end)?;
                     if n == 0 {
+                        if finished {
+                            // The file's last line, without a line break.
+                            break;
+                        }
                         return Ok(None);
                     }
                     if let Some(k) = memchr::memchr(b'\n', &buf[..n]) {
@@ -432,6 +504,7 @@ mod tests {
 
     fn files(dir: &Path, pattern: &str) -> Files {
         Files::new(
+            "t",
             vec![dir.join(pattern).display().to_string()],
             true,
             Duration::ZERO,
@@ -466,7 +539,7 @@ mod tests {
         let mut cp = Checkpoints::default();
         for t in &f.tracked {
             cp.files.insert(
-                fp_key(t.fp),
+                file_key("t", t.fp),
                 FileState {
                     offset: t.offset,
                     pending: t.pending,
@@ -571,7 +644,7 @@ mod tests {
         let fp = f.tracked[0].fp;
         let mut cp = Checkpoints::default();
         cp.files.insert(
-            fp_key(fp),
+            file_key("t", fp),
             FileState {
                 offset: 2,
                 pending: Some((2, 9)),
@@ -588,7 +661,7 @@ mod tests {
         assert_eq!((c.start, c.end, &c.bytes[..]), (2, 9, &b"bb\nccc\n"[..]));
         // A pending range past the end (the file changed): read on from the offset.
         cp.files
-            .get_mut(&fp_key(fp))
+            .get_mut(&file_key("t", fp))
             .unwrap_or_else(|| panic!("fp"))
             .pending = Some((2, 9999));
         let mut f = files(dir.path(), "a.log");

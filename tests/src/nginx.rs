@@ -188,6 +188,14 @@ impl NginxClient {
     }
 }
 
+impl Drop for Nginx {
+    /// SIGTERM to the master, which stops its workers (a SIGKILL would orphan them,
+    /// listening on their ports).
+    fn drop(&mut self) {
+        let _ = self.proc.terminate(Duration::from_secs(10));
+    }
+}
+
 /// `edgelog ship` as a child process, with its config file in `dir`.
 pub struct Ship {
     proc: ChildProc,
