@@ -701,6 +701,37 @@ mod tests {
     }
 
     #[test]
+    fn a_big_gz_read_over_several_scans_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut text = String::new();
+        for k in 0..20_000 {
+            text.push_str(&format!("line {k} with some padding to compress well\n"));
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bytes = gz.finish().unwrap_or_else(|e| panic!("{e}"));
+        assert!(bytes.len() * 4 < text.len());
+        fs::write(dir.path().join("E1.2026-11-26-10.x.gz"), &bytes)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut f = files(dir.path(), "*.gz");
+        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now());
+        let mut got = String::new();
+        // A chunk, then a scan (which sees the compressed size on disk), and so on.
+        while let Some(c) = f
+            .read(0, 64 << 10, 64 << 10, Instant::now())
+            .unwrap_or_else(|e| panic!("{e}"))
+        {
+            got.push_str(&String::from_utf8_lossy(&c.bytes));
+            f.tracked[0].offset = c.end;
+            f.scan(&Checkpoints::default(), Instant::now());
+            assert_eq!(f.tracked.len(), 1, "let go before its end");
+        }
+        assert_eq!(got, text);
+    }
+
+    #[test]
     fn a_gz_is_taken_once_complete_and_still() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
