@@ -49,7 +49,8 @@ start_collector() {
 }
 
 accepted() {
-  curl -s "$URL/metrics" | awk '/^edgelog_records_accepted_total / {printf "%d", $2}'
+  # 0 until the first record (the counter appears then).
+  curl -s "$URL/metrics" | awk '/^edgelog_records_accepted_total / {v = $2} END {printf "%d", v + 0}'
 }
 
 # cpu_seconds PID: user+system CPU seconds so far.
@@ -72,7 +73,7 @@ with open(path, "w") as f:
         ua = uas[i % 3]
         if fmt == "json":
             f.write('{"time":"%.3f","host":"cdn.example.com","http_host":"cdn.example.com","remote_addr":"192.0.2.%d","remote_port":"%d","request_method":"GET","request_uri":"/assets/img/%d.jpg?w=%d","server_protocol":"HTTP/1.1","scheme":"https","status":"%d","bytes_sent":"%d","request_length":"412","request_time":"0.%03d","upstream_header_time":"0.%03d","upstream_cache_status":"%s","http_referer":"https://www.example.com/page/%d","http_user_agent":"%s","http_cookie":"-","http_x_forwarded_for":"-","ssl_protocol":"TLSv1.3","ssl_cipher":"TLS_AES_128_GCM_SHA256","request_id":"%032x","server_port":"443","edge_location":"fra1","sent_http_content_type":"image/jpeg","sent_http_content_length":"%d"}\n'
-                    % (i % 250, 1024 + i % 60000, i % 5000, i % 7, 200 if i % 50 else 404, 1000 + i % 90000, i % 1000, i % 100, "HIT" if i % 4 else "MISS", i % 300, ua, random.getrandbits(128), 900 + i % 90000))
+                    % (t, i % 250, 1024 + i % 60000, i % 5000, i % 7, 200 if i % 50 else 404, 1000 + i % 90000, i % 1000, i % 100, "HIT" if i % 4 else "MISS", i % 300, ua, random.getrandbits(128), 900 + i % 90000))
         else:
             tm = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(t))
             f.write('192.0.2.%d - - [%s] "GET /assets/img/%d.jpg?w=%d HTTP/1.1" %d %d "https://www.example.com/page/%d" "%s"\n'
