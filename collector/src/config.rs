@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::privacy::PrivacyConfig;
 use crate::wal::{KeyLimits, WalConfig};
 
 /// Settings of the collector: ingest API, limits, write-ahead log.
@@ -67,6 +68,9 @@ pub struct CollectorConfig {
     /// The most idempotency keys remembered (1 to 10000000; about 300 bytes of memory
     /// each at most); past it the oldest are forgotten first.
     pub idempotency_max_keys: u64,
+    /// What each distribution's records keep of the viewer's address and other personal
+    /// fields, applied before anything is written (see README, "Privacy at ingest").
+    pub privacy: PrivacyConfig,
     /// The write-ahead log.
     pub wal: WalConfig,
 }
@@ -93,6 +97,7 @@ impl Default for CollectorConfig {
             dead_letter_max_bytes: 1 << 30,
             idempotency_ttl_secs: 86_400,
             idempotency_max_keys: 100_000,
+            privacy: PrivacyConfig::default(),
             wal: WalConfig::default(),
         }
     }
@@ -193,6 +198,7 @@ impl CollectorConfig {
         }
         edgelog_record::check_limits(self.max_line_bytes, self.max_field_bytes)
             .map_err(|e| format!("collector.{}", e.replace("to max_", "to collector.max_")))?;
+        self.privacy.validate()?;
         self.wal.validate().map_err(|e| format!("collector.{e}"))
     }
 }

@@ -196,6 +196,7 @@ struct Inner {
     prometheus: PrometheusHandle,
     /// Idempotency keys of requests in progress.
     keys_in_progress: Mutex<HashSet<String>>,
+    privacy: Arc<crate::privacy::Privacy>,
 }
 
 /// Shared state of the ingest API.
@@ -206,6 +207,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(cfg: CollectorConfig, wal: Wal, sinks: Vec<Arc<SinkStatus>>) -> AppState {
+        let cfg_privacy = cfg.privacy.clone();
         // Counters that matter most at zero are shown from the start.
         metrics::counter!("edgelog_ingest_panics_total").increment(0);
         metrics::counter!("edgelog_wal_write_errors_total").increment(0);
@@ -220,6 +222,8 @@ impl AppState {
                 accepting: AtomicBool::new(true),
                 accepted_records: AtomicU64::new(0),
                 prometheus: crate::prometheus().clone(),
+                // Validated with the rest of the configuration.
+                privacy: Arc::new(crate::privacy::Privacy::new(&cfg_privacy).unwrap_or_default()),
                 keys_in_progress: Mutex::new(HashSet::new()),
             }),
         }
@@ -599,6 +603,7 @@ async fn ingest(
     // Validated to at most 16 MiB.
     let max_line_bytes = usize::try_from(i.cfg.max_line_bytes).unwrap_or(usize::MAX);
     let max_field_bytes = usize::try_from(i.cfg.max_field_bytes).unwrap_or(usize::MAX);
+    let privacy = i.privacy.clone();
     // Decompressing and parsing are CPU work: keep them off the async workers.
     let parsed = tokio::task::spawn_blocking(move || {
         let body = decode(&encoding, wire, max_decoded, &mut held)?;
@@ -629,6 +634,16 @@ async fn ingest(
             max_field_bytes,
         };
         let mut parsed = parse_body(format, &body, &opts);
+        // Before anything is written: the raw values never reach the disk.
+        if !privacy.is_noop() {
+            let mut unparsed = 0;
+            for r in &mut parsed.records {
+                unparsed += privacy.apply(r);
+            }
+            if unparsed > 0 {
+                metrics::counter!("edgelog_privacy_unparsed_addresses_total").increment(unparsed);
+            }
+        }
         // The records own their text: the body's room is the encoder's now.
         drop(body);
         let records = std::mem::take(&mut parsed.records);

@@ -11,6 +11,7 @@ pub mod bus;
 mod config;
 pub mod dead_letter;
 mod ingest;
+pub mod privacy;
 pub mod serve;
 mod sink;
 pub use edgelog_wal as wal;
@@ -32,6 +33,7 @@ pub use bus::{Bus, StreamMessage};
 pub use config::CollectorConfig;
 pub use dead_letter::DeadLetters;
 pub use ingest::{AppState, IngestError, IngestResponse, Readiness, app};
+pub use privacy::{FieldRule, IpRule, Privacy, PrivacyConfig, PrivacyRule};
 pub use sink::{
     Batch, Kept, LoopSettings, Place, Sampler, Sink, SinkConfig, SinkContext, SinkError,
     SinkErrorKind, SinkReport, SinkStatus, run_sink,

@@ -11,6 +11,11 @@ const CONFIG: &str = r#"
 id = "visible-collector"
 tokens = ["file-collector-token-SECRET"]
 
+[collector.privacy]
+hash_key = "privacy-hash-key-SECRET"
+[collector.privacy.default]
+ip = "hash"
+
 [sinks.standard.s3]
 bucket = "visible-bucket"
 access_key_id = "GK-visible-access-key"
@@ -101,6 +106,7 @@ fn edgelog_config_redacts_every_secret_and_shows_the_rest() {
     let redacted = serde_json::json!("<redacted>");
     for pointer in [
         "/collector/tokens/0",
+        "/collector/privacy/hash_key",
         "/dashboard/tokens/0",
         "/sinks/standard/s3/secret_access_key",
         "/sinks/standard/s3/session_token",
