@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use edgelog_collector::wal::{Wal, WalConfig};
@@ -171,5 +172,77 @@ fn a_privacy_rule_that_cannot_work_stops_the_start_with_the_key_named() -> anyho
         format!("{e:#}").contains("collector.privacy.hash_key"),
         "{e:#}"
     );
+    Ok(())
+}
+
+/// The same promise where the records leave the machine: Parquet on S3 (garage, read by
+/// DuckDB) and the real-time topic (tansu, read by confluent-kafka).
+#[test]
+fn no_full_address_reaches_s3_or_the_topic() -> anyhow::Result<()> {
+    use edgelog_tests::servers::{Garage, Tansu, consume, python_json};
+    let garage = Garage::start()?;
+    let tansu = Tansu::start()?;
+    tansu.create_topic("edgelog-realtime", 1)?;
+    let dir = tempfile::tempdir()?;
+    let cfg = ServerConfig::new()
+        .set("collector.privacy.default", "ip", "truncate")
+        .set("collector.privacy.default.fields", "cs_cookie", "drop");
+    let cfg = tansu.realtime_sink(garage.s3_sink(cfg), "edgelog-realtime");
+    let mut collector = TestServer::collector(&dir.path().join("c"), &cfg)?;
+    let mut body = String::new();
+    for k in 0..200 {
+        let ip = if k % 2 == 0 {
+            "203.0.113.77"
+        } else {
+            "2001:db8:abcd:12::77"
+        };
+        body.push_str(&format!(
+            "{{\"timestamp\":1764151200,\"DistributionId\":\"EPRIV\",\"c-ip\":\"{ip}\",\
+             \"x-forwarded-for\":\"198.51.100.23, 192.0.2.99\",\"cs(Cookie)\":\"session=s3cr3t-cookie\",\
+             \"sc-status\":200,\"x-edge-request-id\":\"s3-privacy-{k}\"}}\n"
+        ));
+    }
+    let answer = http_post(&format!("{}/v1/records", collector.url()), body.as_bytes())?;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(collector.terminate()?, "{}", collector.log_text());
+
+    let report = python_json(&format!(
+        r#"{prelude}
+src = "read_parquet('s3://edgelog/standard-logs/**/*.parquet')"
+rows = con.sql(f"SELECT c_ip, x_forwarded_for, cs_cookie FROM {{src}}").fetchall()
+print(json.dumps({{"rows": len(rows), "ips": sorted(set(r[0] for r in rows)),
+    "xff": sorted(set(r[1] for r in rows)), "cookies": sorted(set(str(r[2]) for r in rows))}}))
+"#,
+        prelude = garage.duckdb_prelude()
+    ))?;
+    assert_eq!(report["rows"], 200, "{report}");
+    assert_eq!(
+        report["ips"],
+        serde_json::json!(["2001:db8:abcd::", "203.0.113.0"]),
+        "{report}"
+    );
+    assert_eq!(
+        report["xff"],
+        serde_json::json!(["198.51.100.0, 192.0.2.0"])
+    );
+    assert_eq!(report["cookies"], serde_json::json!(["None"]));
+
+    let got = consume(
+        &tansu.bootstrap(),
+        "edgelog-realtime",
+        200,
+        Duration::from_secs(20),
+    )?;
+    assert_eq!(got.len(), 200);
+    for m in &got {
+        for needle in FULL {
+            assert!(
+                !m.value.contains(needle),
+                "{needle} on the topic: {}",
+                m.value
+            );
+        }
+        assert!(m.value.contains("203.0.113.0") || m.value.contains("2001:db8:abcd::"));
+    }
     Ok(())
 }
