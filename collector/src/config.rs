@@ -17,8 +17,11 @@ pub struct CollectorConfig {
     pub id: String,
     /// Address the ingest API listens on.
     pub listen: SocketAddr,
-    /// Bearer tokens that may post records (`Authorization: Bearer <token>`).
+    /// Bearer tokens that may post records (`Authorization: Bearer <token>`), for every
+    /// distribution. An entry `sha256:<64 hex digits>` is a token given by its SHA-256.
     pub tokens: Vec<String>,
+    /// Tokens limited to some distributions (and given as hashes if wished).
+    pub scoped_tokens: Vec<ScopedToken>,
     /// Accept posts without a token. For local experiments only.
     pub allow_unauthenticated: bool,
     /// Largest request body accepted as sent (compressed or not), in bytes.
@@ -81,6 +84,7 @@ impl Default for CollectorConfig {
             id: "collector-1".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tokens: Vec::new(),
+            scoped_tokens: Vec::new(),
             allow_unauthenticated: false,
             max_body_bytes: 16 << 20,
             max_decompressed_bytes: 128 << 20,
@@ -112,10 +116,13 @@ impl CollectorConfig {
                 e.replace("distribution id", "collector id")
             )
         })?;
-        if self.tokens.is_empty() && !self.allow_unauthenticated {
+        if self.tokens.is_empty() && self.scoped_tokens.is_empty() && !self.allow_unauthenticated {
             return Err("collector.tokens: give at least one token, or set collector.allow_unauthenticated = true".into());
         }
         check_tokens("collector.tokens", &self.tokens)?;
+        for (n, t) in self.scoped_tokens.iter().enumerate() {
+            t.validate(&format!("collector.scoped_tokens #{}", n + 1))?;
+        }
         in_range("collector.max_body_bytes", self.max_body_bytes, 1, 1 << 30)?;
         in_range(
             "collector.max_decompressed_bytes",
@@ -227,10 +234,61 @@ pub fn in_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), String>
     }
 }
 
+/// An ingest token limited to some distributions: `[[collector.scoped_tokens]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedToken {
+    /// The token...
+    #[serde(default)]
+    pub token: Option<String>,
+    /// ...or its SHA-256 in hex (`printf %s "$TOKEN" | sha256sum`): the configuration
+    /// then holds no usable secret.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Distribution ids, or prefixes ending in `*`; a line for another distribution is
+    /// refused (`distribution_not_allowed`) and the others in the body are kept.
+    pub distributions: Vec<String>,
+}
+
+fn check_sha256(key: &str, hex: &str) -> Result<(), String> {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{key}: a SHA-256 is 64 hex digits"));
+    }
+    Ok(())
+}
+
+impl ScopedToken {
+    fn validate(&self, key: &str) -> Result<(), String> {
+        match (&self.token, &self.sha256) {
+            (Some(t), None) => check_tokens(key, std::slice::from_ref(t))?,
+            (None, Some(h)) => check_sha256(&format!("{key}.sha256"), h)?,
+            _ => return Err(format!("{key}: give token or sha256, one of them")),
+        }
+        if self.distributions.is_empty() {
+            return Err(format!(
+                "{key}.distributions: list the distributions (ids or prefixes ending in *); an unscoped token goes in collector.tokens"
+            ));
+        }
+        for p in &self.distributions {
+            let id = p.strip_suffix('*').unwrap_or(p);
+            if !(p == "*" || edgelog_record::check_distribution_id(id).is_ok()) {
+                return Err(format!(
+                    "{key}.distributions: {p:?} is neither a distribution id nor a prefix ending in *"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Bearer tokens: printable ASCII without spaces (anything else could never match a
 /// header), 16 characters at least. The error never repeats a token.
 pub fn check_tokens(key: &str, tokens: &[String]) -> Result<(), String> {
     for (i, t) in tokens.iter().enumerate() {
+        if let Some(h) = t.strip_prefix("sha256:") {
+            check_sha256(&format!("{key}: token #{}", i + 1), h)?;
+            continue;
+        }
         if !t.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(format!(
                 "{key}: token #{} must be printable ASCII without spaces",

@@ -310,9 +310,13 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn check_token(cfg: &CollectorConfig, headers: &HeaderMap) -> Result<(), IngestError> {
-    if cfg.tokens.is_empty() && cfg.allow_unauthenticated {
-        return Ok(());
+/// Checks the bearer token; returns the distributions it may write (`None`: any).
+fn check_token(
+    cfg: &CollectorConfig,
+    headers: &HeaderMap,
+) -> Result<Option<Vec<String>>, IngestError> {
+    if cfg.tokens.is_empty() && cfg.scoped_tokens.is_empty() && cfg.allow_unauthenticated {
+        return Ok(None);
     }
     // The scheme is case-insensitive (RFC 7235).
     let given = headers
@@ -324,13 +328,42 @@ fn check_token(cfg: &CollectorConfig, headers: &HeaderMap) -> Result<(), IngestE
         .1
         .trim()
         .as_bytes();
+    let hashed = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(given);
+        let mut hex = String::with_capacity(64);
+        for b in d.iter() {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        hex
+    };
+    let matches = |plain: Option<&str>, sha: Option<&str>| -> subtle::Choice {
+        match (plain, sha) {
+            (Some(t), _) => t.as_bytes().ct_eq(given),
+            (None, Some(h)) => h.to_ascii_lowercase().as_bytes().ct_eq(hashed.as_bytes()),
+            (None, None) => subtle::Choice::from(0),
+        }
+    };
     // Compare against every token without stopping early.
-    let mut ok = subtle::Choice::from(0);
+    let mut all = subtle::Choice::from(0);
     for t in &cfg.tokens {
-        ok |= t.as_bytes().ct_eq(given);
+        all |= match t.strip_prefix("sha256:") {
+            Some(h) => matches(None, Some(h)),
+            None => matches(Some(t), None),
+        };
     }
-    if bool::from(ok) {
-        Ok(())
+    let mut scope: Option<Vec<String>> = None;
+    for t in &cfg.scoped_tokens {
+        if bool::from(matches(t.token.as_deref(), t.sha256.as_deref())) {
+            scope
+                .get_or_insert_with(Vec::new)
+                .extend(t.distributions.iter().cloned());
+        }
+    }
+    if bool::from(all) {
+        Ok(None)
+    } else if scope.is_some() {
+        Ok(scope)
     } else {
         Err(IngestError::BadToken)
     }
@@ -532,7 +565,7 @@ async fn ingest(
 ) -> Result<Response, IngestError> {
     let i = &state.inner;
     let Query(q) = query.map_err(|e| IngestError::BadQuery(e.body_text()))?;
-    check_token(&i.cfg, &headers)?;
+    let scope = check_token(&i.cfg, &headers)?;
     // A repeated key is answered from memory, whatever the body, the log's room or a
     // shutdown: nothing is written.
     let claim = match idempotency_key(&headers)? {
@@ -632,6 +665,7 @@ async fn ingest(
             max_listed,
             max_line_bytes,
             max_field_bytes,
+            allowed_distributions: scope.as_deref(),
         };
         let mut parsed = parse_body(format, &body, &opts);
         // Before anything is written: the raw values never reach the disk.

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 pub use aggregator::{MetricsAggregator, Publisher};
 pub use bus::{Bus, StreamMessage};
-pub use config::CollectorConfig;
+pub use config::{CollectorConfig, ScopedToken};
 pub use dead_letter::DeadLetters;
 pub use ingest::{AppState, IngestError, IngestResponse, Readiness, app};
 pub use privacy::{FieldRule, IpRule, Privacy, PrivacyConfig, PrivacyRule};

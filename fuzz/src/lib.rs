@@ -16,12 +16,14 @@ pub const OPTIONS: [ParseOptions<'static>; 2] = [
         max_listed: 100,
         max_line_bytes: DEFAULT_MAX_LINE_BYTES,
         max_field_bytes: DEFAULT_MAX_FIELD_BYTES,
+        allowed_distributions: None,
     },
     ParseOptions {
         default_distribution: Some("E1"),
         max_listed: 3,
         max_line_bytes: 120,
         max_field_bytes: 12,
+        allowed_distributions: None,
     },
 ];
 

@@ -94,6 +94,17 @@ pub struct ParseOptions<'a> {
     /// A line with a longer value (a string after JSON unescaping, or a W3C column) is
     /// refused, as `field_too_long`.
     pub max_field_bytes: usize,
+    /// The distributions the sender may write: ids, or prefixes ending in `*`; a line for
+    /// another is refused, as `distribution_not_allowed`. `None`: any.
+    pub allowed_distributions: Option<&'a [String]>,
+}
+
+/// Whether `id` matches one of `patterns` (an id, or a prefix ending in `*`).
+pub fn distribution_allowed(patterns: &[String], id: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => id.starts_with(prefix),
+        None => p == id,
+    })
 }
 
 impl Default for ParseOptions<'_> {
@@ -103,6 +114,7 @@ impl Default for ParseOptions<'_> {
             max_listed: 100,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             max_field_bytes: DEFAULT_MAX_FIELD_BYTES,
+            allowed_distributions: None,
         }
     }
 }
@@ -220,6 +232,21 @@ pub fn parse_body(format: Format, body: &[u8], opts: &ParseOptions<'_>) -> Parse
             },
         };
         match parsed {
+            Ok(rec)
+                if opts
+                    .allowed_distributions
+                    .is_some_and(|p| !distribution_allowed(p, &rec.distribution_id)) =>
+            {
+                let reason = format!(
+                    "this token may not write distribution {:?}",
+                    rec.distribution_id
+                );
+                out.reject(
+                    line_no,
+                    Fault::new(RejectKind::DistributionNotAllowed, reason),
+                    max_listed,
+                );
+            }
             Ok(mut rec) => {
                 if rec.x_edge_request_id.as_deref().is_none_or(str::is_empty) {
                     rec.x_edge_request_id = Some(derive_request_id(line, line_no));

@@ -16,7 +16,8 @@ pub mod w3c;
 
 pub use aggregate::{MinuteAggregate, MinuteUpdate};
 pub use body::{
-    Format, MAX_REASON_BYTES, ParseOptions, Parsed, Rejection, derive_request_id, parse_body,
+    Format, MAX_REASON_BYTES, ParseOptions, Parsed, Rejection, derive_request_id,
+    distribution_allowed, parse_body,
 };
 pub use fields::{FIELD_COUNT, FIELDS, Field, FieldSpec, Record, field_index};
 pub use json::{

@@ -32,6 +32,8 @@ pub enum RejectKind {
     NotUtf8,
     /// An NDJSON line is not a JSON object.
     InvalidJson,
+    /// The line's distribution is not one the request's token may write.
+    DistributionNotAllowed,
     /// A kind this version does not know (reading an answer from a newer collector).
     #[default]
     #[serde(other)]
@@ -54,12 +56,13 @@ impl RejectKind {
             RejectKind::W3cHeader => "w3c_header",
             RejectKind::NotUtf8 => "not_utf8",
             RejectKind::InvalidJson => "invalid_json",
+            RejectKind::DistributionNotAllowed => "distribution_not_allowed",
             RejectKind::Other => "other",
         }
     }
 
     /// Every kind, for tests and for pre-registering metrics.
-    pub const ALL: [RejectKind; 13] = [
+    pub const ALL: [RejectKind; 14] = [
         RejectKind::LineTooLong,
         RejectKind::FieldTooLong,
         RejectKind::OutOfRange,
@@ -72,6 +75,7 @@ impl RejectKind {
         RejectKind::W3cHeader,
         RejectKind::NotUtf8,
         RejectKind::InvalidJson,
+        RejectKind::DistributionNotAllowed,
         RejectKind::Other,
     ];
 }

@@ -562,6 +562,7 @@ proptest! {
             max_listed,
             max_line_bytes: max_line,
             max_field_bytes: max_field,
+            allowed_distributions: None,
         };
         let parsed = parse_body(Format::Ndjson, &bytes, &opts);
         let lines = bytes
