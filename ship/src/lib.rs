@@ -124,13 +124,29 @@ pub async fn run(
     let mut progress = Progress::default();
     let mut last_progress = Instant::now();
     let mut last_problems: Vec<String> = Vec::new();
-    // Halved when the collector says a batch is too large (413), down to 1 KiB.
+    // Halved when the collector says a batch is too large (413), down to one line.
     let mut batch_limit = cfg.batch_bytes;
+    // Files stay open while they may still grow: raise the soft limit to the hard one,
+    // and keep some descriptors for the checkpoint file and the connections.
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let per_input = (nofile.saturating_sub(64) / inputs.len().max(1) as u64).max(1);
+    for input in &mut inputs {
+        input
+            .files
+            .set_max_open(usize::try_from(per_input).unwrap_or(usize::MAX));
+    }
     loop {
         let now = Instant::now();
         let mut problems = Vec::new();
-        for input in &mut inputs {
-            problems.extend(input.files.scan(&cp, now));
+        for k in 0..inputs.len() {
+            // A file matched by two inputs is followed by the first only.
+            let claimed: std::collections::HashSet<(u64, u64)> = inputs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != k)
+                .flat_map(|(_, i)| i.files.tracked.iter().map(|t| (t.dev, t.ino)))
+                .collect();
+            problems.extend(inputs[k].files.scan(&cp, now, &claimed));
         }
         if problems != last_problems {
             for p in &problems {
@@ -151,11 +167,18 @@ pub async fn run(
                     continue;
                 }
                 // A few chunks per file per round, so one busy file does not starve others.
+                let mut removed = false;
                 for _ in 0..8 {
                     let stop = tokio::select! {
                         r = ship_one(&cfg, &poster, &mut inputs, k, i, &mut cp, &mut progress, &mut batch_limit) => match r {
                             Ok(true) => { worked = true; false }
                             Ok(false) => true,
+                            Err(SET_ASIDE) => {
+                                metrics::counter!("edgelog_ship_files_set_aside_total", "input" => inputs[k].cfg.name.clone()).increment(1);
+                                inputs[k].files.set_aside(i);
+                                removed = true;
+                                true
+                            }
                             Err(wait) => {
                                 inputs[k].files.tracked[i].retry_at = Some(Instant::now() + wait);
                                 true
@@ -167,7 +190,9 @@ pub async fn run(
                         break;
                     }
                 }
-                i += 1;
+                if !removed {
+                    i += 1;
+                }
             }
         }
         publish_gauges(&inputs);
@@ -206,6 +231,9 @@ pub async fn run(
         }
     }
 }
+
+/// What [`ship_one`] answers for a file to set aside (see [`tail::Files::set_aside`]).
+const SET_ASIDE: Duration = Duration::MAX;
 
 fn stopped(p: Progress) -> Progress {
     tracing::info!(
@@ -292,7 +320,13 @@ async fn ship_one(
             return Ok(false);
         }
         Err(e) => {
-            tracing::error!(input = %name, path = %input.files.tracked[i].path.display(), error = %e, "cannot read a file");
+            let t = &input.files.tracked[i];
+            if t.is_gz {
+                // Corrupt, truncated or too big: another try reads the same bytes.
+                tracing::error!(input = %name, path = %t.path.display(), error = %e, "cannot read a .gz: set aside until it changes; the other files go on");
+                return Err(SET_ASIDE);
+            }
+            tracing::error!(input = %name, path = %t.path.display(), error = %e, "cannot read a file");
             return Err(retry_later);
         }
     };
@@ -311,8 +345,8 @@ async fn ship_one(
         match edgelog_wal::state_file::blocking(|| prepare(&input.mapping, t, &chunk)) {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(input = %name, path = %t.path.display(), error = %e, "cannot send this file");
-                return Err(Duration::from_secs(30));
+                tracing::error!(input = %name, path = %t.path.display(), error = %e, "cannot send this file: set aside until it changes; the other files go on");
+                return Err(SET_ASIDE);
             }
         }
     };
@@ -370,9 +404,10 @@ async fn ship_one(
                     tracing::warn!(input = %name, line = r.line, reason = %r.reason, "collector refused a line");
                 }
             }
-            Err(e) if e.status == Some(413) && prepared.lines > 1 && *batch_limit > 1024 => {
-                // Nothing of it was stored: drop the pending range and send less.
-                *batch_limit = (*batch_limit / 2).max(1024);
+            Err(e) if e.status == Some(413) && prepared.lines > 1 => {
+                // Nothing of it was stored: drop the pending range and send less, down
+                // to a line at a time.
+                *batch_limit = (*batch_limit / 2).max(1);
                 tracing::warn!(input = %name, error = %e, batch_bytes = *batch_limit, "collector says the batch is too large; sending smaller ones");
                 inputs[k].files.tracked[i].pending = None;
                 save(cp, inputs, &cfg.state_dir).map_err(|_| retry_later)?;

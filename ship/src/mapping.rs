@@ -348,7 +348,17 @@ impl Mapping {
     /// fingerprint and offset) makes the request id of a line that carries none, so a
     /// resent line gets the same one.
     pub fn map_line(&self, line: &[u8], id_seed: u64) -> Result<Record, String> {
-        let text = std::str::from_utf8(line).map_err(|_| "line is not UTF-8".to_owned())?;
+        // nginx's escape=json passes bytes >= 0x80 through as they came (a Latin-1 user
+        // agent, raw bytes in a path): those that are not UTF-8 become %XX, as CloudFront
+        // writes them, and the record is kept.
+        let owned;
+        let text = match std::str::from_utf8(line) {
+            Ok(t) => t,
+            Err(_) => {
+                owned = percent_encode_invalid(line);
+                owned.as_str()
+            }
+        };
         let doc = match self.preset {
             Preset::NginxCombined => parse_combined(text)?,
             _ => serde_json::from_str::<Json>(text)
@@ -655,12 +665,25 @@ fn apply(rec: &mut Record, i: usize, v: Option<&Json>, conv: Conv) -> Result<(),
     }
 }
 
+/// `bytes` as UTF-8 with every byte of an invalid sequence written as `%XX`.
+fn percent_encode_invalid(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 16);
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// CloudFront URL-encodes user agents: spaces and other bytes that would break a
 /// tab-separated line become `%XX`.
 fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 16);
     for b in s.bytes() {
-        if b.is_ascii_graphic() && b != b'%' && b != b'"' && b != b'\\' {
+        // `%` stays: bytes that were not UTF-8 arrive as `%XX` already.
+        if b.is_ascii_graphic() && b != b'"' && b != b'\\' {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -834,7 +857,16 @@ mod tests {
                 .unwrap_or_else(|| panic!("{line} mapped"));
             assert!(e.contains(needle), "{line}: {e}");
         }
-        assert!(m.map_line(&[0xff, 0xfe], 0).is_err());
+        assert!(
+            m.map_line(&[0xff, 0xfe], 0).is_err(),
+            "not JSON, even encoded"
+        );
+        // Bytes nginx passed through that are not UTF-8: kept, as %XX.
+        let r = m
+            .map_line(b"{\"time\":\"1\",\"request_uri\":\"/raw\xff\xfepath\",\"http_user_agent\":\"Caf\xe9Browser/1.0\"}", 0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.cs_uri_stem.as_deref(), Some("/raw%FF%FEpath"));
+        assert_eq!(r.cs_user_agent.as_deref(), Some("Caf%E9Browser/1.0"));
         // Byte counts go up to 2^63-1 (Parquet's signed 64 bits); 2^64-1 is named.
         let r = m
             .map_line(br#"{"time":"1","bytes_sent":"9223372036854775807"}"#, 0)

@@ -22,7 +22,11 @@ const FP_BYTES: usize = 4096;
 /// One file being followed.
 #[derive(Debug)]
 pub struct Tracked {
+    /// Its identity: the fingerprint of its first line, mixed with its inode when
+    /// another file starts with the same line.
     pub fp: u64,
+    /// The fingerprint of its first line alone, to tell whether it is still the same file.
+    line_fp: u64,
     pub path: PathBuf,
     file: File,
     pub dev: u64,
@@ -72,6 +76,12 @@ pub struct Files {
     pub seen_done: Vec<u64>,
     /// Sizes of `.gz` files at the last scan: one is taken once its size holds still.
     gz_sizes: HashMap<(u64, u64), u64>,
+    /// Files set aside (unreadable, undecodable, unsendable), by device, inode, size and
+    /// mtime: taken again only once they change.
+    failed: HashSet<(u64, u64, u64, i64)>,
+    /// At most this many files open at once (fully read ones stay open: a rotation may
+    /// still write to them); more wait.
+    max_open: usize,
     pub tracked: Vec<Tracked>,
     rotate_wait: Duration,
     max_gz_bytes: u64,
@@ -103,6 +113,16 @@ fn line_fingerprint(head: &[u8]) -> Option<u64> {
     (head.len() == FP_BYTES).then(|| xxh3_64(head))
 }
 
+/// Whether two files hold the same bytes over the shorter one's first 64 KiB.
+fn same_prefix(a: &Path, b: &Path) -> std::io::Result<bool> {
+    let mut x = vec![0u8; 64 << 10];
+    let mut y = vec![0u8; 64 << 10];
+    let n = read_up_to(&mut File::open(a)?, &mut x)?;
+    let m = read_up_to(&mut File::open(b)?, &mut y)?;
+    let k = n.min(m);
+    Ok(x[..k] == y[..k])
+}
+
 fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -129,6 +149,8 @@ impl Files {
             finished: HashMap::new(),
             seen_done: Vec::new(),
             gz_sizes: HashMap::new(),
+            failed: HashSet::new(),
+            max_open: 512,
             tracked: Vec::new(),
             rotate_wait,
             max_gz_bytes,
@@ -136,7 +158,13 @@ impl Files {
     }
 
     /// Looks for new, moved, truncated and vanished files.
-    pub fn scan(&mut self, cp: &Checkpoints, now: Instant) -> Vec<String> {
+    /// `claimed`: files other inputs follow (a file is followed by one input only).
+    pub fn scan(
+        &mut self,
+        cp: &Checkpoints,
+        now: Instant,
+        claimed: &HashSet<(u64, u64)>,
+    ) -> Vec<String> {
         let mut problems = Vec::new();
         let mut seen = HashSet::new();
         let mut seen_finished = HashSet::new();
@@ -150,13 +178,17 @@ impl Files {
         }
         paths.sort();
         paths.dedup();
-        for path in paths {
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if !meta.is_file() {
-                continue;
-            }
+        let metas: Vec<(PathBuf, std::fs::Metadata)> = paths
+            .into_iter()
+            .filter_map(|p| std::fs::metadata(&p).ok().map(|m| (p, m)))
+            .filter(|(_, m)| m.is_file())
+            .collect();
+        let present: HashMap<(u64, u64), PathBuf> = metas
+            .iter()
+            .map(|(p, m)| ((m.dev(), m.ino()), p.clone()))
+            .collect();
+        let mut waiting = 0usize;
+        for (path, meta) in metas {
             let (dev, ino, len) = (meta.dev(), meta.ino(), meta.len());
             let done_key = (
                 dev,
@@ -189,6 +221,21 @@ impl Files {
                 seen_finished.insert(done_key);
                 continue;
             }
+            if claimed.contains(&(dev, ino)) {
+                problems.push(format!(
+                    "{} is matched by another input too: followed there only",
+                    path.display()
+                ));
+                continue;
+            }
+            if self.failed.contains(&done_key) {
+                seen_finished.insert(done_key);
+                continue;
+            }
+            if self.tracked.len() >= self.max_open {
+                waiting += 1;
+                continue;
+            }
             let is_gz = path.extension().is_some_and(|x| x == "gz");
             if is_gz && !self.gz_allowed {
                 // A rotated, compressed copy of a file already read.
@@ -202,7 +249,7 @@ impl Files {
                 // One `.gz` at a time: its decompressed content is in memory.
                 continue;
             }
-            let fp = match fingerprint(&path, is_gz) {
+            let line_fp = match fingerprint(&path, is_gz) {
                 Ok(Some(fp)) => fp,
                 Ok(None) => continue,
                 Err(e) => {
@@ -210,6 +257,40 @@ impl Files {
                     continue;
                 }
             };
+            let mut fp = line_fp;
+            // Another file still there that starts with the same line: this one is its
+            // copy (copytruncate, followed once the original is truncated) if their
+            // contents agree, else a different file, then known by its inode too.
+            let twin = self
+                .tracked
+                .iter()
+                .find(|t| t.fp == fp && !t.truncated && t.gone_since.is_none())
+                .and_then(|t| present.get(&(t.dev, t.ino)))
+                .or_else(|| {
+                    cp.files
+                        .get(&file_key(&self.name, fp))
+                        .filter(|f| (f.dev, f.ino) != (dev, ino))
+                        .and_then(|f| present.get(&(f.dev, f.ino)))
+                });
+            // Only while that file still starts with the line: a truncated original
+            // (copytruncate) is not a twin of its copy.
+            let twin = twin.filter(|other| {
+                !is_gz && matches!(fingerprint(other, false), Ok(Some(f)) if f == line_fp)
+            });
+            if let Some(other) = twin {
+                match same_prefix(&path, other) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        fp = xxh3_64(
+                            &[fp.to_le_bytes(), dev.to_le_bytes(), ino.to_le_bytes()].concat(),
+                        );
+                    }
+                    Err(e) => {
+                        problems.push(format!("{}: {e}", path.display()));
+                        continue;
+                    }
+                }
+            }
             if let Some(t) = self.tracked.iter_mut().find(|t| t.fp == fp) {
                 // The same content in a second place: a copy (copytruncate) or a move
                 // across filesystems. Follow it once the original is truncated or gone.
@@ -250,6 +331,7 @@ impl Files {
             tracing::info!(path = %path.display(), offset = saved.offset, "following a file");
             self.tracked.push(Tracked {
                 fp,
+                line_fp,
                 path,
                 file,
                 dev,
@@ -266,8 +348,15 @@ impl Files {
                 retry_at: None,
             });
         }
+        if waiting > 0 {
+            problems.push(format!(
+                "{waiting} files wait: {} are open already (the most at once)",
+                self.max_open
+            ));
+        }
         self.gz_sizes.retain(|k, _| seen.contains(k));
         self.finished.retain(|k, _| seen_finished.contains(k));
+        self.failed.retain(|k| seen_finished.contains(k));
         let rotate_wait = self.rotate_wait;
         for t in &mut self.tracked {
             if !seen.contains(&(t.dev, t.ino)) && t.gone_since.is_none() {
@@ -353,7 +442,7 @@ impl Files {
             // past the offset: its first line says whether it is still the same file.
             let mut head = vec![0u8; FP_BYTES];
             let n = t.read_at(&mut head, 0)?;
-            if line_fingerprint(&head[..n]) != Some(t.fp) {
+            if line_fingerprint(&head[..n]) != Some(t.line_fp) {
                 t.truncated = true;
                 tracing::info!(path = %t.path.display(), "file content replaced (truncated and rewritten)");
                 return Ok(None);
@@ -450,6 +539,27 @@ impl Files {
                 }))
             }
         }
+    }
+}
+
+impl Files {
+    /// Sets file `i` aside after an error that another try will not mend (a corrupt or
+    /// oversized `.gz`, a name without a distribution): the others go on. It is taken
+    /// again once it changes (size or mtime), or after a restart.
+    pub fn set_aside(&mut self, i: usize) {
+        let t = self.tracked.remove(i);
+        if let Ok(m) = t.file.metadata() {
+            self.failed.insert((
+                t.dev,
+                t.ino,
+                m.len(),
+                m.mtime_nsec() + m.mtime() * 1_000_000_000,
+            ));
+        }
+    }
+
+    pub fn set_max_open(&mut self, n: usize) {
+        self.max_open = n.max(1);
     }
 }
 
@@ -556,10 +666,10 @@ mod tests {
         let p = dir.path().join("a.log");
         append(&p, "one\ntwo\nthr");
         let mut f = files(dir.path(), "a.log");
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         assert_eq!(drain(&mut f, 0), "one\ntwo\n");
         append(&p, "ee\n");
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         assert_eq!(drain(&mut f, 0), "three\n");
         assert_eq!(drain(&mut f, 0), "");
     }
@@ -570,10 +680,10 @@ mod tests {
         let p = dir.path().join("a.log");
         append(&p, "no line break yet");
         let mut f = files(dir.path(), "a.log");
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         assert!(f.tracked.is_empty());
         append(&p, "\n");
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         assert_eq!(drain(&mut f, 0), "no line break yet\n");
     }
 
@@ -583,18 +693,18 @@ mod tests {
         let p = dir.path().join("a.log");
         append(&p, "old 1\n");
         let mut f = files(dir.path(), "a.log");
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         assert_eq!(drain(&mut f, 0), "old 1\n");
         fs::rename(&p, dir.path().join("a.log.1")).unwrap_or_else(|e| panic!("{e}"));
         // The server writes to the old file until it reopens its log.
         append(&dir.path().join("a.log.1"), "old 2\n");
         append(&p, "new 1\n");
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         assert_eq!(f.tracked.len(), 2);
         assert_eq!(drain(&mut f, 0), "old 2\n");
         assert_eq!(drain(&mut f, 1), "new 1\n");
         // Read to its end and quiet (rotate_wait 0): let go.
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         assert_eq!(f.tracked.len(), 1);
         assert_eq!(f.tracked[0].path, p);
     }
@@ -605,7 +715,7 @@ mod tests {
         let p = dir.path().join("a.log");
         append(&p, "line 1\nline 2\n");
         let mut f = files(dir.path(), "a.log*");
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         assert_eq!(drain(&mut f, 0), "line 1\nline 2\n");
         append(&p, "line 3\n");
         fs::copy(&p, dir.path().join("a.log.1")).unwrap_or_else(|e| panic!("{e}"));
@@ -616,7 +726,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         append(&p, "after 1\n");
         let cp = cp_of(&f);
-        f.scan(&cp, Instant::now());
+        f.scan(&cp, Instant::now(), &HashSet::new());
         let copy = f
             .tracked
             .iter()
@@ -624,8 +734,8 @@ mod tests {
             .unwrap_or_else(|| panic!("the copy is not followed: {:?}", f.tracked));
         assert_eq!(drain(&mut f, copy), "line 3\n");
         let cp = cp_of(&f);
-        f.scan(&cp, Instant::now());
-        f.scan(&cp, Instant::now());
+        f.scan(&cp, Instant::now(), &HashSet::new());
+        f.scan(&cp, Instant::now(), &HashSet::new());
         let orig = f
             .tracked
             .iter()
@@ -635,12 +745,67 @@ mod tests {
     }
 
     #[test]
+    fn two_files_starting_with_the_same_line_are_two_files_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        append(&a, "health check\na1\n");
+        append(&b, "health check\nb1\n");
+        let mut f = files(dir.path(), "*.log");
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
+        assert_eq!(f.tracked.len(), 2, "{:?}", f.tracked);
+        assert_ne!(f.tracked[0].fp, f.tracked[1].fp);
+        assert_eq!(drain(&mut f, 0), "health check\na1\n");
+        assert_eq!(drain(&mut f, 1), "health check\nb1\n");
+        append(&a, "a2\n");
+        append(&b, "b2\n");
+        // A restart: each file finds its own checkpoint.
+        let cp = cp_of(&f);
+        let mut g = files(dir.path(), "*.log");
+        g.scan(&cp, Instant::now(), &HashSet::new());
+        assert_eq!(g.tracked.len(), 2);
+        let mut got: Vec<String> = (0..2).map(|i| drain(&mut g, i)).collect();
+        got.sort();
+        assert_eq!(got, ["a2\n", "b2\n"]);
+        // A file another input follows is left to it.
+        let claimed: HashSet<(u64, u64)> = g.tracked.iter().map(|t| (t.dev, t.ino)).collect();
+        let mut h = files(dir.path(), "*.log");
+        let problems = h.scan(&Checkpoints::default(), Instant::now(), &claimed);
+        assert!(h.tracked.is_empty());
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn a_file_set_aside_is_taken_again_once_it_changes() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("E1.2026-11-26-10.x.gz");
+        fs::write(&p, b"not gzip at all").unwrap_or_else(|e| panic!("{e}"));
+        let mut f = files(dir.path(), "*.gz");
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
+        assert_eq!(f.tracked.len(), 1);
+        assert!(f.read(0, 1 << 20, 1 << 20, Instant::now()).is_err());
+        f.set_aside(0);
+        for _ in 0..3 {
+            f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
+            assert!(f.tracked.is_empty());
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"l1\n").unwrap_or_else(|e| panic!("{e}"));
+        fs::write(&p, gz.finish().unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
+        assert_eq!(f.tracked.len(), 1, "changed: taken again");
+        assert_eq!(drain(&mut f, 0), "l1\n");
+    }
+
+    #[test]
     fn a_pending_range_is_read_back_exactly() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let p = dir.path().join("a.log");
         append(&p, "a\nbb\nccc\ndddd\n");
         let mut f = files(dir.path(), "a.log");
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         let fp = f.tracked[0].fp;
         let mut cp = Checkpoints::default();
         cp.files.insert(
@@ -652,7 +817,7 @@ mod tests {
             },
         );
         let mut f = files(dir.path(), "a.log");
-        f.scan(&cp, Instant::now());
+        f.scan(&cp, Instant::now(), &HashSet::new());
         let c = f
             .read(0, 1 << 20, 1 << 20, Instant::now())
             .unwrap_or_else(|e| panic!("{e}"))
@@ -665,7 +830,7 @@ mod tests {
             .unwrap_or_else(|| panic!("fp"))
             .pending = Some((2, 9999));
         let mut f = files(dir.path(), "a.log");
-        f.scan(&cp, Instant::now());
+        f.scan(&cp, Instant::now(), &HashSet::new());
         let c = f
             .read(0, 1 << 20, 1 << 20, Instant::now())
             .unwrap_or_else(|e| panic!("{e}"))
@@ -682,7 +847,7 @@ mod tests {
         let huge = "y".repeat(100_000);
         append(&p, &format!("{long}\n{huge}\nok\n"));
         let mut f = files(dir.path(), "a.log");
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         let read = |f: &mut Files| {
             let c = f
                 .read(0, 16, 64, Instant::now())
@@ -715,8 +880,8 @@ mod tests {
         fs::write(dir.path().join("E1.2026-11-26-10.x.gz"), &bytes)
             .unwrap_or_else(|e| panic!("{e}"));
         let mut f = files(dir.path(), "*.gz");
-        f.scan(&Checkpoints::default(), Instant::now());
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         let mut got = String::new();
         // A chunk, then a scan (which sees the compressed size on disk), and so on.
         while let Some(c) = f
@@ -725,7 +890,7 @@ mod tests {
         {
             got.push_str(&String::from_utf8_lossy(&c.bytes));
             f.tracked[0].offset = c.end;
-            f.scan(&Checkpoints::default(), Instant::now());
+            f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
             assert_eq!(f.tracked.len(), 1, "let go before its end");
         }
         assert_eq!(got, text);
@@ -741,9 +906,9 @@ mod tests {
         let p = dir.path().join("E1.2026-11-26-10.x.gz");
         fs::write(&p, &bytes[..bytes.len() / 2]).unwrap_or_else(|e| panic!("{e}"));
         let mut f = files(dir.path(), "*.gz");
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         assert!(f.tracked.is_empty(), "taken at first sight");
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         assert_eq!(f.tracked.len(), 1);
         assert!(
             f.read(0, 1 << 20, 1 << 20, Instant::now()).is_err(),
@@ -755,16 +920,16 @@ mod tests {
             .open(&p)
             .and_then(|mut h| h.write_all(&bytes[bytes.len() / 2..]))
             .unwrap_or_else(|e| panic!("{e}"));
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         assert_eq!(drain(&mut f, 0), "#Version: 1.0\nl1\nl2\n");
         assert!(f.tracked[0].done);
         assert_eq!(
             f.tracked[0].fp,
             xxh3_64(&bytes[..bytes.len().min(FP_BYTES)])
         );
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         assert!(f.tracked.is_empty());
-        f.scan(&Checkpoints::default(), Instant::now());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
         assert!(f.tracked.is_empty(), "a finished file is not taken again");
     }
 }

@@ -482,6 +482,12 @@ fn cloudfront_files_are_each_delivered_once_across_a_restart() -> anyhow::Result
         &logs.join("E3OTHER.2026-11-26-10.0badc0de.gz"),
         &records("E3OTHER", 0, 500),
     )?;
+    // A corrupt file and one whose name carries no distribution: set aside, the others go on.
+    fs::write(
+        logs.join("E2EXAMPLE.2026-11-26-09.corrupt1.gz"),
+        b"\x1f\x8b not really gzip",
+    )?;
+    cloudfront_file(&logs.join("export.gz"), &records("ENONAME", 0, 10))?;
     let input = format!(
         "[[inputs]]\nname = \"cloudfront\"\npaths = [{:?}]\nformat = \"cloudfront\"\n",
         format!("{}/*.gz", logs.display())
@@ -525,6 +531,15 @@ fn cloudfront_files_are_each_delivered_once_across_a_restart() -> anyhow::Result
     assert!(
         example_ids.iter().all(|id| stored.contains_key(*id)),
         "{example_ids:?}"
+    );
+    let log = ship.log_text();
+    assert!(
+        log.contains("corrupt1.gz") && log.contains("set aside"),
+        "{log}"
+    );
+    assert!(
+        log.contains("export.gz") && log.contains("no distribution"),
+        "{log}"
     );
     Ok(())
 }
