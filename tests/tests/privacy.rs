@@ -4,29 +4,13 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use edgelog_collector::wal::{Wal, WalConfig};
-use edgelog_tests::{ServerConfig, TestServer, http_post, parquet_files, read_parquet};
-
-/// Every file under `dir`, recursively.
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
+use edgelog_tests::{
+    ServerConfig, TestServer, files_under, http_post, parquet_files, read_parquet,
+};
 
 const FULL: [&str; 5] = [
     "203.0.113.77",
@@ -70,7 +54,7 @@ fn no_full_address_or_dropped_field_reaches_the_disk() -> anyhow::Result<()> {
     assert!(collector.terminate()?, "{}", collector.log_text());
 
     // Raw bytes of every file: nothing.
-    for f in files(&data) {
+    for f in files_under(&data) {
         let bytes = fs::read(&f)?;
         for needle in FULL {
             assert!(
