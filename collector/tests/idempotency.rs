@@ -12,6 +12,8 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
+mod common;
+
 const TOKEN: &str = "test-token-0123456789";
 const AUTH: (&str, &str) = ("authorization", "Bearer test-token-0123456789");
 
@@ -364,16 +366,8 @@ async fn answer(mut s: tokio::net::TcpStream) -> String {
 #[tokio::test]
 async fn a_key_in_progress_gets_409_and_is_released_when_its_client_hangs_up() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let collector = edgelog_collector::Collector::open(config(), dir.path()).expect("open");
-    let wal = collector.wal().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(collector.serve(listener, async move {
-        let _ = rx.await;
-    }));
+    let served = common::serve(config(), dir.path()).await;
+    let (addr, wal) = (served.addr, served.wal.clone());
     let body = ndjson(0, 3);
     let (head, tail) = body.split_at(10);
     // The first request is stuck reading its body, its key claimed.
@@ -408,6 +402,5 @@ async fn a_key_in_progress_gets_409_and_is_released_when_its_client_hangs_up() {
     assert!(retried.starts_with("HTTP/1.1 200"), "{retried}");
     assert!(!retried.contains("duplicate"), "{retried}");
     assert_eq!(ids_in(&wal).await.len(), 6);
-    let _ = tx.send(());
-    server.await.expect("join").expect("serve");
+    served.stop().await;
 }

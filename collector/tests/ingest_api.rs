@@ -11,6 +11,8 @@ use edgelog_collector::{AppState, CollectorConfig, IngestResponse, Wal, WalConfi
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+mod common;
+
 const TOKEN: &str = "test-token-0123456789";
 
 fn config() -> CollectorConfig {
@@ -319,16 +321,8 @@ async fn health_readiness_and_metrics_answer() {
 #[tokio::test]
 async fn a_real_socket_serves_and_shuts_down() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let collector = edgelog_collector::Collector::open(config(), dir.path()).expect("open");
-    let wal = collector.wal().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(collector.serve(listener, async move {
-        let _ = rx.await;
-    }));
+    let served = common::serve(config(), dir.path()).await;
+    let (addr, wal) = (served.addr, served.wal.clone());
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let body = ndjson(2);
     let req = format!(
@@ -344,8 +338,7 @@ async fn a_real_socket_serves_and_shuts_down() {
         .expect("read");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"accepted\":2"), "{answer}");
-    let _ = tx.send(());
-    server.await.expect("join").expect("serve");
+    served.stop().await;
     assert_eq!(wal.committed(), 1);
     let _ = Arc::new(());
 }

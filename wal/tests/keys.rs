@@ -2,31 +2,11 @@
 //! in the journal once their segment is gone, cut with a group that is not whole.
 
 use std::fs::OpenOptions;
-use std::sync::Arc;
 
-use edgelog_record::Record;
 use edgelog_wal::{KEY_JOURNAL, KeyAnswer, KeyLimits, KeyedBody, Wal, WalConfig};
 
-fn records(n: usize, tag: &str) -> Arc<Vec<Record>> {
-    Arc::new(
-        (0..n)
-            .map(|i| Record {
-                timestamp_ms: 1_700_000_000_000 + i as i64,
-                distribution_id: "E1".into(),
-                x_edge_request_id: Some(format!("{tag}-{i}")),
-                ..Record::default()
-            })
-            .collect(),
-    )
-}
-
-fn small() -> WalConfig {
-    WalConfig {
-        segment_bytes: 4096,
-        max_bytes: 1 << 30,
-        fsync: true,
-    }
-}
+mod common;
+use common::{records, small};
 
 fn one(n: usize, tag: &str) -> KeyedBody {
     let r = records(n, tag);
