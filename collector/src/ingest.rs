@@ -206,7 +206,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(cfg: CollectorConfig, wal: Wal, sinks: Vec<Arc<SinkStatus>>) -> AppState {
+    pub fn new(mut cfg: CollectorConfig, wal: Wal, sinks: Vec<Arc<SinkStatus>>) -> AppState {
+        // Token hashes compare with the lower-case hex of a presented token.
+        for t in &mut cfg.tokens {
+            if t.starts_with("sha256:") {
+                *t = t.to_ascii_lowercase();
+            }
+        }
+        for t in &mut cfg.scoped_tokens {
+            if let Some(h) = &mut t.sha256 {
+                *h = h.to_ascii_lowercase();
+            }
+        }
         let cfg_privacy = cfg.privacy.clone();
         // Counters that matter most at zero are shown from the start.
         metrics::counter!("edgelog_ingest_panics_total").increment(0);
@@ -328,7 +339,10 @@ fn check_token(
         .1
         .trim()
         .as_bytes();
-    let hashed = {
+    // The presented token's SHA-256, only where a token is given by its hash.
+    let any_hashed = cfg.tokens.iter().any(|t| t.starts_with("sha256:"))
+        || cfg.scoped_tokens.iter().any(|t| t.sha256.is_some());
+    let hashed = if any_hashed {
         use sha2::Digest;
         let d = sha2::Sha256::digest(given);
         let mut hex = String::with_capacity(64);
@@ -336,11 +350,14 @@ fn check_token(
             hex.push_str(&format!("{b:02x}"));
         }
         hex
+    } else {
+        String::new()
     };
     let matches = |plain: Option<&str>, sha: Option<&str>| -> subtle::Choice {
         match (plain, sha) {
             (Some(t), _) => t.as_bytes().ct_eq(given),
-            (None, Some(h)) => h.to_ascii_lowercase().as_bytes().ct_eq(hashed.as_bytes()),
+            // Hashes are lower-cased when the state is made.
+            (None, Some(h)) => h.as_bytes().ct_eq(hashed.as_bytes()),
             (None, None) => subtle::Choice::from(0),
         }
     };

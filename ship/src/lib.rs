@@ -173,13 +173,13 @@ pub async fn run(
                         r = ship_one(&cfg, &poster, &mut inputs, k, i, &mut cp, &mut progress, &mut batch_limit) => match r {
                             Ok(true) => { worked = true; false }
                             Ok(false) => true,
-                            Err(SET_ASIDE) => {
+                            Err(Later::SetAside) => {
                                 metrics::counter!("edgelog_ship_files_set_aside_total", "input" => inputs[k].cfg.name.clone()).increment(1);
                                 inputs[k].files.set_aside(i);
                                 removed = true;
                                 true
                             }
-                            Err(wait) => {
+                            Err(Later::After(wait)) => {
                                 inputs[k].files.tracked[i].retry_at = Some(Instant::now() + wait);
                                 true
                             }
@@ -232,8 +232,18 @@ pub async fn run(
     }
 }
 
-/// What [`ship_one`] answers for a file to set aside (see [`tail::Files::set_aside`]).
-const SET_ASIDE: Duration = Duration::MAX;
+/// The wait after a failure that may pass (a read error, the collector away).
+const RETRY: Duration = Duration::from_secs(5);
+
+/// When a file that could not go now is tried again.
+enum Later {
+    /// After this long (the state could not be saved, the collector is away, the batch
+    /// was refused as a whole; its range stays pending).
+    After(Duration),
+    /// Not until it changes: another try would read the same bytes (see
+    /// [`tail::Files::set_aside`]).
+    SetAside,
+}
 
 fn stopped(p: Progress) -> Progress {
     tracing::info!(
@@ -291,7 +301,7 @@ fn save(cp: &mut Checkpoints, inputs: &[Input], state_dir: &Path) -> Result<(), 
 }
 
 /// Ships the next chunk of file `i` of input `k`. `Ok(false)`: nothing to send now.
-/// `Err(wait)`: try again after `wait` (the state could not be saved, or the batch was
+/// `Err(later)`: see [`Later`] (the state could not be saved, or the batch was
 /// refused as a whole; its range stays pending).
 #[allow(clippy::too_many_arguments)]
 async fn ship_one(
@@ -303,8 +313,7 @@ async fn ship_one(
     cp: &mut Checkpoints,
     progress: &mut Progress,
     batch_limit: &mut usize,
-) -> Result<bool, Duration> {
-    let retry_later = Duration::from_secs(5);
+) -> Result<bool, Later> {
     let input = &mut inputs[k];
     let name = input.cfg.name.clone();
     let chunk = match edgelog_wal::state_file::blocking(|| {
@@ -315,7 +324,7 @@ async fn ship_one(
         Ok(Some(c)) => c,
         Ok(None) => {
             if input.files.tracked[i].done {
-                save(cp, inputs, &cfg.state_dir).map_err(|_| retry_later)?;
+                save(cp, inputs, &cfg.state_dir).map_err(|_| Later::After(RETRY))?;
             }
             return Ok(false);
         }
@@ -324,10 +333,10 @@ async fn ship_one(
             if t.is_gz {
                 // Corrupt, truncated or too big: another try reads the same bytes.
                 tracing::error!(input = %name, path = %t.path.display(), error = %e, "cannot read a .gz: set aside until it changes; the other files go on");
-                return Err(SET_ASIDE);
+                return Err(Later::SetAside);
             }
             tracing::error!(input = %name, path = %t.path.display(), error = %e, "cannot read a file");
-            return Err(retry_later);
+            return Err(Later::After(RETRY));
         }
     };
     let t = &input.files.tracked[i];
@@ -346,7 +355,7 @@ async fn ship_one(
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(input = %name, path = %t.path.display(), error = %e, "cannot send this file: set aside until it changes; the other files go on");
-                return Err(SET_ASIDE);
+                return Err(Later::SetAside);
             }
         }
     };
@@ -372,7 +381,7 @@ async fn ship_one(
             if let Err(e) = save(cp, inputs, &cfg.state_dir) {
                 tracing::error!(error = %e, "cannot save checkpoints; not sending");
                 inputs[k].files.tracked[i].pending = None;
-                return Err(retry_later);
+                return Err(Later::After(RETRY));
             }
         }
         let batch = Batch {
@@ -410,8 +419,8 @@ async fn ship_one(
                 *batch_limit = (*batch_limit / 2).max(1);
                 tracing::warn!(input = %name, error = %e, batch_bytes = *batch_limit, "collector says the batch is too large; sending smaller ones");
                 inputs[k].files.tracked[i].pending = None;
-                save(cp, inputs, &cfg.state_dir).map_err(|_| retry_later)?;
-                return Err(Duration::ZERO);
+                save(cp, inputs, &cfg.state_dir).map_err(|_| Later::After(RETRY))?;
+                return Err(Later::After(Duration::ZERO));
             }
             Err(e) if e.status == Some(413) => {
                 // One line the collector will never take: counted, logged, passed.
@@ -422,11 +431,11 @@ async fn ship_one(
             }
             Err(e) if e.kind == ErrorKind::Refused => {
                 tracing::error!(input = %name, error = %e, "collector refused a batch as a whole; retrying it later");
-                return Err(Duration::from_secs(10));
+                return Err(Later::After(Duration::from_secs(10)));
             }
             Err(e) => {
                 tracing::warn!(input = %name, error = %e, "batch not delivered; retrying");
-                return Err(retry_later);
+                return Err(Later::After(RETRY));
             }
         }
     }
@@ -436,7 +445,7 @@ async fn ship_one(
     if let Err(e) = save(cp, inputs, &cfg.state_dir) {
         // The batch is in; a restart resends it with its key and the collector says so.
         tracing::error!(error = %e, "cannot save checkpoints");
-        return Err(retry_later);
+        return Err(Later::After(RETRY));
     }
     Ok(true)
 }
