@@ -205,6 +205,16 @@ pub struct Ship {
 impl Ship {
     /// Starts ship with `inputs` (TOML of `[[inputs]]` tables) towards `collector`.
     pub fn start(dir: &Path, collector: &str, inputs: &str) -> anyhow::Result<Ship> {
+        Ship::start_with_state(dir, &dir.join("state"), collector, inputs)
+    }
+
+    /// [`Ship::start`] with its state directory elsewhere.
+    pub fn start_with_state(
+        dir: &Path,
+        state: &Path,
+        collector: &str,
+        inputs: &str,
+    ) -> anyhow::Result<Ship> {
         fs::create_dir_all(dir)?;
         let config = dir.join("ship.toml");
         fs::write(
@@ -213,7 +223,7 @@ impl Ship {
                 "collector = {collector:?}\ntoken = {TOKEN:?}\nstate_dir = {:?}\n\
                  poll_interval = \"50ms\"\nrotate_wait = \"1s\"\nbatch_bytes = 65536\n\
                  progress_interval = \"1s\"\n\n{inputs}",
-                dir.join("state").display().to_string()
+                state.display().to_string()
             ),
         )?;
         let mut s = Ship {

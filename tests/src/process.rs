@@ -243,3 +243,47 @@ pub fn wait_port(port: u16, proc: &mut ChildProc) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A tmpfs mounted for the test's life; unmounted (lazily) on drop, even after a failure.
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> anyhow::Result<Tmpfs> {
+        std::fs::create_dir_all(dir)?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .context("cannot run mount")?;
+        if !out.status.success() {
+            bail!(
+                "cannot mount a tmpfs at {} (this test needs root, as CI runs): {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Tmpfs {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn resize(&self, size: &str) -> anyhow::Result<()> {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .status()?
+            .success();
+        if !ok {
+            bail!("cannot resize the tmpfs at {}", self.dir.display());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}

@@ -6,59 +6,14 @@
 //! with a remount while the collector runs.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use edgelog_tests::process::Tmpfs;
 use edgelog_tests::scenarios::{
     acked_ids, caught_up, lost_and_duplicates, spawn_load, wait_readyz,
 };
 use edgelog_tests::{ServerConfig, TestServer, http_get, http_post, stored_ids, wait_for, within};
-
-/// A tmpfs mounted for the test's life; unmounted (lazily) on drop, even after a failure.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> anyhow::Result<Tmpfs> {
-        std::fs::create_dir_all(dir)?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .context("cannot run mount")?;
-        if !out.status.success() {
-            bail!(
-                "cannot mount a tmpfs at {} (this test needs root, as CI runs): {}",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(Tmpfs {
-            dir: dir.to_owned(),
-        })
-    }
-
-    fn resize(&self, size: &str) -> anyhow::Result<()> {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.dir)
-            .status()?
-            .success();
-        if !ok {
-            bail!("cannot resize the tmpfs at {}", self.dir.display());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
 
 /// `n` records with ids `{tag}-{i}`, hard to compress so the log really grows.
 fn body(tag: &str, n: usize) -> (Vec<u8>, Vec<String>) {

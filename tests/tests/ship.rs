@@ -543,3 +543,71 @@ fn cloudfront_files_are_each_delivered_once_across_a_restart() -> anyhow::Result
     );
     Ok(())
 }
+
+/// Ship's state directory full (a real tmpfs, filled): no batch goes without its range
+/// saved first, nothing is lost, and shipping resumes by itself once there is room.
+#[test]
+fn a_full_state_disk_holds_shipping_back_and_loses_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut collector = collector(&dir.path().join("c"))?;
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs)?;
+    let mut text = String::new();
+    for k in 0..500 {
+        text.push_str(&format!(
+            "{{\"time\":\"1764151200.{k:03}\",\"status\":\"200\",\"request_uri\":\"/f/{k}\",\"request_id\":\"full-{k}\"}}\n"
+        ));
+    }
+    fs::write(logs.join("access.log"), &text)?;
+    let ship_dir = dir.path().join("ship");
+    let fs_ = edgelog_tests::process::Tmpfs::mount(&ship_dir, "1m")?;
+    // Everything but a few bytes taken.
+    let filler = ship_dir.join("filler");
+    let _ = fs::write(&filler, vec![0u8; 1 << 20]);
+    let input = format!(
+        "[[inputs]]\nname = \"nginx\"\npaths = [{:?}]\nformat = \"nginx_json\"\ndistribution = \"E2NGINX\"\n",
+        format!("{}/access.log", logs.display())
+    );
+    // Its config and log live elsewhere: only the state is on the full disk.
+    let mut ship = Ship::start_with_state(
+        &dir.path().join("ship-run"),
+        &ship_dir.join("state"),
+        &collector.url(),
+        &input,
+    );
+    if ship.is_err() {
+        // The state directory could not even be made: free a little and start again.
+        fs::write(&filler, vec![0u8; (1 << 20) - 64 * 1024])?;
+        ship = Ship::start_with_state(
+            &dir.path().join("ship-run"),
+            &ship_dir.join("state"),
+            &collector.url(),
+            &input,
+        );
+    }
+    let mut ship = ship?;
+    fs::write(&filler, vec![0u8; 1 << 20]).ok();
+    std::thread::sleep(Duration::from_secs(2));
+    let before = accepted(&collector.url());
+    assert_eq!(
+        before,
+        0,
+        "sent without its range saved:\n{}",
+        ship.log_text()
+    );
+    assert!(
+        ship.log_text().contains("cannot save checkpoints"),
+        "{}",
+        ship.log_text()
+    );
+    // Room again.
+    fs::remove_file(&filler)?;
+    wait_accepted(&collector.url(), 500, &ship, Duration::from_secs(30))?;
+    ship.terminate()?;
+    assert!(collector.terminate()?, "{}", collector.log_text());
+    let stored = stored_ids(&dir.path().join("c/standard-logs"))?;
+    assert_eq!(stored.len(), 500, "accepted {before} while full");
+    assert!(stored.values().all(|n| *n == 1));
+    drop(fs_);
+    Ok(())
+}
