@@ -30,7 +30,8 @@ pub struct StandardLogsConfig {
     /// most waiting writes a row group to the spool (or the oldest closes, when all are
     /// small).
     pub max_open_bytes: u64,
-    /// Files open at once; past it the oldest is closed first.
+    /// Files open at once; past it the oldest is closed first. An open file costs memory
+    /// only for its rows waiting (within `max_open_bytes`) and a little bookkeeping.
     pub max_open_files: usize,
     /// Rows per Parquet row group, at most (a row group also ends at about 4 MiB of rows).
     pub row_group_rows: usize,
@@ -117,7 +118,7 @@ impl Default for StandardLogsConfig {
             max_bytes: 64 << 20,
             max_age: Duration::from_secs(60),
             max_open_bytes: 128 << 20,
-            max_open_files: 256,
+            max_open_files: 20_000,
             row_group_rows: 128 * 1024,
             zstd_level: 3,
             s3: None,

@@ -3,6 +3,7 @@
 
 mod config;
 mod open_file;
+mod run;
 mod schema;
 mod sink;
 mod spool;

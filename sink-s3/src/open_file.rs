@@ -14,6 +14,7 @@ use parquet::file::properties::WriterProperties;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::run::Chunk;
 use crate::schema::Columns;
 use crate::sink::StandardLogError;
 use crate::spool::{self, Spool};
@@ -32,6 +33,8 @@ pub(crate) struct OpenFile {
     pub(crate) unwritten: Vec<(RecordBatch, usize)>,
     /// Row groups in the spool, or on their way there, in order.
     pub(crate) parts: Vec<Part>,
+    /// Rows written with other files' into shared runs, gathered when the file closes.
+    pub(crate) shared: Vec<Chunk>,
     /// Bytes of the row groups in the spool.
     pub(crate) part_bytes: u64,
     pub(crate) rows: usize,
@@ -84,6 +87,32 @@ impl OpenFile {
         self.part_bytes + self.memory() as u64
     }
 
+    /// Takes the rows waiting (those whose write failed before first) as batches, not
+    /// sorted by time (they are gathered with others before being written).
+    pub(crate) fn take_waiting(
+        &mut self,
+        key: &PartitionKey,
+        schema: &SchemaRef,
+    ) -> Result<Vec<RecordBatch>, SinkError> {
+        let mut batches: Vec<RecordBatch> = self.unwritten.drain(..).map(|u| u.0).collect();
+        if !self.columns.is_empty() {
+            batches.push(
+                self.columns
+                    .finish_as(schema, self.sample_rate, false)
+                    .map_err(|source| batch_error(key, source))?,
+            );
+        }
+        Ok(batches)
+    }
+
+    /// Puts back rows [`take_waiting`](Self::take_waiting) took, for the next try.
+    pub(crate) fn put_back(&mut self, batches: Vec<RecordBatch>) {
+        for b in batches {
+            let bytes = b.get_array_memory_size();
+            self.unwritten.push((b, bytes));
+        }
+    }
+
     /// Starts encoding the rows waiting as one row group (and first any whose write
     /// failed before). Waits only for an encoder to be free.
     pub(crate) async fn spill(
@@ -98,16 +127,10 @@ impl OpenFile {
                 None if self.columns.is_empty() => return Ok(()),
                 None => {
                     let bytes = self.columns.bytes();
-                    let batch =
-                        self.columns
-                            .finish(&enc.schema, self.sample_rate)
-                            .map_err(|source| {
-                                SinkError::misconfigured("cannot build a parquet batch")
-                                    .with_source(StandardLogError::Batch {
-                                        partition: partition_name(key),
-                                        source,
-                                    })
-                            })?;
+                    let batch = self
+                        .columns
+                        .finish(&enc.schema, self.sample_rate)
+                        .map_err(|source| batch_error(key, source))?;
                     (batch, bytes)
                 }
             };
@@ -180,6 +203,13 @@ impl OpenFile {
             })
             .collect()
     }
+}
+
+fn batch_error(key: &PartitionKey, source: arrow_schema::ArrowError) -> SinkError {
+    SinkError::misconfigured("cannot build a parquet batch").with_source(StandardLogError::Batch {
+        partition: partition_name(key),
+        source,
+    })
 }
 
 fn partition_name(key: &PartitionKey) -> String {

@@ -53,25 +53,33 @@ pub struct Columns {
 }
 
 impl Default for Columns {
-    /// Empty builders that allocate nothing until a row comes: thousands of open files
-    /// each start this way.
+    /// No builders until a row comes: thousands of open files each start this way, and
+    /// return to it after every row group or run.
     fn default() -> Self {
         Columns {
             timestamps: Vec::new(),
-            columns: FIELDS
-                .iter()
-                .map(|f| match f.kind {
-                    FieldKind::Str => Column::Str(StringBuilder::with_capacity(0, 0)),
-                    FieldKind::U16 => Column::I32(Int32Builder::with_capacity(0)),
-                    FieldKind::U32 | FieldKind::U64 | FieldKind::I64 => {
-                        Column::I64(Int64Builder::with_capacity(0))
-                    }
-                    FieldKind::F64 => Column::F64(Float64Builder::with_capacity(0)),
-                })
-                .collect(),
+            columns: Vec::new(),
             bytes: 0,
         }
     }
+}
+
+/// What a file's empty builders cost, counted in [`Columns::bytes`] so that the memory
+/// bound also covers many files holding a few rows each.
+const BUILDERS_BYTES: usize = 4096;
+
+fn builders() -> Vec<Column> {
+    FIELDS
+        .iter()
+        .map(|f| match f.kind {
+            FieldKind::Str => Column::Str(StringBuilder::with_capacity(0, 0)),
+            FieldKind::U16 => Column::I32(Int32Builder::with_capacity(0)),
+            FieldKind::U32 | FieldKind::U64 | FieldKind::I64 => {
+                Column::I64(Int64Builder::with_capacity(0))
+            }
+            FieldKind::F64 => Column::F64(Float64Builder::with_capacity(0)),
+        })
+        .collect()
 }
 
 impl Columns {
@@ -88,6 +96,10 @@ impl Columns {
     }
 
     pub fn push(&mut self, r: &Record) {
+        if self.columns.is_empty() {
+            self.columns = builders();
+            self.bytes += BUILDERS_BYTES;
+        }
         self.timestamps.push(r.timestamp_ms);
         self.bytes += 8;
         for (i, col) in self.columns.iter_mut().enumerate() {
@@ -121,11 +133,24 @@ impl Columns {
         schema: &SchemaRef,
         sample_rate: f64,
     ) -> Result<RecordBatch, ArrowError> {
+        self.finish_as(schema, sample_rate, true)
+    }
+
+    /// [`finish`](Self::finish), sorting the rows by time only with `sort`.
+    pub fn finish_as(
+        &mut self,
+        schema: &SchemaRef,
+        sample_rate: f64,
+        sort: bool,
+    ) -> Result<RecordBatch, ArrowError> {
+        if self.columns.is_empty() {
+            self.columns = builders();
+        }
         let ts = std::mem::take(&mut self.timestamps);
         let n = ts.len();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(FIELDS.len() + 2);
         // The order that sorts the rows by time, when they are not sorted already.
-        let order = (!ts.is_sorted()).then(|| {
+        let order = (sort && !ts.is_sorted()).then(|| {
             let mut order: Vec<u32> = (0..n as u32).collect();
             order.sort_by_key(|&i| ts[i as usize]);
             UInt32Array::from(order)

@@ -28,15 +28,20 @@ use tokio::sync::Semaphore;
 
 use crate::config::StandardLogsConfig;
 use crate::open_file::{ENCODERS, Encoders, OpenFile, Part, PartitionKey, push};
+use crate::run::{self, Chunk};
 use crate::schema::{self, Columns};
 use crate::spool::{self, Spool};
 
 /// A file's rows waiting in memory are encoded as a row group at about this size.
 pub const ROW_GROUP_BYTES: usize = 4 << 20;
 
-/// Under memory pressure, a file with fewer rows waiting than this is closed rather than
-/// given a row group of its own (many tiny row groups make a poor file).
+/// Under memory pressure, when no file has this many rows waiting, the rows of all go
+/// to a shared run instead of row groups of their own (many tiny row groups, or many
+/// tiny files, make poor reading).
 const MIN_ROW_GROUP_ROWS: usize = 256;
+
+/// Closed files built and uploaded at once, each of another partition.
+const UPLOADS: usize = 16;
 
 /// A closed file waiting for its upload: its last rows go to the spool and its row groups
 /// are joined into `local` on the way (each step retried until it succeeds).
@@ -44,6 +49,8 @@ struct ReadyFile {
     key: PartitionKey,
     path: ObjectPath,
     file: OpenFile,
+    /// Rows taken from a file with shared runs, gathered with them.
+    waiting: Vec<arrow_array::RecordBatch>,
     local: Option<(PathBuf, u64)>,
 }
 
@@ -74,6 +81,15 @@ pub struct StandardLogSink {
     ready: Vec<ReadyFile>,
     /// Open files with a row group's worth of rows waiting.
     full: Vec<PartitionKey>,
+    /// Open files with row groups being encoded (so a write looks at these, not at all).
+    under_way: Vec<PartitionKey>,
+    /// Open files that reached `max_rows` or `max_bytes` while taking rows.
+    due: Vec<PartitionKey>,
+    /// [`memory`](Self::memory) when last summed (over every file), and the bytes of
+    /// rows taken since: only taking rows adds memory, so while their sum is under the
+    /// bound the files need not be summed again.
+    memory_summed: usize,
+    memory_taken: usize,
     /// Last entry taken into the buffers.
     taken: Seq,
     watermarks: Watermarks,
@@ -86,9 +102,11 @@ pub struct StandardLogSink {
 }
 
 /// Per partition, the last entry whose rows are uploaded: a replay after a crash skips
-/// them, so no row lands twice. Saved after every upload; uploads run one at a time, so
-/// at most one upload can be unrecorded at a crash, and its replay rebuilds a file with
-/// the same first entry, hence the same key: it overwrites the same object.
+/// them, so no row lands twice. Saved after every round of uploads; a partition has at
+/// most one file in a round, so at a crash at most one upload per partition is
+/// unrecorded, and its replay rebuilds a file with the same first entry, hence the same
+/// key: it overwrites the same object (with more rows or fewer, the rest following in
+/// the next file).
 #[derive(Default)]
 struct Watermarks {
     path: Option<std::path::PathBuf>,
@@ -116,7 +134,8 @@ impl Watermarks {
             .unwrap_or(0)
     }
 
-    fn set(&mut self, key: &PartitionKey, seq: Seq) -> Result<(), SinkError> {
+    /// Raises a partition's watermark in memory; [`save`](Self::save) makes it last.
+    fn set(&mut self, key: &PartitionKey, seq: Seq) {
         let w = self
             .by_partition
             .entry(key.distribution.clone())
@@ -124,7 +143,6 @@ impl Watermarks {
             .entry(key.hour_ms)
             .or_default();
         *w = (*w).max(seq);
-        self.save()
     }
 
     /// Forgets what a replay can no longer reach (at or below the saved position).
@@ -188,6 +206,10 @@ impl StandardLogSink {
             open_files: 0,
             ready: Vec::new(),
             full: Vec::new(),
+            under_way: Vec::new(),
+            due: Vec::new(),
+            memory_summed: 0,
+            memory_taken: 0,
             taken: 0,
             watermarks: Watermarks::default(),
             dead_letters: None,
@@ -244,18 +266,103 @@ impl StandardLogSink {
             .flat_map(HashMap::values)
             .map(OpenFile::memory)
             .sum();
-        open + self.ready.iter().map(|r| r.file.memory()).sum::<usize>()
+        let ready: usize = self
+            .ready
+            .iter()
+            .map(|r| {
+                r.file.memory()
+                    + r.waiting
+                        .iter()
+                        .map(|b| b.get_array_memory_size())
+                        .sum::<usize>()
+            })
+            .sum();
+        open + ready
+    }
+
+    /// Writes the rows waiting in every open file into one shared run. On failure they
+    /// stay waiting for the retry.
+    async fn spill_shared(&mut self) -> Result<(), SinkError> {
+        let schema = self.encoders.schema.clone();
+        let mut taken: Vec<(PartitionKey, Vec<arrow_array::RecordBatch>)> = Vec::new();
+        let mut failed = None;
+        'files: for (d, m) in self.open.iter_mut() {
+            for (h, f) in m.iter_mut() {
+                if f.columns.is_empty() && f.unwritten.is_empty() {
+                    continue;
+                }
+                let key = PartitionKey {
+                    distribution: d.clone(),
+                    hour_ms: *h,
+                };
+                match f.take_waiting(&key, &schema) {
+                    Ok(b) => taken.push((key, b)),
+                    Err(e) => {
+                        failed = Some(e);
+                        break 'files;
+                    }
+                }
+            }
+        }
+        let written = match failed {
+            Some(e) => Err(e),
+            None => {
+                let path = self.spool.path("run");
+                let files: Vec<_> = taken.iter().map(|t| t.1.clone()).collect();
+                cpu(|| run::write(&path, &schema, &files)).map_err(|e| {
+                    SinkError::unavailable(format!("cannot write the run {}", path.display()))
+                        .with_source(e)
+                })
+            }
+        };
+        match written {
+            Ok(chunks) => {
+                tracing::debug!(
+                    files = taken.len(),
+                    "rows of many small files written to a shared run"
+                );
+                metrics::counter!("edgelog_standard_runs_total").increment(1);
+                for ((key, _), chunk) in taken.into_iter().zip(chunks) {
+                    if let Some(f) = self.open_file(&key) {
+                        f.part_bytes += chunk.len();
+                        f.shared.push(chunk);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for (key, batches) in taken {
+                    if let Some(f) = self.open_file(&key) {
+                        f.put_back(batches);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn open_file(&mut self, key: &PartitionKey) -> Option<&mut OpenFile> {
+        self.open
+            .get_mut(&key.distribution)
+            .and_then(|m| m.get_mut(&key.hour_ms))
     }
 
     /// Encodes a file's waiting rows as one row group in the spool. On failure the rows
     /// stay waiting for the retry.
     async fn write_row_group(&mut self, key: &PartitionKey) -> Result<(), SinkError> {
-        match self
+        let (spool, encoders) = (&self.spool, &self.encoders);
+        let f = self
             .open
             .get_mut(&key.distribution)
-            .and_then(|m| m.get_mut(&key.hour_ms))
-        {
-            Some(f) => f.spill(key, &self.spool, &self.encoders).await,
+            .and_then(|m| m.get_mut(&key.hour_ms));
+        match f {
+            Some(f) => {
+                let started = f.spill(key, spool, encoders).await;
+                if !self.under_way.contains(key) {
+                    self.under_way.push(key.clone());
+                }
+                started
+            }
             None => Ok(()),
         }
     }
@@ -285,73 +392,160 @@ impl StandardLogSink {
             key: key.clone(),
             path: self.object_path(key, f.first_seq),
             file: f,
+            waiting: Vec::new(),
             local: None,
         });
     }
 
-    /// Joins a ready file's row groups into one file in the spool (once).
-    async fn join(&mut self, i: usize) -> Result<(PathBuf, u64), SinkError> {
+    /// Brings a ready file's rows to disk: its last rows as a row group of their own, or,
+    /// when some of its rows are in shared runs, taken to be gathered with them.
+    async fn prepare(&mut self, i: usize) -> Result<(), SinkError> {
+        let schema = self.encoders.schema.clone();
         let ready = &mut self.ready[i];
-        if let Some(l) = &ready.local {
-            return Ok(l.clone());
+        if ready.local.is_some() {
+            return Ok(());
         }
-        ready
-            .file
-            .spill(&ready.key, &self.spool, &self.encoders)
-            .await?;
-        ready.file.settle(&ready.key, true).await?;
-        let (parts, path) = (ready.file.part_paths(), &ready.path);
-        let joined = if let [only] = parts.as_slice() {
-            (
-                only.clone(),
-                std::fs::metadata(only).map(|m| m.len()).unwrap_or(0),
-            )
+        if !ready.file.shared.is_empty() {
+            let rows = ready.file.take_waiting(&ready.key, &schema)?;
+            ready.waiting.extend(rows);
         } else {
-            let out = self.spool.path("file");
-            let props = &self.encoders.props;
-            let len = cpu(|| spool::join(&parts, &out, props)).map_err(|e| {
-                SinkError::unavailable(format!("cannot join {path} in the spool")).with_source(e)
-            })?;
-            for p in &parts {
-                let _ = std::fs::remove_file(p);
-            }
-            (out, len)
-        };
-        ready.file.parts.clear();
-        ready.local = Some(joined.clone());
-        Ok(joined)
+            ready
+                .file
+                .spill(&ready.key, &self.spool, &self.encoders)
+                .await?;
+        }
+        ready.file.settle(&ready.key, true).await
     }
 
-    /// Uploads every ready file; stops at the first failure (the rest wait for a retry).
+    /// Builds (once) and uploads a prepared ready file, off the sink's task. Returns the
+    /// local file if built, and whether the upload succeeded.
+    fn finish(&self, i: usize) -> impl Future<Output = Finished> + Send + 'static {
+        let r = &self.ready[i];
+        let built = r.local.clone();
+        let inputs = Inputs {
+            parts: r.file.part_paths(),
+            shared: r.file.shared.clone(),
+            waiting: r.waiting.clone(),
+            gathered: self.spool.path("rows"),
+            joined: self.spool.path("file"),
+            schema: self.encoders.schema.clone(),
+            props: self.encoders.props.clone(),
+        };
+        let slots = self.encoders.slots.clone();
+        let (store, root, object) = (self.store.clone(), self.local_root.clone(), r.path.clone());
+        async move {
+            let (local, len) = match built {
+                Some(l) => l,
+                None => {
+                    let permit = slots.acquire_owned().await;
+                    let what = format!("cannot build {object} in the spool");
+                    let job = tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        inputs.build()
+                    });
+                    match job.await {
+                        Ok(Ok(l)) => l,
+                        Ok(Err(e)) => {
+                            let e = SinkError::unavailable(what).with_source(e);
+                            return Finished {
+                                i,
+                                built: None,
+                                uploaded: Err(e),
+                            };
+                        }
+                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                    }
+                }
+            };
+            let uploaded =
+                match root {
+                    Some(root) => {
+                        let (from, to) = (local.clone(), root.join(object.as_ref()));
+                        let placed =
+                            tokio::task::spawn_blocking(move || place_local(&root, &from, &to))
+                                .await
+                                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                        placed.map_err(|e| {
+                            SinkError::unavailable(format!("cannot write {object}")).with_source(e)
+                        })
+                    }
+                    None => match spool::upload(store.as_ref(), &object, &local, len).await {
+                        Ok(()) => {
+                            let _ = std::fs::remove_file(&local);
+                            Ok(())
+                        }
+                        Err(e) => Err(SinkError::unavailable(format!("cannot upload {object}"))
+                            .with_source(e)),
+                    },
+                };
+            Finished {
+                i,
+                built: Some((local, len)),
+                uploaded,
+            }
+        }
+    }
+
+    /// Uploads every ready file, several at once but one per partition at a time (see
+    /// [`Watermarks`]); stops at a failure (the rest wait for a retry).
     async fn upload_ready(&mut self) -> Result<(), SinkError> {
         while !self.ready.is_empty() {
-            let (local, len) = self.join(0).await?;
-            let file = &self.ready[0];
-            match &self.local_root {
-                Some(root) => {
-                    let to = root.join(file.path.as_ref());
-                    cpu(|| place_local(root, &local, &to)).map_err(|e| {
-                        SinkError::unavailable(format!("cannot write {}", to.display()))
-                            .with_source(e)
-                    })?;
+            let mut picked: Vec<usize> = Vec::new();
+            for i in 0..self.ready.len() {
+                if picked.len() == UPLOADS {
+                    break;
                 }
-                None => {
-                    spool::upload(self.store.as_ref(), &file.path, &local, len)
-                        .await
-                        .map_err(|e| {
-                            SinkError::unavailable(format!("cannot upload {}", file.path))
-                                .with_source(e)
-                        })?;
-                    let _ = std::fs::remove_file(&local);
+                if picked
+                    .iter()
+                    .all(|&j| self.ready[j].key != self.ready[i].key)
+                {
+                    picked.push(i);
                 }
             }
-            tracing::debug!(object = %file.path, rows = file.file.rows, bytes = len, "standard log file written");
-            metrics::counter!("edgelog_standard_files_total").increment(1);
-            metrics::counter!("edgelog_standard_rows_total").increment(file.file.rows as u64);
-            metrics::counter!("edgelog_standard_bytes_total").increment(len);
-            let (key, last) = (file.key.clone(), file.file.last_seq);
-            self.watermarks.set(&key, last)?;
-            self.ready.remove(0);
+            for &i in &picked {
+                self.prepare(i).await?;
+            }
+            let mut jobs = tokio::task::JoinSet::new();
+            for &i in &picked {
+                jobs.spawn(self.finish(i));
+            }
+            let (mut done, mut failed) = (Vec::new(), None);
+            while let Some(f) = jobs.join_next().await {
+                let f = f.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                if let Some(local) = f.built {
+                    let r = &mut self.ready[f.i];
+                    r.local = Some(local);
+                    r.file.parts.clear();
+                    r.file.shared.clear();
+                    r.waiting.clear();
+                }
+                match f.uploaded {
+                    Ok(()) => done.push(f.i),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            for &i in &done {
+                let file = &self.ready[i];
+                let len = file.local.as_ref().map_or(0, |l| l.1);
+                tracing::debug!(object = %file.path, rows = file.file.rows, bytes = len, "standard log file written");
+                metrics::counter!("edgelog_standard_files_total").increment(1);
+                metrics::counter!("edgelog_standard_rows_total").increment(file.file.rows as u64);
+                metrics::counter!("edgelog_standard_bytes_total").increment(len);
+                let (key, last) = (file.key.clone(), file.file.last_seq);
+                self.watermarks.set(&key, last);
+            }
+            if !done.is_empty() {
+                self.watermarks.save()?;
+            }
+            done.sort_unstable();
+            for i in done.into_iter().rev() {
+                self.ready.remove(i);
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -444,6 +638,7 @@ impl StandardLogSink {
                         columns: Columns::default(),
                         unwritten: Vec::new(),
                         parts: Vec::new(),
+                        shared: Vec::new(),
                         part_bytes: 0,
                         rows: 0,
                         first_seq: entry.seq,
@@ -453,8 +648,13 @@ impl StandardLogSink {
                     })
                 }
             };
+            let before = f.columns.bytes();
             for (i, _, _) in group {
                 push(f, &entry.records[*i], entry.seq);
+            }
+            self.memory_taken += f.columns.bytes().saturating_sub(before);
+            if f.rows >= self.cfg.max_rows || f.size() >= self.cfg.max_bytes {
+                self.due.push(key.clone());
             }
             if f.columns.bytes() >= ROW_GROUP_BYTES || f.columns.len() >= self.cfg.row_group_rows {
                 self.full.push(key);
@@ -473,15 +673,19 @@ impl StandardLogSink {
     /// Takes in the row groups already encoded (their sizes, or their failures); with
     /// `all`, waits for those still under way too.
     async fn settle_open(&mut self, all: bool) -> Result<(), SinkError> {
-        for (d, m) in self.open.iter_mut() {
-            for (h, f) in m.iter_mut() {
-                if f.parts.iter().any(|p| matches!(p, Part::Encoding { .. })) {
-                    let key = PartitionKey {
-                        distribution: d.clone(),
-                        hour_ms: *h,
-                    };
-                    f.settle(&key, all).await?;
-                }
+        let mut i = 0;
+        while i < self.under_way.len() {
+            let key = self.under_way[i].clone();
+            let Some(f) = self.open_file(&key) else {
+                // Sealed since: its ready file settles its own.
+                self.under_way.swap_remove(i);
+                continue;
+            };
+            f.settle(&key, all).await?;
+            if f.parts.iter().any(|p| matches!(p, Part::Encoding { .. })) {
+                i += 1;
+            } else {
+                self.under_way.swap_remove(i);
             }
         }
         Ok(())
@@ -517,6 +721,58 @@ impl StandardLogSink {
     }
 }
 
+/// What a ready file is built from.
+struct Inputs {
+    parts: Vec<PathBuf>,
+    shared: Vec<Chunk>,
+    waiting: Vec<arrow_array::RecordBatch>,
+    gathered: PathBuf,
+    joined: PathBuf,
+    schema: arrow_schema::SchemaRef,
+    props: Arc<WriterProperties>,
+}
+
+impl Inputs {
+    /// One file in the spool: the rows in shared runs and those waiting are encoded into
+    /// a part, and the parts joined (column chunks copied). The parts go once joined.
+    fn build(self) -> Result<(PathBuf, u64), parquet::errors::ParquetError> {
+        let mut parts = self.parts;
+        if !self.shared.is_empty() || !self.waiting.is_empty() {
+            run::gather(
+                &self.shared,
+                &self.waiting,
+                &self.gathered,
+                &self.schema,
+                &self.props,
+            )?;
+            parts.push(self.gathered.clone());
+        }
+        if let [only] = parts.as_slice() {
+            let len = std::fs::metadata(only)?.len();
+            return Ok((only.clone(), len));
+        }
+        match spool::join(&parts, &self.joined, &self.props) {
+            Ok(len) => {
+                for p in &parts {
+                    let _ = std::fs::remove_file(p);
+                }
+                Ok((self.joined, len))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.gathered);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A ready file's round: built (its local file), and uploaded or not.
+struct Finished {
+    i: usize,
+    built: Option<(PathBuf, u64)>,
+    uploaded: Result<(), SinkError>,
+}
+
 /// Moves a finished file from the spool to `to` under `root` and makes it durable there:
 /// the file, then each directory up to `root`. The spool is under the data dir, on the
 /// same file system, so this is a rename.
@@ -524,12 +780,17 @@ fn place_local(root: &Path, from: &Path, to: &Path) -> std::io::Result<()> {
     if let Some(dir) = to.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    File::open(from)?.sync_all()?;
-    if std::fs::rename(from, to).is_err() {
-        // Another file system after all: copy.
-        std::fs::copy(from, to)?;
+    if !from.exists() && to.exists() {
+        // Moved by a try that failed after: only the syncs are left.
         File::open(to)?.sync_all()?;
-        let _ = std::fs::remove_file(from);
+    } else {
+        File::open(from)?.sync_all()?;
+        if std::fs::rename(from, to).is_err() {
+            // Another file system after all: copy.
+            std::fs::copy(from, to)?;
+            File::open(to)?.sync_all()?;
+            let _ = std::fs::remove_file(from);
+        }
     }
     let mut dir = to.parent();
     while let Some(d) = dir {
@@ -559,27 +820,37 @@ impl Sink for StandardLogSink {
             self.full.pop();
         }
         self.settle_open(false).await?;
-        let (max_rows, max_bytes) = (self.cfg.max_rows, self.cfg.max_bytes as usize);
-        self.close_where(|f| f.rows >= max_rows || f.size() >= max_bytes as u64)
-            .await?;
+        for k in std::mem::take(&mut self.due) {
+            self.seal(&k);
+        }
+        self.upload_ready().await?;
         // Over the memory bound: the file with most rows waiting writes them as a row
         // group; when even that one has few, the oldest file closes.
-        while self.memory() > self.cfg.max_open_bytes as usize && !self.open.is_empty() {
+        let bound = self.cfg.max_open_bytes as usize;
+        if self.memory_summed + self.memory_taken > bound {
+            self.memory_summed = self.memory();
+            self.memory_taken = 0;
+        }
+        while self.memory_summed > bound && !self.open.is_empty() {
             match self.largest_waiting() {
                 Some((k, rows)) if rows >= MIN_ROW_GROUP_ROWS => {
                     self.write_row_group(&k).await?;
                     // Memory returns once encoded: wait for it.
                     self.settle_open(true).await?;
                 }
+                Some((_, rows)) if rows > 0 => self.spill_shared().await?,
                 _ => {
                     if let Some(k) = self.oldest_open() {
+                        tracing::debug!(memory = self.memory(), partition = %k.distribution, "over the memory bound with no rows waiting: closing the oldest file");
                         self.seal(&k);
                     }
                     self.upload_ready().await?;
                 }
             }
+            self.memory_summed = self.memory();
         }
-        metrics::gauge!("edgelog_standard_open_bytes").set(self.memory() as f64);
+        metrics::gauge!("edgelog_standard_open_bytes")
+            .set((self.memory_summed + self.memory_taken) as f64);
         Ok(())
     }
 

@@ -156,6 +156,16 @@ fn ids_in(dir: &std::path::Path) -> std::collections::HashMap<String, u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_any_point_leaves_every_row_exactly_once() {
+    crash_and_replay(3, 128 << 20).await;
+}
+
+/// The same with rows in shared runs and many files uploaded at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_with_many_small_distributions_leaves_every_row_exactly_once() {
+    crash_and_replay(40, 1 << 20).await;
+}
+
+async fn crash_and_replay(distributions: usize, max_open_bytes: u64) {
     const ENTRIES: u64 = 24;
     for crash_after in [2u64, 4, 5, 9, 14, 16, 20] {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -163,13 +173,14 @@ async fn a_crash_at_any_point_leaves_every_row_exactly_once() {
         let make = |max_age: Duration| {
             let cfg = StandardLogsConfig {
                 max_age,
+                max_open_bytes,
                 ..StandardLogsConfig::default()
             };
             StandardLogSink::new(cfg, "c1", local_store(dir.path()).expect("store"))
                 .with_state_file(&state)
                 .expect("state")
         };
-        let mut g = Generator::new(9, 3, 4);
+        let mut g = Generator::new(9, distributions, 4);
         let all: Vec<Entry> = (1..=ENTRIES).map(|s| entry(s, &mut g)).collect();
 
         // First life: files close by age, partition by partition: a tick right after an
@@ -257,6 +268,64 @@ async fn one_body_of_thousands_of_partitions_keeps_few_files_open_and_loses_noth
     assert_eq!(sink.delivered(), 1);
     let written: usize = files(dir.path()).iter().map(|p| rows(p)).sum();
     assert_eq!(written, total, "every row once");
+}
+
+/// Thousands of distributions with a few rows each per entry: under the memory bound
+/// their rows go to shared runs rather than into files of a few rows each, so every
+/// partition gets one file, with every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_small_distributions_share_runs_and_write_one_file_each() {
+    const DISTRIBUTIONS: usize = 2000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let cfg = StandardLogsConfig {
+        max_open_bytes: 1 << 20,
+        max_age: Duration::from_secs(3600),
+        ..StandardLogsConfig::default()
+    };
+    let out = dir.path().join("out");
+    let mut sink = StandardLogSink::new(cfg, "c1", local_store(&out).expect("store"))
+        .with_local_root(&out)
+        .with_spool_dir(&spool)
+        .expect("spool");
+    let mut g = Generator::new(11, DISTRIBUTIONS, 4);
+    let (mut sent, mut runs) = (0, 0);
+    for seq in 1..=40u64 {
+        let recs: Vec<_> = (0..1000)
+            .map(|i| {
+                g.record(
+                    1_764_000_000_000 + (seq * 1000 + i) as i64,
+                    (seq as usize * 1000 + i as usize) % DISTRIBUTIONS,
+                    ErrorMix::default(),
+                )
+            })
+            .collect();
+        sent += recs.len();
+        let entry = Entry {
+            seq,
+            appended_ms: 0,
+            records: Arc::new(recs),
+        };
+        sink.write(&Batch::all(&entry)).await.expect("write");
+        runs = runs.max(
+            files(&spool)
+                .iter()
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("run"))
+                })
+                .count(),
+        );
+    }
+    assert!(runs > 1, "rows went to shared runs ({runs} at most)");
+    sink.flush().await.expect("flush");
+    assert_eq!(sink.delivered(), 40);
+    let written = files(&out);
+    assert_eq!(written.len(), DISTRIBUTIONS, "one file per partition");
+    let ids = ids_in(&out);
+    assert_eq!(ids.len(), sent, "every row");
+    assert!(ids.values().all(|n| *n == 1), "no row twice");
+    assert!(files(&spool).is_empty(), "runs are removed once gathered");
 }
 
 /// A file's row groups are encoded into the spool as they fill and joined at close: one

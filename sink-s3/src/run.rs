@@ -1,0 +1,196 @@
+//! Shared runs: when the memory bound is reached while every open file holds only a few
+//! rows (thousands of distributions), their rows go together into one scratch file, each
+//! file's rows a zstd-compressed Arrow IPC stream at its own offset. A file's rows are
+//! gathered from its runs into one Parquet part when it closes, so its row groups stay
+//! large however small each run's share was; a run is deleted once no file refers to it.
+//!
+//! Like the rest of the spool, runs are scratch rebuilt from the log: never fsynced.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::StreamWriter;
+use arrow_schema::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
+
+/// zstd level of runs: they live minutes, so speed matters more than size.
+const RUN_ZSTD_LEVEL: i32 = 1;
+
+/// A run on disk, removed when the last file that has rows in it lets go.
+#[derive(Debug)]
+pub(crate) struct RunFile {
+    path: PathBuf,
+}
+
+impl Drop for RunFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// One file's rows in a run.
+#[derive(Debug, Clone)]
+pub(crate) struct Chunk {
+    run: Arc<RunFile>,
+    offset: u64,
+    len: u64,
+}
+
+impl Chunk {
+    /// Bytes on disk.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+/// Writes each file's batches as one chunk of a new run at `path`; the chunks are in the
+/// order of `files`. Nothing is left on disk on failure.
+pub(crate) fn write(
+    path: &Path,
+    schema: &SchemaRef,
+    files: &[Vec<RecordBatch>],
+) -> std::io::Result<Vec<Chunk>> {
+    let result = (|| {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(path)?);
+        let mut spans = Vec::with_capacity(files.len());
+        let (mut offset, mut ipc) = (0u64, Vec::new());
+        let mut zstd = zstd::bulk::Compressor::new(RUN_ZSTD_LEVEL)?;
+        for batches in files {
+            ipc.clear();
+            let mut w = StreamWriter::try_new(&mut ipc, schema).map_err(other)?;
+            for b in batches {
+                w.write(b).map_err(other)?;
+            }
+            w.finish().map_err(other)?;
+            drop(w);
+            let z = zstd.compress(&ipc)?;
+            out.write_all(&z)?;
+            spans.push((offset, z.len() as u64));
+            offset += z.len() as u64;
+        }
+        out.into_inner().map_err(|e| e.into_error())?;
+        Ok(spans)
+    })();
+    match result {
+        Ok(spans) => {
+            let run = Arc::new(RunFile {
+                path: path.to_owned(),
+            });
+            Ok(spans
+                .into_iter()
+                .map(|(offset, len)| Chunk {
+                    run: run.clone(),
+                    offset,
+                    len,
+                })
+                .collect())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(e)
+        }
+    }
+}
+
+/// The batches of one chunk.
+fn read(chunk: &Chunk) -> std::io::Result<Vec<RecordBatch>> {
+    let file = File::open(&chunk.run.path)?;
+    let len = usize::try_from(chunk.len).map_err(other)?;
+    let mut z = vec![0; len];
+    file.read_exact_at(&mut z, chunk.offset)?;
+    let ipc = zstd::decode_all(z.as_slice())?;
+    StreamReader::try_new(std::io::Cursor::new(ipc), None)
+        .map_err(other)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(other)
+}
+
+/// Writes the rows of `chunks`, then of `batches`, as one Parquet file at `out` (row
+/// groups as the writer's properties say); returns its size.
+pub(crate) fn gather(
+    chunks: &[Chunk],
+    batches: &[RecordBatch],
+    out: &Path,
+    schema: &SchemaRef,
+    props: &WriterProperties,
+) -> Result<u64, ParquetError> {
+    let result = (|| {
+        let mut w = ArrowWriter::try_new(File::create(out)?, schema.clone(), Some(props.clone()))?;
+        for chunk in chunks {
+            for b in read(chunk)? {
+                w.write(&b)?;
+            }
+        }
+        for b in batches {
+            w.write(b)?;
+        }
+        w.close()?;
+        Ok(std::fs::metadata(out)?.len())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{self, Columns};
+    use edgelog_edge::{ErrorMix, Generator};
+
+    #[test]
+    fn a_files_rows_come_back_from_its_runs_and_a_run_goes_with_its_last_chunk() {
+        let dir = tempfile::tempdir().expect("test");
+        let schema = schema::schema();
+        let mut g = Generator::new(7, 3, 2);
+        let mut batch = |n: usize| {
+            let mut c = Columns::default();
+            for i in 0..n {
+                c.push(&g.record(1_764_000_000_000 + i as i64, i, ErrorMix::default()));
+            }
+            c.finish(&schema, 100.0).expect("test")
+        };
+        let run1 = dir.path().join("run-1");
+        let a = write(&run1, &schema, &[vec![batch(3)], vec![batch(5), batch(1)]]).expect("test");
+        let run2 = dir.path().join("run-2");
+        let b = write(&run2, &schema, &[vec![batch(2)]]).expect("test");
+        let out = dir.path().join("out.parquet");
+        let extra = [batch(4)];
+        gather(
+            &[a[1].clone(), b[0].clone()],
+            &extra,
+            &out,
+            &schema,
+            &WriterProperties::default(),
+        )
+        .expect("test");
+        let rows: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            File::open(&out).expect("test"),
+        )
+        .expect("test")
+        .build()
+        .expect("test")
+        .map(|b| b.expect("test").num_rows())
+        .sum();
+        assert_eq!(rows, 5 + 1 + 2 + 4);
+        drop(b);
+        assert!(!run2.exists(), "a run without chunks is removed");
+        drop(a);
+        assert!(!run1.exists());
+    }
+}
