@@ -88,20 +88,23 @@ impl OpenFile {
     }
 
     /// Takes the rows waiting (those whose write failed before first) as batches, not
-    /// sorted by time (they are gathered with others before being written).
+    /// sorted by time (they are sorted when gathered).
     pub(crate) fn take_waiting(
         &mut self,
         key: &PartitionKey,
         schema: &SchemaRef,
     ) -> Result<Vec<RecordBatch>, SinkError> {
-        let mut batches: Vec<RecordBatch> = self.unwritten.drain(..).map(|u| u.0).collect();
-        if !self.columns.is_empty() {
-            batches.push(
+        // The rows in the builders first: if they cannot be taken, nothing is.
+        let last = match self.columns.is_empty() {
+            true => None,
+            false => Some(
                 self.columns
                     .finish_as(schema, self.sample_rate, false)
                     .map_err(|source| batch_error(key, source))?,
-            );
-        }
+            ),
+        };
+        let mut batches: Vec<RecordBatch> = self.unwritten.drain(..).map(|u| u.0).collect();
+        batches.extend(last);
         Ok(batches)
     }
 

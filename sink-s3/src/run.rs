@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::SchemaRef;
@@ -119,25 +119,39 @@ fn read(chunk: &Chunk) -> std::io::Result<Vec<RecordBatch>> {
         .map_err(other)
 }
 
-/// Writes the rows of `chunks`, then of `batches`, as one Parquet file at `out` (row
-/// groups as the writer's properties say); returns its size.
+/// Writes the rows of `chunks`, then of `batches`, as one Parquet file at `out`: row
+/// groups of about `group_bytes` of rows (or the properties' row count), each sorted by
+/// time; returns its size.
 pub(crate) fn gather(
     chunks: &[Chunk],
     batches: &[RecordBatch],
     out: &Path,
     schema: &SchemaRef,
     props: &WriterProperties,
+    group_bytes: usize,
 ) -> Result<u64, ParquetError> {
     let result = (|| {
         let mut w = ArrowWriter::try_new(File::create(out)?, schema.clone(), Some(props.clone()))?;
+        let max_rows = props.max_row_group_row_count().unwrap_or(usize::MAX);
+        let (mut group, mut rows, mut bytes) = (Vec::new(), 0, 0);
+        let mut add = |w: &mut ArrowWriter<File>, b: RecordBatch| {
+            (rows, bytes) = (rows + b.num_rows(), bytes + rows_bytes(&b));
+            group.push(b);
+            if rows >= max_rows || bytes >= group_bytes {
+                (rows, bytes) = (0, 0);
+                write_sorted(w, schema, std::mem::take(&mut group))?;
+            }
+            Ok::<_, ParquetError>(())
+        };
         for chunk in chunks {
             for b in read(chunk)? {
-                w.write(&b)?;
+                add(&mut w, b)?;
             }
         }
         for b in batches {
-            w.write(b)?;
+            add(&mut w, b.clone())?;
         }
+        write_sorted(&mut w, schema, group)?;
         w.close()?;
         Ok(std::fs::metadata(out)?.len())
     })();
@@ -145,6 +159,42 @@ pub(crate) fn gather(
         let _ = std::fs::remove_file(out);
     }
     result
+}
+
+/// The bytes of a batch's rows (not of the buffers they share: batches read from a run
+/// are slices of one decoded stream).
+fn rows_bytes(b: &RecordBatch) -> usize {
+    b.columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
+}
+
+/// Writes `group` as one row group, its rows sorted by time.
+fn write_sorted(
+    w: &mut ArrowWriter<File>,
+    schema: &SchemaRef,
+    group: Vec<RecordBatch>,
+) -> Result<(), ParquetError> {
+    if group.is_empty() {
+        return Ok(());
+    }
+    let all = arrow_select::concat::concat_batches(schema, &group)?;
+    drop(group);
+    let ts = all
+        .column(0)
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .ok_or_else(|| ParquetError::General("the first column is not the timestamp".into()))?;
+    let sorted = if ts.values().is_sorted() {
+        all
+    } else {
+        let mut order: Vec<u32> = (0..ts.len() as u32).collect();
+        order.sort_by_key(|&i| ts.value(i as usize));
+        arrow_select::take::take_record_batch(&all, &UInt32Array::from(order))?
+    };
+    w.write(&sorted)?;
+    w.flush()
 }
 
 #[cfg(test)]
@@ -177,6 +227,7 @@ mod tests {
             &out,
             &schema,
             &WriterProperties::default(),
+            1 << 20,
         )
         .expect("test");
         let rows: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(

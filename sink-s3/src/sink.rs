@@ -43,6 +43,10 @@ const MIN_ROW_GROUP_ROWS: usize = 256;
 /// Closed files built and uploaded at once, each of another partition.
 const UPLOADS: usize = 16;
 
+/// Bytes of files uploaded at once (each counted up to this): many small files go up
+/// together, a large one alone (its multipart upload has its own bound).
+const UPLOAD_BYTES: u64 = 32 << 20;
+
 /// A closed file waiting for its upload: its last rows go to the spool and its row groups
 /// are joined into `local` on the way (each step retried until it succeeds).
 struct ReadyFile {
@@ -52,6 +56,8 @@ struct ReadyFile {
     /// Rows taken from a file with shared runs, gathered with them.
     waiting: Vec<arrow_array::RecordBatch>,
     local: Option<(PathBuf, u64)>,
+    /// Uploaded; its watermark is saved next.
+    uploaded: bool,
 }
 
 /// Why a file could not be built.
@@ -394,6 +400,7 @@ impl StandardLogSink {
             file: f,
             waiting: Vec::new(),
             local: None,
+            uploaded: false,
         });
     }
 
@@ -489,16 +496,27 @@ impl StandardLogSink {
     /// Uploads every ready file, several at once but one per partition at a time (see
     /// [`Watermarks`]); stops at a failure (the rest wait for a retry).
     async fn upload_ready(&mut self) -> Result<(), SinkError> {
-        while !self.ready.is_empty() {
-            let mut picked: Vec<usize> = Vec::new();
+        loop {
+            // Uploaded in a round whose watermarks could not be saved: only that is left.
+            if self.ready.iter().any(|r| r.uploaded) {
+                self.watermarks.save()?;
+                self.ready.retain(|r| !r.uploaded);
+            }
+            if self.ready.is_empty() {
+                return Ok(());
+            }
+            // Up to UPLOADS files, one per partition, and a few MiB of uploads in flight
+            // (a large file goes up alone).
+            let (mut picked, mut budget) = (Vec::<usize>::new(), UPLOAD_BYTES);
             for i in 0..self.ready.len() {
-                if picked.len() == UPLOADS {
+                let r = &self.ready[i];
+                let size = r.local.as_ref().map_or_else(|| r.file.size(), |l| l.1);
+                let cost = size.min(UPLOAD_BYTES);
+                if picked.len() == UPLOADS || (!picked.is_empty() && cost > budget) {
                     break;
                 }
-                if picked
-                    .iter()
-                    .all(|&j| self.ready[j].key != self.ready[i].key)
-                {
+                if picked.iter().all(|&j| self.ready[j].key != r.key) {
+                    budget = budget.saturating_sub(cost);
                     picked.push(i);
                 }
             }
@@ -509,45 +527,41 @@ impl StandardLogSink {
             for &i in &picked {
                 jobs.spawn(self.finish(i));
             }
-            let (mut done, mut failed) = (Vec::new(), None);
+            let mut failed = None;
             while let Some(f) = jobs.join_next().await {
                 let f = f.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                let r = &mut self.ready[f.i];
                 if let Some(local) = f.built {
-                    let r = &mut self.ready[f.i];
                     r.local = Some(local);
                     r.file.parts.clear();
                     r.file.shared.clear();
                     r.waiting.clear();
                 }
                 match f.uploaded {
-                    Ok(()) => done.push(f.i),
+                    Ok(()) => {
+                        r.uploaded = true;
+                        let len = r.local.as_ref().map_or(0, |l| l.1);
+                        tracing::debug!(object = %r.path, rows = r.file.rows, bytes = len, "standard log file written");
+                        metrics::counter!("edgelog_standard_files_total").increment(1);
+                        metrics::counter!("edgelog_standard_rows_total")
+                            .increment(r.file.rows as u64);
+                        metrics::counter!("edgelog_standard_bytes_total").increment(len);
+                        let (key, last) = (r.key.clone(), r.file.last_seq);
+                        self.watermarks.set(&key, last);
+                    }
                     Err(e) => {
                         failed.get_or_insert(e);
                     }
                 }
             }
-            for &i in &done {
-                let file = &self.ready[i];
-                let len = file.local.as_ref().map_or(0, |l| l.1);
-                tracing::debug!(object = %file.path, rows = file.file.rows, bytes = len, "standard log file written");
-                metrics::counter!("edgelog_standard_files_total").increment(1);
-                metrics::counter!("edgelog_standard_rows_total").increment(file.file.rows as u64);
-                metrics::counter!("edgelog_standard_bytes_total").increment(len);
-                let (key, last) = (file.key.clone(), file.file.last_seq);
-                self.watermarks.set(&key, last);
-            }
-            if !done.is_empty() {
+            if self.ready.iter().any(|r| r.uploaded) {
                 self.watermarks.save()?;
-            }
-            done.sort_unstable();
-            for i in done.into_iter().rev() {
-                self.ready.remove(i);
+                self.ready.retain(|r| !r.uploaded);
             }
             if let Some(e) = failed {
                 return Err(e);
             }
         }
-        Ok(())
     }
 
     /// Seals the files `due` picks, then uploads everything ready.
@@ -744,6 +758,7 @@ impl Inputs {
                 &self.gathered,
                 &self.schema,
                 &self.props,
+                ROW_GROUP_BYTES,
             )?;
             parts.push(self.gathered.clone());
         }
@@ -839,6 +854,7 @@ impl Sink for StandardLogSink {
                     self.settle_open(true).await?;
                 }
                 Some((_, rows)) if rows > 0 => self.spill_shared().await?,
+                _ if !self.under_way.is_empty() => self.settle_open(true).await?,
                 _ => {
                     if let Some(k) = self.oldest_open() {
                         tracing::debug!(memory = self.memory(), partition = %k.distribution, "over the memory bound with no rows waiting: closing the oldest file");
