@@ -57,6 +57,20 @@ else
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null
 fi
 
+# Monitoring: Debian's Prometheus scrapes a collector and a dashboard, and its
+# Alertmanager gets their alarms (tests start their own on loopback; the packages'
+# services are not needed).
+if { command -v prometheus && command -v prometheus-alertmanager; } >/dev/null; then
+  log "prometheus and prometheus-alertmanager already installed"
+else
+  log "installing Debian's prometheus and prometheus-alertmanager"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    prometheus prometheus-alertmanager >/dev/null
+fi
+
 # Python: DuckDB reads the Parquet standard logs the way users do, from disk and over S3;
 # confluent-kafka is the independent consumer of the real-time topic; prometheus-client's
 # parser reads the dashboard's /metrics.
@@ -85,3 +99,5 @@ garage --version | head -1 >&2
 tansu --version >&2
 chromium --version >&2
 "$(command -v nginx || echo /usr/sbin/nginx)" -v
+prometheus --version 2>&1 | head -1 >&2
+prometheus-alertmanager --version 2>&1 | head -1 >&2

@@ -330,6 +330,8 @@ pub struct AlarmStatus {
 pub struct Transition {
     pub alarm: String,
     pub distribution: String,
+    /// The metric the alarm watches, as configurations spell it.
+    pub metric: String,
     pub from: AlarmState,
     pub to: AlarmState,
     pub at_ms: i64,
@@ -513,6 +515,7 @@ impl AlarmBoard {
                     if !watched {
                         changes.extend(retire(
                             t,
+                            cfg.metric.name(),
                             now,
                             "the alarm no longer watches this distribution",
                         ));
@@ -534,6 +537,7 @@ impl AlarmBoard {
         let removed = {
             let mut configs = self.configs.write().unwrap_or_else(PoisonError::into_inner);
             let before = configs.len();
+            let metric = configs.iter().find(|a| a.name == name).map(|a| a.metric);
             configs.retain(|a| a.name != name);
             if let Some(per_distribution) = self
                 .tracked
@@ -542,8 +546,9 @@ impl AlarmBoard {
                 .remove(name)
             {
                 let now = crate::store::now_ms();
+                let metric = metric.map_or("", Metric::name);
                 for (_, mut t) in per_distribution {
-                    changes.extend(retire(&mut t, now, "the alarm was deleted"));
+                    changes.extend(retire(&mut t, metric, now, "the alarm was deleted"));
                 }
             }
             configs.len() != before
@@ -639,6 +644,7 @@ fn judge(cfg: &AlarmConfig, t: &mut Tracked, now_ms: i64) -> Option<Transition> 
     let change = Transition {
         alarm: cfg.name.clone(),
         distribution: t.status.distribution.clone(),
+        metric: cfg.metric.name().to_owned(),
         from: t.status.state,
         to: state,
         at_ms: now_ms,
@@ -660,10 +666,11 @@ fn judge(cfg: &AlarmConfig, t: &mut Tracked, now_ms: i64) -> Option<Transition> 
 }
 
 /// The transition of a state that goes away: only a firing alarm has one (it resolves).
-fn retire(t: &mut Tracked, now_ms: i64, why: &str) -> Option<Transition> {
+fn retire(t: &mut Tracked, metric: &str, now_ms: i64, why: &str) -> Option<Transition> {
     (t.status.state == AlarmState::Alarm).then(|| Transition {
         alarm: t.status.alarm.clone(),
         distribution: t.status.distribution.clone(),
+        metric: metric.to_owned(),
         from: AlarmState::Alarm,
         to: AlarmState::InsufficientData,
         at_ms: now_ms,

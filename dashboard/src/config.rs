@@ -27,6 +27,15 @@ pub struct DashboardConfig {
     pub users: Vec<String>,
     /// Webhooks (http://) that get every alarm state change in Alertmanager's format.
     pub webhooks: Vec<String>,
+    /// Alertmanagers (http://host:port, no path) that get alarms through their v2 API
+    /// (`POST /api/v2/alerts`): firing ones again every `alertmanager_resend_interval`,
+    /// resolved ones once. Several dashboards evaluating the same alarms send the same
+    /// labels, so Alertmanager shows one alert.
+    pub alertmanagers: Vec<String>,
+    /// How often firing alarms are sent again to the Alertmanagers; an alert not sent
+    /// again within four of these resolves there on its own (a dashboard gone).
+    #[serde(with = "humantime_serde")]
+    pub alertmanager_resend_interval: std::time::Duration,
     /// Lets anyone who reaches the dashboard add, replace and delete alarm definitions
     /// (`PUT`/`DELETE /api/alarms/definitions/{name}`) when it has neither tokens nor
     /// users. Off by default: an open dashboard is read-only.
@@ -43,6 +52,8 @@ impl Default for DashboardConfig {
             tokens: Vec::new(),
             users: Vec::new(),
             webhooks: Vec::new(),
+            alertmanagers: Vec::new(),
+            alertmanager_resend_interval: std::time::Duration::from_secs(60),
             allow_unauthenticated_writes: false,
         }
     }
@@ -61,16 +72,17 @@ impl std::fmt::Debug for DashboardConfig {
             })
             .collect();
         // Scheme and host only: a webhook's path, query or user part may be its key.
-        let webhooks: Vec<String> = self
-            .webhooks
-            .iter()
-            .map(|w| {
-                let (scheme, rest) = w.split_once("://").unwrap_or(("", w));
-                let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-                let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-                format!("{scheme}://{host}/{HIDDEN}")
-            })
-            .collect();
+        let hosts = |urls: &[String]| -> Vec<String> {
+            urls.iter()
+                .map(|w| {
+                    let (scheme, rest) = w.split_once("://").unwrap_or(("", w));
+                    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+                    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+                    format!("{scheme}://{host}/{HIDDEN}")
+                })
+                .collect()
+        };
+        let (webhooks, alertmanagers) = (hosts(&self.webhooks), hosts(&self.alertmanagers));
         f.debug_struct("DashboardConfig")
             .field("listen", &self.listen)
             .field("history_minutes", &self.history_minutes)
@@ -79,6 +91,11 @@ impl std::fmt::Debug for DashboardConfig {
             .field("tokens", &tokens)
             .field("users", &users)
             .field("webhooks", &webhooks)
+            .field("alertmanagers", &alertmanagers)
+            .field(
+                "alertmanager_resend_interval",
+                &self.alertmanager_resend_interval,
+            )
             .field(
                 "allow_unauthenticated_writes",
                 &self.allow_unauthenticated_writes,
@@ -114,6 +131,23 @@ impl DashboardConfig {
                 i + 1
             ));
         }
+        for (i, a) in self.alertmanagers.iter().enumerate() {
+            let path = a.strip_prefix("http://").and_then(|r| r.split_once('/'));
+            if !a.starts_with("http://") || path.is_some_and(|(_, p)| !p.is_empty()) {
+                return Err(format!(
+                    "dashboard.alertmanagers: entry #{} is not http://host:port (no path; https is not built in yet)",
+                    i + 1
+                ));
+            }
+        }
+        let resend = self.alertmanager_resend_interval;
+        if resend < std::time::Duration::from_secs(1)
+            || resend > std::time::Duration::from_secs(3600)
+        {
+            return Err(format!(
+                "dashboard.alertmanager_resend_interval: must be from 1s to 1h, got {resend:?}"
+            ));
+        }
         if self.users.iter().any(|u| !u.contains(':')) {
             return Err("dashboard.users: each entry is \"user:password\"".into());
         }
@@ -121,5 +155,45 @@ impl DashboardConfig {
             return Err("dashboard.tokens and dashboard.users: 8 characters at least".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alertmanagers_are_base_urls_and_the_resend_interval_is_bounded() {
+        let with = |urls: &[&str], secs: u64| DashboardConfig {
+            alertmanagers: urls.iter().map(|u| u.to_string()).collect(),
+            alertmanager_resend_interval: std::time::Duration::from_secs(secs),
+            ..DashboardConfig::default()
+        };
+        assert_eq!(
+            with(&["http://am:9093", "http://am2:9093/"], 60).validate(),
+            Ok(())
+        );
+        for bad in [
+            "https://am:9093",
+            "am:9093",
+            "http://am:9093/api/v2/alerts",
+            "",
+        ] {
+            let err = with(&[bad], 60).validate().expect_err(bad);
+            assert!(
+                err.starts_with("dashboard.alertmanagers: entry #1"),
+                "{err}"
+            );
+        }
+        for secs in [0, 3601, u64::MAX / 2] {
+            let err = with(&[], secs).validate().expect_err("interval");
+            assert!(
+                err.starts_with("dashboard.alertmanager_resend_interval"),
+                "{err}"
+            );
+        }
+        // The Debug form keeps a password out of logs.
+        let shown = format!("{:?}", with(&["http://u:SECRET@am:9093"], 60));
+        assert!(!shown.contains("SECRET"), "{shown}");
     }
 }

@@ -5,6 +5,7 @@
 //! [`metrics`] is the one list of what is measured; [`run`] runs it all as a service.
 
 pub mod alarms;
+pub mod alertmanager;
 pub mod api;
 pub mod auth;
 pub mod charts;

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::alarms::{AlarmState, Transition};
 
 /// RFC 3339 in UTC for a millisecond timestamp.
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let days = secs.div_euclid(86_400);
     let (y, m, d) = edgelog_record::time::civil_from_days(days);
@@ -180,7 +180,7 @@ impl Notifier {
 }
 
 /// A webhook URL for logs: scheme and host (its path or query may hold a key).
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
@@ -227,6 +227,7 @@ mod tests {
         let t = Transition {
             alarm: "5xx".into(),
             distribution: "E1".into(),
+            metric: "5xxErrorRate".into(),
             from: AlarmState::Ok,
             to: AlarmState::Alarm,
             at_ms: 1_575_493_351_123,

@@ -1,5 +1,5 @@
 //! The dashboard as a service: alarms evaluated on a timer, their transitions logged and
-//! posted to webhooks, the router served until shutdown.
+//! posted to webhooks and Alertmanagers, the router served until shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use edgelog_collector::serve::{HttpLimits, fit_connections, serve};
 use tokio::net::TcpListener;
 
 use crate::alarms::{AlarmBoard, AlarmState, Transition};
+use crate::alertmanager::Alertmanagers;
 use crate::api::{Dashboard, app};
 use crate::config::DashboardConfig;
 use crate::notify::{Notifier, NotifyError, NotifyOptions};
@@ -50,9 +51,16 @@ pub async fn run(
         &format!("http://{}", cfg.listen),
         NotifyOptions::default(),
     )?;
+    let alertmanagers = Alertmanagers::start(
+        &cfg.alertmanagers,
+        &format!("http://{}", cfg.listen),
+        cfg.alertmanager_resend_interval,
+        NotifyOptions::default(),
+    )?;
     alarms.on_transition(move |t| {
         log_transition(t);
         notifier.send(t);
+        alertmanagers.send(t);
     });
     let evaluation = tokio::spawn(evaluate_every(
         cfg.alarm_interval,

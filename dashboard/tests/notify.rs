@@ -59,6 +59,7 @@ fn transition(distribution: &str, to: AlarmState) -> Transition {
     Transition {
         alarm: "5xx".into(),
         distribution: distribution.into(),
+        metric: "5xxErrorRate".into(),
         from: if to == AlarmState::Alarm {
             AlarmState::Ok
         } else {

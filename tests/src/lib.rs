@@ -2,6 +2,7 @@
 //! real sockets on loopback, real files.
 
 pub mod harness;
+pub mod monitoring;
 pub mod nginx;
 pub mod process;
 pub mod scenarios;
@@ -12,6 +13,7 @@ pub use process::{ChildProc, signal, wait_for, wait_until, wait_until_every, wit
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -139,10 +141,27 @@ pub fn http_get(url: &str) -> anyhow::Result<String> {
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or(out))
+    let Some((head, body)) = out.split_once("\r\n\r\n") else {
+        return Ok(out);
+    };
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Ok(body.to_owned());
+    }
+    // Chunked (Go's servers, for Prometheus and Alertmanager): size line, data, CRLF.
+    let (mut rest, mut plain) = (body, String::new());
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .context("bad chunk size")?;
+        if n == 0 {
+            break;
+        }
+        plain.push_str(after.get(..n).context("short chunk")?);
+        rest = after.get(n..).unwrap_or("").trim_start_matches("\r\n");
+    }
+    Ok(plain)
 }
 
 /// An HTTP answer: status, headers (names lowercase) and body.
@@ -352,4 +371,39 @@ pub fn send_generated_seeded(
         bail!("sent {total}, acknowledged {report:?}");
     }
     Ok(sent)
+}
+
+/// One request over a raw socket: status and body.
+pub fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let rest = url.strip_prefix("http://").context("http only")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!("{method} /{path} HTTP/1.1\r\nconnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("host: {host}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!(
+        "content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    ));
+    s.write_all(head.as_bytes())?;
+    s.write_all(body.as_bytes())?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status")?;
+    Ok((status, body.to_owned()))
 }

@@ -6,13 +6,12 @@
 //! credentials or `dashboard.allow_unauthenticated_writes` alarm definitions are
 //! read-only; a quiet distribution's last complete minute has 0 requests and no rates.
 
-use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use edgelog_tests::scenarios::{Received, send_5xx_burst, webhook_receiver};
-use edgelog_tests::{TOKEN, TestServer, http_get, http_post, wait_until, within};
+use edgelog_tests::{TOKEN, TestServer, http_get, http_post, http_request, wait_until, within};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -36,41 +35,6 @@ fn stuck_receiver() -> anyhow::Result<(u16, Arc<Mutex<usize>>)> {
         }
     });
     Ok((port, count))
-}
-
-/// One request over a raw socket: status and body.
-fn request(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> anyhow::Result<(u16, String)> {
-    let rest = url.strip_prefix("http://").context("http only")?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut s = std::net::TcpStream::connect(host)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut head = format!("{method} /{path} HTTP/1.1\r\nconnection: close\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        head.push_str(&format!("host: {host}\r\n"));
-    }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str(&format!(
-        "content-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    ));
-    s.write_all(head.as_bytes())?;
-    s.write_all(body.as_bytes())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no status")?;
-    Ok((status, body.to_owned()))
 }
 
 fn distribution(b: &serde_json::Value) -> String {
@@ -181,11 +145,11 @@ fn a_stuck_webhook_delays_no_other_and_alarms_fire_once_and_resolve_when_deleted
         .cloned()
         .context("the demo's alarm")?;
     let url = demo.dashboard_url("/api/alarms/definitions/5xx-error-rate");
-    let (status, body) = request("PUT", &url, &[], &def.to_string())?;
+    let (status, body) = http_request("PUT", &url, &[], &def.to_string())?;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"changed\":false"), "{body}");
     def["threshold"] = serde_json::json!(4.0);
-    let (status, body) = request("PUT", &url, &[], &def.to_string())?;
+    let (status, body) = http_request("PUT", &url, &[], &def.to_string())?;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"changed\":true"), "{body}");
     // Two evaluations (every 5 s in the demo) and then some: the scenario's window for
@@ -206,7 +170,7 @@ fn a_stuck_webhook_delays_no_other_and_alarms_fire_once_and_resolve_when_deleted
     assert_eq!(all.len(), 3, "only the three firings: {all:?}");
 
     // Deleting the firing alarm resolves it, for each distribution, as the same alerts.
-    let (status, body) = request("DELETE", &url, &[], "")?;
+    let (status, body) = http_request("DELETE", &url, &[], "")?;
     assert_eq!(status, 204, "{body}");
     let resolved = wait_for(&received, "resolved", 3, Duration::from_secs(10));
     let mut back: Vec<String> = resolved.iter().map(|(_, b)| distribution(b)).collect();
@@ -234,10 +198,10 @@ fn without_credentials_definitions_are_read_only_and_foreign_hosts_are_refused()
     let demo = TestServer::demo(dir.path(), &["--no-traffic", "--token", TOKEN], &[])?;
     let url = demo.dashboard_url("/api/alarms/definitions/mine");
     let alarm = r#"{"name":"mine","distribution":"*","metric":"Requests","comparison":"GreaterThanThreshold","threshold":1}"#;
-    let (status, body) = request("PUT", &url, &[], alarm)?;
+    let (status, body) = http_request("PUT", &url, &[], alarm)?;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("allow_unauthenticated_writes"), "{body}");
-    let (status, _) = request(
+    let (status, _) = http_request(
         "DELETE",
         &demo.dashboard_url("/api/alarms/definitions/5xx-error-rate"),
         &[],
@@ -254,7 +218,8 @@ fn without_credentials_definitions_are_read_only_and_foreign_hosts_are_refused()
     let port = demo.dashboard_port();
     for host in [format!("evil.example:{port}"), "evil.example".to_owned()] {
         for path in ["/", "/api/distributions", "/metrics"] {
-            let (status, body) = request("GET", &demo.dashboard_url(path), &[("host", &host)], "")?;
+            let (status, body) =
+                http_request("GET", &demo.dashboard_url(path), &[("host", &host)], "")?;
             assert_eq!(status, 403, "{host} {path}: {body}");
             let v: serde_json::Value = serde_json::from_str(&body)?;
             assert!(
@@ -265,7 +230,7 @@ fn without_credentials_definitions_are_read_only_and_foreign_hosts_are_refused()
         }
     }
     for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
-        let (status, body) = request("GET", &demo.dashboard_url("/"), &[("host", &host)], "")?;
+        let (status, body) = http_request("GET", &demo.dashboard_url("/"), &[("host", &host)], "")?;
         assert_eq!(status, 200, "{host}: {body}");
     }
 
