@@ -34,42 +34,32 @@ cargo_install garage "$GARAGE_VERSION" "cargo:$GARAGE_VERSION"
 # Kafka: tansu (no topic auto-creation; the tests create theirs).
 cargo_install tansu "$TANSU_VERSION" "tansu $TANSU_VERSION" --features dynostore,libsql
 
-# Browser: the dashboard is checked in Debian's headless Chromium.
-if command -v chromium >/dev/null; then
-  log "chromium already installed"
-else
-  log "installing Debian's chromium"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
-fi
+# Debian packages (apt-get install's arguments after the first two), installed only when
+# the shell test `have` fails.
+apt_install() {
+  local what=$1 have=$2
+  shift 2
+  if eval "$have" >/dev/null 2>&1; then
+    log "$what already installed"
+    return
+  fi
+  log "installing Debian's $what"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
 
+# Browser: the dashboard is checked in Debian's headless Chromium.
+apt_install chromium "command -v chromium" chromium
 # Web server: `edgelog ship` is tested against Debian's nginx (the tests start their own on
 # loopback; the package's service is not needed).
-if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
-  log "nginx already installed"
-else
-  log "installing Debian's nginx-light"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null
-fi
-
+apt_install nginx-light "command -v nginx || [ -x /usr/sbin/nginx ]" nginx-light
 # Monitoring: Debian's Prometheus scrapes a collector and a dashboard, and its
-# Alertmanager gets their alarms (tests start their own on loopback; the packages'
-# services are not needed).
-if { command -v prometheus && command -v prometheus-alertmanager; } >/dev/null; then
-  log "prometheus and prometheus-alertmanager already installed"
-else
-  log "installing Debian's prometheus and prometheus-alertmanager"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    prometheus prometheus-alertmanager >/dev/null
-fi
+# Alertmanager gets their alarms (the tests start their own on loopback).
+apt_install "prometheus and prometheus-alertmanager" \
+  "command -v prometheus && command -v prometheus-alertmanager" \
+  --no-install-recommends prometheus prometheus-alertmanager
 
 # Python: DuckDB reads the Parquet standard logs the way users do, from disk and over S3;
 # confluent-kafka is the independent consumer of the real-time topic; prometheus-client's

@@ -35,6 +35,10 @@ pub enum IngestError {
     MissingToken,
     #[error("invalid bearer token")]
     BadToken,
+    #[error(
+        "this token may only write records of some distributions; the configuration needs an unscoped token"
+    )]
+    ScopedToken,
     #[error("request body exceeds {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("decompressed body exceeds {limit} bytes")]
@@ -84,6 +88,7 @@ impl IngestError {
     fn status(&self) -> StatusCode {
         match self {
             IngestError::MissingToken | IngestError::BadToken => StatusCode::UNAUTHORIZED,
+            IngestError::ScopedToken => StatusCode::FORBIDDEN,
             IngestError::BodyTooLarge { .. }
             | IngestError::DecompressedTooLarge { .. }
             | IngestError::TooManyLines { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -114,6 +119,7 @@ impl IngestError {
     fn label(&self) -> &'static str {
         match self {
             IngestError::MissingToken | IngestError::BadToken => "unauthorized",
+            IngestError::ScopedToken => "forbidden",
             IngestError::BodyTooLarge { .. } => "body_too_large",
             IngestError::DecompressedTooLarge { .. } => "decompressed_too_large",
             IngestError::UnsupportedEncoding(_) | IngestError::Corrupt { .. } => "bad_encoding",
@@ -196,17 +202,28 @@ struct Inner {
     prometheus: PrometheusHandle,
     /// Idempotency keys of requests in progress.
     keys_in_progress: Mutex<HashSet<String>>,
+    /// Tokens and privacy rules: replaced whole on a reload.
+    access: Arc<AccessCell>,
+    /// Sampling rates in effect (shown at `/config`).
+    sampling: Option<tokio::sync::watch::Receiver<edgelog_record::SamplingConfig>>,
+}
+
+/// Who may post and what privacy does to their records, as of the last (re)load.
+pub(crate) struct Access {
+    /// The configuration these came from (its tokens with hashes lower-cased).
+    cfg: CollectorConfig,
     privacy: Arc<crate::privacy::Privacy>,
+    /// 0 at start, then one more for every reload.
+    generation: u64,
 }
 
-/// Shared state of the ingest API.
-#[derive(Clone)]
-pub struct AppState {
-    inner: Arc<Inner>,
-}
+impl Access {
+    pub(crate) fn config(&self) -> &CollectorConfig {
+        &self.cfg
+    }
 
-impl AppState {
-    pub fn new(mut cfg: CollectorConfig, wal: Wal, sinks: Vec<Arc<SinkStatus>>) -> AppState {
+    /// Checks and prepares the tokens and privacy rules of `cfg`.
+    pub(crate) fn new(mut cfg: CollectorConfig, generation: u64) -> Result<Access, String> {
         // Token hashes compare with the lower-case hex of a presented token.
         for t in &mut cfg.tokens {
             if t.starts_with("sha256:") {
@@ -218,7 +235,64 @@ impl AppState {
                 *h = h.to_ascii_lowercase();
             }
         }
-        let cfg_privacy = cfg.privacy.clone();
+        let privacy = crate::privacy::Privacy::new(&cfg.privacy)
+            .map_err(|e| format!("collector.privacy: {e}"))?;
+        Ok(Access {
+            cfg,
+            privacy: Arc::new(privacy),
+            generation,
+        })
+    }
+}
+
+/// The [`Access`] in effect, swapped whole on a reload (requests keep the one they began
+/// with).
+#[derive(Default)]
+pub(crate) struct AccessCell(std::sync::RwLock<Option<Arc<Access>>>);
+
+impl AccessCell {
+    pub(crate) fn get(&self) -> Option<Arc<Access>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set(&self, a: Access) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(a));
+    }
+}
+
+/// Shared state of the ingest API.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+impl AppState {
+    pub fn new(cfg: CollectorConfig, wal: Wal, sinks: Vec<Arc<SinkStatus>>) -> AppState {
+        AppState::reloadable(cfg, wal, sinks, Arc::default(), None)
+    }
+
+    /// A state whose tokens and privacy rules are those in `access` (set now unless set
+    /// already), and which shows `sampling` at `/config`.
+    pub(crate) fn reloadable(
+        cfg: CollectorConfig,
+        wal: Wal,
+        sinks: Vec<Arc<SinkStatus>>,
+        access: Arc<AccessCell>,
+        sampling: Option<tokio::sync::watch::Receiver<edgelog_record::SamplingConfig>>,
+    ) -> AppState {
+        if access.get().is_none() {
+            // Validated with the rest of the configuration.
+            match Access::new(cfg.clone(), 0) {
+                Ok(a) => access.set(a),
+                Err(e) => tracing::error!(error = %e, "privacy rules refused; none applied"),
+            }
+        }
         // Counters that matter most at zero are shown from the start.
         metrics::counter!("edgelog_ingest_panics_total").increment(0);
         metrics::counter!("edgelog_wal_write_errors_total").increment(0);
@@ -233,9 +307,9 @@ impl AppState {
                 accepting: AtomicBool::new(true),
                 accepted_records: AtomicU64::new(0),
                 prometheus: crate::prometheus().clone(),
-                // Validated with the rest of the configuration.
-                privacy: Arc::new(crate::privacy::Privacy::new(&cfg_privacy).unwrap_or_default()),
                 keys_in_progress: Mutex::new(HashSet::new()),
+                access,
+                sampling,
             }),
         }
     }
@@ -305,6 +379,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus_metrics))
+        .route("/config", get(config_in_effect))
         .fallback(|method: Method, uri: Uri| async move {
             IngestError::NoRoute {
                 method: method.to_string(),
@@ -319,6 +394,55 @@ pub fn app(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+impl Inner {
+    fn access(&self) -> Result<Arc<Access>, IngestError> {
+        self.access
+            .get()
+            .ok_or_else(|| IngestError::Internal("no tokens or privacy rules in effect".into()))
+    }
+}
+
+/// `GET /config`: what a reload may change, as in effect now (tokens and the privacy key
+/// never shown). Needs an unscoped token.
+async fn config_in_effect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, IngestError> {
+    let access = state.inner.access()?;
+    if check_token(&access.cfg, &headers)?.is_some() {
+        return Err(IngestError::ScopedToken);
+    }
+    let c = &access.cfg;
+    let mut privacy = serde_json::to_value(&c.privacy).unwrap_or_default();
+    if !c.privacy.hash_key.is_empty() {
+        privacy["hash_key"] = "<redacted>".into();
+    }
+    let scoped: Vec<serde_json::Value> = c
+        .scoped_tokens
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "given_as": if t.sha256.is_some() { "sha256" } else { "token" },
+                "distributions": t.distributions,
+            })
+        })
+        .collect();
+    let sampling = state
+        .inner
+        .sampling
+        .as_ref()
+        .map(|rx| serde_json::to_value(&*rx.borrow()).unwrap_or_default());
+    Ok(Json(serde_json::json!({
+        "generation": access.generation,
+        "tokens": c.tokens.len(),
+        "scoped_tokens": scoped,
+        "allow_unauthenticated": c.allow_unauthenticated,
+        "privacy": privacy,
+        "sampling": sampling,
+    }))
+    .into_response())
 }
 
 /// Checks the bearer token; returns the distributions it may write (`None`: any).
@@ -582,7 +706,8 @@ async fn ingest(
 ) -> Result<Response, IngestError> {
     let i = &state.inner;
     let Query(q) = query.map_err(|e| IngestError::BadQuery(e.body_text()))?;
-    let scope = check_token(&i.cfg, &headers)?;
+    let access = i.access()?;
+    let scope = check_token(&access.cfg, &headers)?;
     // A repeated key is answered from memory, whatever the body, the log's room or a
     // shutdown: nothing is written.
     let claim = match idempotency_key(&headers)? {
@@ -653,7 +778,7 @@ async fn ingest(
     // Validated to at most 16 MiB.
     let max_line_bytes = usize::try_from(i.cfg.max_line_bytes).unwrap_or(usize::MAX);
     let max_field_bytes = usize::try_from(i.cfg.max_field_bytes).unwrap_or(usize::MAX);
-    let privacy = i.privacy.clone();
+    let privacy = access.privacy.clone();
     // Decompressing and parsing are CPU work: keep them off the async workers.
     let parsed = tokio::task::spawn_blocking(move || {
         let body = decode(&encoding, wire, max_decoded, &mut held)?;

@@ -70,9 +70,85 @@ pub struct Collector {
     cfg: CollectorConfig,
     data_dir: PathBuf,
     wal: Wal,
-    sinks: Vec<(Arc<SinkStatus>, Box<dyn Sink>, Sampler)>,
+    sinks: Vec<Added>,
     dead_letters: BTreeMap<String, DeadLetters>,
     sampling: SamplingConfig,
+    reloader: Reloader,
+}
+
+/// A sink added, with its sampler and whether that follows a reload.
+struct Added {
+    status: Arc<SinkStatus>,
+    sink: Box<dyn Sink>,
+    sampler: Sampler,
+    sampled: bool,
+}
+
+/// Changes what may change without a restart: tokens, scoped tokens, privacy rules and
+/// sampling rates. A configuration that does not validate is refused whole, and the one in
+/// effect stays.
+#[derive(Clone)]
+pub struct Reloader {
+    access: Arc<ingest::AccessCell>,
+    sampling: Arc<watch::Sender<SamplingConfig>>,
+    /// Names of the sinks sampling applies to (what a rate may name).
+    sampled: Arc<std::sync::Mutex<Vec<String>>>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Reloader {
+    fn new(sampling: SamplingConfig) -> Reloader {
+        Reloader {
+            access: Arc::default(),
+            sampling: Arc::new(watch::channel(sampling).0),
+            sampled: Arc::default(),
+            generation: Arc::default(),
+        }
+    }
+
+    /// Puts `cfg`'s tokens and privacy rules and `sampling`'s rates in effect, for the
+    /// next request and the next log entry each sink takes; returns what changed
+    /// (`tokens`, `privacy`, `sampling`). The rest of `cfg` is not looked at beyond its
+    /// validation: it needs a restart.
+    pub fn reload(
+        &self,
+        cfg: &CollectorConfig,
+        sampling: &SamplingConfig,
+    ) -> Result<Vec<&'static str>, String> {
+        cfg.validate()?;
+        let sinks = self
+            .sampled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let names: Vec<&str> = sinks.iter().map(String::as_str).collect();
+        sampling
+            .validate(&names)
+            .map_err(|e| format!("sampling.{e}"))?;
+        let generation = self.generation.load(std::sync::atomic::Ordering::Relaxed) + 1;
+        let access = ingest::Access::new(cfg.clone(), generation)?;
+        let mut changed = Vec::new();
+        if let Some(old) = self.access.get() {
+            let o = old.config();
+            if (&o.tokens, &o.scoped_tokens, o.allow_unauthenticated)
+                != (&cfg.tokens, &cfg.scoped_tokens, cfg.allow_unauthenticated)
+            {
+                changed.push("tokens");
+            }
+            if o.privacy != cfg.privacy {
+                changed.push("privacy");
+            }
+        }
+        if *self.sampling.borrow() != *sampling {
+            changed.push("sampling");
+        }
+        self.generation
+            .store(generation, std::sync::atomic::Ordering::Relaxed);
+        self.access.set(access);
+        self.sampling.send_replace(sampling.clone());
+        metrics::counter!("edgelog_config_reloads_total").increment(1);
+        Ok(changed)
+    }
 }
 
 /// In-flight requests get at most this long after a shutdown signal (and at most half the
@@ -91,13 +167,20 @@ impl Collector {
             sinks: Vec::new(),
             dead_letters: BTreeMap::new(),
             sampling: SamplingConfig::default(),
+            reloader: Reloader::new(SamplingConfig::default()),
         })
     }
 
     /// Sampling rates, keyed by sink name; every sink added after this gets its own.
     pub fn with_sampling(mut self, sampling: SamplingConfig) -> Collector {
+        self.reloader.sampling.send_replace(sampling.clone());
         self.sampling = sampling;
         self
+    }
+
+    /// What changes the settings that may change while it runs (keep it past `serve`).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// The dead-letter store of sink `name`, under `{data_dir}/dead-letter/{name}`; give it
@@ -121,17 +204,27 @@ impl Collector {
     /// given the records the sampling rates for `name` keep.
     pub fn add_sink(&mut self, name: &str, sink: Box<dyn Sink>) {
         let sampler = Sampler::new(&self.sampling, name);
-        self.push_sink(name, sink, sampler);
+        self.push_sink(name, sink, sampler, true);
+        self.reloader
+            .sampled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(name.to_owned());
     }
 
     /// Adds a sink that is given every record, whatever the sampling (metrics count all).
     pub fn add_unsampled_sink(&mut self, name: &str, sink: Box<dyn Sink>) {
-        self.push_sink(name, sink, Sampler::all());
+        self.push_sink(name, sink, Sampler::all(), false);
     }
 
-    fn push_sink(&mut self, name: &str, sink: Box<dyn Sink>, sampler: Sampler) {
+    fn push_sink(&mut self, name: &str, sink: Box<dyn Sink>, sampler: Sampler, sampled: bool) {
         let status = SinkStatus::with_dead_letters(name, self.dead_letters.get(name).cloned());
-        self.sinks.push((Arc::new(status), sink, sampler));
+        self.sinks.push(Added {
+            status: Arc::new(status),
+            sink,
+            sampler,
+            sampled,
+        });
     }
 
     /// Builds sink `name` from its settings and adds it; says where it delivers. A
@@ -177,24 +270,40 @@ impl Collector {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), CollectorError> {
         let (stop_tx, stop_rx) = watch::channel(None::<Instant>);
-        let statuses: Vec<_> = self.sinks.iter().map(|(s, _, _)| s.clone()).collect();
+        let statuses: Vec<_> = self.sinks.iter().map(|a| a.status.clone()).collect();
         let settings = LoopSettings {
             drain_timeout: self.cfg.shutdown_timeout,
             ..LoopSettings::default()
         };
         let mut runners = Vec::new();
-        for (status, sink, sampler) in self.sinks {
+        for Added {
+            status,
+            sink,
+            sampler,
+            sampled,
+        } in self.sinks
+        {
+            let settings = LoopSettings {
+                sampling: sampled.then(|| self.reloader.sampling.subscribe()),
+                ..settings.clone()
+            };
             let task = tokio::spawn(run_sink(
                 sink,
                 sampler,
                 self.wal.clone(),
                 status.clone(),
                 stop_rx.clone(),
-                settings.clone(),
+                settings,
             ));
             runners.push((status.name.clone(), tokio::spawn(supervise(task, status))));
         }
-        let state = AppState::new(self.cfg.clone(), self.wal.clone(), statuses);
+        let state = AppState::reloadable(
+            self.cfg.clone(),
+            self.wal.clone(),
+            statuses,
+            self.reloader.access.clone(),
+            Some(self.reloader.sampling.subscribe()),
+        );
         let router = app(state.clone());
         let stopping = state.clone();
         let progress = tokio::spawn(log_progress(state.clone()));

@@ -214,6 +214,9 @@ pub struct LoopSettings {
     pub drain_timeout: Duration,
     /// Entries read from the log at a time.
     pub read_batch: usize,
+    /// Sampling rates that may change (a reload): the sampler is made again from them
+    /// before the next entry. `None`: the sampler given stays.
+    pub sampling: Option<watch::Receiver<edgelog_record::SamplingConfig>>,
 }
 
 impl Default for LoopSettings {
@@ -223,6 +226,7 @@ impl Default for LoopSettings {
             cursor_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(30),
             read_batch: 4,
+            sampling: None,
         }
     }
 }
@@ -251,6 +255,10 @@ pub async fn run_sink(
     settings: LoopSettings,
 ) {
     let name = status.name.clone();
+    let mut sampling = settings.sampling.clone();
+    if let Some(rx) = &mut sampling {
+        rx.mark_unchanged();
+    }
     let mut reader: Option<WalReader> = Some(wal.reader(&name));
     let mut saved = reader
         .as_ref()
@@ -296,6 +304,12 @@ pub async fn run_sink(
                 Ok(entries) => {
                     for e in &entries {
                         pending.push_back((e.seq, e.appended_ms));
+                        if let Some(rx) = &mut sampling
+                            && rx.has_changed().unwrap_or(false)
+                        {
+                            sampler = Sampler::new(&rx.borrow_and_update(), &name);
+                            tracing::info!(sink = %name, from_seq = e.seq, "sampling rates changed");
+                        }
                         let batch = sampler.batch(e);
                         ok = retry(&name, &status, &mut drain, sink.as_mut(), Op::Write(&batch))
                             .await;

@@ -109,6 +109,7 @@ fn settings() -> LoopSettings {
         cursor_interval: Duration::from_millis(10),
         drain_timeout: Duration::from_secs(5),
         read_batch: 4,
+        sampling: None,
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::alarms::{AlarmState, Transition};
-use crate::notify::{NotifyError, NotifyOptions, redact, retry_delays, rfc3339};
+use crate::notify::{NotifyError, NotifyOptions, post_json, redact, rfc3339};
 use crate::store::now_ms;
 
 /// A firing alert as sent, by (alarm, distribution).
@@ -190,34 +190,8 @@ async fn deliver(
     mut rx: tokio::sync::mpsc::Receiver<Arc<Value>>,
     options: NotifyOptions,
 ) {
-    let shown = redact(&endpoint);
     while let Some(body) = rx.recv().await {
-        let mut delays = retry_delays(&options);
-        loop {
-            let err = match client.post(&endpoint).json(&*body).send().await {
-                Ok(r) if r.status().is_success() => break,
-                Ok(r) => {
-                    let status = r.status();
-                    let text = r.text().await.unwrap_or_default();
-                    format!(
-                        "HTTP {status}: {}",
-                        text.chars().take(200).collect::<String>()
-                    )
-                }
-                Err(e) if e.is_timeout() => format!("no answer within {:?}", options.timeout),
-                Err(e) => e.to_string(),
-            };
-            match delays.next() {
-                Some(d) => {
-                    tracing::warn!(alertmanager = %shown, error = %err, retry_in_ms = d.as_millis() as u64, "alertmanager failed");
-                    tokio::time::sleep(d).await;
-                }
-                None => {
-                    tracing::error!(alertmanager = %shown, error = %err, tries = options.tries, "alertmanager gave up on alerts");
-                    break;
-                }
-            }
-        }
+        post_json(&client, &endpoint, &body, &options, "alertmanager").await;
     }
 }
 

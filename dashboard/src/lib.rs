@@ -24,5 +24,5 @@ pub use config::DashboardConfig;
 pub use error::ApiError;
 pub use metrics::MinutePoint;
 pub use prometheus::prometheus_label;
-pub use runtime::{RunError, run};
+pub use runtime::{RunError, run, run_reloading};
 pub use store::{MetricsStore, last_complete_minute};

@@ -194,25 +194,44 @@ async fn deliver(
     mut rx: tokio::sync::mpsc::Receiver<Arc<serde_json::Value>>,
     options: NotifyOptions,
 ) {
-    let shown = redact(&url);
     while let Some(body) = rx.recv().await {
-        let mut delays = retry_delays(&options);
-        loop {
-            let err = match client.post(&url).json(&*body).send().await {
-                Ok(r) if r.status().is_success() => break,
-                Ok(r) => format!("HTTP {}", r.status()),
-                Err(e) if e.is_timeout() => format!("no answer within {:?}", options.timeout),
-                Err(e) => e.to_string(),
-            };
-            match delays.next() {
-                Some(d) => {
-                    tracing::warn!(webhook = %shown, error = %err, retry_in_ms = d.as_millis() as u64, "webhook failed");
-                    tokio::time::sleep(d).await;
-                }
-                None => {
-                    tracing::error!(webhook = %shown, error = %err, tries = options.tries, "webhook gave up on a notification");
-                    break;
-                }
+        post_json(&client, &url, &body, &options, "webhook").await;
+    }
+}
+
+/// Posts `body` to `url` until it is taken (2xx) or `options.tries` tries are spent,
+/// waiting the jittered backoff between tries; each failure is logged as `what`'s.
+pub(crate) async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+    options: &NotifyOptions,
+    what: &'static str,
+) -> bool {
+    let shown = redact(url);
+    let mut delays = retry_delays(options);
+    loop {
+        let err = match client.post(url).json(body).send().await {
+            Ok(r) if r.status().is_success() => return true,
+            Ok(r) => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                )
+            }
+            Err(e) if e.is_timeout() => format!("no answer within {:?}", options.timeout),
+            Err(e) => e.to_string(),
+        };
+        match delays.next() {
+            Some(d) => {
+                tracing::warn!(to = what, url = %shown, error = %err, retry_in_ms = d.as_millis() as u64, "notification failed");
+                tokio::time::sleep(d).await;
+            }
+            None => {
+                tracing::error!(to = what, url = %shown, error = %err, tries = options.tries, "notification given up");
+                return false;
             }
         }
     }

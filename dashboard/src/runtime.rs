@@ -8,7 +8,7 @@ use std::time::Duration;
 use edgelog_collector::serve::{HttpLimits, fit_connections, serve};
 use tokio::net::TcpListener;
 
-use crate::alarms::{AlarmBoard, AlarmState, Transition};
+use crate::alarms::{AlarmBoard, AlarmConfig, AlarmState, Transition};
 use crate::alertmanager::Alertmanagers;
 use crate::api::{Dashboard, app};
 use crate::config::DashboardConfig;
@@ -35,6 +35,19 @@ pub async fn run(
     store: Arc<MetricsStore>,
     cfg: &DashboardConfig,
     shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    run_reloading(listener, store, cfg, shutdown, None).await
+}
+
+/// [`run`], with the alarms of the configuration file following `alarms` (a reload):
+/// alarms added or changed in the file are put, those gone from it deleted; alarms made
+/// through the API are left alone.
+pub async fn run_reloading(
+    listener: TcpListener,
+    store: Arc<MetricsStore>,
+    cfg: &DashboardConfig,
+    shutdown: impl Future<Output = ()>,
+    alarms_in_file: Option<tokio::sync::watch::Receiver<Vec<AlarmConfig>>>,
 ) -> Result<(), RunError> {
     // The address really listened on (the Host check and webhook links use it).
     let mut cfg = cfg.clone();
@@ -67,6 +80,7 @@ pub async fn run(
         store.clone(),
         alarms.clone(),
     ));
+    let follow = alarms_in_file.map(|rx| tokio::spawn(follow_alarm_file(alarms.clone(), rx)));
     let router = app(Dashboard::new(store, alarms, &cfg));
     // People and browsers, not a fleet: fewer connections, the same timeouts.
     let limits = HttpLimits {
@@ -92,7 +106,36 @@ pub async fn run(
         }
     };
     evaluation.abort();
+    if let Some(f) = follow {
+        f.abort();
+    }
     served
+}
+
+/// Applies each new list of the file's alarms as a change from the last one.
+async fn follow_alarm_file(
+    board: Arc<AlarmBoard>,
+    mut rx: tokio::sync::watch::Receiver<Vec<AlarmConfig>>,
+) {
+    let mut file = rx.borrow_and_update().clone();
+    while rx.changed().await.is_ok() {
+        let new = rx.borrow_and_update().clone();
+        for a in new.iter().filter(|a| !file.contains(a)) {
+            match board.put(a.clone()) {
+                Ok(outcome) => tracing::info!(alarm = %a.name, ?outcome, "alarm reloaded"),
+                Err(e) => tracing::error!(alarm = %a.name, error = %e, "alarm refused on reload"),
+            }
+        }
+        for old in file
+            .iter()
+            .filter(|o| !new.iter().any(|n| n.name == o.name))
+        {
+            if board.delete(&old.name) {
+                tracing::info!(alarm = %old.name, "alarm removed from the configuration: deleted");
+            }
+        }
+        file = new;
+    }
 }
 
 fn log_transition(t: &Transition) {

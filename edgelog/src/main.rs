@@ -310,6 +310,9 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Counts SIGHUPs: a service that can reload watches it.
+static RELOAD: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> = std::sync::OnceLock::new();
+
 static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
     std::sync::OnceLock::new();
 
@@ -328,9 +331,9 @@ fn set_shutdown_budget(budget: Duration) {
 
 /// Watches SIGTERM and SIGINT from the moment the process starts, so a signal that comes
 /// while it is still starting (the listener already bound) shuts it down cleanly instead
-/// of killing it. SIGHUP is logged and ignored by the services (there is no reload yet);
-/// for the commands one runs in a terminal (`edge`, `demo`), a closed terminal's SIGHUP
-/// stops them like SIGTERM. Once shutdown has begun, a watchdog ends the process at the
+/// of killing it. SIGHUP makes the collector reload what it can (see [`reload_on_hup`]);
+/// other services log and ignore it; for the commands one runs in a terminal (`edge`,
+/// `demo`), a closed terminal's SIGHUP stops them like SIGTERM. Once shutdown has begun, a watchdog ends the process at the
 /// budget plus [`SHUTDOWN_MARGIN`] whatever is still running: everything undelivered is
 /// in the write-ahead log.
 fn watch_signals(hup_stops: bool) -> anyhow::Result<()> {
@@ -339,6 +342,9 @@ fn watch_signals(hup_stops: bool) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let reload = RELOAD
+        .get_or_init(|| tokio::sync::watch::channel(0).0)
+        .clone();
     tokio::spawn(async move {
         let name = loop {
             tokio::select! {
@@ -348,7 +354,12 @@ fn watch_signals(hup_stops: bool) -> anyhow::Result<()> {
                     if hup_stops {
                         break "SIGHUP";
                     }
-                    tracing::warn!("SIGHUP received and ignored: edgelog does not reload its configuration; restart it to apply changes");
+                    if reload.receiver_count() > 0 {
+                        tracing::info!("SIGHUP received: reloading the configuration");
+                        reload.send_modify(|n| *n += 1);
+                    } else {
+                        tracing::warn!("SIGHUP received and ignored: this command does not reload its configuration; restart it to apply changes");
+                    }
                 }
             }
         };
@@ -443,8 +454,85 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     let bus = Bus::new(cfg.sinks.bus_capacity());
     let collector = build_collector(&cfg, &bus)?;
     let listener = bind(cfg.collector.listen, "ingest API").await?;
+    let (file, reloader) = (args.file.config.clone(), collector.reloader());
+    let reloads = tokio::spawn(reload_on_hup(
+        cfg,
+        move || Config::load(file.as_deref(), &overrides),
+        move |new: &Config| reloader.reload(&new.collector, &new.sampling),
+        &[
+            "sampling",
+            "collector.tokens",
+            "collector.scoped_tokens",
+            "collector.allow_unauthenticated",
+            "collector.privacy",
+        ],
+    ));
     collector.serve(listener, shutdown_signal()).await?;
+    reloads.abort();
     Ok(())
+}
+
+/// On each SIGHUP, loads the configuration again (same file, environment and flags) and
+/// hands it to `apply`, which puts the `reloadable` settings in effect and says which
+/// changed. A configuration that does not load or validate is refused and logged, and the
+/// one in effect stays; other changes (against the configuration started with) are
+/// logged as needing a restart.
+async fn reload_on_hup(
+    started: Config,
+    load: impl Fn() -> anyhow::Result<Config>,
+    apply: impl Fn(&Config) -> Result<Vec<&'static str>, String>,
+    reloadable: &'static [&'static str],
+) {
+    let Some(mut hups) = RELOAD.get().map(|t| t.subscribe()) else {
+        return;
+    };
+    while hups.changed().await.is_ok() {
+        let applied = load().and_then(|new| {
+            let changed = apply(&new).map_err(anyhow::Error::msg)?;
+            Ok((new, changed))
+        });
+        match applied {
+            Ok((new, changed)) => {
+                tracing::info!(changed = ?changed, "configuration reloaded");
+                let restart = needs_restart(&started, &new, reloadable);
+                if !restart.is_empty() {
+                    tracing::warn!(settings = ?restart, "configuration changes that need a restart were not applied");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "configuration refused on reload; the one in effect stays");
+                metrics::counter!("edgelog_config_reload_failures_total").increment(1);
+            }
+        }
+    }
+}
+
+/// The settings (`section.key`) that differ between `old` and `new` beyond what a
+/// reload applies.
+fn needs_restart(old: &Config, new: &Config, reloadable: &[&str]) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return vec!["(cannot compare)".into()];
+    };
+    let mut out = Vec::new();
+    for (k, v) in &b {
+        match (a.get(k), v) {
+            (Some(serde_json::Value::Object(x)), serde_json::Value::Object(y)) => {
+                for (k2, v2) in y {
+                    let name = format!("{k}.{k2}");
+                    if x.get(k2) != Some(v2) && !reloadable.contains(&name.as_str()) {
+                        out.push(name);
+                    }
+                }
+            }
+            (old, new) if old != Some(new) && !reloadable.contains(&k.as_str()) => {
+                out.push(k.clone());
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 async fn run_ship(args: ShipArgs) -> anyhow::Result<()> {
@@ -542,7 +630,31 @@ async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
         ),
     }
     let listener = bind(cfg.dashboard.listen, "dashboard").await?;
-    edgelog_dashboard::run(listener, store, &cfg.dashboard, shutdown_signal()).await?;
+    let (alarms_tx, alarms_rx) = tokio::sync::watch::channel(cfg.dashboard.alarms.clone());
+    let file = args.file.config.clone();
+    let reloads = tokio::spawn(reload_on_hup(
+        cfg.clone(),
+        move || Config::load(file.as_deref(), &overrides),
+        move |new: &Config| {
+            let changed = *alarms_tx.borrow() != new.dashboard.alarms;
+            alarms_tx.send_replace(new.dashboard.alarms.clone());
+            Ok(if changed {
+                vec!["dashboard.alarms"]
+            } else {
+                vec![]
+            })
+        },
+        &["dashboard.alarms"],
+    ));
+    edgelog_dashboard::run_reloading(
+        listener,
+        store,
+        &cfg.dashboard,
+        shutdown_signal(),
+        Some(alarms_rx),
+    )
+    .await?;
+    reloads.abort();
     Ok(())
 }
 

@@ -410,6 +410,16 @@ impl TestServer {
         &self.dir
     }
 
+    /// Writes a collector's config file again from `cfg`, as [`collector`](Self::collector)
+    /// wrote it (for a reload on SIGHUP).
+    pub fn rewrite_config(&self, cfg: &ServerConfig) -> anyhow::Result<()> {
+        fs::write(
+            self.dir.join("edgelog.toml"),
+            cfg.for_collector(&self.dir).to_toml(),
+        )?;
+        Ok(())
+    }
+
     /// SIGKILL, then start again on the same config and port.
     pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
         self.proc.stop()?;

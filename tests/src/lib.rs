@@ -150,18 +150,8 @@ pub fn http_get(url: &str) -> anyhow::Result<String> {
     {
         return Ok(body.to_owned());
     }
-    // Chunked (Go's servers, for Prometheus and Alertmanager): size line, data, CRLF.
-    let (mut rest, mut plain) = (body, String::new());
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .context("bad chunk size")?;
-        if n == 0 {
-            break;
-        }
-        plain.push_str(after.get(..n).context("short chunk")?);
-        rest = after.get(n..).unwrap_or("").trim_start_matches("\r\n");
-    }
-    Ok(plain)
+    // Chunked: Go's servers (Prometheus, Alertmanager) send large bodies so.
+    Ok(dechunk(body))
 }
 
 /// An HTTP answer: status, headers (names lowercase) and body.

@@ -62,6 +62,22 @@ fn notified(received: &Received, status: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The distributions of Alertmanager's notifications (their groups), sorted, once each.
+fn distributions_of(groups: &[serde_json::Value]) -> Vec<String> {
+    let mut out: Vec<String> = groups
+        .iter()
+        .map(|g| {
+            g["groupLabels"]["distribution"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn host_port(url: &str) -> String {
     url.trim_start_matches("http://").to_owned()
 }
@@ -173,18 +189,7 @@ fn two_dashboards_alarms_reach_alertmanager_as_one_alert_each_and_prometheus_scr
     for g in &groups {
         assert_eq!(g["alerts"].as_array().map(Vec::len), Some(1), "{g}");
     }
-    let mut grouped: Vec<String> = groups
-        .iter()
-        .map(|g| {
-            g["groupLabels"]["distribution"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .collect();
-    grouped.sort();
-    grouped.dedup();
-    assert_eq!(grouped, expected, "{groups:#?}");
+    assert_eq!(distributions_of(&groups), expected, "{groups:#?}");
 
     // Prometheus scraped the collector (every record of the burst accepted) and the
     // dashboard (each distribution's alarm in ALARM).
@@ -226,18 +231,8 @@ fn two_dashboards_alarms_reach_alertmanager_as_one_alert_each_and_prometheus_scr
     wait_until(within(Duration::from_secs(10)), || {
         notified(&received, "resolved").len() >= 3
     });
-    let mut resolved: Vec<String> = notified(&received, "resolved")
-        .iter()
-        .map(|g| {
-            g["groupLabels"]["distribution"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .collect();
-    resolved.sort();
-    resolved.dedup();
-    assert_eq!(resolved, expected);
+    let resolved = notified(&received, "resolved");
+    assert_eq!(distributions_of(&resolved), expected, "{resolved:#?}");
     for d in demos {
         d.stop()?;
     }
