@@ -258,7 +258,8 @@ fn check_sha256(key: &str, hex: &str) -> Result<(), String> {
 }
 
 impl ScopedToken {
-    fn validate(&self, key: &str) -> Result<(), String> {
+    /// Checks it; errors name `key`.
+    pub fn validate(&self, key: &str) -> Result<(), String> {
         match (&self.token, &self.sha256) {
             (Some(t), None) => check_tokens(key, std::slice::from_ref(t))?,
             (None, Some(h)) => check_sha256(&format!("{key}.sha256"), h)?,

@@ -463,9 +463,33 @@ fn check_token(
         .1
         .trim()
         .as_bytes();
+    let (full, scoped) = matching_tokens(&cfg.tokens, &cfg.scoped_tokens, given);
+    let mut scope: Option<Vec<String>> = None;
+    for i in scoped {
+        scope
+            .get_or_insert_with(Vec::new)
+            .extend(cfg.scoped_tokens[i].distributions.iter().cloned());
+    }
+    if full {
+        Ok(None)
+    } else if scope.is_some() {
+        Ok(scope)
+    } else {
+        Err(IngestError::BadToken)
+    }
+}
+
+/// Which tokens `given` is: one of `tokens` (plain, or `sha256:<hex>` lower-cased), and
+/// the positions of the `scoped` ones it matches (their hashes lower-cased). Every token
+/// is compared, in constant time, whatever matched before.
+pub fn matching_tokens(
+    tokens: &[String],
+    scoped: &[crate::ScopedToken],
+    given: &[u8],
+) -> (bool, Vec<usize>) {
     // The presented token's SHA-256, only where a token is given by its hash.
-    let any_hashed = cfg.tokens.iter().any(|t| t.starts_with("sha256:"))
-        || cfg.scoped_tokens.iter().any(|t| t.sha256.is_some());
+    let any_hashed = tokens.iter().any(|t| t.starts_with("sha256:"))
+        || scoped.iter().any(|t| t.sha256.is_some());
     let hashed = if any_hashed {
         use sha2::Digest;
         let d = sha2::Sha256::digest(given);
@@ -480,34 +504,24 @@ fn check_token(
     let matches = |plain: Option<&str>, sha: Option<&str>| -> subtle::Choice {
         match (plain, sha) {
             (Some(t), _) => t.as_bytes().ct_eq(given),
-            // Hashes are lower-cased when the state is made.
             (None, Some(h)) => h.as_bytes().ct_eq(hashed.as_bytes()),
             (None, None) => subtle::Choice::from(0),
         }
     };
-    // Compare against every token without stopping early.
     let mut all = subtle::Choice::from(0);
-    for t in &cfg.tokens {
+    for t in tokens {
         all |= match t.strip_prefix("sha256:") {
             Some(h) => matches(None, Some(h)),
             None => matches(Some(t), None),
         };
     }
-    let mut scope: Option<Vec<String>> = None;
-    for t in &cfg.scoped_tokens {
-        if bool::from(matches(t.token.as_deref(), t.sha256.as_deref())) {
-            scope
-                .get_or_insert_with(Vec::new)
-                .extend(t.distributions.iter().cloned());
-        }
-    }
-    if bool::from(all) {
-        Ok(None)
-    } else if scope.is_some() {
-        Ok(scope)
-    } else {
-        Err(IngestError::BadToken)
-    }
+    let scoped = scoped
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| bool::from(matches(t.token.as_deref(), t.sha256.as_deref())))
+        .map(|(i, _)| i)
+        .collect();
+    (bool::from(all), scoped)
 }
 
 /// The request's `Idempotency-Key`, if it sent one: 1 to 200 bytes of visible ASCII, once.

@@ -32,7 +32,7 @@ pub use aggregator::{MetricsAggregator, Publisher};
 pub use bus::{Bus, StreamMessage};
 pub use config::{CollectorConfig, ScopedToken};
 pub use dead_letter::DeadLetters;
-pub use ingest::{AppState, IngestError, IngestResponse, Readiness, app};
+pub use ingest::{AppState, IngestError, IngestResponse, Readiness, app, matching_tokens};
 pub use privacy::{FieldRule, IpRule, Privacy, PrivacyConfig, PrivacyRule};
 pub use sink::{
     Batch, Kept, LoopSettings, Place, Sampler, Sink, SinkConfig, SinkContext, SinkError,
@@ -116,12 +116,18 @@ impl Reloader {
         sampling: &SamplingConfig,
     ) -> Result<Vec<&'static str>, String> {
         cfg.validate()?;
-        let sinks = self
+        // Rates are checked; one for a sink that is configured but not running (off) is
+        // let through, as it was at start.
+        let mut names = self
             .sampled
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let names: Vec<&str> = sinks.iter().map(String::as_str).collect();
+        let mentioned = std::iter::once(&sampling.default)
+            .chain(sampling.distributions.values())
+            .flat_map(|r| r.0.keys().cloned());
+        names.extend(mentioned);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         sampling
             .validate(&names)
             .map_err(|e| format!("sampling.{e}"))?;
@@ -129,9 +135,9 @@ impl Reloader {
         let access = ingest::Access::new(cfg.clone(), generation)?;
         let mut changed = Vec::new();
         if let Some(old) = self.access.get() {
-            let o = old.config();
+            let (o, n) = (old.config(), access.config());
             if (&o.tokens, &o.scoped_tokens, o.allow_unauthenticated)
-                != (&cfg.tokens, &cfg.scoped_tokens, cfg.allow_unauthenticated)
+                != (&n.tokens, &n.scoped_tokens, n.allow_unauthenticated)
             {
                 changed.push("tokens");
             }

@@ -257,7 +257,8 @@ pub async fn run_sink(
     let name = status.name.clone();
     let mut sampling = settings.sampling.clone();
     if let Some(rx) = &mut sampling {
-        rx.mark_unchanged();
+        // Rates reloaded before this task began count too.
+        sampler = Sampler::new(&rx.borrow_and_update(), &name);
     }
     let mut reader: Option<WalReader> = Some(wal.reader(&name));
     let mut saved = reader

@@ -492,15 +492,16 @@ impl AlarmBoard {
         let mut changes = Vec::new();
         let outcome = {
             let mut configs = self.configs.write().unwrap_or_else(PoisonError::into_inner);
-            let outcome = match configs.iter().position(|c| c.name == cfg.name) {
+            let (outcome, old_metric) = match configs.iter().position(|c| c.name == cfg.name) {
                 Some(i) if configs[i] == cfg => return Ok(PutOutcome::Unchanged),
                 Some(i) => {
+                    let old = configs[i].metric;
                     configs[i] = cfg.clone();
-                    PutOutcome::Replaced
+                    (PutOutcome::Replaced, Some(old))
                 }
                 None => {
                     configs.push(cfg.clone());
-                    PutOutcome::Created
+                    (PutOutcome::Created, None)
                 }
             };
             if let Some(per_distribution) = self
@@ -522,6 +523,28 @@ impl AlarmBoard {
                     }
                     watched
                 });
+                // A firing alarm that now watches another metric fires under it: the
+                // alert it was is replaced (Alertmanager labels carry the metric).
+                if let Some(old) = old_metric.filter(|m| *m != cfg.metric) {
+                    for t in per_distribution.values() {
+                        if t.status.state == AlarmState::Alarm {
+                            changes.push(Transition {
+                                alarm: cfg.name.clone(),
+                                distribution: t.status.distribution.clone(),
+                                metric: cfg.metric.name().to_owned(),
+                                from: AlarmState::Alarm,
+                                to: AlarmState::Alarm,
+                                at_ms: now,
+                                from_since_ms: t.status.since_ms,
+                                reason: format!(
+                                    "the alarm watches {} now, {} before",
+                                    cfg.metric.name(),
+                                    old.name()
+                                ),
+                            });
+                        }
+                    }
+                }
                 per_distribution.values_mut().for_each(|t| t.basis = None);
             }
             outcome
@@ -1064,6 +1087,30 @@ mod tests {
         assert!(last.reason.contains("deleted"), "{}", last.reason);
         assert_eq!(heard.len(), 5, "{heard:?}");
         assert_eq!(board.history(), heard);
+    }
+
+    #[test]
+    fn a_firing_alarm_given_another_metric_fires_on_under_it() {
+        let store = MetricsStore::new(60);
+        for m in 1..=3 {
+            merge(&store, "E1", m, 100, 20);
+        }
+        let cfg = alarm(2, 3, MissingData::Missing);
+        let board = AlarmBoard::new(vec![cfg.clone()]);
+        assert_eq!(board.evaluate(&store, 4 * MINUTE_MS).len(), 1);
+        let mut other = cfg.clone();
+        other.metric = Metric::TotalErrorRate;
+        assert_eq!(board.put(other), Ok(PutOutcome::Replaced));
+        let last = board.history().last().cloned().expect("a transition");
+        assert_eq!((last.from, last.to), (AlarmState::Alarm, AlarmState::Alarm));
+        assert_eq!(last.metric, Metric::TotalErrorRate.name());
+        assert_eq!(last.from_since_ms, 4 * MINUTE_MS);
+        // A change of threshold alone says nothing.
+        let mut same_metric = cfg.clone();
+        same_metric.metric = Metric::TotalErrorRate;
+        same_metric.threshold = 10.0;
+        assert_eq!(board.put(same_metric), Ok(PutOutcome::Replaced));
+        assert_eq!(board.history().len(), 2);
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! `severity`; several dashboards evaluating the same alarms send the same labels, and
 //! Alertmanager deduplicates, groups and silences them as one alert.
 //!
-//! Each Alertmanager has its own queue and task, as webhooks do: one that is slow or down
-//! delays only itself; every request has a timeout and a bounded number of tries.
+//! Each Alertmanager has its own task, as webhooks do: one that is slow or down delays only
+//! itself; every request has a timeout and a bounded number of tries. What waits for an
+//! Alertmanager is the latest alert per label set, not a queue of sends: thousands of
+//! transitions at once go as one batch, one down for hours holds one entry per alert
+//! (never more), and a resolution is never dropped, only replaced by a newer state.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,24 +26,48 @@ use crate::store::now_ms;
 /// A firing alert as sent, by (alarm, distribution).
 type Firing = BTreeMap<(String, String), Value>;
 
-/// Queues and the firing alerts they are sent again.
+/// One Alertmanager: the alerts waiting for it, the latest per label set.
+struct Target {
+    endpoint: String,
+    waiting: Mutex<BTreeMap<String, Value>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Target {
+    fn take(&self) -> BTreeMap<String, Value> {
+        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Puts back what could not be sent, under anything newer that came meanwhile.
+    fn put_back(&self, unsent: BTreeMap<String, Value>) {
+        let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        for (k, v) in unsent {
+            w.entry(k).or_insert(v);
+        }
+    }
+}
+
+/// The targets and the firing alerts they are sent again.
 struct Shared {
     firing: Firing,
-    queues: Vec<(String, tokio::sync::mpsc::Sender<Arc<Value>>)>,
+    targets: Vec<Arc<Target>>,
 }
 
 impl Shared {
-    /// Queues `alerts` for every Alertmanager (called under the lock, so a resend and a
-    /// resolution reach each queue in the order they happened).
+    /// Hands `alerts` to every Alertmanager, each replacing what waits under its labels
+    /// (called under the lock, so a resend and a resolution land in the order they
+    /// happened).
     fn queue(&self, alerts: Vec<Value>) {
         if alerts.is_empty() {
             return;
         }
-        let body = Arc::new(Value::Array(alerts));
-        for (url, tx) in &self.queues {
-            if let Err(e) = tx.try_send(body.clone()) {
-                tracing::error!(alertmanager = %redact(url), error = %e, "alerts dropped: the alertmanager's queue is full or closed");
+        for t in &self.targets {
+            let mut w = t.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            for a in &alerts {
+                w.insert(a["labels"].to_string(), a.clone());
             }
+            drop(w);
+            t.wake.notify_one();
         }
     }
 }
@@ -76,19 +103,22 @@ impl Alertmanagers {
             .connect_timeout(options.timeout)
             .build()
             .map_err(NotifyError::Client)?;
-        let queues = urls
+        let targets = urls
             .iter()
             .map(|url| {
-                let (tx, rx) = tokio::sync::mpsc::channel(options.queue.max(1));
-                let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
-                tokio::spawn(deliver(client.clone(), endpoint, rx, options.clone()));
-                (url.clone(), tx)
+                let t = Arc::new(Target {
+                    endpoint: format!("{}/api/v2/alerts", url.trim_end_matches('/')),
+                    waiting: Mutex::default(),
+                    wake: tokio::sync::Notify::new(),
+                });
+                tokio::spawn(deliver(client.clone(), t.clone(), options.clone()));
+                t
             })
             .collect::<Vec<_>>();
-        let any = !queues.is_empty();
+        let any = !targets.is_empty();
         let shared = Arc::new(Mutex::new(Shared {
             firing: BTreeMap::new(),
-            queues,
+            targets,
         }));
         let resender = any.then(|| tokio::spawn(resend_every(resend, shared.clone())));
         Ok(Alertmanagers {
@@ -102,13 +132,17 @@ impl Alertmanagers {
     /// Sends a transition into or out of ALARM (others are not alerts).
     pub fn send(&self, t: &Transition) {
         let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        if shared.queues.is_empty() {
+        if shared.targets.is_empty() {
             return;
         }
         let key = (t.alarm.clone(), t.distribution.clone());
         match (t.from, t.to) {
-            (_, AlarmState::Alarm) => {
-                let alert = firing_alert(t, &self.external_url);
+            (from, AlarmState::Alarm) => {
+                let mut alert = firing_alert(t, &self.external_url);
+                if from == AlarmState::Alarm {
+                    // Still the same firing, under new labels: it began back then.
+                    alert["startsAt"] = json!(rfc3339(t.from_since_ms));
+                }
                 let mut out = Vec::new();
                 // The same alarm firing under other labels (its metric changed): the
                 // alert sent before ends, or it would linger until its endsAt.
@@ -183,15 +217,22 @@ async fn resend_every(every: Duration, shared: Arc<Mutex<Shared>>) {
     }
 }
 
-/// One Alertmanager's task: its batches in order, each tried `tries` times at most.
-async fn deliver(
-    client: reqwest::Client,
-    endpoint: String,
-    mut rx: tokio::sync::mpsc::Receiver<Arc<Value>>,
-    options: NotifyOptions,
-) {
-    while let Some(body) = rx.recv().await {
-        post_json(&client, &endpoint, &body, &options, "alertmanager").await;
+/// One Alertmanager's task: whatever waits goes as one batch, tried `tries` times with
+/// backoff; what fails waits again (under anything newer) for the next round.
+async fn deliver(client: reqwest::Client, target: Arc<Target>, options: NotifyOptions) {
+    loop {
+        target.wake.notified().await;
+        let batch = target.take();
+        if batch.is_empty() {
+            continue;
+        }
+        let body = Value::Array(batch.values().cloned().collect());
+        if !post_json(&client, &target.endpoint, &body, &options, "alertmanager").await {
+            tracing::warn!(alertmanager = %redact(&target.endpoint), alerts = batch.len(), "alerts kept for the next try");
+            target.put_back(batch);
+            tokio::time::sleep(options.max_delay).await;
+            target.wake.notify_one();
+        }
     }
 }
 
@@ -212,14 +253,23 @@ mod tests {
         }
     }
 
+    /// What waits for the one Alertmanager, in label order (taken: it waits no more).
+    fn waiting(am: &Alertmanagers) -> Vec<Value> {
+        let shared = am.shared.lock().expect("lock");
+        shared.targets[0].take().into_values().collect()
+    }
+
     #[tokio::test]
     async fn firing_resolved_and_relabelled_alerts_follow_the_v2_api() {
-        // An Alertmanager that is never reached: the queue shows what would be sent.
-        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        // An Alertmanager that is never reached: what waits shows what would be sent.
         let am = Alertmanagers {
             shared: Arc::new(Mutex::new(Shared {
                 firing: BTreeMap::new(),
-                queues: vec![("http://am".into(), tx)],
+                targets: vec![Arc::new(Target {
+                    endpoint: "http://am/api/v2/alerts".into(),
+                    waiting: Mutex::default(),
+                    wake: tokio::sync::Notify::new(),
+                })],
             })),
             external_url: "http://d".into(),
             resend: Duration::from_secs(60),
@@ -230,7 +280,7 @@ mod tests {
             AlarmState::Alarm,
             "5xxErrorRate",
         ));
-        let fired = rx.try_recv().expect("firing sent");
+        let fired = waiting(&am);
         let a = &fired[0];
         assert_eq!(a["labels"]["alarm"], "5xx");
         assert_eq!(a["labels"]["alertname"], "5xx");
@@ -239,21 +289,24 @@ mod tests {
         assert_eq!(a["startsAt"], "2019-12-04T21:02:31.123Z");
         assert!(a["endsAt"].as_str().is_some_and(|e| e > "2026"), "{a}");
 
-        // Fires again under another metric: the first alert ends.
+        // Fires on under another metric: the first alert ends, the new one began when
+        // the firing did.
         am.send(&transition(
             AlarmState::Alarm,
             AlarmState::Alarm,
             "4xxErrorRate",
         ));
-        let again = rx.try_recv().expect("relabelled");
-        assert_eq!(again.as_array().map(Vec::len), Some(2), "{again}");
-        assert_eq!(again[0]["labels"]["metric"], "5xxErrorRate");
-        assert_eq!(again[0]["endsAt"], "2019-12-04T21:02:31.123Z");
-        assert_eq!(again[1]["labels"]["metric"], "4xxErrorRate");
+        let again = waiting(&am);
+        assert_eq!(again.len(), 2, "{again:?}");
+        assert_eq!(again[0]["labels"]["metric"], "4xxErrorRate");
+        assert_eq!(again[0]["startsAt"], "2019-12-04T20:56:40.000Z");
+        assert_eq!(again[1]["labels"]["metric"], "5xxErrorRate");
+        assert_eq!(again[1]["endsAt"], "2019-12-04T21:02:31.123Z");
 
         // Resolved under the labels it fired with, once; OK to INSUFFICIENT_DATA is quiet.
         am.send(&transition(AlarmState::Alarm, AlarmState::Ok, "ignored"));
-        let back = rx.try_recv().expect("resolved");
+        let back = waiting(&am);
+        assert_eq!(back.len(), 1, "{back:?}");
         assert_eq!(back[0]["labels"]["metric"], "4xxErrorRate");
         assert_eq!(back[0]["endsAt"], "2019-12-04T21:02:31.123Z");
         assert_eq!(back[0]["startsAt"], "2019-12-04T20:56:40.000Z");
@@ -262,7 +315,25 @@ mod tests {
             AlarmState::InsufficientData,
             "5xxErrorRate",
         ));
-        assert!(rx.try_recv().is_err());
+        assert!(waiting(&am).is_empty());
         assert!(am.shared.lock().expect("lock").firing.is_empty());
+
+        // A burst of transitions, then a resolution of one: one entry per alert waits,
+        // the resolution in place of its firing.
+        for d in 0..5_000 {
+            let mut t = transition(AlarmState::Ok, AlarmState::Alarm, "5xxErrorRate");
+            t.distribution = format!("E{d}");
+            am.send(&t);
+        }
+        let mut t = transition(AlarmState::Alarm, AlarmState::Ok, "5xxErrorRate");
+        t.distribution = "E7".into();
+        am.send(&t);
+        let all = waiting(&am);
+        assert_eq!(all.len(), 5_000);
+        let e7 = all.iter().find(|a| a["labels"]["distribution"] == "E7");
+        assert_eq!(
+            e7.map(|a| &a["endsAt"]),
+            Some(&json!("2019-12-04T21:02:31.123Z"))
+        );
     }
 }

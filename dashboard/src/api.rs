@@ -3,15 +3,16 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, put};
+use axum::{Extension, Router};
 use serde::Deserialize;
 
 use crate::alarms::{self, AlarmBoard, AlarmConfig, PutOutcome};
+use crate::auth::Scope;
 use crate::charts::Chart;
 use crate::config::DashboardConfig;
 use crate::error::{ApiError, Path, Query, error_body};
@@ -31,6 +32,8 @@ pub struct Dashboard {
     /// Whether alarm definitions may be changed: with credentials (they are then
     /// required), or with `allow_unauthenticated_writes`.
     pub writes_allowed: bool,
+    /// Tokens scoped to distributions, each with whether it may write.
+    pub scoped: Arc<Vec<(edgelog_collector::ScopedToken, bool)>>,
 }
 
 impl Dashboard {
@@ -40,13 +43,20 @@ impl Dashboard {
         cfg: &DashboardConfig,
     ) -> Dashboard {
         let credentials = auth::credentials(cfg);
-        let writes_allowed = !credentials.is_empty() || cfg.allow_unauthenticated_writes;
+        let scoped: Vec<_> = cfg
+            .scoped_tokens
+            .iter()
+            .map(|t| (t.as_ingest(), t.write))
+            .collect();
+        let writes_allowed =
+            !credentials.is_empty() || !scoped.is_empty() || cfg.allow_unauthenticated_writes;
         Dashboard {
             store,
             alarms,
             credentials: Arc::new(credentials),
             allowed_hosts: Arc::new(auth::loopback_hosts(cfg.listen)),
             writes_allowed,
+            scoped: Arc::new(scoped),
         }
     }
 }
@@ -111,8 +121,10 @@ fn chart_named(slug: &str) -> Result<Chart, ApiError> {
     Chart::from_slug(slug).ok_or_else(|| ApiError::UnknownChart(slug.to_owned()))
 }
 
-async fn list(State(d): State<Dashboard>) -> Json<Vec<String>> {
-    Json(d.store.distributions())
+async fn list(State(d): State<Dashboard>, Extension(scope): Extension<Scope>) -> Json<Vec<String>> {
+    let mut ids = d.store.distributions();
+    ids.retain(|id| scope.sees(id));
+    Json(ids)
 }
 
 /// `?range=1h|3h|12h|24h` (default: the whole history), `format=json|csv`, and for CSV
@@ -127,9 +139,11 @@ struct SeriesQuery {
 
 async fn series(
     State(d): State<Dashboard>,
+    Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
     Query(q): Query<SeriesQuery>,
 ) -> Result<Response, ApiError> {
+    scope.check(&id)?;
     let points = match range_ms(q.range.as_deref())? {
         Some(r) => d.store.recent(&id, r),
         None => d.store.series(&id),
@@ -170,9 +184,11 @@ struct ChartQuery {
 /// One chart as SVG (what the distribution page redraws every 10 s).
 async fn chart(
     State(d): State<Dashboard>,
+    Extension(scope): Extension<Scope>,
     Path((id, slug)): Path<(String, String)>,
     Query(q): Query<ChartQuery>,
 ) -> Result<Response, ApiError> {
+    scope.check(&id)?;
     let range = range_ms(q.range.as_deref().or(Some("1h")))?.unwrap_or(3_600_000);
     let c = chart_named(slug.trim_end_matches(".svg"))?;
     let points = d
@@ -183,17 +199,29 @@ async fn chart(
     Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
 
-async fn alarm_states(State(d): State<Dashboard>) -> Json<Vec<alarms::AlarmStatus>> {
-    Json(d.alarms.statuses())
+async fn alarm_states(
+    State(d): State<Dashboard>,
+    Extension(scope): Extension<Scope>,
+) -> Json<Vec<alarms::AlarmStatus>> {
+    let mut states = d.alarms.statuses();
+    states.retain(|s| scope.sees(&s.distribution));
+    Json(states)
 }
 
-async fn alarm_definitions(State(d): State<Dashboard>) -> Json<Vec<AlarmConfig>> {
-    Json(d.alarms.definitions())
+/// Definitions on `*` (they say nothing of other distributions) and on its own.
+async fn alarm_definitions(
+    State(d): State<Dashboard>,
+    Extension(scope): Extension<Scope>,
+) -> Json<Vec<AlarmConfig>> {
+    let mut defs = d.alarms.definitions();
+    defs.retain(|a| a.distribution == "*" || scope.sees(&a.distribution));
+    Json(defs)
 }
 
 /// `PUT /api/alarms/definitions/{name}` with an alarm as JSON (its `name` must match).
 async fn put_alarm(
     State(d): State<Dashboard>,
+    Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -205,6 +233,11 @@ async fn put_alarm(
             body: cfg.name,
             path: name,
         });
+    }
+    scope.check_write(&cfg.distribution)?;
+    // Nor may it take over an alarm of another distribution under the same name.
+    if let Some(old) = d.alarms.definitions().iter().find(|a| a.name == name) {
+        scope.check_write(&old.distribution)?;
     }
     let outcome = d.alarms.put(cfg).map_err(ApiError::BadAlarm)?;
     tracing::info!(alarm = %name, ?outcome, "alarm defined through the API");
@@ -223,8 +256,13 @@ async fn put_alarm(
 
 async fn delete_alarm(
     State(d): State<Dashboard>,
+    Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    match d.alarms.definitions().iter().find(|a| a.name == name) {
+        Some(a) => scope.check_write(&a.distribution)?,
+        None => scope.check_write("*")?,
+    }
     if d.alarms.delete(&name) {
         tracing::info!(alarm = %name, "alarm deleted through the API");
         Ok(StatusCode::NO_CONTENT)
@@ -233,8 +271,13 @@ async fn delete_alarm(
     }
 }
 
-async fn alarm_history(State(d): State<Dashboard>) -> Json<Vec<alarms::Transition>> {
-    Json(d.alarms.history())
+async fn alarm_history(
+    State(d): State<Dashboard>,
+    Extension(scope): Extension<Scope>,
+) -> Json<Vec<alarms::Transition>> {
+    let mut history = d.alarms.history();
+    history.retain(|t| scope.sees(&t.distribution));
+    Json(history)
 }
 
 /// 404 for any path the dashboard does not serve.

@@ -40,6 +40,55 @@ pub fn loopback_hosts(listen: SocketAddr) -> Option<Vec<String>> {
     Some(hosts)
 }
 
+/// What the caller may see and do; `require_auth` gives every request one.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// Distribution ids or prefixes ending in `*`; `None`: every distribution.
+    distributions: Option<Vec<String>>,
+    /// May change alarm definitions (those of its distributions, when scoped).
+    write: bool,
+}
+
+impl Scope {
+    /// Every distribution, and alarm changes where the dashboard allows them.
+    pub fn full() -> Scope {
+        Scope {
+            distributions: None,
+            write: true,
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.distributions.is_none()
+    }
+
+    pub fn sees(&self, id: &str) -> bool {
+        self.distributions
+            .as_ref()
+            .is_none_or(|p| edgelog_record::distribution_allowed(p, id))
+    }
+
+    /// Refuses a distribution it may not see (whether it exists or not).
+    pub fn check(&self, id: &str) -> Result<(), ApiError> {
+        if self.sees(id) {
+            Ok(())
+        } else {
+            Err(ApiError::NotInScope(id.to_owned()))
+        }
+    }
+
+    /// Refuses a change to an alarm on `distribution` (`*`: every one).
+    pub(crate) fn check_write(&self, distribution: &str) -> Result<(), ApiError> {
+        if !self.write {
+            return Err(ApiError::ReadOnlyToken);
+        }
+        if !self.is_full() && (distribution == "*" || !self.sees(distribution)) {
+            return Err(ApiError::NotInScope(distribution.to_owned()));
+        }
+        Ok(())
+    }
+}
+
 /// The `Authorization` header values the settings accept (`Bearer ...`, `Basic ...`).
 pub(crate) fn credentials(cfg: &DashboardConfig) -> Vec<String> {
     use base64::Engine;
@@ -88,8 +137,13 @@ pub(crate) async fn check_writes(State(d): State<Dashboard>, req: Request, next:
 }
 
 /// Refuses (401) a request without one of the credentials, when there are any.
-pub(crate) async fn require_auth(State(d): State<Dashboard>, req: Request, next: Next) -> Response {
-    if d.credentials.is_empty() || req.uri().path() == "/healthz" {
+pub(crate) async fn require_auth(
+    State(d): State<Dashboard>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if (d.credentials.is_empty() && d.scoped.is_empty()) || req.uri().path() == "/healthz" {
+        req.extensions_mut().insert(Scope::full());
         return next.run(req).await;
     }
     let given = req
@@ -103,7 +157,32 @@ pub(crate) async fn require_auth(State(d): State<Dashboard>, req: Request, next:
         ok |= subtle::ConstantTimeEq::ct_eq(c.as_bytes(), given);
     }
     if bool::from(ok) {
+        req.extensions_mut().insert(Scope::full());
         return next.run(req).await;
+    }
+    let bearer = std::str::from_utf8(given)
+        .ok()
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().as_bytes());
+    if let Some(token) = bearer
+        && !d.scoped.is_empty()
+    {
+        let tokens: Vec<_> = d.scoped.iter().map(|(t, _)| t.clone()).collect();
+        let (_, matched) = edgelog_collector::matching_tokens(&[], &tokens, token);
+        if !matched.is_empty() {
+            let scope = Scope {
+                distributions: Some(
+                    matched
+                        .iter()
+                        .flat_map(|&i| d.scoped[i].0.distributions.clone())
+                        .collect(),
+                ),
+                write: matched.iter().any(|&i| d.scoped[i].1),
+            };
+            req.extensions_mut().insert(scope);
+            return next.run(req).await;
+        }
     }
     ApiError::Unauthorized.into_response()
 }

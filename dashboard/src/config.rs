@@ -25,6 +25,9 @@ pub struct DashboardConfig {
     pub tokens: Vec<String>,
     /// `user:password` pairs for HTTP basic auth (what a browser prompts for).
     pub users: Vec<String>,
+    /// Bearer tokens that see only some distributions (pages, API, `/metrics`, alarm
+    /// states), and may change only their alarms when `write` is set.
+    pub scoped_tokens: Vec<ScopedToken>,
     /// Webhooks (http://) that get every alarm state change in Alertmanager's format.
     pub webhooks: Vec<String>,
     /// Alertmanagers (http://host:port, no path) that get alarms through their v2 API
@@ -51,11 +54,57 @@ impl Default for DashboardConfig {
             alarms: Vec::new(),
             tokens: Vec::new(),
             users: Vec::new(),
+            scoped_tokens: Vec::new(),
             webhooks: Vec::new(),
             alertmanagers: Vec::new(),
             alertmanager_resend_interval: std::time::Duration::from_secs(60),
             allow_unauthenticated_writes: false,
         }
+    }
+}
+
+/// A dashboard token limited to some distributions: `[[dashboard.scoped_tokens]]`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedToken {
+    /// The token...
+    #[serde(default)]
+    pub token: Option<String>,
+    /// ...or its SHA-256 in hex.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Distribution ids, or prefixes ending in `*`.
+    pub distributions: Vec<String>,
+    /// May add, change and delete alarms on these distributions (not on `*`).
+    #[serde(default)]
+    pub write: bool,
+}
+
+impl ScopedToken {
+    /// The same token as the collector checks it (the `write` flag aside).
+    pub(crate) fn as_ingest(&self) -> edgelog_collector::ScopedToken {
+        edgelog_collector::ScopedToken {
+            token: self.token.clone(),
+            sha256: self.sha256.as_ref().map(|h| h.to_ascii_lowercase()),
+            distributions: self.distributions.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ScopedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopedToken")
+            .field(
+                "given_as",
+                &if self.sha256.is_some() {
+                    "sha256"
+                } else {
+                    "token"
+                },
+            )
+            .field("distributions", &self.distributions)
+            .field("write", &self.write)
+            .finish()
     }
 }
 
@@ -90,6 +139,7 @@ impl std::fmt::Debug for DashboardConfig {
             .field("alarms", &self.alarms)
             .field("tokens", &tokens)
             .field("users", &users)
+            .field("scoped_tokens", &self.scoped_tokens)
             .field("webhooks", &webhooks)
             .field("alertmanagers", &alertmanagers)
             .field(
@@ -133,7 +183,10 @@ impl DashboardConfig {
         }
         for (i, a) in self.alertmanagers.iter().enumerate() {
             let path = a.strip_prefix("http://").and_then(|r| r.split_once('/'));
-            if !a.starts_with("http://") || path.is_some_and(|(_, p)| !p.is_empty()) {
+            if !a.starts_with("http://")
+                || path.is_some_and(|(_, p)| !p.is_empty())
+                || a.contains(['?', '#'])
+            {
                 return Err(format!(
                     "dashboard.alertmanagers: entry #{} is not http://host:port (no path; https is not built in yet)",
                     i + 1
@@ -147,6 +200,10 @@ impl DashboardConfig {
             return Err(format!(
                 "dashboard.alertmanager_resend_interval: must be from 1s to 1h, got {resend:?}"
             ));
+        }
+        for (i, t) in self.scoped_tokens.iter().enumerate() {
+            t.as_ingest()
+                .validate(&format!("dashboard.scoped_tokens[{i}]"))?;
         }
         if self.users.iter().any(|u| !u.contains(':')) {
             return Err("dashboard.users: each entry is \"user:password\"".into());
@@ -177,6 +234,7 @@ mod tests {
             "https://am:9093",
             "am:9093",
             "http://am:9093/api/v2/alerts",
+            "http://am:9093?x",
             "",
         ] {
             let err = with(&[bad], 60).validate().expect_err(bad);

@@ -41,6 +41,10 @@ pub enum ApiError {
     ReadOnly,
     #[error("authentication required")]
     Unauthorized,
+    #[error("this token may not see or change distribution {0:?}")]
+    NotInScope(String),
+    #[error("this token may only read: it cannot change alarm definitions")]
+    ReadOnlyToken,
     /// An extractor's rejection, with its own status and text.
     #[error("{reason}")]
     Rejected { status: StatusCode, reason: String },
@@ -59,7 +63,10 @@ impl ApiError {
             | ApiError::NoSuchAlarm(_)
             | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::ForeignHost { .. } | ApiError::ReadOnly => StatusCode::FORBIDDEN,
+            ApiError::ForeignHost { .. }
+            | ApiError::ReadOnly
+            | ApiError::NotInScope(_)
+            | ApiError::ReadOnlyToken => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Rejected { status, .. } => *status,
         }

@@ -1,11 +1,13 @@
 //! The HTML pages: the overview, and a page per distribution with its charts, both from
 //! the templates under `pages/`.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::api::{Dashboard, RANGES, range_ms};
+use crate::auth::Scope;
 use crate::charts::{self, Chart};
 use crate::error::{ApiError, Path, Query};
 use crate::metrics::{Metric, MinutePoint};
@@ -76,9 +78,11 @@ pub(crate) struct PageQuery {
 /// `/distributions/{id}`: its alarms and charts, redrawn every 10 s.
 pub(crate) async fn distribution(
     State(d): State<Dashboard>,
+    Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
+    scope.check(&id)?;
     let range = q.range.unwrap_or_else(|| "1h".into());
     let ms = range_ms(Some(&range))?.unwrap_or(3_600_000);
     let points = d
@@ -111,7 +115,7 @@ pub(crate) async fn distribution(
             ("id", &eid),
             ("style", STYLE),
             ("ranges", &ranges),
-            ("alarm_rows", &alarm_rows(&d, Some(&id))),
+            ("alarm_rows", &alarm_rows(&d, &scope, Some(&id))),
             ("default_charts", &cards(&charts::DEFAULT_CHARTS)),
             ("additional_charts", &cards(&charts::ADDITIONAL_CHARTS)),
             ("script", &script),
@@ -129,10 +133,10 @@ fn datapoints_text(points: &[Option<f64>]) -> String {
         .join(", ")
 }
 
-fn alarm_rows(d: &Dashboard, only: Option<&str>) -> String {
+fn alarm_rows(d: &Dashboard, scope: &Scope, only: Option<&str>) -> String {
     let mut rows = String::new();
     for a in d.alarms.statuses() {
-        if only.is_some_and(|id| id != a.distribution) {
+        if only.is_some_and(|id| id != a.distribution) || !scope.sees(&a.distribution) {
             continue;
         }
         let st = a.state.name();
@@ -163,10 +167,18 @@ const OVERVIEW_COLUMNS: [(Metric, Show); 5] = [
 ];
 
 /// `/`: every distribution's last complete minute and alarms, and every alarm.
-pub(crate) async fn overview(State(d): State<Dashboard>) -> Html<String> {
+pub(crate) async fn overview(
+    State(d): State<Dashboard>,
+    Extension(scope): Extension<Scope>,
+) -> Html<String> {
     let states = d.alarms.statuses();
     let mut rows = String::new();
-    for id in d.store.distributions() {
+    for id in d
+        .store
+        .distributions()
+        .into_iter()
+        .filter(|id| scope.sees(id))
+    {
         let Some(recent) = d.store.recent(&id, 3_600_000) else {
             continue;
         };
@@ -205,7 +217,7 @@ pub(crate) async fn overview(State(d): State<Dashboard>) -> Html<String> {
             ("style", STYLE),
             ("metric_headers", &headers),
             ("rows", &rows),
-            ("alarm_rows", &alarm_rows(&d, None)),
+            ("alarm_rows", &alarm_rows(&d, &scope, None)),
         ],
     ))
 }

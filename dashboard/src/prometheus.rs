@@ -3,12 +3,14 @@
 
 use std::fmt::Write;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use crate::alarms::AlarmState;
 use crate::api::Dashboard;
+use crate::auth::Scope;
 use crate::metrics::{METRICS, MinutePoint};
 use crate::store::{last_complete_minute, now_ms};
 
@@ -41,12 +43,16 @@ fn prometheus_value(v: f64) -> String {
 /// Prometheus text: a gauge per row of [`METRICS`] (rows sharing a gauge are one family,
 /// by quantile), then alarm states. A quiet minute has 0 requests and bytes, and NaN
 /// rates and latencies (no data, as a 0/0 would be in PromQL).
-pub(crate) async fn metrics(State(d): State<Dashboard>) -> Response {
+pub(crate) async fn metrics(
+    State(d): State<Dashboard>,
+    Extension(scope): Extension<Scope>,
+) -> Response {
     let last_complete = last_complete_minute(now_ms());
     let last: Vec<(String, MinutePoint)> = d
         .store
         .distributions()
         .into_iter()
+        .filter(|id| scope.sees(id))
         .filter_map(|id| {
             let p = d.store.minute(&id, last_complete)?;
             Some((id, p))
@@ -78,6 +84,9 @@ pub(crate) async fn metrics(State(d): State<Dashboard>) -> Response {
         "# HELP edgelog_alarm_state 1 for the state each alarm is in\n# TYPE edgelog_alarm_state gauge"
     );
     for a in d.alarms.statuses() {
+        if !scope.sees(&a.distribution) {
+            continue;
+        }
         for state in [
             AlarmState::Ok,
             AlarmState::Alarm,

@@ -80,7 +80,8 @@ pub async fn run_reloading(
         store.clone(),
         alarms.clone(),
     ));
-    let follow = alarms_in_file.map(|rx| tokio::spawn(follow_alarm_file(alarms.clone(), rx)));
+    let follow = alarms_in_file
+        .map(|rx| tokio::spawn(follow_alarm_file(alarms.clone(), cfg.alarms.clone(), rx)));
     let router = app(Dashboard::new(store, alarms, &cfg));
     // People and browsers, not a fleet: fewer connections, the same timeouts.
     let limits = HttpLimits {
@@ -115,9 +116,11 @@ pub async fn run_reloading(
 /// Applies each new list of the file's alarms as a change from the last one.
 async fn follow_alarm_file(
     board: Arc<AlarmBoard>,
+    mut file: Vec<AlarmConfig>,
     mut rx: tokio::sync::watch::Receiver<Vec<AlarmConfig>>,
 ) {
-    let mut file = rx.borrow_and_update().clone();
+    // From the alarms the board began with: a reload before this task ran counts too.
+    rx.mark_changed();
     while rx.changed().await.is_ok() {
         let new = rx.borrow_and_update().clone();
         for a in new.iter().filter(|a| !file.contains(a)) {

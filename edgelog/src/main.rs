@@ -436,6 +436,8 @@ fn s(v: impl Into<String>) -> Value {
 }
 
 async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
+    // Watched from the start: a SIGHUP while starting reloads once started.
+    let hups = RELOAD.get().map(|t| t.subscribe());
     let mut overrides = Vec::new();
     if let Some(d) = &args.data_dir {
         overrides.push(("data_dir", s(d.display().to_string())));
@@ -456,6 +458,7 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     let listener = bind(cfg.collector.listen, "ingest API").await?;
     let (file, reloader) = (args.file.config.clone(), collector.reloader());
     let reloads = tokio::spawn(reload_on_hup(
+        hups,
         cfg,
         move || Config::load(file.as_deref(), &overrides),
         move |new: &Config| reloader.reload(&new.collector, &new.sampling),
@@ -478,12 +481,13 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
 /// one in effect stays; other changes (against the configuration started with) are
 /// logged as needing a restart.
 async fn reload_on_hup(
+    hups: Option<tokio::sync::watch::Receiver<u64>>,
     started: Config,
     load: impl Fn() -> anyhow::Result<Config>,
     apply: impl Fn(&Config) -> Result<Vec<&'static str>, String>,
     reloadable: &'static [&'static str],
 ) {
-    let Some(mut hups) = RELOAD.get().map(|t| t.subscribe()) else {
+    let Some(mut hups) = hups else {
         return;
     };
     while hups.changed().await.is_ok() {
@@ -510,29 +514,55 @@ async fn reload_on_hup(
 /// The settings (`section.key`) that differ between `old` and `new` beyond what a
 /// reload applies.
 fn needs_restart(old: &Config, new: &Config, reloadable: &[&str]) -> Vec<String> {
-    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
-        (serde_json::to_value(old), serde_json::to_value(new))
-    else {
+    let (Ok(a), Ok(b)) = (serde_json::to_value(old), serde_json::to_value(new)) else {
         return vec!["(cannot compare)".into()];
     };
     let mut out = Vec::new();
-    for (k, v) in &b {
-        match (a.get(k), v) {
-            (Some(serde_json::Value::Object(x)), serde_json::Value::Object(y)) => {
-                for (k2, v2) in y {
-                    let name = format!("{k}.{k2}");
-                    if x.get(k2) != Some(v2) && !reloadable.contains(&name.as_str()) {
-                        out.push(name);
-                    }
-                }
-            }
-            (old, new) if old != Some(new) && !reloadable.contains(&k.as_str()) => {
-                out.push(k.clone());
-            }
-            _ => {}
-        }
-    }
+    differences("", &a, &b, reloadable, &mut out);
     out
+}
+
+/// The names (`section.key`, two levels down at most) under which `a` and `b` differ,
+/// keys missing on either side included, leaving out `reloadable` names and what is
+/// under them.
+fn differences(
+    at: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    reloadable: &[&str],
+    out: &mut Vec<String>,
+) {
+    let covered = |name: &str| {
+        reloadable
+            .iter()
+            .any(|r| name == *r || name.starts_with(&format!("{r}.")))
+    };
+    if covered(at) || a == b {
+        return;
+    }
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y))
+            if at.matches('.').count() < 1 =>
+        {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let name = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                let null = serde_json::Value::Null;
+                differences(
+                    &name,
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    reloadable,
+                    out,
+                );
+            }
+        }
+        _ => out.push(at.to_owned()),
+    }
 }
 
 async fn run_ship(args: ShipArgs) -> anyhow::Result<()> {
@@ -605,6 +635,7 @@ async fn run_ship(args: ShipArgs) -> anyhow::Result<()> {
 }
 
 async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
+    let hups = RELOAD.get().map(|t| t.subscribe());
     let mut overrides = Vec::new();
     if let Some(l) = args.listen {
         overrides.push(("dashboard.listen", s(l.to_string())));
@@ -633,6 +664,7 @@ async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
     let (alarms_tx, alarms_rx) = tokio::sync::watch::channel(cfg.dashboard.alarms.clone());
     let file = args.file.config.clone();
     let reloads = tokio::spawn(reload_on_hup(
+        hups,
         cfg.clone(),
         move || Config::load(file.as_deref(), &overrides),
         move |new: &Config| {
@@ -989,5 +1021,26 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_a_reload_cannot_apply_needs_a_restart() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.sampling.default.0.insert("standard".into(), 50.0);
+        new.collector.privacy.hash_key = "x".repeat(20);
+        let reloadable = &["sampling", "collector.privacy"];
+        assert!(needs_restart(&old, &new, reloadable).is_empty());
+        new.collector.max_body_bytes += 1;
+        new.sinks.0.remove("realtime");
+        assert_eq!(
+            needs_restart(&old, &new, reloadable),
+            ["collector.max_body_bytes", "sinks.realtime"]
+        );
     }
 }
