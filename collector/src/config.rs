@@ -122,6 +122,12 @@ impl CollectorConfig {
         check_tokens("collector.tokens", &self.tokens)?;
         for (n, t) in self.scoped_tokens.iter().enumerate() {
             t.validate(&format!("collector.scoped_tokens #{}", n + 1))?;
+            if t.token.as_ref().is_some_and(|x| self.tokens.contains(x)) {
+                return Err(format!(
+                    "collector.scoped_tokens #{}: the token is also in collector.tokens, where it may write every distribution",
+                    n + 1
+                ));
+            }
         }
         in_range("collector.max_body_bytes", self.max_body_bytes, 1, 1 << 30)?;
         in_range(
@@ -267,7 +273,7 @@ impl ScopedToken {
         }
         if self.distributions.is_empty() {
             return Err(format!(
-                "{key}.distributions: list the distributions (ids or prefixes ending in *); an unscoped token goes in collector.tokens"
+                "{key}.distributions: list the distributions (ids or prefixes ending in *); an unscoped token goes in the tokens list"
             ));
         }
         for p in &self.distributions {

@@ -234,10 +234,10 @@ async fn put_alarm(
             path: name,
         });
     }
-    scope.check_write(&cfg.distribution)?;
+    scope.check_write(&cfg.distribution, None)?;
     // Nor may it take over an alarm of another distribution under the same name.
     if let Some(old) = d.alarms.definitions().iter().find(|a| a.name == name) {
-        scope.check_write(&old.distribution)?;
+        scope.check_write(&old.distribution, Some(&name))?;
     }
     let outcome = d.alarms.put(cfg).map_err(ApiError::BadAlarm)?;
     tracing::info!(alarm = %name, ?outcome, "alarm defined through the API");
@@ -259,10 +259,14 @@ async fn delete_alarm(
     Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match d.alarms.definitions().iter().find(|a| a.name == name) {
-        Some(a) => scope.check_write(&a.distribution)?,
-        None => scope.check_write("*")?,
-    }
+    // The same answer whether the alarm exists or not, unless the caller may write it.
+    let on = d
+        .alarms
+        .definitions()
+        .iter()
+        .find(|a| a.name == name)
+        .map_or_else(|| "*".to_owned(), |a| a.distribution.clone());
+    scope.check_write(&on, Some(&name))?;
     if d.alarms.delete(&name) {
         tracing::info!(alarm = %name, "alarm deleted through the API");
         Ok(StatusCode::NO_CONTENT)

@@ -43,9 +43,10 @@ pub fn loopback_hosts(listen: SocketAddr) -> Option<Vec<String>> {
 /// What the caller may see and do; `require_auth` gives every request one.
 #[derive(Debug, Clone)]
 pub struct Scope {
-    /// Distribution ids or prefixes ending in `*`; `None`: every distribution.
-    distributions: Option<Vec<String>>,
-    /// May change alarm definitions (those of its distributions, when scoped).
+    /// Per matching token: distribution ids or prefixes ending in `*`, and whether it
+    /// may change their alarms. `None`: every distribution.
+    entries: Option<Vec<(Vec<String>, bool)>>,
+    /// May change alarm definitions (unscoped).
     write: bool,
 }
 
@@ -53,19 +54,30 @@ impl Scope {
     /// Every distribution, and alarm changes where the dashboard allows them.
     pub fn full() -> Scope {
         Scope {
-            distributions: None,
+            entries: None,
             write: true,
         }
     }
 
     pub fn is_full(&self) -> bool {
-        self.distributions.is_none()
+        self.entries.is_none()
     }
 
     pub fn sees(&self, id: &str) -> bool {
-        self.distributions
-            .as_ref()
-            .is_none_or(|p| edgelog_record::distribution_allowed(p, id))
+        self.entries.as_ref().is_none_or(|e| {
+            e.iter()
+                .any(|(p, _)| edgelog_record::distribution_allowed(p, id))
+        })
+    }
+
+    /// May change alarms on `id`: an entry that sees it may write.
+    fn writes(&self, id: &str) -> bool {
+        match &self.entries {
+            None => self.write,
+            Some(e) => e
+                .iter()
+                .any(|(p, w)| *w && edgelog_record::distribution_allowed(p, id)),
+        }
     }
 
     /// Refuses a distribution it may not see (whether it exists or not).
@@ -77,15 +89,29 @@ impl Scope {
         }
     }
 
-    /// Refuses a change to an alarm on `distribution` (`*`: every one).
-    pub(crate) fn check_write(&self, distribution: &str) -> Result<(), ApiError> {
-        if !self.write {
-            return Err(ApiError::ReadOnlyToken);
+    /// Refuses a change to an alarm on `distribution` (`*`: every one), naming it only
+    /// when the caller gave it (`named`), not when it is another alarm's.
+    pub(crate) fn check_write(
+        &self,
+        distribution: &str,
+        alarm: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let scoped_ok = |s: &Scope| distribution != "*" && s.writes(distribution);
+        let ok = match &self.entries {
+            None => self.write,
+            Some(e) => {
+                if !e.iter().any(|(_, w)| *w) {
+                    return Err(ApiError::ReadOnlyToken);
+                }
+                scoped_ok(self)
+            }
+        };
+        match (ok, alarm) {
+            (true, _) => Ok(()),
+            (false, _) if self.entries.is_none() => Err(ApiError::ReadOnlyToken),
+            (false, Some(name)) => Err(ApiError::AlarmNotInScope(name.to_owned())),
+            (false, None) => Err(ApiError::NotInScope(distribution.to_owned())),
         }
-        if !self.is_full() && (distribution == "*" || !self.sees(distribution)) {
-            return Err(ApiError::NotInScope(distribution.to_owned()));
-        }
-        Ok(())
     }
 }
 
@@ -146,11 +172,22 @@ pub(crate) async fn require_auth(
         req.extensions_mut().insert(Scope::full());
         return next.run(req).await;
     }
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
+    let mut all = req.headers().get_all(header::AUTHORIZATION).iter();
+    let given = all.next().map(|v| v.as_bytes()).unwrap_or_default();
+    if all.next().is_some() {
+        return ApiError::Unauthorized.into_response();
+    }
+    // The scheme is case-insensitive (RFC 7235).
+    let normalized = match std::str::from_utf8(given)
+        .ok()
+        .and_then(|v| v.trim_start().split_once(' '))
+    {
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => {
+            format!("Bearer {}", t.trim()).into_bytes()
+        }
+        _ => given.to_vec(),
+    };
+    let given = normalized.as_slice();
     // Compare with every credential without stopping early.
     let mut ok = subtle::Choice::from(0);
     for c in d.credentials.iter() {
@@ -172,17 +209,54 @@ pub(crate) async fn require_auth(
         let (_, matched) = edgelog_collector::matching_tokens(&[], &tokens, token);
         if !matched.is_empty() {
             let scope = Scope {
-                distributions: Some(
+                entries: Some(
                     matched
                         .iter()
-                        .flat_map(|&i| d.scoped[i].0.distributions.clone())
+                        .map(|&i| (d.scoped[i].0.distributions.clone(), d.scoped[i].1))
                         .collect(),
                 ),
-                write: matched.iter().any(|&i| d.scoped[i].1),
+                write: false,
             };
             req.extensions_mut().insert(scope);
             return next.run(req).await;
         }
     }
     ApiError::Unauthorized.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_listed_twice_writes_only_where_an_entry_lets_it_and_names_no_other_distribution() {
+        let s = Scope {
+            entries: Some(vec![
+                (vec!["EA*".to_owned()], true),
+                (vec!["EB".to_owned()], false),
+            ]),
+            write: false,
+        };
+        assert!(s.sees("EB") && s.sees("EA1") && !s.sees("EC"));
+        assert!(s.check_write("EA1", None).is_ok());
+        assert!(matches!(
+            s.check_write("EB", None),
+            Err(ApiError::NotInScope(_))
+        ));
+        assert!(s.check_write("*", None).is_err());
+        let e = s
+            .check_write("ESECRET", Some("their-alarm"))
+            .expect_err("another's alarm")
+            .to_string();
+        assert!(!e.contains("ESECRET") && e.contains("their-alarm"), "{e}");
+        let reader = Scope {
+            entries: Some(vec![(vec!["EA".to_owned()], false)]),
+            write: false,
+        };
+        assert!(matches!(
+            reader.check_write("EA", None),
+            Err(ApiError::ReadOnlyToken)
+        ));
+        assert!(Scope::full().check_write("*", None).is_ok());
+    }
 }

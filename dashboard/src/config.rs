@@ -182,11 +182,14 @@ impl DashboardConfig {
             ));
         }
         for (i, a) in self.alertmanagers.iter().enumerate() {
-            let path = a.strip_prefix("http://").and_then(|r| r.split_once('/'));
-            if !a.starts_with("http://")
-                || path.is_some_and(|(_, p)| !p.is_empty())
-                || a.contains(['?', '#'])
-            {
+            let base = reqwest::Url::parse(a).ok().filter(|u| {
+                a.starts_with("http://")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+                    && u.path() == "/"
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+            });
+            if base.is_none() {
                 return Err(format!(
                     "dashboard.alertmanagers: entry #{} is not http://host:port (no path; https is not built in yet)",
                     i + 1
@@ -202,8 +205,13 @@ impl DashboardConfig {
             ));
         }
         for (i, t) in self.scoped_tokens.iter().enumerate() {
-            t.as_ingest()
-                .validate(&format!("dashboard.scoped_tokens[{i}]"))?;
+            let key = format!("dashboard.scoped_tokens[{i}]");
+            t.as_ingest().validate(&key)?;
+            if t.token.as_ref().is_some_and(|x| self.tokens.contains(x)) {
+                return Err(format!(
+                    "{key}: the token is also in dashboard.tokens, where it sees every distribution"
+                ));
+            }
         }
         if self.users.iter().any(|u| !u.contains(':')) {
             return Err("dashboard.users: each entry is \"user:password\"".into());
@@ -235,6 +243,10 @@ mod tests {
             "am:9093",
             "http://am:9093/api/v2/alerts",
             "http://am:9093?x",
+            "http://",
+            "http://:9093",
+            "http://127.0.0.1:99999",
+            "http://a b:9093",
             "",
         ] {
             let err = with(&[bad], 60).validate().expect_err(bad);

@@ -43,6 +43,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("this token may not see or change distribution {0:?}")]
     NotInScope(String),
+    #[error("this token may not change alarm {0:?}")]
+    AlarmNotInScope(String),
     #[error("this token may only read: it cannot change alarm definitions")]
     ReadOnlyToken,
     /// An extractor's rejection, with its own status and text.
@@ -66,6 +68,7 @@ impl ApiError {
             ApiError::ForeignHost { .. }
             | ApiError::ReadOnly
             | ApiError::NotInScope(_)
+            | ApiError::AlarmNotInScope(_)
             | ApiError::ReadOnlyToken => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Rejected { status, .. } => *status,

@@ -99,6 +99,9 @@ const SECTIONS: &[&str] = &[
     "metrics",
 ];
 
+/// The largest configuration file read (1 MiB: thousands of alarms and tokens fit).
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 impl Config {
     /// Loads and validates: defaults, then `file`, then the environment, then `overrides`
     /// (dotted keys such as `collector.listen`).
@@ -108,8 +111,16 @@ impl Config {
     ) -> anyhow::Result<Config> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
-            if !f.is_file() {
-                bail!("config file {} does not exist", f.display());
+            match std::fs::metadata(f) {
+                Err(_) => bail!("config file {} does not exist", f.display()),
+                Ok(m) if m.is_dir() => bail!("config file {} is a directory", f.display()),
+                // Read whole, at every reload too: a runaway file must not take the memory.
+                Ok(m) if m.len() > MAX_CONFIG_BYTES => bail!(
+                    "config file {} holds {} bytes; a configuration is under {MAX_CONFIG_BYTES}",
+                    f.display(),
+                    m.len()
+                ),
+                Ok(_) => {}
             }
             fig = fig.merge(Toml::file(f));
         }

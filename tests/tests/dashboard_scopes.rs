@@ -99,6 +99,21 @@ fn a_scoped_token_sees_and_changes_only_its_distributions() -> anyhow::Result<()
         get(&d, "no-such-token-0123456789", "/api/distributions")?.0,
         401
     );
+    // The scheme in any case; two Authorization headers are refused, whichever is first.
+    let url = d.dashboard_url("/api/distributions");
+    let lower = format!("bearer {FULL}");
+    assert_eq!(
+        http_request("GET", &url, &[("authorization", &lower)], "")?.0,
+        200
+    );
+    let (full, reader) = (format!("Bearer {FULL}"), format!("Bearer {READER}"));
+    for pair in [[&reader, &full], [&full, &reader]] {
+        let headers = [
+            ("authorization", pair[0].as_str()),
+            ("authorization", pair[1].as_str()),
+        ];
+        assert_eq!(http_request("GET", &url, &headers, "")?.0, 401);
+    }
 
     // The reader: EALPHA only, everywhere.
     let (s, b) = get(&d, READER, "/api/distributions")?;
