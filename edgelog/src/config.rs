@@ -727,6 +727,30 @@ mod errors {
     use super::*;
 
     #[test]
+    fn a_file_too_large_or_a_directory_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_CONFIG_BYTES as usize + 1]).expect("write");
+        let err = format!(
+            "{:#}",
+            Config::load(Some(&big), &[]).expect_err("too large")
+        );
+        assert!(err.contains("bytes; a configuration is under"), "{err}");
+        let at = vec![b'#'; MAX_CONFIG_BYTES as usize];
+        std::fs::write(&big, at).expect("write");
+        // At the limit it is read (and judged on what it says, not on its size).
+        if let Err(e) = Config::load(Some(&big), &[]) {
+            let e = format!("{e:#}");
+            assert!(!e.contains("a configuration is under"), "{e}");
+        }
+        let err = format!(
+            "{:#}",
+            Config::load(Some(dir.path()), &[]).expect_err("a dir")
+        );
+        assert!(err.contains("is a directory"), "{err}");
+    }
+
+    #[test]
     fn syntax_errors_do_not_quote_the_line_that_may_hold_a_secret() {
         let dir = tempfile::tempdir().expect("tempdir");
         for text in [

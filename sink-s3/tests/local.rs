@@ -419,3 +419,66 @@ async fn row_groups_written_as_they_fill_join_into_one_file() {
         "the spool is emptied"
     );
 }
+
+/// A shared run that cannot be written (a path the disk refuses, as when it is full)
+/// fails the write with its rows kept waiting; once the disk takes it again, the same
+/// entry goes through and every row lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_the_disk_refuses_keeps_its_rows_for_the_retry() {
+    const DISTRIBUTIONS: usize = 500;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, out) = (dir.path().join("spool"), dir.path().join("out"));
+    let cfg = StandardLogsConfig {
+        max_open_bytes: 1 << 20,
+        max_age: Duration::from_secs(3600),
+        ..StandardLogsConfig::default()
+    };
+    let mut sink = StandardLogSink::new(cfg, "c1", local_store(&out).expect("store"))
+        .with_local_root(&out)
+        .with_spool_dir(&spool)
+        .expect("spool");
+    let mut g = Generator::new(13, DISTRIBUTIONS, 4);
+    let entries: Vec<Entry> = (1..=12u64)
+        .map(|seq| Entry {
+            seq,
+            appended_ms: 0,
+            records: Arc::new(
+                (0..1000)
+                    .map(|i| {
+                        g.record(
+                            1_764_000_000_000 + (seq * 1000 + i) as i64,
+                            i as usize % DISTRIBUTIONS,
+                            ErrorMix::default(),
+                        )
+                    })
+                    .collect(),
+            ),
+        })
+        .collect();
+    for e in &entries[..4] {
+        sink.write(&Batch::all(e)).await.expect("write");
+    }
+    // Every next scratch name is taken by a directory: no run can be created.
+    let blocked: Vec<_> = (0..2000u64)
+        .map(|n| spool.join(format!("run-{n:016}.parquet")))
+        .filter(|p| std::fs::create_dir(p).is_ok())
+        .collect();
+    let mut refused = 0;
+    for e in &entries[4..] {
+        let mut tries = 0;
+        while sink.write(&Batch::all(e)).await.is_err() {
+            refused += 1;
+            tries += 1;
+            if tries == 2 {
+                for p in &blocked {
+                    let _ = std::fs::remove_dir(p);
+                }
+            }
+        }
+    }
+    assert!(refused > 0, "no run was refused");
+    sink.flush().await.expect("flush");
+    let ids = ids_in(&out);
+    assert_eq!(ids.len(), 12_000, "every row");
+    assert!(ids.values().all(|n| *n == 1), "no row twice");
+}
