@@ -3,6 +3,7 @@
 //! Long (about 800 lines) because every subcommand's flags and wiring live here; each
 //! `run_*` function is one subcommand.
 
+mod compact;
 mod config;
 mod sinks;
 
@@ -81,13 +82,28 @@ enum Command {
                       --format nginx_json --distribution E2EXAMPLE '/var/log/nginx/access.log*'"
     )]
     Ship(ShipArgs),
+    /// Merge small standard-log files: per partition, a closed hour's files into files of
+    /// a target size sorted by time. Safe to interrupt; run again to go on.
+    #[command(
+        long_about = "Merge small standard-log files: per partition (distribution and hour), the \
+                      files of an hour that ended at least min_age ago are merged into files of \
+                      about target_bytes, sorted by timestamp, with the same schema and path. \
+                      Works on a bucket and on local disk.\n\n\
+                      Crash-safe: a manifest (_edgelog-compaction-*.json, skipped by Athena and \
+                      DuckDB's *.parquet) names each group's inputs and output; a run that was \
+                      killed is finished or undone by the next. While a group is merged, readers \
+                      may see its rows twice for the time it takes to delete its inputs.\n\n\
+                      Run one compaction per bucket prefix at a time. Prints one JSON line per \
+                      sink: what was merged."
+    )]
+    Compact(compact::CompactArgs),
 }
 
 #[derive(Args)]
-struct ConfigFile {
+pub(crate) struct ConfigFile {
     /// TOML configuration file.
     #[arg(long, short = 'c', value_name = "FILE")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -456,6 +472,7 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     let bus = Bus::new(cfg.sinks.bus_capacity());
     let collector = build_collector(&cfg, &bus)?;
     let listener = bind(cfg.collector.listen, "ingest API").await?;
+    let compactions = compact::spawn_compactions(&cfg)?;
     let (file, reloader) = (args.file.config.clone(), collector.reloader());
     let reloads = tokio::spawn(reload_on_hup(
         hups,
@@ -472,6 +489,8 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     ));
     collector.serve(listener, shutdown_signal()).await?;
     reloads.abort();
+    // An interrupted compaction is finished or undone by the next.
+    compactions.iter().for_each(|t| t.abort());
     Ok(())
 }
 
@@ -1008,6 +1027,7 @@ fn main() -> std::process::ExitCode {
                     Command::Demo(a) => run_demo(a).await,
                     Command::Config(a) => run_config(a),
                     Command::Ship(a) => run_ship(a).await,
+                    Command::Compact(a) => compact::run_compact(a).await,
                 }
             });
             // Work left on the blocking pool (a client library's flush) must not hold

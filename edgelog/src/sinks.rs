@@ -203,6 +203,17 @@ impl SinksConfig {
             .unwrap_or_else(|| RealtimeConfig::default().bus_capacity)
     }
 
+    /// The enabled Parquet sinks, by name.
+    pub fn parquet(&self) -> Vec<(String, StandardLogsConfig)> {
+        self.0
+            .iter()
+            .filter_map(|(n, k)| match k {
+                SinkKind::Parquet(c) if c.enabled => Some((n.clone(), c.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The `standard` sink's settings when it is a Parquet one (the demo shortens its
     /// file age).
     pub fn standard_mut(&mut self) -> Option<&mut StandardLogsConfig> {

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compact::CompactionConfig;
+
 /// The Hive layout, CloudFront v2's variables.
 pub const DEFAULT_TEMPLATE: &str =
     "DistributionId={DistributionId}/year={yyyy}/month={MM}/day={dd}/hour={HH}";
@@ -39,6 +41,8 @@ pub struct StandardLogsConfig {
     pub zstd_level: i32,
     /// An S3-compatible bucket; without it, files go under the data dir.
     pub s3: Option<S3Config>,
+    /// Merging small files (`edgelog compact`, or in the collector every `interval`).
+    pub compaction: CompactionConfig,
 }
 
 /// An S3-compatible bucket: AWS S3, garage, MinIO, Ceph and the like.
@@ -122,6 +126,7 @@ impl Default for StandardLogsConfig {
             row_group_rows: 128 * 1024,
             zstd_level: 3,
             s3: None,
+            compaction: CompactionConfig::default(),
         }
     }
 }
@@ -171,6 +176,6 @@ impl StandardLogsConfig {
         if let Some(s3) = &self.s3 {
             s3.validate(k)?;
         }
-        Ok(())
+        self.compaction.validate(&format!("{k}.compaction"))
     }
 }

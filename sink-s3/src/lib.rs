@@ -1,6 +1,7 @@
 //! Standard logs: sampled records as Parquet files on S3-compatible storage or local
 //! disk, Hive-partitioned by distribution and event hour, for DuckDB, Athena and Spark.
 
+mod compact;
 mod config;
 mod open_file;
 mod run;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use edgelog_collector::{Place, Sink, SinkConfig, SinkContext, SinkError};
 
+pub use compact::{COMPACTED_FROM, CompactionConfig, CompactionError, CompactionReport, Compactor};
 pub use config::{DEFAULT_TEMPLATE, S3Config, StandardLogsConfig};
 pub use schema::{Columns, SAMPLE_RATE_COLUMN, schema, to_batch};
 pub use sink::{ROW_GROUP_BYTES, StandardLogError, StandardLogSink};
@@ -68,19 +70,34 @@ pub fn s3_store(cfg: &S3Config) -> Result<Arc<dyn object_store::ObjectStore>, ob
     Ok(Arc::new(b.build()?))
 }
 
-impl SinkConfig for StandardLogsConfig {
-    fn build(&self, cx: &SinkContext) -> Result<Box<dyn Sink>, SinkError> {
-        let store = match &self.s3 {
+impl StandardLogsConfig {
+    /// The store the files go to: the bucket, or the data dir (the prefix goes under it,
+    /// the same key layout as in a bucket).
+    fn store(&self, data_dir: &Path) -> Result<Arc<dyn object_store::ObjectStore>, SinkError> {
+        match &self.s3 {
             Some(s3) => s3_store(s3).map_err(|e| {
                 SinkError::misconfigured(format!("cannot use bucket {}", s3.bucket)).with_source(e)
-            })?,
-            // The store's root is the data dir; the prefix goes under it, the same key
-            // layout as in a bucket.
-            None => local_store(&cx.data_dir).map_err(|e| {
-                SinkError::misconfigured(format!("cannot use {}", cx.data_dir.display()))
+            }),
+            None => local_store(data_dir).map_err(|e| {
+                SinkError::misconfigured(format!("cannot use {}", data_dir.display()))
                     .with_source(e)
-            })?,
-        };
+            }),
+        }
+    }
+
+    /// What compacts the files this sink writes (see [`Compactor`]).
+    pub fn compactor(&self, data_dir: &Path) -> Result<Compactor, SinkError> {
+        let c = Compactor::new(self.store(data_dir)?, self.clone(), self.compaction.clone());
+        Ok(match self.s3 {
+            None => c.with_local_root(data_dir),
+            Some(_) => c,
+        })
+    }
+}
+
+impl SinkConfig for StandardLogsConfig {
+    fn build(&self, cx: &SinkContext) -> Result<Box<dyn Sink>, SinkError> {
+        let store = self.store(&cx.data_dir)?;
         let state = cx
             .data_dir
             .join("state")

@@ -184,21 +184,37 @@ fn render_partition(template: &str, key: &PartitionKey) -> String {
         .replace("{HH}", &format!("{h:02}"))
 }
 
+/// Parquet settings of standard logs (the sink's and compaction's), with `metadata` added.
+pub(crate) fn writer_properties(
+    cfg: &StandardLogsConfig,
+    metadata: Vec<KeyValue>,
+) -> WriterProperties {
+    let level = ZstdLevel::try_new(cfg.zstd_level).unwrap_or_default();
+    let mut kv = vec![KeyValue::new(
+        "edgelog.schema_version".into(),
+        SCHEMA_VERSION.to_string(),
+    )];
+    kv.extend(metadata);
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_dictionary_enabled(true)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(cfg.row_group_rows))
+        .set_created_by(format!("edgelog {}", env!("CARGO_PKG_VERSION")))
+        .set_key_value_metadata(Some(kv))
+        .build()
+}
+
 impl StandardLogSink {
     /// A sink writing into `store`. Settings must have been validated.
     pub fn new(cfg: StandardLogsConfig, collector_id: &str, store: Arc<dyn ObjectStore>) -> Self {
-        let level = ZstdLevel::try_new(cfg.zstd_level).unwrap_or_default();
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(level))
-            .set_dictionary_enabled(true)
-            .set_statistics_enabled(EnabledStatistics::Page)
-            .set_max_row_group_row_count(Some(cfg.row_group_rows))
-            .set_created_by(format!("edgelog {}", env!("CARGO_PKG_VERSION")))
-            .set_key_value_metadata(Some(vec![
-                KeyValue::new("edgelog.schema_version".into(), SCHEMA_VERSION.to_string()),
-                KeyValue::new("edgelog.collector_id".into(), collector_id.to_owned()),
-            ]))
-            .build();
+        let props = writer_properties(
+            &cfg,
+            vec![KeyValue::new(
+                "edgelog.collector_id".into(),
+                collector_id.to_owned(),
+            )],
+        );
         StandardLogSink {
             cfg,
             collector_id: collector_id.to_owned(),

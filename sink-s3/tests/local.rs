@@ -3,27 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::files;
 use edgelog_collector::{Batch, Sampler};
 use edgelog_collector::{Entry, Sink};
 use edgelog_edge::{ErrorMix, Generator};
 use edgelog_record::SamplingConfig;
 use edgelog_sink_s3::{StandardLogSink, StandardLogsConfig, local_store};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
 
 fn rows(path: &std::path::Path) -> usize {
     let f = std::fs::File::open(path).expect("open");
