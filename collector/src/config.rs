@@ -24,6 +24,9 @@ pub struct CollectorConfig {
     pub scoped_tokens: Vec<ScopedToken>,
     /// Accept posts without a token. For local experiments only.
     pub allow_unauthenticated: bool,
+    /// Bearer tokens that may change settings through `/admin/settings` (plain or
+    /// `sha256:<hex>`), and not post records. Empty: the admin API is off.
+    pub admin_tokens: Vec<String>,
     /// Largest request body accepted as sent (compressed or not), in bytes.
     pub max_body_bytes: u64,
     /// Largest body after decompression, in bytes; a bigger one is refused with 413.
@@ -86,6 +89,7 @@ impl Default for CollectorConfig {
             tokens: Vec::new(),
             scoped_tokens: Vec::new(),
             allow_unauthenticated: false,
+            admin_tokens: Vec::new(),
             max_body_bytes: 16 << 20,
             max_decompressed_bytes: 128 << 20,
             max_listed_rejections: 100,
@@ -125,6 +129,24 @@ impl CollectorConfig {
             if t.token.as_ref().is_some_and(|x| self.tokens.contains(x)) {
                 return Err(format!(
                     "collector.scoped_tokens #{}: the token is also in collector.tokens, where it may write every distribution",
+                    n + 1
+                ));
+            }
+        }
+        check_tokens("collector.admin_tokens", &self.admin_tokens)?;
+        let lower = |t: &String| t.to_ascii_lowercase();
+        for (n, t) in self.admin_tokens.iter().map(lower).enumerate() {
+            let ingest = self.tokens.iter().map(lower).any(|x| x == t)
+                || self.scoped_tokens.iter().any(|s| {
+                    s.token.as_ref().map(lower) == Some(t.clone())
+                        || s.sha256
+                            .as_ref()
+                            .map(|h| format!("sha256:{}", h.to_ascii_lowercase()))
+                            == Some(t.clone())
+                });
+            if ingest {
+                return Err(format!(
+                    "collector.admin_tokens #{}: the token is also an ingest token; edge servers must not change settings",
                     n + 1
                 ));
             }

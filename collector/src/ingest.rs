@@ -80,6 +80,12 @@ pub enum IngestError {
     KeyInProgress,
     #[error("internal error while parsing the body; nothing of it was written: {0}")]
     Internal(String),
+    #[error("the admin API is off: set collector.admin_tokens")]
+    AdminOff,
+    #[error("this token may post records, not change settings: use one of collector.admin_tokens")]
+    NotAdmin,
+    #[error("settings refused, nothing changed: {0}")]
+    SettingsRefused(String),
     #[error(transparent)]
     Wal(#[from] WalError),
 }
@@ -88,7 +94,10 @@ impl IngestError {
     fn status(&self) -> StatusCode {
         match self {
             IngestError::MissingToken | IngestError::BadToken => StatusCode::UNAUTHORIZED,
-            IngestError::ScopedToken => StatusCode::FORBIDDEN,
+            IngestError::ScopedToken | IngestError::NotAdmin | IngestError::AdminOff => {
+                StatusCode::FORBIDDEN
+            }
+            IngestError::SettingsRefused(_) => StatusCode::BAD_REQUEST,
             IngestError::BodyTooLarge { .. }
             | IngestError::DecompressedTooLarge { .. }
             | IngestError::TooManyLines { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -119,7 +128,9 @@ impl IngestError {
     fn label(&self) -> &'static str {
         match self {
             IngestError::MissingToken | IngestError::BadToken => "unauthorized",
-            IngestError::ScopedToken => "forbidden",
+            IngestError::ScopedToken | IngestError::NotAdmin => "forbidden",
+            IngestError::AdminOff => "admin_off",
+            IngestError::SettingsRefused(_) => "settings_refused",
             IngestError::BodyTooLarge { .. } => "body_too_large",
             IngestError::DecompressedTooLarge { .. } => "decompressed_too_large",
             IngestError::UnsupportedEncoding(_) | IngestError::Corrupt { .. } => "bad_encoding",
@@ -206,6 +217,8 @@ struct Inner {
     access: Arc<AccessCell>,
     /// Sampling rates in effect (shown at `/config`).
     sampling: Option<tokio::sync::watch::Receiver<edgelog_record::SamplingConfig>>,
+    /// Settings changed through `/admin/settings`, when the runner keeps them.
+    admin: Option<Arc<dyn crate::admin::AdminSettings>>,
 }
 
 /// Who may post and what privacy does to their records, as of the last (re)load.
@@ -220,6 +233,10 @@ pub(crate) struct Access {
 impl Access {
     pub(crate) fn config(&self) -> &CollectorConfig {
         &self.cfg
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Checks and prepares the tokens and privacy rules of `cfg`.
@@ -274,7 +291,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(cfg: CollectorConfig, wal: Wal, sinks: Vec<Arc<SinkStatus>>) -> AppState {
-        AppState::reloadable(cfg, wal, sinks, Arc::default(), None)
+        AppState::reloadable(cfg, wal, sinks, Arc::default(), None, None)
     }
 
     /// A state whose tokens and privacy rules are those in `access` (set now unless set
@@ -285,6 +302,7 @@ impl AppState {
         sinks: Vec<Arc<SinkStatus>>,
         access: Arc<AccessCell>,
         sampling: Option<tokio::sync::watch::Receiver<edgelog_record::SamplingConfig>>,
+        admin: Option<Arc<dyn crate::admin::AdminSettings>>,
     ) -> AppState {
         if access.get().is_none() {
             // Validated with the rest of the configuration.
@@ -310,8 +328,17 @@ impl AppState {
                 keys_in_progress: Mutex::new(HashSet::new()),
                 access,
                 sampling,
+                admin,
             }),
         }
+    }
+
+    pub(crate) fn access(&self) -> Result<Arc<Access>, IngestError> {
+        self.inner.access()
+    }
+
+    pub(crate) fn admin(&self) -> Option<Arc<dyn crate::admin::AdminSettings>> {
+        self.inner.admin.clone()
     }
 
     /// Records acknowledged since start.
@@ -380,6 +407,12 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus_metrics))
         .route("/config", get(config_in_effect))
+        .route(
+            "/admin/settings",
+            get(crate::admin::get_settings)
+                .put(crate::admin::put_settings)
+                .delete(crate::admin::delete_settings),
+        )
         .fallback(|method: Method, uri: Uri| async move {
             IngestError::NoRoute {
                 method: method.to_string(),

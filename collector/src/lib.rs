@@ -4,6 +4,7 @@
 //! It knows no S3 and no Kafka: sinks implement [`Sink`], and finished per-minute
 //! aggregates go to a [`Publisher`] that the binary plugs in.
 
+mod admin;
 mod aggregator;
 mod batch;
 mod budget;
@@ -28,6 +29,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use admin::{AdminSettings, MAX_SETTINGS_BYTES};
 pub use aggregator::{MetricsAggregator, Publisher};
 pub use bus::{Bus, StreamMessage};
 pub use config::{CollectorConfig, ScopedToken};
@@ -74,6 +76,7 @@ pub struct Collector {
     dead_letters: BTreeMap<String, DeadLetters>,
     sampling: SamplingConfig,
     reloader: Reloader,
+    admin: Option<Arc<dyn AdminSettings>>,
 }
 
 /// A sink added, with its sampler and whether that follows a reload.
@@ -174,7 +177,14 @@ impl Collector {
             dead_letters: BTreeMap::new(),
             sampling: SamplingConfig::default(),
             reloader: Reloader::new(SamplingConfig::default()),
+            admin: None,
         })
+    }
+
+    /// Serves `/admin/settings` (for `collector.admin_tokens` holders), kept by `admin`.
+    pub fn with_admin(mut self, admin: Arc<dyn AdminSettings>) -> Collector {
+        self.admin = Some(admin);
+        self
     }
 
     /// Sampling rates, keyed by sink name; every sink added after this gets its own.
@@ -309,6 +319,7 @@ impl Collector {
             statuses,
             self.reloader.access.clone(),
             Some(self.reloader.sampling.subscribe()),
+            self.admin.clone(),
         );
         let router = app(state.clone());
         let stopping = state.clone();

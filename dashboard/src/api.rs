@@ -34,6 +34,8 @@ pub struct Dashboard {
     pub writes_allowed: bool,
     /// Tokens scoped to distributions, each with whether it may write.
     pub scoped: Arc<Vec<(edgelog_collector::ScopedToken, bool)>>,
+    /// Where alarms made through the API are kept, if anywhere.
+    pub kept: Option<Arc<crate::kept::KeptAlarms>>,
 }
 
 impl Dashboard {
@@ -57,7 +59,14 @@ impl Dashboard {
             allowed_hosts: Arc::new(auth::loopback_hosts(cfg.listen)),
             writes_allowed,
             scoped: Arc::new(scoped),
+            kept: None,
         }
+    }
+
+    /// Keeps alarms made through the API in `kept`.
+    pub fn with_kept_alarms(mut self, kept: Arc<crate::kept::KeptAlarms>) -> Dashboard {
+        self.kept = Some(kept);
+        self
     }
 }
 
@@ -239,7 +248,18 @@ async fn put_alarm(
     if let Some(old) = d.alarms.definitions().iter().find(|a| a.name == name) {
         scope.check_write(&old.distribution, Some(&name))?;
     }
-    let outcome = d.alarms.put(cfg).map_err(ApiError::BadAlarm)?;
+    let before = d.alarms.definitions().into_iter().find(|a| a.name == name);
+    let outcome = d.alarms.put(cfg.clone()).map_err(ApiError::BadAlarm)?;
+    if let Some(kept) = &d.kept
+        && let Err(e) = kept.put(cfg)
+    {
+        // In effect only if kept: back to what was.
+        match before {
+            Some(b) => drop(d.alarms.put(b)),
+            None => drop(d.alarms.delete(&name)),
+        }
+        return Err(ApiError::NotKept(e));
+    }
     tracing::info!(alarm = %name, ?outcome, "alarm defined through the API");
     let (code, replaced, changed) = match outcome {
         PutOutcome::Created => (StatusCode::CREATED, false, true),
@@ -267,6 +287,9 @@ async fn delete_alarm(
         .find(|a| a.name == name)
         .map_or_else(|| "*".to_owned(), |a| a.distribution.clone());
     scope.check_write(&on, Some(&name))?;
+    if let Some(kept) = &d.kept {
+        kept.delete(&name).map_err(ApiError::NotKept)?;
+    }
     if d.alarms.delete(&name) {
         tracing::info!(alarm = %name, "alarm deleted through the API");
         Ok(StatusCode::NO_CONTENT)

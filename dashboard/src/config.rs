@@ -43,6 +43,10 @@ pub struct DashboardConfig {
     /// (`PUT`/`DELETE /api/alarms/definitions/{name}`) when it has neither tokens nor
     /// users. Off by default: an open dashboard is read-only.
     pub allow_unauthenticated_writes: bool,
+    /// Where alarms made through the API are kept, so they come back after a restart;
+    /// `edgelog dashboard` and `edgelog demo` use `{data_dir}/state/api-alarms.json`
+    /// when it is not set.
+    pub api_alarms_file: Option<std::path::PathBuf>,
 }
 
 impl Default for DashboardConfig {
@@ -58,6 +62,7 @@ impl Default for DashboardConfig {
             webhooks: Vec::new(),
             alertmanagers: Vec::new(),
             alertmanager_resend_interval: std::time::Duration::from_secs(60),
+            api_alarms_file: None,
             allow_unauthenticated_writes: false,
         }
     }

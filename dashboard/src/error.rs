@@ -47,6 +47,8 @@ pub enum ApiError {
     AlarmNotInScope(String),
     #[error("this token may only read: it cannot change alarm definitions")]
     ReadOnlyToken,
+    #[error("the change is not made: {0}")]
+    NotKept(String),
     /// An extractor's rejection, with its own status and text.
     #[error("{reason}")]
     Rejected { status: StatusCode, reason: String },
@@ -71,6 +73,7 @@ impl ApiError {
             | ApiError::AlarmNotInScope(_)
             | ApiError::ReadOnlyToken => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotKept(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Rejected { status, .. } => *status,
         }
     }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod charts;
 pub mod config;
 pub mod error;
+pub mod kept;
 pub mod metrics;
 pub mod notify;
 pub mod pages;

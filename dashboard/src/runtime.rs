@@ -12,6 +12,7 @@ use crate::alarms::{AlarmBoard, AlarmConfig, AlarmState, Transition};
 use crate::alertmanager::Alertmanagers;
 use crate::api::{Dashboard, app};
 use crate::config::DashboardConfig;
+use crate::kept::KeptAlarms;
 use crate::notify::{Notifier, NotifyError, NotifyOptions};
 use crate::store::{MetricsStore, now_ms};
 
@@ -22,6 +23,8 @@ pub enum RunError {
     Notify(#[from] NotifyError),
     #[error("dashboard server failed")]
     Serve(#[source] std::io::Error),
+    #[error("{0}")]
+    Alarms(String),
 }
 
 /// How long requests in flight may go on once shutdown begins.
@@ -82,7 +85,19 @@ pub async fn run_reloading(
     ));
     let follow = alarms_in_file
         .map(|rx| tokio::spawn(follow_alarm_file(alarms.clone(), cfg.alarms.clone(), rx)));
-    let router = app(Dashboard::new(store, alarms, &cfg));
+    let mut dashboard = Dashboard::new(store, alarms.clone(), &cfg);
+    if let Some(path) = &cfg.api_alarms_file {
+        let kept = Arc::new(KeptAlarms::open(path).map_err(RunError::Alarms)?);
+        // Over the file's: the latest word on an alarm of the same name.
+        for a in kept.all() {
+            let name = a.name.clone();
+            if let Err(e) = alarms.put(a) {
+                tracing::warn!(alarm = %name, error = %e, "an alarm kept from the API is refused now; left out");
+            }
+        }
+        dashboard = dashboard.with_kept_alarms(kept);
+    }
+    let router = app(dashboard);
     // People and browsers, not a fleet: fewer connections, the same timeouts.
     let limits = HttpLimits {
         max_connections: fit_connections(1024),

@@ -109,6 +109,16 @@ impl Config {
         file: Option<&Path>,
         overrides: &[(&str, figment::value::Value)],
     ) -> anyhow::Result<Config> {
+        Config::load_with(file, overrides, None)
+    }
+
+    /// [`Config::load`], with `settings` (made through the collector's admin API) over
+    /// everything else.
+    pub fn load_with(
+        file: Option<&Path>,
+        overrides: &[(&str, figment::value::Value)],
+        settings: Option<&serde_json::Value>,
+    ) -> anyhow::Result<Config> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             match std::fs::metadata(f) {
@@ -143,6 +153,9 @@ impl Config {
         );
         for (key, value) in overrides {
             fig = fig.merge(Serialized::default(key, value.clone()));
+        }
+        if let Some(settings) = settings {
+            fig = fig.merge(Serialized::defaults(settings));
         }
         let cfg: Config = fig
             .extract()

@@ -3,6 +3,7 @@
 //! Long (about 800 lines) because every subcommand's flags and wiring live here; each
 //! `run_*` function is one subcommand.
 
+mod admin;
 mod compact;
 mod config;
 mod sinks;
@@ -467,23 +468,52 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     if !args.tokens.is_empty() {
         overrides.push(("collector.tokens", Value::from(args.tokens.clone())));
     }
-    let cfg = Config::load(args.file.config.as_deref(), &overrides)?;
+    // Settings made through the admin API go over the file, environment and flags.
+    let file = args.file.config.clone();
+    let base = Config::load(file.as_deref(), &overrides)?;
+    let settings_path = admin::settings_path(&base.data_dir);
+    let load: Arc<admin::Load> =
+        Arc::new(move |settings| Config::load_with(file.as_deref(), &overrides, settings));
+    let kept = admin::read_settings(&settings_path)?;
+    let cfg = load(kept.as_ref()).with_context(|| {
+        format!(
+            "with the settings made through the admin API ({}; delete it to start without them)",
+            settings_path.display()
+        )
+    })?;
     set_shutdown_budget(cfg.collector.shutdown_timeout);
     let bus = Bus::new(cfg.sinks.bus_capacity());
+    let reloads_lock = Arc::new(std::sync::Mutex::new(()));
     let collector = build_collector(&cfg, &bus)?;
+    let settings = admin::Settings::new(
+        settings_path.clone(),
+        load.clone(),
+        collector.reloader(),
+        reloads_lock.clone(),
+    );
+    let collector = collector.with_admin(Arc::new(settings));
     let listener = bind(cfg.collector.listen, "ingest API").await?;
     let compactions = compact::spawn_compactions(&cfg)?;
-    let (file, reloader) = (args.file.config.clone(), collector.reloader());
+    let reloader = collector.reloader();
     let reloads = tokio::spawn(reload_on_hup(
         hups,
         cfg,
-        move || Config::load(file.as_deref(), &overrides),
-        move |new: &Config| reloader.reload(&new.collector, &new.sampling),
+        move || {
+            let _held = reloads_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let new = load(admin::read_settings(&settings_path)?.as_ref())?;
+            let changed = reloader
+                .reload(&new.collector, &new.sampling)
+                .map_err(anyhow::Error::msg)?;
+            Ok((new, changed))
+        },
         &[
             "sampling",
             "collector.tokens",
             "collector.scoped_tokens",
             "collector.allow_unauthenticated",
+            "collector.admin_tokens",
             "collector.privacy",
         ],
     ));
@@ -494,27 +524,21 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// On each SIGHUP, loads the configuration again (same file, environment and flags) and
-/// hands it to `apply`, which puts the `reloadable` settings in effect and says which
-/// changed. A configuration that does not load or validate is refused and logged, and the
+/// On each SIGHUP, `reload` loads the configuration again (same file, environment and
+/// flags) and puts the `reloadable` settings in effect, saying which changed. A configuration that does not load or validate is refused and logged, and the
 /// one in effect stays; other changes (against the configuration started with) are
 /// logged as needing a restart.
 async fn reload_on_hup(
     hups: Option<tokio::sync::watch::Receiver<u64>>,
     started: Config,
-    load: impl Fn() -> anyhow::Result<Config>,
-    apply: impl Fn(&Config) -> Result<Vec<&'static str>, String>,
+    reload: impl Fn() -> anyhow::Result<(Config, Vec<&'static str>)>,
     reloadable: &'static [&'static str],
 ) {
     let Some(mut hups) = hups else {
         return;
     };
     while hups.changed().await.is_ok() {
-        let applied = load().and_then(|new| {
-            let changed = apply(&new).map_err(anyhow::Error::msg)?;
-            Ok((new, changed))
-        });
-        match applied {
+        match reload() {
             Ok((new, changed)) => {
                 tracing::info!(changed = ?changed, "configuration reloaded");
                 let restart = needs_restart(&started, &new, reloadable);
@@ -685,22 +709,29 @@ async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
     let reloads = tokio::spawn(reload_on_hup(
         hups,
         cfg.clone(),
-        move || Config::load(file.as_deref(), &overrides),
-        move |new: &Config| {
+        move || {
+            let new = Config::load(file.as_deref(), &overrides)?;
             let changed = *alarms_tx.borrow() != new.dashboard.alarms;
             alarms_tx.send_replace(new.dashboard.alarms.clone());
-            Ok(if changed {
-                vec!["dashboard.alarms"]
-            } else {
-                vec![]
-            })
+            Ok((
+                new,
+                if changed {
+                    vec!["dashboard.alarms"]
+                } else {
+                    vec![]
+                },
+            ))
         },
         &["dashboard.alarms"],
     ));
+    let mut dash_cfg = cfg.dashboard.clone();
+    dash_cfg
+        .api_alarms_file
+        .get_or_insert_with(|| cfg.data_dir.join("state").join("api-alarms.json"));
     edgelog_dashboard::run_reloading(
         listener,
         store,
-        &cfg.dashboard,
+        &dash_cfg,
         shutdown_signal(),
         Some(alarms_rx),
     )
@@ -907,7 +938,10 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             format!("{} records/s, a 5xx burst every 5 minutes", args.rate)
         },
     );
-    let dash_cfg = cfg.dashboard.clone();
+    let mut dash_cfg = cfg.dashboard.clone();
+    dash_cfg
+        .api_alarms_file
+        .get_or_insert_with(|| cfg.data_dir.join("state").join("api-alarms.json"));
     let store = Arc::new(MetricsStore::new(dash_cfg.history_minutes));
     let merging = store.clone();
     // Merged in place as the aggregator publishes: a backfill cannot overflow anything.

@@ -44,8 +44,8 @@ const OUTPUT_PREFIX: &str = "compacted-";
 pub struct CompactionConfig {
     /// A compacted file holds inputs up to about this many bytes (their Parquet sizes).
     pub target_bytes: u64,
-    /// ...and at most this many rows. Memory while compacting is about this many decoded
-    /// rows, twice (about 2 KiB a row for typical records).
+    /// ...and at most this many rows. A group is merged in memory: about three times its
+    /// decoded rows (see README).
     pub max_rows: u64,
     /// A partition is compacted once its hour ended this long ago, and a file once it was
     /// written this long ago: late records and a collector's retry of an upload land
@@ -113,6 +113,12 @@ pub struct CompactionReport {
     pub waiting: u64,
     /// `.parquet` files whose footer could not be read, left alone.
     pub unreadable: u64,
+    /// Partitions left as they were after an error (see `last_error`), tried next run.
+    pub failed_partitions: u64,
+    /// Re-uploads with rows beyond those compacted: only those rows kept.
+    pub duplicate_rows_removed: u64,
+    /// The first partition error of the run, if any.
+    pub last_error: Option<String>,
 }
 
 /// Why compaction stopped. Nothing is lost: the next run repairs and goes on.
@@ -190,6 +196,9 @@ struct Input {
     whole: Option<bytes::Bytes>,
 }
 
+/// Shorter than a Parquet file can be (two 4-byte magics and a footer length).
+const PARQUET_MIN_BYTES: u64 = 12;
+
 /// Small files read whole while planning, per partition, at most (beyond, read again).
 const KEPT_WHOLE_BYTES: u64 = 256 << 20;
 
@@ -265,8 +274,17 @@ impl Compactor {
                 let end = SystemTime::UNIX_EPOCH + Duration::from_millis((h + 3_600_000) as u64);
                 end + self.cfg.min_age <= now
             });
-            self.partition(&dir, objects, closed, now, &mut report)
-                .await?;
+            // One partition's trouble (a corrupt file, a store error) is its own: logged,
+            // counted, and tried again next run; the others go on.
+            if let Err(e) = self
+                .partition(&dir, objects, closed, now, &mut report)
+                .await
+            {
+                let e = error_chain(&e);
+                tracing::warn!(partition = %dir, error = %e, "partition left as it is; the next run tries again");
+                report.failed_partitions += 1;
+                report.last_error.get_or_insert(e);
+            }
         }
         Ok(report)
     }
@@ -291,7 +309,7 @@ impl Compactor {
         }
         if !self.dry_run {
             for m in manifests {
-                self.repair(dir, &m.location, &mut files).await?;
+                self.repair(dir, &m, &mut files).await?;
                 report.repaired += 1;
             }
         }
@@ -299,21 +317,40 @@ impl Compactor {
             report.waiting += files.len() as u64;
             return Ok(());
         }
-        let (settled, young): (Vec<_>, Vec<_>) = files
-            .into_values()
-            .partition(|m| SystemTime::from(m.last_modified) + self.cfg.min_age <= now);
-        report.waiting += young.len() as u64;
+        // Compacted files are all there is: nothing to merge or check (most of history).
+        if files.keys().all(|n| n.starts_with(OUTPUT_PREFIX)) {
+            return Ok(());
+        }
+        // Compacted files are read whatever their age (what they replaced is needed to
+        // recognise a file uploaded again); others once settled.
+        let mut candidates = Vec::new();
+        for (name, m) in files {
+            let settled = SystemTime::from(m.last_modified) + self.cfg.min_age <= now;
+            if m.size < PARQUET_MIN_BYTES {
+                tracing::warn!(partition = dir, file = %name, bytes = m.size, "skipping a file too short to be parquet");
+                report.unreadable += 1;
+            } else if settled || name.starts_with(OUTPUT_PREFIX) {
+                candidates.push((settled, m));
+            } else {
+                report.waiting += 1;
+            }
+        }
         let store = self.store.clone();
         let kept = Arc::new(AtomicU64::new(0));
-        let read: Vec<Result<Input, CompactionError>> = futures::stream::iter(settled)
-            .map(move |m| footer(store.clone(), m, kept.clone()))
+        let read: Vec<(bool, Result<Input, CompactionError>)> = futures::stream::iter(candidates)
+            .map(move |(settled, m)| {
+                let (store, kept) = (store.clone(), kept.clone());
+                async move { (settled, footer(store, m, kept).await) }
+            })
             .buffered(self.cfg.concurrency)
             .collect()
             .await;
         let mut inputs = Vec::with_capacity(read.len());
-        for r in read {
+        let mut young_compacted = Vec::new();
+        for (settled, r) in read {
             match r {
-                Ok(i) => inputs.push(i),
+                Ok(i) if settled => inputs.push(i),
+                Ok(i) => young_compacted.push(i),
                 // Not a Parquet file after all: not ours to merge, nor to stop for.
                 Err(e @ CompactionError::Parquet { .. }) => {
                     tracing::warn!(partition = dir, error = %e, "skipping a file that is not readable parquet");
@@ -324,34 +361,25 @@ impl Compactor {
         }
 
         // A collector that crashed between an upload and saving its watermark uploads the
-        // same file again (same name, same rows); one compacted meanwhile is a duplicate.
-        let replaced: HashMap<&str, u64> = inputs
+        // file again under the same name: the same rows, or (rebuilt from its log) more or
+        // fewer. If the first was compacted meanwhile, its rows are there already.
+        let replaced: HashMap<String, u64> = inputs
             .iter()
-            .flat_map(|i| i.sources.iter().map(|s| (s.name.as_str(), s.rows)))
+            .chain(&young_compacted)
+            .flat_map(|i| i.sources.iter().map(|s| (s.name.clone(), s.rows)))
             .collect();
-        let (again, kept): (Vec<_>, Vec<_>) = inputs.iter().enumerate().partition(|(_, i)| {
-            i.sources.is_empty() && replaced.get(i.name.as_str()) == Some(&i.rows)
-        });
-        let again: Vec<ObjectPath> = again
+        let (again, mut inputs): (Vec<Input>, Vec<Input>) = inputs
             .into_iter()
-            .map(|(_, i)| i.meta.location.clone())
-            .collect();
-        let kept: Vec<usize> = kept.into_iter().map(|(n, _)| n).collect();
+            .partition(|i| i.sources.is_empty() && replaced.contains_key(&i.name));
         if !again.is_empty() {
-            tracing::warn!(
-                partition = dir,
-                files = again.len(),
-                "deleting files uploaded again after they were compacted"
-            );
-            report.duplicates_removed += again.len() as u64;
-            if !self.dry_run {
-                self.delete(&again).await?;
-            }
+            let compacted: Vec<&Input> = inputs
+                .iter()
+                .chain(&young_compacted)
+                .filter(|i| !i.sources.is_empty())
+                .collect();
+            self.uploaded_again(dir, again, &compacted, &replaced, report)
+                .await?;
         }
-        let mut inputs: Vec<Input> = {
-            let mut slots: Vec<Option<Input>> = inputs.drain(..).map(Some).collect();
-            kept.into_iter().filter_map(|n| slots[n].take()).collect()
-        };
 
         let groups = self.plan(&mut inputs);
         if groups.is_empty() {
@@ -368,15 +396,108 @@ impl Compactor {
         }
         for group in groups {
             let group: Vec<Input> = group.into_iter().filter_map(|n| slots[n].take()).collect();
-            report.files_in += group.len() as u64;
-            report.rows += group.iter().map(|i| i.rows).sum::<u64>();
-            report.bytes_in += group.iter().map(|i| i.meta.size).sum::<u64>();
+            let (files, rows) = (
+                group.len() as u64,
+                group.iter().map(|i| i.rows).sum::<u64>(),
+            );
+            let bytes = group.iter().map(|i| i.meta.size).sum::<u64>();
+            let written = match self.dry_run {
+                true => 0,
+                false => match self.merge(dir, group).await? {
+                    Some(b) => b,
+                    None => continue,
+                },
+            };
+            report.files_in += files;
+            report.rows += rows;
+            report.bytes_in += bytes;
             report.files_out += 1;
-            if !self.dry_run {
-                report.bytes_out += self.merge(dir, group).await?;
-            }
+            report.bytes_out += written;
         }
         Ok(())
+    }
+
+    /// Files uploaded again after they were compacted: one with the same rows is deleted;
+    /// one with other rows keeps, in `<name>-rest.parquet`, only the rows the partition's
+    /// compacted files do not hold (by request id and time, each counted once), then goes.
+    async fn uploaded_again(
+        &self,
+        dir: &str,
+        again: Vec<Input>,
+        compacted: &[&Input],
+        replaced: &HashMap<String, u64>,
+        report: &mut CompactionReport,
+    ) -> Result<(), CompactionError> {
+        tracing::warn!(
+            partition = dir,
+            files = again.len(),
+            "files uploaded again after they were compacted"
+        );
+        report.duplicates_removed += again.len() as u64;
+        if self.dry_run {
+            return Ok(());
+        }
+        let (same, other): (Vec<Input>, Vec<Input>) = again
+            .into_iter()
+            .partition(|i| replaced.get(&i.name) == Some(&i.rows));
+        let same: Vec<ObjectPath> = same.into_iter().map(|i| i.meta.location).collect();
+        self.delete(&same).await?;
+        if other.is_empty() {
+            return Ok(());
+        }
+        let mut held: HashMap<(String, i64), u32> = HashMap::new();
+        for c in compacted {
+            let bytes = self.fetch(c).await?;
+            let footer = c.footer.clone();
+            let what = c.meta.location.to_string();
+            let keys = tokio::task::spawn_blocking(move || row_keys(bytes, footer, &what))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+            for k in keys {
+                *held.entry(k).or_default() += 1;
+            }
+        }
+        for i in other {
+            let bytes = self.fetch(&i).await?;
+            let (footer, what) = (i.footer.clone(), i.meta.location.to_string());
+            let (rest, dropped, left) =
+                tokio::task::spawn_blocking(move || new_rows(bytes, footer, held, &what))
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+            held = left;
+            report.duplicate_rows_removed += dropped;
+            if let Some(rest) = rest {
+                let stem = i.name.trim_end_matches(".parquet");
+                let path = ObjectPath::from(format!("{dir}/{stem}-rest.parquet"));
+                let props = writer_properties(&self.standard, Vec::new());
+                let what = path.to_string();
+                let encoded =
+                    tokio::task::spawn_blocking(move || encode_batch(&rest, props, &what))
+                        .await
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+                self.store
+                    .put(&path, PutPayload::from(encoded))
+                    .await
+                    .map_err(store_err(&path))?;
+                self.sync(&path, true)?;
+            }
+            tracing::warn!(partition = dir, file = %i.name, rows_already_compacted = dropped, "a file uploaded again: its rows already compacted dropped");
+            self.delete(std::slice::from_ref(&i.meta.location)).await?;
+        }
+        Ok(())
+    }
+
+    /// A file's bytes: those read with its footer, or read now.
+    async fn fetch(&self, i: &Input) -> Result<bytes::Bytes, CompactionError> {
+        if let Some(b) = &i.whole {
+            return Ok(b.clone());
+        }
+        let got = self.store.get(&i.meta.location).await;
+        match got {
+            Ok(g) => g.bytes().await,
+            Err(e) => Err(e),
+        }
+        .map_err(store_err(&i.meta.location))
     }
 
     /// Groups of input indices to merge: files under half the target (in bytes and rows),
@@ -415,7 +536,11 @@ impl Compactor {
     }
 
     /// Writes one group's rows, sorted by time, as one file; then deletes the group.
-    async fn merge(&self, dir: &str, mut group: Vec<Input>) -> Result<u64, CompactionError> {
+    async fn merge(
+        &self,
+        dir: &str,
+        mut group: Vec<Input>,
+    ) -> Result<Option<u64>, CompactionError> {
         let names: Vec<&str> = group.iter().map(|i| i.name.as_str()).collect();
         let digest = xxhash_rust::xxh3::xxh3_128(names.join("\n").as_bytes());
         let output = format!("{OUTPUT_PREFIX}{:016x}.parquet", digest as u64);
@@ -517,22 +642,57 @@ impl Compactor {
         self.sync(&output_path, true)?;
         tracing::debug!(partition = dir, output = %output_path, "compacted file written");
 
+        // An input changed since it was read (a collector's upload again): this output
+        // may miss its new rows, so it goes instead, and the next run starts over.
+        if let Some(changed) = self.changed_since_read(dir, &group).await? {
+            tracing::warn!(partition = dir, file = %changed, "an input changed while it was compacted: undoing");
+            self.delete(std::slice::from_ref(&output_path)).await?;
+            self.delete(std::slice::from_ref(&manifest_path)).await?;
+            return Ok(None);
+        }
         let inputs: Vec<ObjectPath> = group.iter().map(|i| i.meta.location.clone()).collect();
         self.delete(&inputs).await?;
         self.sync(&output_path, false)?;
         self.delete(std::slice::from_ref(&manifest_path)).await?;
         tracing::info!(partition = dir, files = group.len(), output = %output, bytes = written, "compacted");
-        Ok(written)
+        Ok(Some(written))
     }
 
-    /// Finishes an interrupted group (its output was written: delete the inputs left) or
-    /// undoes it (no output: its inputs are all there).
+    /// The name of an input whose object is no longer the one read, if any.
+    async fn changed_since_read(
+        &self,
+        dir: &str,
+        group: &[Input],
+    ) -> Result<Option<String>, CompactionError> {
+        let now: HashMap<String, ObjectMeta> = self
+            .store
+            .list(Some(&ObjectPath::from(dir)))
+            .map_ok(|m| (file_name(&m.location).to_owned(), m))
+            .try_collect()
+            .await
+            .map_err(store_err(&dir))?;
+        Ok(group
+            .iter()
+            .find(|i| {
+                now.get(&i.name).is_some_and(|m| {
+                    m.size != i.meta.size
+                        || m.last_modified != i.meta.last_modified
+                        || m.e_tag != i.meta.e_tag
+                })
+            })
+            .map(|i| i.name.clone()))
+    }
+
+    /// Finishes an interrupted group (its output was written whole: delete the inputs
+    /// left) or undoes it (no output, or one cut short by a power loss: its inputs are all
+    /// there). An input written after the manifest is a new upload and stays.
     async fn repair(
         &self,
         dir: &str,
-        manifest_path: &ObjectPath,
+        manifest_meta: &ObjectMeta,
         files: &mut BTreeMap<String, ObjectMeta>,
     ) -> Result<(), CompactionError> {
+        let manifest_path = &manifest_meta.location;
         let body = self
             .store
             .get(manifest_path)
@@ -541,18 +701,38 @@ impl Compactor {
             .bytes()
             .await
             .map_err(store_err(manifest_path))?;
-        let manifest: Manifest =
-            serde_json::from_slice(&body).map_err(|source| CompactionError::Manifest {
-                path: manifest_path.to_string(),
-                source,
-            })?;
-        if files.contains_key(&manifest.output) {
-            let left: Vec<ObjectPath> = manifest
-                .inputs
-                .iter()
-                .filter_map(|i| files.remove(&i.name))
-                .map(|m| m.location)
-                .collect();
+        let manifest: Manifest = match serde_json::from_slice(&body) {
+            Ok(m) => m,
+            Err(e) => {
+                // Cut short before its output was begun, or its output names what it
+                // replaced (rows so recognised next run): safe to drop either way.
+                tracing::warn!(partition = dir, manifest = %manifest_path, error = %e, "dropping an unreadable compaction manifest");
+                return self.delete(std::slice::from_ref(manifest_path)).await;
+            }
+        };
+        let whole = match files.get(&manifest.output) {
+            Some(out) => {
+                let expected: u64 = manifest.inputs.iter().map(|i| i.rows).sum();
+                let kept = Arc::new(AtomicU64::new(KEPT_WHOLE_BYTES));
+                match footer(self.store.clone(), out.clone(), kept).await {
+                    Ok(f) => f.rows == expected,
+                    Err(CompactionError::Parquet { .. }) => false,
+                    Err(e) => return Err(e),
+                }
+            }
+            None => false,
+        };
+        if whole {
+            let mut left: Vec<ObjectPath> = Vec::new();
+            for i in &manifest.inputs {
+                if files
+                    .get(&i.name)
+                    .is_some_and(|m| m.last_modified <= manifest_meta.last_modified)
+                    && let Some(m) = files.remove(&i.name)
+                {
+                    left.push(m.location);
+                }
+            }
             tracing::info!(partition = dir, manifest = %manifest_path, inputs = left.len(), "finishing an interrupted compaction");
             self.delete(&left).await?;
             self.sync(
@@ -561,8 +741,26 @@ impl Compactor {
             )?;
         } else {
             tracing::info!(partition = dir, manifest = %manifest_path, "undoing an interrupted compaction");
+            if let Some(out) = files.remove(&manifest.output) {
+                self.delete(std::slice::from_ref(&out.location)).await?;
+            }
+            self.remove_staging(dir, &manifest.output);
         }
         self.delete(std::slice::from_ref(manifest_path)).await
+    }
+
+    /// On a local store, what a killed multipart write of `output` left (`<name>#<n>`).
+    fn remove_staging(&self, dir: &str, output: &str) {
+        let Some(root) = &self.local_root else {
+            return;
+        };
+        let local = root.join(dir);
+        let prefix = format!("{output}#");
+        for e in std::fs::read_dir(&local).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Deletes objects; one already gone is fine (a retry after a crash).
@@ -674,6 +872,18 @@ async fn footer(
     })
 }
 
+/// An error with its causes, for a log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
 fn file_name(p: &ObjectPath) -> &str {
     p.as_ref().rsplit('/').next().unwrap_or_default()
 }
@@ -685,10 +895,6 @@ fn encode(
     props: parquet::file::properties::WriterProperties,
     what: &str,
 ) -> Result<Vec<u8>, CompactionError> {
-    let parquet = |source| CompactionError::Parquet {
-        path: what.to_owned(),
-        source,
-    };
     let arrow = |source| CompactionError::Arrow {
         path: what.to_owned(),
         source,
@@ -696,22 +902,128 @@ fn encode(
     let schema = footers[0].schema().clone();
     let mut batches = Vec::new();
     for (file, footer) in files.into_iter().zip(footers) {
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer)
-            .with_batch_size(64 * 1024)
-            .build()
-            .map_err(parquet)?;
-        for b in reader {
-            batches.push(b.map_err(arrow)?);
-        }
+        batches.extend(decode(file, footer, what)?);
     }
     let all = arrow_select::concat::concat_batches(&schema, &batches).map_err(arrow)?;
     drop(batches);
     let sorted = sort_by_time(&all).map_err(arrow)?;
     drop(all);
+    encode_batch(&sorted, props, what)
+}
+
+const REQUEST_ID: &str = "x_edge_request_id";
+
+/// Each row's (request id, time): what says two rows are the same record.
+fn row_keys(
+    file: bytes::Bytes,
+    footer: ArrowReaderMetadata,
+    what: &str,
+) -> Result<Vec<(String, i64)>, CompactionError> {
     let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(parquet)?;
-    writer.write(&sorted).map_err(parquet)?;
-    writer.close().map_err(parquet)?;
+    for b in decode(file, footer, what)? {
+        let (ids, ts) = key_columns(&b, what)?;
+        out.extend((0..b.num_rows()).map(|n| (ids.value(n).to_owned(), ts.value(n))));
+    }
+    Ok(out)
+}
+
+fn key_columns<'a>(
+    b: &'a RecordBatch,
+    what: &str,
+) -> Result<(&'a arrow_array::StringArray, &'a TimestampMillisecondArray), CompactionError> {
+    let ids = b
+        .column_by_name(REQUEST_ID)
+        .and_then(|c| c.as_any().downcast_ref::<arrow_array::StringArray>());
+    let ts = b
+        .column_by_name("timestamp")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>());
+    match (ids, ts) {
+        (Some(i), Some(t)) => Ok((i, t)),
+        _ => Err(CompactionError::Arrow {
+            path: what.to_owned(),
+            source: arrow_schema::ArrowError::SchemaError(format!(
+                "no {REQUEST_ID} or timestamp column: rows cannot be told apart"
+            )),
+        }),
+    }
+}
+
+/// The file's rows not in `held` (each held key matches one row, once); `None` when none
+/// are left. Returns what is left of `held`, and how many rows were dropped.
+#[allow(clippy::type_complexity)]
+fn new_rows(
+    file: bytes::Bytes,
+    footer: ArrowReaderMetadata,
+    mut held: HashMap<(String, i64), u32>,
+    what: &str,
+) -> Result<(Option<RecordBatch>, u64, HashMap<(String, i64), u32>), CompactionError> {
+    let schema = footer.schema().clone();
+    let mut kept = Vec::new();
+    let mut dropped = 0u64;
+    for b in decode(file, footer, what)? {
+        let (ids, ts) = key_columns(&b, what)?;
+        let keep: arrow_array::BooleanArray = (0..b.num_rows())
+            .map(|n| {
+                let key = (ids.value(n).to_owned(), ts.value(n));
+                match held.get_mut(&key) {
+                    Some(c) if *c > 0 => {
+                        *c -= 1;
+                        dropped += 1;
+                        Some(false)
+                    }
+                    _ => Some(true),
+                }
+            })
+            .collect();
+        let b = arrow_select::filter::filter_record_batch(&b, &keep).map_err(|source| {
+            CompactionError::Arrow {
+                path: what.to_owned(),
+                source,
+            }
+        })?;
+        if b.num_rows() > 0 {
+            kept.push(b);
+        }
+    }
+    if kept.is_empty() {
+        return Ok((None, dropped, held));
+    }
+    let rest = arrow_select::concat::concat_batches(&schema, &kept).map_err(|source| {
+        CompactionError::Arrow {
+            path: what.to_owned(),
+            source,
+        }
+    })?;
+    Ok((Some(rest), dropped, held))
+}
+
+fn decode(
+    file: bytes::Bytes,
+    footer: ArrowReaderMetadata,
+    what: &str,
+) -> Result<Vec<RecordBatch>, CompactionError> {
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(parquet_err(&what))?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| CompactionError::Arrow {
+            path: what.to_owned(),
+            source,
+        })
+}
+
+fn encode_batch(
+    batch: &RecordBatch,
+    props: parquet::file::properties::WriterProperties,
+    what: &str,
+) -> Result<Vec<u8>, CompactionError> {
+    let mut out = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).map_err(parquet_err(&what))?;
+    writer.write(batch).map_err(parquet_err(&what))?;
+    writer.close().map_err(parquet_err(&what))?;
     Ok(out)
 }
 

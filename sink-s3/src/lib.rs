@@ -87,10 +87,23 @@ impl StandardLogsConfig {
 
     /// What compacts the files this sink writes (see [`Compactor`]).
     pub fn compactor(&self, data_dir: &Path) -> Result<Compactor, SinkError> {
-        let c = Compactor::new(self.store(data_dir)?, self.clone(), self.compaction.clone());
         Ok(match self.s3 {
-            None => c.with_local_root(data_dir),
-            Some(_) => c,
+            // Every write synced: an output must be whole on disk before its inputs go.
+            None => {
+                std::fs::create_dir_all(data_dir).map_err(|e| {
+                    SinkError::misconfigured(format!("cannot use {}", data_dir.display()))
+                        .with_source(e)
+                })?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(data_dir)
+                    .map_err(|e| {
+                        SinkError::misconfigured(format!("cannot use {}", data_dir.display()))
+                            .with_source(e)
+                    })?
+                    .with_fsync(true);
+                Compactor::new(Arc::new(store), self.clone(), self.compaction.clone())
+                    .with_local_root(data_dir)
+            }
+            Some(_) => Compactor::new(self.store(data_dir)?, self.clone(), self.compaction.clone()),
         })
     }
 }
