@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -21,9 +21,20 @@ pub trait AdminSettings: Send + Sync + 'static {
     /// The settings made through the API (a JSON object; `{}` when none).
     fn current(&self) -> serde_json::Value;
     /// Checks `settings` (with the rest of the configuration), keeps them in place of the
-    /// current ones and puts them in effect; returns what changed, or why they were
-    /// refused (then nothing changed).
-    fn replace(&self, settings: serde_json::Value) -> Result<Vec<&'static str>, String>;
+    /// current ones and puts them in effect; returns what changed, or why not (then
+    /// nothing changed).
+    fn replace(&self, settings: serde_json::Value) -> Result<Vec<String>, SettingsError>;
+}
+
+/// Why settings were not changed.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// They are wrong: the reason names the key.
+    #[error("{0}")]
+    Refused(String),
+    /// They could not be kept (the disk).
+    #[error("{0}")]
+    NotKept(String),
 }
 
 /// The token must be an admin token; without any configured, the API is off.
@@ -38,7 +49,11 @@ fn check_admin(
         return Err(IngestError::AdminOff);
     }
     let mut auth = headers.get_all(header::AUTHORIZATION).iter();
-    let (Some(value), None) = (auth.next(), auth.next()) else {
+    let (value, second) = (auth.next(), auth.next());
+    if second.is_some() {
+        return Err(IngestError::BadToken);
+    }
+    let Some(value) = value else {
         return Err(IngestError::MissingToken);
     };
     let given = value
@@ -97,7 +112,7 @@ pub(crate) fn redact(v: &mut serde_json::Value) {
     }
 }
 
-fn answer(state: &AppState, settings: serde_json::Value, changed: &[&str]) -> Response {
+fn answer(state: &AppState, settings: serde_json::Value, changed: &[String]) -> Response {
     let mut settings = settings;
     redact(&mut settings);
     let generation = state.access().map(|a| a.generation()).unwrap_or_default();
@@ -122,14 +137,11 @@ pub(crate) async fn get_settings(
 pub(crate) async fn put_settings(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, IngestError> {
+    // Who asks first: nothing of the body is read for a stranger.
     let admin = check_admin(&state, &headers)?;
-    if body.len() > MAX_SETTINGS_BYTES {
-        return Err(IngestError::BodyTooLarge {
-            limit: MAX_SETTINGS_BYTES as u64,
-        });
-    }
+    let body = read_limited(body, MAX_SETTINGS_BYTES).await?;
     let settings: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| IngestError::SettingsRefused(format!("not JSON: {e}")))?;
     if !settings.is_object() {
@@ -138,6 +150,24 @@ pub(crate) async fn put_settings(
         ));
     }
     replace(state, admin, settings).await
+}
+
+/// The body, refused as soon as it passes `limit` bytes.
+async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, IngestError> {
+    use http_body_util::BodyExt;
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| IngestError::Read(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(IngestError::BodyTooLarge {
+                    limit: limit as u64,
+                });
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
 }
 
 /// `DELETE /admin/settings`: back to the configuration file, environment and flags.
@@ -159,7 +189,10 @@ async fn replace(
     let changed = tokio::task::spawn_blocking(move || admin.replace(settings))
         .await
         .map_err(|e| IngestError::Internal(e.to_string()))?
-        .map_err(IngestError::SettingsRefused)?;
+        .map_err(|e| match e {
+            SettingsError::Refused(r) => IngestError::SettingsRefused(r),
+            SettingsError::NotKept(r) => IngestError::SettingsNotKept(r),
+        })?;
     tracing::info!(changed = ?changed, "settings changed through the admin API");
     Ok(answer(&state, kept, &changed))
 }

@@ -86,6 +86,8 @@ pub enum IngestError {
     NotAdmin,
     #[error("settings refused, nothing changed: {0}")]
     SettingsRefused(String),
+    #[error("settings not kept, nothing changed: {0}")]
+    SettingsNotKept(String),
     #[error(transparent)]
     Wal(#[from] WalError),
 }
@@ -98,6 +100,7 @@ impl IngestError {
                 StatusCode::FORBIDDEN
             }
             IngestError::SettingsRefused(_) => StatusCode::BAD_REQUEST,
+            IngestError::SettingsNotKept(_) => StatusCode::INSUFFICIENT_STORAGE,
             IngestError::BodyTooLarge { .. }
             | IngestError::DecompressedTooLarge { .. }
             | IngestError::TooManyLines { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -131,6 +134,7 @@ impl IngestError {
             IngestError::ScopedToken | IngestError::NotAdmin => "forbidden",
             IngestError::AdminOff => "admin_off",
             IngestError::SettingsRefused(_) => "settings_refused",
+            IngestError::SettingsNotKept(_) => "settings_not_kept",
             IngestError::BodyTooLarge { .. } => "body_too_large",
             IngestError::DecompressedTooLarge { .. } => "decompressed_too_large",
             IngestError::UnsupportedEncoding(_) | IngestError::Corrupt { .. } => "bad_encoding",
@@ -242,7 +246,7 @@ impl Access {
     /// Checks and prepares the tokens and privacy rules of `cfg`.
     pub(crate) fn new(mut cfg: CollectorConfig, generation: u64) -> Result<Access, String> {
         // Token hashes compare with the lower-case hex of a presented token.
-        for t in &mut cfg.tokens {
+        for t in cfg.tokens.iter_mut().chain(cfg.admin_tokens.iter_mut()) {
             if t.starts_with("sha256:") {
                 *t = t.to_ascii_lowercase();
             }

@@ -29,7 +29,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use admin::{AdminSettings, MAX_SETTINGS_BYTES};
+pub use admin::{AdminSettings, MAX_SETTINGS_BYTES, SettingsError};
 pub use aggregator::{MetricsAggregator, Publisher};
 pub use bus::{Bus, StreamMessage};
 pub use config::{CollectorConfig, ScopedToken};
@@ -37,8 +37,8 @@ pub use dead_letter::DeadLetters;
 pub use ingest::{AppState, IngestError, IngestResponse, Readiness, app, matching_tokens};
 pub use privacy::{FieldRule, IpRule, Privacy, PrivacyConfig, PrivacyRule};
 pub use sink::{
-    Batch, Kept, LoopSettings, Place, Sampler, Sink, SinkConfig, SinkContext, SinkError,
-    SinkErrorKind, SinkReport, SinkStatus, run_sink,
+    Batch, Kept, LoopSettings, Place, ReloadedSettings, Sampler, Sink, SinkConfig, SinkContext,
+    SinkError, SinkErrorKind, SinkReport, SinkStatus, run_sink,
 };
 pub use wal::{Entry, Seq, Wal, WalConfig, WalError};
 
@@ -97,6 +97,8 @@ pub struct Reloader {
     /// Names of the sinks sampling applies to (what a rate may name).
     sampled: Arc<std::sync::Mutex<Vec<String>>>,
     generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Each sink's reloaded settings, by name.
+    sinks: Arc<std::sync::Mutex<BTreeMap<String, watch::Sender<Option<ReloadedSettings>>>>>,
 }
 
 impl Reloader {
@@ -106,6 +108,20 @@ impl Reloader {
             sampling: Arc::new(watch::channel(sampling).0),
             sampled: Arc::default(),
             generation: Arc::default(),
+            sinks: Arc::default(),
+        }
+    }
+
+    /// Hands sink `name` its settings as reloaded (validated with the configuration);
+    /// the sink applies what it can change without a restart at its next write.
+    pub fn reload_sink(&self, name: &str, settings: ReloadedSettings) {
+        if let Some(tx) = self
+            .sinks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+        {
+            tx.send_replace(Some(settings));
         }
     }
 
@@ -254,12 +270,19 @@ impl Collector {
         if !cfg.enabled() {
             return Ok(None);
         }
+        let (settings_tx, settings) = watch::channel(None);
+        self.reloader
+            .sinks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned(), settings_tx);
         let cx = SinkContext {
             name: name.to_owned(),
             collector_id: self.cfg.id.clone(),
             data_dir: self.data_dir.clone(),
             dead_letters: self.dead_letters(name)?,
             bus: bus.clone(),
+            settings,
         };
         let sink = cfg
             .build(&cx)

@@ -104,7 +104,13 @@ pub struct SinkContext {
     pub dead_letters: DeadLetters,
     /// The in-process stream (for sinks that feed the dashboard or a local tail).
     pub bus: Bus,
+    /// The sink's settings after each reload (its own [`SinkConfig`] type, validated),
+    /// for a sink that changes some of them without a restart.
+    pub settings: watch::Receiver<Option<ReloadedSettings>>,
 }
+
+/// A sink's settings as reloaded: its [`SinkConfig`] type, to downcast.
+pub type ReloadedSettings = Arc<dyn std::any::Any + Send + Sync>;
 
 /// A sink's configuration: it builds the sink. Adding a destination is a module with one
 /// of these plus one variant in the binary's sink enum.

@@ -36,6 +36,13 @@ pub struct Dashboard {
     pub scoped: Arc<Vec<(edgelog_collector::ScopedToken, bool)>>,
     /// Where alarms made through the API are kept, if anywhere.
     pub kept: Option<Arc<crate::kept::KeptAlarms>>,
+    /// Real-time records for the live tail, if any reach this dashboard.
+    pub tail: Option<crate::tail::TailSource>,
+    pub tail_limits: crate::tail::TailLimits,
+    /// Live tail pages open: one permit each.
+    pub tail_viewers: Arc<tokio::sync::Semaphore>,
+    /// Becomes true when shutdown begins: live tails end.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Dashboard {
@@ -60,7 +67,25 @@ impl Dashboard {
             writes_allowed,
             scoped: Arc::new(scoped),
             kept: None,
+            tail: None,
+            tail_limits: crate::tail::TailLimits {
+                max_per_second: cfg.tail_max_per_second,
+                max_viewers: cfg.tail_max_viewers,
+            },
+            tail_viewers: Arc::new(tokio::sync::Semaphore::new(cfg.tail_max_viewers)),
+            closing: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// Live tail from `source`; tails end when `closing` turns true.
+    pub fn with_tail(
+        mut self,
+        source: Option<crate::tail::TailSource>,
+        closing: tokio::sync::watch::Receiver<bool>,
+    ) -> Dashboard {
+        self.tail = source;
+        self.closing = closing;
+        self
     }
 
     /// Keeps alarms made through the API in `kept`.
@@ -76,6 +101,8 @@ pub fn app(dashboard: Dashboard) -> Router {
         .route("/", get(pages::overview))
         .route("/api/distributions", get(list))
         .route("/distributions/{id}", get(pages::distribution))
+        .route("/distributions/{id}/tail", get(pages::tail))
+        .route("/api/distributions/{id}/tail", get(crate::tail::tail))
         .route("/api/distributions/{id}/series", get(series))
         .route("/api/distributions/{id}/charts/{chart}", get(chart))
         .route("/api/alarms", get(alarm_states))
@@ -248,6 +275,7 @@ async fn put_alarm(
     if let Some(old) = d.alarms.definitions().iter().find(|a| a.name == name) {
         scope.check_write(&old.distribution, Some(&name))?;
     }
+    let _writing = d.kept.as_ref().map(|k| k.writing());
     let before = d.alarms.definitions().into_iter().find(|a| a.name == name);
     let outcome = d.alarms.put(cfg.clone()).map_err(ApiError::BadAlarm)?;
     if let Some(kept) = &d.kept
@@ -287,6 +315,7 @@ async fn delete_alarm(
         .find(|a| a.name == name)
         .map_or_else(|| "*".to_owned(), |a| a.distribution.clone());
     scope.check_write(&on, Some(&name))?;
+    let _writing = d.kept.as_ref().map(|k| k.writing());
     if let Some(kept) = &d.kept {
         kept.delete(&name).map_err(ApiError::NotKept)?;
     }

@@ -47,6 +47,11 @@ pub struct DashboardConfig {
     /// `edgelog dashboard` and `edgelog demo` use `{data_dir}/state/api-alarms.json`
     /// when it is not set.
     pub api_alarms_file: Option<std::path::PathBuf>,
+    /// Live tail: records sent to one page a second, at most (the rest are counted as
+    /// skipped).
+    pub tail_max_per_second: u32,
+    /// Live tail pages open at once, at most (one more is refused with 503).
+    pub tail_max_viewers: usize,
 }
 
 impl Default for DashboardConfig {
@@ -63,6 +68,8 @@ impl Default for DashboardConfig {
             alertmanagers: Vec::new(),
             alertmanager_resend_interval: std::time::Duration::from_secs(60),
             api_alarms_file: None,
+            tail_max_per_second: 200,
+            tail_max_viewers: 32,
             allow_unauthenticated_writes: false,
         }
     }
@@ -178,6 +185,18 @@ impl DashboardConfig {
         }
         for a in &self.alarms {
             a.validate().map_err(|e| format!("dashboard.{e}"))?;
+        }
+        if !(1..=10_000).contains(&self.tail_max_per_second) {
+            return Err(format!(
+                "dashboard.tail_max_per_second: must be from 1 to 10000, got {}",
+                self.tail_max_per_second
+            ));
+        }
+        if !(1..=1_000).contains(&self.tail_max_viewers) {
+            return Err(format!(
+                "dashboard.tail_max_viewers: must be from 1 to 1000, got {}",
+                self.tail_max_viewers
+            ));
         }
         // The URL itself is not repeated: it may carry credentials.
         if let Some(i) = self.webhooks.iter().position(|w| !w.starts_with("http://")) {

@@ -49,6 +49,14 @@ pub enum ApiError {
     ReadOnlyToken,
     #[error("the change is not made: {0}")]
     NotKept(String),
+    #[error("live tail: {0}")]
+    BadTail(String),
+    #[error(
+        "no real-time records reach this dashboard: `edgelog demo` streams them in process; `edgelog dashboard` reads [sinks.realtime.kafka]"
+    )]
+    NoTail,
+    #[error("{0} live tail pages are open already (dashboard.tail_max_viewers); try again later")]
+    TooManyTails(usize),
     /// An extractor's rejection, with its own status and text.
     #[error("{reason}")]
     Rejected { status: StatusCode, reason: String },
@@ -74,6 +82,9 @@ impl ApiError {
             | ApiError::ReadOnlyToken => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotKept(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::BadTail(_) => StatusCode::BAD_REQUEST,
+            ApiError::NoTail => StatusCode::NOT_FOUND,
+            ApiError::TooManyTails(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Rejected { status, .. } => *status,
         }
     }

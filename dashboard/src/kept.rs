@@ -13,6 +13,8 @@ use crate::alarms::AlarmConfig;
 pub struct KeptAlarms {
     path: PathBuf,
     alarms: Mutex<BTreeMap<String, AlarmConfig>>,
+    /// Held across a change of the board and of this file, so they never disagree.
+    writes: Mutex<()>,
 }
 
 impl KeptAlarms {
@@ -31,7 +33,17 @@ impl KeptAlarms {
         Ok(KeptAlarms {
             path: path.to_owned(),
             alarms: Mutex::new(alarms.into_iter().map(|a| (a.name.clone(), a)).collect()),
+            writes: Mutex::new(()),
         })
+    }
+
+    /// Hold while changing an alarm on the board and here.
+    pub fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
     }
 
     pub fn all(&self) -> Vec<AlarmConfig> {

@@ -18,6 +18,7 @@ pub mod pages;
 pub mod prometheus;
 pub mod runtime;
 pub mod store;
+pub mod tail;
 
 pub use api::{Dashboard, app};
 pub use auth::loopback_hosts;
@@ -27,3 +28,4 @@ pub use metrics::MinutePoint;
 pub use prometheus::prometheus_label;
 pub use runtime::{RunError, run, run_reloading};
 pub use store::{MetricsStore, last_complete_minute};
+pub use tail::TailSource;

@@ -17,6 +17,8 @@ const STYLE: &str = include_str!("pages/style.css");
 const OVERVIEW: &str = include_str!("pages/overview.html");
 const DISTRIBUTION: &str = include_str!("pages/distribution.html");
 const DISTRIBUTION_JS: &str = include_str!("pages/distribution.js");
+const TAIL: &str = include_str!("pages/tail.html");
+const TAIL_JS: &str = include_str!("pages/tail.js");
 
 /// `template` with each `{{name}}` replaced by its value. One pass: a value (which may
 /// hold anything a distribution id holds) is never read as a template.
@@ -118,6 +120,27 @@ pub(crate) async fn distribution(
             ("alarm_rows", &alarm_rows(&d, &scope, Some(&id))),
             ("default_charts", &cards(&charts::DEFAULT_CHARTS)),
             ("additional_charts", &cards(&charts::ADDITIONAL_CHARTS)),
+            ("script", &script),
+        ],
+    );
+    Ok(Html(page).into_response())
+}
+
+/// A distribution's live tail (records arrive through `/api/distributions/{id}/tail`).
+pub(crate) async fn tail(
+    State(d): State<Dashboard>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    scope.check(&id)?;
+    edgelog_record::check_distribution_id(&id).map_err(ApiError::BadTail)?;
+    let script = fill(TAIL_JS, &[("id_json", &script_json(&id))]);
+    let page = fill(
+        TAIL,
+        &[
+            ("id", &escape(&id)),
+            ("style", STYLE),
+            ("rate", &d.tail_limits.max_per_second.to_string()),
             ("script", &script),
         ],
     );

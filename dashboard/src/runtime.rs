@@ -15,6 +15,7 @@ use crate::config::DashboardConfig;
 use crate::kept::KeptAlarms;
 use crate::notify::{Notifier, NotifyError, NotifyOptions};
 use crate::store::{MetricsStore, now_ms};
+use crate::tail::TailSource;
 
 /// Why the dashboard could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +39,9 @@ pub async fn run(
     store: Arc<MetricsStore>,
     cfg: &DashboardConfig,
     shutdown: impl Future<Output = ()>,
+    tail: Option<TailSource>,
 ) -> Result<(), RunError> {
-    run_reloading(listener, store, cfg, shutdown, None).await
+    run_reloading(listener, store, cfg, shutdown, None, tail).await
 }
 
 /// [`run`], with the alarms of the configuration file following `alarms` (a reload):
@@ -51,12 +53,17 @@ pub async fn run_reloading(
     cfg: &DashboardConfig,
     shutdown: impl Future<Output = ()>,
     alarms_in_file: Option<tokio::sync::watch::Receiver<Vec<AlarmConfig>>>,
+    tail: Option<TailSource>,
 ) -> Result<(), RunError> {
     // The address really listened on (the Host check and webhook links use it).
     let mut cfg = cfg.clone();
     if let Ok(addr) = listener.local_addr() {
         cfg.listen = addr;
     }
+    let kept = match &cfg.api_alarms_file {
+        Some(path) => Some(Arc::new(KeptAlarms::open(path).map_err(RunError::Alarms)?)),
+        None => None,
+    };
     tracing::info!(url = %format!("http://{}/", cfg.listen), "dashboard serving");
     let alarms = Arc::new(AlarmBoard::new(cfg.alarms.clone()));
     // Each webhook has its own queue and task: a slow or stuck one delays only itself,
@@ -83,11 +90,9 @@ pub async fn run_reloading(
         store.clone(),
         alarms.clone(),
     ));
-    let follow = alarms_in_file
-        .map(|rx| tokio::spawn(follow_alarm_file(alarms.clone(), cfg.alarms.clone(), rx)));
-    let mut dashboard = Dashboard::new(store, alarms.clone(), &cfg);
-    if let Some(path) = &cfg.api_alarms_file {
-        let kept = Arc::new(KeptAlarms::open(path).map_err(RunError::Alarms)?);
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let mut dashboard = Dashboard::new(store, alarms.clone(), &cfg).with_tail(tail, closing);
+    if let Some(kept) = &kept {
         // Over the file's: the latest word on an alarm of the same name.
         for a in kept.all() {
             let name = a.name.clone();
@@ -95,8 +100,16 @@ pub async fn run_reloading(
                 tracing::warn!(alarm = %name, error = %e, "an alarm kept from the API is refused now; left out");
             }
         }
-        dashboard = dashboard.with_kept_alarms(kept);
+        dashboard = dashboard.with_kept_alarms(kept.clone());
     }
+    let follow = alarms_in_file.map(|rx| {
+        tokio::spawn(follow_alarm_file(
+            alarms.clone(),
+            cfg.alarms.clone(),
+            rx,
+            kept.clone(),
+        ))
+    });
     let router = app(dashboard);
     // People and browsers, not a fleet: fewer connections, the same timeouts.
     let limits = HttpLimits {
@@ -106,6 +119,8 @@ pub async fn run_reloading(
     let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
+        // Live tails never end on their own.
+        closing_tx.send_replace(true);
         let _ = begun_tx.send(());
     };
     let grace_over = async move {
@@ -129,16 +144,21 @@ pub async fn run_reloading(
 }
 
 /// Applies each new list of the file's alarms as a change from the last one.
+/// An alarm made through the API (kept) is the API's: the file's changes to an alarm of
+/// the same name wait until the API deletes it.
 async fn follow_alarm_file(
     board: Arc<AlarmBoard>,
     mut file: Vec<AlarmConfig>,
     mut rx: tokio::sync::watch::Receiver<Vec<AlarmConfig>>,
+    kept: Option<Arc<KeptAlarms>>,
 ) {
     // From the alarms the board began with: a reload before this task ran counts too.
     rx.mark_changed();
     while rx.changed().await.is_ok() {
         let new = rx.borrow_and_update().clone();
-        for a in new.iter().filter(|a| !file.contains(a)) {
+        let _writing = kept.as_ref().map(|k| k.writing());
+        let api = |name: &str| kept.as_ref().is_some_and(|k| k.contains(name));
+        for a in new.iter().filter(|a| !file.contains(a) && !api(&a.name)) {
             match board.put(a.clone()) {
                 Ok(outcome) => tracing::info!(alarm = %a.name, ?outcome, "alarm reloaded"),
                 Err(e) => tracing::error!(alarm = %a.name, error = %e, "alarm refused on reload"),
@@ -146,7 +166,7 @@ async fn follow_alarm_file(
         }
         for old in file
             .iter()
-            .filter(|o| !new.iter().any(|n| n.name == o.name))
+            .filter(|o| !new.iter().any(|n| n.name == o.name) && !api(&o.name))
         {
             if board.delete(&old.name) {
                 tracing::info!(alarm = %old.name, "alarm removed from the configuration: deleted");

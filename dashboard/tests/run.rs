@@ -45,9 +45,15 @@ async fn run_serves_evaluates_alarms_and_stops_on_shutdown() {
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(async move {
-        run(listener, store, &cfg, async {
-            let _ = stopped.await;
-        })
+        run(
+            listener,
+            store,
+            &cfg,
+            async {
+                let _ = stopped.await;
+            },
+            None,
+        )
         .await
     });
 

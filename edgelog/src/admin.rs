@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context;
-use edgelog_collector::{AdminSettings, Reloader};
+use edgelog_collector::{AdminSettings, SettingsError};
 
 use crate::config::Config;
 
-/// What the admin API may set: settings that reload without a restart. Admin tokens are
-/// not among them (a leaked admin token must not mint another).
+/// What the admin API may set: settings that reload without a restart (and, per sink,
+/// [`SINK_SETTABLE`]). Admin tokens are not among them (a leaked admin token must not
+/// mint another).
 pub const SETTABLE: &[&str] = &[
     "sampling",
     "collector.tokens",
@@ -18,6 +19,9 @@ pub const SETTABLE: &[&str] = &[
     "collector.allow_unauthenticated",
     "collector.privacy",
 ];
+
+/// Per sink (`sinks.NAME.KEY`): the real-time sinks' field selections.
+pub const SINK_SETTABLE: &[&str] = &["fields", "distributions"];
 
 /// The settings file under `data_dir`.
 pub fn settings_path(data_dir: &Path) -> PathBuf {
@@ -27,12 +31,17 @@ pub fn settings_path(data_dir: &Path) -> PathBuf {
 /// The settings kept, `None` when none were made.
 pub fn read_settings(path: &Path) -> anyhow::Result<Option<serde_json::Value>> {
     match std::fs::read(path) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
-            format!(
-                "{} (settings made through the admin API) is not JSON",
-                path.display()
-            )
-        })?)),
+        Ok(b) => {
+            let v: serde_json::Value = serde_json::from_slice(&b).with_context(|| {
+                format!(
+                    "{} (settings made through the admin API) is not JSON",
+                    path.display()
+                )
+            })?;
+            // Edited by hand, it may hold no more than the API may set.
+            check_keys(&v).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok(Some(v))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
@@ -42,7 +51,7 @@ pub fn read_settings(path: &Path) -> anyhow::Result<Option<serde_json::Value>> {
 fn check_keys(settings: &serde_json::Value) -> Result<(), String> {
     let refuse = |key: &str| {
         Err(format!(
-            "{key} cannot be set through the admin API (these can: {})",
+            "{key} cannot be set through the admin API (these can: {}, sinks.NAME.fields, sinks.NAME.distributions)",
             SETTABLE.join(", ")
         ))
     };
@@ -52,6 +61,21 @@ fn check_keys(settings: &serde_json::Value) -> Result<(), String> {
     for (k, v) in top {
         match k.as_str() {
             "sampling" => {}
+            "sinks" => {
+                let Some(sinks) = v.as_object() else {
+                    return Err("sinks: must be an object".into());
+                };
+                for (name, sink) in sinks {
+                    let Some(sink) = sink.as_object() else {
+                        return Err(format!("sinks.{name}: must be an object"));
+                    };
+                    for key in sink.keys() {
+                        if !SINK_SETTABLE.contains(&key.as_str()) {
+                            return refuse(&format!("sinks.{name}.{key}"));
+                        }
+                    }
+                }
+            }
             "collector" => {
                 let Some(c) = v.as_object() else {
                     return Err("collector: must be an object".into());
@@ -72,20 +96,23 @@ fn check_keys(settings: &serde_json::Value) -> Result<(), String> {
 /// Loads the whole configuration with given settings over it.
 pub type Load = dyn Fn(Option<&serde_json::Value>) -> anyhow::Result<Config> + Send + Sync;
 
+/// Puts a loaded configuration's reloadable settings in effect; says what changed.
+pub type Apply = dyn Fn(&Config) -> Result<Vec<String>, String> + Send + Sync;
+
 pub struct Settings {
     path: PathBuf,
     load: Arc<Load>,
-    reloader: Reloader,
+    apply: Arc<Apply>,
     /// Held by every reload (SIGHUP or API), so none applies settings older than the kept.
     lock: Arc<Mutex<()>>,
 }
 
 impl Settings {
-    pub fn new(path: PathBuf, load: Arc<Load>, reloader: Reloader, lock: Arc<Mutex<()>>) -> Self {
+    pub fn new(path: PathBuf, load: Arc<Load>, apply: Arc<Apply>, lock: Arc<Mutex<()>>) -> Self {
         Settings {
             path,
             load,
-            reloader,
+            apply,
             lock,
         }
     }
@@ -99,21 +126,27 @@ impl AdminSettings for Settings {
         }
     }
 
-    fn replace(&self, settings: serde_json::Value) -> Result<Vec<&'static str>, String> {
+    fn replace(&self, settings: serde_json::Value) -> Result<Vec<String>, SettingsError> {
         let _held = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
-        check_keys(&settings)?;
-        let cfg = (self.load)(Some(&settings)).map_err(|e| format!("{e:#}"))?;
+        check_keys(&settings).map_err(SettingsError::Refused)?;
+        let cfg =
+            (self.load)(Some(&settings)).map_err(|e| SettingsError::Refused(format!("{e:#}")))?;
         let before = std::fs::read(&self.path).ok();
-        let bytes = serde_json::to_vec_pretty(&settings).map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec_pretty(&settings)
+            .map_err(|e| SettingsError::Refused(e.to_string()))?;
         let write = |b: &[u8]| {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
             edgelog_collector::state_file::write_atomic(&self.path, b)
         };
-        write(&bytes)
-            .map_err(|e| format!("cannot keep the settings in {}: {e}", self.path.display()))?;
-        match self.reloader.reload(&cfg.collector, &cfg.sampling) {
+        write(&bytes).map_err(|e| {
+            SettingsError::NotKept(format!(
+                "cannot keep the settings in {}: {e}",
+                self.path.display()
+            ))
+        })?;
+        match (self.apply)(&cfg) {
             Ok(changed) => Ok(changed),
             Err(e) => {
                 // Kept only if in effect.
@@ -124,7 +157,7 @@ impl AdminSettings for Settings {
                 if let Err(u) = undone {
                     tracing::error!(error = %u, path = %self.path.display(), "cannot restore the settings file");
                 }
-                Err(e)
+                Err(SettingsError::Refused(e))
             }
         }
     }
@@ -136,13 +169,15 @@ mod tests {
 
     #[test]
     fn only_reloadable_settings_may_be_set() {
-        let ok = serde_json::json!({"sampling": {"default": {"realtime": 5}}, "collector": {"tokens": ["x"], "privacy": {}}});
+        let ok = serde_json::json!({"sampling": {"default": {"realtime": 5}}, "collector": {"tokens": ["x"], "privacy": {}}, "sinks": {"realtime": {"fields": [], "distributions": {}}}});
         assert_eq!(check_keys(&ok), Ok(()));
         for bad in [
             serde_json::json!({"collector": {"admin_tokens": ["x"]}}),
             serde_json::json!({"collector": {"listen": "0.0.0.0:1"}}),
             serde_json::json!({"data_dir": "/"}),
-            serde_json::json!({"sinks": {}}),
+            serde_json::json!({"sinks": {"standard": {"max_age": "1s"}}}),
+            serde_json::json!({"sinks": {"realtime": {"kafka": {}}}}),
+            serde_json::json!({"sinks": {"realtime": []}}),
             serde_json::json!({"collector": 5}),
             serde_json::json!([1]),
         ] {

@@ -19,7 +19,7 @@ use edgelog_collector::{Collector, MetricsAggregator};
 use edgelog_dashboard::MetricsStore;
 use edgelog_edge::{Compression, ErrorMix, Target, TrafficConfig, WireFormat};
 use edgelog_ship::ShipConfig;
-use edgelog_sink_stream::{Bus, KafkaPublisher, follow_metrics};
+use edgelog_sink_stream::{Bus, KafkaPublisher, follow_metrics, follow_realtime};
 use figment::value::Value;
 use tokio::net::TcpListener;
 
@@ -442,6 +442,30 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
     Ok(collector)
 }
 
+/// Real-time records for the dashboard's live tail: the real-time topic when there is
+/// one, else the in-process stream (`bus`, when the collector runs in this process).
+fn tail_source(cfg: &Config, bus: Option<&Bus>) -> Option<edgelog_dashboard::TailSource> {
+    if let Some(k) = cfg.sinks.realtime_kafka() {
+        // Live tails read what this task forwards; a slow page misses the oldest.
+        let (tx, _) = tokio::sync::broadcast::channel(cfg.sinks.bus_capacity().max(1));
+        let forward = tx.clone();
+        tokio::spawn(async move {
+            let followed = follow_realtime(&k, |m| {
+                if forward.receiver_count() > 0 {
+                    let _ = forward.send(Arc::new(m));
+                }
+            })
+            .await;
+            if let Err(e) = followed {
+                tracing::error!(error = %e, "cannot read the real-time topic: no live tail");
+            }
+        });
+        return Some(Arc::new(move || tx.subscribe()));
+    }
+    let bus = bus?.clone();
+    Some(Arc::new(move || bus.subscribe_records()))
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -485,16 +509,35 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     let bus = Bus::new(cfg.sinks.bus_capacity());
     let reloads_lock = Arc::new(std::sync::Mutex::new(()));
     let collector = build_collector(&cfg, &bus)?;
+    // What a reload puts in effect: tokens, privacy, rates, and the real-time sinks'
+    // field selections.
+    let reloader = collector.reloader();
+    let applied = std::sync::Mutex::new(cfg.sinks.clone());
+    let apply: Arc<admin::Apply> = Arc::new(move |new: &Config| {
+        let mut changed: Vec<String> = reloader
+            .reload(&new.collector, &new.sampling)?
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let mut last = applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        changed.extend(new.sinks.reload_into(&reloader, &last));
+        *last = new.sinks.clone();
+        Ok(changed)
+    });
     let settings = admin::Settings::new(
         settings_path.clone(),
         load.clone(),
-        collector.reloader(),
+        apply.clone(),
         reloads_lock.clone(),
     );
     let collector = collector.with_admin(Arc::new(settings));
     let listener = bind(cfg.collector.listen, "ingest API").await?;
     let compactions = compact::spawn_compactions(&cfg)?;
-    let reloader = collector.reloader();
+    let mut reloadable: Vec<String> = admin::SETTABLE.iter().map(|s| (*s).to_owned()).collect();
+    reloadable.push("collector.admin_tokens".into());
+    reloadable.extend(cfg.sinks.reloadable());
     let reloads = tokio::spawn(reload_on_hup(
         hups,
         cfg,
@@ -503,19 +546,10 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let new = load(admin::read_settings(&settings_path)?.as_ref())?;
-            let changed = reloader
-                .reload(&new.collector, &new.sampling)
-                .map_err(anyhow::Error::msg)?;
+            let changed = apply(&new).map_err(anyhow::Error::msg)?;
             Ok((new, changed))
         },
-        &[
-            "sampling",
-            "collector.tokens",
-            "collector.scoped_tokens",
-            "collector.allow_unauthenticated",
-            "collector.admin_tokens",
-            "collector.privacy",
-        ],
+        reloadable,
     ));
     collector.serve(listener, shutdown_signal()).await?;
     reloads.abort();
@@ -525,15 +559,17 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
 }
 
 /// On each SIGHUP, `reload` loads the configuration again (same file, environment and
-/// flags) and puts the `reloadable` settings in effect, saying which changed. A configuration that does not load or validate is refused and logged, and the
-/// one in effect stays; other changes (against the configuration started with) are
+/// flags) and puts the `reloadable` settings in effect, saying which changed. A
+/// configuration that does not load or validate is refused and logged, and the one in
+/// effect stays; other changes (against the configuration started with) are
 /// logged as needing a restart.
 async fn reload_on_hup(
     hups: Option<tokio::sync::watch::Receiver<u64>>,
     started: Config,
-    reload: impl Fn() -> anyhow::Result<(Config, Vec<&'static str>)>,
-    reloadable: &'static [&'static str],
+    reload: impl Fn() -> anyhow::Result<(Config, Vec<String>)>,
+    reloadable: Vec<String>,
 ) {
+    let reloadable: Vec<&str> = reloadable.iter().map(String::as_str).collect();
     let Some(mut hups) = hups else {
         return;
     };
@@ -541,7 +577,7 @@ async fn reload_on_hup(
         match reload() {
             Ok((new, changed)) => {
                 tracing::info!(changed = ?changed, "configuration reloaded");
-                let restart = needs_restart(&started, &new, reloadable);
+                let restart = needs_restart(&started, &new, &reloadable);
                 if !restart.is_empty() {
                     tracing::warn!(settings = ?restart, "configuration changes that need a restart were not applied");
                 }
@@ -583,10 +619,11 @@ fn differences(
     if covered(at) || a == b {
         return;
     }
+    // Two levels down, or deeper where a reloadable name lies below.
+    let deeper =
+        at.matches('.').count() < 1 || reloadable.iter().any(|r| r.starts_with(&format!("{at}.")));
     match (a, b) {
-        (serde_json::Value::Object(x), serde_json::Value::Object(y))
-            if at.matches('.').count() < 1 =>
-        {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) if deeper => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
             for k in keys {
                 let name = if at.is_empty() {
@@ -703,6 +740,7 @@ async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
              (`edgelog demo` runs a collector and the dashboard in one process)"
         ),
     }
+    let tail = tail_source(&cfg, None);
     let listener = bind(cfg.dashboard.listen, "dashboard").await?;
     let (alarms_tx, alarms_rx) = tokio::sync::watch::channel(cfg.dashboard.alarms.clone());
     let file = args.file.config.clone();
@@ -716,13 +754,13 @@ async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
             Ok((
                 new,
                 if changed {
-                    vec!["dashboard.alarms"]
+                    vec!["dashboard.alarms".to_owned()]
                 } else {
                     vec![]
                 },
             ))
         },
-        &["dashboard.alarms"],
+        vec!["dashboard.alarms".to_owned()],
     ));
     let mut dash_cfg = cfg.dashboard.clone();
     dash_cfg
@@ -734,6 +772,7 @@ async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
         &dash_cfg,
         shutdown_signal(),
         Some(alarms_rx),
+        tail,
     )
     .await?;
     reloads.abort();
@@ -946,8 +985,11 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let merging = store.clone();
     // Merged in place as the aggregator publishes: a backfill cannot overflow anything.
     bus.on_minutes(move |u| merging.merge(u));
+    let (tail_cfg, tail_bus) = (cfg.clone(), bus.clone());
     tokio::spawn(async move {
-        if let Err(e) = edgelog_dashboard::run(dashboard, store, &dash_cfg, shutdown_signal()).await
+        let tail = tail_source(&tail_cfg, Some(&tail_bus));
+        if let Err(e) =
+            edgelog_dashboard::run(dashboard, store, &dash_cfg, shutdown_signal(), tail).await
         {
             tracing::error!(error = %e, "dashboard stopped");
         }
@@ -1095,6 +1137,24 @@ mod tests {
         assert_eq!(
             needs_restart(&old, &new, reloadable),
             ["collector.max_body_bytes", "sinks.realtime"]
+        );
+
+        // A real-time sink's fields reload; its format does not.
+        let old = Config::default();
+        let mut new = old.clone();
+        let reloadable: Vec<String> = old.sinks.reloadable();
+        let reloadable: Vec<&str> = reloadable.iter().map(String::as_str).collect();
+        if let Some(crate::sinks::SinkKind::Realtime(r)) = new.sinks.0.get_mut("realtime") {
+            r.fields = vec!["sc-status".into()];
+            r.distributions.insert("E1".into(), Default::default());
+        }
+        assert!(needs_restart(&old, &new, &reloadable).is_empty());
+        if let Some(crate::sinks::SinkKind::Realtime(r)) = new.sinks.0.get_mut("realtime") {
+            r.format = edgelog_sink_stream::MessageFormat::Tsv;
+        }
+        assert_eq!(
+            needs_restart(&old, &new, &reloadable),
+            ["sinks.realtime.format"]
         );
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use edgelog_collector::{Bus, Collector, Place, SinkConfig};
 use edgelog_sink_s3::StandardLogsConfig;
@@ -201,6 +202,50 @@ impl SinksConfig {
             })
             .max()
             .unwrap_or_else(|| RealtimeConfig::default().bus_capacity)
+    }
+
+    /// Hands each real-time sink its settings as reloaded (it applies its field
+    /// selections); returns the settings that differ from `last`.
+    pub fn reload_into(
+        &self,
+        reloader: &edgelog_collector::Reloader,
+        last: &SinksConfig,
+    ) -> Vec<String> {
+        let mut changed = Vec::new();
+        for (name, kind) in &self.0 {
+            if let SinkKind::Realtime(r) = kind {
+                reloader.reload_sink(name, Arc::new(r.clone()));
+                let before = match last.0.get(name) {
+                    Some(SinkKind::Realtime(b)) => Some((&b.fields, &b.distributions)),
+                    _ => None,
+                };
+                if before != Some((&r.fields, &r.distributions)) {
+                    changed.push(format!("sinks.{name}.fields"));
+                }
+            }
+        }
+        changed
+    }
+
+    /// The settings a reload changes, for the real-time sinks.
+    pub fn reloadable(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(_, k)| matches!(k, SinkKind::Realtime(_)))
+            .flat_map(|(n, _)| {
+                crate::admin::SINK_SETTABLE
+                    .iter()
+                    .map(move |key| format!("sinks.{n}.{key}"))
+            })
+            .collect()
+    }
+
+    /// The first enabled real-time sink's Kafka topic, if any (the live tail reads it).
+    pub fn realtime_kafka(&self) -> Option<edgelog_sink_stream::KafkaConfig> {
+        self.0.values().find_map(|k| match k {
+            SinkKind::Realtime(r) if r.enabled => r.kafka.clone(),
+            _ => None,
+        })
     }
 
     /// The enabled Parquet sinks, by name.

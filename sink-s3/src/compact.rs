@@ -615,7 +615,10 @@ impl Compactor {
             &self.standard,
             vec![KeyValue::new(COMPACTED_FROM.into(), listed)],
         );
-        let footers: Vec<ArrowReaderMetadata> = group.iter().map(|i| i.footer.clone()).collect();
+        let footers: Vec<(ArrowReaderMetadata, String)> = group
+            .iter()
+            .map(|i| (i.footer.clone(), i.meta.location.to_string()))
+            .collect();
         let what = output_path.to_string();
         // Decoding, sorting and encoding are CPU work: off the runtime's threads.
         let encoded = tokio::task::spawn_blocking(move || encode(files, footers, props, &what))
@@ -891,7 +894,7 @@ fn file_name(p: &ObjectPath) -> &str {
 /// The files' rows, sorted by time, as one Parquet file.
 fn encode(
     files: Vec<bytes::Bytes>,
-    footers: Vec<ArrowReaderMetadata>,
+    footers: Vec<(ArrowReaderMetadata, String)>,
     props: parquet::file::properties::WriterProperties,
     what: &str,
 ) -> Result<Vec<u8>, CompactionError> {
@@ -899,10 +902,11 @@ fn encode(
         path: what.to_owned(),
         source,
     };
-    let schema = footers[0].schema().clone();
+    let schema = footers[0].0.schema().clone();
     let mut batches = Vec::new();
-    for (file, footer) in files.into_iter().zip(footers) {
-        batches.extend(decode(file, footer, what)?);
+    // An error names the input that caused it.
+    for (file, (footer, name)) in files.into_iter().zip(footers) {
+        batches.extend(decode(file, footer, &name)?);
     }
     let all = arrow_select::concat::concat_batches(&schema, &batches).map_err(arrow)?;
     drop(batches);

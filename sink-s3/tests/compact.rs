@@ -535,3 +535,31 @@ async fn killed_at_each_step_then_run_again_every_row_is_there_once() {
     }
     assert!(fail_at > 30, "every step was tried: {fail_at}");
 }
+
+#[tokio::test]
+async fn files_other_writers_leave_with_snappy_are_merged_too() {
+    use parquet::basic::Compression;
+    use parquet::file::properties::WriterProperties;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ids = write_inputs(dir.path(), &[("E1".to_owned(), 1)], 2, 10);
+    let part = dir.path().join(partition("E1", 1));
+    let mut g = Generator::new(9, 2, 2);
+    let recs: Vec<_> = (0..10)
+        .map(|n| g.record(HOUR_MS + n * 1000, 0, ErrorMix::default()))
+        .collect();
+    let schema = schema();
+    let refs: Vec<_> = recs.iter().collect();
+    let batch = to_batch(&schema, &refs, 100.0).expect("batch");
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let file = std::fs::File::create(part.join("from-spark.parquet")).expect("create");
+    let mut w = ArrowWriter::try_new(file, schema, Some(props)).expect("writer");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+    let r = compact(dir.path()).await;
+    assert_eq!((r.files_in, r.failed_partitions), (3, 0), "{r:?}");
+    let mut all = ids.clone();
+    all.extend(recs.iter().map(|r| r.request_id().to_owned()));
+    exactly_once(dir.path(), &all);
+}

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use edgelog_collector::{Batch, DeadLetters, Kept, Seq, Sink, SinkError};
+use edgelog_collector::{Batch, DeadLetters, Kept, ReloadedSettings, Seq, Sink, SinkError};
 use edgelog_record::SCHEMA_VERSION;
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -42,7 +42,7 @@ pub enum KafkaSinkError {
 }
 
 /// Record → message body, per distribution.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Encoder {
     format: MessageFormat,
     default: Selection,
@@ -205,6 +205,8 @@ pub struct KafkaSink {
     buf: Vec<u8>,
     /// Where messages that can never be delivered go; without it they are retried.
     dead_letters: Option<DeadLetters>,
+    /// Settings as reloaded: field selections change at the next write.
+    settings: Option<tokio::sync::watch::Receiver<Option<ReloadedSettings>>>,
 }
 
 impl KafkaSink {
@@ -237,6 +239,7 @@ impl KafkaSink {
             resume: (0, 0),
             buf: Vec::with_capacity(2048),
             dead_letters: None,
+            settings: None,
         })
     }
 
@@ -245,6 +248,47 @@ impl KafkaSink {
     pub fn with_dead_letters(mut self, dead_letters: DeadLetters) -> Self {
         self.dead_letters = Some(dead_letters);
         self
+    }
+
+    /// Follows reloaded settings: field selections change without a restart (the format
+    /// and the broker's settings need one).
+    pub fn with_reloads(
+        mut self,
+        settings: tokio::sync::watch::Receiver<Option<ReloadedSettings>>,
+    ) -> Self {
+        self.settings = Some(settings);
+        self
+    }
+
+    /// Takes reloaded field selections, if any came.
+    fn follow_reloads(&mut self) {
+        let Some(rx) = &mut self.settings else {
+            return;
+        };
+        if !rx.has_changed().unwrap_or(false) {
+            return;
+        }
+        let reloaded = rx.borrow_and_update().clone();
+        let Some(cfg) = reloaded
+            .as_deref()
+            .and_then(|a| a.downcast_ref::<RealtimeConfig>())
+        else {
+            return;
+        };
+        match Encoder::new(cfg) {
+            Ok(e) if e.format() == self.encoder.format() => {
+                if e != self.encoder {
+                    tracing::info!(topic = %self.topic, "real-time field selections reloaded");
+                }
+                self.encoder = e;
+            }
+            Ok(_) => {
+                tracing::warn!(topic = %self.topic, "the real-time message format changes only at a restart");
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "real-time fields refused on reload")
+            }
+        }
     }
 
     fn headers(&self, rate: f64, sel: &Selection) -> OwnedHeaders {
@@ -443,6 +487,10 @@ impl Sink for KafkaSink {
         let seq = batch.seq();
         if seq <= self.written {
             return Ok(());
+        }
+        // Between entries only: an entry resumed half-way keeps the fields it began with.
+        if self.resume.0 != seq {
+            self.follow_reloads();
         }
         self.resend_failed().await?;
         let start = if self.resume.0 == seq {

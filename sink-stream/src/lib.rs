@@ -24,7 +24,7 @@ pub use kafka::{
     Encoder, HEADER_FIELDS, HEADER_FORMAT, HEADER_SAMPLE_RATE, HEADER_SCHEMA_VERSION, KafkaSink,
     KafkaSinkError,
 };
-pub use metrics_topic::{KafkaPublisher, MetricsKafkaConfig, follow_metrics};
+pub use metrics_topic::{KafkaPublisher, MetricsKafkaConfig, follow_metrics, follow_realtime};
 
 /// Sends sampled records to the in-process stream.
 pub struct RealtimeSink {
@@ -81,7 +81,8 @@ impl SinkConfig for RealtimeConfig {
                     .map_err(|e| {
                         SinkError::misconfigured("cannot set up the kafka producer").with_source(e)
                     })?
-                    .with_dead_letters(cx.dead_letters.clone()),
+                    .with_dead_letters(cx.dead_letters.clone())
+                    .with_reloads(cx.settings.clone()),
             ),
             None => Box::new(RealtimeSink::in_process(cx.bus.clone())),
         })

@@ -117,6 +117,18 @@ impl Publisher for KafkaPublisher {
     }
 }
 
+/// A consumer group no other reader shares: `{prefix}-{pid}-{ms}`.
+fn group_of_its_own(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    )
+}
+
 /// Reads every partial aggregate in the topic, from its beginning, then follows it; calls
 /// `merge` for each. Runs until the consumer fails for good.
 pub async fn follow_metrics(
@@ -124,14 +136,7 @@ pub async fn follow_metrics(
     merge: impl Fn(MinuteUpdate),
 ) -> Result<(), KafkaSinkError> {
     // A group of its own, starting at the earliest offset: each start rebuilds the history.
-    let group = format!(
-        "edgelog-dashboard-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-    );
+    let group = group_of_its_own("edgelog-dashboard");
     let consumer: StreamConsumer = cfg
         .client()
         .set("group.id", &group)
@@ -161,4 +166,87 @@ pub async fn follow_metrics(
             }
         }
     }
+}
+
+/// Follows the real-time topic from its end (what is logged from now on) and hands each
+/// message to `each` as the in-process stream carries it: the live tail of `edgelog
+/// dashboard`. TSV messages become the same CloudFront-named JSON, from their
+/// `edgelog-fields` header. Runs until the consumer fails for good.
+pub async fn follow_realtime(
+    cfg: &crate::KafkaConfig,
+    each: impl Fn(edgelog_collector::StreamMessage),
+) -> Result<(), KafkaSinkError> {
+    use rdkafka::message::Headers;
+    let group = group_of_its_own("edgelog-tail");
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &cfg.bootstrap_servers);
+    for (k, v) in &cfg.options {
+        client.set(k, v);
+    }
+    let consumer: StreamConsumer = client
+        .set("group.id", &group)
+        .set("auto.offset.reset", "latest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()?;
+    consumer.subscribe(&[&cfg.topic])?;
+    tracing::info!(topic = %cfg.topic, "dashboard following the real-time topic for live tails");
+    let mut errors = 0u32;
+    loop {
+        match consumer.recv().await {
+            Ok(m) => {
+                errors = 0;
+                let (Some(key), Some(payload)) = (m.key(), m.payload()) else {
+                    continue;
+                };
+                let header = |name: &str| {
+                    m.headers().and_then(|h| {
+                        h.iter()
+                            .find(|x| x.key == name)
+                            .and_then(|x| x.value)
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                    })
+                };
+                let payload = match header(crate::HEADER_FIELDS) {
+                    Some(names) => tsv_to_json(&names, payload),
+                    None => payload.to_vec(),
+                };
+                each(edgelog_collector::StreamMessage {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    sample_rate: header(crate::HEADER_SAMPLE_RATE)
+                        .and_then(|r| r.parse().ok())
+                        .unwrap_or(100.0),
+                    schema_version: edgelog_record::SCHEMA_VERSION,
+                    payload,
+                });
+            }
+            Err(e) => {
+                errors += 1;
+                tracing::warn!(error = %e, "cannot read the real-time topic; retrying");
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(errors.min(20)))).await;
+            }
+        }
+    }
+}
+
+/// A TSV message as a JSON object of its columns (standard-log names where known; `-`
+/// left out; numbers as numbers).
+fn tsv_to_json(names: &str, payload: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(payload);
+    let mut out = serde_json::Map::new();
+    for (name, col) in names.split(',').zip(text.split('\t')) {
+        if col == "-" {
+            continue;
+        }
+        let std_name = crate::REALTIME_FIELDS
+            .iter()
+            .find(|(rt, _)| *rt == name)
+            .map_or(name, |(_, s)| *s);
+        let v = match col.parse::<i64>() {
+            Ok(n) => serde_json::Value::from(n),
+            Err(_) => serde_json::Value::from(col),
+        };
+        out.insert(std_name.to_owned(), v);
+    }
+    serde_json::to_vec(&serde_json::Value::Object(out)).unwrap_or_default()
 }

@@ -29,6 +29,7 @@ fn context(dir: &std::path::Path) -> SinkContext {
         dead_letters: DeadLetters::open(&dir.join("dead-letter/audit"), "audit", 1 << 20)
             .expect("dead letters"),
         bus: Bus::new(16),
+        settings: tokio::sync::watch::channel(None).1,
     }
 }
 

@@ -225,3 +225,74 @@ fn alarms_made_through_the_dashboards_api_come_back_after_a_restart() -> anyhow:
     d.stop()?;
     Ok(())
 }
+
+fn sha256_hex(s: &str) -> anyhow::Result<String> {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().map(|mut i| i.write_all(s.as_bytes()));
+            c.wait_with_output()
+        })?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+#[test]
+fn a_hostile_client_and_a_hand_edited_file_are_refused() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir()?;
+    // The admin token given as an upper-case hash still opens the API.
+    let hash = sha256_hex(ADMIN)?;
+    let cfg = ServerConfig::new().set(
+        "collector",
+        "admin_tokens",
+        [format!("sha256:{}", hash.to_ascii_uppercase()).as_str()],
+    );
+    let mut c = TestServer::collector(dir.path(), &cfg)?;
+    let (s, v) = call(&c, "GET", "/admin/settings", ADMIN, "")?;
+    assert_eq!(s, 200, "{v}");
+
+    // A stranger announcing 100 MB is answered at once, the body never read.
+    let host = c.url().trim_start_matches("http://").to_owned();
+    let mut raw = std::net::TcpStream::connect(&host)?;
+    raw.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        raw,
+        "PUT /admin/settings HTTP/1.1\r\nhost: {host}\r\ncontent-length: 100000000\r\n\r\n{{"
+    )?;
+    let mut answer = [0u8; 512];
+    let n = raw.read(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    // The admin token, as a hash, cannot come back as an ingest token.
+    let body = json!({"collector": {"tokens": [format!("sha256:{hash}")]}}).to_string();
+    let (s, v) = call(&c, "PUT", "/admin/settings", ADMIN, &body)?;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("admin_tokens")),
+        "{v}"
+    );
+
+    // A settings file edited by hand with a key the API may not set stops the start.
+    assert!(c.terminate()?);
+    let file = dir.path().join("state/settings.json");
+    std::fs::create_dir_all(file.parent().unwrap_or(dir.path()))?;
+    std::fs::write(&file, r#"{"collector": {"listen": "127.0.0.1:1"}}"#)?;
+    let again = c.restart();
+    assert!(again.is_err(), "started with a hand-edited listen");
+    let log = c.log_text();
+    assert!(
+        log.contains("collector.listen") && log.contains("settings.json"),
+        "{log}"
+    );
+    Ok(())
+}

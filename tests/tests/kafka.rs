@@ -339,3 +339,93 @@ fn a_missing_topic_is_reported_and_its_records_wait_until_it_exists() -> anyhow:
     );
     Ok(())
 }
+
+/// Posts `n` records of `dist`, ids `{prefix}-{k}`.
+fn post_records(url: &str, prefix: &str, dist: &str, n: usize) -> anyhow::Result<()> {
+    let mut body = String::new();
+    for k in 0..n {
+        body.push_str(&format!(
+            "{{\"timestamp\":1764151200,\"DistributionId\":\"{dist}\",\"cs-uri-stem\":\"/r/{k}\",\
+             \"sc-status\":200,\"x-edge-request-id\":\"{prefix}-{k}\"}}\n"
+        ));
+    }
+    let a = edgelog_tests::http_post(&format!("{url}/v1/records"), body.as_bytes())?;
+    anyhow::ensure!(a.status == 200, "{}", a.body);
+    Ok(())
+}
+
+#[test]
+fn field_selections_change_on_sighup_and_through_the_admin_api_without_a_restart()
+-> anyhow::Result<()> {
+    const ADMIN: &str = "admin-token-0123456789abcdef";
+    let tansu = Tansu::start()?;
+    tansu.create_topic(TOPIC, 1)?;
+    let dir = tempfile::tempdir()?;
+    let fields = |f: &[&str]| {
+        let cfg = ServerConfig::new()
+            .set("collector", "admin_tokens", [ADMIN])
+            .set("sinks.realtime.distributions.EFIELDS", "fields", f);
+        tansu.realtime_sink(cfg, TOPIC)
+    };
+    let mut c = TestServer::collector(dir.path(), &fields(&["sc-status"]))?;
+    post_records(&c.url(), "first", "EFIELDS", 100)?;
+    // Taken by the sink under the first selection before anything changes.
+    assert_eq!(
+        consume(&tansu.bootstrap(), TOPIC, 100, Duration::from_secs(20))?.len(),
+        100
+    );
+
+    c.rewrite_config(&fields(&["sc-status", "cs-uri-stem"]))?;
+    c.signal("HUP")?;
+    wait_for(
+        within(Duration::from_secs(10)),
+        Duration::from_millis(50),
+        "the reload",
+        || Ok(c.log_text().contains("sinks.realtime.fields").then_some(())),
+    )?;
+    assert!(!c.log_text().contains("need a restart"), "{}", c.log_text());
+    post_records(&c.url(), "second", "EFIELDS", 100)?;
+    assert_eq!(
+        consume(&tansu.bootstrap(), TOPIC, 200, Duration::from_secs(20))?.len(),
+        200
+    );
+
+    let settings =
+        r#"{"sinks": {"realtime": {"distributions": {"EFIELDS": {"fields": ["cs-uri-stem"]}}}}}"#;
+    let auth = format!("Bearer {ADMIN}");
+    let (status, body) = edgelog_tests::http_request(
+        "PUT",
+        &format!("{}/admin/settings", c.url()),
+        &[("authorization", &auth)],
+        settings,
+    )?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("sinks.realtime.fields"), "{body}");
+    // A setting of a sink the API may not change is refused.
+    let (status, body) = edgelog_tests::http_request(
+        "PUT",
+        &format!("{}/admin/settings", c.url()),
+        &[("authorization", &auth)],
+        r#"{"sinks": {"realtime": {"format": "tsv"}}}"#,
+    )?;
+    assert!(
+        status == 400 && body.contains("sinks.realtime.format"),
+        "{body}"
+    );
+    post_records(&c.url(), "third", "EFIELDS", 100)?;
+    let got = consume(&tansu.bootstrap(), TOPIC, 300, Duration::from_secs(20))?;
+    assert!(c.terminate()?, "{}", c.log_text());
+    assert_eq!(got.len(), 300);
+    for (n, m) in got.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(&m.value)?;
+        let want: &[&str] = match n / 100 {
+            0 => &["sc-status"],
+            1 => &["sc-status", "cs-uri-stem"],
+            _ => &["cs-uri-stem"],
+        };
+        for f in ["sc-status", "cs-uri-stem"] {
+            assert_eq!(v.get(f).is_some(), want.contains(&f), "message {n}: {v}");
+        }
+    }
+    Ok(())
+}

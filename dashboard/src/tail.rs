@@ -1,0 +1,458 @@
+//! Live tail: a distribution's real-time records as they are logged, filtered by the
+//! server, newest to the browser as server-sent events, at most `tail_max_per_second` to
+//! each (the rest counted as skipped). Records come from the in-process stream
+//! (`edgelog demo`) or the real-time topic (`edgelog dashboard`); an open page costs the
+//! collector nothing, and the dashboard one filter per record.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::{Extension, response::IntoResponse, response::Response};
+use edgelog_collector::StreamMessage;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+
+use crate::api::Dashboard;
+use crate::auth::Scope;
+use crate::error::{ApiError, Path};
+
+/// Where real-time records come from: a new follower of them.
+pub type TailSource = Arc<dyn Fn() -> broadcast::Receiver<Arc<StreamMessage>> + Send + Sync>;
+
+/// How often the counts go to the browser.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// Filters of `GET /api/distributions/{id}/tail`; all given must match.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailQuery {
+    /// `5xx` (a class) or `503` (a status).
+    pub status: Option<String>,
+    /// The URL path starts with this.
+    pub path: Option<String>,
+    /// `x-edge-location` is this (ignoring case).
+    pub location: Option<String>,
+    /// `c-ip` is this address or in this prefix (`203.0.113.0/24`, `2001:db8::/32`).
+    pub ip: Option<String>,
+    /// `x-edge-result-type` is this (ignoring case): Hit, Miss, Error...
+    pub result: Option<String>,
+    /// The URL (path and query) holds this text (ignoring case).
+    pub q: Option<String>,
+}
+
+#[derive(Debug)]
+enum Status {
+    Class(u16),
+    Exact(u16),
+}
+
+/// A parsed [`TailQuery`].
+#[derive(Debug)]
+pub struct Filter {
+    status: Option<Status>,
+    path: Option<String>,
+    location: Option<String>,
+    ip: Option<(IpAddr, u8)>,
+    result: Option<String>,
+    text: Option<String>,
+}
+
+/// Longest filter value taken.
+const MAX_FILTER_BYTES: usize = 1024;
+
+impl Filter {
+    pub fn parse(q: &TailQuery) -> Result<Filter, String> {
+        let given = |v: &Option<String>, name: &str| -> Result<Option<String>, String> {
+            match v.as_deref().map(str::trim) {
+                None | Some("") => Ok(None),
+                Some(s) if s.len() > MAX_FILTER_BYTES => {
+                    Err(format!("{name}: at most {MAX_FILTER_BYTES} bytes"))
+                }
+                Some(s) => Ok(Some(s.to_owned())),
+            }
+        };
+        let status = match given(&q.status, "status")? {
+            None => None,
+            Some(s) => {
+                let lower = s.to_ascii_lowercase();
+                let bad = || {
+                    format!("status: {s:?} is not a class (1xx to 5xx) or a status (100 to 599)")
+                };
+                if let Some(c) = lower.strip_suffix("xx") {
+                    match c.parse::<u16>() {
+                        Ok(c @ 1..=5) => Some(Status::Class(c)),
+                        _ => return Err(bad()),
+                    }
+                } else {
+                    match lower.parse::<u16>() {
+                        Ok(n @ 100..=599) => Some(Status::Exact(n)),
+                        _ => return Err(bad()),
+                    }
+                }
+            }
+        };
+        let ip = match given(&q.ip, "ip")? {
+            None => None,
+            Some(s) => Some(parse_prefix(&s).ok_or_else(|| {
+                format!("ip: {s:?} is not an address or a prefix such as 203.0.113.0/24")
+            })?),
+        };
+        Ok(Filter {
+            status,
+            path: given(&q.path, "path")?,
+            location: given(&q.location, "location")?.map(|s| s.to_ascii_lowercase()),
+            ip,
+            result: given(&q.result, "result")?.map(|s| s.to_ascii_lowercase()),
+            text: given(&q.q, "q")?.map(|s| s.to_lowercase()),
+        })
+    }
+
+    /// Whether the record (CloudFront-named JSON) passes.
+    pub fn matches(&self, r: &serde_json::Map<String, serde_json::Value>) -> bool {
+        let text = |k: &str| r.get(k).and_then(|v| v.as_str());
+        if let Some(s) = &self.status {
+            let Some(n) = r.get("sc-status").and_then(|v| v.as_u64()) else {
+                return false;
+            };
+            let ok = match s {
+                Status::Class(c) => n / 100 == u64::from(*c),
+                Status::Exact(e) => n == u64::from(*e),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(p) = &self.path
+            && !text("cs-uri-stem").is_some_and(|u| u.starts_with(p.as_str()))
+        {
+            return false;
+        }
+        if let Some(l) = &self.location
+            && !text("x-edge-location").is_some_and(|x| x.eq_ignore_ascii_case(l))
+        {
+            return false;
+        }
+        if let Some(t) = &self.result
+            && !text("x-edge-result-type").is_some_and(|x| x.eq_ignore_ascii_case(t))
+        {
+            return false;
+        }
+        if let Some((net, bits)) = &self.ip {
+            let Some(ip) = text("c-ip").and_then(|s| s.parse::<IpAddr>().ok()) else {
+                return false;
+            };
+            if !in_prefix(ip, *net, *bits) {
+                return false;
+            }
+        }
+        if let Some(q) = &self.text {
+            let stem = text("cs-uri-stem").unwrap_or_default();
+            let query = text("cs-uri-query").unwrap_or_default();
+            let url = format!("{stem}?{query}").to_lowercase();
+            if !url.contains(q.as_str()) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, bits) = match s.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        Some(b) => b.parse::<u8>().ok().filter(|b| *b <= max)?,
+        None => max,
+    };
+    Some((ip, bits))
+}
+
+fn in_prefix(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Up to `rate` a second, in bursts of at most `rate`.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Tail {
+    id: String,
+    rx: broadcast::Receiver<Arc<StreamMessage>>,
+    filter: Filter,
+    bucket: Bucket,
+    next_stats: Instant,
+    closing: tokio::sync::watch::Receiver<bool>,
+    _viewer: tokio::sync::OwnedSemaphorePermit,
+    sent: u64,
+    matched: u64,
+    skipped: u64,
+}
+
+/// `GET /api/distributions/{id}/tail?status=&path=&location=&ip=&result=&q=`: server-sent
+/// events, `record` (the record as CloudFront-named JSON) and, every second, `stats`
+/// (`sent`, `matched`, `skipped`: matched but over the rate, or missed by a slow page).
+pub(crate) async fn tail(
+    State(d): State<Dashboard>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+    q: Result<Query<TailQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    scope.check(&id)?;
+    edgelog_record::check_distribution_id(&id).map_err(ApiError::BadTail)?;
+    let Query(q) = q.map_err(|e| ApiError::BadTail(e.body_text()))?;
+    let filter = Filter::parse(&q).map_err(ApiError::BadTail)?;
+    let source = d.tail.clone().ok_or(ApiError::NoTail)?;
+    let viewer = d
+        .tail_viewers
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManyTails(d.tail_limits.max_viewers))?;
+    let rate = d.tail_limits.max_per_second as f64;
+    let state = Tail {
+        id,
+        rx: source(),
+        filter,
+        bucket: Bucket {
+            rate,
+            tokens: rate,
+            at: Instant::now(),
+        },
+        next_stats: Instant::now(),
+        closing: d.closing.clone(),
+        _viewer: viewer,
+        sent: 0,
+        matched: 0,
+        skipped: 0,
+    };
+    let events = futures::stream::unfold(state, |mut t| async move {
+        loop {
+            if *t.closing.borrow() {
+                return None;
+            }
+            let wait = t.next_stats.saturating_duration_since(Instant::now());
+            tokio::select! {
+                r = t.rx.recv() => match r {
+                    Ok(m) => {
+                        if m.key != t.id {
+                            continue;
+                        }
+                        let Ok(serde_json::Value::Object(rec)) = serde_json::from_slice(&m.payload) else {
+                            continue;
+                        };
+                        if !t.filter.matches(&rec) {
+                            continue;
+                        }
+                        t.matched += 1;
+                        if !t.bucket.take() {
+                            t.skipped += 1;
+                            continue;
+                        }
+                        t.sent += 1;
+                        let data = String::from_utf8_lossy(&m.payload).into_owned();
+                        return Some((Ok::<_, Infallible>(Event::default().event("record").data(data)), t));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => t.skipped += n,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                () = tokio::time::sleep(wait) => {
+                    t.next_stats = Instant::now() + STATS_EVERY;
+                    let stats = serde_json::json!({"sent": t.sent, "matched": t.matched, "skipped": t.skipped});
+                    return Some((Ok(Event::default().event("stats").data(stats.to_string())), t));
+                }
+                _ = t.closing.changed() => return None,
+            }
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// Limits of the live tail.
+#[derive(Debug, Clone, Copy)]
+pub struct TailLimits {
+    pub max_per_second: u32,
+    pub max_viewers: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        match v {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    fn filter(q: TailQuery) -> Filter {
+        Filter::parse(&q).expect("filter")
+    }
+
+    #[test]
+    fn filters_match_what_they_say() {
+        let r = rec(
+            serde_json::json!({"sc-status": 503, "cs-uri-stem": "/img/a.png", "cs-uri-query": "v=2",
+            "x-edge-location": "IAD89-C1", "c-ip": "203.0.113.7", "x-edge-result-type": "Error"}),
+        );
+        let yes = [
+            TailQuery {
+                status: Some("5xx".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                status: Some("503".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                status: Some("5XX".into()),
+                path: Some("/img".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                location: Some("iad89-c1".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                ip: Some("203.0.113.0/24".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                ip: Some("203.0.113.7".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                ip: Some("0.0.0.0/0".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                result: Some("error".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                q: Some("A.PNG?V=2".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                status: Some("".into()),
+                ..Default::default()
+            },
+        ];
+        for q in yes {
+            assert!(filter(q).matches(&r));
+        }
+        let no = [
+            TailQuery {
+                status: Some("4xx".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                status: Some("500".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                path: Some("/css".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                ip: Some("203.0.114.0/24".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                ip: Some("2001:db8::/32".into()),
+                ..Default::default()
+            },
+            TailQuery {
+                result: Some("Hit".into()),
+                ..Default::default()
+            },
+        ];
+        for q in no {
+            assert!(!filter(q).matches(&r));
+        }
+        for bad in ["6xx", "0xx", "99", "600", "abc", "-1", "1e3", "5x"] {
+            assert!(
+                Filter::parse(&TailQuery {
+                    status: Some(bad.into()),
+                    ..Default::default()
+                })
+                .is_err(),
+                "{bad}"
+            );
+        }
+        for bad in ["1.2.3", "203.0.113.0/33", "::/129", "x/8", "203.0.113.0/-1"] {
+            assert!(
+                Filter::parse(&TailQuery {
+                    ip: Some(bad.into()),
+                    ..Default::default()
+                })
+                .is_err(),
+                "{bad}"
+            );
+        }
+        let long = "a".repeat(MAX_FILTER_BYTES + 1);
+        assert!(
+            Filter::parse(&TailQuery {
+                q: Some(long),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        // A record without the field does not match a filter on it.
+        assert!(
+            !filter(TailQuery {
+                status: Some("5xx".into()),
+                ..Default::default()
+            })
+            .matches(&rec(serde_json::json!({})))
+        );
+    }
+
+    #[test]
+    fn the_bucket_lets_the_rate_through() {
+        let mut b = Bucket {
+            rate: 200.0,
+            tokens: 200.0,
+            at: Instant::now(),
+        };
+        let passed = (0..1000).filter(|_| b.take()).count();
+        assert!((200..=202).contains(&passed), "{passed}");
+    }
+}
