@@ -28,4 +28,4 @@ pub use metrics::MinutePoint;
 pub use prometheus::prometheus_label;
 pub use runtime::{RunError, run, run_reloading};
 pub use store::{MetricsStore, last_complete_minute};
-pub use tail::TailSource;
+pub use tail::{TailRecord, TailSource, tail_channel};

@@ -20,8 +20,52 @@ use crate::api::Dashboard;
 use crate::auth::Scope;
 use crate::error::{ApiError, Path};
 
+/// A real-time record as the tail reads it: parsed once, for every page.
+#[derive(Debug)]
+pub struct TailRecord {
+    /// Its distribution.
+    pub key: String,
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// The CloudFront-named JSON, as sent to pages.
+    pub payload: Vec<u8>,
+}
+
+impl TailRecord {
+    /// `None` for a message that is not a JSON object.
+    pub fn parse(m: &StreamMessage) -> Option<TailRecord> {
+        match serde_json::from_slice(&m.payload) {
+            Ok(serde_json::Value::Object(fields)) => Some(TailRecord {
+                key: m.key.clone(),
+                fields,
+                payload: m.payload.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Where real-time records come from: a new follower of them.
-pub type TailSource = Arc<dyn Fn() -> broadcast::Receiver<Arc<StreamMessage>> + Send + Sync>;
+pub type TailSource = Arc<dyn Fn() -> broadcast::Receiver<Arc<TailRecord>> + Send + Sync>;
+
+/// A source fed by the returned function (call it with every real-time message): each is
+/// parsed once, and only while a page follows.
+pub fn tail_channel(capacity: usize) -> (TailSource, impl Fn(&StreamMessage) + Send + Sync) {
+    let (tx, _) = broadcast::channel::<Arc<TailRecord>>(capacity.max(1));
+    let feed = tx.clone();
+    let each = move |m: &StreamMessage| {
+        if feed.receiver_count() > 0
+            && let Some(r) = TailRecord::parse(m)
+        {
+            let _ = feed.send(Arc::new(r));
+        }
+    };
+    let source: TailSource = Arc::new(move || tx.subscribe());
+    (source, each)
+}
+
+/// The longest a page's stream lasts: the browser reconnects, and a page that stopped
+/// reading gives its slot back.
+const MAX_TAIL: Duration = Duration::from_secs(30 * 60);
 
 /// How often the counts go to the browser.
 const STATS_EVERY: Duration = Duration::from_secs(1);
@@ -82,14 +126,16 @@ impl Filter {
                 let bad = || {
                     format!("status: {s:?} is not a class (1xx to 5xx) or a status (100 to 599)")
                 };
+                let digits =
+                    |t: &str, n: usize| t.len() == n && t.bytes().all(|b| b.is_ascii_digit());
                 if let Some(c) = lower.strip_suffix("xx") {
                     match c.parse::<u16>() {
-                        Ok(c @ 1..=5) => Some(Status::Class(c)),
+                        Ok(class @ 1..=5) if digits(c, 1) => Some(Status::Class(class)),
                         _ => return Err(bad()),
                     }
                 } else {
                     match lower.parse::<u16>() {
-                        Ok(n @ 100..=599) => Some(Status::Exact(n)),
+                        Ok(n @ 100..=599) if digits(&lower, 3) => Some(Status::Exact(n)),
                         _ => return Err(bad()),
                     }
                 }
@@ -145,6 +191,8 @@ impl Filter {
             let Some(ip) = text("c-ip").and_then(|s| s.parse::<IpAddr>().ok()) else {
                 return false;
             };
+            // ::ffff:203.0.113.9 is 203.0.113.9.
+            let ip = ip.to_canonical();
             if !in_prefix(ip, *net, *bits) {
                 return false;
             }
@@ -169,10 +217,20 @@ fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
     let ip: IpAddr = addr.parse().ok()?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let bits = match bits {
-        Some(b) => b.parse::<u8>().ok().filter(|b| *b <= max)?,
+        Some(b) if !b.is_empty() && b.len() <= 3 && b.bytes().all(|c| c.is_ascii_digit()) => {
+            b.parse::<u8>().ok().filter(|b| *b <= max)?
+        }
+        Some(_) => return None,
         None => max,
     };
-    Some((ip, bits))
+    // An IPv4-mapped prefix (::ffff:a.b.c.d/120) means the IPv4 one.
+    match ip {
+        IpAddr::V6(v6) if bits >= 96 => match v6.to_ipv4_mapped() {
+            Some(v4) => Some((IpAddr::V4(v4), bits - 96)),
+            None => Some((ip, bits)),
+        },
+        _ => Some((ip, bits)),
+    }
 }
 
 fn in_prefix(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
@@ -189,44 +247,46 @@ fn in_prefix(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     }
 }
 
-/// Up to `rate` a second, in bursts of at most `rate`.
+/// At most `rate` in each second (the seconds between two `stats` events).
 struct Bucket {
-    rate: f64,
-    tokens: f64,
-    at: Instant,
+    rate: u64,
+    used: u64,
 }
 
 impl Bucket {
     fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.used < self.rate {
+            self.used += 1;
             true
         } else {
             false
         }
     }
+
+    fn next_second(&mut self) {
+        self.used = 0;
+    }
 }
 
 struct Tail {
     id: String,
-    rx: broadcast::Receiver<Arc<StreamMessage>>,
+    rx: broadcast::Receiver<Arc<TailRecord>>,
     filter: Filter,
     bucket: Bucket,
     next_stats: Instant,
+    ends: Instant,
     closing: tokio::sync::watch::Receiver<bool>,
     _viewer: tokio::sync::OwnedSemaphorePermit,
     sent: u64,
     matched: u64,
     skipped: u64,
+    behind: u64,
 }
 
 /// `GET /api/distributions/{id}/tail?status=&path=&location=&ip=&result=&q=`: server-sent
 /// events, `record` (the record as CloudFront-named JSON) and, every second, `stats`
-/// (`sent`, `matched`, `skipped`: matched but over the rate, or missed by a slow page).
+/// (`sent`, `matched`, `skipped`: matched but over the rate; `behind`: times the page
+/// fell behind the stream and missed records, not counted, since they may be anyone's).
 pub(crate) async fn tail(
     State(d): State<Dashboard>,
     Extension(scope): Extension<Scope>,
@@ -243,39 +303,33 @@ pub(crate) async fn tail(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyTails(d.tail_limits.max_viewers))?;
-    let rate = d.tail_limits.max_per_second as f64;
     let state = Tail {
         id,
         rx: source(),
         filter,
         bucket: Bucket {
-            rate,
-            tokens: rate,
-            at: Instant::now(),
+            rate: u64::from(d.tail_limits.max_per_second),
+            used: 0,
         },
         next_stats: Instant::now(),
+        ends: Instant::now() + MAX_TAIL,
         closing: d.closing.clone(),
         _viewer: viewer,
         sent: 0,
         matched: 0,
         skipped: 0,
+        behind: 0,
     };
     let events = futures::stream::unfold(state, |mut t| async move {
         loop {
-            if *t.closing.borrow() {
+            if *t.closing.borrow() || Instant::now() >= t.ends {
                 return None;
             }
             let wait = t.next_stats.saturating_duration_since(Instant::now());
             tokio::select! {
                 r = t.rx.recv() => match r {
                     Ok(m) => {
-                        if m.key != t.id {
-                            continue;
-                        }
-                        let Ok(serde_json::Value::Object(rec)) = serde_json::from_slice(&m.payload) else {
-                            continue;
-                        };
-                        if !t.filter.matches(&rec) {
+                        if m.key != t.id || !t.filter.matches(&m.fields) {
                             continue;
                         }
                         t.matched += 1;
@@ -287,12 +341,13 @@ pub(crate) async fn tail(
                         let data = String::from_utf8_lossy(&m.payload).into_owned();
                         return Some((Ok::<_, Infallible>(Event::default().event("record").data(data)), t));
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => t.skipped += n,
+                    Err(broadcast::error::RecvError::Lagged(_)) => t.behind += 1,
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
                 () = tokio::time::sleep(wait) => {
                     t.next_stats = Instant::now() + STATS_EVERY;
-                    let stats = serde_json::json!({"sent": t.sent, "matched": t.matched, "skipped": t.skipped});
+                    t.bucket.next_second();
+                    let stats = serde_json::json!({"sent": t.sent, "matched": t.matched, "skipped": t.skipped, "behind": t.behind});
                     return Some((Ok(Event::default().event("stats").data(stats.to_string())), t));
                 }
                 _ = t.closing.changed() => return None,
@@ -446,13 +501,53 @@ mod tests {
     }
 
     #[test]
-    fn the_bucket_lets_the_rate_through() {
-        let mut b = Bucket {
-            rate: 200.0,
-            tokens: 200.0,
-            at: Instant::now(),
-        };
-        let passed = (0..1000).filter(|_| b.take()).count();
-        assert!((200..=202).contains(&passed), "{passed}");
+    fn the_bucket_lets_the_rate_through_each_second() {
+        let mut b = Bucket { rate: 200, used: 0 };
+        assert_eq!((0..1000).filter(|_| b.take()).count(), 200);
+        b.next_second();
+        assert_eq!((0..1000).filter(|_| b.take()).count(), 200);
+    }
+
+    #[test]
+    fn mapped_addresses_and_strict_numbers() {
+        let r = rec(serde_json::json!({"c-ip": "::ffff:203.0.113.9", "sc-status": 503}));
+        for ip in ["203.0.113.0/24", "0.0.0.0/0", "::ffff:203.0.113.0/120"] {
+            assert!(
+                filter(TailQuery {
+                    ip: Some(ip.into()),
+                    ..Default::default()
+                })
+                .matches(&r),
+                "{ip}"
+            );
+        }
+        let v4 = rec(serde_json::json!({"c-ip": "203.0.113.9"}));
+        assert!(
+            filter(TailQuery {
+                ip: Some("::ffff:203.0.113.0/120".into()),
+                ..Default::default()
+            })
+            .matches(&v4)
+        );
+        for bad in ["+503", "0503", "05xx", "+5xx", "5xxx"] {
+            assert!(
+                Filter::parse(&TailQuery {
+                    status: Some(bad.into()),
+                    ..Default::default()
+                })
+                .is_err(),
+                "{bad}"
+            );
+        }
+        for bad in ["1.2.3.4/+8", "1.2.3.4/", "1.2.3.4/0008"] {
+            assert!(
+                Filter::parse(&TailQuery {
+                    ip: Some(bad.into()),
+                    ..Default::default()
+                })
+                .is_err(),
+                "{bad}"
+            );
+        }
     }
 }

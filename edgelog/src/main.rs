@@ -445,25 +445,28 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
 /// Real-time records for the dashboard's live tail: the real-time topic when there is
 /// one, else the in-process stream (`bus`, when the collector runs in this process).
 fn tail_source(cfg: &Config, bus: Option<&Bus>) -> Option<edgelog_dashboard::TailSource> {
+    let (source, each) = edgelog_dashboard::tail_channel(cfg.sinks.bus_capacity());
     if let Some(k) = cfg.sinks.realtime_kafka() {
-        // Live tails read what this task forwards; a slow page misses the oldest.
-        let (tx, _) = tokio::sync::broadcast::channel(cfg.sinks.bus_capacity().max(1));
-        let forward = tx.clone();
         tokio::spawn(async move {
-            let followed = follow_realtime(&k, |m| {
-                if forward.receiver_count() > 0 {
-                    let _ = forward.send(Arc::new(m));
-                }
-            })
-            .await;
-            if let Err(e) = followed {
+            if let Err(e) = follow_realtime(&k, |m| each(&m)).await {
                 tracing::error!(error = %e, "cannot read the real-time topic: no live tail");
             }
         });
-        return Some(Arc::new(move || tx.subscribe()));
+        return Some(source);
     }
-    let bus = bus?.clone();
-    Some(Arc::new(move || bus.subscribe_records()))
+    let mut records = bus?.subscribe_records();
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match records.recv().await {
+                Ok(m) => each(&m),
+                // Pages count what they miss themselves.
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
+    Some(source)
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

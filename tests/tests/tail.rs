@@ -396,6 +396,7 @@ fn the_tail_page_shows_records_arrive_filtered_and_pauses_in_chromium() -> anyho
     };
     let page = demo.dashboard_url("/distributions/EDEMO/tail?status=5xx");
     let paused_page = format!("{page}&paused=1");
+    let refused_page = demo.dashboard_url("/distributions/EDEMO/tail?status=6xx");
     let artifacts = edgelog_tests::binary()
         .parent()
         .and_then(|p| p.parent())
@@ -405,7 +406,11 @@ fn the_tail_page_shows_records_arrive_filtered_and_pauses_in_chromium() -> anyho
     let shot = artifacts.join("dashboard-live-tail.png");
     let doms = chromium_pages(
         &dir.path().join("chromium"),
-        &[(&page, Some(&shot)), (&paused_page, None)],
+        &[
+            (&page, Some(&shot)),
+            (&paused_page, None),
+            (&refused_page, None),
+        ],
         3000,
     );
     let overview = edgelog_tests::http_get(&demo.dashboard_url("/distributions/EDEMO"));
@@ -413,7 +418,12 @@ fn the_tail_page_shows_records_arrive_filtered_and_pauses_in_chromium() -> anyho
     let _ = feeding.join();
     demo.stop()?;
     let (doms, overview) = (doms?, overview?);
-    let (dom, paused) = (&doms[0], &doms[1]);
+    let (dom, paused, refused) = (&doms[0], &doms[1], &doms[2]);
+    // A refused filter is shown with the server's reason.
+    assert!(
+        refused.contains("stopped: live tail: status"),
+        "the page says why: {refused}"
+    );
 
     let rows: Vec<&str> = dom.split("<tr class=\"record ").skip(1).collect();
     assert!(rows.len() >= 5, "records arrived: {dom}");

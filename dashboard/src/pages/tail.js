@@ -24,7 +24,15 @@ function connect() {
   source = new EventSource("/api/distributions/" + encodeURIComponent(id) + "/tail?" + q);
   const state = document.getElementById("state");
   source.onopen = () => { state.textContent = "live"; };
-  source.onerror = () => { state.textContent = paused ? "paused" : "reconnecting"; };
+  source.onerror = () => {
+    if (paused) { state.textContent = "paused"; return; }
+    if (source.readyState !== EventSource.CLOSED) { state.textContent = "reconnecting"; return; }
+    // Refused (a bad filter, too many pages): say why, and try again later if it may pass.
+    fetch(source.url).then(r => r.json().then(v => [r.status, v]).catch(() => [r.status, {}])).then(([status, v]) => {
+      state.textContent = "stopped: " + (v.error || ("HTTP " + status));
+      if (status >= 500 || status === 0) setTimeout(() => { if (!paused) connect(); }, 10000);
+    }).catch(() => { state.textContent = "stopped: the dashboard cannot be reached"; setTimeout(() => { if (!paused) connect(); }, 10000); });
+  };
   source.addEventListener("record", e => {
     const r = JSON.parse(e.data), tr = el("tr");
     tr.className = "record s" + String(r["sc-status"] || "").charAt(0);
@@ -35,7 +43,7 @@ function connect() {
   });
   source.addEventListener("stats", e => {
     const s = JSON.parse(e.data);
-    document.getElementById("counts").textContent = "sent " + s.sent + " · matched " + s.matched + " · skipped " + s.skipped;
+    document.getElementById("counts").textContent = "sent " + s.sent + " · matched " + s.matched + " · skipped " + s.skipped + (s.behind ? " · fell behind " + s.behind + " times" : "");
   });
 }
 document.getElementById("filters").onsubmit = ev => { ev.preventDefault(); document.getElementById("rows").replaceChildren(); if (!paused) connect(); };
