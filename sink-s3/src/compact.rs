@@ -44,8 +44,8 @@ const OUTPUT_PREFIX: &str = "compacted-";
 pub struct CompactionConfig {
     /// A compacted file holds inputs up to about this many bytes (their Parquet sizes).
     pub target_bytes: u64,
-    /// ...and at most this many rows. A group is merged in memory: about three times its
-    /// decoded rows (see README).
+    /// ...and at most this many rows. A group is merged in memory: about 1.5 KiB a row
+    /// (see README).
     pub max_rows: u64,
     /// A partition is compacted once its hour ended this long ago, and a file once it was
     /// written this long ago: late records and a collector's retry of an upload land
@@ -64,7 +64,7 @@ impl Default for CompactionConfig {
     fn default() -> Self {
         CompactionConfig {
             target_bytes: 128 << 20,
-            max_rows: 1_000_000,
+            max_rows: 500_000,
             min_age: Duration::from_secs(3600),
             interval: Duration::ZERO,
             concurrency: 16,
