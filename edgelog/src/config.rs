@@ -204,6 +204,8 @@ const NOT_SECRET: &[&str] = &[
     "sasl.oauthbearer.method",
     "sasl.oauthbearer.scope",
     "sasl.oauthbearer.client.id",
+    "allow_unauthenticated",
+    "allow_unauthenticated_writes",
 ];
 
 /// Parts of a name that suggest its value is a secret: `collector.tokens`,
@@ -560,6 +562,8 @@ webhooks = ["http://hookuser:webhook-password-SECRET@127.0.0.1:9/alerts?key=webh
             "endpoint",
             "users",
             "webhooks",
+            "allow_unauthenticated",
+            "allow_unauthenticated_writes",
         ] {
             assert!(!is_secret_name(n), "{n}");
         }

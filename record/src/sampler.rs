@@ -82,6 +82,8 @@ impl SamplingConfig {
             check(format!("sampling.default.{sink}"), sink, *r)?;
         }
         for (id, rates) in &self.distributions {
+            // A key no record can carry would never apply: say so.
+            crate::check_distribution_id(id).map_err(|e| format!("sampling.distributions: {e}"))?;
             for (sink, r) in &rates.0 {
                 check(format!("sampling.distributions.{id}.{sink}"), sink, *r)?;
             }
@@ -102,5 +104,23 @@ impl SamplingConfig {
     pub fn decide(&self, distribution: &str, request_id: &str, sink: &str) -> Option<f64> {
         let rate = self.rate(distribution, sink);
         keep(request_id, rate).then_some(rate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_for_an_id_no_record_can_carry_is_refused() {
+        let with = |id: &str| SamplingConfig {
+            distributions: [(id.to_owned(), Rates::of([("standard", 10.0)]))].into(),
+            ..SamplingConfig::default()
+        };
+        assert!(with("E2EXAMPLE").validate(&["standard"]).is_ok());
+        for bad in ["not a valid id!!", "", "E/1", &"E".repeat(129)] {
+            let e = with(bad).validate(&["standard"]).expect_err(bad);
+            assert!(e.starts_with("sampling.distributions: "), "{e}");
+        }
     }
 }

@@ -7,8 +7,9 @@
 //! undoes one whose output does not. Readers may see a group's rows twice between the
 //! output's write and the inputs' deletion; they never miss one.
 //!
-//! Long (about 520 lines): planning, the crash repair and the writing share one manifest
-//! format and must change together.
+//! Long (about 800 lines): planning, the crash repair, re-uploads and the writing share
+//! one manifest and one set of invariants, and must change together. Row work is in
+//! `rows`, partition paths in `partition`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,18 +17,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use arrow_array::{Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
-};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{KeyValue, ParquetMetaDataReader};
 use parquet::file::statistics::Statistics;
 use serde::{Deserialize, Serialize};
+
+mod partition;
+mod rows;
+
+pub use partition::parse_partition;
+use rows::{encode, encode_batch, new_rows, row_keys};
 
 use crate::config::StandardLogsConfig;
 use crate::sink::writer_properties;
@@ -889,259 +892,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn file_name(p: &ObjectPath) -> &str {
     p.as_ref().rsplit('/').next().unwrap_or_default()
-}
-
-/// The files' rows, sorted by time, as one Parquet file.
-fn encode(
-    files: Vec<bytes::Bytes>,
-    footers: Vec<(ArrowReaderMetadata, String)>,
-    props: parquet::file::properties::WriterProperties,
-    what: &str,
-) -> Result<Vec<u8>, CompactionError> {
-    let arrow = |source| CompactionError::Arrow {
-        path: what.to_owned(),
-        source,
-    };
-    let schema = footers[0].0.schema().clone();
-    let mut batches = Vec::new();
-    // An error names the input that caused it.
-    for (file, (footer, name)) in files.into_iter().zip(footers) {
-        batches.extend(decode(file, footer, &name)?);
-    }
-    let all = arrow_select::concat::concat_batches(&schema, &batches).map_err(arrow)?;
-    drop(batches);
-    let sorted = sort_by_time(&all).map_err(arrow)?;
-    drop(all);
-    encode_batch(&sorted, props, what)
-}
-
-const REQUEST_ID: &str = "x_edge_request_id";
-
-/// Each row's (request id, time): what says two rows are the same record.
-fn row_keys(
-    file: bytes::Bytes,
-    footer: ArrowReaderMetadata,
-    what: &str,
-) -> Result<Vec<(String, i64)>, CompactionError> {
-    let mut out = Vec::new();
-    for b in decode(file, footer, what)? {
-        let (ids, ts) = key_columns(&b, what)?;
-        out.extend((0..b.num_rows()).map(|n| (ids.value(n).to_owned(), ts.value(n))));
-    }
-    Ok(out)
-}
-
-fn key_columns<'a>(
-    b: &'a RecordBatch,
-    what: &str,
-) -> Result<(&'a arrow_array::StringArray, &'a TimestampMillisecondArray), CompactionError> {
-    let ids = b
-        .column_by_name(REQUEST_ID)
-        .and_then(|c| c.as_any().downcast_ref::<arrow_array::StringArray>());
-    let ts = b
-        .column_by_name("timestamp")
-        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>());
-    match (ids, ts) {
-        (Some(i), Some(t)) => Ok((i, t)),
-        _ => Err(CompactionError::Arrow {
-            path: what.to_owned(),
-            source: arrow_schema::ArrowError::SchemaError(format!(
-                "no {REQUEST_ID} or timestamp column: rows cannot be told apart"
-            )),
-        }),
-    }
-}
-
-/// The file's rows not in `held` (each held key matches one row, once); `None` when none
-/// are left. Returns what is left of `held`, and how many rows were dropped.
-#[allow(clippy::type_complexity)]
-fn new_rows(
-    file: bytes::Bytes,
-    footer: ArrowReaderMetadata,
-    mut held: HashMap<(String, i64), u32>,
-    what: &str,
-) -> Result<(Option<RecordBatch>, u64, HashMap<(String, i64), u32>), CompactionError> {
-    let schema = footer.schema().clone();
-    let mut kept = Vec::new();
-    let mut dropped = 0u64;
-    for b in decode(file, footer, what)? {
-        let (ids, ts) = key_columns(&b, what)?;
-        let keep: arrow_array::BooleanArray = (0..b.num_rows())
-            .map(|n| {
-                let key = (ids.value(n).to_owned(), ts.value(n));
-                match held.get_mut(&key) {
-                    Some(c) if *c > 0 => {
-                        *c -= 1;
-                        dropped += 1;
-                        Some(false)
-                    }
-                    _ => Some(true),
-                }
-            })
-            .collect();
-        let b = arrow_select::filter::filter_record_batch(&b, &keep).map_err(|source| {
-            CompactionError::Arrow {
-                path: what.to_owned(),
-                source,
-            }
-        })?;
-        if b.num_rows() > 0 {
-            kept.push(b);
-        }
-    }
-    if kept.is_empty() {
-        return Ok((None, dropped, held));
-    }
-    let rest = arrow_select::concat::concat_batches(&schema, &kept).map_err(|source| {
-        CompactionError::Arrow {
-            path: what.to_owned(),
-            source,
-        }
-    })?;
-    Ok((Some(rest), dropped, held))
-}
-
-fn decode(
-    file: bytes::Bytes,
-    footer: ArrowReaderMetadata,
-    what: &str,
-) -> Result<Vec<RecordBatch>, CompactionError> {
-    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer)
-        .with_batch_size(64 * 1024)
-        .build()
-        .map_err(parquet_err(&what))?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| CompactionError::Arrow {
-            path: what.to_owned(),
-            source,
-        })
-}
-
-fn encode_batch(
-    batch: &RecordBatch,
-    props: parquet::file::properties::WriterProperties,
-    what: &str,
-) -> Result<Vec<u8>, CompactionError> {
-    let mut out = Vec::new();
-    let mut writer =
-        ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).map_err(parquet_err(&what))?;
-    writer.write(batch).map_err(parquet_err(&what))?;
-    writer.close().map_err(parquet_err(&what))?;
-    Ok(out)
-}
-
-/// Rows in time order; rows of one millisecond keep their order (stable).
-fn sort_by_time(batch: &RecordBatch) -> Result<RecordBatch, arrow_schema::ArrowError> {
-    let Some(ts) = batch.schema().index_of("timestamp").ok().and_then(|n| {
-        batch
-            .column(n)
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .cloned()
-    }) else {
-        return Ok(batch.clone());
-    };
-    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-    order.sort_by_key(|&n| (ts.is_null(n as usize), ts.value(n as usize)));
-    arrow_select::take::take_record_batch(batch, &UInt32Array::from(order))
-}
-
-/// The start of the partition's hour, from a path the template made: `Some(None)` when the
-/// template has no full date, `None` when the path is not one of the template's.
-pub fn parse_partition(template: &str, path: &str) -> Option<Option<i64>> {
-    let (mut y, mut mo, mut d, mut h) = (None, None, None, None);
-    let mut rest = path;
-    let mut t = template;
-    while !t.is_empty() {
-        if let Some(after) = t.strip_prefix('{') {
-            let (var, after) = after.split_once('}')?;
-            t = after;
-            let digits = |n: usize, rest: &mut &str| -> Option<u32> {
-                let s = rest.get(..n)?;
-                if !s.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                *rest = &rest[n..];
-                s.parse().ok()
-            };
-            match var {
-                "yyyy" => y = Some(digits(4, &mut rest)?),
-                "MM" => mo = Some(digits(2, &mut rest)?),
-                "dd" => d = Some(digits(2, &mut rest)?),
-                "HH" => h = Some(digits(2, &mut rest)?),
-                "DistributionId" => {
-                    // Up to the template's next literal character (ids hold no '/').
-                    let stop = t.chars().next();
-                    let end = match stop {
-                        Some(c) => rest.find(c)?,
-                        None => rest.len(),
-                    };
-                    if end == 0 || rest[..end].contains('/') {
-                        return None;
-                    }
-                    rest = &rest[end..];
-                }
-                _ => return None,
-            }
-        } else {
-            let c = t.chars().next()?;
-            rest = rest.strip_prefix(c)?;
-            t = &t[c.len_utf8()..];
-        }
-    }
-    if !rest.is_empty() {
-        return None;
-    }
-    Some(match (y, mo, d, h) {
-        (Some(y), Some(mo), Some(d), Some(h))
-            if (1..=12).contains(&mo) && (1..=31).contains(&d) && h < 24 =>
-        {
-            let days = edgelog_record::time::days_from_civil(y as i64, mo, d);
-            Some(days * 86_400_000 + h as i64 * 3_600_000)
-        }
-        (Some(_), Some(_), Some(_), Some(_)) => return None,
-        _ => None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partitions_parse_back_from_the_template() {
-        let t = crate::config::DEFAULT_TEMPLATE;
-        let hour = edgelog_record::time::days_from_civil(2026, 11, 26) * 86_400_000 + 5 * 3_600_000;
-        assert_eq!(
-            parse_partition(t, "DistributionId=E1/year=2026/month=11/day=26/hour=05"),
-            Some(Some(hour))
-        );
-        assert_eq!(
-            parse_partition(t, "DistributionId=/year=2026/month=11/day=26/hour=05"),
-            None
-        );
-        assert_eq!(
-            parse_partition(t, "DistributionId=E1/year=2026/month=13/day=26/hour=05"),
-            None
-        );
-        assert_eq!(
-            parse_partition(t, "DistributionId=E1/year=2026/month=11/day=26/hour=24"),
-            None
-        );
-        assert_eq!(
-            parse_partition(t, "DistributionId=E1/year=2026/month=11/day=26/hour=5"),
-            None
-        );
-        assert_eq!(
-            parse_partition(t, "DistributionId=E1/year=2026/month=11/day=26/hour=05/x"),
-            None
-        );
-        assert_eq!(parse_partition(t, "other/thing"), None);
-        assert_eq!(
-            parse_partition("{DistributionId}/{HH}", "E1/07"),
-            Some(None)
-        );
-        assert_eq!(parse_partition("{DistributionId}/{HH}", "E1"), None);
-    }
 }

@@ -296,3 +296,65 @@ fn a_hostile_client_and_a_hand_edited_file_are_refused() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_file_reload_leaves_an_alarm_made_through_the_api_alone() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("alarms.toml");
+    let file = |threshold: u32, extra: bool| {
+        let mut t = format!(
+            "data_dir = \"{}\"\n[dashboard]\nlisten = \"127.0.0.1:0\"\ntokens = [\"{ADMIN}\"]\n\
+             [[dashboard.alarms]]\nname = \"filealarm\"\ndistribution = \"*\"\nmetric = \"Requests\"\n\
+             comparison = \"GreaterThanThreshold\"\nthreshold = {threshold}\n",
+            dir.path().join("data").display()
+        );
+        if extra {
+            t.push_str(
+                "[[dashboard.alarms]]\nname = \"other\"\ndistribution = \"*\"\nmetric = \"Requests\"\n\
+                 comparison = \"GreaterThanThreshold\"\nthreshold = 1\n",
+            );
+        }
+        t
+    };
+    std::fs::write(&config, file(100, false))?;
+    let d = TestServer::command(
+        edgelog_tests::Kind::Dashboard,
+        dir.path(),
+        &["dashboard", "--config", &config.display().to_string()],
+    )?;
+    let auth = bearer(ADMIN);
+    let alarm = r#"{"name":"filealarm","distribution":"*","metric":"Requests","comparison":"GreaterThanThreshold","threshold":5}"#;
+    let (s, body) = http_request(
+        "PUT",
+        &d.dashboard_url("/api/alarms/definitions/filealarm"),
+        &[("authorization", &auth)],
+        alarm,
+    )?;
+    assert_eq!(s, 200, "{body}");
+    std::fs::write(&config, file(200, true))?;
+    d.signal("HUP")?;
+    assert!(wait_until(
+        within(std::time::Duration::from_secs(10)),
+        || { d.log_text().contains("configuration reloaded") }
+    ));
+    let (_, body) = http_request(
+        "GET",
+        &d.dashboard_url("/api/alarms/definitions"),
+        &[("authorization", &auth)],
+        "",
+    )?;
+    let defs: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+    let threshold = |name: &str| {
+        defs.iter()
+            .find(|a| a["name"] == name)
+            .and_then(|a| a["threshold"].as_f64())
+    };
+    assert_eq!(threshold("filealarm"), Some(5.0), "the API's stays: {body}");
+    assert_eq!(
+        threshold("other"),
+        Some(1.0),
+        "the file's new one is added: {body}"
+    );
+    d.stop()?;
+    Ok(())
+}

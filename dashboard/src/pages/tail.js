@@ -36,6 +36,8 @@ function connect() {
   source.addEventListener("record", e => {
     const r = JSON.parse(e.data), tr = el("tr");
     tr.className = "record s" + String(r["sc-status"] || "").charAt(0);
+    // Without a time field (a topic's field selection), the message's timestamp.
+    if (r.time === undefined && r["timestamp(ms)"] !== undefined) r.time = new Date(r["timestamp(ms)"]).toISOString().slice(11, 19);
     for (const c of shown) tr.append(el("td", r[c] === undefined || r[c] === null ? "-" : String(r[c])));
     const rows = document.getElementById("rows");
     rows.prepend(tr);
