@@ -503,6 +503,30 @@ mod tests {
     }
 
     #[test]
+    fn tail_limits_at_and_past_their_ends() {
+        let with = |per_second: u32, viewers: usize| {
+            crate::DashboardConfig {
+                tail_max_per_second: per_second,
+                tail_max_viewers: viewers,
+                ..Default::default()
+            }
+            .validate()
+        };
+        assert!(with(1, 1).is_ok() && with(10_000, 1_000).is_ok());
+        for (r, v) in [
+            (0, 32),
+            (10_001, 32),
+            (u32::MAX, 32),
+            (200, 0),
+            (200, 1_001),
+            (200, usize::MAX),
+        ] {
+            let e = with(r, v).expect_err("refused");
+            assert!(e.contains("dashboard.tail_max_"), "{e}");
+        }
+    }
+
+    #[test]
     fn the_bucket_lets_the_rate_through_each_second() {
         let mut b = Bucket { rate: 200, used: 0 };
         assert_eq!((0..1000).filter(|_| b.take()).count(), 200);

@@ -893,3 +893,82 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 fn file_name(p: &ObjectPath) -> &str {
     p.as_ref().rsplit('/').next().unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_at_and_past_its_limits() {
+        let ok = |c: CompactionConfig| c.validate("c");
+        let d = CompactionConfig::default;
+        assert!(ok(d()).is_ok());
+        for t in [1 << 10, 5 << 40] {
+            assert!(
+                ok(CompactionConfig {
+                    target_bytes: t,
+                    ..d()
+                })
+                .is_ok(),
+                "{t}"
+            );
+        }
+        for t in [0, (1 << 10) - 1, (5 << 40) + 1, u64::MAX] {
+            let e = ok(CompactionConfig {
+                target_bytes: t,
+                ..d()
+            })
+            .expect_err("refused");
+            assert!(e.contains("c.target_bytes"), "{e}");
+        }
+        for r in [0, (1 << 32) + 1, u64::MAX] {
+            assert!(ok(CompactionConfig { max_rows: r, ..d() }).is_err(), "{r}");
+        }
+        assert!(
+            ok(CompactionConfig {
+                max_rows: 1 << 32,
+                ..d()
+            })
+            .is_ok()
+        );
+        for n in [0, 1025, usize::MAX] {
+            assert!(
+                ok(CompactionConfig {
+                    concurrency: n,
+                    ..d()
+                })
+                .is_err(),
+                "{n}"
+            );
+        }
+        let day = Duration::from_secs(86_400);
+        assert!(
+            ok(CompactionConfig {
+                min_age: day * 366,
+                ..d()
+            })
+            .is_err()
+        );
+        assert!(
+            ok(CompactionConfig {
+                min_age: Duration::ZERO,
+                ..d()
+            })
+            .is_ok()
+        );
+        assert!(
+            ok(CompactionConfig {
+                interval: Duration::from_millis(999),
+                ..d()
+            })
+            .is_err()
+        );
+        assert!(
+            ok(CompactionConfig {
+                interval: Duration::from_secs(1),
+                ..d()
+            })
+            .is_ok()
+        );
+    }
+}
