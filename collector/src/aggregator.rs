@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use edgelog_record::{MinuteAggregate, MinuteUpdate};
+use edgelog_record::{MinuteAggregate, MinuteReport, MinuteUpdate};
 
 use crate::sink::{Batch, Sink, SinkError};
 use crate::wal::Seq;
@@ -22,13 +22,32 @@ pub trait Publisher: Send + Sync {
     async fn publish(&self, updates: Vec<MinuteUpdate>) -> Result<(), SinkError>;
 }
 
-/// Counts records into per-minute aggregates.
+/// Reports waiting to be published are estimated at this many bytes per record counted
+/// into them, up to [`REPORT_RECORDS`] records (a summary is bounded, whatever it counts).
+const REPORT_BYTES_PER_RECORD: usize = 160;
+const REPORT_RECORDS: u64 = 400;
+/// Reports waiting past this estimate are published before the interval ends: memory
+/// stays bounded with any number of distributions.
+pub const MAX_PENDING_REPORT_BYTES: usize = 64 << 20;
+
+/// One distribution's minute, waiting to be published.
+#[derive(Default)]
+struct Pending {
+    aggregate: MinuteAggregate,
+    report: Option<Box<MinuteReport>>,
+}
+
+/// Counts records into per-minute aggregates (and reports, unless turned off).
 pub struct MetricsAggregator {
     collector_id: String,
     publisher: Arc<dyn Publisher>,
     interval: Duration,
     /// Counts not yet published, by distribution and minute.
-    pending: HashMap<String, HashMap<i64, MinuteAggregate>>,
+    pending: HashMap<String, HashMap<i64, Pending>>,
+    /// Reports are kept: user agents are classified by this.
+    viewers: Option<crate::viewer::ViewerClassifier>,
+    /// Estimated bytes of the reports in `pending`.
+    report_bytes: usize,
     /// Position of the last entry counted into `pending`.
     counted: Seq,
     delivered: Seq,
@@ -45,12 +64,20 @@ impl MetricsAggregator {
             publisher,
             interval,
             pending: HashMap::new(),
+            viewers: Some(crate::viewer::ViewerClassifier::default()),
+            report_bytes: 0,
             counted: 0,
             delivered: 0,
             last_publish: Instant::now(),
             published: 0,
             state_file: None,
         }
+    }
+
+    /// Counts the minute aggregates only, without reports.
+    pub fn without_reports(mut self) -> Self {
+        self.viewers = None;
+        self
     }
 
     /// Keeps the last published entry in `path` (read now, written after every publish).
@@ -83,16 +110,18 @@ impl MetricsAggregator {
                 .pending
                 .iter()
                 .flat_map(|(d, minutes)| {
-                    minutes.iter().map(move |(m, a)| MinuteUpdate {
+                    minutes.iter().map(move |(m, p)| MinuteUpdate {
                         collector_id: collector.clone(),
                         distribution_id: d.clone(),
                         minute_ms: *m,
-                        aggregate: a.clone(),
+                        aggregate: p.aggregate.clone(),
+                        report: p.report.clone(),
                     })
                 })
                 .collect();
             self.publisher.publish(updates).await?;
             self.pending.clear();
+            self.report_bytes = 0;
             self.save_published()?;
         }
         self.delivered = self.counted;
@@ -113,6 +142,11 @@ impl Sink for MetricsAggregator {
             self.counted = entry.seq;
             return Ok(());
         }
+        if self.report_bytes > MAX_PENDING_REPORT_BYTES {
+            // Before counting more: while publishing fails, nothing more is held.
+            tracing::debug!(bytes = self.report_bytes, "publishing reports early");
+            self.publish().await?;
+        }
         for r in batch.records().map(|k| k.record) {
             let minute = r.timestamp_ms - r.timestamp_ms.rem_euclid(60_000);
             // Look up before inserting: no id copied per record.
@@ -120,7 +154,15 @@ impl Sink for MetricsAggregator {
                 Some(m) => m,
                 None => self.pending.entry(r.distribution_id.clone()).or_default(),
             };
-            minutes.entry(minute).or_default().add(r);
+            let p = minutes.entry(minute).or_default();
+            p.aggregate.add(r);
+            if let Some(viewers) = &mut self.viewers {
+                let viewer = viewers.classify(r.cs_user_agent.as_deref());
+                p.report.get_or_insert_default().add(r, &viewer);
+                if p.aggregate.requests <= REPORT_RECORDS {
+                    self.report_bytes += REPORT_BYTES_PER_RECORD;
+                }
+            }
         }
         self.counted = entry.seq;
         Ok(())

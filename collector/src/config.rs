@@ -62,6 +62,9 @@ pub struct CollectorConfig {
     /// How often per-minute partial aggregates are published.
     #[serde(with = "humantime_serde")]
     pub metrics_interval: Duration,
+    /// Whether the minute aggregates carry CloudFront's reports (popular objects, top
+    /// referrers, viewers, cache statistics, usage) for the dashboard.
+    pub reports: bool,
     /// The most bytes each sink's dead-letter store (`{data_dir}/dead-letter/{sink}/`)
     /// may hold; once full, that sink waits (its records stay in the log) until files
     /// are moved away.
@@ -102,6 +105,7 @@ impl Default for CollectorConfig {
             max_field_bytes: edgelog_record::DEFAULT_MAX_FIELD_BYTES as u64,
             shutdown_timeout: Duration::from_secs(30),
             metrics_interval: Duration::from_secs(5),
+            reports: true,
             dead_letter_max_bytes: 1 << 30,
             idempotency_ttl_secs: 86_400,
             idempotency_max_keys: 100_000,

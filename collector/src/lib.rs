@@ -15,6 +15,7 @@ mod ingest;
 pub mod privacy;
 pub mod serve;
 mod sink;
+pub mod viewer;
 pub use edgelog_wal as wal;
 pub use edgelog_wal::state_file;
 

@@ -32,6 +32,7 @@ fn update(d: usize, minute: i64) -> MinuteUpdate {
         distribution_id: format!("E{d:013}"),
         minute_ms: minute * 60_000,
         aggregate: a,
+        report: None,
     }
 }
 

@@ -880,6 +880,7 @@ mod tests {
                 cache_hits: errors,
                 ..MinuteAggregate::default()
             },
+            report: None,
         });
     }
 

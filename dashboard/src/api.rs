@@ -104,6 +104,14 @@ pub fn app(dashboard: Dashboard) -> Router {
         .route("/distributions/{id}/tail", get(pages::tail))
         .route("/api/distributions/{id}/tail", get(crate::tail::tail))
         .route("/api/distributions/{id}/series", get(series))
+        .route(
+            "/distributions/{id}/reports/{report}",
+            get(crate::reports::page),
+        )
+        .route(
+            "/api/distributions/{id}/reports/{report}",
+            get(crate::reports::api),
+        )
         .route("/api/distributions/{id}/charts/{chart}", get(chart))
         .route("/api/alarms", get(alarm_states))
         .route("/api/alarms/history", get(alarm_history))

@@ -132,13 +132,39 @@ fn drawable(v: f64, cap: f64) -> Option<f64> {
 
 /// The top of the y axis for the largest value drawn: 15 % of headroom, at least 1 (a
 /// flat zero line stays visible), percentages at most 100, never past [`Y_CAP`].
+#[cfg(test)]
 fn y_top(chart: Chart, largest: f64) -> f64 {
-    let top = (largest * 1.15).clamp(1.0, Y_CAP);
-    match chart.first_line().map(|m| m.unit) {
-        Some(Unit::Percent) => top.min(100.0),
-        _ => top,
-    }
+    y_top_of(is_percent(chart), largest)
 }
+
+fn is_percent(chart: Chart) -> bool {
+    matches!(chart.first_line().map(|m| m.unit), Some(Unit::Percent))
+}
+
+fn y_top_of(percent: bool, largest: f64) -> f64 {
+    let top = (largest * 1.15).clamp(1.0, Y_CAP);
+    if percent { top.min(100.0) } else { top }
+}
+
+/// One series of a line chart.
+pub struct Line {
+    pub label: String,
+    pub color: RGBColor,
+    /// `(ms, value)`, any values (see [`lines_svg`]).
+    pub data: Vec<(i64, f64)>,
+}
+
+/// Colours of the series of a report's charts, in order.
+pub const PALETTE: [RGBColor; 8] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
+];
 
 /// Draws `chart` over `[from_ms, to_ms)` as an SVG document. Any values are fine: NaN is
 /// left out, infinities and values past 10^300 (or past 100 for a percentage) are drawn at
@@ -151,30 +177,52 @@ pub fn render(
     to_ms: i64,
     size: (u32, u32),
 ) -> Result<String, String> {
+    let defs = chart.lines();
+    let lines: Vec<Line> = defs
+        .iter()
+        .map(|m| Line {
+            label: m
+                .column
+                .trim_start_matches("origin_latency_")
+                .trim_start_matches("error_rate_")
+                .to_owned(),
+            color: m.color,
+            data: points
+                .iter()
+                .filter_map(|p| Some((p.minute_ms, (m.get)(p)?)))
+                .collect(),
+        })
+        .collect();
+    let percent = is_percent(chart);
+    let caption = format!("{} ({})", chart.title(), chart.unit());
+    lines_svg(&caption, percent, &lines, from_ms, to_ms, size)
+}
+
+/// Draws `lines` over `[from_ms, to_ms)` as an SVG document, with a legend when there
+/// are several. Values are brought within bounds as [`render`] says.
+pub fn lines_svg(
+    caption: &str,
+    percent: bool,
+    lines: &[Line],
+    from_ms: i64,
+    to_ms: i64,
+    size: (u32, u32),
+) -> Result<String, String> {
     let to_ms = to_ms.max(from_ms.saturating_add(60_000));
     let from_ms = from_ms.max(to_ms.saturating_sub(MAX_SPAN_MS));
-    let lines = chart.lines();
-    let mut largest: f64 = 0.0;
-    for p in points
+    let in_span = |(x, _): &&(i64, f64)| (from_ms..to_ms).contains(x);
+    let largest = lines
         .iter()
-        .filter(|p| (from_ms..to_ms).contains(&p.minute_ms))
-    {
-        for m in &lines {
-            if let Some(v) = (m.get)(p).and_then(|v| drawable(v, Y_CAP)) {
-                largest = largest.max(v);
-            }
-        }
-    }
-    let y_max = y_top(chart, largest);
+        .flat_map(|l| l.data.iter().filter(in_span))
+        .filter_map(|(_, v)| drawable(*v, Y_CAP))
+        .fold(0.0, f64::max);
+    let y_max = y_top_of(percent, largest);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut ctx = ChartBuilder::on(&root)
-            .caption(
-                format!("{} ({})", chart.title(), chart.unit()),
-                ("sans-serif", 17),
-            )
+            .caption(caption, ("sans-serif", 17))
             .margin(8)
             .x_label_area_size(28)
             .y_label_area_size(52)
@@ -191,12 +239,13 @@ pub fn render(
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(|e| e.to_string())?;
-        for m in &lines {
-            let color = m.color;
-            let data: Vec<(i64, f64)> = points
+        for l in lines {
+            let color = l.color;
+            let data: Vec<(i64, f64)> = l
+                .data
                 .iter()
-                .filter(|p| (from_ms..to_ms).contains(&p.minute_ms))
-                .filter_map(|p| Some((p.minute_ms, drawable((m.get)(p)?, y_max)?)))
+                .filter(in_span)
+                .filter_map(|(x, v)| Some((*x, drawable(*v, y_max)?)))
                 .collect();
             // Dots too: a lone minute (a new distribution) has no line to draw.
             ctx.draw_series(
@@ -208,15 +257,9 @@ pub fn render(
                 .draw_series(LineSeries::new(data, color.stroke_width(2)))
                 .map_err(|e| e.to_string())?;
             if lines.len() > 1 {
-                series
-                    .label(
-                        m.column
-                            .trim_start_matches("origin_latency_")
-                            .trim_start_matches("error_rate_"),
-                    )
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
-                    });
+                series.label(l.label.as_str()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
+                });
             }
         }
         if lines.len() > 1 {
@@ -228,6 +271,70 @@ pub fn render(
                 .draw()
                 .map_err(|e| e.to_string())?;
         }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// Horizontal bars, one per `(label, value)` in order, as an SVG document (values
+/// brought within bounds as in [`render`]; labels cut to 40 characters).
+pub fn bars_svg(caption: &str, bars: &[(String, f64)], size: (u32, u32)) -> Result<String, String> {
+    let n = bars.len().max(1) as i32;
+    let largest = bars
+        .iter()
+        .filter_map(|(_, v)| drawable(*v, Y_CAP))
+        .fold(0.0, f64::max);
+    let x_max = (largest * 1.1).clamp(1.0, Y_CAP);
+    // Segment 0 is at the bottom: the first bar goes at the top.
+    let label = |seg: i32| -> String {
+        let i = n - 1 - seg;
+        let Some((l, _)) = usize::try_from(i).ok().and_then(|i| bars.get(i)) else {
+            return String::new();
+        };
+        match l.char_indices().nth(40) {
+            Some((cut, _)) => format!("{}…", &l[..cut]),
+            None => l.clone(),
+        }
+    };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut ctx = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 17))
+            .margin(8)
+            .x_label_area_size(24)
+            .y_label_area_size(170)
+            .build_cartesian_2d(0.0..x_max, (0..n).into_segmented())
+            .map_err(|e| e.to_string())?;
+        ctx.configure_mesh()
+            .light_line_style(WHITE)
+            .bold_line_style(RGBColor(0xe4, 0xe4, 0xe4))
+            .disable_y_mesh()
+            .x_labels(5)
+            .y_labels(bars.len().max(1))
+            .x_label_formatter(&|v| si(*v))
+            .y_label_formatter(&|seg| match seg {
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => label(*i),
+                SegmentValue::Last => String::new(),
+            })
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        ctx.draw_series(bars.iter().enumerate().filter_map(|(i, (_, v))| {
+            let v = drawable(*v, x_max)?;
+            let i = n - 1 - i as i32;
+            let mut r = Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(i)),
+                    (v, SegmentValue::Exact(i + 1)),
+                ],
+                PALETTE[0].filled(),
+            );
+            r.set_margin(3, 3, 0, 0);
+            Some(r)
+        }))
+        .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)

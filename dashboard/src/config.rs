@@ -15,6 +15,9 @@ pub struct DashboardConfig {
     pub listen: SocketAddr,
     /// Minutes of history kept per distribution.
     pub history_minutes: usize,
+    /// The most bytes of report summaries kept (all distributions together); past it the
+    /// oldest summaries are dropped and the reports that needed them say so.
+    pub reports_max_bytes: u64,
     /// How often alarms are evaluated.
     #[serde(with = "humantime_serde")]
     pub alarm_interval: std::time::Duration,
@@ -59,6 +62,7 @@ impl Default for DashboardConfig {
         DashboardConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             history_minutes: 24 * 60,
+            reports_max_bytes: crate::store::DEFAULT_REPORTS_MAX_BYTES as u64,
             alarm_interval: std::time::Duration::from_secs(10),
             alarms: Vec::new(),
             tokens: Vec::new(),
@@ -147,6 +151,7 @@ impl std::fmt::Debug for DashboardConfig {
         f.debug_struct("DashboardConfig")
             .field("listen", &self.listen)
             .field("history_minutes", &self.history_minutes)
+            .field("reports_max_bytes", &self.reports_max_bytes)
             .field("alarm_interval", &self.alarm_interval)
             .field("alarms", &self.alarms)
             .field("tokens", &tokens)
@@ -173,6 +178,12 @@ impl DashboardConfig {
             return Err(format!(
                 "dashboard.history_minutes: must be from 1 to 44640 (31 days), got {}",
                 self.history_minutes
+            ));
+        }
+        if !(1 << 20..=1 << 40).contains(&self.reports_max_bytes) {
+            return Err(format!(
+                "dashboard.reports_max_bytes: must be from 1048576 (1 MiB) to 1099511627776 (1 TiB), got {}",
+                self.reports_max_bytes
             ));
         }
         if self.alarm_interval < std::time::Duration::from_millis(100)

@@ -15,6 +15,12 @@ pub enum ApiError {
     UnknownChart(String),
     #[error("format {0:?} is not json or csv")]
     BadFormat(String),
+    #[error(
+        "unknown report {0:?}: one of popular-objects, top-referrers, viewers, cache-statistics, usage"
+    )]
+    UnknownReport(String),
+    #[error("sort {0:?} is not requests or bytes")]
+    BadSort(String),
     #[error("unknown distribution {0:?}")]
     UnknownDistribution(String),
     /// An alarm the board or its name check refuses (the reason names what is wrong).
@@ -67,6 +73,8 @@ impl ApiError {
         match self {
             ApiError::BadRange(_)
             | ApiError::UnknownChart(_)
+            | ApiError::UnknownReport(_)
+            | ApiError::BadSort(_)
             | ApiError::BadFormat(_)
             | ApiError::BadAlarm(_)
             | ApiError::AlarmNotParsed(_)

@@ -1,7 +1,7 @@
 //! The dashboard: merges per-minute partial aggregates from any number of collectors
 //! ([`store`]) and serves them: an overview and a page per distribution ([`pages`]) with
 //! charts drawn by [`charts`], a JSON and CSV API ([`api`]), Prometheus metrics
-//! ([`prometheus`]); alarms are evaluated by [`alarms`] and sent on by [`notify`].
+//! ([`prometheus`]), CloudFront's reports ([`reports`]); alarms are evaluated by [`alarms`] and sent on by [`notify`].
 //! [`metrics`] is the one list of what is measured; [`run`] runs it all as a service.
 
 pub mod alarms;
@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pages;
 pub mod prometheus;
+pub mod reports;
 pub mod runtime;
 pub mod store;
 pub mod tail;

@@ -13,7 +13,7 @@ use crate::error::{ApiError, Path, Query};
 use crate::metrics::{Metric, MinutePoint};
 use crate::store::{last_complete_minute, now_ms, window};
 
-const STYLE: &str = include_str!("pages/style.css");
+pub(crate) const STYLE: &str = include_str!("pages/style.css");
 const OVERVIEW: &str = include_str!("pages/overview.html");
 const DISTRIBUTION: &str = include_str!("pages/distribution.html");
 const DISTRIBUTION_JS: &str = include_str!("pages/distribution.js");
@@ -22,7 +22,7 @@ const TAIL_JS: &str = include_str!("pages/tail.js");
 
 /// `template` with each `{{name}}` replaced by its value. One pass: a value (which may
 /// hold anything a distribution id holds) is never read as a template.
-fn fill(template: &str, values: &[(&str, &str)]) -> String {
+pub(crate) fn fill(template: &str, values: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -40,7 +40,7 @@ fn fill(template: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -250,7 +250,7 @@ fn percent_text(p: Option<f64>) -> String {
     p.map_or_else(|| "–".to_owned(), |v| format!("{v:.2} %"))
 }
 
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     let n = n as f64;
     match n {
         n if n >= 1e9 => format!("{:.1} GB", n / 1e9),

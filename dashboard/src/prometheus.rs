@@ -102,5 +102,14 @@ pub(crate) async fn metrics(
             );
         }
     }
+    let (held, dropped) = d.store.report_bytes();
+    let _ = writeln!(
+        out,
+        "# HELP edgelog_dashboard_report_bytes Estimated bytes of report summaries held\n\
+         # TYPE edgelog_dashboard_report_bytes gauge\nedgelog_dashboard_report_bytes {held}\n\
+         # HELP edgelog_dashboard_report_summaries_dropped_total Report summaries dropped to stay within dashboard.reports_max_bytes\n\
+         # TYPE edgelog_dashboard_report_summaries_dropped_total counter\n\
+         edgelog_dashboard_report_summaries_dropped_total {dropped}"
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -7,12 +7,15 @@ use edgelog_record::{MinuteAggregate, MinuteUpdate};
 
 use crate::metrics::MinutePoint;
 
-/// Merged minutes per distribution.
-#[derive(Default)]
+/// Merged minutes per distribution, and their reports.
 pub struct MetricsStore {
     series: RwLock<Series>,
     history_minutes: usize,
+    reports: crate::reports::ReportStore,
 }
+
+/// Default of `dashboard.reports_max_bytes`.
+pub const DEFAULT_REPORTS_MAX_BYTES: usize = 512 << 20;
 
 /// Every distribution's minutes, and a counter of changes.
 #[derive(Default)]
@@ -60,7 +63,36 @@ impl MetricsStore {
         MetricsStore {
             series: RwLock::default(),
             history_minutes,
+            reports: crate::reports::ReportStore::new(history_minutes, DEFAULT_REPORTS_MAX_BYTES),
         }
+    }
+
+    /// Keeps at most about `max_bytes` of report summaries (the oldest go first).
+    pub fn with_reports_max_bytes(mut self, max_bytes: usize) -> MetricsStore {
+        self.reports = crate::reports::ReportStore::new(self.history_minutes, max_bytes);
+        self
+    }
+
+    /// The reports of one distribution over the window a chart of `range_ms` shows, and
+    /// that window; `None` for an unknown distribution.
+    pub fn reports(
+        &self,
+        distribution: &str,
+        range_ms: i64,
+    ) -> Option<(crate::reports::Merged, (i64, i64))> {
+        let last = {
+            let s = self.read();
+            let d = s.distributions.get(distribution)?;
+            d.by_minute.last_key_value().map(|(m, _)| *m)
+        };
+        let (from, to) = window_of(last, range_ms);
+        Some((self.reports.range(distribution, from, to), (from, to)))
+    }
+
+    /// Estimated bytes of report summaries held, and how many were dropped to stay
+    /// within `reports_max_bytes`.
+    pub fn report_bytes(&self) -> (usize, u64) {
+        (self.reports.bytes(), self.reports.dropped())
     }
 
     // A panic while the lock was held leaves at worst one merge half applied (sums
@@ -80,6 +112,9 @@ impl MetricsStore {
         if u.minute_ms.rem_euclid(60_000) != 0 || u.minute_ms.abs() > MAX_ABS_MINUTE_MS {
             tracing::debug!(minute_ms = u.minute_ms, distribution = %u.distribution_id, "implausible minute ignored");
             return;
+        }
+        if let Some(r) = &u.report {
+            self.reports.merge(&u.distribution_id, u.minute_ms, r);
         }
         let mut s = self.write();
         s.last_change += 1;
@@ -210,6 +245,7 @@ mod tests {
                 requests: 3,
                 ..MinuteAggregate::default()
             },
+            report: None,
         });
         assert_eq!(store.distributions(), ["E1"]);
         assert_eq!(store.minute("E1", 60_000).map(|p| p.requests), Some(3));

@@ -107,8 +107,17 @@ async fn hostile_names_are_escaped_and_a_real_parser_reads_back_exactly_them() {
         "edgelog_alarm_state",
     ]
     .into();
-    assert_eq!(names, expected, "only our series, nothing forged");
-    assert!(samples.iter().all(|s| s.1 == "gauge"), "all gauges");
+    // The dashboard's own: report memory, without a distribution.
+    let own = [
+        ("edgelog_dashboard_report_bytes", "gauge"),
+        ("edgelog_dashboard_report_summaries_dropped_total", "counter"),
+    ];
+    let all: BTreeSet<&str> = expected.iter().copied().chain(own.map(|o| o.0)).collect();
+    assert_eq!(names, all, "only our series, nothing forged");
+    for s in &samples {
+        let kind = own.iter().find(|o| o.0 == s.2).map_or("gauge", |o| o.1);
+        assert_eq!(s.1, kind, "{}", s.2);
+    }
 
     // Each distribution label reads back as exactly the id, for every gauge.
     let want: BTreeSet<String> = HOSTILE.iter().map(|s| (*s).to_owned()).collect();

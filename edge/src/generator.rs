@@ -4,6 +4,7 @@ use base64::Engine;
 use edgelog_record::Record;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
 
 const LOCATIONS: &[&str] = &[
     "IAD89-C1", "IAD12-P2", "DFW53-C1", "LAX50-P1", "SEA19-C1", "ORD52-C3", "FRA56-P5", "LHR61-C2",
@@ -11,6 +12,13 @@ const LOCATIONS: &[&str] = &[
 ];
 const COUNTRIES: &[(&str, u32)] = &[
     ("US", 7922),
+    ("US", 7018),
+    ("US", 701),
+    ("MX", 8151),
+    ("ES", 3352),
+    ("IT", 3269),
+    ("KR", 4766),
+    ("ZA", 37457),
     ("US", 16509),
     ("DE", 3320),
     ("GB", 2856),
@@ -23,16 +31,84 @@ const COUNTRIES: &[(&str, u32)] = &[
     ("NL", 1136),
     ("CA", 812),
 ];
-const USER_AGENTS: &[&str] = &[
-    "Mozilla/5.0%20(Windows%20NT%2010.0;%20Win64;%20x64)%20AppleWebKit/537.36%20(KHTML,%20like%20Gecko)%20Chrome/131.0.0.0%20Safari/537.36",
-    "Mozilla/5.0%20(Macintosh;%20Intel%20Mac%20OS%20X%2014_6)%20AppleWebKit/605.1.15%20(KHTML,%20like%20Gecko)%20Version/18.1%20Safari/605.1.15",
-    "Mozilla/5.0%20(iPhone;%20CPU%20iPhone%20OS%2018_1%20like%20Mac%20OS%20X)%20AppleWebKit/605.1.15%20(KHTML,%20like%20Gecko)%20Version/18.1%20Mobile/15E148%20Safari/604.1",
-    "Mozilla/5.0%20(Linux;%20Android%2014;%20Pixel%208)%20AppleWebKit/537.36%20(KHTML,%20like%20Gecko)%20Chrome/131.0.0.0%20Mobile%20Safari/537.36",
-    "Mozilla/5.0%20(X11;%20Linux%20x86_64;%20rv:133.0)%20Gecko/20100101%20Firefox/133.0",
-    "curl/8.5.0",
-    "Googlebot/2.1%20(+http://www.google.com/bot.html)",
-    "okhttp/4.12.0",
+/// Real agents (URL-encoded, as logged), with weights: browsers on desktops, phones and
+/// tablets, crawlers and tools.
+const USER_AGENTS: &[(u32, &str)] = &[
+    (
+        28,
+        "Mozilla/5.0%20(Windows%20NT%2010.0;%20Win64;%20x64)%20AppleWebKit/537.36%20(KHTML,%20like%20Gecko)%20Chrome/131.0.0.0%20Safari/537.36",
+    ),
+    (
+        6,
+        "Mozilla/5.0%20(Windows%20NT%2010.0;%20Win64;%20x64)%20AppleWebKit/537.36%20(KHTML,%20like%20Gecko)%20Chrome/131.0.0.0%20Safari/537.36%20Edg/131.0.2903.70",
+    ),
+    (
+        9,
+        "Mozilla/5.0%20(Macintosh;%20Intel%20Mac%20OS%20X%2014_6)%20AppleWebKit/605.1.15%20(KHTML,%20like%20Gecko)%20Version/18.1%20Safari/605.1.15",
+    ),
+    (
+        18,
+        "Mozilla/5.0%20(iPhone;%20CPU%20iPhone%20OS%2018_1%20like%20Mac%20OS%20X)%20AppleWebKit/605.1.15%20(KHTML,%20like%20Gecko)%20Version/18.1%20Mobile/15E148%20Safari/604.1",
+    ),
+    (
+        16,
+        "Mozilla/5.0%20(Linux;%20Android%2014;%20Pixel%208)%20AppleWebKit/537.36%20(KHTML,%20like%20Gecko)%20Chrome/131.0.0.0%20Mobile%20Safari/537.36",
+    ),
+    (
+        4,
+        "Mozilla/5.0%20(iPad;%20CPU%20OS%2017_7%20like%20Mac%20OS%20X)%20AppleWebKit/605.1.15%20(KHTML,%20like%20Gecko)%20Version/17.4%20Mobile/15E148%20Safari/604.1",
+    ),
+    (
+        2,
+        "Mozilla/5.0%20(Linux;%20Android%2013;%20SM-X710)%20AppleWebKit/537.36%20(KHTML,%20like%20Gecko)%20Chrome/131.0.0.0%20Safari/537.36",
+    ),
+    (
+        5,
+        "Mozilla/5.0%20(X11;%20Linux%20x86_64;%20rv:133.0)%20Gecko/20100101%20Firefox/133.0",
+    ),
+    (
+        3,
+        "Mozilla/5.0%20(Windows%20NT%2010.0;%20Win64;%20x64;%20rv:133.0)%20Gecko/20100101%20Firefox/133.0",
+    ),
+    (
+        3,
+        "Mozilla/5.0%20(compatible;%20Googlebot/2.1;%20+http://www.google.com/bot.html)",
+    ),
+    (
+        2,
+        "Mozilla/5.0%20(compatible;%20bingbot/2.0;%20+http://www.bing.com/bingbot.htm)",
+    ),
+    (2, "curl/8.5.0"),
+    (2, "okhttp/4.12.0"),
 ];
+
+/// Referrer domains besides the distribution's own, most popular first (a Zipf draw
+/// picks them; ranks past the list are a long tail of small sites).
+const REFERRERS: &[&str] = &[
+    "www.google.com",
+    "www.facebook.com",
+    "t.co",
+    "www.bing.com",
+    "news.ycombinator.com",
+    "www.reddit.com",
+    "duckduckgo.com",
+    "www.linkedin.com",
+    "l.instagram.com",
+    "search.yahoo.com",
+    "www.youtube.com",
+    "android-app://com.google.android.gm",
+    "github.com",
+    "medium.com",
+    "www.baidu.com",
+    "yandex.ru",
+    "stackoverflow.com",
+    "www.pinterest.com",
+    "mail.google.com",
+    "outlook.live.com",
+];
+/// Objects per kind (Zipf ranks), and referrer domains in all.
+const OBJECTS_PER_KIND: f64 = 2000.0;
+const REFERRER_DOMAINS: f64 = 400.0;
 const CIPHERS: &[(&str, &str)] = &[
     ("TLSv1.3", "TLS_AES_128_GCM_SHA256"),
     ("TLSv1.3", "TLS_AES_256_GCM_SHA384"),
@@ -135,6 +211,9 @@ pub struct Generator {
     distributions: Vec<(String, String)>,
     locations: usize,
     object_weight_total: u32,
+    agent_weight_total: u32,
+    objects: Zipf<f64>,
+    referrers: Zipf<f64>,
 }
 
 impl Generator {
@@ -161,6 +240,10 @@ impl Generator {
             distributions,
             locations: locations.clamp(1, LOCATIONS.len()),
             object_weight_total: OBJECTS.iter().map(|(w, _)| w).sum(),
+            agent_weight_total: USER_AGENTS.iter().map(|(w, _)| w).sum(),
+            // Constant, valid parameters: these cannot fail.
+            objects: Zipf::new(OBJECTS_PER_KIND, 1.1).unwrap_or_else(|_| unreachable!()),
+            referrers: Zipf::new(REFERRER_DOMAINS, 1.2).unwrap_or_else(|_| unreachable!()),
         }
     }
 
@@ -190,6 +273,35 @@ impl Generator {
         (lo.ln() + self.rng.random::<f64>() * (hi.ln() - lo.ln())).exp() as u64
     }
 
+    fn agent(&mut self) -> &'static str {
+        let mut w = self.rng.random_range(0..self.agent_weight_total);
+        USER_AGENTS
+            .iter()
+            .find(|(weight, _)| {
+                let hit = w < *weight;
+                w = w.saturating_sub(*weight);
+                hit
+            })
+            .map_or(USER_AGENTS[0].1, |(_, a)| a)
+    }
+
+    /// None (a direct request) for 35 %, the distribution's own pages for a quarter of
+    /// the rest, else a Zipf-drawn domain.
+    fn referrer(&mut self, host: &str) -> Option<String> {
+        if self.chance(35.0) {
+            return None;
+        }
+        if self.chance(25.0) {
+            return Some(format!("https://{host}/"));
+        }
+        let rank = (self.referrers.sample(&mut self.rng) as usize).saturating_sub(1);
+        Some(match REFERRERS.get(rank) {
+            Some(d) if d.contains("://") => format!("{d}/"),
+            Some(d) => format!("https://{d}/"),
+            None => format!("https://site{rank}.example.org/post/{}", rank * 7 % 13),
+        })
+    }
+
     /// CloudFront-style request id: 40 random bytes, URL-safe base64 (56 characters).
     fn request_id(&mut self) -> String {
         let mut b = [0u8; 40];
@@ -209,8 +321,8 @@ impl Generator {
                 hit
             })
             .map_or(&OBJECTS[0].1, |(_, o)| o);
-        // Popularity is skewed: a few objects take most requests.
-        let n = (self.rng.random::<f64>().powi(3) * 5000.0) as u32;
+        // Popularity is Zipf-distributed: a few objects take most requests.
+        let n = (self.objects.sample(&mut self.rng) as u32).saturating_sub(1);
         let stem = match obj.suffix {
             "" if obj.prefix == "/" => {
                 if n.is_multiple_of(3) {
@@ -257,9 +369,10 @@ impl Generator {
             400..=499 => "Error",
             301 => "Redirect",
             _ if !hit => "Miss",
-            _ => match self.rng.random_range(0..100) {
-                0..=79 => "Hit",
-                80..=84 => "RefreshHit",
+            // The popular objects stay in cache; the long tail misses more.
+            _ => match (self.rng.random_range(0..100), n) {
+                (0..=4, _) => "RefreshHit",
+                (5..=96, 0..20) | (5..=84, 20..200) | (5..=49, _) => "Hit",
                 _ => "Miss",
             },
         };
@@ -275,6 +388,12 @@ impl Generator {
             _ => self.rng.random_range(300..1200),
         };
         let headers = self.rng.random_range(250..650u64);
+        // A viewer now and then goes away before a large body is through.
+        let sent = if method == "GET" && body > 100_000 && self.chance(3.0) {
+            body / 3
+        } else {
+            body
+        };
         let (served_from_origin, base) = if result == "Hit" || result == "RefreshHit" {
             (false, 0.0005)
         } else {
@@ -311,14 +430,14 @@ impl Generator {
             timestamp_ms,
             distribution_id,
             x_edge_location: Some(loc.to_owned()),
-            sc_bytes: Some(body + headers),
+            sc_bytes: Some(sent + headers),
             c_ip: Some(c_ip),
             cs_method: Some(method.to_owned()),
             cs_host: Some(host.clone()),
             cs_uri_stem: Some(stem),
             sc_status: Some(status),
-            cs_referer: self.chance(40.0).then(|| format!("https://{host}/")),
-            cs_user_agent: Some((*self.pick(USER_AGENTS)).to_owned()),
+            cs_referer: self.referrer(&host),
+            cs_user_agent: Some(self.agent().to_owned()),
             cs_uri_query: self
                 .chance(25.0)
                 .then(|| format!("v={}&utm_source=mail", self.rng.random_range(1..40))),

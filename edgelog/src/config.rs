@@ -633,6 +633,7 @@ mod ranges {
         "sinks.realtime.kafka.max_in_flight_messages",
         "sinks.realtime.kafka.max_in_flight_bytes",
         "dashboard.history_minutes",
+        "dashboard.reports_max_bytes",
         "sampling.default.standard",
         "sampling.default.realtime",
     ];

@@ -434,10 +434,13 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
         None => Arc::new(bus.clone()),
     };
     let published = cfg.data_dir.join("state").join("metrics-published");
-    let aggregator =
+    let mut aggregator =
         MetricsAggregator::new(&cfg.collector.id, publisher, cfg.collector.metrics_interval)
             .with_state_file(&published)
             .with_context(|| format!("cannot read {}", published.display()))?;
+    if !cfg.collector.reports {
+        aggregator = aggregator.without_reports();
+    }
     collector.add_unsampled_sink("metrics", Box::new(aggregator));
     Ok(collector)
 }
@@ -726,7 +729,10 @@ async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
     // The standalone dashboard has no collector to validate against; allow a token-less one.
     overrides.push(("collector.allow_unauthenticated", Value::from(true)));
     let cfg = Config::load(args.file.config.as_deref(), &overrides)?;
-    let store = Arc::new(MetricsStore::new(cfg.dashboard.history_minutes));
+    let store = Arc::new(
+        MetricsStore::new(cfg.dashboard.history_minutes)
+            .with_reports_max_bytes(cfg.dashboard.reports_max_bytes as usize),
+    );
     match cfg.metrics.kafka.clone() {
         Some(k) => {
             let feed = store.clone();
@@ -984,7 +990,10 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     dash_cfg
         .api_alarms_file
         .get_or_insert_with(|| cfg.data_dir.join("state").join("api-alarms.json"));
-    let store = Arc::new(MetricsStore::new(dash_cfg.history_minutes));
+    let store = Arc::new(
+        MetricsStore::new(dash_cfg.history_minutes)
+            .with_reports_max_bytes(dash_cfg.reports_max_bytes as usize),
+    );
     let merging = store.clone();
     // Merged in place as the aggregator publishes: a backfill cannot overflow anything.
     bus.on_minutes(move |u| merging.merge(u));

@@ -137,4 +137,11 @@ pub struct MinuteUpdate {
     /// Start of the minute, milliseconds since the epoch.
     pub minute_ms: i64,
     pub aggregate: MinuteAggregate,
+    /// The minute's reports, when the collector keeps them (base64 on the topic).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::report::wire"
+    )]
+    pub report: Option<Box<crate::report::MinuteReport>>,
 }

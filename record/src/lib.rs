@@ -8,9 +8,11 @@ mod body;
 mod fields;
 mod json;
 mod reject;
+pub mod report;
 mod sampler;
 mod sketch;
 pub mod time;
+pub mod topk;
 mod value;
 pub mod w3c;
 
@@ -26,6 +28,7 @@ pub use json::{
 pub use reject::{
     DEFAULT_MAX_FIELD_BYTES, DEFAULT_MAX_LINE_BYTES, MAX_LIMIT_BYTES, RejectKind, check_limits,
 };
+pub use report::MinuteReport;
 pub use sampler::{Rates, SAMPLER_SEED, SamplingConfig, keep, sample_point};
 pub use sketch::LatencySketch;
 pub use value::{FieldKind, MAX_SECONDS, ParseValue, Value};

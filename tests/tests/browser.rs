@@ -148,3 +148,115 @@ fn a_distribution_page_shows_six_charts_with_data_and_the_alarm_state() -> anyho
     assert!(png.len() > 20_000, "screenshot looks empty");
     Ok(())
 }
+
+#[test]
+fn each_report_page_shows_its_tables_and_charts_with_data() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let demo = TestServer::demo(&dir.path().join("data"), &["--rate", "400"], &[])?;
+    // A distribution whose reports count a few hundred requests.
+    let id = wait_for(
+        within(Duration::from_secs(60)),
+        Duration::from_millis(200),
+        "a distribution with reports within 60 s",
+        || {
+            let ids: Vec<String> =
+                serde_json::from_str(&http_get(&demo.dashboard_url("/api/distributions"))?)
+                    .unwrap_or_default();
+            let Some(id) = ids.first() else {
+                return Ok(None);
+            };
+            let usage: serde_json::Value = serde_json::from_str(&http_get(
+                &demo.dashboard_url(&format!("/api/distributions/{id}/reports/usage")),
+            )?)?;
+            Ok((usage["requests"].as_u64().unwrap_or(0) >= 300).then(|| id.clone()))
+        },
+    )?;
+    let profile = dir.path().join("chromium");
+    let out = artifacts()?;
+    let page = |slug: &str| demo.dashboard_url(&format!("/distributions/{id}/reports/{slug}"));
+    // What each page must show: tables with rows, and charts that draw data (bars are
+    // rects, lines have dots).
+    let pages: [(&str, &[&str], &str); 5] = [
+        ("popular-objects", &["id=\"objects\""], "<rect"),
+        ("top-referrers", &["id=\"referrers\""], "<rect"),
+        (
+            "viewers",
+            &[
+                "id=\"devices\"",
+                "id=\"browsers\"",
+                "id=\"operating-systems\"",
+                "id=\"countries\"",
+                "id=\"edge-locations\"",
+            ],
+            "<rect",
+        ),
+        (
+            "cache-statistics",
+            &[
+                "id=\"result-types\"",
+                "id=\"status-classes\"",
+                "id=\"incomplete\"",
+            ],
+            "<circle",
+        ),
+        (
+            "usage",
+            &["id=\"methods\"", "id=\"protocols\"", "id=\"http-versions\""],
+            "<circle",
+        ),
+    ];
+    let mut doms = Vec::new();
+    for (slug, _, _) in &pages {
+        doms.push(headless(
+            &profile,
+            &["--virtual-time-budget=2000", "--dump-dom", &page(slug)],
+        )?);
+        headless(
+            &profile,
+            &[
+                "--window-size=1400,2000",
+                &format!(
+                    "--screenshot={}",
+                    out.join(format!("report-{slug}.png")).display()
+                ),
+                &page(slug),
+            ],
+        )?;
+    }
+    let distribution = headless(
+        &profile,
+        &[
+            "--dump-dom",
+            &demo.dashboard_url(&format!("/distributions/{id}")),
+        ],
+    )?;
+    demo.stop()?;
+
+    assert!(
+        distribution.contains(&format!("/distributions/{id}/reports/popular-objects")),
+        "the distribution page does not link its reports"
+    );
+    for ((slug, tables, mark), dom) in pages.iter().zip(&doms) {
+        for t in *tables {
+            let table = dom
+                .split(t)
+                .nth(1)
+                .with_context(|| format!("{slug}: no {t}"))?;
+            let table = table.split("</table>").next().unwrap_or("");
+            if t.starts_with("id=\"incomplete") {
+                continue;
+            }
+            assert!(
+                table.matches("<tr>").count() >= 2 && !table.contains("no requests"),
+                "{slug}: {t} has no rows"
+            );
+        }
+        let charts = dom.matches("class=\"chart\"").count();
+        assert!(charts >= 1, "{slug}: no chart");
+        assert!(dom.contains(mark), "{slug}: the charts draw no data");
+        assert!(dom.contains("format=csv"), "{slug}: no CSV link");
+        let png = std::fs::metadata(out.join(format!("report-{slug}.png")))?;
+        assert!(png.len() > 20_000, "{slug}: screenshot looks empty");
+    }
+    Ok(())
+}

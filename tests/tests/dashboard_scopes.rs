@@ -124,6 +124,15 @@ fn a_scoped_token_sees_and_changes_only_its_distributions() -> anyhow::Result<()
         "/api/distributions/EBETA/charts/requests",
         "/distributions/EBETA",
         "/api/distributions/ENOSUCH/series",
+        "/distributions/EBETA/reports/popular-objects",
+        "/api/distributions/EBETA/reports/popular-objects",
+        "/api/distributions/EBETA/reports/top-referrers?format=csv",
+        "/api/distributions/EBETA/reports/viewers",
+        "/api/distributions/EBETA/reports/cache-statistics?range=24h",
+        "/distributions/EBETA/reports/usage",
+        // Scope comes first: a bad report name or range tells nothing about EBETA.
+        "/api/distributions/EBETA/reports/no-such-report",
+        "/api/distributions/EBETA/reports/usage?range=7d",
     ] {
         let (s, b) = get(&d, READER, path)?;
         assert_eq!(s, 403, "{path}: {b}");
@@ -134,6 +143,9 @@ fn a_scoped_token_sees_and_changes_only_its_distributions() -> anyhow::Result<()
         "/api/distributions/EALPHA/series?format=csv",
         "/api/distributions/EALPHA/charts/requests",
         "/distributions/EALPHA",
+        "/distributions/EALPHA/reports/popular-objects",
+        "/api/distributions/EALPHA/reports/top-referrers?format=csv",
+        "/api/distributions/EALPHA/reports/usage",
     ] {
         assert_eq!(get(&d, READER, path)?.0, 200, "{path}");
     }

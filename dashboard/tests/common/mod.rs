@@ -34,6 +34,7 @@ pub fn merge(store: &MetricsStore, id: &str, minute_ms: i64, aggregate: MinuteAg
         distribution_id: id.into(),
         minute_ms,
         aggregate,
+        report: None,
     });
 }
 
