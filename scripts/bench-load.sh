@@ -26,7 +26,8 @@
 # seconds); the drain is the time until it exits. Sustained is the records found in the
 # outputs (Parquet; for blackhole, which writes none, the acknowledged records) over the
 # load's time plus the drain: a sink that fell behind pays for it there. MAX_AGE sets the
-# standard-log files' max_age (default: the sink's, 60 s).
+# standard-log files' max_age (default: the sink's, 60 s). REPORTS=false turns the report
+# summaries off (their cost is the difference).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edgelog/target}"
@@ -44,6 +45,7 @@ FORMATS="${FORMATS:-ndjson w3c}"
 CONCURRENCY="${CONCURRENCY:-6}"
 DISTRIBUTIONS="${DISTRIBUTIONS:-8}"
 DRAIN_TIMEOUT="${DRAIN_TIMEOUT:-300}"
+REPORTS="${REPORTS:-true}"  # false: the collector counts no report summaries ([collector] reports)
 MAX_AGE="${MAX_AGE:-}"  # e.g. 5s: the standard-log files' max_age (default: the sink's, 60 s)
 TOPIC=edgelog-realtime  # the real-time sink's default topic, made by test-servers
 TOKEN=bench-token-0123456789abcdef
@@ -137,6 +139,7 @@ $sinks
 listen = "127.0.0.1:$p"
 tokens = ["$TOKEN"]
 shutdown_timeout = "${DRAIN_TIMEOUT}s"
+reports = $REPORTS
 EOF
     echo "bench: $scenario $format $dists distributions, $DURATION..." >&2
     RUST_LOG=warn "$BIN" collector --config "$dir/edgelog.toml" 2> "$dir/collector.log" &

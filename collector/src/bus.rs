@@ -77,8 +77,8 @@ impl Bus {
 
 #[async_trait]
 impl Publisher for Bus {
-    async fn publish(&self, updates: Vec<MinuteUpdate>) -> Result<(), SinkError> {
-        for u in &updates {
+    async fn publish(&self, updates: &[MinuteUpdate]) -> Result<(), SinkError> {
+        for u in updates {
             // No reader is not an error: nobody is watching yet.
             self.publish_one(u);
         }

@@ -1,9 +1,8 @@
 //! Who the viewer is, from cs(User-Agent): device class, browser and operating system,
 //! parsed with `woothee` and cached (a fleet's traffic repeats a few thousand agents).
 
-use std::collections::HashMap;
-
 use edgelog_record::report::{NONE, Viewer};
+use hashbrown::HashMap;
 use percent_encoding::percent_decode_str;
 
 /// Agents remembered; past this the cache starts over (a flood of unique agents costs
@@ -29,24 +28,18 @@ pub struct ViewerClassifier {
 impl ViewerClassifier {
     pub fn classify(&mut self, agent: Option<&str>) -> Viewer<'_> {
         let agent = edgelog_record::report::cut(agent.unwrap_or(NONE), MAX_AGENT_BYTES);
-        if !self.cache.contains_key(agent) {
-            if self.cache.len() >= CACHE_ENTRIES {
-                self.cache.clear();
-            }
-            let c = classify(&self.parser, agent);
-            self.cache.insert(agent.to_owned(), c);
+        if self.cache.len() >= CACHE_ENTRIES && !self.cache.contains_key(agent) {
+            self.cache.clear();
         }
-        match self.cache.get(agent) {
-            Some(c) => Viewer {
-                device: c.device,
-                browser: &c.browser,
-                os: &c.os,
-            },
-            None => Viewer {
-                device: 4,
-                browser: NONE,
-                os: NONE,
-            },
+        let parser = &self.parser;
+        let c = self
+            .cache
+            .entry_ref(agent)
+            .or_insert_with(|| classify(parser, agent));
+        Viewer {
+            device: c.device,
+            browser: &c.browser,
+            os: &c.os,
         }
     }
 }

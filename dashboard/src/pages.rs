@@ -40,7 +40,21 @@ pub(crate) fn fill(template: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
+/// Text for HTML: markup escaped; control and bidirectional-override characters (which
+/// could reorder what a page shows) as U+FFFD.
 pub(crate) fn escape(s: &str) -> String {
+    let hidden = |c: char| {
+        (c.is_control() && c != '\t' && c != '\n')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    let s: std::borrow::Cow<'_, str> = if s.chars().any(hidden) {
+        s.chars()
+            .map(|c| if hidden(c) { '\u{fffd}' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    };
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -110,7 +110,10 @@ async fn hostile_names_are_escaped_and_a_real_parser_reads_back_exactly_them() {
     // The dashboard's own: report memory, without a distribution.
     let own = [
         ("edgelog_dashboard_report_bytes", "gauge"),
-        ("edgelog_dashboard_report_summaries_dropped_total", "counter"),
+        (
+            "edgelog_dashboard_report_summaries_dropped_total",
+            "counter",
+        ),
     ];
     let all: BTreeSet<&str> = expected.iter().copied().chain(own.map(|o| o.0)).collect();
     assert_eq!(names, all, "only our series, nothing forged");

@@ -8,6 +8,9 @@
 //! its encoding (postcard, base64 in the JSON of the metrics topic) stays under
 //! [`MAX_ENCODED_BYTES`] whatever the records hold (tested with the worst case).
 
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::{Deserialize, Serialize};
 
 use crate::fields::Record;
@@ -96,18 +99,47 @@ impl Payload for ObjectStats {
     }
 }
 
-/// Exact requests and bytes per name, for at most `N` names; the rest go to [`OTHER`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tally<const N: usize>(Vec<(String, Usage)>);
+/// Exact requests and bytes per name: while counting, up to `4 N` names (later ones go to
+/// [`OTHER`]); compacted and merged, the `N` heaviest, the rest folded into [`OTHER`]. So
+/// arrival order decides nothing unless a minute brings more than `4 N` names.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Tally<const N: usize>(
+    Vec<(String, Usage)>,
+    /// Positions by name hash, for counting; built on first use, not sent.
+    #[serde(skip)]
+    HashTable<u32>,
+    #[serde(skip)] DefaultHashBuilder,
+);
+
+impl<const N: usize> PartialEq for Tally<N> {
+    fn eq(&self, o: &Self) -> bool {
+        self.0 == o.0
+    }
+}
+
+impl<const N: usize> Eq for Tally<N> {}
 
 impl<const N: usize> Tally<N> {
     fn slot(&mut self, name: &str) -> &mut Usage {
         let name = cut(name, MAX_NAME_BYTES);
-        let i = match self.0.iter().position(|(n, _)| n == name) {
-            Some(i) => i,
-            None if self.0.len() < N || name == OTHER => {
-                self.0.push((name.to_owned(), Usage::default()));
-                self.0.len() - 1
+        let Tally(names, index, hasher) = self;
+        if index.len() != names.len() {
+            index.clear();
+            for (i, (n, _)) in names.iter().enumerate() {
+                index.insert_unique(hasher.hash_one(n.as_str()), i as u32, |&j| {
+                    hasher.hash_one(names[j as usize].0.as_str())
+                });
+            }
+        }
+        let h = hasher.hash_one(name);
+        let i = match index.find(h, |&i| names[i as usize].0 == name) {
+            Some(&i) => i as usize,
+            None if names.len() < 4 * N || name == OTHER => {
+                names.push((name.to_owned(), Usage::default()));
+                index.insert_unique(h, (names.len() - 1) as u32, |&j| {
+                    hasher.hash_one(names[j as usize].0.as_str())
+                });
+                names.len() - 1
             }
             None => return self.slot(OTHER),
         };
@@ -122,6 +154,29 @@ impl<const N: usize> Tally<N> {
         for (name, u) in &o.0 {
             self.slot(name).merge(u);
         }
+        self.fold();
+    }
+
+    /// Keeps the `N` heaviest names (ties by name), the others' usage in [`OTHER`].
+    fn fold(&mut self) {
+        let named = self.0.iter().filter(|(n, _)| n != OTHER).count();
+        if named <= N {
+            return;
+        }
+        let mut all = std::mem::take(&mut self.0);
+        all.sort_by(|a, b| {
+            (a.0 == OTHER)
+                .cmp(&(b.0 == OTHER))
+                .then(b.1.requests.cmp(&a.1.requests))
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        let mut other = Usage::default();
+        for (_, u) in all.drain(N..) {
+            other.merge(&u);
+        }
+        all.push((OTHER.to_owned(), other));
+        self.0 = all;
+        self.1.clear();
     }
 
     /// Names with their usage, most requests first (ties by name).
@@ -135,13 +190,22 @@ impl<const N: usize> Tally<N> {
     /// plus [`OTHER`], each once).
     fn sanitize(&mut self) {
         let all = std::mem::take(&mut self.0);
+        self.1.clear();
         for (name, u) in &all {
             self.slot(name).merge(u);
         }
+        self.fold();
+    }
+
+    /// Keeps the heaviest names and drops the lookup index (a tally kept only to be read
+    /// and merged).
+    fn compact(&mut self) {
+        self.fold();
+        self.1 = HashTable::new();
     }
 
     fn heap_bytes(&self) -> usize {
-        self.0.iter().map(|(n, _)| n.capacity() + 40).sum()
+        self.0.iter().map(|(n, _)| n.capacity() + 40).sum::<usize>() + self.1.capacity() * 8
     }
 }
 
@@ -174,9 +238,11 @@ pub struct MinuteReport {
     pub incomplete_gets: u64,
 }
 
-fn index_of(list: &[&str], v: Option<&str>) -> usize {
+// Inlined with each constant list, so the comparisons are too.
+#[inline(always)]
+fn index_of<const N: usize>(list: &[&str; N], v: Option<&str>) -> usize {
     v.and_then(|v| list.iter().position(|x| *x == v))
-        .unwrap_or(list.len() - 1)
+        .unwrap_or(N - 1)
 }
 
 /// Index in [`STATUS_CLASSES`] of a status (none, 0 or past 599: the last).
@@ -199,19 +265,30 @@ pub fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The host of a Referer (lower case is left to the sender, as in the logs): `-` when
-/// there is none (a direct request), the value itself when it has no `scheme://`.
+/// The host of a Referer, as the README's DuckDB expression takes it: after a leading
+/// `scheme://`, before the first `/`, `?` or `#`, after the first `@`, before a `:` (an
+/// IPv6 host keeps its brackets); `-` when there is none (a direct request).
 pub fn referrer_host(referer: Option<&str>) -> &str {
     let Some(r) = referer.filter(|r| !r.is_empty() && *r != NONE) else {
         return NONE;
     };
-    let rest = r.split_once("://").map_or(r, |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host.strip_prefix('[') {
-        // [v6]:port
-        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
-        None => host.split_once(':').map_or(host, |(h, _)| h),
+    let b = r.as_bytes();
+    let stop = |c: &u8| matches!(c, b':' | b'/' | b'?' | b'#');
+    let start = match b.iter().position(stop) {
+        Some(p) if p > 0 && b[p] == b':' && b[p + 1..].starts_with(b"//") => p + 3,
+        _ => 0,
+    };
+    // ASCII positions: every slice below is at a character boundary.
+    let rest = &r[start..];
+    let end = rest
+        .bytes()
+        .position(|c| matches!(c, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority.split_once('@').map_or(authority, |(_, h)| h);
+    let host = match (host.starts_with('['), host.find(']')) {
+        (true, Some(e)) => &host[..=e],
+        _ => host.split_once(':').map_or(host, |(h, _)| h),
     };
     if host.is_empty() { NONE } else { host }
 }
@@ -309,6 +386,10 @@ impl MinuteReport {
     pub fn compact(&mut self) {
         self.objects.compact();
         self.referrers.compact();
+        self.browsers.compact();
+        self.operating_systems.compact();
+        self.countries.compact();
+        self.locations.compact();
     }
 
     /// Bytes held in memory, roughly (what the dashboard's bound counts).
@@ -409,7 +490,13 @@ mod tests {
             (Some(""), "-"),
             (Some("https://www.example.com/a?b"), "www.example.com"),
             (Some("http://user:pw@example.org:8080/x"), "example.org"),
-            (Some("https://[2001:db8::1]:443/"), "2001:db8::1"),
+            (Some("https://[2001:db8::1]:443/"), "[2001:db8::1]"),
+            (Some("https://[2001:db8::1/"), "[2001"),
+            (Some("https://a@b@c.com/"), "b@c.com"),
+            (Some("example.net/p?u=http://x.org/"), "example.net"),
+            (Some("://x.org/"), "-"),
+            (Some("ftp:/x"), "ftp"),
+            (Some("é.example/ü"), "é.example"),
             (Some("example.net/path"), "example.net"),
             (Some("https://"), "-"),
             (
@@ -490,6 +577,39 @@ mod tests {
     }
 
     #[test]
+    fn names_that_came_first_do_not_push_out_heavier_ones() {
+        let mut r = MinuteReport::default();
+        for i in 0..COUNTRIES {
+            let mut rec = record("/a", "-", 200, "Hit", 1);
+            rec.c_country = Some(format!("J{i:02}"));
+            r.add(&rec, &DESKTOP);
+        }
+        for _ in 0..1000 {
+            let mut rec = record("/a", "-", 200, "Hit", 1);
+            rec.c_country = Some("US".into());
+            r.add(&rec, &DESKTOP);
+        }
+        r.compact();
+        let top = r.countries.sorted();
+        assert_eq!(
+            top[0],
+            (
+                "US",
+                Usage {
+                    requests: 1000,
+                    bytes: 1000
+                }
+            )
+        );
+        assert_eq!(top.len(), COUNTRIES + 1, "the heaviest and (other)");
+        assert!(top.iter().any(|(n, u)| *n == OTHER && u.requests == 1));
+        // Merged the other way round, the same.
+        let mut m = MinuteReport::default();
+        m.merge(&r);
+        assert_eq!(m.countries.sorted(), top);
+    }
+
+    #[test]
     fn the_topic_round_trips_and_refuses_garbage() {
         let mut a = MinuteReport::default();
         a.add(&record("/a", "https://x.com/", 200, "Hit", 10), &DESKTOP);
@@ -531,6 +651,7 @@ mod tests {
             r.merge(&c);
         }
         assert_eq!(r.gets, u64::MAX);
+        r.compact();
         assert_eq!(r.objects.entries().len(), OBJECTS);
         assert_eq!(r.referrers.entries().len(), REFERRERS);
         let encoded = wire::encode(&r);

@@ -14,8 +14,10 @@
 //! A payload is counted from when its key was last admitted, so it is a lower bound that
 //! misses at most `error` requests.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::hash::BuildHasher;
 
+use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::{Deserialize, Serialize};
 
 /// What travels with a key's count (e.g. an object's hits and bytes).
@@ -39,7 +41,13 @@ pub struct Counter<V> {
     pub value: V,
 }
 
-/// At most `K` monitored keys, heaviest first once [`TopK::sorted`].
+/// Heaviest first, ties by key: the same inputs keep the same keys.
+fn heavier<V>(a: &Counter<V>, b: &Counter<V>) -> Ordering {
+    b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key))
+}
+
+/// At most `K` monitored keys. Merged summaries keep them sorted by key (a merge is then
+/// one pass over both); while counting, an index finds them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound(deserialize = "V: Deserialize<'de>", serialize = "V: Serialize"))]
 pub struct TopK<V, const K: usize> {
@@ -49,9 +57,20 @@ pub struct TopK<V, const K: usize> {
     /// is exact.
     lossy: bool,
     entries: Vec<Counter<V>>,
-    /// Key to position in `entries`; built on first add, not sent.
+    /// Positions in `entries` by key hash; built on the first add, not sent.
     #[serde(skip)]
-    index: HashMap<String, u32>,
+    index: HashTable<u32>,
+    /// Each entry's key hash, beside the index.
+    #[serde(skip)]
+    hashes: Vec<u64>,
+    #[serde(skip)]
+    hasher: DefaultHashBuilder,
+    /// Positions whose count was `lightest_count`, the least, when last looked at: the
+    /// next to be replaced (counts only grow, so one still at it is still the least).
+    #[serde(skip)]
+    lightest: Vec<u32>,
+    #[serde(skip)]
+    lightest_count: u64,
 }
 
 impl<V, const K: usize> Default for TopK<V, K> {
@@ -60,7 +79,11 @@ impl<V, const K: usize> Default for TopK<V, K> {
             total: 0,
             lossy: false,
             entries: Vec::new(),
-            index: HashMap::new(),
+            index: HashTable::new(),
+            hashes: Vec::new(),
+            hasher: DefaultHashBuilder::default(),
+            lightest: Vec::new(),
+            lightest_count: 0,
         }
     }
 }
@@ -80,50 +103,82 @@ impl<V: Payload, const K: usize> TopK<V, K> {
         if self.index.len() != self.entries.len() {
             self.reindex();
         }
-        if let Some(&i) = self.index.get(key) {
-            let e = &mut self.entries[i as usize];
+        let h = self.hasher.hash_one(key);
+        let entries = &mut self.entries;
+        if let Some(&i) = self.index.find(h, |&i| entries[i as usize].key == key) {
+            let e = &mut entries[i as usize];
             e.count = e.count.saturating_add(1);
             e.value.merge(value);
             return;
         }
-        if self.entries.len() < K {
-            self.index.insert(key.to_owned(), self.entries.len() as u32);
-            self.entries.push(Counter {
+        if entries.len() < K {
+            entries.push(Counter {
                 key: key.to_owned(),
                 count: 1,
                 error: 0,
                 value: value.clone(),
             });
+            self.hashes.push(h);
+            let hashes = &self.hashes;
+            self.index
+                .insert_unique(h, (hashes.len() - 1) as u32, |&j| hashes[j as usize]);
             return;
         }
         // Replace the lightest key: the newcomer inherits its count as error.
-        let Some(i) = self.lightest() else { return };
+        let Some(i) = self.take_lightest() else {
+            return;
+        };
         self.lossy = true;
+        if let Ok(slot) = self.index.find_entry(self.hashes[i], |&j| j as usize == i) {
+            slot.remove();
+        }
+        self.hashes[i] = h;
         let e = &mut self.entries[i];
-        self.index.remove(&e.key);
         e.key.clear();
         e.key.push_str(key);
         e.error = e.count;
         e.count = e.count.saturating_add(1);
         e.value = value.clone();
-        self.index.insert(key.to_owned(), i as u32);
+        let hashes = &self.hashes;
+        self.index
+            .insert_unique(h, i as u32, |&j| hashes[j as usize]);
     }
 
-    fn lightest(&self) -> Option<usize> {
-        self.entries
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, e)| e.count)
-            .map(|(i, _)| i)
+    /// A position holding the least count.
+    fn take_lightest(&mut self) -> Option<usize> {
+        loop {
+            while let Some(i) = self.lightest.pop() {
+                let i = i as usize;
+                if self
+                    .entries
+                    .get(i)
+                    .is_some_and(|e| e.count == self.lightest_count)
+                {
+                    return Some(i);
+                }
+            }
+            let least = self.entries.iter().map(|e| e.count).min()?;
+            self.lightest_count = least;
+            self.lightest = (0..self.entries.len() as u32)
+                .rev()
+                .filter(|i| self.entries[*i as usize].count == least)
+                .collect();
+        }
     }
 
     fn reindex(&mut self) {
-        self.index = self
+        self.index.clear();
+        self.lightest.clear();
+        self.hashes = self
             .entries
             .iter()
-            .enumerate()
-            .map(|(i, e)| (e.key.clone(), i as u32))
+            .map(|e| self.hasher.hash_one(&e.key))
             .collect();
+        let hashes = &self.hashes;
+        for (i, h) in hashes.iter().enumerate() {
+            self.index
+                .insert_unique(*h, i as u32, |&j| hashes[j as usize]);
+        }
     }
 
     /// The most any key not monitored may have been counted: the lightest count once a
@@ -146,29 +201,42 @@ impl<V: Payload, const K: usize> TopK<V, K> {
         &self.entries
     }
 
+    fn by_key(entries: &[Counter<V>]) -> bool {
+        entries.is_sorted_by(|a, b| a.key <= b.key)
+    }
+
     /// Adds another summary: a key one side lacks counts as that side's floor there (an
-    /// upper bound of what it missed, which becomes error); the `K` heaviest are kept.
+    /// upper bound of what it missed, which becomes error); the `K` heaviest are kept,
+    /// sorted by key.
     pub fn merge(&mut self, o: &TopK<V, K>) {
         if o.total == 0 && o.entries.is_empty() {
             return;
         }
         let (fa, fb) = (self.floor(), o.floor());
-        let theirs: HashMap<&str, usize> = o
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.key.as_str(), i))
-            .collect();
-        let mut used = vec![false; o.entries.len()];
-        let mut all: Vec<Counter<V>> = Vec::with_capacity(self.entries.len() + o.entries.len());
-        for mut e in std::mem::take(&mut self.entries) {
-            match theirs.get(e.key.as_str()) {
-                Some(&j) => {
-                    used[j] = true;
-                    let b = &o.entries[j];
-                    e.count = e.count.saturating_add(b.count);
-                    e.error = e.error.saturating_add(b.error);
-                    e.value.merge(&b.value);
+        let mut ours = std::mem::take(&mut self.entries);
+        if !Self::by_key(&ours) {
+            ours.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        }
+        let mut theirs: Vec<&Counter<V>> = o.entries.iter().collect();
+        if !Self::by_key(&o.entries) {
+            theirs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        }
+        let mut all: Vec<Counter<V>> = Vec::with_capacity(ours.len() + theirs.len());
+        let mut b = theirs.into_iter().peekable();
+        for mut e in ours {
+            while let Some(t) = b.next_if(|t| t.key < e.key) {
+                all.push(Counter {
+                    key: t.key.clone(),
+                    count: t.count.saturating_add(fa),
+                    error: t.error.saturating_add(fa),
+                    value: t.value.clone(),
+                });
+            }
+            match b.next_if(|t| t.key == e.key) {
+                Some(t) => {
+                    e.count = e.count.saturating_add(t.count);
+                    e.error = e.error.saturating_add(t.error);
+                    e.value.merge(&t.value);
                 }
                 None => {
                     e.count = e.count.saturating_add(fb);
@@ -177,42 +245,52 @@ impl<V: Payload, const K: usize> TopK<V, K> {
             }
             all.push(e);
         }
-        for (b, _) in o.entries.iter().zip(&used).filter(|(_, u)| !**u) {
+        for t in b {
             all.push(Counter {
-                key: b.key.clone(),
-                count: b.count.saturating_add(fa),
-                error: b.error.saturating_add(fa),
-                value: b.value.clone(),
+                key: t.key.clone(),
+                count: t.count.saturating_add(fa),
+                error: t.error.saturating_add(fa),
+                value: t.value.clone(),
             });
         }
-        // Heaviest first, ties by key: the same inputs give the same summary.
-        all.sort_by(|x, y| y.count.cmp(&x.count).then_with(|| x.key.cmp(&y.key)));
         self.lossy |= o.lossy || all.len() > K;
-        all.truncate(K);
+        if all.len() > K {
+            all.select_nth_unstable_by(K - 1, heavier);
+            all.truncate(K);
+            all.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        }
         self.entries = all;
-        self.index = HashMap::new();
+        self.index.clear();
+        self.hashes.clear();
+        self.lightest.clear();
         self.total = self.total.saturating_add(o.total);
     }
 
     /// Monitored keys, heaviest first (ties by key).
     pub fn sorted(&self) -> Vec<&Counter<V>> {
         let mut v: Vec<&Counter<V>> = self.entries.iter().collect();
-        v.sort_by(|x, y| y.count.cmp(&x.count).then_with(|| x.key.cmp(&y.key)));
+        v.sort_by(|x, y| heavier(x, y));
         v
     }
 
-    /// Drops the lookup index (a summary kept only to be read and merged).
+    /// Drops the lookup index and sorts by key (a summary kept only to be read and
+    /// merged).
     pub fn compact(&mut self) {
-        self.index = HashMap::new();
+        self.index = HashTable::new();
+        self.hashes = Vec::new();
+        self.lightest = Vec::new();
+        if !Self::by_key(&self.entries) {
+            self.entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        }
         self.entries.shrink_to_fit();
     }
 
     /// Brings a summary from elsewhere within this one's shape: at most `K` keys, the
-    /// heaviest, each at most `max_key` bytes long (cut at a character boundary).
+    /// heaviest, each at most `max_key` bytes long (cut at a character boundary), each
+    /// once, sorted by key.
     pub fn sanitize(&mut self, max_key: usize) {
         if self.entries.len() > K {
-            self.entries
-                .sort_by(|x, y| y.count.cmp(&x.count).then_with(|| x.key.cmp(&y.key)));
+            self.entries.select_nth_unstable_by(K - 1, heavier);
             self.entries.truncate(K);
             self.lossy = true;
         }
@@ -232,7 +310,9 @@ impl<V: Payload, const K: usize> TopK<V, K> {
             }
             same
         });
-        self.index = HashMap::new();
+        self.index = HashTable::new();
+        self.hashes = Vec::new();
+        self.lightest = Vec::new();
     }
 
     /// Bytes this summary holds in memory, roughly.
@@ -241,7 +321,9 @@ impl<V: Payload, const K: usize> TopK<V, K> {
             .iter()
             .map(|e| e.key.capacity() + std::mem::size_of::<Counter<V>>())
             .sum::<usize>()
-            + self.index.capacity() * 40
+            + self.index.capacity() * 8
+            + self.hashes.capacity() * 8
+            + self.lightest.capacity() * 4
     }
 }
 
@@ -249,6 +331,7 @@ impl<V: Payload, const K: usize> TopK<V, K> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     fn exact(keys: &[u8]) -> HashMap<String, u64> {
         let mut m = HashMap::new();
@@ -339,6 +422,24 @@ mod tests {
             }
             left.merge(&right);
             check(&left, &exact(&parts.concat()))?;
+        }
+
+        #[test]
+        fn adding_after_merging_keeps_the_bounds(parts in prop::collection::vec(zipfish(), 1..6)) {
+            // A counting summary that takes merges between adds (its index is rebuilt).
+            let mut s = TopK::<(), 10>::default();
+            let mut all = Vec::new();
+            for (i, p) in parts.iter().enumerate() {
+                if i % 2 == 0 {
+                    p.iter().for_each(|k| s.add(&k.to_string(), &()));
+                } else {
+                    let mut other = TopK::<(), 10>::default();
+                    p.iter().for_each(|k| other.add(&k.to_string(), &()));
+                    s.merge(&other);
+                }
+                all.extend_from_slice(p);
+            }
+            check(&s, &exact(&all))?;
         }
 
         #[test]

@@ -83,9 +83,9 @@ impl KafkaPublisher {
 
 #[async_trait]
 impl Publisher for KafkaPublisher {
-    async fn publish(&self, updates: Vec<MinuteUpdate>) -> Result<(), SinkError> {
+    async fn publish(&self, updates: &[MinuteUpdate]) -> Result<(), SinkError> {
         let mut pending = Vec::with_capacity(updates.len());
-        for u in &updates {
+        for u in updates {
             let payload = serde_json::to_vec(u)
                 .map_err(|e| SinkError::unavailable("cannot encode an aggregate").with_source(e))?;
             let record = FutureRecord::to(&self.topic)

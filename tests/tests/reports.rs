@@ -221,12 +221,20 @@ fn check(get: Get<'_>, id: &str, range: &str, t: &Truth, seen: &mut Seen) -> any
         .last()
         .and_then(|r| r["requests"].as_u64())
         .unwrap_or(0);
+    let others = objects["others_at_most"].as_u64().unwrap_or(0);
     let shown: Vec<&str> = rows.iter().filter_map(|r| r["object"].as_str()).collect();
     for (name, want) in &t.objects {
         if want[0] > last {
             assert!(
                 shown.contains(&name.as_str()),
                 "{id}: {name} ({}) left out",
+                want[0]
+            );
+        }
+        if !shown.contains(&name.as_str()) {
+            assert!(
+                want[0] <= others,
+                "{id}: {name} ({}) over the stated {others}",
                 want[0]
             );
         }
@@ -255,7 +263,14 @@ fn check(get: Get<'_>, id: &str, range: &str, t: &Truth, seen: &mut Seen) -> any
         .last()
         .and_then(|r| r["requests"].as_u64())
         .unwrap_or(0);
+    let others = referrers["others_at_most"].as_u64().unwrap_or(0);
     for (name, want) in &t.referrers {
+        if !rows.iter().any(|r| r["referrer"] == name.as_str()) {
+            assert!(
+                *want <= others,
+                "{id}: referrer {name} ({want}) over the stated {others}"
+            );
+        }
         if *want > last {
             assert!(
                 rows.iter().any(|r| r["referrer"] == name.as_str()),
@@ -402,9 +417,9 @@ for row in duckdb.sql(f"""SELECT DistributionId, coalesce(cs_uri_stem, '-'), cou
   sum(CASE WHEN x_edge_result_type = 'Miss' THEN coalesce(sc_bytes, 0) ELSE 0 END)::UBIGINT
   FROM {{src}} GROUP BY ALL""").fetchall():
     d(row[0])["objects"][row[1]] = [int(x) for x in row[2:]]
-for dist, host, n in duckdb.sql(f"""SELECT DistributionId,
+for dist, host, n in duckdb.sql(rf"""SELECT DistributionId,
   CASE WHEN cs_referer IS NULL OR cs_referer IN ('', '-') THEN '-'
-       ELSE coalesce(nullif(regexp_extract(cs_referer, '^(?:[^:/?#]+://)?(?:[^@/?#]*@)?([^:/?#]*)', 1), ''), '-') END,
+       ELSE coalesce(nullif(regexp_extract(cs_referer, '^(?:[^:/?#]+://)?(?:[^@/?#]*@)?(\[[^\]/?#]*\]|[^:/?#]*)', 1), ''), '-') END,
   count(*) FROM {{src}} GROUP BY ALL""").fetchall():
     d(dist)["referrers"][host] = n
 for dist, agent, n, b in duckdb.sql(f"""SELECT DistributionId, coalesce(cs_user_agent, '-'), count(*),

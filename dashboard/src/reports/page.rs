@@ -100,7 +100,7 @@ fn body(v: &ReportView, range: &str) -> String {
         Body::Objects {
             sort,
             exact,
-            floor,
+            others_at_most,
             objects,
         } => {
             let link = |s: &str| {
@@ -137,13 +137,13 @@ fn body(v: &ReportView, range: &str) -> String {
                 t.push_str("<tr><td colspan=9 class=muted>no requests in this range</td></tr>");
             }
             t.push_str("</table>");
-            let bound = if *exact {
-                "Counts are exact.".to_owned()
+            let counts = if *exact {
+                "Counts are exact"
             } else {
-                format!(
-                    "Counts are upper bounds, within the ± shown; an object not listed had at most {floor} requests."
-                )
+                "Counts are upper bounds, within the ± shown"
             };
+            let bound =
+                format!("{counts}; an object not listed had at most {others_at_most} requests.");
             let top = objects.iter().map(|o| {
                 let v = if *sort == "bytes" {
                     o.bytes
@@ -163,7 +163,7 @@ fn body(v: &ReportView, range: &str) -> String {
         }
         Body::Referrers {
             exact,
-            floor,
+            others_at_most,
             referrers,
         } => {
             let mut t = String::from(
@@ -193,13 +193,13 @@ fn body(v: &ReportView, range: &str) -> String {
                 t.push_str("<tr><td colspan=3 class=muted>no requests in this range</td></tr>");
             }
             t.push_str("</table>");
-            let bound = if *exact {
-                "Counts are exact.".to_owned()
+            let counts = if *exact {
+                "Counts are exact"
             } else {
-                format!(
-                    "Counts are upper bounds, within the ± shown; a domain not listed had at most {floor} requests."
-                )
+                "Counts are upper bounds, within the ± shown"
             };
+            let bound =
+                format!("{counts}; a domain not listed had at most {others_at_most} requests.");
             format!(
                 "<p class=muted>{bound}</p><div class=grid>{}</div>{t}",
                 bars(
@@ -335,7 +335,7 @@ pub(crate) fn render(report: Report, v: &ReportView, range: &str) -> String {
         .collect();
     let mut note = format!("{} requests, UTC", v.requests);
     if v.step_ms >= 3_600_000 {
-        note.push_str("; older than 3 h, summaries are kept by the hour, so whole hours count");
+        note.push_str("; past the last hour, summaries are kept by the hour, so whole hours count");
     }
     if let Some(t) = v.dropped_before_ms {
         note.push_str(&format!(

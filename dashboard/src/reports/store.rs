@@ -1,7 +1,9 @@
 //! Every distribution's report summaries: by the minute for the last
-//! [`MINUTE_RESOLUTION_MS`], by the hour before that, within a byte bound.
+//! [`MINUTE_RESOLUTION_MS`], by the hour before that, within a byte bound. Kept encoded
+//! (postcard, about a quarter of their decoded size): a merge decodes, adds and encodes
+//! one summary; a range decodes the ones it needs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{PoisonError, RwLock};
 
 use edgelog_record::MinuteReport;
@@ -9,26 +11,70 @@ use edgelog_record::report::Usage;
 
 /// Summaries younger than this (from a distribution's newest minute) stay by the minute;
 /// older ones are merged into their hour.
-pub const MINUTE_RESOLUTION_MS: i64 = 3 * 3_600_000;
+pub const MINUTE_RESOLUTION_MS: i64 = 3_600_000;
 const HOUR_MS: i64 = 3_600_000;
+
+/// A summary as kept: postcard bytes.
+struct Packed(Box<[u8]>);
+
+impl Packed {
+    fn of(r: &MinuteReport) -> Packed {
+        Packed(
+            postcard::to_allocvec(r)
+                .unwrap_or_default()
+                .into_boxed_slice(),
+        )
+    }
+
+    /// What was packed (an empty summary if the bytes were somehow not one).
+    fn open(&self) -> MinuteReport {
+        postcard::from_bytes(&self.0).unwrap_or_default()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.0.len() + SLOT_BYTES
+    }
+}
 
 /// One distribution's summaries.
 #[derive(Default)]
 struct Dist {
-    minutes: BTreeMap<i64, MinuteReport>,
-    hours: BTreeMap<i64, MinuteReport>,
+    minutes: BTreeMap<i64, Packed>,
+    hours: BTreeMap<i64, Packed>,
+    /// The newest minute seen, the clock's at most: minutes older than an hour before it
+    /// go to their hour.
     newest: Option<i64>,
-    bytes: usize,
-    /// Summaries before this were dropped to stay within the byte bound.
-    dropped_before: Option<i64>,
 }
+
+impl Dist {
+    /// The start of its oldest summary.
+    fn oldest(&self) -> Option<i64> {
+        match (self.hours.keys().next(), self.minutes.keys().next()) {
+            (Some(h), Some(m)) => Some((*h).min(*m)),
+            (h, m) => h.or(m).copied(),
+        }
+    }
+}
+
+/// What a distribution costs besides its summaries (its id, maps and their first
+/// nodes), and each summary besides its bytes (its place in a map): counted in the bound.
+const DIST_BYTES: usize = 1024;
+const SLOT_BYTES: usize = 64;
+/// Summaries for minutes further ahead of the clock than this are not kept (the minute
+/// aggregates still count them): one skewed record cannot move a distribution's reports.
+const MAX_AHEAD_MS: i64 = 3_600_000;
 
 #[derive(Default)]
 struct Inner {
     dists: BTreeMap<String, Dist>,
+    /// `(start of its oldest summary, id)` of every distribution: what goes first.
+    oldest: BTreeSet<(i64, String)>,
     bytes: usize,
     /// Summaries dropped to stay within the bound, since the start.
     dropped: u64,
+    /// Every summary before this was dropped (the oldest go first, whichever distribution
+    /// they belong to).
+    dropped_before: Option<i64>,
 }
 
 /// The merged reports of every distribution.
@@ -69,6 +115,9 @@ pub struct Merged {
     pub timeline: Vec<(i64, Moment)>,
     /// Length of a timeline step: a minute or an hour.
     pub step_ms: i64,
+    /// Where the summaries merged start: the range's start, or the start of its hour when
+    /// whole hours count.
+    pub from_ms: i64,
     /// Reports from before this were dropped to stay within the byte bound.
     pub dropped_before: Option<i64>,
 }
@@ -77,12 +126,24 @@ fn hour_of(ms: i64) -> i64 {
     ms - ms.rem_euclid(HOUR_MS)
 }
 
-fn put(map: &mut BTreeMap<i64, MinuteReport>, at: i64, r: &MinuteReport) -> isize {
-    let before = map.get(&at).map_or(0, |r| r.heap_bytes() as isize);
-    let slot = map.entry(at).or_default();
-    slot.merge(r);
-    slot.compact();
-    slot.heap_bytes() as isize - before
+/// Adds `r` into the summary at `at`; the change in bytes held.
+fn put(map: &mut BTreeMap<i64, Packed>, at: i64, r: &MinuteReport) -> isize {
+    let (before, merged) = match map.get(&at) {
+        Some(p) => {
+            let mut old = p.open();
+            old.merge(r);
+            (p.heap_bytes() as isize, old)
+        }
+        None => {
+            let mut fresh = r.clone();
+            fresh.compact();
+            (0, fresh)
+        }
+    };
+    let packed = Packed::of(&merged);
+    let after = packed.heap_bytes() as isize;
+    map.insert(at, packed);
+    after - before
 }
 
 impl ReportStore {
@@ -96,17 +157,42 @@ impl ReportStore {
 
     /// Adds one collector's summary of `minute_ms` (a valid minute: the caller checked).
     pub fn merge(&self, distribution: &str, minute_ms: i64, r: &MinuteReport) {
+        let now = crate::store::now_ms();
+        if minute_ms > now.saturating_add(MAX_AHEAD_MS) {
+            tracing::debug!(
+                distribution,
+                minute_ms,
+                "a report summary too far ahead of the clock is not kept"
+            );
+            return;
+        }
+        let now_minute = now - now.rem_euclid(60_000);
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let inner = &mut *inner;
+        let mut delta: isize = 0;
         let dist = match inner.dists.get_mut(distribution) {
             Some(d) => d,
-            None => inner.dists.entry(distribution.to_owned()).or_default(),
+            None => {
+                delta += (DIST_BYTES + distribution.len()) as isize;
+                inner.dists.entry(distribution.to_owned()).or_default()
+            }
         };
-        let newest = dist.newest.map_or(minute_ms, |n| n.max(minute_ms));
-        if minute_ms < newest - self.history_ms {
+        let before = dist.oldest();
+        // A minute ahead of the clock does not push the others out.
+        let newest = dist
+            .newest
+            .map_or(minute_ms, |n| n.max(minute_ms))
+            .min(now_minute);
+        if minute_ms < newest - self.history_ms
+            || inner.dropped_before.is_some_and(|t| minute_ms < t)
+        {
+            if before.is_none() && dist.newest.is_none() {
+                inner.dists.remove(distribution);
+            }
             return;
         }
         dist.newest = Some(newest);
-        let mut delta = if minute_ms >= newest - MINUTE_RESOLUTION_MS {
+        delta += if minute_ms >= newest - MINUTE_RESOLUTION_MS {
             put(&mut dist.minutes, minute_ms, r)
         } else {
             put(&mut dist.hours, hour_of(minute_ms), r)
@@ -118,7 +204,7 @@ impl ReportStore {
             }
             let (m, old) = entry.remove_entry();
             delta -= old.heap_bytes() as isize;
-            delta += put(&mut dist.hours, hour_of(m), &old);
+            delta += put(&mut dist.hours, hour_of(m), &old.open());
         }
         while let Some(entry) = dist.hours.first_entry() {
             if *entry.key() + HOUR_MS > newest - self.history_ms {
@@ -126,9 +212,17 @@ impl ReportStore {
             }
             delta -= entry.remove().heap_bytes() as isize;
         }
-        dist.bytes = dist.bytes.saturating_add_signed(delta);
+        let after = dist.oldest();
+        if before != after {
+            if let Some(t) = before {
+                inner.oldest.remove(&(t, distribution.to_owned()));
+            }
+            if let Some(t) = after {
+                inner.oldest.insert((t, distribution.to_owned()));
+            }
+        }
         inner.bytes = inner.bytes.saturating_add_signed(delta);
-        while inner.bytes > self.max_bytes && drop_oldest(&mut inner) {}
+        while inner.bytes > self.max_bytes && drop_oldest(inner) {}
     }
 
     /// Estimated bytes held.
@@ -147,12 +241,6 @@ impl ReportStore {
             .dropped
     }
 
-    /// The newest minute with a summary for `distribution`.
-    pub fn newest(&self, distribution: &str) -> Option<i64> {
-        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        inner.dists.get(distribution)?.newest
-    }
-
     /// Summaries of `[from_ms, to_ms)` merged (hours that overlap it count whole), with
     /// the timeline by the minute when the range lies within the minute resolution.
     pub fn range(&self, distribution: &str, from_ms: i64, to_ms: i64) -> Merged {
@@ -161,21 +249,33 @@ impl ReportStore {
             report: MinuteReport::default(),
             timeline: Vec::new(),
             step_ms: 60_000,
+            from_ms,
             dropped_before: None,
         };
+        out.dropped_before = inner.dropped_before.filter(|t| *t > from_ms);
         let Some(d) = inner.dists.get(distribution) else {
             return out;
         };
-        out.dropped_before = d.dropped_before.filter(|t| *t > from_ms);
-        let by_minute = d.hours.range(hour_of(from_ms)..to_ms).next().is_none();
+        let Some(newest) = d.newest else { return out };
+        // By the minute when every minute of the range still is; else whole hours.
+        let by_minute = from_ms >= newest - MINUTE_RESOLUTION_MS;
+        let start = if by_minute { from_ms } else { hour_of(from_ms) };
+        out.from_ms = start;
         out.step_ms = if by_minute { 60_000 } else { HOUR_MS };
-        for (h, r) in d.hours.range(hour_of(from_ms)..to_ms) {
+        let hours = if by_minute {
+            None
+        } else {
+            Some(d.hours.range(start..to_ms))
+        };
+        for (h, p) in hours.into_iter().flatten() {
+            let r = &p.open();
             out.report.merge(r);
             let mut moment = Moment::default();
             moment.add(r);
             out.timeline.push((*h, moment));
         }
-        for (m, r) in d.minutes.range(from_ms..to_ms) {
+        for (m, p) in d.minutes.range(start..to_ms) {
+            let r = &p.open();
             out.report.merge(r);
             let at = if by_minute { *m } else { hour_of(*m) };
             match out.timeline.last_mut() {
@@ -192,32 +292,31 @@ impl ReportStore {
     }
 }
 
-/// Drops the oldest summary (an hour, or else a minute) of any distribution; false when
-/// there is none.
+/// Drops the oldest summary of any distribution (and the distribution, once it has
+/// none); false when there is none.
 fn drop_oldest(inner: &mut Inner) -> bool {
-    let oldest = inner
-        .dists
-        .iter()
-        .filter_map(|(id, d)| {
-            let first = d.hours.keys().next().or(d.minutes.keys().next())?;
-            Some((*first, id.clone()))
-        })
-        .min();
-    let Some((_, id)) = oldest else { return false };
-    let Some(d) = inner.dists.get_mut(&id) else {
+    let Some((at, id)) = inner.oldest.pop_first() else {
         return false;
     };
-    let (at, r, span) = match d.hours.pop_first() {
-        Some((h, r)) => (h, r, HOUR_MS),
-        None => match d.minutes.pop_first() {
-            Some((m, r)) => (m, r, 60_000),
-            None => return false,
-        },
+    let Some(d) = inner.dists.get_mut(&id) else {
+        return true;
     };
-    let b = r.heap_bytes();
-    d.bytes = d.bytes.saturating_sub(b);
-    d.dropped_before = Some(d.dropped_before.unwrap_or(at).max(at + span));
-    inner.bytes = inner.bytes.saturating_sub(b);
+    let (packed, span) = match (d.hours.first_key_value(), d.minutes.first_key_value()) {
+        (Some((h, _)), _) if *h == at => (d.hours.pop_first(), HOUR_MS),
+        _ => (d.minutes.pop_first(), 60_000),
+    };
+    let mut freed = packed.map_or(0, |(_, p)| p.heap_bytes());
+    match d.oldest() {
+        Some(t) => {
+            inner.oldest.insert((t, id.clone()));
+        }
+        None => {
+            inner.dists.remove(&id);
+            freed += DIST_BYTES + id.len();
+        }
+    }
+    inner.bytes = inner.bytes.saturating_sub(freed);
+    inner.dropped_before = Some(inner.dropped_before.unwrap_or(at).max(at + span));
     inner.dropped += 1;
     tracing::debug!(distribution = %id, at, "report summary dropped to stay within reports_max_bytes");
     true
@@ -256,10 +355,16 @@ mod tests {
         assert_eq!(all.report.requests(), 360);
         assert_eq!(all.step_ms, HOUR_MS);
         assert_eq!(all.timeline.len(), 6);
+        // The last hour by the minute (newest is 5:59, so 4:59 on are minutes).
         let recent = s.range("E1", 5 * HOUR_MS, 6 * HOUR_MS);
         assert_eq!(recent.step_ms, 60_000);
         assert_eq!(recent.timeline.len(), 60);
         assert_eq!(recent.report.requests(), 60);
+        // A range reaching past that counts whole hours, once each.
+        let wider = s.range("E1", 4 * HOUR_MS + 30 * 60_000, 6 * HOUR_MS);
+        assert_eq!(wider.step_ms, HOUR_MS);
+        assert_eq!(wider.report.requests(), 120);
+        assert_eq!(wider.timeline.len(), 2);
     }
 
     #[test]
@@ -270,7 +375,7 @@ mod tests {
         s.merge("E1", 0, &report("/a", 1));
         assert_eq!(s.range("E1", 0, 11 * HOUR_MS).report.requests(), 1);
 
-        let bound = 200_000;
+        let bound = 20_000;
         let s = ReportStore::new(24 * 60, bound);
         for m in 0..2000 {
             s.merge(
@@ -283,9 +388,16 @@ mod tests {
         let inner = s.inner.read().unwrap_or_else(PoisonError::into_inner);
         let held: usize = inner
             .dists
-            .values()
-            .flat_map(|d| d.minutes.values().chain(d.hours.values()))
-            .map(MinuteReport::heap_bytes)
+            .iter()
+            .map(|(id, d)| {
+                DIST_BYTES
+                    + id.len()
+                    + d.minutes
+                        .values()
+                        .chain(d.hours.values())
+                        .map(Packed::heap_bytes)
+                        .sum::<usize>()
+            })
             .sum();
         assert_eq!(held, inner.bytes, "the running count is what is held");
         drop(inner);
@@ -303,5 +415,52 @@ mod tests {
             s.bytes()
         );
         assert!(s.dropped() > 0);
+    }
+
+    #[test]
+    fn a_minute_ahead_of_the_clock_moves_nothing() {
+        let now = crate::store::now_ms();
+        let minute = now - now.rem_euclid(60_000);
+        let s = ReportStore::new(24 * 60, usize::MAX);
+        s.merge("E1", minute - 60_000, &report("/a", 1));
+        // Days ahead: not kept. Twenty minutes ahead: kept, the present stays by the minute.
+        s.merge("E1", minute + 3 * 86_400_000, &report("/far", 1));
+        s.merge("E1", minute + 20 * 60_000, &report("/near", 1));
+        s.merge("E1", minute, &report("/b", 1));
+        let r = s.range("E1", minute - 30 * 60_000, minute + 30 * 60_000);
+        assert_eq!(r.step_ms, 60_000);
+        assert_eq!(r.report.requests(), 3);
+        assert!(r.report.objects.entries().iter().all(|e| e.key != "/far"));
+    }
+
+    #[test]
+    fn many_distributions_under_a_small_bound_stay_within_it() {
+        let now = crate::store::now_ms();
+        let minute = now - now.rem_euclid(60_000);
+        let bound = 1 << 20;
+        let s = ReportStore::new(24 * 60, bound);
+        let one = report("/a", 1);
+        for d in 0..30_000 {
+            s.merge(&format!("EMANY{d}"), minute - (d % 600) * 60_000, &one);
+        }
+        assert!(s.bytes() <= bound, "{} bytes", s.bytes());
+        let inner = s.inner.read().unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(
+            inner.oldest.len(),
+            inner.dists.len(),
+            "one oldest per distribution"
+        );
+        assert!(
+            inner.dists.values().all(|d| d.oldest().is_some()),
+            "no empty distribution kept"
+        );
+        let watermark = inner.dropped_before.unwrap_or(i64::MIN);
+        assert!(
+            inner
+                .dists
+                .values()
+                .all(|d| d.oldest().is_some_and(|t| t >= watermark - HOUR_MS)),
+            "everything older than the watermark went"
+        );
     }
 }

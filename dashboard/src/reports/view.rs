@@ -42,14 +42,15 @@ pub enum Body {
     Objects {
         sort: &'static str,
         /// Any count shown may exceed the true count by at most its `requests_max_error`;
-        /// an object not shown has at most `floor` requests. `exact`: every count is.
+        /// an object not shown had at most `others_at_most` requests. `exact`: every
+        /// count is.
         exact: bool,
-        floor: u64,
+        others_at_most: u64,
         objects: Vec<ObjectRow>,
     },
     Referrers {
         exact: bool,
-        floor: u64,
+        others_at_most: u64,
         referrers: Vec<ReferrerRow>,
     },
     Viewers {
@@ -200,6 +201,13 @@ pub fn build(
                         .then_with(|| a.key.cmp(&b.key))
                 });
             }
+            // Not shown: a monitored object lighter than the last row, or one not
+            // monitored (at most the floor). By bytes, any monitored one may be left out.
+            let others = match (sort, all.get(TOP_OBJECTS)) {
+                (_, None) => r.objects.floor(),
+                (Sort::Requests, Some(_)) => all[TOP_OBJECTS - 1].count.max(r.objects.floor()),
+                (Sort::Bytes, Some(_)) => all.iter().map(|c| c.count).max().unwrap_or(0),
+            };
             Body::Objects {
                 sort: if sort == Sort::Bytes {
                     "bytes"
@@ -207,7 +215,7 @@ pub fn build(
                     "requests"
                 },
                 exact: r.objects.floor() == 0,
-                floor: r.objects.floor(),
+                others_at_most: others,
                 objects: all
                     .into_iter()
                     .take(TOP_OBJECTS)
@@ -230,22 +238,27 @@ pub fn build(
                     .collect(),
             }
         }
-        Report::TopReferrers => Body::Referrers {
-            exact: r.referrers.floor() == 0,
-            floor: r.referrers.floor(),
-            referrers: r
-                .referrers
-                .sorted()
-                .into_iter()
-                .take(TOP_REFERRERS)
-                .map(|c| ReferrerRow {
-                    referrer: c.key.clone(),
-                    requests: c.count,
-                    requests_max_error: c.error,
-                    share: share(c.count, total),
-                })
-                .collect(),
-        },
+        Report::TopReferrers => {
+            let all = r.referrers.sorted();
+            let others = match all.get(TOP_REFERRERS) {
+                None => r.referrers.floor(),
+                Some(_) => all[TOP_REFERRERS - 1].count.max(r.referrers.floor()),
+            };
+            Body::Referrers {
+                exact: r.referrers.floor() == 0,
+                others_at_most: others,
+                referrers: all
+                    .into_iter()
+                    .take(TOP_REFERRERS)
+                    .map(|c| ReferrerRow {
+                        referrer: c.key.clone(),
+                        requests: c.count,
+                        requests_max_error: c.error,
+                        share: share(c.count, total),
+                    })
+                    .collect(),
+            }
+        }
         Report::Viewers => Body::Viewers {
             devices: fixed(&DEVICES, &r.devices, total),
             browsers: named(r.browsers.sorted(), total),
