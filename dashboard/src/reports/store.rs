@@ -1,7 +1,8 @@
 //! Every distribution's report summaries: by the minute for the last
 //! [`MINUTE_RESOLUTION_MS`], by the hour before that, within a byte bound. Kept encoded
-//! (postcard, about a quarter of their decoded size): a merge decodes, adds and encodes
-//! one summary; a range decodes the ones it needs.
+//! (postcard, about a quarter of their decoded size), but for the few that merges still
+//! reach (the newest minutes, the hour minutes are folded into), which stay decoded; a
+//! range decodes the ones it needs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{PoisonError, RwLock};
@@ -30,17 +31,63 @@ impl Packed {
     fn open(&self) -> MinuteReport {
         postcard::from_bytes(&self.0).unwrap_or_default()
     }
+}
+
+/// A summary merges may still reach (decoded, with the bytes it was counted at), or one
+/// they no longer do (encoded).
+enum Slot {
+    Open(Box<MinuteReport>, usize),
+    Packed(Packed),
+}
+
+impl Slot {
+    fn open(r: Box<MinuteReport>) -> Slot {
+        let bytes = r.heap_bytes() + SLOT_BYTES;
+        Slot::Open(r, bytes)
+    }
 
     fn heap_bytes(&self) -> usize {
-        self.0.len() + SLOT_BYTES
+        match self {
+            Slot::Open(_, b) => *b,
+            Slot::Packed(p) => p.0.len() + SLOT_BYTES,
+        }
+    }
+
+    fn report(&self) -> std::borrow::Cow<'_, MinuteReport> {
+        match self {
+            Slot::Open(r, _) => std::borrow::Cow::Borrowed(r),
+            Slot::Packed(p) => std::borrow::Cow::Owned(p.open()),
+        }
+    }
+
+    fn into_report(self) -> MinuteReport {
+        match self {
+            Slot::Open(r, _) => *r,
+            Slot::Packed(p) => p.open(),
+        }
+    }
+
+    /// Encodes an open summary; the change in bytes.
+    fn pack(&mut self) -> isize {
+        let Slot::Open(r, before) = self else {
+            return 0;
+        };
+        let before = *before as isize;
+        *self = Slot::Packed(Packed::of(r));
+        self.heap_bytes() as isize - before
     }
 }
 
-/// One distribution's summaries.
+/// Minutes this close to the newest stay decoded (collectors still send them).
+const OPEN_MINUTES_MS: i64 = 2 * 60_000;
+
 #[derive(Default)]
 struct Dist {
-    minutes: BTreeMap<i64, Packed>,
-    hours: BTreeMap<i64, Packed>,
+    minutes: BTreeMap<i64, Slot>,
+    hours: BTreeMap<i64, Slot>,
+    /// Keys of the open slots of each map, to encode them once cold.
+    open_minutes: Vec<i64>,
+    open_hours: Vec<i64>,
     /// The newest minute seen, the clock's at most: minutes older than an hour before it
     /// go to their hour.
     newest: Option<i64>,
@@ -126,24 +173,50 @@ fn hour_of(ms: i64) -> i64 {
     ms - ms.rem_euclid(HOUR_MS)
 }
 
-/// Adds `r` into the summary at `at`; the change in bytes held.
-fn put(map: &mut BTreeMap<i64, Packed>, at: i64, r: &MinuteReport) -> isize {
-    let (before, merged) = match map.get(&at) {
-        Some(p) => {
-            let mut old = p.open();
+/// Adds `r` into the summary at `at` (left decoded); the change in bytes held.
+fn put(map: &mut BTreeMap<i64, Slot>, open: &mut Vec<i64>, at: i64, r: &MinuteReport) -> isize {
+    let (before, merged) = match map.remove(&at) {
+        Some(slot) => {
+            let before = slot.heap_bytes() as isize;
+            let mut old = match slot {
+                Slot::Open(r, _) => r,
+                Slot::Packed(p) => Box::new(p.open()),
+            };
             old.merge(r);
-            (p.heap_bytes() as isize, old)
+            (before, old)
         }
         None => {
-            let mut fresh = r.clone();
+            let mut fresh = Box::new(r.clone());
             fresh.compact();
             (0, fresh)
         }
     };
-    let packed = Packed::of(&merged);
-    let after = packed.heap_bytes() as isize;
-    map.insert(at, packed);
+    let slot = Slot::open(merged);
+    let after = slot.heap_bytes() as isize;
+    map.insert(at, slot);
+    if !open.contains(&at) {
+        open.push(at);
+    }
     after - before
+}
+
+/// Encodes the open slots of `map` that `cold` says merges no longer reach.
+fn pack_cold(
+    map: &mut BTreeMap<i64, Slot>,
+    open: &mut Vec<i64>,
+    cold: impl Fn(i64) -> bool,
+) -> isize {
+    let mut delta = 0;
+    open.retain(|at| {
+        if !cold(*at) {
+            return true;
+        }
+        if let Some(slot) = map.get_mut(at) {
+            delta += slot.pack();
+        }
+        false
+    });
+    delta
 }
 
 impl ReportStore {
@@ -193,9 +266,9 @@ impl ReportStore {
         }
         dist.newest = Some(newest);
         delta += if minute_ms >= newest - MINUTE_RESOLUTION_MS {
-            put(&mut dist.minutes, minute_ms, r)
+            put(&mut dist.minutes, &mut dist.open_minutes, minute_ms, r)
         } else {
-            put(&mut dist.hours, hour_of(minute_ms), r)
+            put(&mut dist.hours, &mut dist.open_hours, hour_of(minute_ms), r)
         };
         // Minutes past the resolution go to their hour; hours past the history go.
         while let Some(entry) = dist.minutes.first_entry() {
@@ -204,14 +277,29 @@ impl ReportStore {
             }
             let (m, old) = entry.remove_entry();
             delta -= old.heap_bytes() as isize;
-            delta += put(&mut dist.hours, hour_of(m), &old.open());
+            dist.open_minutes.retain(|k| *k != m);
+            delta += put(
+                &mut dist.hours,
+                &mut dist.open_hours,
+                hour_of(m),
+                &old.into_report(),
+            );
         }
         while let Some(entry) = dist.hours.first_entry() {
             if *entry.key() + HOUR_MS > newest - self.history_ms {
                 break;
             }
-            delta -= entry.remove().heap_bytes() as isize;
+            let (h, old) = entry.remove_entry();
+            delta -= old.heap_bytes() as isize;
+            dist.open_hours.retain(|k| *k != h);
         }
+        // What merges no longer reach is encoded: minutes a little behind the newest,
+        // hours but the one minutes are folded into.
+        let folding = hour_of(newest - MINUTE_RESOLUTION_MS);
+        delta += pack_cold(&mut dist.minutes, &mut dist.open_minutes, |m| {
+            m < newest - OPEN_MINUTES_MS
+        });
+        delta += pack_cold(&mut dist.hours, &mut dist.open_hours, |h| h != folding);
         let after = dist.oldest();
         if before != after {
             if let Some(t) = before {
@@ -267,15 +355,15 @@ impl ReportStore {
         } else {
             Some(d.hours.range(start..to_ms))
         };
-        for (h, p) in hours.into_iter().flatten() {
-            let r = &p.open();
+        for (h, slot) in hours.into_iter().flatten() {
+            let r = &*slot.report();
             out.report.merge(r);
             let mut moment = Moment::default();
             moment.add(r);
             out.timeline.push((*h, moment));
         }
-        for (m, p) in d.minutes.range(start..to_ms) {
-            let r = &p.open();
+        for (m, slot) in d.minutes.range(start..to_ms) {
+            let r = &*slot.report();
             out.report.merge(r);
             let at = if by_minute { *m } else { hour_of(*m) };
             match out.timeline.last_mut() {
@@ -301,11 +389,20 @@ fn drop_oldest(inner: &mut Inner) -> bool {
     let Some(d) = inner.dists.get_mut(&id) else {
         return true;
     };
-    let (packed, span) = match (d.hours.first_key_value(), d.minutes.first_key_value()) {
-        (Some((h, _)), _) if *h == at => (d.hours.pop_first(), HOUR_MS),
-        _ => (d.minutes.pop_first(), 60_000),
+    let (slot, span) = match (d.hours.first_key_value(), d.minutes.first_key_value()) {
+        (Some((h, _)), _) if *h == at => {
+            d.open_hours.retain(|k| *k != at);
+            (d.hours.pop_first(), HOUR_MS)
+        }
+        _ => {
+            let slot = d.minutes.pop_first();
+            if let Some((m, _)) = &slot {
+                d.open_minutes.retain(|k| k != m);
+            }
+            (slot, 60_000)
+        }
     };
-    let mut freed = packed.map_or(0, |(_, p)| p.heap_bytes());
+    let mut freed = slot.map_or(0, |(_, s)| s.heap_bytes());
     match d.oldest() {
         Some(t) => {
             inner.oldest.insert((t, id.clone()));
@@ -395,7 +492,7 @@ mod tests {
                     + d.minutes
                         .values()
                         .chain(d.hours.values())
-                        .map(Packed::heap_bytes)
+                        .map(Slot::heap_bytes)
                         .sum::<usize>()
             })
             .sum();
