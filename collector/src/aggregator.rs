@@ -25,9 +25,9 @@ pub trait Publisher: Send + Sync {
 /// Reports waiting to be published are estimated at [`NEW_REPORT_BYTES`] each, and this
 /// many bytes more per record counted into them up to [`REPORT_RECORDS`] records (a
 /// summary is bounded, whatever it counts). Measured: a one-record summary takes about
-/// 3 KiB, a full one about 40 KiB while counting.
-const NEW_REPORT_BYTES: usize = 4096;
-const REPORT_BYTES_PER_RECORD: usize = 100;
+/// 3 KiB, one full of long names (400 records or more) about 92 KiB while counting.
+const NEW_REPORT_BYTES: usize = 3072;
+const REPORT_BYTES_PER_RECORD: usize = 230;
 const REPORT_RECORDS: u64 = 400;
 /// Reports waiting past this estimate are published before the next batch; within a batch,
 /// past it, records of minutes without a report yet count in the minute's aggregate only

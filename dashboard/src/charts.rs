@@ -257,9 +257,11 @@ pub fn lines_svg(
                 .draw_series(LineSeries::new(data, color.stroke_width(2)))
                 .map_err(|e| e.to_string())?;
             if lines.len() > 1 {
-                series.label(l.label.as_str()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
-                });
+                series
+                    .label(crate::pages::visible(&l.label))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
+                    });
             }
         }
         if lines.len() > 1 {
@@ -285,15 +287,17 @@ pub fn bars_svg(caption: &str, bars: &[(String, f64)], size: (u32, u32)) -> Resu
         .filter_map(|(_, v)| drawable(*v, Y_CAP))
         .fold(0.0, f64::max);
     let x_max = (largest * 1.1).clamp(1.0, Y_CAP);
-    // Segment 0 is at the bottom: the first bar goes at the top.
+    // Segment 0 is at the bottom: the first bar goes at the top. Labels show only visible
+    // characters (plotters escapes markup, not bidirectional overrides).
     let label = |seg: i32| -> String {
         let i = n - 1 - seg;
         let Some((l, _)) = usize::try_from(i).ok().and_then(|i| bars.get(i)) else {
             return String::new();
         };
+        let l = crate::pages::visible(l);
         match l.char_indices().nth(40) {
             Some((cut, _)) => format!("{}…", &l[..cut]),
-            None => l.clone(),
+            None => l.into_owned(),
         }
     };
     let mut svg = String::new();
@@ -411,6 +415,38 @@ mod tests {
                 ..all(i * 60_000, 1.5)
             })
             .collect()
+    }
+
+    #[test]
+    fn chart_labels_show_no_hidden_characters() {
+        let hostile = "/a\u{202e}gnp.exe\u{1b}[31m\u{0}\u{2067}x\u{feff}";
+        let bars = bars_svg("t", &[(hostile.to_owned(), 3.0)], (400, 120)).unwrap_or_default();
+        let lines = lines_svg(
+            "t",
+            false,
+            &[
+                Line {
+                    label: hostile.to_owned(),
+                    color: PALETTE[0],
+                    data: vec![(0, 1.0)],
+                },
+                Line {
+                    label: "b".into(),
+                    color: PALETTE[1],
+                    data: vec![(0, 2.0)],
+                },
+            ],
+            0,
+            60_000,
+            (400, 200),
+        )
+        .unwrap_or_default();
+        for svg in [bars, lines] {
+            assert!(svg.contains("gnp.exe"), "the label is drawn");
+            for c in ['\u{202e}', '\u{1b}', '\u{0}', '\u{2067}', '\u{feff}'] {
+                assert!(!svg.contains(c), "{c:?} in the chart");
+            }
+        }
     }
 
     #[test]

@@ -40,21 +40,36 @@ pub(crate) fn fill(template: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
-/// Text for HTML: markup escaped; control and bidirectional-override characters (which
-/// could reorder what a page shows) as U+FFFD.
-pub(crate) fn escape(s: &str) -> String {
+/// `s` without the characters that could hide or reorder what a page shows (controls,
+/// bidirectional marks and overrides, separators, BOM): each becomes U+FFFD.
+pub(crate) fn visible(s: &str) -> std::borrow::Cow<'_, str> {
     let hidden = |c: char| {
         (c.is_control() && c != '\t' && c != '\n')
-            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            || matches!(
+                c,
+                '\u{200e}'
+                    | '\u{200f}'
+                    | '\u{061c}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{feff}'
+                    | '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}'
+            )
     };
-    let s: std::borrow::Cow<'_, str> = if s.chars().any(hidden) {
+    if s.chars().any(hidden) {
         s.chars()
             .map(|c| if hidden(c) { '\u{fffd}' } else { c })
             .collect::<String>()
             .into()
     } else {
         s.into()
-    };
+    }
+}
+
+/// Text for HTML: markup escaped, and only [`visible`] characters.
+pub(crate) fn escape(s: &str) -> String {
+    let s = visible(s);
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -201,6 +201,7 @@ impl<const N: usize> Tally<N> {
     /// and merged).
     fn compact(&mut self) {
         self.fold();
+        self.0.shrink_to_fit();
         self.1 = HashTable::new();
     }
 

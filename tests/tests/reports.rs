@@ -439,7 +439,7 @@ for table, expr in tallies.items():
         d(dist)["tallies"].setdefault(table, {{}})[name] = [n, int(b)]
 for dist, gets, incomplete in duckdb.sql(f"""SELECT DistributionId, count(*) FILTER (WHERE cs_method = 'GET'),
   count(*) FILTER (WHERE cs_method = 'GET' AND (sc_status = 0 OR sc_bytes < coalesce(
-    CASE WHEN sc_range_end >= sc_range_start THEN sc_range_end - sc_range_start + 1 END, sc_content_len)))
+    CASE WHEN sc_range_end >= sc_range_start THEN sc_range_end::HUGEINT - sc_range_start + 1 END, sc_content_len)))
   FROM {{src}} GROUP BY ALL""").fetchall():
     d(dist)["gets"] = gets
     d(dist)["incomplete_gets"] = incomplete

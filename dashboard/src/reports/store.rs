@@ -183,6 +183,8 @@ fn put(map: &mut BTreeMap<i64, Slot>, open: &mut Vec<i64>, at: i64, r: &MinuteRe
                 Slot::Packed(p) => Box::new(p.open()),
             };
             old.merge(r);
+            // What merging left spare is given back: the bytes counted are the bytes held.
+            old.compact();
             (before, old)
         }
         None => {
@@ -256,9 +258,12 @@ impl ReportStore {
             .newest
             .map_or(minute_ms, |n| n.max(minute_ms))
             .min(now_minute);
-        if minute_ms < newest - self.history_ms
-            || inner.dropped_before.is_some_and(|t| minute_ms < t)
-        {
+        let evicted = inner.dropped_before.is_some_and(|t| minute_ms < t);
+        if evicted {
+            // As if kept and dropped at once: older than what the bound already let go.
+            inner.dropped += 1;
+        }
+        if minute_ms < newest - self.history_ms || evicted {
             if before.is_none() && dist.newest.is_none() {
                 inner.dists.remove(distribution);
             }
@@ -460,6 +465,7 @@ mod tests {
         // A range reaching past that counts whole hours, once each.
         let wider = s.range("E1", 4 * HOUR_MS + 30 * 60_000, 6 * HOUR_MS);
         assert_eq!(wider.step_ms, HOUR_MS);
+        assert_eq!(wider.from_ms, 4 * HOUR_MS, "where counting started");
         assert_eq!(wider.report.requests(), 120);
         assert_eq!(wider.timeline.len(), 2);
     }

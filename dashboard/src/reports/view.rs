@@ -23,6 +23,8 @@ pub enum Sort {
 pub struct ReportView {
     pub distribution: String,
     pub report: &'static str,
+    /// Where the figures start: the range's start, or the start of its first hour when
+    /// the range reaches past the last hour (whole hours count then).
     pub from_ms: i64,
     pub to_ms: i64,
     /// Length of a timeline step: 60000 (a minute) or 3600000 (an hour).
@@ -186,8 +188,10 @@ pub fn build(
     distribution: &str,
     m: &Merged,
     sort: Sort,
-    (from_ms, to_ms): (i64, i64),
+    (_, to_ms): (i64, i64),
 ) -> ReportView {
+    // Where counting started: the window's start, or its hour's when whole hours count.
+    let from_ms = m.from_ms;
     let r = &m.report;
     let total = r.requests();
     let body = match report {
