@@ -62,7 +62,9 @@ fn named_section(id: &str, title: &str, what: &str, rows: &[Named]) -> String {
     )
 }
 
-fn over_time(slug: &str, caption: &str, t: &Timeline, bytes: bool, v: &ReportView) -> String {
+/// `title` over time, per minute or per hour as the range is kept.
+fn over_time(slug: &str, title: &str, t: &Timeline, bytes: bool, v: &ReportView) -> String {
+    let caption = format!("{title} ({})", per(v));
     let lines: Vec<Line> = t
         .names
         .iter()
@@ -82,7 +84,7 @@ fn over_time(slug: &str, caption: &str, t: &Timeline, bytes: bool, v: &ReportVie
         .collect();
     chart(
         slug,
-        lines_svg(caption, false, &lines, v.from_ms, v.to_ms, (640, 260)),
+        lines_svg(&caption, false, &lines, v.from_ms, v.to_ms, (640, 260)),
     )
 }
 
@@ -250,21 +252,21 @@ fn body(v: &ReportView, range: &str) -> String {
             pct(*incomplete_get_rate),
             over_time(
                 "result-types",
-                &format!("Requests by result type ({})", per(v)),
+                "Requests by result type",
                 result_types_over_time,
                 false,
                 v
             ),
             over_time(
                 "result-types-bytes",
-                &format!("Bytes by result type ({})", per(v)),
+                "Bytes by result type",
                 result_types_over_time,
                 true,
                 v
             ),
             over_time(
                 "status-classes",
-                &format!("Status classes ({})", per(v)),
+                "Status classes",
                 status_classes_over_time,
                 false,
                 v
@@ -283,23 +285,17 @@ fn body(v: &ReportView, range: &str) -> String {
         } => format!(
             "<div class=grid>{}{}{}</div>\
              <div class=grid><div>{}</div><div>{}</div><div>{}</div><div>{}</div></div>",
-            over_time(
-                "methods",
-                &format!("Requests by method ({})", per(v)),
-                methods_over_time,
-                false,
-                v
-            ),
+            over_time("methods", "Requests by method", methods_over_time, false, v),
             over_time(
                 "protocols",
-                &format!("Requests by protocol ({})", per(v)),
+                "Requests by protocol",
                 protocols_over_time,
                 false,
                 v
             ),
             over_time(
                 "status-classes",
-                &format!("Status classes ({})", per(v)),
+                "Status classes",
                 status_classes_over_time,
                 false,
                 v
