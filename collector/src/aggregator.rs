@@ -220,3 +220,119 @@ impl Sink for MetricsAggregator {
         self.delivered
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use edgelog_record::Record;
+    use edgelog_wal::Entry;
+
+    use super::*;
+
+    /// Refuses while `down`; keeps what it took.
+    #[derive(Default)]
+    struct Flaky {
+        down: AtomicBool,
+        got: Mutex<Vec<MinuteUpdate>>,
+    }
+
+    #[async_trait]
+    impl Publisher for Flaky {
+        async fn publish(&self, updates: &[MinuteUpdate]) -> Result<(), SinkError> {
+            if self.down.load(Ordering::Relaxed) {
+                return Err(SinkError::unavailable("down"));
+            }
+            self.got
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(updates);
+            Ok(())
+        }
+    }
+
+    fn entry(seq: u64, records: Vec<Record>) -> Entry {
+        Entry {
+            seq,
+            appended_ms: 0,
+            records: Arc::new(records),
+        }
+    }
+
+    fn record(minute: i64, path: &str) -> Record {
+        Record {
+            timestamp_ms: minute * 60_000,
+            distribution_id: "E1".into(),
+            cs_uri_stem: Some(path.into()),
+            ..Record::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_publish_keeps_every_count_for_the_next() {
+        let p = Arc::new(Flaky::default());
+        let mut agg = MetricsAggregator::new("c", p.clone(), Duration::from_secs(3600));
+        agg.write(&Batch::all(&entry(
+            1,
+            vec![record(1, "/a"), record(2, "/b")],
+        )))
+        .await
+        .expect("counted");
+        p.down.store(true, Ordering::Relaxed);
+        assert!(agg.flush().await.is_err());
+        assert_eq!(agg.delivered(), 0, "nothing delivered while refused");
+        agg.write(&Batch::all(&entry(2, vec![record(1, "/a")])))
+            .await
+            .expect("counted");
+        p.down.store(false, Ordering::Relaxed);
+        agg.flush().await.expect("published");
+        assert_eq!(agg.delivered(), 2);
+        let got = p.got.lock().unwrap_or_else(|e| e.into_inner());
+        let minute1: Vec<_> = got.iter().filter(|u| u.minute_ms == 60_000).collect();
+        assert_eq!(minute1.len(), 1);
+        assert_eq!(minute1[0].aggregate.requests, 2);
+        let report = minute1[0].report.as_deref().expect("a report");
+        assert_eq!(report.requests(), 2);
+        assert_eq!(report.objects.entries()[0].count, 2);
+        assert_eq!(got.iter().map(|u| u.aggregate.requests).sum::<u64>(), 3);
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_new_minutes_count_without_reports() {
+        let p = Arc::new(Flaky::default());
+        let mut agg = MetricsAggregator::new("c", p.clone(), Duration::from_secs(3600));
+        // One record a minute: more new summaries in one batch than the bound holds.
+        let n = (MAX_PENDING_REPORT_BYTES / NEW_REPORT_BYTES + 1000) as i64;
+        let records: Vec<Record> = (0..n).map(|m| record(m, "/a")).collect();
+        agg.write(&Batch::all(&entry(1, records)))
+            .await
+            .expect("counted");
+        assert!(
+            agg.report_bytes
+                <= MAX_PENDING_REPORT_BYTES + NEW_REPORT_BYTES + REPORT_BYTES_PER_RECORD
+        );
+        // The next batch publishes first, then counts with reports again.
+        agg.write(&Batch::all(&entry(2, vec![record(n, "/b")])))
+            .await
+            .expect("counted");
+        agg.flush().await.expect("published");
+        let got = p.got.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(
+            got.iter().map(|u| u.aggregate.requests).sum::<u64>(),
+            n as u64 + 1,
+            "every record in the aggregates"
+        );
+        let reported: u64 = got
+            .iter()
+            .filter_map(|u| u.report.as_ref())
+            .map(|r| r.requests())
+            .sum();
+        assert!(reported < n as u64, "some minutes went without a report");
+        assert!(
+            got.iter()
+                .any(|u| u.minute_ms == n * 60_000 && u.report.is_some()),
+            "reports resume after a publish"
+        );
+    }
+}

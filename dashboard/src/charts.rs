@@ -418,6 +418,15 @@ mod tests {
     }
 
     #[test]
+    fn bars_draw_absurd_values_within_bounds() {
+        for v in [f64::NAN, f64::INFINITY, -1.0, 1e302, u64::MAX as f64, 0.0] {
+            let svg = bars_svg("t", &[("a".into(), v), ("b".into(), 1.0)], (400, 120));
+            assert!(svg.is_ok_and(|s| s.contains("<svg")), "{v}");
+        }
+        assert!(bars_svg("t", &[], (400, 120)).is_ok(), "no bars");
+    }
+
+    #[test]
     fn chart_labels_show_no_hidden_characters() {
         let hostile = "/a\u{202e}gnp.exe\u{1b}[31m\u{0}\u{2067}x\u{feff}";
         let bars = bars_svg("t", &[(hostile.to_owned(), 3.0)], (400, 120)).unwrap_or_default();
