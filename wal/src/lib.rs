@@ -353,23 +353,38 @@ impl Wal {
     /// Encodes records into an entry payload. CPU work: callers on an async runtime may
     /// run it on a blocking thread and hand the result to [`Wal::append_encoded`].
     pub fn encode(records: &[Record]) -> Result<Vec<u8>, WalError> {
-        let raw = postcard::to_allocvec(records).map_err(|e| WalError::Encode(e.to_string()))?;
         thread_local! {
-            // One context per thread, reused: creating one per entry is a large
-            // allocation each time.
-            static PACKER: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-                const { std::cell::RefCell::new(None) };
+            // One context and two buffers per thread, reused: a fresh context, or a
+            // buffer grown by doubling, cost an allocation, copies and page faults per
+            // entry.
+            static PACKER: std::cell::RefCell<(Option<zstd::bulk::Compressor<'static>>, Vec<u8>, Vec<u8>)> =
+                const { std::cell::RefCell::new((None, Vec::new(), Vec::new())) };
         }
+        /// Buffers past this size are not kept for the next entry.
+        const KEEP: usize = 8 << 20;
         PACKER.with(|p| {
-            let mut p = p.borrow_mut();
-            let c = match &mut *p {
+            let (packer, raw, packed) = &mut *p.borrow_mut();
+            raw.clear();
+            postcard::to_io(records, &mut *raw).map_err(|e| WalError::Encode(e.to_string()))?;
+            let c = match packer {
                 Some(c) => c,
-                None => p.insert(
+                None => packer.insert(
                     zstd::bulk::Compressor::new(1).map_err(|e| WalError::Encode(e.to_string()))?,
                 ),
             };
-            c.compress(&raw)
-                .map_err(|e| WalError::Encode(e.to_string()))
+            packed.clear();
+            packed.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+            c.compress_to_buffer(raw.as_slice(), &mut *packed)
+                .map_err(|e| WalError::Encode(e.to_string()))?;
+            // Exactly its size: the log's cache holds the payload a while.
+            let out = packed.as_slice().to_vec();
+            if raw.capacity() > KEEP {
+                *raw = Vec::new();
+            }
+            if packed.capacity() > KEEP {
+                *packed = Vec::new();
+            }
+            Ok(out)
         })
     }
 
