@@ -210,6 +210,7 @@ struct IngestQuery {
 struct Inner {
     cfg: CollectorConfig,
     budget: Budget,
+    buffers: crate::buffers::Buffers,
     wal: Wal,
     sinks: Vec<Arc<SinkStatus>>,
     accepting: AtomicBool,
@@ -323,6 +324,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 budget: Budget::new(cfg.max_inflight_bytes),
+                buffers: Default::default(),
                 cfg,
                 wal,
                 sinks,
@@ -749,6 +751,19 @@ fn reason_label(r: &Rejection) -> &'static str {
     r.kind.label()
 }
 
+/// Reads a body whole into `buf` (a kept buffer: see [`crate::buffers`]).
+async fn read_body(
+    mut body: Limited<Body>,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
 async fn ingest(
     State(state): State<AppState>,
     query: Result<Query<IngestQuery>, QueryRejection>,
@@ -792,7 +807,11 @@ async fn ingest(
         .reserve(declared.unwrap_or(limit), BUDGET_WAIT)
         .await
         .map_err(|e| IngestError::Busy { budget: e.budget })?;
-    let reading = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect();
+    let want = usize::try_from(declared.unwrap_or(0).min(limit)).unwrap_or(0);
+    let reading = read_body(
+        Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)),
+        i.buffers.take(want),
+    );
     let wire = tokio::time::timeout(i.cfg.body_timeout, reading)
         .await
         .map_err(|_| IngestError::BodyTimeout(i.cfg.body_timeout))?
@@ -803,7 +822,7 @@ async fn ingest(
                 IngestError::Read(e.to_string())
             }
         })?;
-    let wire = wire.to_bytes();
+    let wire = Bytes::from(wire);
     metrics::counter!("edgelog_ingest_bytes_total", "stage" => "wire").increment(wire.len() as u64);
     if let Some(d) = &q.distribution {
         check_distribution_id(d).map_err(IngestError::BadDistribution)?;
@@ -830,6 +849,7 @@ async fn ingest(
     let max_line_bytes = usize::try_from(i.cfg.max_line_bytes).unwrap_or(usize::MAX);
     let max_field_bytes = usize::try_from(i.cfg.max_field_bytes).unwrap_or(usize::MAX);
     let privacy = access.privacy.clone();
+    let buffers = state.inner.clone();
     // Decompressing and parsing are CPU work: keep them off the async workers.
     let parsed = tokio::task::spawn_blocking(move || {
         let body = decode(&encoding, wire, max_decoded, &mut held)?;
@@ -872,7 +892,9 @@ async fn ingest(
             }
         }
         // The records own their text: the body's room is the encoder's now.
-        drop(body);
+        if let Ok(b) = body.try_into_mut() {
+            buffers.buffers.give(b.into());
+        }
         let records = std::mem::take(&mut parsed.records);
         let accepted = records.len() as u64;
         let entry = if records.is_empty() {

@@ -8,6 +8,7 @@ mod admin;
 mod aggregator;
 mod batch;
 mod budget;
+mod buffers;
 pub mod bus;
 mod config;
 pub mod dead_letter;
