@@ -266,10 +266,11 @@ pub async fn run_sink(
         // Rates reloaded before this task began count too.
         sampler = Sampler::new(&rx.borrow_and_update(), &name);
     }
-    let mut reader: Option<WalReader> = Some(wal.reader(&name));
-    let mut saved = reader
-        .as_ref()
-        .map_or(0, |r| r.position().saturating_sub(1));
+    let reader = wal.reader(&name);
+    let mut saved = reader.position().saturating_sub(1);
+    // The next entry the sink has not been handed.
+    let mut next = reader.position();
+    let mut ahead = Prefetch::start(reader, settings.read_batch, name.clone());
     status.delivered.store(saved, Ordering::Relaxed);
     let mut last_save = Instant::now();
     let mut last_tick = Instant::now();
@@ -281,58 +282,45 @@ pub async fn run_sink(
     let mut pending: std::collections::VecDeque<(Seq, u64)> = Default::default();
     let mut timed_out = false;
 
-    while let Some(mut r) = reader.take() {
+    loop {
         drain.check();
         let draining = drain.deadline.is_some();
-        if draining && r.caught_up() {
+        if draining && (next > wal.committed() || ahead.ended) {
             break;
         }
         let until_tick = settings.tick.saturating_sub(last_tick.elapsed());
-        let has_data = tokio::select! {
+        let read = tokio::select! {
             biased;
-            ready = r.wait() => ready,
-            () = tokio::time::sleep(until_tick) => false,
-            _ = drain.shutdown.changed(), if !draining => false,
+            read = ahead.rx.recv(), if !ahead.ended => read,
+            () = tokio::time::sleep(until_tick) => None,
+            _ = drain.shutdown.changed(), if !draining => None,
         };
         let mut ok = true;
-        if has_data {
-            let batch_size = settings.read_batch;
-            let Ok((back, batch)) = tokio::task::spawn_blocking(move || {
-                let b = r.read_available(batch_size);
-                (r, b)
-            })
-            .await
-            else {
-                tracing::error!(sink = %name, "log reader task panicked");
-                break;
-            };
-            r = back;
-            match batch {
-                Ok(entries) => {
-                    for e in &entries {
-                        pending.push_back((e.seq, e.appended_ms));
-                        if let Some(rx) = &mut sampling
-                            && rx.has_changed().unwrap_or(false)
-                        {
-                            sampler = Sampler::new(&rx.borrow_and_update(), &name);
-                            tracing::info!(sink = %name, from_seq = e.seq, "sampling rates changed");
-                        }
-                        let batch = sampler.batch(e);
-                        ok = retry(&name, &status, &mut drain, sink.as_mut(), Op::Write(&batch))
-                            .await;
-                        if !ok {
-                            break;
-                        }
+        match read {
+            Some(Ok(entries)) => {
+                for e in &entries {
+                    next = e.seq + 1;
+                    pending.push_back((e.seq, e.appended_ms));
+                    if let Some(rx) = &mut sampling
+                        && rx.has_changed().unwrap_or(false)
+                    {
+                        sampler = Sampler::new(&rx.borrow_and_update(), &name);
+                        tracing::info!(sink = %name, from_seq = e.seq, "sampling rates changed");
+                    }
+                    let batch = sampler.batch(e);
+                    ok = retry(&name, &status, &mut drain, sink.as_mut(), Op::Write(&batch)).await;
+                    if !ok {
+                        break;
                     }
                 }
-                Err(e) => {
-                    tracing::error!(sink = %name, error = %e, "cannot read the write-ahead log");
-                    status.set_error(Some(
-                        &SinkError::unavailable("cannot read the write-ahead log").with_source(e),
-                    ));
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
             }
+            Some(Err(e)) => {
+                tracing::error!(sink = %name, error = %e, "cannot read the write-ahead log");
+                status.set_error(Some(
+                    &SinkError::unavailable("cannot read the write-ahead log").with_source(e),
+                ));
+            }
+            None => ahead.ended = ahead.ended || ahead.rx.is_closed() && ahead.rx.is_empty(),
         }
         // Ticks run even under sustained load, so batch ages are honoured.
         if ok && last_tick.elapsed() >= settings.tick {
@@ -356,8 +344,8 @@ pub async fn run_sink(
             timed_out = true;
             break;
         }
-        reader = Some(r);
     }
+    drop(ahead);
 
     if drain.deadline.is_none() {
         drain.deadline = Some(Instant::now() + settings.drain_timeout);
@@ -372,6 +360,65 @@ pub async fn run_sink(
         );
     }
     save_cursor(&wal, &name, sink.delivered(), &status, &mut saved).await;
+}
+
+/// Batches read ahead of a sink (each at most `read_batch` entries and about
+/// [`READ_RECORDS`](crate::wal::READ_RECORDS) records): one was not enough to
+/// keep a lagging standard sink busy.
+const READ_AHEAD: usize = 2;
+
+/// Reads the log ahead of the sink, on the blocking pool, so that decoding
+/// entries from disk (when the sink lags behind) overlaps the sink's own work. Holds at
+/// most [`READ_AHEAD`] batches beyond the one the sink is on.
+struct Prefetch {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<crate::wal::Entry>, crate::wal::WalError>>,
+    /// The reader has stopped: the log is closed and every entry was read (or the reader
+    /// panicked, which it logged).
+    ended: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Prefetch {
+    fn start(mut r: WalReader, batch: usize, name: String) -> Prefetch {
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let task = tokio::spawn(async move {
+            loop {
+                // Room for the batch first: no more than READ_AHEAD are read ahead.
+                let Ok(permit) = tx.reserve().await else {
+                    return;
+                };
+                if !r.wait().await {
+                    return;
+                }
+                let Ok((back, read)) = tokio::task::spawn_blocking(move || {
+                    let b = r.read_available(batch);
+                    (r, b)
+                })
+                .await
+                else {
+                    tracing::error!(sink = %name, "log reader task panicked");
+                    return;
+                };
+                r = back;
+                let failed = read.is_err();
+                permit.send(read);
+                if failed {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        });
+        Prefetch {
+            rx,
+            ended: false,
+            task,
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// The drain deadline, once shutdown has begun.

@@ -64,8 +64,8 @@ pub(crate) struct Encoders {
     pub(crate) props: Arc<WriterProperties>,
 }
 
-/// Row groups encoded at once.
-pub(crate) const ENCODERS: usize = 2;
+/// Row groups encoded at once (two kept a lagging sink waiting for a free encoder).
+pub(crate) const ENCODERS: usize = 4;
 
 impl OpenFile {
     /// Bytes the file holds in memory.
