@@ -142,7 +142,7 @@ shutdown_timeout = "${DRAIN_TIMEOUT}s"
 reports = $REPORTS
 EOF
     echo "bench: $scenario $format $dists distributions, $DURATION..." >&2
-    RUST_LOG=warn "$BIN" collector --config "$dir/edgelog.toml" 2> "$dir/collector.log" &
+    RUST_LOG="${COLLECTOR_LOG:-warn}" "$BIN" collector --config "$dir/edgelog.toml" 2> "$dir/collector.log" &
     pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null || { cat "$dir/collector.log" >&2; exit 1; }

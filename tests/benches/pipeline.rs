@@ -106,6 +106,42 @@ fn wal(c: &mut Criterion) {
     g.finish();
 }
 
+/// The log's entry codec: postcard, then zstd at the levels worth weighing (size
+/// printed per record), and decoding back.
+fn wal_codec(c: &mut Criterion) {
+    let recs = records(N);
+    let raw = postcard::to_allocvec(&recs).expect("postcard");
+    let mut g = c.benchmark_group("wal_codec");
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("postcard_1000", |b| {
+        let mut out = Vec::with_capacity(raw.len());
+        b.iter(|| {
+            out.clear();
+            postcard::to_io(black_box(&recs), &mut out).expect("postcard");
+        })
+    });
+    for level in [1, -1, -3, -7] {
+        let mut z = zstd::bulk::Compressor::new(level).expect("zstd");
+        let packed = z.compress(&raw).expect("zstd");
+        eprintln!(
+            "zstd {level}: {} B/record postcard, {} B/record packed",
+            raw.len() / N,
+            packed.len() / N
+        );
+        g.bench_function(format!("zstd_{level}_1000"), |b| {
+            b.iter(|| z.compress(black_box(&raw)).expect("zstd"))
+        });
+        let mut d = zstd::bulk::Decompressor::new().expect("zstd");
+        g.bench_function(format!("unzstd_{level}_1000"), |b| {
+            b.iter(|| d.decompress(black_box(&packed), raw.len()).expect("zstd"))
+        });
+    }
+    g.bench_function("unpostcard_1000", |b| {
+        b.iter(|| postcard::from_bytes::<Vec<Record>>(black_box(&raw)).expect("postcard"))
+    });
+    g.finish();
+}
+
 fn parquet(c: &mut Criterion) {
     let recs = records(100_000);
     let schema = edgelog_sink_s3::schema();
@@ -145,5 +181,5 @@ fn parquet(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, wal, parquet);
+criterion_group!(benches, codec, wal, wal_codec, parquet);
 criterion_main!(benches);
