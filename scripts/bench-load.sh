@@ -26,7 +26,8 @@
 # seconds); the drain is the time until it exits. Sustained is the records found in the
 # outputs (Parquet; for blackhole, which writes none, the acknowledged records) over the
 # load's time plus the drain: a sink that fell behind pays for it there. MAX_AGE sets the
-# standard-log files' max_age (default: the sink's, 60 s). REPORTS=false turns the report
+# standard-log files' max_age (default: the sink's, 60 s), MAX_OPEN_BYTES their rows
+# waiting in memory (default: the sink's, 134217728). REPORTS=false turns the report
 # summaries off (their cost is the difference).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,7 @@ DISTRIBUTIONS="${DISTRIBUTIONS:-8}"
 DRAIN_TIMEOUT="${DRAIN_TIMEOUT:-300}"
 REPORTS="${REPORTS:-true}"  # false: the collector counts no report summaries ([collector] reports)
 MAX_AGE="${MAX_AGE:-}"  # e.g. 5s: the standard-log files' max_age (default: the sink's, 60 s)
+MAX_OPEN_BYTES="${MAX_OPEN_BYTES:-}"  # rows waiting in memory (default: the sink's, 128 MiB)
 TOPIC=edgelog-realtime  # the real-time sink's default topic, made by test-servers
 TOKEN=bench-token-0123456789abcdef
 
@@ -98,7 +100,7 @@ drain() {
 }
 
 if [ "$MARKDOWN" = 1 ]; then
-  echo "$(date +%F), \`DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" FORMATS=\"$FORMATS\" DISTRIBUTIONS=\"$DISTRIBUTIONS\" CONCURRENCY=$CONCURRENCY ${MAX_AGE:+MAX_AGE=$MAX_AGE }scripts/bench-load.sh --markdown\`, $(nproc) cores:"
+  echo "$(date +%F), \`DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" FORMATS=\"$FORMATS\" DISTRIBUTIONS=\"$DISTRIBUTIONS\" CONCURRENCY=$CONCURRENCY ${MAX_AGE:+MAX_AGE=$MAX_AGE }${MAX_OPEN_BYTES:+MAX_OPEN_BYTES=$MAX_OPEN_BYTES }scripts/bench-load.sh --markdown\`, $(nproc) cores:"
   echo
   echo "| scenario | format | distributions | records/s acknowledged | records/s sustained | MB/s | ack p50 / p99 | collector peak RSS | drain | Parquet B/record | Parquet files | records in Parquet | records on Kafka |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -110,17 +112,18 @@ for scenario in $SCENARIOS; do
     dir=$(mktemp -d /tmp/edgelog-bench.XXXXXX)
     p=$(port)
     prefix="bench-$format-$dists-$$"
-    max_age=""
-    [ -n "$MAX_AGE" ] && max_age="max_age = \"$MAX_AGE\""
+    std_extra=""
+    [ -n "$MAX_AGE" ] && std_extra="max_age = \"$MAX_AGE\""
+    [ -n "$MAX_OPEN_BYTES" ] && std_extra+=$'\n'"max_open_bytes = $MAX_OPEN_BYTES"
     case $scenario in
       blackhole) sinks=$'[sinks.standard]\nenabled = false\n[sinks.realtime]\nenabled = false\n' ;;
       parquet) sinks=$'[sampling.default]\nrealtime = 10\n'
-        [ -n "$MAX_AGE" ] && sinks+=$'[sinks.standard]\n'"$max_age"$'\n' ;;
+        [ -n "$std_extra" ] && sinks+=$'[sinks.standard]\n'"$std_extra"$'\n' ;;
       s3) sinks="[sampling.default]
 realtime = 10
 [sinks.standard]
 prefix = \"$prefix\"
-$max_age
+$std_extra
 [sinks.standard.s3]
 bucket = \"$EDGELOG_TEST_S3_BUCKET\"
 endpoint = \"$EDGELOG_TEST_S3_ENDPOINT\"
