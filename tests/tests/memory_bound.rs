@@ -1,6 +1,7 @@
 //! Bodies that each decompress to the limit, 20 at once and 20 more in a row, cannot take
 //! a collector's memory past its budget: what does not fit is told to come back (503 with
-//! Retry-After), and every record it accepted is delivered.
+//! Retry-After), and every record it accepted is delivered. Ten thousand distributions at
+//! once stay within the same documented bound.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -8,7 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use edgelog_tests::scenarios::{caught_up, readyz};
-use edgelog_tests::{ServerConfig, TestServer, http_get, stored_ids, wait_until, within};
+use edgelog_tests::{
+    ServerConfig, TestServer, http_get, parquet_files, send_generated, stored_ids, wait_until,
+    within,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -154,6 +158,76 @@ fn bodies_at_the_decompression_limit_stay_within_the_memory_budget() -> anyhow::
     );
     assert!(ok >= 1, "nothing accepted");
     assert_eq!(missing, 0, "accepted records missing");
+    assert!(hwm < bound, "peak RSS {hwm} above {bound}");
+    Ok(())
+}
+
+/// Ten thousand distributions at once, a few dozen records each: the rows waiting for
+/// their files share runs within `max_open_bytes`, the collector's peak RSS stays within
+/// the documented bound (budget + open files + 256 MiB), every record lands exactly once,
+/// and each partition gets one file, not one per run.
+#[test]
+fn ten_thousand_distributions_stay_within_the_memory_bound_and_lose_nothing() -> anyhow::Result<()>
+{
+    const DISTRIBUTIONS: usize = 10_000;
+    const RECORDS: u64 = 300_000;
+    let dir = tempfile::tempdir()?;
+    let budget = 64 * MIB;
+    let open_files = 32 * MIB;
+    let cfg = ServerConfig::new()
+        .standard("max_open_bytes", open_files)
+        .env("EDGELOG_COLLECTOR__MAX_BODY_BYTES", (8 * MIB).to_string())
+        .env(
+            "EDGELOG_COLLECTOR__MAX_DECOMPRESSED_BYTES",
+            (8 * MIB).to_string(),
+        )
+        .env("EDGELOG_COLLECTOR__MAX_RECORDS_PER_BODY", "10000")
+        .env("EDGELOG_COLLECTOR__MAX_INFLIGHT_BYTES", budget.to_string())
+        .env("EDGELOG_COLLECTOR__SHUTDOWN_TIMEOUT", "600s");
+    let collector = TestServer::collector(dir.path(), &cfg)?;
+    let url = collector.url();
+    let pid = collector.pid()?;
+    // The peak as last seen: the files are built during the shutdown, until the exit.
+    let watcher = std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Ok(kib) = vm_hwm_kib(pid) {
+            peak = kib;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    });
+    // All of them now: one partition each (two if an hour begins meanwhile).
+    let sent = send_generated(&url, RECORDS, DISTRIBUTIONS, 0, RECORDS, 4)?;
+    assert_eq!(sent.count, RECORDS);
+    assert!(
+        sent.by_distribution.len() >= DISTRIBUTIONS * 9 / 10,
+        "only {} distributions got records",
+        sent.by_distribution.len()
+    );
+    let mut collector = collector;
+    // The flush at SIGTERM closes every file: all of them are built then.
+    let (clean, took) = collector.terminate_within(Duration::from_secs(600))?;
+    assert!(clean, "{}", collector.log_text());
+    let hwm = watcher.join().expect("watcher") * 1024;
+    let stored = stored_ids(&dir.path().join("standard-logs"))?;
+    let files = parquet_files(&dir.path().join("standard-logs")).len();
+    let twice = stored.values().filter(|n| **n > 1).count();
+    let bound = budget + open_files + 256 * MIB;
+    eprintln!(
+        "{DISTRIBUTIONS} distributions: peak RSS {} MiB (bound {} MiB), {} records stored of \
+         {RECORDS}, {files} files for {} partitions; shutdown {took:?}",
+        hwm / MIB,
+        bound / MIB,
+        stored.len(),
+        sent.partitions.len()
+    );
+    assert_eq!(stored.len() as u64, RECORDS, "records missing");
+    assert_eq!(twice, 0, "records stored twice");
+    assert!(
+        files <= 2 * sent.partitions.len(),
+        "{files} files for {} partitions",
+        sent.partitions.len()
+    );
     assert!(hwm < bound, "peak RSS {hwm} above {bound}");
     Ok(())
 }
