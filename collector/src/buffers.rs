@@ -5,7 +5,8 @@ use std::sync::Mutex;
 
 /// Buffers kept, at most (about the bodies read at once under load).
 const KEEP: usize = 8;
-/// Larger buffers are not kept: at most `KEEP × MAX_KEPT` bytes idle.
+/// Larger buffers are not kept: at most `KEEP × MAX_KEPT` bytes idle, outside the ingest
+/// memory budget (a small body may be read into a kept buffer larger than it).
 const MAX_KEPT: usize = 2 << 20;
 
 #[derive(Default)]
@@ -14,12 +15,15 @@ pub(crate) struct Buffers {
 }
 
 impl Buffers {
-    /// An empty buffer with room for `want` bytes (a kept one if there is one).
+    /// An empty buffer with room for `want` bytes (a kept one if it is large enough): the
+    /// body's bytes are in the memory budget already, so it never has to grow past them.
     pub(crate) fn take(&self, want: usize) -> Vec<u8> {
-        let kept = self.kept.lock().ok().and_then(|mut k| k.pop());
-        let mut buf = kept.unwrap_or_default();
-        buf.reserve(want.min(MAX_KEPT));
-        buf
+        if let Ok(mut kept) = self.kept.lock()
+            && let Some(i) = kept.iter().position(|b| b.capacity() >= want)
+        {
+            return kept.swap_remove(i);
+        }
+        Vec::with_capacity(want)
     }
 
     /// Keeps a buffer for a later body, if it is not too large and few are kept.
@@ -57,9 +61,10 @@ mod tests {
         let buf = b.take(10);
         assert!(buf.is_empty() && buf.capacity() >= 1 << 20);
         assert_eq!(b.kept(), KEEP - 1);
-        // A huge want does not reserve past the kept size up front.
-        let b = Buffers::default();
-        assert!(b.take(usize::MAX).capacity() <= MAX_KEPT);
+        // A larger want gets a buffer of its own size, not a kept one grown by doubling.
+        let buf = b.take(5 << 20);
+        assert_eq!(buf.capacity(), 5 << 20);
+        assert_eq!(b.kept(), KEEP - 1, "the kept one stays for a smaller body");
     }
 
     #[test]

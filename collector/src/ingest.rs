@@ -751,13 +751,21 @@ fn reason_label(r: &Rejection) -> &'static str {
     r.kind.label()
 }
 
-/// Reads a body whole into `buf` (a kept buffer: see [`crate::buffers`]).
+/// Reads a body whole into `buf` (a kept buffer: see [`crate::buffers`]), never holding
+/// more than `limit` bytes of room (growing by doubling could reach twice what the budget
+/// took for it).
 async fn read_body(
     mut body: Limited<Body>,
     mut buf: Vec<u8>,
+    limit: usize,
 ) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
+            let need = buf.len() + data.len();
+            if need > buf.capacity() {
+                let room = (buf.capacity() * 2).clamp(need, limit.max(need));
+                buf.reserve_exact(room - buf.len());
+            }
             buf.extend_from_slice(&data);
         }
     }
@@ -808,9 +816,11 @@ async fn ingest(
         .await
         .map_err(|e| IngestError::Busy { budget: e.budget })?;
     let want = usize::try_from(declared.unwrap_or(0).min(limit)).unwrap_or(0);
+    let limit_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
     let reading = read_body(
-        Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)),
+        Limited::new(body, limit_bytes),
         i.buffers.take(want),
+        limit_bytes,
     );
     let wire = tokio::time::timeout(i.cfg.body_timeout, reading)
         .await

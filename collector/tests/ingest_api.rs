@@ -343,6 +343,56 @@ async fn a_real_socket_serves_and_shuts_down() {
     let _ = Arc::new(());
 }
 
+/// Bodies sent in small chunks without a length (read into kept buffers, one after the
+/// other): whole at the limit, refused with 413 one byte past it, each body's records
+/// exactly its own.
+#[tokio::test]
+async fn chunked_bodies_are_read_whole_up_to_the_limit() {
+    let at_limit = ndjson(40).into_bytes();
+    let mut cfg = config();
+    cfg.max_body_bytes = at_limit.len() as u64;
+    let (_dir, wal, router) = setup(cfg);
+    let send = |bytes: Vec<u8>| {
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = bytes
+            .chunks(7)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        let req = Request::post("/v1/records")
+            .header(AUTH.0, AUTH.1)
+            .body(Body::from_stream(futures::stream::iter(chunks)))
+            .expect("request");
+        let r = router.clone();
+        async move {
+            let resp = r.oneshot(req).await.expect("answer");
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    for _ in 0..3 {
+        let (s, body) = send(at_limit.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert!(body.contains("\"accepted\":40"), "{body}");
+    }
+    let mut past = at_limit.clone();
+    past.push(b'\n');
+    let (s, body) = send(past).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    let (s, body) = send(ndjson(3).into_bytes()).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let ids: Vec<String> = records_in(&wal)
+        .await
+        .iter()
+        .map(|r| r.request_id().to_owned())
+        .collect();
+    let want: Vec<String> = (0..3)
+        .flat_map(|_| (0..40).map(|i| format!("req-{i}")))
+        .chain((0..3).map(|i| format!("req-{i}")))
+        .collect();
+    assert_eq!(ids, want);
+}
+
 #[tokio::test]
 async fn refusals_are_json_with_a_reason_and_limits_hold() {
     let mut cfg = config();
