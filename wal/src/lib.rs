@@ -360,31 +360,34 @@ impl Wal {
             static PACKER: std::cell::RefCell<(Option<zstd::bulk::Compressor<'static>>, Vec<u8>, Vec<u8>)> =
                 const { std::cell::RefCell::new((None, Vec::new(), Vec::new())) };
         }
-        /// Buffers past this size are not kept for the next entry.
-        const KEEP: usize = 8 << 20;
+        /// Buffers past this size are not kept for the next entry (a 1,000-record body
+        /// needs about 0.5 MiB; a thread keeps at most twice this).
+        const KEEP: usize = 2 << 20;
         PACKER.with(|p| {
             let (packer, raw, packed) = &mut *p.borrow_mut();
-            raw.clear();
-            postcard::to_io(records, &mut *raw).map_err(|e| WalError::Encode(e.to_string()))?;
-            let c = match packer {
-                Some(c) => c,
-                None => packer.insert(
-                    zstd::bulk::Compressor::new(1).map_err(|e| WalError::Encode(e.to_string()))?,
-                ),
-            };
-            packed.clear();
-            packed.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-            c.compress_to_buffer(raw.as_slice(), &mut *packed)
-                .map_err(|e| WalError::Encode(e.to_string()))?;
-            // Exactly its size: the log's cache holds the payload a while.
-            let out = packed.as_slice().to_vec();
-            if raw.capacity() > KEEP {
-                *raw = Vec::new();
+            let out = (|| {
+                raw.clear();
+                postcard::to_io(records, &mut *raw).map_err(|e| WalError::Encode(e.to_string()))?;
+                let c = match packer {
+                    Some(c) => c,
+                    None => packer.insert(
+                        zstd::bulk::Compressor::new(1)
+                            .map_err(|e| WalError::Encode(e.to_string()))?,
+                    ),
+                };
+                packed.clear();
+                packed.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+                c.compress_to_buffer(raw.as_slice(), &mut *packed)
+                    .map_err(|e| WalError::Encode(e.to_string()))?;
+                // Exactly its size: the log's cache holds the payload a while.
+                Ok(packed.as_slice().to_vec())
+            })();
+            for buf in [raw, packed] {
+                if buf.capacity() > KEEP {
+                    *buf = Vec::new();
+                }
             }
-            if packed.capacity() > KEEP {
-                *packed = Vec::new();
-            }
-            Ok(out)
+            out
         })
     }
 
