@@ -270,7 +270,7 @@ pub async fn run_sink(
     let mut saved = reader.position().saturating_sub(1);
     // The next entry the sink has not been handed.
     let mut next = reader.position();
-    let mut ahead = Prefetch::start(reader, settings.read_batch, name.clone());
+    let mut ahead = Prefetch::start(reader, settings.read_batch, status.clone());
     status.delivered.store(saved, Ordering::Relaxed);
     let mut last_save = Instant::now();
     let mut last_tick = Instant::now();
@@ -293,7 +293,13 @@ pub async fn run_sink(
             biased;
             read = ahead.rx.recv(), if !ahead.ended => read,
             () = tokio::time::sleep(until_tick) => None,
-            _ = drain.shutdown.changed(), if !draining => None,
+            changed = drain.shutdown.changed(), if !draining => {
+                // The collector is gone without a word: stop now (this would spin).
+                if changed.is_err() {
+                    drain.deadline = Some(Instant::now());
+                }
+                None
+            }
         };
         let mut ok = true;
         match read {
@@ -328,6 +334,12 @@ pub async fn run_sink(
             last_tick = Instant::now();
         }
 
+        if ahead.panicked.load(Ordering::Relaxed) {
+            // Said after every tick, which would clear it.
+            status.set_error(Some(&SinkError::unavailable(
+                "the log reader stopped; restart the collector",
+            )));
+        }
         let delivered = sink.delivered();
         while pending.front().is_some_and(|(s, _)| *s <= delivered) {
             pending.pop_front();
@@ -375,12 +387,16 @@ struct Prefetch {
     /// The reader has stopped: the log is closed and every entry was read (or the reader
     /// panicked, which it logged).
     ended: bool,
+    /// The reader panicked: nothing more reaches the sink until a restart.
+    panicked: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Prefetch {
-    fn start(mut r: WalReader, batch: usize, name: String) -> Prefetch {
+    fn start(mut r: WalReader, batch: usize, status: Arc<SinkStatus>) -> Prefetch {
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let panicked = Arc::new(AtomicBool::new(false));
+        let failed = panicked.clone();
         let task = tokio::spawn(async move {
             loop {
                 // Room for the batch first: no more than READ_AHEAD are read ahead.
@@ -396,7 +412,8 @@ impl Prefetch {
                 })
                 .await
                 else {
-                    tracing::error!(sink = %name, "log reader task panicked");
+                    tracing::error!(sink = %status.name, "log reader task panicked");
+                    failed.store(true, Ordering::Relaxed);
                     return;
                 };
                 r = back;
@@ -410,6 +427,7 @@ impl Prefetch {
         Prefetch {
             rx,
             ended: false,
+            panicked,
             task,
         }
     }
