@@ -52,8 +52,11 @@ MAX_OPEN_BYTES="${MAX_OPEN_BYTES:-}"  # rows waiting in memory (default: the sin
 TOPIC=edgelog-realtime  # the real-time sink's default topic, made by test-servers
 TOKEN=bench-token-0123456789abcdef
 
-cargo build --release --locked -p edgelog >&2
-BIN="$CARGO_TARGET_DIR/release/edgelog"
+# EDGELOG_BIN: another build of edgelog to measure (an A/B against an older commit).
+if [ -z "${EDGELOG_BIN:-}" ]; then
+  cargo build --release --locked -p edgelog >&2
+fi
+BIN="${EDGELOG_BIN:-$CARGO_TARGET_DIR/release/edgelog}"
 
 if [[ " $SCENARIOS " == *" s3 "* ]]; then
   cargo build --locked -p edgelog-tests --bin test-servers >&2
