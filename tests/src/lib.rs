@@ -250,6 +250,8 @@ pub struct Sent {
     pub sample: Vec<edgelog_record::Record>,
     /// (distribution, event hour in ms) of every record.
     pub partitions: BTreeMap<(String, i64), u64>,
+    /// The records [`send_generated_keeping`]'s predicate kept, whole, in order.
+    pub kept: Vec<edgelog_record::Record>,
 }
 
 /// Generates `total` records for `distributions` distributions, event times spread evenly
@@ -285,6 +287,50 @@ pub fn send_generated_seeded(
     sample_every: u64,
     concurrency: usize,
     seed: u64,
+) -> anyhow::Result<Sent> {
+    let keep: Keep = Box::new(|_| false);
+    send(
+        url,
+        total,
+        (distributions, hours),
+        sample_every,
+        concurrency,
+        seed,
+        keep,
+    )
+}
+
+/// [`send_generated`] that also keeps, whole, every record `keep` holds (in
+/// [`Sent::kept`]): what a sampled destination should receive.
+pub fn send_generated_keeping(
+    url: &str,
+    total: u64,
+    distributions: usize,
+    hours: i64,
+    concurrency: usize,
+    keep: impl Fn(&edgelog_record::Record) -> bool + Send + 'static,
+) -> anyhow::Result<Sent> {
+    send(
+        url,
+        total,
+        (distributions, hours),
+        total,
+        concurrency,
+        7,
+        Box::new(keep),
+    )
+}
+
+type Keep = Box<dyn Fn(&edgelog_record::Record) -> bool + Send>;
+
+fn send(
+    url: &str,
+    total: u64,
+    (distributions, hours): (usize, i64),
+    sample_every: u64,
+    concurrency: usize,
+    seed: u64,
+    keep: Keep,
 ) -> anyhow::Result<Sent> {
     use edgelog_edge::{Compression, ErrorMix, Generator, OutBody, Target};
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -324,6 +370,9 @@ pub fn send_generated_seeded(
                     .entry((r.distribution_id.clone(), ts - ts.rem_euclid(3_600_000)))
                     .or_default() += 1;
                 sent.sc_bytes += r.sc_bytes.unwrap_or(0);
+                if keep(&r) {
+                    sent.kept.push(r.clone());
+                }
                 if i.is_multiple_of(sample_every) {
                     sent.sample.push(r);
                 }

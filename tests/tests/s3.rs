@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::Context;
-use edgelog_record::{FIELDS, Record, Value};
+use edgelog_record::{FIELDS, KeyCache, Rates, Record, SamplingConfig, Value, parse_json_line};
 use edgelog_tests::scenarios::{Outage, outage_under_load};
-use edgelog_tests::servers::{Garage, python_json};
-use edgelog_tests::{ServerConfig, TestServer, run_edge, send_generated};
+use edgelog_tests::servers::{Garage, Tansu, consume, python_json};
+use edgelog_tests::{ServerConfig, TestServer, run_edge, send_generated, send_generated_keeping};
 use serde_json::json;
 
 const GLOB: &str = "s3://edgelog/standard-logs/**/*.parquet";
@@ -45,13 +45,32 @@ fn assert_row_matches(r: &Record, row: &serde_json::Value) {
     }
 }
 
+/// A million records: all of them in S3, exactly as sent (DuckDB counts, sums and
+/// groups them, and reads sampled rows back whole), and their 10 % sample on the Kafka
+/// topic, each message the record sent and none missing or twice.
 #[test]
 fn a_million_records_land_in_s3_and_duckdb_returns_exactly_them() -> anyhow::Result<()> {
+    const TOPIC: &str = "edgelog-realtime";
     let garage = Garage::start()?;
+    let tansu = Tansu::start()?;
+    tansu.create_topic(TOPIC, 3)?;
     let dir = tempfile::tempdir()?;
-    let mut collector = TestServer::collector(dir.path(), &garage.s3_sink(ServerConfig::new()))?;
-    let sent = send_generated(&collector.url(), 1_000_000, 5, 6, 4_999, 4)?;
+    let cfg = tansu
+        .realtime_sink(garage.s3_sink(ServerConfig::new()), TOPIC)
+        .set("sampling.default", "realtime", 10u32);
+    let mut collector = TestServer::collector(dir.path(), &cfg)?;
+    let sampling = SamplingConfig {
+        default: Rates::of([("realtime", 10.0)]),
+        ..SamplingConfig::default()
+    };
+    let sent = send_generated_keeping(&collector.url(), 1_000_000, 5, 6, 4, move |r| {
+        sampling
+            .decide(&r.distribution_id, r.request_id(), "realtime")
+            .is_some()
+    })?;
     assert!(collector.terminate()?, "{}", collector.log_text());
+    // Rows to read back whole from S3: about 200 of them.
+    let sample: Vec<&Record> = sent.kept.iter().step_by(500).collect();
     assert!(
         !dir.path().join("standard-logs").exists(),
         "standard logs went to local disk, not to S3"
@@ -63,7 +82,7 @@ fn a_million_records_land_in_s3_and_duckdb_returns_exactly_them() -> anyhow::Res
         .nth(3)
         .cloned()
         .context("no partitions")?;
-    let ids: Vec<&str> = sent.sample.iter().map(Record::request_id).collect();
+    let ids: Vec<&str> = sample.iter().map(|r| r.request_id()).collect();
     let (y, m, d) = edgelog_record::time::civil_from_days(hour_ms.div_euclid(86_400_000));
     let hour = hour_ms.rem_euclid(86_400_000) / 3_600_000;
     let script = format!(
@@ -108,12 +127,12 @@ print(json.dumps(out))
     assert_eq!(by_distribution, sent.by_distribution);
 
     let rows = out["sample"].as_array().context("sample rows")?;
-    assert_eq!(rows.len(), sent.sample.len());
+    assert_eq!(rows.len(), sample.len());
     let by_id: HashMap<&str, &serde_json::Value> = rows
         .iter()
         .filter_map(|r| Some((r["x_edge_request_id"].as_str()?, r)))
         .collect();
-    for r in &sent.sample {
+    for r in &sample {
         assert_row_matches(r, by_id.get(r.request_id()).context("sampled row missing")?);
     }
     assert_eq!(out["types"]["timestamp_ms"], "BIGINT");
@@ -144,6 +163,31 @@ print(json.dumps(out))
         "{files_total} files in all; plan:\n{plan}"
     );
     assert!(files_total >= sent.partitions.len() as u64);
+
+    // The topic: the 10 % sample, each message the record sent, none missing or twice.
+    let share = sent.kept.len() as f64 / sent.count as f64;
+    assert!((0.095..0.105).contains(&share), "10 % expected, {share}");
+    let got = consume(
+        &tansu.bootstrap(),
+        TOPIC,
+        sent.kept.len(),
+        Duration::from_secs(30),
+    )?;
+    let want: HashMap<&str, &Record> = sent.kept.iter().map(|r| (r.request_id(), r)).collect();
+    let mut keys = KeyCache::default();
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for m in &got {
+        let r = parse_json_line(m.value.as_bytes(), None, &mut keys)
+            .map_err(|e| anyhow::anyhow!("message does not parse back: {e}: {}", m.value))?;
+        let w = want
+            .get(r.request_id())
+            .with_context(|| format!("unexpected record {} on the topic", r.request_id()))?;
+        assert_eq!(&r, *w, "record changed on its way to the topic");
+        *seen.entry(r.request_id().to_owned()).or_default() += 1;
+    }
+    let twice = seen.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "records twice on the topic");
+    assert_eq!(seen.len(), want.len(), "records missing from the topic");
     Ok(())
 }
 
