@@ -270,7 +270,7 @@ pub async fn run_sink(
     let mut saved = reader.position().saturating_sub(1);
     // The next entry the sink has not been handed.
     let mut next = reader.position();
-    let mut ahead = Prefetch::start(reader, settings.read_batch, status.clone());
+    let mut ahead = Prefetch::start(reader, settings.read_batch, name.clone());
     status.delivered.store(saved, Ordering::Relaxed);
     let mut last_save = Instant::now();
     let mut last_tick = Instant::now();
@@ -393,7 +393,7 @@ struct Prefetch {
 }
 
 impl Prefetch {
-    fn start(mut r: WalReader, batch: usize, status: Arc<SinkStatus>) -> Prefetch {
+    fn start(mut r: WalReader, batch: usize, name: String) -> Prefetch {
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
         let panicked = Arc::new(AtomicBool::new(false));
         let failed = panicked.clone();
@@ -412,7 +412,7 @@ impl Prefetch {
                 })
                 .await
                 else {
-                    tracing::error!(sink = %status.name, "log reader task panicked");
+                    tracing::error!(sink = %name, "log reader task panicked");
                     failed.store(true, Ordering::Relaxed);
                     return;
                 };
