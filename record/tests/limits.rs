@@ -998,3 +998,44 @@ proptest! {
         check_date_time(&date, &tm)?;
     }
 }
+
+#[test]
+fn ndjson_lines_that_are_not_utf8_are_refused_alone() {
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        b"{\"timestamp\":1700000000,\"DistributionId\":\"E1\",\"cs-uri-stem\":\"/a\xff\"}\n",
+    );
+    body.extend_from_slice(
+        b"{\"timestamp\":1700000000,\"DistributionId\":\"E1\",\"cs-uri-\xc3\":\"/b\"}\n",
+    );
+    // An unknown key's value is skipped, not read: its bytes don't matter.
+    body.extend_from_slice(b"{\"timestamp\":1700000000,\"DistributionId\":\"E1\",\"x-new\":\"\xff\",\"cs-uri-stem\":\"/c\"}\n");
+    body.extend_from_slice("{\"timestamp\":1700000000,\"DistributionId\":\"E1\",\"cs-uri-stem\":\"/d\u{e9}\\u00e9\"}\n".as_bytes());
+    let parsed = parse_body(Format::Ndjson, &body, &ParseOptions::default());
+    let refused: Vec<_> = parsed
+        .rejected
+        .iter()
+        .map(|r| (r.line, r.kind, r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (
+                1,
+                RejectKind::InvalidJson,
+                "field `cs-uri-stem`: invalid unicode code point (column 64)"
+            ),
+            (
+                2,
+                RejectKind::InvalidJson,
+                "after field `DistributionId`: invalid unicode code point (column 55)"
+            ),
+        ]
+    );
+    let stems: Vec<_> = parsed
+        .records
+        .iter()
+        .map(|r| r.cs_uri_stem.as_deref())
+        .collect();
+    assert_eq!(stems, [Some("/c"), Some("/d\u{e9}\u{e9}")]);
+}
