@@ -17,7 +17,7 @@ use edgelog_collector::{Place, Sink, SinkConfig, SinkContext, SinkError};
 pub use compact::{COMPACTED_FROM, CompactionConfig, CompactionError, CompactionReport, Compactor};
 pub use config::{DEFAULT_TEMPLATE, S3Config, StandardLogsConfig};
 pub use schema::{Columns, SAMPLE_RATE_COLUMN, schema, to_batch};
-pub use sink::{ROW_GROUP_BYTES, StandardLogError, StandardLogSink};
+pub use sink::{ROW_GROUP_BYTES, StandardLogError, StandardLogSink, writer_properties};
 
 /// The embedded default: files under a local directory, the same layout as on S3.
 pub fn local_store(dir: &Path) -> Result<Arc<dyn object_store::ObjectStore>, object_store::Error> {

@@ -21,9 +21,10 @@ use edgelog_collector::{Batch, DeadLetters, Kept, Seq, Sink, SinkError};
 use edgelog_record::{Record, SCHEMA_VERSION, time};
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use tokio::sync::Semaphore;
 
 use crate::config::StandardLogsConfig;
@@ -185,25 +186,46 @@ fn render_partition(template: &str, key: &PartitionKey) -> String {
 }
 
 /// Parquet settings of standard logs (the sink's and compaction's), with `metadata` added.
-pub(crate) fn writer_properties(
-    cfg: &StandardLogsConfig,
-    metadata: Vec<KeyValue>,
-) -> WriterProperties {
+pub fn writer_properties(cfg: &StandardLogsConfig, metadata: Vec<KeyValue>) -> WriterProperties {
     let level = ZstdLevel::try_new(cfg.zstd_level).unwrap_or_default();
     let mut kv = vec![KeyValue::new(
         "edgelog.schema_version".into(),
         SCHEMA_VERSION.to_string(),
     )];
     kv.extend(metadata);
-    WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(cfg.row_group_rows))
         .set_created_by(format!("edgelog {}", env!("CARGO_PKG_VERSION")))
-        .set_key_value_metadata(Some(kv))
-        .build()
+        .set_key_value_metadata(Some(kv));
+    for column in UNIQUE_COLUMNS {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(*column), false);
+    }
+    for column in DELTA_COLUMNS {
+        props = props
+            .set_column_dictionary_enabled(ColumnPath::from(*column), false)
+            .set_column_encoding(ColumnPath::from(*column), Encoding::DELTA_BINARY_PACKED);
+    }
+    props.build()
 }
+
+/// Columns whose values hardly repeat: a dictionary only costs time before it is dropped.
+const UNIQUE_COLUMNS: &[&str] = &["x_edge_request_id"];
+
+/// Integer columns that rarely repeat but lie close to their neighbours (near-sorted
+/// times) or in a narrow range (ports, byte counts): delta bit-packing writes them in
+/// fewer bytes than a dictionary, and faster (`cargo run --release -p edgelog-tests
+/// --example parquet_encodings`).
+const DELTA_COLUMNS: &[&str] = &[
+    "timestamp",
+    "sc_bytes",
+    "sc_content_len",
+    "c_port",
+    "sc_range_start",
+    "sc_range_end",
+];
 
 impl StandardLogSink {
     /// A sink writing into `store`. Settings must have been validated.
