@@ -41,8 +41,10 @@ pub const ROW_GROUP_BYTES: usize = 4 << 20;
 /// tiny files, make poor reading).
 const MIN_ROW_GROUP_ROWS: usize = 256;
 
-/// Closed files built and uploaded at once, each of another partition.
-const UPLOADS: usize = 16;
+/// Closed files built and uploaded at once, each of another partition. Each round ends
+/// by saving the watermarks (every partition's, fsynced): with thousands of small files
+/// closing together, fewer and larger rounds drain faster.
+const UPLOADS: usize = 64;
 
 /// Bytes of files uploaded at once (each counted up to this): many small files go up
 /// together, a large one alone (its multipart upload has its own bound).
@@ -105,6 +107,8 @@ pub struct StandardLogSink {
     /// The directory behind a local store: files are renamed into it from the spool and
     /// fsynced there, since the log forgets its records once a file is reported written.
     local_root: Option<PathBuf>,
+    /// Directories under `local_root` whose own entry is on disk (see [`place_local`]).
+    synced_dirs: Arc<SyncedDirs>,
     spool: Spool,
 }
 
@@ -258,6 +262,7 @@ impl StandardLogSink {
             watermarks: Watermarks::default(),
             dead_letters: None,
             local_root: None,
+            synced_dirs: Arc::default(),
             spool: Spool::temporary(),
         }
     }
@@ -478,6 +483,7 @@ impl StandardLogSink {
         };
         let slots = self.encoders.slots.clone();
         let (store, root, object) = (self.store.clone(), self.local_root.clone(), r.path.clone());
+        let synced = self.synced_dirs.clone();
         async move {
             let (local, len) = match built {
                 Some(l) => l,
@@ -506,10 +512,11 @@ impl StandardLogSink {
                 match root {
                     Some(root) => {
                         let (from, to) = (local.clone(), root.join(object.as_ref()));
-                        let placed =
-                            tokio::task::spawn_blocking(move || place_local(&root, &from, &to))
-                                .await
-                                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                        let placed = tokio::task::spawn_blocking(move || {
+                            place_local(&root, &from, &to, &synced)
+                        })
+                        .await
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
                         placed.map_err(|e| {
                             SinkError::unavailable(format!("cannot write {object}")).with_source(e)
                         })
@@ -826,13 +833,36 @@ struct Finished {
     uploaded: Result<(), SinkError>,
 }
 
-/// Moves a finished file from the spool to `to` under `root` and makes it durable there:
-/// the file, then each directory up to `root`. The spool is under the data dir, on the
-/// same file system, so this is a rename.
-fn place_local(root: &Path, from: &Path, to: &Path) -> std::io::Result<()> {
-    if let Some(dir) = to.parent() {
-        std::fs::create_dir_all(dir)?;
+/// Directories whose entry in their parent has been fsynced by this process, so a file
+/// placed in them needs only its own directory synced. Forgotten past a bound (which only
+/// costs syncing them again).
+#[derive(Default)]
+struct SyncedDirs(std::sync::Mutex<std::collections::HashSet<PathBuf>>);
+
+impl SyncedDirs {
+    const MAX: usize = 100_000;
+
+    fn contains(&self, dir: &Path) -> bool {
+        self.0.lock().is_ok_and(|s| s.contains(dir))
     }
+
+    fn insert(&self, dir: &Path) {
+        if let Ok(mut s) = self.0.lock() {
+            if s.len() >= Self::MAX {
+                s.clear();
+            }
+            s.insert(dir.to_owned());
+        }
+    }
+}
+
+/// Moves a finished file from the spool to `to` under `root` and makes it durable there:
+/// the file, its directory, then each directory up to `root` not yet known to be on disk
+/// (a partition's first file syncs its whole path; the next ones, one directory). The
+/// spool is under the data dir, on the same file system, so this is a rename.
+fn place_local(root: &Path, from: &Path, to: &Path, synced: &SyncedDirs) -> std::io::Result<()> {
+    let parent = to.parent().unwrap_or(root);
+    std::fs::create_dir_all(parent)?;
     if !from.exists() && to.exists() {
         // Moved by a try that failed after: only the syncs are left.
         File::open(to)?.sync_all()?;
@@ -845,13 +875,15 @@ fn place_local(root: &Path, from: &Path, to: &Path) -> std::io::Result<()> {
             let _ = std::fs::remove_file(from);
         }
     }
-    let mut dir = to.parent();
-    while let Some(d) = dir {
-        edgelog_collector::state_file::sync_dir(d)?;
-        if d == root {
-            break;
-        }
-        dir = d.parent();
+    edgelog_collector::state_file::sync_dir(parent)?;
+    // A directory is marked only once its parent is synced: a failed try leaves it to
+    // the next.
+    let mut dir = parent;
+    while dir != root && !synced.contains(dir) {
+        let Some(up) = dir.parent() else { break };
+        edgelog_collector::state_file::sync_dir(up)?;
+        synced.insert(dir);
+        dir = up;
     }
     Ok(())
 }
@@ -934,5 +966,46 @@ impl Sink for StandardLogSink {
             Some(first) => first - 1,
             None => self.taken,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partitions_first_file_syncs_its_path_and_the_next_only_its_directory() {
+        let tmp = tempfile::tempdir().expect("test");
+        let (root, spool) = (tmp.path().join("logs"), tmp.path().join("spool"));
+        std::fs::create_dir_all(&root).expect("test");
+        std::fs::create_dir_all(&spool).expect("test");
+        let synced = SyncedDirs::default();
+        let dir = root.join("DistributionId=E1/year=2026/month=11");
+        for name in ["a.parquet", "b.parquet"] {
+            let from = spool.join(name);
+            std::fs::write(&from, name).expect("test");
+            place_local(&root, &from, &dir.join(name), &synced).expect("test");
+            assert_eq!(
+                std::fs::read(dir.join(name)).expect("test"),
+                name.as_bytes()
+            );
+            assert!(!from.exists());
+        }
+        let marked = synced.0.lock().expect("test").clone();
+        let want: std::collections::HashSet<PathBuf> = [
+            root.join("DistributionId=E1"),
+            root.join("DistributionId=E1/year=2026"),
+            dir.clone(),
+        ]
+        .into();
+        assert_eq!(marked, want, "every directory below the root, once");
+        // A try that moved the file and failed while syncing: the next one syncs again.
+        place_local(
+            &root,
+            &spool.join("a.parquet"),
+            &dir.join("a.parquet"),
+            &synced,
+        )
+        .expect("a retry after the move");
     }
 }
