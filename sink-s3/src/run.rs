@@ -23,6 +23,9 @@ use parquet::file::properties::WriterProperties;
 /// zstd level of runs: they live minutes, so speed matters more than size.
 const RUN_ZSTD_LEVEL: i32 = 1;
 
+/// The largest chunk read back, decompressed.
+const MAX_CHUNK: usize = 256 << 20;
+
 /// A run on disk, removed when the last file that has rows in it lets go.
 #[derive(Debug)]
 pub(crate) struct RunFile {
@@ -112,7 +115,28 @@ fn read(chunk: &Chunk) -> std::io::Result<Vec<RecordBatch>> {
     let len = usize::try_from(chunk.len).map_err(other)?;
     let mut z = vec![0; len];
     file.read_exact_at(&mut z, chunk.offset)?;
-    let ipc = zstd::decode_all(z.as_slice())?;
+    thread_local! {
+        // A file gathers a chunk from every run it has rows in, thousands of files one
+        // after the other: a fresh zstd context each time cost more than the decoding.
+        static UNZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let size = zstd::zstd_safe::get_frame_content_size(&z)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        // A chunk is one file's few rows (fewer than a small row group): a larger size is
+        // a damaged run, not something to allocate.
+        .filter(|&n| n <= MAX_CHUNK)
+        .ok_or_else(|| std::io::Error::other("a run's chunk has no plausible size"))?;
+    let ipc = UNZSTD.with(|d| {
+        let mut d = d.borrow_mut();
+        let d = match &mut *d {
+            Some(d) => d,
+            None => d.insert(zstd::bulk::Decompressor::new()?),
+        };
+        d.decompress(&z, size)
+    })?;
     StreamReader::try_new(std::io::Cursor::new(ipc), None)
         .map_err(other)?
         .collect::<Result<Vec<_>, _>>()
