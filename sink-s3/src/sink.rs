@@ -46,6 +46,9 @@ const MIN_ROW_GROUP_ROWS: usize = 256;
 /// closing together, fewer and larger rounds drain faster.
 const UPLOADS: usize = 64;
 
+/// Local files placed at once (see [`StandardLogSink::places`]).
+const PLACES: usize = 4;
+
 /// Bytes of files uploaded at once (each counted up to this): many small files go up
 /// together, a large one alone (its multipart upload has its own bound).
 const UPLOAD_BYTES: u64 = 32 << 20;
@@ -109,6 +112,9 @@ pub struct StandardLogSink {
     local_root: Option<PathBuf>,
     /// Directories under `local_root` whose own entry is on disk (see [`place_local`]).
     synced_dirs: Arc<SyncedDirs>,
+    /// Files being placed at once: each is fsyncs on the blocking pool, which ingest
+    /// shares.
+    places: Arc<Semaphore>,
     spool: Spool,
 }
 
@@ -263,6 +269,7 @@ impl StandardLogSink {
             dead_letters: None,
             local_root: None,
             synced_dirs: Arc::default(),
+            places: Arc::new(Semaphore::new(PLACES)),
             spool: Spool::temporary(),
         }
     }
@@ -483,7 +490,7 @@ impl StandardLogSink {
         };
         let slots = self.encoders.slots.clone();
         let (store, root, object) = (self.store.clone(), self.local_root.clone(), r.path.clone());
-        let synced = self.synced_dirs.clone();
+        let (synced, places) = (self.synced_dirs.clone(), self.places.clone());
         async move {
             let (local, len) = match built {
                 Some(l) => l,
@@ -512,7 +519,9 @@ impl StandardLogSink {
                 match root {
                     Some(root) => {
                         let (from, to) = (local.clone(), root.join(object.as_ref()));
+                        let permit = places.acquire_owned().await;
                         let placed = tokio::task::spawn_blocking(move || {
+                            let _permit = permit;
                             place_local(&root, &from, &to, &synced)
                         })
                         .await
@@ -833,26 +842,21 @@ struct Finished {
     uploaded: Result<(), SinkError>,
 }
 
-/// Directories whose entry in their parent has been fsynced by this process, so a file
-/// placed in them needs only its own directory synced. Forgotten past a bound (which only
-/// costs syncing them again).
+/// Directories whose whole path up to the root is on disk (each one's entry fsynced in its
+/// parent) by this process's doing, so a file placed in one needs only its own directory
+/// synced. Forgotten past a bound (which only costs syncing again).
 #[derive(Default)]
 struct SyncedDirs(std::sync::Mutex<std::collections::HashSet<PathBuf>>);
 
 impl SyncedDirs {
     const MAX: usize = 100_000;
 
-    fn contains(&self, dir: &Path) -> bool {
-        self.0.lock().is_ok_and(|s| s.contains(dir))
-    }
-
-    fn insert(&self, dir: &Path) {
-        if let Ok(mut s) = self.0.lock() {
-            if s.len() >= Self::MAX {
-                s.clear();
-            }
-            s.insert(dir.to_owned());
-        }
+    fn with<T>(&self, f: impl FnOnce(&mut std::collections::HashSet<PathBuf>) -> T) -> T {
+        // A panic while holding the lock leaves a set of paths behind; keep going.
+        f(&mut self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 
@@ -862,6 +866,13 @@ impl SyncedDirs {
 /// spool is under the data dir, on the same file system, so this is a rename.
 fn place_local(root: &Path, from: &Path, to: &Path, synced: &SyncedDirs) -> std::io::Result<()> {
     let parent = to.parent().unwrap_or(root);
+    // Directories about to be made (again, if removed from outside since) are not on disk.
+    let mut dir = parent;
+    while dir != root && !dir.exists() {
+        synced.with(|s| s.remove(dir));
+        let Some(up) = dir.parent() else { break };
+        dir = up;
+    }
     std::fs::create_dir_all(parent)?;
     if !from.exists() && to.exists() {
         // Moved by a try that failed after: only the syncs are left.
@@ -876,15 +887,23 @@ fn place_local(root: &Path, from: &Path, to: &Path, synced: &SyncedDirs) -> std:
         }
     }
     edgelog_collector::state_file::sync_dir(parent)?;
-    // A directory is marked only once its parent is synced: a failed try leaves it to
-    // the next.
+    // Up to the first directory whose path is known to be on disk, every parent is
+    // synced; only then are they all marked, so a mark always means the whole path (a
+    // failed try, or another file's, leaves them to the next).
+    let mut chain = Vec::new();
     let mut dir = parent;
-    while dir != root && !synced.contains(dir) {
+    while dir != root && !synced.with(|s| s.contains(dir)) {
         let Some(up) = dir.parent() else { break };
         edgelog_collector::state_file::sync_dir(up)?;
-        synced.insert(dir);
+        chain.push(dir.to_owned());
         dir = up;
     }
+    synced.with(|s| {
+        if s.len() + chain.len() > SyncedDirs::MAX {
+            s.clear();
+        }
+        s.extend(chain);
+    });
     Ok(())
 }
 
@@ -991,7 +1010,7 @@ mod tests {
             );
             assert!(!from.exists());
         }
-        let marked = synced.0.lock().expect("test").clone();
+        let marked = synced.with(|s| s.clone());
         let want: std::collections::HashSet<PathBuf> = [
             root.join("DistributionId=E1"),
             root.join("DistributionId=E1/year=2026"),
@@ -1007,5 +1026,12 @@ mod tests {
             &synced,
         )
         .expect("a retry after the move");
+        // Removed from outside (a retention job) and made again by the next file: its
+        // marks go with it and come back once synced.
+        std::fs::remove_dir_all(root.join("DistributionId=E1")).expect("test");
+        let from = spool.join("c.parquet");
+        std::fs::write(&from, "c").expect("test");
+        place_local(&root, &from, &dir.join("c.parquet"), &synced).expect("test");
+        assert_eq!(synced.with(|s| s.clone()), want);
     }
 }
