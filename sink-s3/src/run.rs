@@ -268,4 +268,23 @@ mod tests {
         drop(a);
         assert!(!run1.exists());
     }
+
+    #[test]
+    fn a_damaged_chunk_claiming_a_huge_size_is_refused_not_allocated() {
+        let dir = tempfile::tempdir().expect("test");
+        for size in [MAX_CHUNK as u64 + 1, u64::MAX] {
+            // A zstd frame header alone: magic, single segment with an 8-byte size.
+            let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
+            frame.extend_from_slice(&size.to_le_bytes());
+            let path = dir.path().join(format!("run-{size}"));
+            std::fs::write(&path, &frame).expect("test");
+            let chunk = Chunk {
+                run: Arc::new(RunFile { path }),
+                offset: 0,
+                len: frame.len() as u64,
+            };
+            let err = read(&chunk).expect_err("a damaged chunk");
+            assert!(err.to_string().contains("plausible size"), "{err}");
+        }
+    }
 }

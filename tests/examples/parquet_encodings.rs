@@ -34,10 +34,9 @@ fn main() {
         ..StandardLogsConfig::default()
     };
     let variants = [
-        ("standard logs", writer_properties(&cfg, Vec::new())),
         (
-            "standard logs, zstd 1",
-            writer_properties(&zstd(1), Vec::new()),
+            "standard logs (zstd 1)",
+            writer_properties(&cfg, Vec::new()),
         ),
         (
             "standard logs, zstd 3",
