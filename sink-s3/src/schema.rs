@@ -169,8 +169,9 @@ impl Columns {
         self.clear();
         columns.push(Arc::new(Float64Array::from(vec![sample_rate; n])));
         if let Some(order) = order {
+            // Each column's unsorted copy goes as soon as its sorted one is made.
             columns = columns
-                .iter()
+                .into_iter()
                 .map(|c| arrow_select::take::take(c.as_ref(), &order, None))
                 .collect::<Result<_, _>>()?;
         }
