@@ -49,6 +49,10 @@ const UPLOADS: usize = 64;
 /// Local files placed at once (see [`StandardLogSink::places`]).
 const PLACES: usize = 4;
 
+/// Shared runs written at once, each with at least this many files' rows.
+const RUN_WRITERS: usize = 4;
+const RUN_MIN_FILES: usize = 256;
+
 /// Bytes of files uploaded at once (each counted up to this): many small files go up
 /// together, a large one alone (its multipart upload has its own bound).
 const UPLOAD_BYTES: u64 = 32 << 20;
@@ -383,11 +387,44 @@ impl StandardLogSink {
         let written = match failed {
             Some(e) => Err(e),
             None => {
-                let path = self.spool.path("run");
                 let files: Vec<_> = taken.iter().map(|t| t.1.clone()).collect();
-                cpu(|| run::write(&path, &schema, &files)).map_err(|e| {
-                    SinkError::unavailable(format!("cannot write the run {}", path.display()))
-                        .with_source(e)
+                // Thousands of files' rows: split over the cores, one run each (the sink
+                // waits for this, so while it drains it would use one core otherwise).
+                let ways = std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(RUN_WRITERS)
+                    .min(files.len().div_ceil(RUN_MIN_FILES))
+                    .max(1);
+                let per = files.len().div_ceil(ways).max(1);
+                let groups: Vec<_> = files
+                    .chunks(per)
+                    .map(|g| (self.spool.path("run"), g))
+                    .collect();
+                let write = |(path, g): &(PathBuf, &[Vec<arrow_array::RecordBatch>])| {
+                    run::write(path, &schema, g).map_err(|e| {
+                        SinkError::unavailable(format!("cannot write the run {}", path.display()))
+                            .with_source(e)
+                    })
+                };
+                cpu(|| {
+                    std::thread::scope(|s| {
+                        let rest: Vec<_> = groups
+                            .iter()
+                            .skip(1)
+                            .map(|g| s.spawn(move || write(g)))
+                            .collect();
+                        let mut chunks = groups.first().map(write).transpose()?.unwrap_or_default();
+                        // The scope joins every thread before an error returns; runs the
+                        // others wrote are removed with their chunks.
+                        let mut failed = None;
+                        for h in rest {
+                            match h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)) {
+                                Ok(c) => chunks.extend(c),
+                                Err(e) => failed = failed.or(Some(e)),
+                            }
+                        }
+                        failed.map_or(Ok(chunks), Err)
+                    })
                 })
             }
         };
