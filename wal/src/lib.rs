@@ -353,42 +353,50 @@ impl Wal {
     /// Encodes records into an entry payload. CPU work: callers on an async runtime may
     /// run it on a blocking thread and hand the result to [`Wal::append_encoded`].
     pub fn encode(records: &[Record]) -> Result<Vec<u8>, WalError> {
-        thread_local! {
-            // One context and two buffers per thread, reused: a fresh context, or a
-            // buffer grown by doubling, cost an allocation, copies and page faults per
-            // entry.
-            static PACKER: std::cell::RefCell<(Option<zstd::bulk::Compressor<'static>>, Vec<u8>, Vec<u8>)> =
-                const { std::cell::RefCell::new((None, Vec::new(), Vec::new())) };
+        /// A context and two buffers, reused: a fresh context, or a buffer grown by
+        /// doubling, cost an allocation, copies and page faults per entry.
+        #[derive(Default)]
+        struct Packer {
+            zstd: Option<zstd::bulk::Compressor<'static>>,
+            raw: Vec<u8>,
+            packed: Vec<u8>,
         }
+        /// Packers kept between entries. Shared, not one per thread: the blocking pool
+        /// runs many threads, and a packer holds about 2 MiB.
+        static PACKERS: std::sync::Mutex<Vec<Packer>> = std::sync::Mutex::new(Vec::new());
+        const KEEP_PACKERS: usize = 4;
         /// Buffers past this size are not kept for the next entry (a 1,000-record body
-        /// needs about 0.5 MiB; a thread keeps at most twice this).
+        /// needs about 0.5 MiB).
         const KEEP: usize = 2 << 20;
-        PACKER.with(|p| {
-            let (packer, raw, packed) = &mut *p.borrow_mut();
-            let out = (|| {
-                raw.clear();
-                postcard::to_io(records, &mut *raw).map_err(|e| WalError::Encode(e.to_string()))?;
-                let c = match packer {
-                    Some(c) => c,
-                    None => packer.insert(
-                        zstd::bulk::Compressor::new(1)
-                            .map_err(|e| WalError::Encode(e.to_string()))?,
-                    ),
-                };
-                packed.clear();
-                packed.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-                c.compress_to_buffer(raw.as_slice(), &mut *packed)
-                    .map_err(|e| WalError::Encode(e.to_string()))?;
-                // Exactly its size: the log's cache holds the payload a while.
-                Ok(packed.as_slice().to_vec())
-            })();
-            for buf in [raw, packed] {
-                if buf.capacity() > KEEP {
-                    *buf = Vec::new();
-                }
+        let taken = PACKERS.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut p = taken.unwrap_or_default();
+        let out = (|| {
+            let Packer { zstd, raw, packed } = &mut p;
+            raw.clear();
+            postcard::to_io(records, &mut *raw).map_err(|e| WalError::Encode(e.to_string()))?;
+            let c = match zstd {
+                Some(c) => c,
+                None => zstd.insert(
+                    zstd::bulk::Compressor::new(1).map_err(|e| WalError::Encode(e.to_string()))?,
+                ),
+            };
+            packed.clear();
+            packed.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+            c.compress_to_buffer(raw.as_slice(), &mut *packed)
+                .map_err(|e| WalError::Encode(e.to_string()))?;
+            // Exactly its size: the log's cache holds the payload a while.
+            Ok(packed.as_slice().to_vec())
+        })();
+        for buf in [&mut p.raw, &mut p.packed] {
+            if buf.capacity() > KEEP {
+                *buf = Vec::new();
             }
-            out
-        })
+        }
+        let mut kept = PACKERS.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < KEEP_PACKERS {
+            kept.push(p);
+        }
+        out
     }
 
     /// Appends the records as one entry; returns once they are durable.
