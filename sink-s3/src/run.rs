@@ -1,5 +1,6 @@
 //! Shared runs: when the memory bound is reached while every open file holds only a few
-//! rows (thousands of distributions), their rows go together into one scratch file, each
+//! rows (thousands of distributions), their rows go together into a scratch file (one per
+//! thread writing them), each
 //! file's rows a zstd-compressed Arrow IPC stream at its own offset. A file's rows are
 //! gathered from its runs into one Parquet part when it closes, so its row groups stay
 //! large however small each run's share was; a run is deleted once no file refers to it.

@@ -49,7 +49,8 @@ const UPLOADS: usize = 64;
 /// Local files placed at once (see [`StandardLogSink::places`]).
 const PLACES: usize = 4;
 
-/// Shared runs written at once, each with at least this many files' rows.
+/// Shared runs written at once (one per thread), each with at least this many files'
+/// rows: a spill of 512 files or more is split.
 const RUN_WRITERS: usize = 4;
 const RUN_MIN_FILES: usize = 256;
 
@@ -360,8 +361,8 @@ impl StandardLogSink {
         open + ready
     }
 
-    /// Writes the rows waiting in every open file into one shared run. On failure they
-    /// stay waiting for the retry.
+    /// Writes the rows waiting in every open file into shared runs (one, or one per
+    /// thread with thousands of files). On failure they stay waiting for the retry.
     async fn spill_shared(&mut self) -> Result<(), SinkError> {
         let schema = self.encoders.schema.clone();
         let mut taken: Vec<(PartitionKey, Vec<arrow_array::RecordBatch>)> = Vec::new();
@@ -384,22 +385,26 @@ impl StandardLogSink {
                 }
             }
         }
+        let mut runs = 0;
         let written = match failed {
             Some(e) => Err(e),
             None => {
                 let files: Vec<_> = taken.iter().map(|t| t.1.clone()).collect();
                 // Thousands of files' rows: split over the cores, one run each (the sink
                 // waits for this, so while it drains it would use one core otherwise).
-                let ways = std::thread::available_parallelism()
-                    .map_or(1, |n| n.get())
+                static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+                let cores = *CORES
+                    .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                let ways = cores
                     .min(RUN_WRITERS)
-                    .min(files.len().div_ceil(RUN_MIN_FILES))
+                    .min(files.len() / RUN_MIN_FILES)
                     .max(1);
                 let per = files.len().div_ceil(ways).max(1);
                 let groups: Vec<_> = files
                     .chunks(per)
                     .map(|g| (self.spool.path("run"), g))
                     .collect();
+                runs = groups.len();
                 let write = |(path, g): &(PathBuf, &[Vec<arrow_array::RecordBatch>])| {
                     run::write(path, &schema, g).map_err(|e| {
                         SinkError::unavailable(format!("cannot write the run {}", path.display()))
@@ -408,17 +413,30 @@ impl StandardLogSink {
                 };
                 cpu(|| {
                     std::thread::scope(|s| {
+                        // A group whose thread cannot be started is written here instead.
                         let rest: Vec<_> = groups
                             .iter()
                             .skip(1)
-                            .map(|g| s.spawn(move || write(g)))
+                            .map(|g| {
+                                std::thread::Builder::new()
+                                    .name("edgelog-run".into())
+                                    .spawn_scoped(s, move || write(g))
+                                    .map_err(|e| {
+                                        tracing::warn!(error = %e, "cannot start a thread to write a shared run; writing it on this one");
+                                        g
+                                    })
+                            })
                             .collect();
                         let mut chunks = groups.first().map(write).transpose()?.unwrap_or_default();
                         // The scope joins every thread before an error returns; runs the
                         // others wrote are removed with their chunks.
                         let mut failed = None;
                         for h in rest {
-                            match h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)) {
+                            let done = match h {
+                                Ok(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+                                Err(g) => write(g),
+                            };
+                            match done {
                                 Ok(c) => chunks.extend(c),
                                 Err(e) => failed = failed.or(Some(e)),
                             }
@@ -434,7 +452,8 @@ impl StandardLogSink {
                     files = taken.len(),
                     "rows of many small files written to a shared run"
                 );
-                metrics::counter!("edgelog_standard_runs_total").increment(1);
+                metrics::counter!("edgelog_standard_runs_total").increment(runs as u64);
+                debug_assert_eq!(chunks.len(), taken.len());
                 for ((key, _), chunk) in taken.into_iter().zip(chunks) {
                     if let Some(f) = self.open_file(&key) {
                         f.part_bytes += chunk.len();

@@ -362,7 +362,8 @@ impl Wal {
             packed: Vec<u8>,
         }
         /// Packers kept between entries. Shared, not one per thread: the blocking pool
-        /// runs many threads, and a packer holds about 2 MiB.
+        /// runs up to eight threads, and a packer holds a context and up to 4 MiB of
+        /// buffers. More may be in use at once; those past four are dropped after.
         static PACKERS: std::sync::Mutex<Vec<Packer>> = std::sync::Mutex::new(Vec::new());
         const KEEP_PACKERS: usize = 4;
         /// Buffers past this size are not kept for the next entry (a 1,000-record body
