@@ -1,9 +1,11 @@
 //! Shared runs: when the memory bound is reached while every open file holds only a few
 //! rows (thousands of distributions), their rows go together into a scratch file (one per
-//! thread writing them), each
-//! file's rows a zstd-compressed Arrow IPC stream at its own offset. A file's rows are
-//! gathered from its runs into one Parquet part when it closes, so its row groups stay
-//! large however small each run's share was; a run is deleted once no file refers to it.
+//! thread writing them), each file's rows zstd-compressed Arrow IPC record batch messages
+//! at their own offset. The schema is not repeated in each (it would be most of a chunk a
+//! few rows long): a reader decodes chunks with a stream decoder given the schema once. A
+//! file's rows are gathered from its runs into one Parquet part when it closes, so its row
+//! groups stay large however small each run's share was; a run is deleted once no file
+//! refers to it.
 //!
 //! Like the rest of the spool, runs are scratch rebuilt from the log: never fsynced.
 
@@ -14,9 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{RecordBatch, TimestampMillisecondArray, UInt32Array};
-use arrow_ipc::reader::StreamReader;
-use arrow_ipc::writer::StreamWriter;
-use arrow_schema::SchemaRef;
+use arrow_buffer::Buffer;
+use arrow_ipc::reader::StreamDecoder;
+use arrow_ipc::writer::StreamEncoder;
+use arrow_schema::{DataType, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
@@ -73,14 +76,26 @@ pub(crate) fn write(
         let mut spans = Vec::with_capacity(files.len());
         let (mut offset, mut ipc) = (0u64, Vec::new());
         let mut zstd = zstd::bulk::Compressor::new(RUN_ZSTD_LEVEL)?;
+        let header = schema_message(schema)?;
+        // One encoder for the run: only its first batch comes with the schema message,
+        // which is taken off, so every chunk is batch messages alone.
+        let mut encoder = StreamEncoder::try_new(schema).map_err(other)?;
+        let mut first = true;
         for batches in files {
             ipc.clear();
-            let mut w = StreamWriter::try_new(&mut ipc, schema).map_err(other)?;
             for b in batches {
-                w.write(b).map_err(other)?;
+                for buf in encoder.encode(b).map_err(other)? {
+                    ipc.extend_from_slice(buf.as_slice());
+                }
+                if std::mem::take(&mut first) {
+                    if !ipc.starts_with(&header) {
+                        return Err(std::io::Error::other(
+                            "the encoder's schema message is not the one expected",
+                        ));
+                    }
+                    ipc.drain(..header.len());
+                }
             }
-            w.finish().map_err(other)?;
-            drop(w);
             let z = zstd.compress(&ipc)?;
             out.write_all(&z)?;
             spans.push((offset, z.len() as u64));
@@ -111,7 +126,7 @@ pub(crate) fn write(
 }
 
 /// The batches of one chunk.
-fn read(chunk: &Chunk) -> std::io::Result<Vec<RecordBatch>> {
+fn read(chunk: &Chunk, schema: &SchemaRef) -> std::io::Result<Vec<RecordBatch>> {
     let file = File::open(&chunk.run.path)?;
     let len = usize::try_from(chunk.len).map_err(other)?;
     let mut z = vec![0; len];
@@ -138,10 +153,77 @@ fn read(chunk: &Chunk) -> std::io::Result<Vec<RecordBatch>> {
         };
         d.decompress(&z, size)
     })?;
-    StreamReader::try_new(std::io::Cursor::new(ipc), None)
+    decode(ipc, schema)
+}
+
+/// The schema's IPC message, as a stream begins with it.
+fn schema_message(schema: &Schema) -> std::io::Result<Vec<u8>> {
+    if schema
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::Dictionary(..)))
+    {
+        // Dictionaries would be sent once a run, not once a chunk.
+        return Err(std::io::Error::other(
+            "shared runs hold no dictionary columns",
+        ));
+    }
+    let mut bytes = Vec::new();
+    for buf in StreamEncoder::try_new(schema)
         .map_err(other)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(other)
+        .finish()
+        .map_err(other)?
+    {
+        bytes.extend_from_slice(buf.as_slice());
+    }
+    // Less the end-of-stream marker: continuation and a zero length.
+    bytes.truncate(bytes.len().saturating_sub(8));
+    Ok(bytes)
+}
+
+/// The batches of one chunk's messages, decoded by this thread's decoder that has read
+/// the schema already (decoding the schema again for each chunk cost more than the rows).
+fn decode(ipc: Vec<u8>, schema: &SchemaRef) -> std::io::Result<Vec<RecordBatch>> {
+    thread_local! {
+        static DECODER: std::cell::RefCell<Option<(SchemaRef, StreamDecoder)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    DECODER.with(|d| {
+        let mut d = d.borrow_mut();
+        if !d
+            .as_ref()
+            .is_some_and(|(s, _)| Arc::ptr_eq(s, schema) || s == schema)
+        {
+            let mut decoder = StreamDecoder::new();
+            let mut header = Buffer::from(schema_message(schema)?);
+            if decoder.decode(&mut header).map_err(other)?.is_some() || !header.is_empty() {
+                return Err(std::io::Error::other(
+                    "the schema message decoded as a batch",
+                ));
+            }
+            *d = Some((schema.clone(), decoder));
+        }
+        let Some((_, decoder)) = d.as_mut() else {
+            unreachable!("set above")
+        };
+        let mut buf = Buffer::from(ipc);
+        let mut batches = Vec::new();
+        let decoded = (|| {
+            while !buf.is_empty() {
+                batches.extend(decoder.decode(&mut buf)?);
+            }
+            // A chunk ends between messages; a damaged one may not.
+            decoder.finish()
+        })();
+        match decoded {
+            Ok(()) => Ok(batches),
+            Err(e) => {
+                // Mid-message, or past an end marker: the next chunk starts afresh.
+                *d = None;
+                Err(other(e))
+            }
+        }
+    })
 }
 
 /// Writes the rows of `chunks`, then of `batches`, as one Parquet file at `out`: row
@@ -169,7 +251,7 @@ pub(crate) fn gather(
             Ok::<_, ParquetError>(())
         };
         for chunk in chunks {
-            for b in read(chunk)? {
+            for b in read(chunk, schema)? {
                 add(&mut w, b)?;
             }
         }
@@ -271,6 +353,52 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_cut_short_is_refused_and_the_next_one_still_reads() {
+        let dir = tempfile::tempdir().expect("test");
+        let schema = schema::schema();
+        let mut g = Generator::new(9, 3, 2);
+        let mut batch = |n: usize| {
+            let mut c = Columns::default();
+            for i in 0..n {
+                c.push(&g.record(1_764_000_000_000 + i as i64, i, ErrorMix::default()));
+            }
+            c.finish(&schema, 100.0).expect("test")
+        };
+        let files = [vec![batch(3)], vec![batch(5), batch(2)], vec![]];
+        let good = write(&dir.path().join("run"), &schema, &files).expect("test");
+        let rows = |c: &Chunk| -> usize {
+            read(c, &schema)
+                .expect("test")
+                .iter()
+                .map(|b| b.num_rows())
+                .sum()
+        };
+        assert_eq!(good.iter().map(rows).collect::<Vec<_>>(), [3, 7, 0]);
+        // The second file's messages cut inside one (a cut between two would read as a
+        // shorter chunk; zstd's frame is what tells a chunk's end on disk).
+        let mut z = vec![0; good[1].len as usize];
+        File::open(dir.path().join("run"))
+            .expect("test")
+            .read_exact_at(&mut z, good[1].offset)
+            .expect("test");
+        let ipc = zstd::decode_all(z.as_slice()).expect("test");
+        for cut in [4, 8, 12, ipc.len() / 3, ipc.len() - 1] {
+            let path = dir.path().join(format!("cut-{cut}"));
+            std::fs::write(&path, zstd::encode_all(&ipc[..cut], 1).expect("test")).expect("test");
+            let len = std::fs::metadata(&path).expect("test").len();
+            let chunk = Chunk {
+                run: Arc::new(RunFile { path }),
+                offset: 0,
+                len,
+            };
+            let err = read(&chunk, &schema).expect_err("a chunk cut short");
+            assert!(!err.to_string().is_empty());
+            // This thread's decoder starts afresh for the next chunk.
+            assert_eq!(rows(&good[0]), 3);
+        }
+    }
+
+    #[test]
     fn a_damaged_chunk_claiming_a_huge_size_is_refused_not_allocated() {
         let dir = tempfile::tempdir().expect("test");
         for size in [MAX_CHUNK as u64 + 1, u64::MAX] {
@@ -284,7 +412,7 @@ mod tests {
                 offset: 0,
                 len: frame.len() as u64,
             };
-            let err = read(&chunk).expect_err("a damaged chunk");
+            let err = read(&chunk, &schema::schema()).expect_err("a damaged chunk");
             assert!(err.to_string().contains("plausible size"), "{err}");
         }
     }
