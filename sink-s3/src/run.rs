@@ -76,6 +76,9 @@ pub(crate) fn write(
         let mut spans = Vec::with_capacity(files.len());
         let (mut offset, mut ipc) = (0u64, Vec::new());
         let mut zstd = zstd::bulk::Compressor::new(RUN_ZSTD_LEVEL)?;
+        // Chunks carry no schema and no end marker of their own: a checksum makes a
+        // damaged one an error, never other rows.
+        zstd.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
         let header = schema_message(schema)?;
         // One encoder for the run: only its first batch comes with the schema message,
         // which is taken off, so every chunk is batch messages alone.
@@ -185,45 +188,60 @@ fn schema_message(schema: &Schema) -> std::io::Result<Vec<u8>> {
 /// the schema already (decoding the schema again for each chunk cost more than the rows).
 fn decode(ipc: Vec<u8>, schema: &SchemaRef) -> std::io::Result<Vec<RecordBatch>> {
     thread_local! {
-        static DECODER: std::cell::RefCell<Option<(SchemaRef, StreamDecoder)>> =
-            const { std::cell::RefCell::new(None) };
+        static DECODER: std::cell::Cell<Option<(SchemaRef, StreamDecoder)>> =
+            const { std::cell::Cell::new(None) };
     }
-    DECODER.with(|d| {
-        let mut d = d.borrow_mut();
-        if !d
-            .as_ref()
-            .is_some_and(|(s, _)| Arc::ptr_eq(s, schema) || s == schema)
-        {
-            let mut decoder = StreamDecoder::new();
-            let mut header = Buffer::from(schema_message(schema)?);
-            if decoder.decode(&mut header).map_err(other)?.is_some() || !header.is_empty() {
-                return Err(std::io::Error::other(
-                    "the schema message decoded as a batch",
-                ));
-            }
-            *d = Some((schema.clone(), decoder));
-        }
-        let Some((_, decoder)) = d.as_mut() else {
-            unreachable!("set above")
-        };
-        let mut buf = Buffer::from(ipc);
-        let mut batches = Vec::new();
-        let decoded = (|| {
-            while !buf.is_empty() {
-                batches.extend(decoder.decode(&mut buf)?);
-            }
-            // A chunk ends between messages; a damaged one may not.
-            decoder.finish()
-        })();
-        match decoded {
-            Ok(()) => Ok(batches),
-            Err(e) => {
-                // Mid-message, or past an end marker: the next chunk starts afresh.
-                *d = None;
-                Err(other(e))
-            }
-        }
-    })
+    let kept = DECODER
+        .take()
+        .filter(|(s, _)| Arc::ptr_eq(s, schema) || s == schema);
+    let used = kept.is_some();
+    let mut decoder = match kept {
+        Some((_, d)) => d,
+        None => primed(schema)?,
+    };
+    let ipc = Buffer::from(ipc);
+    let mut result = decode_with(&mut decoder, ipc.clone());
+    if result.is_err() && used {
+        // A decoder that read earlier chunks may be what is wrong: once more afresh.
+        decoder = primed(schema)?;
+        result = decode_with(&mut decoder, ipc);
+    }
+    // Kept only if it ended between messages, ready for the next chunk.
+    if result.is_ok() {
+        DECODER.set(Some((schema.clone(), decoder)));
+    }
+    result
+}
+
+/// A decoder that has read the schema (and an empty batch, so that it has acted on the
+/// schema rather than waiting for the next bytes).
+fn primed(schema: &SchemaRef) -> std::io::Result<StreamDecoder> {
+    let mut encoder = StreamEncoder::try_new(schema).map_err(other)?;
+    let mut bytes = Vec::new();
+    for buf in encoder
+        .encode(&RecordBatch::new_empty(schema.clone()))
+        .map_err(other)?
+    {
+        bytes.extend_from_slice(buf.as_slice());
+    }
+    let mut decoder = StreamDecoder::new();
+    let rows = decode_with(&mut decoder, Buffer::from(bytes))?;
+    match (decoder.schema(), rows.as_slice()) {
+        (Some(_), [b]) if b.num_rows() == 0 => Ok(decoder),
+        _ => Err(std::io::Error::other(
+            "the run decoder did not take the schema",
+        )),
+    }
+}
+
+fn decode_with(decoder: &mut StreamDecoder, mut buf: Buffer) -> std::io::Result<Vec<RecordBatch>> {
+    let mut batches = Vec::new();
+    while !buf.is_empty() {
+        batches.extend(decoder.decode(&mut buf).map_err(other)?);
+    }
+    // A chunk ends between messages; a damaged one may not.
+    decoder.finish().map_err(other)?;
+    Ok(batches)
 }
 
 /// Writes the rows of `chunks`, then of `batches`, as one Parquet file at `out`: row
@@ -373,7 +391,15 @@ mod tests {
                 .map(|b| b.num_rows())
                 .sum()
         };
-        assert_eq!(good.iter().map(rows).collect::<Vec<_>>(), [3, 7, 0]);
+        // On fresh threads, in every order: the empty file's chunk first too.
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let got = std::thread::scope(|s| {
+                s.spawn(|| order.map(|i| rows(&good[i])))
+                    .join()
+                    .expect("test")
+            });
+            assert_eq!(got, order.map(|i| [3, 7, 0][i]));
+        }
         // The second file's messages cut inside one (a cut between two would read as a
         // shorter chunk; zstd's frame is what tells a chunk's end on disk).
         let mut z = vec![0; good[1].len as usize];
@@ -395,6 +421,21 @@ mod tests {
             assert!(!err.to_string().is_empty());
             // This thread's decoder starts afresh for the next chunk.
             assert_eq!(rows(&good[0]), 3);
+        }
+        // A byte changed anywhere in a chunk on disk: refused (the frame's checksum), never
+        // read as other rows.
+        for at in [0, z.len() / 4, z.len() / 2, z.len() - 5, z.len() - 1] {
+            let mut bad = z.clone();
+            bad[at] ^= 0x20;
+            let path = dir.path().join(format!("flip-{at}"));
+            std::fs::write(&path, &bad).expect("test");
+            let chunk = Chunk {
+                run: Arc::new(RunFile { path }),
+                offset: 0,
+                len: bad.len() as u64,
+            };
+            assert!(read(&chunk, &schema).is_err(), "a byte changed at {at}");
+            assert_eq!(rows(&good[1]), 7);
         }
     }
 
