@@ -328,18 +328,21 @@ mod tests {
     use crate::schema::{self, Columns};
     use edgelog_edge::{ErrorMix, Generator};
 
+    /// `n` generated rows as one batch.
+    fn batch(g: &mut Generator, schema: &SchemaRef, n: usize) -> RecordBatch {
+        let mut c = Columns::default();
+        for i in 0..n {
+            c.push(&g.record(1_764_000_000_000 + i as i64, i, ErrorMix::default()));
+        }
+        c.finish(schema, 100.0).expect("test")
+    }
+
     #[test]
     fn a_files_rows_come_back_from_its_runs_and_a_run_goes_with_its_last_chunk() {
         let dir = tempfile::tempdir().expect("test");
         let schema = schema::schema();
         let mut g = Generator::new(7, 3, 2);
-        let mut batch = |n: usize| {
-            let mut c = Columns::default();
-            for i in 0..n {
-                c.push(&g.record(1_764_000_000_000 + i as i64, i, ErrorMix::default()));
-            }
-            c.finish(&schema, 100.0).expect("test")
-        };
+        let mut batch = |n: usize| batch(&mut g, &schema, n);
         let run1 = dir.path().join("run-1");
         let a = write(&run1, &schema, &[vec![batch(3)], vec![batch(5), batch(1)]]).expect("test");
         let run2 = dir.path().join("run-2");
@@ -375,13 +378,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("test");
         let schema = schema::schema();
         let mut g = Generator::new(9, 3, 2);
-        let mut batch = |n: usize| {
-            let mut c = Columns::default();
-            for i in 0..n {
-                c.push(&g.record(1_764_000_000_000 + i as i64, i, ErrorMix::default()));
-            }
-            c.finish(&schema, 100.0).expect("test")
-        };
+        let mut batch = |n: usize| batch(&mut g, &schema, n);
         let files = [vec![batch(3)], vec![batch(5), batch(2)], vec![]];
         let good = write(&dir.path().join("run"), &schema, &files).expect("test");
         let rows = |c: &Chunk| -> usize {
