@@ -66,7 +66,7 @@ impl Default for KafkaConfig {
             topic: "edgelog-realtime".into(),
             compression: "lz4".into(),
             // At 100,000 records/s, 5 ms batches were too many requests for a broker on
-            // the same two cores (p99 1.5-2.8 s); 20 ms: p99 57-80 ms, and 45 ms at 10,000.
+            // the same two cores (p99 1.5-2.8 s); 20 ms: p99 53-80 ms, and 43-45 ms at 10,000.
             linger: Duration::from_millis(20),
             max_in_flight_messages: 100_000,
             max_in_flight_bytes: 32 << 20,
