@@ -55,6 +55,13 @@ pub struct CollectorConfig {
     /// Longest value of one field, in bytes (1 to `max_line_bytes`); a line holding a
     /// longer one is refused (`field_too_long`).
     pub max_field_bytes: u64,
+    /// How long a request may wait while a live sink is more than 8 bodies behind ingest
+    /// (0s: never). A sink that close reads the records from memory; one further behind
+    /// decodes them again from disk, and the collector does less in all by waiting.
+    /// Sinks far behind (catching up) or stuck for a second (failing) never hold ingest
+    /// back.
+    #[serde(with = "humantime_serde")]
+    pub pace_wait: Duration,
     /// How long a SIGTERM may spend draining sinks before exiting (what is left stays in
     /// the write-ahead log).
     #[serde(with = "humantime_serde")]
@@ -103,6 +110,7 @@ impl Default for CollectorConfig {
             body_timeout: Duration::from_secs(60),
             max_line_bytes: edgelog_record::DEFAULT_MAX_LINE_BYTES as u64,
             max_field_bytes: edgelog_record::DEFAULT_MAX_FIELD_BYTES as u64,
+            pace_wait: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(30),
             metrics_interval: Duration::from_secs(5),
             reports: true,
@@ -220,6 +228,12 @@ impl CollectorConfig {
             if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
                 return Err(format!("{key}: must be from 1s to 1h, got {d:?}"));
             }
+        }
+        if self.pace_wait > Duration::from_secs(10) {
+            return Err(format!(
+                "collector.pace_wait: must be at most 10s, got {:?}",
+                self.pace_wait
+            ));
         }
         if self.shutdown_timeout > Duration::from_secs(3600) {
             return Err(format!(

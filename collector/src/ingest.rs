@@ -858,6 +858,14 @@ async fn ingest(
     // Validated to at most 16 MiB.
     let max_line_bytes = usize::try_from(i.cfg.max_line_bytes).unwrap_or(usize::MAX);
     let max_field_bytes = usize::try_from(i.cfg.max_field_bytes).unwrap_or(usize::MAX);
+    // Taken once the body is here (a slow client holds no admission) and held until the
+    // log has the records: live sinks stay within the log's cache.
+    let admission = i.wal.pace(i.cfg.pace_wait).await;
+    if !admission.waited.is_zero() {
+        metrics::counter!("edgelog_ingest_paced_total").increment(1);
+        metrics::counter!("edgelog_ingest_paced_milliseconds_total")
+            .increment(u64::try_from(admission.waited.as_millis()).unwrap_or(u64::MAX));
+    }
     let privacy = access.privacy.clone();
     let buffers = state.inner.clone();
     // Decompressing and parsing are CPU work: keep them off the async workers.
@@ -947,6 +955,7 @@ async fn ingest(
         // up meanwhile (a client that resends at once must not get them logged twice).
         let inner = state.inner.clone();
         tokio::spawn(async move {
+            let _admission = admission;
             let i = &inner;
             match (entry, claim) {
                 (Entries::None, _) => {}

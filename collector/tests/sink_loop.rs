@@ -23,6 +23,8 @@ struct Shared {
     failures_left: usize,
     /// Writes never return.
     hang: bool,
+    /// Each write takes this long.
+    delay: Duration,
     delivered: Seq,
     flushed: bool,
     cursors_saved: Vec<Seq>,
@@ -54,11 +56,13 @@ impl Sink for FakeSink {
                 s.failures_left -= 1;
                 return Err(SinkError::unavailable("destination down"));
             }
-            s.hang
+            (s.hang, s.delay)
         };
+        let (hang, delay) = hang;
         if hang {
             std::future::pending::<()>().await;
         }
+        tokio::time::sleep(delay).await;
         let mut s = self.state();
         s.delivered = batch.seq();
         s.sizes.push((batch.seq(), batch.len()));
@@ -305,4 +309,66 @@ async fn key_markers_pass_through_as_entries_without_records_and_cursors_move_pa
     drop(wal);
     let wal = Wal::open(dir.path(), WalConfig::default()).expect("reopen");
     assert_eq!(wal.reader("fake").position(), last + 1);
+}
+
+/// What ingest does per request: wait for the sinks (`pace`), then append one entry.
+async fn paced_append(wal: &Wal, i: usize, wait: Duration) -> Duration {
+    let admitted = wal.pace(wait).await;
+    wal.append(Arc::new(vec![record(&format!("p{i}"))]))
+        .await
+        .expect("append");
+    admitted.waited
+}
+
+#[tokio::test]
+async fn a_slow_sink_paces_appends_and_stays_within_the_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("wal");
+    let (sink, shared) = FakeSink::new();
+    shared.lock().expect("lock").delay = Duration::from_millis(5);
+    let cfg = settings();
+    // What the loop holds besides what pacing bounds: the batch it is on and those read
+    // ahead (two), each at most `read_batch` entries.
+    let held = 3 * cfg.read_batch as u64;
+    let _run = start(sink, &wal, cfg);
+    let mut waited = 0;
+    for i in 0..60 {
+        if !paced_append(&wal, i, Duration::from_secs(30))
+            .await
+            .is_zero()
+        {
+            waited += 1;
+        }
+        let delivered = shared.lock().expect("lock").delivered;
+        let behind = wal.committed() - delivered;
+        assert!(
+            behind <= edgelog_collector::wal::PACE_AHEAD + 1 + held,
+            "entry {i}: the sink is {behind} entries behind"
+        );
+    }
+    assert!(
+        waited > 0,
+        "appends never waited for a sink 5 ms per entry behind"
+    );
+    until(|| shared.lock().expect("lock").delivered == 60).await;
+}
+
+#[tokio::test]
+async fn a_sink_that_never_returns_holds_appends_back_for_about_a_second_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("wal");
+    let (sink, shared) = FakeSink::new();
+    shared.lock().expect("lock").hang = true;
+    let _run = start(sink, &wal, settings());
+    let started = Instant::now();
+    // Each may wait 30 s: only the idle rule lets 100 through in time.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        for i in 0..100 {
+            paced_append(&wal, i, Duration::from_secs(30)).await;
+        }
+    })
+    .await
+    .expect("a hung sink held ingest back");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "took {took:?}");
 }

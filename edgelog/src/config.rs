@@ -643,6 +643,7 @@ mod ranges {
         "collector.metrics_interval",
         "collector.header_timeout",
         "collector.body_timeout",
+        "collector.pace_wait",
         "sinks.standard.max_age",
         "sinks.realtime.kafka.linger",
         "dashboard.alarm_interval",

@@ -26,6 +26,7 @@ pub(crate) struct OpenSegment {
 
 /// A sink's view of the log: entries in order, from its cursor on.
 pub struct WalReader {
+    pub(crate) pos: Arc<crate::Reading>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) committed: watch::Receiver<Seq>,
     pub(crate) next: Seq,
@@ -132,6 +133,15 @@ impl WalReader {
                 Err(_) if !out.is_empty() => break,
                 Err(e) => return Err(e),
             }
+        }
+        if !out.is_empty() {
+            self.pos
+                .next
+                .store(self.next, std::sync::atomic::Ordering::Release);
+            self.pos
+                .moved_ms
+                .store(crate::now_ms(), std::sync::atomic::Ordering::Relaxed);
+            self.shared.advanced.notify_waiters();
         }
         Ok(out)
     }
