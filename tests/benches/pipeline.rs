@@ -120,6 +120,10 @@ fn wal_codec(c: &mut Criterion) {
             postcard::to_io(black_box(&recs), &mut out).expect("postcard");
         })
     });
+    // What ingest does per body: both steps, with the log's reused buffers.
+    g.bench_function("log_encode_1000", |b| {
+        b.iter(|| edgelog_collector::Wal::encode(black_box(&recs)).expect("encode"))
+    });
     for level in [1, -1, -3, -7] {
         let mut z = zstd::bulk::Compressor::new(level).expect("zstd");
         let packed = z.compress(&raw).expect("zstd");

@@ -407,12 +407,32 @@ impl Wal {
         /// Buffers past this size are not kept for the next entry (a 1,000-record body
         /// needs about 0.5 MiB).
         const KEEP: usize = 2 << 20;
+        /// postcard into the reused buffer: its `io` flavour copied every varint and
+        /// string through `write_all`, a call per byte or two.
+        struct Into<'a>(&'a mut Vec<u8>);
+        impl postcard::ser_flavors::Flavor for Into<'_> {
+            type Output = ();
+            #[inline]
+            fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+                self.0.extend_from_slice(data);
+                Ok(())
+            }
+            #[inline]
+            fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+                self.0.push(data);
+                Ok(())
+            }
+            fn finalize(self) -> postcard::Result<()> {
+                Ok(())
+            }
+        }
         let taken = PACKERS.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut p = taken.unwrap_or_default();
         let out = (|| {
             let Packer { zstd, raw, packed } = &mut p;
             raw.clear();
-            postcard::to_io(records, &mut *raw).map_err(|e| WalError::Encode(e.to_string()))?;
+            postcard::serialize_with_flavor(records, Into(raw))
+                .map_err(|e| WalError::Encode(e.to_string()))?;
             let c = match zstd {
                 Some(c) => c,
                 None => zstd.insert(
