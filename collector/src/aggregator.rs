@@ -6,7 +6,7 @@
 //! publish, so a replay does not count again what was published (only a crash between
 //! the publisher's acknowledgement and that save can publish one interval twice).
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -64,8 +64,12 @@ pub(crate) struct Encoders {
     pub(crate) props: Arc<WriterProperties>,
 }
 
-/// Row groups encoded at once (two kept a lagging sink waiting for a free encoder).
-pub(crate) const ENCODERS: usize = 4;
+/// Row groups encoded at once: one per core, two to four (each holds a row group and
+/// its encoder's buffers; more than the cores adds memory, not speed).
+pub(crate) fn encoders() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
+}
 
 impl OpenFile {
     /// Bytes the file holds in memory.

@@ -28,7 +28,7 @@ use parquet::schema::types::ColumnPath;
 use tokio::sync::Semaphore;
 
 use crate::config::StandardLogsConfig;
-use crate::open_file::{ENCODERS, Encoders, OpenFile, Part, PartitionKey, push};
+use crate::open_file::{Encoders, OpenFile, Part, PartitionKey, push};
 use crate::run::{self, Chunk};
 use crate::schema::{self, Columns};
 use crate::spool::{self, Spool};
@@ -277,7 +277,7 @@ impl StandardLogSink {
             collector_id: collector_id.to_owned(),
             store,
             encoders: Encoders {
-                slots: Arc::new(Semaphore::new(ENCODERS)),
+                slots: Arc::new(Semaphore::new(crate::open_file::encoders())),
                 schema: schema::schema(),
                 props: Arc::new(props),
             },
