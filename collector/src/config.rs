@@ -55,11 +55,11 @@ pub struct CollectorConfig {
     /// Longest value of one field, in bytes (1 to `max_line_bytes`); a line holding a
     /// longer one is refused (`field_too_long`).
     pub max_field_bytes: u64,
-    /// How long a request may wait while a live sink is more than 8 bodies behind ingest
-    /// (0s: never). A sink that close reads the records from memory; one further behind
-    /// decodes them again from disk, and the collector does less in all by waiting.
-    /// Sinks far behind (catching up) or stuck for a second (failing) never hold ingest
-    /// back.
+    /// How long (0s to 10s) a request may wait while a live sink is about to fall out of
+    /// the log's cache of decoded entries (more than half of it behind ingest); 0s: never.
+    /// A sink within the cache reads records from memory; one further behind decodes them
+    /// again from disk, and the collector does less in all by waiting. Sinks far behind
+    /// (catching up) or stuck for a second (failing) never hold ingest back.
     #[serde(with = "humantime_serde")]
     pub pace_wait: Duration,
     /// How long a SIGTERM may spend draining sinks before exiting (what is left stays in

@@ -858,9 +858,11 @@ async fn ingest(
     // Validated to at most 16 MiB.
     let max_line_bytes = usize::try_from(i.cfg.max_line_bytes).unwrap_or(usize::MAX);
     let max_field_bytes = usize::try_from(i.cfg.max_field_bytes).unwrap_or(usize::MAX);
-    // Taken once the body is here (a slow client holds no admission) and held until the
-    // log has the records: live sinks stay within the log's cache.
-    let admission = i.wal.pace(i.cfg.pace_wait).await;
+    // Taken once the body is here, so a slow client holds no admission (the body's
+    // budget is held meanwhile, for at most `pace_wait`), and held until the log has the
+    // records: live sinks stay within the log's cache. A keyed body is two entries.
+    let entries = 1 + u64::from(claim.is_some());
+    let admission = i.wal.pace(i.cfg.pace_wait, entries).await;
     if !admission.waited.is_zero() {
         metrics::counter!("edgelog_ingest_paced_total").increment(1);
         metrics::counter!("edgelog_ingest_paced_milliseconds_total")

@@ -21,6 +21,7 @@ mod config;
 mod error;
 mod format;
 mod keys;
+mod pace;
 mod reader;
 pub mod state_file;
 mod writer;
@@ -28,7 +29,6 @@ mod writer;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use config::{MAX_LOG_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES, WalConfig};
 pub use error::{WalError, is_no_space};
 pub use keys::{KEY_JOURNAL, KeyAnswer, KeyLimits, MAX_KEY_BYTES, check_key};
+pub use pace::{Admission, PACE_AHEAD, PACE_FAR, PACE_IDLE_MS};
 pub use reader::{READ_RECORDS, WalReader};
 
 use error::io_err;
@@ -113,12 +114,8 @@ struct Shared {
     state: Mutex<State>,
     /// Idempotency keys; may be locked while holding `state`, never the other way.
     keys: Mutex<KeyIndex>,
-    /// Each live reader's next entry, for [`Wal::pace`].
-    readers: Mutex<Vec<std::sync::Weak<Reading>>>,
-    /// Notified whenever a reader moves on.
-    advanced: tokio::sync::Notify,
-    /// Entries admitted by [`Wal::pace`] and not yet durable.
-    admitted: AtomicU64,
+    /// The readers' positions, for [`Wal::pace`].
+    pacer: pace::Pacer,
 }
 
 impl Shared {
@@ -162,34 +159,6 @@ pub enum KeyedBody {
     One(Arc<Vec<Record>>, Vec<u8>),
     /// Several entries already encoded, not cached.
     Many(Vec<Vec<u8>>),
-}
-
-/// Entries a live reader may be behind before [`Wal::pace`] holds ingest back (half the
-/// cache: requests admitted at once add to it).
-pub const PACE_AHEAD: u64 = CACHE_ENTRIES as u64 / 2;
-/// A reader this far behind is catching up, not keeping up: it does not hold ingest back.
-pub const PACE_FAR: u64 = 256;
-/// A reader that has not moved for this long is stuck on its destination.
-pub const PACE_IDLE_MS: u64 = 1_000;
-
-/// Where a reader is, for [`Wal::pace`].
-pub(crate) struct Reading {
-    pub(crate) next: AtomicU64,
-    pub(crate) moved_ms: AtomicU64,
-}
-
-/// A request admitted by [`Wal::pace`]: it counts as ahead of the readers until dropped
-/// (once its entries are durable, or it failed).
-pub struct Admission {
-    shared: Arc<Shared>,
-    /// How long [`Wal::pace`] waited.
-    pub waited: std::time::Duration,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.shared.admitted.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// Handle to the log; cheap to clone.
@@ -369,9 +338,7 @@ impl Wal {
                 saved: cursors,
             }),
             keys: Mutex::new(keys),
-            readers: Mutex::new(Vec::new()),
-            advanced: tokio::sync::Notify::new(),
-            admitted: AtomicU64::new(0),
+            pacer: pace::Pacer::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let writer_shared = shared.clone();
@@ -409,8 +376,8 @@ impl Wal {
         const KEEP: usize = 2 << 20;
         /// postcard into the reused buffer: its `io` flavour copied every varint and
         /// string through `write_all`, a call per byte or two.
-        struct Into<'a>(&'a mut Vec<u8>);
-        impl postcard::ser_flavors::Flavor for Into<'_> {
+        struct IntoVec<'a>(&'a mut Vec<u8>);
+        impl postcard::ser_flavors::Flavor for IntoVec<'_> {
             type Output = ();
             #[inline]
             fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
@@ -431,7 +398,7 @@ impl Wal {
         let out = (|| {
             let Packer { zstd, raw, packed } = &mut p;
             raw.clear();
-            postcard::serialize_with_flavor(records, Into(raw))
+            postcard::serialize_with_flavor(records, IntoVec(raw))
                 .map_err(|e| WalError::Encode(e.to_string()))?;
             let c = match zstd {
                 Some(c) => c,
@@ -573,81 +540,6 @@ impl Wal {
         self.shared.lock().total_bytes >= self.shared.cfg.max_bytes
     }
 
-    /// Admits one more request once no live reader is more than [`PACE_AHEAD`] entries
-    /// behind what is durable or admitted, or once `max_wait` has passed (zero: at once).
-    /// A sink that keeps that close reads from the cache; one further behind decodes
-    /// every entry again from disk, which costs the collector more than the wait.
-    /// Readers far behind ([`PACE_FAR`], a catch-up after a restart) or not moving for
-    /// [`PACE_IDLE_MS`] (a failing destination) never hold ingest back.
-    pub async fn pace(&self, max_wait: std::time::Duration) -> Admission {
-        let sh = &self.shared;
-        let started = tokio::time::Instant::now();
-        let deadline = started + max_wait;
-        let mut slept = false;
-        loop {
-            let notified = sh.advanced.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let admitted = sh.admitted.load(Ordering::Acquire);
-            let hold = if max_wait.is_zero() {
-                None
-            } else {
-                self.behind(admitted)
-            };
-            let Some(idle_in) = hold else {
-                if sh
-                    .admitted
-                    .compare_exchange(admitted, admitted + 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    break;
-                }
-                continue;
-            };
-            slept = true;
-            // Looked at again when a reader moves, or when the ones holding it back would
-            // count as stuck.
-            let recheck = deadline
-                .min(tokio::time::Instant::now() + std::time::Duration::from_millis(idle_in));
-            if tokio::time::timeout_at(recheck, notified).await.is_err()
-                && tokio::time::Instant::now() >= deadline
-            {
-                sh.admitted.fetch_add(1, Ordering::AcqRel);
-                break;
-            }
-        }
-        Admission {
-            shared: self.shared.clone(),
-            waited: if slept {
-                started.elapsed()
-            } else {
-                std::time::Duration::ZERO
-            },
-        }
-    }
-
-    /// Whether a live reader is too far behind, and if so in how many milliseconds the
-    /// last of those would count as stuck.
-    fn behind(&self, admitted: u64) -> Option<u64> {
-        let ahead = self.committed() + 1 + admitted;
-        let now = now_ms();
-        let readers = self
-            .shared
-            .readers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        readers
-            .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .filter_map(|r| {
-                let lag = ahead.saturating_sub(r.next.load(Ordering::Acquire));
-                let still = now.saturating_sub(r.moved_ms.load(Ordering::Relaxed));
-                (lag > PACE_AHEAD && lag <= PACE_FAR && still < PACE_IDLE_MS)
-                    .then(|| PACE_IDLE_MS - still)
-            })
-            .max()
-    }
-
     /// Highest durable position.
     pub fn committed(&self) -> Seq {
         *self.shared.committed.borrow()
@@ -661,19 +553,7 @@ impl Wal {
         let start = (saved + 1).max(oldest);
         st.cursors.insert(sink.to_owned(), start - 1);
         drop(st);
-        let pos = Arc::new(Reading {
-            next: AtomicU64::new(start),
-            moved_ms: AtomicU64::new(now_ms()),
-        });
-        {
-            let mut readers = self
-                .shared
-                .readers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            readers.retain(|r| r.strong_count() > 0);
-            readers.push(Arc::downgrade(&pos));
-        }
+        let pos = pace::Place::new(&self.shared, start);
         WalReader {
             pos,
             shared: self.shared.clone(),

@@ -26,7 +26,7 @@ pub(crate) struct OpenSegment {
 
 /// A sink's view of the log: entries in order, from its cursor on.
 pub struct WalReader {
-    pub(crate) pos: Arc<crate::Reading>,
+    pub(crate) pos: crate::pace::Place,
     pub(crate) shared: Arc<Shared>,
     pub(crate) committed: watch::Receiver<Seq>,
     pub(crate) next: Seq,
@@ -135,13 +135,7 @@ impl WalReader {
             }
         }
         if !out.is_empty() {
-            self.pos
-                .next
-                .store(self.next, std::sync::atomic::Ordering::Release);
-            self.pos
-                .moved_ms
-                .store(crate::now_ms(), std::sync::atomic::Ordering::Relaxed);
-            self.shared.advanced.notify_waiters();
+            self.pos.moved(self.next);
         }
         Ok(out)
     }

@@ -273,6 +273,9 @@ fn write_group(
                         None => break,
                     }
                 }
+                shared
+                    .pacer
+                    .cache_changed(st.cache.len(), st.cached_records);
             }
             // Keys are remembered before anyone sees their entries: a sink could deliver
             // them and have their segment deleted before the request is answered.

@@ -20,7 +20,7 @@ async fn append(wal: &Wal, n: u64) {
 }
 
 async fn paced_at_once(wal: &Wal) -> bool {
-    tokio::time::timeout(Duration::from_secs(5), wal.pace(LONG))
+    tokio::time::timeout(Duration::from_secs(5), wal.pace(LONG, 1))
         .await
         .is_ok_and(|a| a.waited < Duration::from_secs(5))
 }
@@ -48,12 +48,13 @@ async fn without_readers_or_with_readers_keeping_up_nobody_waits() {
 async fn a_live_reader_too_far_behind_holds_requests_until_it_reads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Wal::open(dir.path(), WalConfig::default()).expect("open");
-    let mut r = wal.reader("slow");
     append(&wal, PACE_AHEAD + 4).await;
+    // Made after the appends (each fsynced): it has moved, for pacing, just now.
+    let mut r = wal.reader("slow");
     // The wait ends when the reader moves, not at its bound.
     let waiting = tokio::spawn({
         let wal = wal.clone();
-        async move { wal.pace(LONG).await.waited }
+        async move { wal.pace(LONG, 1).await.waited }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
@@ -79,17 +80,17 @@ async fn admitted_requests_count_as_ahead_and_the_wait_has_its_bound() {
     // Admitted and not yet written: each counts as an entry ahead of the reader.
     let mut held = Vec::new();
     for _ in 0..=PACE_AHEAD {
-        held.push(wal.pace(LONG).await);
+        held.push(wal.pace(LONG, 1).await);
     }
     let bound = Duration::from_millis(300);
-    let a = wal.pace(bound).await;
+    let a = wal.pace(bound, 1).await;
     assert!(a.waited >= bound, "{:?}", a.waited);
     // A request done (answered or failed) leaves room again.
     drop(a);
     drop(held.pop());
     assert!(paced_at_once(&wal).await);
     // Zero: pacing is off.
-    let z = tokio::time::timeout(Duration::from_secs(5), wal.pace(Duration::ZERO))
+    let z = tokio::time::timeout(Duration::from_secs(5), wal.pace(Duration::ZERO, 1))
         .await
         .expect("pace_wait 0s never waits");
     assert_eq!(z.waited, Duration::ZERO);
@@ -119,4 +120,25 @@ async fn readers_far_behind_or_stuck_never_hold_ingest_back() {
     drop(wal3.reader("gone"));
     append(&wal3, PACE_AHEAD + 4).await;
     assert!(paced_at_once(&wal3).await, "a dropped reader held ingest");
+}
+
+#[tokio::test]
+async fn with_big_bodies_the_cache_holds_fewer_entries_and_pacing_counts_that() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("open");
+    // 8,192-record entries: the cache (32,768 records) holds four, so two is the most a
+    // reader may be behind, far fewer than PACE_AHEAD.
+    for i in 0..3 {
+        wal.append(records(8_192, &format!("big{i}")))
+            .await
+            .expect("append");
+    }
+    let _r = wal.reader("slow");
+    let bound = Duration::from_millis(300);
+    let a = wal.pace(bound, 1).await;
+    assert!(
+        a.waited >= bound,
+        "three big entries behind, not held: {:?}",
+        a.waited
+    );
 }
