@@ -64,11 +64,16 @@ pub(crate) struct Encoders {
     pub(crate) props: Arc<WriterProperties>,
 }
 
+/// The cores this process may use (1 when unknown), asked once.
+pub(crate) fn cores() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Row groups encoded at once: one per core, two to four (each holds a row group and
 /// its encoder's buffers; more than the cores adds memory, not speed).
 pub(crate) fn encoders() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
+    cores().clamp(2, 4)
 }
 
 impl OpenFile {

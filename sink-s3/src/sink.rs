@@ -392,10 +392,7 @@ impl StandardLogSink {
                 let files: Vec<_> = taken.iter().map(|t| t.1.clone()).collect();
                 // Thousands of files' rows: split over the cores, one run each (the sink
                 // waits for this, so while it drains it would use one core otherwise).
-                static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-                let cores = *CORES
-                    .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-                let ways = cores
+                let ways = crate::open_file::cores()
                     .min(RUN_WRITERS)
                     .min(files.len() / RUN_MIN_FILES)
                     .max(1);
