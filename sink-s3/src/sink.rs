@@ -4,9 +4,10 @@
 //! Memory holds only rows not yet encoded (Arrow builders, bounded by `max_open_bytes`):
 //! a file's row groups are encoded as they fill into the local [`Spool`], and joined into
 //! the file at close, which then goes up from disk (or is renamed into place for a local
-//! store). A failed upload keeps the file on disk for another try.
+//! store). A failed upload keeps the file on disk for another try. Uploads run beside the
+//! sink's task: it goes on taking entries while closed files go up.
 //!
-//! Long (about 610 lines): taking rows, closing files, uploading and the exactly-once
+//! Long (about 750 lines): taking rows, closing files, uploading and the exactly-once
 //! watermarks are one bookkeeping that must change together.
 
 use std::collections::HashMap;
@@ -41,9 +42,10 @@ pub const ROW_GROUP_BYTES: usize = 4 << 20;
 /// tiny files, make poor reading).
 const MIN_ROW_GROUP_ROWS: usize = 256;
 
-/// Closed files built and uploaded at once, each of another partition. Each round ends
-/// by saving the watermarks (every partition's, fsynced): with thousands of small files
-/// closing together, fewer and larger rounds drain faster.
+/// Closed files built and uploaded at once, each of another partition; also the uploads
+/// whose watermarks are saved together (every partition's, fsynced): with thousands of
+/// small files closing together, fewer and larger saves drain faster. A write waits for
+/// uploads once more than this many closed files wait for theirs.
 const UPLOADS: usize = 64;
 
 /// Local files placed at once (see [`StandardLogSink::places`]).
@@ -67,6 +69,12 @@ struct ReadyFile {
     /// Rows taken from a file with shared runs, gathered with them.
     waiting: Vec<arrow_array::RecordBatch>,
     local: Option<(PathBuf, u64)>,
+    /// Its rows are on disk or in `waiting` (see [`StandardLogSink::prepare`]).
+    prepared: bool,
+    /// Names its upload, whose result may come back after others.
+    id: u64,
+    /// Bytes counted in the uploads' budget while its upload runs.
+    in_flight: Option<u64>,
     /// Uploaded; its watermark is saved next.
     uploaded: bool,
 }
@@ -120,13 +128,24 @@ pub struct StandardLogSink {
     /// Files being placed at once: each is fsyncs on the blocking pool, which ingest
     /// shares.
     places: Arc<Semaphore>,
+    /// Closed in the sink's drop, so that no file appears after it (see [`Gate`]).
+    gate: Arc<Gate>,
+    uploads: tokio::task::JoinSet<Finished>,
+    /// Files built at once for their uploads: their own slots, so that the sink's row
+    /// groups never queue behind them.
+    builds: Arc<Semaphore>,
+    /// An upload failed and the error was returned: the next call waits for the uploads
+    /// it starts again, so that the sink loop's backoff applies and its error stays until
+    /// they succeed.
+    failing: bool,
+    next_id: u64,
     spool: Spool,
 }
 
 /// Per partition, the last entry whose rows are uploaded: a replay after a crash skips
-/// them, so no row lands twice. Saved after every round of uploads; a partition has at
-/// most one file in a round, so at a crash at most one upload per partition is
-/// unrecorded, and its replay rebuilds a file with the same first entry, hence the same
+/// them, so no row lands twice. A partition's next file starts its upload only once the
+/// watermark of the one before is saved, so at a crash at most one upload per partition
+/// is unrecorded, and its replay rebuilds a file with the same first entry, hence the same
 /// key: it overwrites the same object (with more rows or fewer, the rest following in
 /// the next file).
 #[derive(Default)]
@@ -295,6 +314,11 @@ impl StandardLogSink {
             local_root: None,
             synced_dirs: Arc::default(),
             places: Arc::new(Semaphore::new(PLACES)),
+            gate: Arc::new(Gate(std::sync::RwLock::new(true))),
+            uploads: tokio::task::JoinSet::new(),
+            builds: Arc::new(Semaphore::new(crate::open_file::encoders())),
+            failing: false,
+            next_id: 0,
             spool: Spool::temporary(),
         }
     }
@@ -318,8 +342,8 @@ impl StandardLogSink {
         self
     }
 
-    /// Keeps per-partition upload watermarks in `path` (read now, written after every
-    /// upload), which makes every row land exactly once across crashes.
+    /// Keeps per-partition upload watermarks in `path` (read now, written after uploads),
+    /// which makes every row land exactly once across crashes.
     pub fn with_state_file(mut self, path: &std::path::Path) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -523,34 +547,50 @@ impl StandardLogSink {
             file: f,
             waiting: Vec::new(),
             local: None,
+            prepared: false,
+            id: self.next_id,
+            in_flight: None,
             uploaded: false,
         });
+        self.next_id += 1;
     }
 
-    /// Brings a ready file's rows to disk: its last rows as a row group of their own, or,
-    /// when some of its rows are in shared runs, taken to be gathered with them.
-    async fn prepare(&mut self, i: usize) -> Result<(), SinkError> {
+    /// Brings the ready files' rows to disk, each file's last rows as a row group of
+    /// their own, or, when some of its rows are in shared runs, taken to be gathered with
+    /// them: every file at once, whatever its turn to upload, so that memory comes back.
+    async fn prepare(&mut self) -> Result<(), SinkError> {
         let schema = self.encoders.schema.clone();
-        let ready = &mut self.ready[i];
-        if ready.local.is_some() {
-            return Ok(());
+        let todo: Vec<usize> = (0..self.ready.len())
+            .filter(|&i| !self.ready[i].prepared)
+            .collect();
+        for &i in &todo {
+            let ready = &mut self.ready[i];
+            if ready.local.is_some() {
+                continue;
+            }
+            if !ready.file.shared.is_empty() {
+                let rows = ready.file.take_waiting(&ready.key, &schema)?;
+                ready.waiting.extend(rows);
+            } else {
+                ready
+                    .file
+                    .spill(&ready.key, &self.spool, &self.encoders)
+                    .await?;
+            }
         }
-        if !ready.file.shared.is_empty() {
-            let rows = ready.file.take_waiting(&ready.key, &schema)?;
-            ready.waiting.extend(rows);
-        } else {
-            ready
-                .file
-                .spill(&ready.key, &self.spool, &self.encoders)
-                .await?;
+        for i in todo {
+            let ready = &mut self.ready[i];
+            ready.file.settle(&ready.key, true).await?;
+            ready.prepared = true;
         }
-        ready.file.settle(&ready.key, true).await
+        Ok(())
     }
 
     /// Builds (once) and uploads a prepared ready file, off the sink's task. Returns the
     /// local file if built, and whether the upload succeeded.
     fn finish(&self, i: usize) -> impl Future<Output = Finished> + Send + 'static {
         let r = &self.ready[i];
+        let id = r.id;
         let built = r.local.clone();
         let inputs = Inputs {
             parts: r.file.part_paths(),
@@ -561,9 +601,13 @@ impl StandardLogSink {
             schema: self.encoders.schema.clone(),
             props: self.encoders.props.clone(),
         };
-        let slots = self.encoders.slots.clone();
+        let slots = self.builds.clone();
         let (store, root, object) = (self.store.clone(), self.local_root.clone(), r.path.clone());
-        let (synced, places) = (self.synced_dirs.clone(), self.places.clone());
+        let (synced, places, gate) = (
+            self.synced_dirs.clone(),
+            self.places.clone(),
+            self.gate.clone(),
+        );
         async move {
             let (local, len) = match built {
                 Some(l) => l,
@@ -579,7 +623,7 @@ impl StandardLogSink {
                         Ok(Err(e)) => {
                             let e = SinkError::unavailable(what).with_source(e);
                             return Finished {
-                                i,
+                                id,
                                 built: None,
                                 uploaded: Err(e),
                             };
@@ -595,7 +639,7 @@ impl StandardLogSink {
                         let permit = places.acquire_owned().await;
                         let placed = tokio::task::spawn_blocking(move || {
                             let _permit = permit;
-                            place_local(&root, &from, &to, &synced)
+                            place_local(&root, &from, &to, &synced, &gate)
                         })
                         .await
                         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
@@ -613,86 +657,147 @@ impl StandardLogSink {
                     },
                 };
             Finished {
-                i,
+                id,
                 built: Some((local, len)),
                 uploaded,
             }
         }
     }
 
-    /// Uploads every ready file, several at once but one per partition at a time (see
-    /// [`Watermarks`]); stops at a failure (the rest wait for a retry).
-    async fn upload_ready(&mut self) -> Result<(), SinkError> {
+    /// Takes in finished uploads and starts the next ones, several at once but one per
+    /// partition at a time (see [`Watermarks`]). With `all`, returns once every ready
+    /// file is uploaded; otherwise at once, unless more than [`UPLOADS`] wait or an
+    /// upload failed before. Returns the first failure (its file waits for a retry).
+    async fn upload_ready(&mut self, all: bool) -> Result<(), SinkError> {
+        let all = all || self.failing;
+        let mut failed = None;
         loop {
-            // Uploaded in a round whose watermarks could not be saved: only that is left.
-            if self.ready.iter().any(|r| r.uploaded) {
-                self.watermarks.save()?;
-                self.ready.retain(|r| !r.uploaded);
+            while let Some(f) = self.uploads.try_join_next() {
+                self.finished(f, &mut failed);
             }
-            if self.ready.is_empty() {
+            self.save_uploaded(false)?;
+            if let Some(e) = failed {
+                self.failing = true;
+                return Err(e);
+            }
+            self.start_uploads().await?;
+            let waiting = self
+                .ready
+                .iter()
+                .filter(|r| r.in_flight.is_none() && !r.uploaded)
+                .count();
+            if !(all && !self.ready.is_empty() || waiting > UPLOADS) {
+                self.failing &= !all;
                 return Ok(());
             }
-            // Up to UPLOADS files, one per partition, and a few MiB of uploads in flight
-            // (a large file goes up alone).
-            let (mut picked, mut budget) = (Vec::<usize>::new(), UPLOAD_BYTES);
-            for i in 0..self.ready.len() {
-                let r = &self.ready[i];
-                let size = r.local.as_ref().map_or_else(|| r.file.size(), |l| l.1);
-                let cost = size.min(UPLOAD_BYTES);
-                if picked.len() == UPLOADS || (!picked.is_empty() && cost > budget) {
-                    break;
-                }
-                if picked.iter().all(|&j| self.ready[j].key != r.key) {
-                    budget = budget.saturating_sub(cost);
-                    picked.push(i);
-                }
-            }
-            for &i in &picked {
-                self.prepare(i).await?;
-            }
-            let mut jobs = tokio::task::JoinSet::new();
-            for &i in &picked {
-                jobs.spawn(self.finish(i));
-            }
-            let mut failed = None;
-            while let Some(f) = jobs.join_next().await {
-                let f = f.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-                let r = &mut self.ready[f.i];
-                if let Some(local) = f.built {
-                    r.local = Some(local);
-                    r.file.parts.clear();
-                    r.file.shared.clear();
-                    r.waiting.clear();
-                }
-                match f.uploaded {
-                    Ok(()) => {
-                        r.uploaded = true;
-                        let len = r.local.as_ref().map_or(0, |l| l.1);
-                        tracing::debug!(object = %r.path, rows = r.file.rows, bytes = len, "standard log file written");
-                        metrics::counter!("edgelog_standard_files_total").increment(1);
-                        metrics::counter!("edgelog_standard_rows_total")
-                            .increment(r.file.rows as u64);
-                        metrics::counter!("edgelog_standard_bytes_total").increment(len);
-                        let (key, last) = (r.key.clone(), r.file.last_seq);
-                        self.watermarks.set(&key, last);
-                    }
-                    Err(e) => {
-                        failed.get_or_insert(e);
-                    }
-                }
-            }
-            if self.ready.iter().any(|r| r.uploaded) {
-                self.watermarks.save()?;
-                self.ready.retain(|r| !r.uploaded);
-            }
-            if let Some(e) = failed {
-                return Err(e);
+            match self.uploads.join_next().await {
+                Some(f) => self.finished(f, &mut failed),
+                // Only uploaded files are left: their watermarks are saved next.
+                None => self.save_uploaded(true)?,
             }
         }
     }
 
-    /// Seals the files `due` picks, then uploads everything ready.
-    async fn close_where(&mut self, due: impl Fn(&OpenFile) -> bool) -> Result<(), SinkError> {
+    /// Takes in an upload's result.
+    fn finished(
+        &mut self,
+        f: Result<Finished, tokio::task::JoinError>,
+        failed: &mut Option<SinkError>,
+    ) {
+        let f = f.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let Some(r) = self.ready.iter_mut().find(|r| r.id == f.id) else {
+            return;
+        };
+        r.in_flight = None;
+        if let Some(local) = f.built {
+            r.local = Some(local);
+            r.file.parts.clear();
+            r.file.shared.clear();
+            r.waiting.clear();
+        }
+        match f.uploaded {
+            Ok(()) => {
+                r.uploaded = true;
+                let len = r.local.as_ref().map_or(0, |l| l.1);
+                tracing::debug!(object = %r.path, rows = r.file.rows, bytes = len, "standard log file written");
+                metrics::counter!("edgelog_standard_files_total").increment(1);
+                metrics::counter!("edgelog_standard_rows_total").increment(r.file.rows as u64);
+                metrics::counter!("edgelog_standard_bytes_total").increment(len);
+                let (key, last) = (r.key.clone(), r.file.last_seq);
+                self.watermarks.set(&key, last);
+            }
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Saves the watermarks of uploaded files and forgets the files, once nothing is in
+    /// flight, a round's worth is uploaded, or a partition's next file waits on one (or
+    /// with `now`).
+    fn save_uploaded(&mut self, now: bool) -> Result<(), SinkError> {
+        let uploaded: std::collections::HashSet<&PartitionKey> = self
+            .ready
+            .iter()
+            .filter(|r| r.uploaded)
+            .map(|r| &r.key)
+            .collect();
+        let due = now
+            || self.uploads.is_empty()
+            || uploaded.len() >= UPLOADS
+            || self
+                .ready
+                .iter()
+                .any(|r| !r.uploaded && uploaded.contains(&r.key));
+        if !uploaded.is_empty() && due {
+            self.watermarks.save()?;
+            self.ready.retain(|r| !r.uploaded);
+        }
+        Ok(())
+    }
+
+    /// Starts the uploads of ready files in order, within [`UPLOADS`] files and a few
+    /// MiB in flight (a large file goes up alone), each the first of its partition still
+    /// ready (the one before must be uploaded and its watermark saved).
+    async fn start_uploads(&mut self) -> Result<(), SinkError> {
+        self.prepare().await?;
+        let mut budget = UPLOAD_BYTES;
+        let mut flying = 0;
+        for r in &self.ready {
+            if let Some(cost) = r.in_flight {
+                budget = budget.saturating_sub(cost);
+                flying += 1;
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut picked = Vec::new();
+        for (i, r) in self.ready.iter().enumerate() {
+            if !seen.insert(&r.key) || r.in_flight.is_some() || r.uploaded {
+                continue;
+            }
+            let size = r.local.as_ref().map_or_else(|| r.file.size(), |l| l.1);
+            let cost = size.min(UPLOAD_BYTES);
+            if flying == UPLOADS || (flying > 0 && cost > budget) {
+                break;
+            }
+            budget = budget.saturating_sub(cost);
+            flying += 1;
+            picked.push((i, cost));
+        }
+        for (i, cost) in picked {
+            self.uploads.spawn(self.finish(i));
+            self.ready[i].in_flight = Some(cost);
+        }
+        Ok(())
+    }
+
+    /// Seals the files `due` picks, then starts their uploads; with `all`, waits for
+    /// every upload.
+    async fn close_where(
+        &mut self,
+        due: impl Fn(&OpenFile) -> bool,
+        all: bool,
+    ) -> Result<(), SinkError> {
         let keys: Vec<PartitionKey> = self
             .open
             .iter()
@@ -706,7 +811,7 @@ impl StandardLogSink {
         for k in keys {
             self.seal(&k);
         }
-        self.upload_ready().await
+        self.upload_ready(all).await
     }
 
     /// Stores the batch's records that can never be encoded as dead letters, first, so a
@@ -908,9 +1013,9 @@ impl Inputs {
     }
 }
 
-/// A ready file's round: built (its local file), and uploaded or not.
+/// A ready file's upload: built (its local file), and uploaded or not.
 struct Finished {
-    i: usize,
+    id: u64,
     built: Option<(PathBuf, u64)>,
     uploaded: Result<(), SinkError>,
 }
@@ -933,11 +1038,48 @@ impl SyncedDirs {
     }
 }
 
+/// Open while the sink lives. A placement already started when the sink is dropped
+/// finishes in the blocking pool; the gate makes the drop wait for its rename and turns
+/// away the ones after, so that, as after a crash, no file appears once the sink is gone.
+struct Gate(std::sync::RwLock<bool>);
+
+impl Gate {
+    fn pass<T>(&self, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+        let open = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !*open {
+            return Err(std::io::Error::other("the sink is gone"));
+        }
+        f()
+    }
+
+    fn close(&self) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = false;
+    }
+}
+
+impl Drop for StandardLogSink {
+    fn drop(&mut self) {
+        self.gate.close();
+    }
+}
+
 /// Moves a finished file from the spool to `to` under `root` and makes it durable there:
 /// the file, its directory, then each directory up to `root` not yet known to be on disk
 /// (a partition's first file syncs its whole path; the next ones, one directory). The
 /// spool is under the data dir, on the same file system, so this is a rename.
-fn place_local(root: &Path, from: &Path, to: &Path, synced: &SyncedDirs) -> std::io::Result<()> {
+fn place_local(
+    root: &Path,
+    from: &Path,
+    to: &Path,
+    synced: &SyncedDirs,
+    gate: &Gate,
+) -> std::io::Result<()> {
     let parent = to.parent().unwrap_or(root);
     // Directories about to be made (again, if removed from outside since) are not on disk.
     let mut dir = parent;
@@ -952,12 +1094,15 @@ fn place_local(root: &Path, from: &Path, to: &Path, synced: &SyncedDirs) -> std:
         File::open(to)?.sync_all()?;
     } else {
         File::open(from)?.sync_all()?;
-        if std::fs::rename(from, to).is_err() {
-            // Another file system after all: copy.
-            std::fs::copy(from, to)?;
-            File::open(to)?.sync_all()?;
-            let _ = std::fs::remove_file(from);
-        }
+        gate.pass(|| {
+            if std::fs::rename(from, to).is_err() {
+                // Another file system after all: copy.
+                std::fs::copy(from, to)?;
+                File::open(to)?.sync_all()?;
+                let _ = std::fs::remove_file(from);
+            }
+            Ok(())
+        })?;
     }
     edgelog_collector::state_file::sync_dir(parent)?;
     // Up to the first directory whose path is known to be on disk, every parent is
@@ -1000,7 +1145,7 @@ impl Sink for StandardLogSink {
         for k in std::mem::take(&mut self.due) {
             self.seal(&k);
         }
-        self.upload_ready().await?;
+        self.upload_ready(false).await?;
         // Over the memory bound: the file with most rows waiting writes them as a row
         // group; when even that one has few, the oldest file closes.
         let bound = self.cfg.max_open_bytes as usize;
@@ -1017,12 +1162,14 @@ impl Sink for StandardLogSink {
                 }
                 Some((_, rows)) if rows > 0 => self.spill_shared().await?,
                 _ if !self.under_way.is_empty() => self.settle_open(true).await?,
+                // Closed files waiting for their uploads hold rows too.
+                _ if self.ready.iter().any(|r| !r.uploaded) => self.upload_ready(true).await?,
                 _ => {
                     if let Some(k) = self.oldest_open() {
                         tracing::debug!(memory = self.memory(), partition = %k.distribution, "over the memory bound with no rows waiting: closing the oldest file");
                         self.seal(&k);
                     }
-                    self.upload_ready().await?;
+                    self.upload_ready(true).await?;
                 }
             }
             self.memory_summed = self.memory();
@@ -1034,11 +1181,12 @@ impl Sink for StandardLogSink {
 
     async fn tick(&mut self) -> Result<(), SinkError> {
         let max_age = self.cfg.max_age;
-        self.close_where(|f| f.opened.elapsed() >= max_age).await
+        self.close_where(|f| f.opened.elapsed() >= max_age, false)
+            .await
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        self.close_where(|_| true).await
+        self.close_where(|_| true, true).await
     }
 
     fn cursor_saved(&mut self, seq: Seq) {
@@ -1072,11 +1220,12 @@ mod tests {
         std::fs::create_dir_all(&root).expect("test");
         std::fs::create_dir_all(&spool).expect("test");
         let synced = SyncedDirs::default();
+        let gate = Gate(std::sync::RwLock::new(true));
         let dir = root.join("DistributionId=E1/year=2026/month=11");
         for name in ["a.parquet", "b.parquet"] {
             let from = spool.join(name);
             std::fs::write(&from, name).expect("test");
-            place_local(&root, &from, &dir.join(name), &synced).expect("test");
+            place_local(&root, &from, &dir.join(name), &synced, &gate).expect("test");
             assert_eq!(
                 std::fs::read(dir.join(name)).expect("test"),
                 name.as_bytes()
@@ -1097,6 +1246,7 @@ mod tests {
             &spool.join("a.parquet"),
             &dir.join("a.parquet"),
             &synced,
+            &gate,
         )
         .expect("a retry after the move");
         // Removed from outside (a retention job) and made again by the next file: its
@@ -1104,7 +1254,7 @@ mod tests {
         std::fs::remove_dir_all(root.join("DistributionId=E1")).expect("test");
         let from = spool.join("c.parquet");
         std::fs::write(&from, "c").expect("test");
-        place_local(&root, &from, &dir.join("c.parquet"), &synced).expect("test");
+        place_local(&root, &from, &dir.join("c.parquet"), &synced, &gate).expect("test");
         assert_eq!(synced.with(|s| s.clone()), want);
     }
 }

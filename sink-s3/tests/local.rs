@@ -164,7 +164,9 @@ async fn crash_and_replay(distributions: usize, max_open_bytes: u64) {
                 max_open_bytes,
                 ..StandardLogsConfig::default()
             };
+            // As the collector makes it for a local directory: files renamed into place.
             StandardLogSink::new(cfg, "c1", local_store(dir.path()).expect("store"))
+                .with_local_root(dir.path())
                 .with_state_file(&state)
                 .expect("state")
         };
