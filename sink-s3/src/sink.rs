@@ -556,8 +556,9 @@ impl StandardLogSink {
     }
 
     /// Brings the ready files' rows to disk, each file's last rows as a row group of
-    /// their own, or, when some of its rows are in shared runs, taken to be gathered with
-    /// them: every file at once, whatever its turn to upload, so that memory comes back.
+    /// their own: every file at once, whatever its turn to upload, so that memory comes
+    /// back. A file with rows in shared runs keeps its last rows in memory instead, taken
+    /// out of its builders, to be gathered with them when it is built.
     async fn prepare(&mut self) -> Result<(), SinkError> {
         let schema = self.encoders.schema.clone();
         let todo: Vec<usize> = (0..self.ready.len())
@@ -665,33 +666,50 @@ impl StandardLogSink {
     }
 
     /// Takes in finished uploads and starts the next ones, several at once but one per
-    /// partition at a time (see [`Watermarks`]). With `all`, returns once every ready
-    /// file is uploaded; otherwise at once, unless more than [`UPLOADS`] wait or an
-    /// upload failed before. Returns the first failure (its file waits for a retry).
-    async fn upload_ready(&mut self, all: bool) -> Result<(), SinkError> {
-        let all = all || self.failing;
+    /// partition at a time (see [`Watermarks`]), then waits as `wait` says; more than
+    /// [`UPLOADS`] files waiting, or a failure returned before, make it wait for all.
+    /// Returns the first failure (its file waits for a retry).
+    async fn upload_ready(&mut self, wait: Wait) -> Result<(), SinkError> {
+        let result = self.upload_ready_once(wait).await;
+        // Once an error is returned, the next calls wait for the uploads they start
+        // again, so that the loop's backoff applies and its error stays until they succeed.
+        self.failing = result.is_err();
+        result
+    }
+
+    async fn upload_ready_once(&mut self, wait: Wait) -> Result<(), SinkError> {
+        let all = wait == Wait::All || self.failing;
         let mut failed = None;
+        let mut finished = 0;
         loop {
             while let Some(f) = self.uploads.try_join_next() {
                 self.finished(f, &mut failed);
+                finished += 1;
             }
-            self.save_uploaded(false)?;
+            let saved = self.save_uploaded(false);
             if let Some(e) = failed {
-                self.failing = true;
                 return Err(e);
             }
+            saved?;
             self.start_uploads().await?;
             let waiting = self
                 .ready
                 .iter()
                 .filter(|r| r.in_flight.is_none() && !r.uploaded)
                 .count();
-            if !(all && !self.ready.is_empty() || waiting > UPLOADS) {
-                self.failing &= !all;
+            let more = match wait {
+                _ if all => !self.ready.is_empty(),
+                Wait::One => finished == 0 && !self.ready.is_empty(),
+                _ => false,
+            };
+            if !more && waiting <= UPLOADS {
                 return Ok(());
             }
             match self.uploads.join_next().await {
-                Some(f) => self.finished(f, &mut failed),
+                Some(f) => {
+                    self.finished(f, &mut failed);
+                    finished += 1;
+                }
                 // Only uploaded files are left: their watermarks are saved next.
                 None => self.save_uploaded(true)?,
             }
@@ -811,7 +829,8 @@ impl StandardLogSink {
         for k in keys {
             self.seal(&k);
         }
-        self.upload_ready(all).await
+        self.upload_ready(if all { Wait::All } else { Wait::No })
+            .await
     }
 
     /// Stores the batch's records that can never be encoded as dead letters, first, so a
@@ -1013,6 +1032,17 @@ impl Inputs {
     }
 }
 
+/// How long [`StandardLogSink::upload_ready`] waits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Not at all.
+    No,
+    /// For an upload to finish, if any is under way.
+    One,
+    /// For every ready file to be uploaded.
+    All,
+}
+
 /// A ready file's upload: built (its local file), and uploaded or not.
 struct Finished {
     id: u64,
@@ -1145,7 +1175,7 @@ impl Sink for StandardLogSink {
         for k in std::mem::take(&mut self.due) {
             self.seal(&k);
         }
-        self.upload_ready(false).await?;
+        self.upload_ready(Wait::No).await?;
         // Over the memory bound: the file with most rows waiting writes them as a row
         // group; when even that one has few, the oldest file closes.
         let bound = self.cfg.max_open_bytes as usize;
@@ -1162,14 +1192,15 @@ impl Sink for StandardLogSink {
                 }
                 Some((_, rows)) if rows > 0 => self.spill_shared().await?,
                 _ if !self.under_way.is_empty() => self.settle_open(true).await?,
-                // Closed files waiting for their uploads hold rows too.
-                _ if self.ready.iter().any(|r| !r.uploaded) => self.upload_ready(true).await?,
+                // Closed files waiting for their uploads hold rows too (those with rows
+                // in shared runs, until built): one upload's worth at a time.
+                _ if self.ready.iter().any(|r| !r.uploaded) => self.upload_ready(Wait::One).await?,
                 _ => {
                     if let Some(k) = self.oldest_open() {
                         tracing::debug!(memory = self.memory(), partition = %k.distribution, "over the memory bound with no rows waiting: closing the oldest file");
                         self.seal(&k);
                     }
-                    self.upload_ready(true).await?;
+                    self.upload_ready(Wait::All).await?;
                 }
             }
             self.memory_summed = self.memory();

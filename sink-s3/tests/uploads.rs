@@ -20,14 +20,41 @@ use object_store::{
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::sync::Semaphore;
 
-/// An in-memory store whose puts each wait for a permit the test hands out, and refuse
-/// while `refusals` is above zero (one less each).
+/// An in-memory store whose puts each wait for a permit the test hands out (those whose
+/// object name contains `hold`, or all), and refuse while `refusals` is above zero (one
+/// less each). It counts the puts under way per partition, from their start.
 #[derive(Debug)]
 struct Held {
     inner: Arc<InMemory>,
     permits: Semaphore,
+    hold: Option<String>,
     refusals: AtomicUsize,
     puts: AtomicUsize,
+    under_way: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    most_per_partition: AtomicUsize,
+}
+
+/// Counts a put under way in its partition while it lives.
+struct UnderWay<'a>(&'a Held, String);
+
+impl<'a> UnderWay<'a> {
+    fn new(store: &'a Held, location: &Path) -> Self {
+        let name = location.to_string();
+        let partition = name.rsplit_once('/').map_or("", |p| p.0).to_owned();
+        let mut m = store.under_way.lock().expect("lock");
+        let n = m.entry(partition.clone()).or_default();
+        *n += 1;
+        store.most_per_partition.fetch_max(*n, Ordering::SeqCst);
+        UnderWay(store, partition)
+    }
+}
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.under_way.lock().expect("lock").get_mut(&self.1) {
+            *n -= 1;
+        }
+    }
 }
 
 impl std::fmt::Display for Held {
@@ -44,11 +71,18 @@ impl ObjectStore for Held {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.permits
-            .acquire()
-            .await
-            .expect("permits never close")
-            .forget();
+        let _under_way = UnderWay::new(self, location);
+        if self
+            .hold
+            .as_ref()
+            .is_none_or(|h| location.as_ref().contains(h.as_str()))
+        {
+            self.permits
+                .acquire()
+                .await
+                .expect("permits never close")
+                .forget();
+        }
         if self
             .refusals
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -105,27 +139,43 @@ impl ObjectStore for Held {
 }
 
 fn held(permits: usize, refusals: usize) -> Arc<Held> {
-    held_over(Arc::new(InMemory::new()), permits, refusals)
+    held_over(Arc::new(InMemory::new()), permits, refusals, None)
 }
 
-fn held_over(inner: Arc<InMemory>, permits: usize, refusals: usize) -> Arc<Held> {
+fn held_over(
+    inner: Arc<InMemory>,
+    permits: usize,
+    refusals: usize,
+    hold: Option<&str>,
+) -> Arc<Held> {
     Arc::new(Held {
         inner,
         permits: Semaphore::new(permits),
+        hold: hold.map(str::to_owned),
         refusals: AtomicUsize::new(refusals),
         puts: AtomicUsize::new(0),
+        under_way: Default::default(),
+        most_per_partition: AtomicUsize::new(0),
     })
 }
 
-/// 200 records of one distribution, all within one hour, with ids unique across entries.
-fn entry(seq: u64, g: &mut Generator) -> Entry {
+/// Permits enough for any test: nothing held.
+const FREE: usize = usize::MAX >> 4;
+
+/// 200 records, all within one hour, with ids unique across entries: of one distribution,
+/// or of `distribution` if given.
+fn entry(seq: u64, g: &mut Generator, distribution: Option<&str>) -> Entry {
     let recs: Vec<_> = (0..200)
         .map(|i| {
-            g.record(
+            let mut r = g.record(
                 1_764_000_000_000 + (seq * 200 + i) as i64,
                 i as usize,
                 ErrorMix::default(),
-            )
+            );
+            if let Some(d) = distribution {
+                r.distribution_id = d.to_owned();
+            }
+            r
         })
         .collect();
     Entry {
@@ -184,10 +234,10 @@ async fn objects_with(
     out
 }
 
-fn sink(store: Arc<Held>, state: &std::path::Path) -> StandardLogSink {
-    // Every entry closes its file: one file per entry, all of one partition.
+/// A sink closing its files at `max_rows` (200: one file per entry).
+fn sink(store: Arc<Held>, state: &std::path::Path, max_rows: usize) -> StandardLogSink {
     let cfg = StandardLogsConfig {
-        max_rows: 200,
+        max_rows,
         max_age: Duration::from_secs(3600),
         ..StandardLogsConfig::default()
     };
@@ -212,9 +262,9 @@ async fn tick_until_delivered(sink: &mut StandardLogSink, want: u64) {
 async fn a_held_upload_does_not_hold_the_sink_nor_let_its_position_pass() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = held(0, 0);
-    let mut sink = sink(store.clone(), &dir.path().join("watermarks.json"));
+    let mut sink = sink(store.clone(), &dir.path().join("watermarks.json"), 200);
     let mut g = Generator::new(5, 1, 2);
-    let all: Vec<Entry> = (1..=4).map(|s| entry(s, &mut g)).collect();
+    let all: Vec<Entry> = (1..=4).map(|s| entry(s, &mut g, None)).collect();
 
     // Every write returns while the first upload waits: a hang here fails the test.
     for e in &all {
@@ -245,15 +295,67 @@ async fn a_held_upload_does_not_hold_the_sink_nor_let_its_position_pass() {
     let found = objects(&store).await;
     assert_eq!(found.iter().map(|o| o.1).sum::<usize>(), 800, "{found:?}");
     assert_eq!(store.puts.load(Ordering::SeqCst), 4);
+    assert_eq!(store.most_per_partition.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_held_up_does_not_hold_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = held_over(
+        Arc::new(InMemory::new()),
+        0,
+        0,
+        Some("DistributionId=EHELD/"),
+    );
+    let mut sink = sink(store.clone(), &dir.path().join("watermarks.json"), 200);
+    let mut g = Generator::new(8, 1, 2);
+    // Entries alternate between a held partition and a free one, each closing its file.
+    let all: Vec<Entry> = (1..=8)
+        .map(|s| entry(s, &mut g, Some(if s % 2 == 1 { "EHELD" } else { "EFREE" })))
+        .collect();
+    for e in &all {
+        tokio::time::timeout(Duration::from_secs(60), sink.write(&Batch::all(e)))
+            .await
+            .expect("a write waited for a held upload")
+            .expect("write");
+    }
+    // The free partition's four files land one after the other, each saved before the
+    // next starts, while the held one's first waits.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while objects(&store).await.len() < 4 {
+            sink.tick().await.expect("tick");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the free partition waited for the held one");
+    let found = objects(&store).await;
+    assert!(
+        found.iter().all(|o| o.0.contains("DistributionId=EFREE/")),
+        "{found:?}"
+    );
+    assert_eq!(
+        sink.delivered(),
+        0,
+        "the held file's entry is not delivered"
+    );
+    store.permits.add_permits(FREE);
+    sink.flush().await.expect("flush");
+    assert_eq!(sink.delivered(), 8);
+    let found = objects(&store).await;
+    assert_eq!(found.len(), 8, "{found:?}");
+    assert_eq!(found.iter().map(|o| o.1).sum::<usize>(), 1600);
+    assert_eq!(store.most_per_partition.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_refused_a_while_is_tried_again_and_lands_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = held(usize::MAX >> 4, 3);
-    let mut sink = sink(store.clone(), &dir.path().join("watermarks.json"));
+    let store = held(FREE, 3);
+    let mut sink = sink(store.clone(), &dir.path().join("watermarks.json"), 200);
     let mut g = Generator::new(6, 1, 2);
-    let all: Vec<Entry> = (1..=3).map(|s| entry(s, &mut g)).collect();
+    let all: Vec<Entry> = (1..=4).map(|s| entry(s, &mut g, None)).collect();
+    let (all, later) = all.split_at(3);
 
     // A refusal comes back on a later call; once one has, each call waits for the
     // uploads it starts again, so the sink loop's backoff applies and the error stays
@@ -261,7 +363,7 @@ async fn an_upload_refused_a_while_is_tried_again_and_lands_once() {
     let mut refused = 0;
     let mut failing = false;
     tokio::time::timeout(Duration::from_secs(60), async {
-        for e in &all {
+        for e in all {
             loop {
                 match sink.write(&Batch::all(e)).await {
                     Ok(()) => {
@@ -287,43 +389,68 @@ async fn an_upload_refused_a_while_is_tried_again_and_lands_once() {
     let found = objects(&store).await;
     assert_eq!(found.len(), 3, "{found:?}");
     assert_eq!(found.iter().map(|o| o.1).sum::<usize>(), 600);
+
+    // Recovered: a held upload no longer holds a write.
+    store.permits.forget_permits(FREE);
+    tokio::time::timeout(Duration::from_secs(60), sink.write(&Batch::all(&later[0])))
+        .await
+        .expect("a write after recovery waited for a held upload")
+        .expect("write");
+    assert_eq!(sink.delivered(), 3);
+    store.permits.add_permits(FREE);
+    sink.flush().await.expect("flush");
+    assert_eq!(sink.delivered(), 4);
 }
 
+/// Crashes with `passed` uploads let through and the rest held: once the sink took in
+/// and saved the ones that landed (`settled`), or as soon as they landed. The second
+/// life closes its files at other boundaries, so an upload that landed without its
+/// watermark is overwritten only if the replay's file starts at the same entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_with_uploads_under_way_replays_every_row_exactly_once() {
     let mut g = Generator::new(7, 1, 2);
-    let all: Vec<Entry> = (1..=8).map(|s| entry(s, &mut g)).collect();
-    for passed in [0usize, 1, 3, 5] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("watermarks.json");
-        let inner = Arc::new(InMemory::new());
-        // First life: `passed` uploads go through, the rest wait until the crash.
-        let store = held_over(inner.clone(), passed, 0);
-        let mut first = sink(store.clone(), &state);
-        for e in &all {
-            first.write(&Batch::all(e)).await.expect("write");
-        }
-        tick_until_delivered(&mut first, passed as u64).await;
-        let saved = first.delivered();
-        first.cursor_saved(saved);
-        drop(first); // SIGKILL: held uploads never finish
+    let all: Vec<Entry> = (1..=8).map(|s| entry(s, &mut g, None)).collect();
+    for settled in [true, false] {
+        for passed in [0usize, 1, 3, 5] {
+            let case = format!("{passed} uploads let through, settled {settled}");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let state = dir.path().join("watermarks.json");
+            let inner = Arc::new(InMemory::new());
+            let store = held_over(inner.clone(), passed, 0, None);
+            let mut first = sink(store.clone(), &state, 200);
+            for e in &all {
+                tokio::time::timeout(Duration::from_secs(60), first.write(&Batch::all(e)))
+                    .await
+                    .expect("a write waited for a held upload")
+                    .expect("write");
+            }
+            if settled {
+                tick_until_delivered(&mut first, passed as u64).await;
+            } else {
+                tokio::time::timeout(Duration::from_secs(60), async {
+                    while store.puts.load(Ordering::SeqCst) < passed {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+                .await
+                .expect("uploads let through did not land");
+            }
+            let saved = first.delivered();
+            first.cursor_saved(saved);
+            drop(first); // SIGKILL: held uploads never finish
+            let most = store.most_per_partition.load(Ordering::SeqCst);
+            assert!(most <= 1, "{case}: {most} uploads of a partition at once");
 
-        // Second life: replays from the saved position.
-        let store = held_over(inner, usize::MAX >> 4, 0);
-        let mut second = sink(store.clone(), &state);
-        for e in &all[saved as usize..] {
-            second.write(&Batch::all(e)).await.expect("write");
+            // Second life: replays from the saved position, two entries a file.
+            let store = held_over(inner, FREE, 0, None);
+            let mut second = sink(store.clone(), &state, 400);
+            for e in &all[saved as usize..] {
+                second.write(&Batch::all(e)).await.expect("write");
+            }
+            second.flush().await.expect("flush");
+            let ids = ids(&store).await;
+            assert_eq!(ids.len(), 1600, "{case}: rows lost");
+            assert!(ids.values().all(|n| *n == 1), "{case}: rows twice");
         }
-        second.flush().await.expect("flush");
-        let ids = ids(&store).await;
-        assert_eq!(
-            ids.len(),
-            1600,
-            "{passed} uploads before the crash: rows lost"
-        );
-        assert!(
-            ids.values().all(|n| *n == 1),
-            "{passed} uploads before the crash: rows twice"
-        );
     }
 }
