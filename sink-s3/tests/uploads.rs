@@ -427,8 +427,11 @@ async fn a_crash_with_uploads_under_way_replays_every_row_exactly_once() {
             if settled {
                 tick_until_delivered(&mut first, passed as u64).await;
             } else {
+                // A partition's next upload starts from a call into the sink once the one
+                // before landed: tick until the last let through lands, then crash.
                 tokio::time::timeout(Duration::from_secs(60), async {
                     while store.puts.load(Ordering::SeqCst) < passed {
+                        first.tick().await.expect("tick");
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 })
