@@ -8,6 +8,7 @@ mod run;
 mod schema;
 mod sink;
 mod spool;
+mod stage;
 
 use std::path::Path;
 use std::sync::Arc;

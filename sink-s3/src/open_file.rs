@@ -35,6 +35,10 @@ pub(crate) struct OpenFile {
     pub(crate) parts: Vec<Part>,
     /// Rows written with other files' into shared runs, gathered when the file closes.
     pub(crate) shared: Vec<Chunk>,
+    /// Its slot in the sink's staging while rows of it are there (see `stage`), and the
+    /// bytes they hold.
+    pub(crate) stage_slot: Option<u32>,
+    pub(crate) staged_bytes: usize,
     /// Bytes of the row groups in the spool.
     pub(crate) part_bytes: u64,
     pub(crate) rows: usize,
@@ -87,7 +91,17 @@ impl OpenFile {
                 Part::Done(_) => 0,
             })
             .sum();
-        self.columns.bytes() + encoding + self.unwritten.iter().map(|u| u.1).sum::<usize>()
+        self.waiting_bytes() + encoding + self.staged_bytes
+    }
+
+    /// Bytes of the rows waiting in its own builders and in `unwritten`.
+    pub(crate) fn waiting_bytes(&self) -> usize {
+        self.columns.bytes() + self.unwritten.iter().map(|u| u.1).sum::<usize>()
+    }
+
+    /// Rows waiting in its own builders and in `unwritten`.
+    pub(crate) fn waiting_rows(&self) -> usize {
+        self.columns.len() + self.unwritten.iter().map(|u| u.0.num_rows()).sum::<usize>()
     }
 
     /// About the size the file would have if closed now (rows not encoded yet counted

@@ -33,6 +33,7 @@ use crate::open_file::{Encoders, OpenFile, Part, PartitionKey, push};
 use crate::run::{self, Chunk};
 use crate::schema::{self, Columns};
 use crate::spool::{self, Spool};
+use crate::stage::{self, Staging};
 
 /// A file's rows waiting in memory are encoded as a row group at about this size.
 pub const ROW_GROUP_BYTES: usize = 4 << 20;
@@ -55,6 +56,10 @@ const PLACES: usize = 4;
 /// rows: a spill of 512 files or more is split.
 const RUN_WRITERS: usize = 4;
 const RUN_MIN_FILES: usize = 256;
+
+/// With this many files open, rows go to the staging rather than each file's builders
+/// (see `stage`): between spills each file holds a few rows.
+const STAGE_FILES: usize = 256;
 
 /// Bytes of files uploaded at once (each counted up to this): many small files go up
 /// together, a large one alone (its multipart upload has its own bound).
@@ -110,6 +115,9 @@ pub struct StandardLogSink {
     under_way: Vec<PartitionKey>,
     /// Open files that reached `max_rows` or `max_bytes` while taking rows.
     due: Vec<PartitionKey>,
+    /// Rows of files (open, or closed and not prepared) taken while many are open.
+    staging: Staging,
+    stage_files: usize,
     /// [`memory`](Self::memory) when last summed (over every file), and the bytes of
     /// rows taken since: only taking rows adds memory, so while their sum is under the
     /// bound the files need not be summed again.
@@ -306,6 +314,8 @@ impl StandardLogSink {
             full: Vec::new(),
             under_way: Vec::new(),
             due: Vec::new(),
+            staging: Staging::default(),
+            stage_files: STAGE_FILES,
             memory_summed: 0,
             memory_taken: 0,
             taken: 0,
@@ -321,6 +331,13 @@ impl StandardLogSink {
             next_id: 0,
             spool: Spool::temporary(),
         }
+    }
+
+    /// Stages rows once `files` files are open (tests; the default is 256).
+    #[doc(hidden)]
+    pub fn with_stage_files(mut self, files: usize) -> Self {
+        self.stage_files = files;
+        self
     }
 
     /// Encodes row groups into `dir` (emptied now: what it held is rebuilt from the log).
@@ -385,11 +402,13 @@ impl StandardLogSink {
         open + ready
     }
 
-    /// Writes the rows waiting in every open file into shared runs (one, or one per
-    /// thread with thousands of files). On failure they stay waiting for the retry.
+    /// Writes the rows waiting in every open file, and the staged rows of every file, into
+    /// shared runs (one, or one per thread with thousands of files). A file with a row
+    /// group's worth staged keeps them waiting instead, for a row group of its own. On
+    /// failure every row stays waiting for the retry.
     async fn spill_shared(&mut self) -> Result<(), SinkError> {
         let schema = self.encoders.schema.clone();
-        let mut taken: Vec<(PartitionKey, Vec<arrow_array::RecordBatch>)> = Vec::new();
+        let mut taken: Vec<(Owner, Vec<arrow_array::RecordBatch>)> = Vec::new();
         let mut failed = None;
         'files: for (d, m) in self.open.iter_mut() {
             for (h, f) in m.iter_mut() {
@@ -401,7 +420,7 @@ impl StandardLogSink {
                     hour_ms: *h,
                 };
                 match f.take_waiting(&key, &schema) {
-                    Ok(b) => taken.push((key, b)),
+                    Ok(b) => taken.push((Owner::Open(key), b)),
                     Err(e) => {
                         failed = Some(e);
                         break 'files;
@@ -409,74 +428,94 @@ impl StandardLogSink {
                 }
             }
         }
-        let mut runs = 0;
-        let written = match failed {
-            Some(e) => Err(e),
-            None => {
-                let files: Vec<_> = taken.iter().map(|t| t.1.clone()).collect();
-                // Thousands of files' rows: split over the cores, one run each (the sink
-                // waits for this, so while it drains it would use one core otherwise).
-                let ways = crate::open_file::cores()
-                    .min(RUN_WRITERS)
-                    .min(files.len() / RUN_MIN_FILES)
-                    .max(1);
-                let per = files.len().div_ceil(ways).max(1);
-                let groups: Vec<_> = files
-                    .chunks(per)
-                    .map(|g| (self.spool.path("run"), g))
-                    .collect();
-                runs = groups.len();
-                let write = |(path, g): &(PathBuf, &[Vec<arrow_array::RecordBatch>])| {
-                    run::write(path, &schema, g).map_err(|e| {
-                        SinkError::unavailable(format!("cannot write the run {}", path.display()))
-                            .with_source(e)
-                    })
-                };
-                cpu(|| {
-                    std::thread::scope(|s| {
-                        // A group whose thread cannot be started is written here instead.
-                        let rest: Vec<_> = groups
-                            .iter()
-                            .skip(1)
-                            .map(|g| {
-                                std::thread::Builder::new()
-                                    .name("edgelog-run".into())
-                                    .spawn_scoped(s, move || write(g))
-                                    .map_err(|e| {
-                                        tracing::warn!(error = %e, "cannot start a thread to write a shared run; writing it on this one");
-                                        g
-                                    })
-                            })
-                            .collect();
-                        let mut chunks = groups.first().map(write).transpose()?.unwrap_or_default();
-                        // The scope joins every thread before an error returns; runs the
-                        // others wrote are removed with their chunks.
-                        let mut failed = None;
-                        for h in rest {
-                            let done = match h {
-                                Ok(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
-                                Err(g) => write(g),
-                            };
-                            match done {
-                                Ok(c) => chunks.extend(c),
-                                Err(e) => failed = failed.or(Some(e)),
-                            }
+        if let Some(e) = failed {
+            self.put_back(taken, false);
+            return Err(e);
+        }
+        let mut large = Vec::new();
+        let mut staged = 0;
+        match self.take_staged(&schema) {
+            Ok(shares) => {
+                for (owner, batch) in shares {
+                    match batch.num_rows() >= MIN_ROW_GROUP_ROWS {
+                        true => large.push((owner, vec![batch])),
+                        false => {
+                            taken.push((owner, vec![batch]));
+                            staged += 1;
                         }
-                        failed.map_or(Ok(chunks), Err)
-                    })
-                })
+                    }
+                }
             }
+            Err(e) => {
+                self.put_back(taken, false);
+                return Err(e);
+            }
+        }
+        // Staged slices keep the whole staged batch: copies of their own go back.
+        self.put_back(large, true);
+        let files: Vec<_> = taken.iter().map(|t| t.1.clone()).collect();
+        // Thousands of files' rows: split over the cores, one run each (the sink waits for
+        // this, so while it drains it would use one core otherwise).
+        let ways = crate::open_file::cores()
+            .min(RUN_WRITERS)
+            .min(files.len() / RUN_MIN_FILES)
+            .max(1);
+        let per = files.len().div_ceil(ways).max(1);
+        let groups: Vec<_> = files
+            .chunks(per)
+            .map(|g| (self.spool.path("run"), g))
+            .collect();
+        let runs = groups.len();
+        let write = |(path, g): &(PathBuf, &[Vec<arrow_array::RecordBatch>])| {
+            run::write(path, &schema, g).map_err(|e| {
+                SinkError::unavailable(format!("cannot write the run {}", path.display()))
+                    .with_source(e)
+            })
         };
+        let written = cpu(|| {
+            std::thread::scope(|s| {
+                // A group whose thread cannot be started is written here instead.
+                let rest: Vec<_> = groups
+                    .iter()
+                    .skip(1)
+                    .map(|g| {
+                        std::thread::Builder::new()
+                            .name("edgelog-run".into())
+                            .spawn_scoped(s, move || write(g))
+                            .map_err(|e| {
+                                tracing::warn!(error = %e, "cannot start a thread to write a shared run; writing it on this one");
+                                g
+                            })
+                    })
+                    .collect();
+                let mut chunks = groups.first().map(write).transpose()?.unwrap_or_default();
+                // The scope joins every thread before an error returns; runs the others
+                // wrote are removed with their chunks.
+                let mut failed = None;
+                for h in rest {
+                    let done = match h {
+                        Ok(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+                        Err(g) => write(g),
+                    };
+                    match done {
+                        Ok(c) => chunks.extend(c),
+                        Err(e) => failed = failed.or(Some(e)),
+                    }
+                }
+                failed.map_or(Ok(chunks), Err)
+            })
+        });
         match written {
             Ok(chunks) => {
                 tracing::debug!(
                     files = taken.len(),
+                    staged,
                     "rows of many small files written to a shared run"
                 );
                 metrics::counter!("edgelog_standard_runs_total").increment(runs as u64);
                 debug_assert_eq!(chunks.len(), taken.len());
-                for ((key, _), chunk) in taken.into_iter().zip(chunks) {
-                    if let Some(f) = self.open_file(&key) {
+                for ((owner, _), chunk) in taken.into_iter().zip(chunks) {
+                    if let Some(f) = self.owned(&owner) {
                         f.part_bytes += chunk.len();
                         f.shared.push(chunk);
                     }
@@ -484,13 +523,90 @@ impl StandardLogSink {
                 Ok(())
             }
             Err(e) => {
-                for (key, batches) in taken {
-                    if let Some(f) = self.open_file(&key) {
-                        f.put_back(batches);
-                    }
-                }
+                self.put_back(taken, true);
                 Err(e)
             }
+        }
+    }
+
+    /// The staged rows, each file's share (sorted by time) with the file it belongs to;
+    /// the staging is empty after. (On failure rows stay in the log: the files that had
+    /// them keep their place.)
+    fn take_staged(
+        &mut self,
+        schema: &arrow_schema::SchemaRef,
+    ) -> Result<Vec<(Owner, arrow_array::RecordBatch)>, SinkError> {
+        if self.staging.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut owners: HashMap<u32, Owner> = HashMap::new();
+        for (d, m) in &mut self.open {
+            for (h, f) in m.iter_mut() {
+                if let Some(slot) = f.stage_slot.take() {
+                    f.staged_bytes = 0;
+                    let key = PartitionKey {
+                        distribution: d.clone(),
+                        hour_ms: *h,
+                    };
+                    owners.insert(slot, Owner::Open(key));
+                }
+            }
+        }
+        for (i, r) in self.ready.iter_mut().enumerate() {
+            if let Some(slot) = r.file.stage_slot.take() {
+                r.file.staged_bytes = 0;
+                owners.insert(slot, Owner::Ready(i));
+            }
+        }
+        let Some((batch, shares)) = self.staging.take(schema).map_err(|source| {
+            SinkError::misconfigured("cannot build a parquet batch").with_source(
+                StandardLogError::Batch {
+                    partition: "staged rows".into(),
+                    source,
+                },
+            )
+        })?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(shares.len());
+        for share in shares {
+            match owners.remove(&share.slot) {
+                Some(owner) => out.push((owner, batch.slice(share.start, share.len))),
+                // Each slot is a file's until the staging is taken, and a file leaves the
+                // sink only once prepared, which takes the staging first.
+                None => {
+                    return Err(SinkError::misconfigured(format!(
+                        "staged rows of slot {} belong to no file",
+                        share.slot
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts rows back as waiting in their files, for a row group or the next try;
+    /// `copy` for slices of a larger batch.
+    fn put_back(&mut self, rows: Vec<(Owner, Vec<arrow_array::RecordBatch>)>, copy: bool) {
+        for (owner, batches) in rows {
+            let batches = match copy {
+                true => batches
+                    .iter()
+                    .map(|b| stage::compact(b).unwrap_or_else(|_| b.clone()))
+                    .collect(),
+                false => batches,
+            };
+            if let Some(f) = self.owned(&owner) {
+                f.put_back(batches);
+            }
+        }
+    }
+
+    fn owned(&mut self, owner: &Owner) -> Option<&mut OpenFile> {
+        match owner {
+            Owner::Open(key) => self.open_file(key),
+            Owner::Ready(i) => self.ready.get_mut(*i).map(|r| &mut r.file),
         }
     }
 
@@ -561,6 +677,14 @@ impl StandardLogSink {
     /// out of its builders, to be gathered with them when it is built.
     async fn prepare(&mut self) -> Result<(), SinkError> {
         let schema = self.encoders.schema.clone();
+        // Staged rows of closed files go to a run first (with every other file's).
+        if self
+            .ready
+            .iter()
+            .any(|r| !r.prepared && r.file.stage_slot.is_some())
+        {
+            self.spill_shared().await?;
+        }
         let todo: Vec<usize> = (0..self.ready.len())
             .filter(|&i| !self.ready[i].prepared)
             .collect();
@@ -904,6 +1028,8 @@ impl StandardLogSink {
                         unwritten: Vec::new(),
                         parts: Vec::new(),
                         shared: Vec::new(),
+                        stage_slot: None,
+                        staged_bytes: 0,
                         part_bytes: 0,
                         rows: 0,
                         first_seq: entry.seq,
@@ -913,11 +1039,23 @@ impl StandardLogSink {
                     })
                 }
             };
-            let before = f.columns.bytes();
-            for (i, _, _) in group {
-                push(f, &entry.records[*i], entry.seq);
+            let before = f.columns.bytes() + f.staged_bytes;
+            if self.open_files >= self.stage_files {
+                let slot = match f.stage_slot {
+                    Some(slot) => slot,
+                    None => *f.stage_slot.insert(self.staging.slot(f.sample_rate)),
+                };
+                for (i, _, _) in group {
+                    f.staged_bytes += self.staging.push(&entry.records[*i], slot);
+                    f.rows += 1;
+                    f.last_seq = entry.seq;
+                }
+            } else {
+                for (i, _, _) in group {
+                    push(f, &entry.records[*i], entry.seq);
+                }
             }
-            self.memory_taken += f.columns.bytes().saturating_sub(before);
+            self.memory_taken += (f.columns.bytes() + f.staged_bytes).saturating_sub(before);
             if f.rows >= self.cfg.max_rows || f.size() >= self.cfg.max_bytes {
                 self.due.push(key.clone());
             }
@@ -961,14 +1099,14 @@ impl StandardLogSink {
         self.open
             .iter()
             .flat_map(|(d, m)| m.iter().map(move |(h, f)| (d, h, f)))
-            .max_by_key(|x| x.2.columns.bytes())
+            .max_by_key(|x| x.2.waiting_bytes())
             .map(|(d, h, f)| {
                 (
                     PartitionKey {
                         distribution: d.clone(),
                         hour_ms: *h,
                     },
-                    f.columns.len(),
+                    f.waiting_rows(),
                 )
             })
     }
@@ -984,6 +1122,13 @@ impl StandardLogSink {
                 hour_ms: *h,
             })
     }
+}
+
+/// The file rows taken for a run belong to: open, or closed (its index in `ready`, which
+/// does not change while a run is written).
+enum Owner {
+    Open(PartitionKey),
+    Ready(usize),
 }
 
 /// What a ready file is built from.
@@ -1190,7 +1335,9 @@ impl Sink for StandardLogSink {
                     // Memory returns once encoded: wait for it.
                     self.settle_open(true).await?;
                 }
-                Some((_, rows)) if rows > 0 => self.spill_shared().await?,
+                w if w.as_ref().is_some_and(|(_, rows)| *rows > 0) || !self.staging.is_empty() => {
+                    self.spill_shared().await?
+                }
                 _ if !self.under_way.is_empty() => self.settle_open(true).await?,
                 // Closed files waiting for their uploads hold rows too (those with rows
                 // in shared runs, until built): one upload's worth at a time.

@@ -144,16 +144,24 @@ fn ids_in(dir: &std::path::Path) -> std::collections::HashMap<String, u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_any_point_leaves_every_row_exactly_once() {
-    crash_and_replay(3, 128 << 20).await;
+    crash_and_replay(3, 128 << 20, usize::MAX).await;
 }
 
 /// The same with rows in shared runs and many files uploaded at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_with_many_small_distributions_leaves_every_row_exactly_once() {
-    crash_and_replay(40, 1 << 20).await;
+    crash_and_replay(40, 1 << 20, usize::MAX).await;
 }
 
-async fn crash_and_replay(distributions: usize, max_open_bytes: u64) {
+/// The same with every row staged (as with hundreds of files open): files close, crash
+/// and replay with their rows in the staging, in runs, or in row groups of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_with_staged_rows_leaves_every_row_exactly_once() {
+    crash_and_replay(40, 1 << 20, 1).await;
+    crash_and_replay(3, 1 << 20, 1).await;
+}
+
+async fn crash_and_replay(distributions: usize, max_open_bytes: u64, stage_files: usize) {
     const ENTRIES: u64 = 24;
     for crash_after in [2u64, 4, 5, 9, 14, 16, 20] {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -167,6 +175,7 @@ async fn crash_and_replay(distributions: usize, max_open_bytes: u64) {
             // As the collector makes it for a local directory: files renamed into place.
             StandardLogSink::new(cfg, "c1", local_store(dir.path()).expect("store"))
                 .with_local_root(dir.path())
+                .with_stage_files(stage_files)
                 .with_state_file(&state)
                 .expect("state")
         };
