@@ -61,6 +61,10 @@ const RUN_MIN_FILES: usize = 256;
 /// (see `stage`): between spills each file holds a few rows.
 const STAGE_FILES: usize = 256;
 
+/// A file with this many bytes staged takes its next rows into builders of its own, for
+/// row groups of its own as without staging.
+const STAGED_FILE_BYTES: usize = 256 << 10;
+
 /// Bytes of files uploaded at once (each counted up to this): many small files go up
 /// together, a large one alone (its multipart upload has its own bound).
 const UPLOAD_BYTES: u64 = 32 << 20;
@@ -118,6 +122,9 @@ pub struct StandardLogSink {
     /// Rows of files (open, or closed and not prepared) taken while many are open.
     staging: Staging,
     stage_files: usize,
+    /// Set when rows taken out of the staging were lost (a broken invariant): every call
+    /// fails from then on (see [`Self::broke`]).
+    broken: Option<String>,
     /// [`memory`](Self::memory) when last summed (over every file), and the bytes of
     /// rows taken since: only taking rows adds memory, so while their sum is under the
     /// bound the files need not be summed again.
@@ -316,6 +323,7 @@ impl StandardLogSink {
             due: Vec::new(),
             staging: Staging::default(),
             stage_files: STAGE_FILES,
+            broken: None,
             memory_summed: 0,
             memory_taken: 0,
             taken: 0,
@@ -408,7 +416,8 @@ impl StandardLogSink {
     /// failure every row stays waiting for the retry.
     async fn spill_shared(&mut self) -> Result<(), SinkError> {
         let schema = self.encoders.schema.clone();
-        let mut taken: Vec<(Owner, Vec<arrow_array::RecordBatch>)> = Vec::new();
+        // Each file's rows, and whether they are staged slices.
+        let mut taken: Vec<(Owner, Vec<arrow_array::RecordBatch>, bool)> = Vec::new();
         let mut failed = None;
         'files: for (d, m) in self.open.iter_mut() {
             for (h, f) in m.iter_mut() {
@@ -420,7 +429,7 @@ impl StandardLogSink {
                     hour_ms: *h,
                 };
                 match f.take_waiting(&key, &schema) {
-                    Ok(b) => taken.push((Owner::Open(key), b)),
+                    Ok(b) => taken.push((Owner::Open(key), b, false)),
                     Err(e) => {
                         failed = Some(e);
                         break 'files;
@@ -429,30 +438,31 @@ impl StandardLogSink {
             }
         }
         if let Some(e) = failed {
-            self.put_back(taken, false);
+            self.put_back(taken);
             return Err(e);
         }
         let mut large = Vec::new();
         let mut staged = 0;
         match self.take_staged(&schema) {
             Ok(shares) => {
-                for (owner, batch) in shares {
-                    match batch.num_rows() >= MIN_ROW_GROUP_ROWS {
-                        true => large.push((owner, vec![batch])),
+                for (owner, batches) in shares {
+                    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                    match rows >= MIN_ROW_GROUP_ROWS {
+                        true => large.push((owner, batches, true)),
                         false => {
-                            taken.push((owner, vec![batch]));
+                            taken.push((owner, batches, true));
                             staged += 1;
                         }
                     }
                 }
             }
             Err(e) => {
-                self.put_back(taken, false);
+                self.put_back(taken);
                 return Err(e);
             }
         }
-        // Staged slices keep the whole staged batch: copies of their own go back.
-        self.put_back(large, true);
+        // A file with a row group's worth keeps them for one of its own.
+        self.put_back(large);
         let files: Vec<_> = taken.iter().map(|t| t.1.clone()).collect();
         // Thousands of files' rows: split over the cores, one run each (the sink waits for
         // this, so while it drains it would use one core otherwise).
@@ -514,7 +524,7 @@ impl StandardLogSink {
                 );
                 metrics::counter!("edgelog_standard_runs_total").increment(runs as u64);
                 debug_assert_eq!(chunks.len(), taken.len());
-                for ((owner, _), chunk) in taken.into_iter().zip(chunks) {
+                for ((owner, _, _), chunk) in taken.into_iter().zip(chunks) {
                     if let Some(f) = self.owned(&owner) {
                         f.part_bytes += chunk.len();
                         f.shared.push(chunk);
@@ -523,27 +533,24 @@ impl StandardLogSink {
                 Ok(())
             }
             Err(e) => {
-                self.put_back(taken, true);
+                self.put_back(taken);
                 Err(e)
             }
         }
     }
 
-    /// The staged rows, each file's share (sorted by time) with the file it belongs to;
-    /// the staging is empty after. (On failure rows stay in the log: the files that had
-    /// them keep their place.)
+    /// Every staged row, by file, with the file it belongs to; the staging is empty after.
     fn take_staged(
         &mut self,
         schema: &arrow_schema::SchemaRef,
-    ) -> Result<Vec<(Owner, arrow_array::RecordBatch)>, SinkError> {
+    ) -> Result<Vec<(Owner, Vec<arrow_array::RecordBatch>)>, SinkError> {
         if self.staging.is_empty() {
             return Ok(Vec::new());
         }
         let mut owners: HashMap<u32, Owner> = HashMap::new();
-        for (d, m) in &mut self.open {
-            for (h, f) in m.iter_mut() {
-                if let Some(slot) = f.stage_slot.take() {
-                    f.staged_bytes = 0;
+        for (d, m) in &self.open {
+            for (h, f) in m {
+                if let Some(slot) = f.stage_slot {
                     let key = PartitionKey {
                         distribution: d.clone(),
                         hour_ms: *h,
@@ -552,54 +559,105 @@ impl StandardLogSink {
                 }
             }
         }
-        for (i, r) in self.ready.iter_mut().enumerate() {
-            if let Some(slot) = r.file.stage_slot.take() {
-                r.file.staged_bytes = 0;
+        for (i, r) in self.ready.iter().enumerate() {
+            if let Some(slot) = r.file.stage_slot {
                 owners.insert(slot, Owner::Ready(i));
             }
         }
-        let Some((batch, shares)) = self.staging.take(schema).map_err(|source| {
-            SinkError::misconfigured("cannot build a parquet batch").with_source(
-                StandardLogError::Batch {
-                    partition: "staged rows".into(),
-                    source,
-                },
-            )
-        })?
-        else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::with_capacity(shares.len());
-        for share in shares {
-            match owners.remove(&share.slot) {
-                Some(owner) => out.push((owner, batch.slice(share.start, share.len))),
-                // Each slot is a file's until the staging is taken, and a file leaves the
-                // sink only once prepared, which takes the staging first.
+        let all = self.staging.take_all(schema);
+        let all = self.staged_or_broken(all)?;
+        let mut out = Vec::with_capacity(all.len());
+        for (slot, batches) in all {
+            match owners.remove(&slot) {
+                Some(owner) => out.push((owner, batches)),
                 None => {
-                    return Err(SinkError::misconfigured(format!(
-                        "staged rows of slot {} belong to no file",
-                        share.slot
-                    )));
+                    return Err(self.broke(format!("staged rows of slot {slot} belong to no file")));
                 }
+            }
+        }
+        for (owner, _) in &out {
+            if let Some(f) = self.owned(owner) {
+                (f.stage_slot, f.staged_bytes) = (None, 0);
             }
         }
         Ok(out)
     }
 
-    /// Puts rows back as waiting in their files, for a row group or the next try;
-    /// `copy` for slices of a larger batch.
-    fn put_back(&mut self, rows: Vec<(Owner, Vec<arrow_array::RecordBatch>)>, copy: bool) {
-        for (owner, batches) in rows {
-            let batches = match copy {
+    /// The staged rows of closed files, taken out of the staging into their own waiting
+    /// rows (the open files' stay staged).
+    fn unstage_ready(&mut self) -> Result<(), SinkError> {
+        let slots: std::collections::HashSet<u32> = self
+            .ready
+            .iter()
+            .filter_map(|r| r.file.stage_slot)
+            .collect();
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let schema = self.encoders.schema.clone();
+        let taken = self.staging.take_slots(&schema, &slots);
+        let mut taken: HashMap<u32, Vec<arrow_array::RecordBatch>> =
+            self.staged_or_broken(taken)?.into_iter().collect();
+        for r in &mut self.ready {
+            if let Some(slot) = r.file.stage_slot.take() {
+                r.file.staged_bytes = 0;
+                match taken.remove(&slot) {
+                    Some(rows) => r.file.put_back(rows),
+                    None => {
+                        let e = format!("the staged rows of {} are missing", r.path);
+                        return Err(self.broke(e));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Taking rows out of the staging can fail only on a broken invariant, with some rows
+    /// out already: the sink stops uploading for good, so that the log keeps them for a
+    /// restart to replay (see [`Self::broke`]).
+    fn staged_or_broken<T>(
+        &mut self,
+        r: Result<T, arrow_schema::ArrowError>,
+    ) -> Result<T, SinkError> {
+        r.map_err(|e| self.broke(format!("cannot take the staged rows: {e}")))
+    }
+
+    /// Records that rows were lost from memory: every later call fails with this, so no
+    /// upload and no watermark passes them and the collector's position stays behind them.
+    fn broke(&mut self, why: String) -> SinkError {
+        tracing::error!(error = %why, "the standard-log sink stops: restart the collector to replay from its log");
+        let e = SinkError::misconfigured(why.clone());
+        self.broken.get_or_insert(why);
+        e
+    }
+
+    /// Puts rows back as waiting in their files, for a row group or the next try; staged
+    /// ones as copies of their own (a slice keeps the whole sorted batch).
+    fn put_back(&mut self, rows: Vec<(Owner, Vec<arrow_array::RecordBatch>, bool)>) {
+        for (owner, batches, staged) in rows {
+            let batches = match staged {
                 true => batches
                     .iter()
-                    .map(|b| stage::compact(b).unwrap_or_else(|_| b.clone()))
+                    .map(|b| {
+                        stage::compact(b).unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "cannot copy staged rows; keeping the slice");
+                            b.clone()
+                        })
+                    })
                     .collect(),
                 false => batches,
             };
             if let Some(f) = self.owned(&owner) {
                 f.put_back(batches);
             }
+        }
+    }
+
+    fn check_broken(&self) -> Result<(), SinkError> {
+        match &self.broken {
+            Some(why) => Err(SinkError::misconfigured(why.clone())),
+            None => Ok(()),
         }
     }
 
@@ -677,14 +735,7 @@ impl StandardLogSink {
     /// out of its builders, to be gathered with them when it is built.
     async fn prepare(&mut self) -> Result<(), SinkError> {
         let schema = self.encoders.schema.clone();
-        // Staged rows of closed files go to a run first (with every other file's).
-        if self
-            .ready
-            .iter()
-            .any(|r| !r.prepared && r.file.stage_slot.is_some())
-        {
-            self.spill_shared().await?;
-        }
+        self.unstage_ready()?;
         let todo: Vec<usize> = (0..self.ready.len())
             .filter(|&i| !self.ready[i].prepared)
             .collect();
@@ -1040,7 +1091,7 @@ impl StandardLogSink {
                 }
             };
             let before = f.columns.bytes() + f.staged_bytes;
-            if self.open_files >= self.stage_files {
+            if self.open_files >= self.stage_files && f.staged_bytes < STAGED_FILE_BYTES {
                 let slot = match f.stage_slot {
                     Some(slot) => slot,
                     None => *f.stage_slot.insert(self.staging.slot(f.sample_rate)),
@@ -1303,6 +1354,7 @@ fn place_local(
 #[async_trait]
 impl Sink for StandardLogSink {
     async fn write(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
+        self.check_broken()?;
         // Taking an entry is separate from closing files, so a retry after a failed
         // upload does not take the same rows twice.
         if batch.seq() > self.taken {
@@ -1358,12 +1410,14 @@ impl Sink for StandardLogSink {
     }
 
     async fn tick(&mut self) -> Result<(), SinkError> {
+        self.check_broken()?;
         let max_age = self.cfg.max_age;
         self.close_where(|f| f.opened.elapsed() >= max_age, false)
             .await
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
+        self.check_broken()?;
         self.close_where(|_| true, true).await
     }
 

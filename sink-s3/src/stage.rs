@@ -3,6 +3,7 @@
 //! than the rows. Their rows go into one set of builders instead, each row marked with its
 //! file's slot; a spill sorts them by file and time once and hands each file a slice.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
@@ -11,7 +12,8 @@ use edgelog_record::Record;
 
 use crate::schema::Columns;
 
-/// Rows of many files in one set of builders.
+/// Rows of many files in one set of builders, and rows sorted out of them earlier whose
+/// files are still open (a closing file takes its share out; the rest waits for a run).
 #[derive(Default)]
 pub(crate) struct Staging {
     columns: Columns,
@@ -19,6 +21,7 @@ pub(crate) struct Staging {
     slots: Vec<u32>,
     /// Each slot's sample rate.
     rates: Vec<f64>,
+    sorted: Vec<(RecordBatch, Vec<Share>)>,
 }
 
 /// A file's rows in a sorted staging batch.
@@ -30,13 +33,14 @@ pub(crate) struct Share {
 
 impl Staging {
     pub(crate) fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.slots.is_empty() && self.sorted.is_empty()
     }
 
-    /// A slot for a file whose rows are in `sample_rate` percent.
+    /// A slot for a file whose rows are in `sample_rate` percent; slots start again once
+    /// every row is taken.
     pub(crate) fn slot(&mut self, sample_rate: f64) -> u32 {
         self.rates.push(sample_rate);
-        // Bounded by the rows staged, which the memory bound keeps far below 2^32.
+        // Bounded by the files with rows staged, far below 2^32.
         (self.rates.len() - 1) as u32
     }
 
@@ -48,19 +52,75 @@ impl Staging {
         self.columns.bytes() - before + 4
     }
 
-    /// Takes every row as one batch sorted by slot, then time, and each slot's range in
-    /// it; the staging is empty after. Each unsorted column goes as its sorted copy is
-    /// made, so the rows are not held twice.
-    pub(crate) fn take(
+    /// The rows of the files in `slots`, each file's as one batch (a copy of its own)
+    /// sorted by time; the others' stay.
+    pub(crate) fn take_slots(
         &mut self,
         schema: &SchemaRef,
-    ) -> Result<Option<(RecordBatch, Vec<Share>)>, ArrowError> {
+        slots: &HashSet<u32>,
+    ) -> Result<Vec<(u32, Vec<RecordBatch>)>, ArrowError> {
+        self.sort(schema)?;
+        let mut out: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
+        for (batch, shares) in &mut self.sorted {
+            let mut kept = Vec::with_capacity(shares.len());
+            for s in shares.drain(..) {
+                match slots.contains(&s.slot) {
+                    true => out
+                        .entry(s.slot)
+                        .or_default()
+                        .push(compact(&batch.slice(s.start, s.len))?),
+                    false => kept.push(s),
+                }
+            }
+            *shares = kept;
+        }
+        self.sorted.retain(|(_, shares)| !shares.is_empty());
+        self.forget_slots_if_empty();
+        Ok(out.into_iter().collect())
+    }
+
+    /// Every row, by file: slices of sorted batches (each sorted by time); the staging is
+    /// empty after.
+    pub(crate) fn take_all(
+        &mut self,
+        schema: &SchemaRef,
+    ) -> Result<Vec<(u32, Vec<RecordBatch>)>, ArrowError> {
+        self.sort(schema)?;
+        let mut out: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
+        for (batch, shares) in std::mem::take(&mut self.sorted) {
+            for s in shares {
+                out.entry(s.slot)
+                    .or_default()
+                    .push(batch.slice(s.start, s.len));
+            }
+        }
+        self.forget_slots_if_empty();
+        let mut out: Vec<_> = out.into_iter().collect();
+        out.sort_unstable_by_key(|(slot, _)| *slot);
+        Ok(out)
+    }
+
+    fn forget_slots_if_empty(&mut self) {
         if self.is_empty() {
-            return Ok(None);
+            self.rates.clear();
+        }
+    }
+
+    /// Sorts the rows in the builders by slot, then time, into a batch of `sorted`. Each
+    /// unsorted column goes as its sorted copy is made, so the rows are not held twice.
+    fn sort(&mut self, schema: &SchemaRef) -> Result<(), ArrowError> {
+        if self.slots.is_empty() {
+            return Ok(());
+        }
+        if self.columns.len() != self.slots.len() {
+            return Err(ArrowError::InvalidArgumentError(format!(
+                "{} staged rows with {} slots",
+                self.columns.len(),
+                self.slots.len()
+            )));
         }
         let unsorted = self.columns.finish_as(schema, 0.0, false)?;
         let slots = std::mem::take(&mut self.slots);
-        let rates = std::mem::take(&mut self.rates);
         let ts = unsorted
             .column(0)
             .as_any()
@@ -82,24 +142,23 @@ impl Staging {
                 }),
             }
         }
-        let sample_rates: Float64Array = order
-            .iter()
-            .map(|&i| Some(rates[slots[i as usize] as usize]))
-            .collect();
+        let rates = &self.rates;
+        let sample_rates = Float64Array::from_iter_values(
+            order.iter().map(|&i| rates[slots[i as usize] as usize]),
+        );
         let order = UInt32Array::from(order);
         let last = unsorted.num_columns() - 1;
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(unsorted.num_columns());
         let (_, unsorted_columns, _) = unsorted.into_parts();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(unsorted_columns.len());
         for (n, c) in unsorted_columns.into_iter().enumerate() {
             columns.push(match n == last {
                 true => Arc::new(sample_rates.clone()),
                 false => arrow_select::take::take(c.as_ref(), &order, None)?,
             });
         }
-        Ok(Some((
-            RecordBatch::try_new(schema.clone(), columns)?,
-            shares,
-        )))
+        self.sorted
+            .push((RecordBatch::try_new(schema.clone(), columns)?, shares));
+        Ok(())
     }
 }
 
@@ -123,53 +182,84 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rows_come_back_by_file_then_time_with_their_rates() {
-        let schema = crate::schema::schema();
-        let mut s = Staging::default();
-        assert!(s.take(&schema).expect("take").is_none());
-        let (a, b) = (s.slot(100.0), s.slot(12.5));
-        for (ts, id, slot) in [
-            (5, "a5", a),
-            (3, "b3", b),
-            (1, "a1", a),
-            (2, "b2", b),
-            (1, "b1", b),
-        ] {
-            assert!(s.push(&rec(ts, id), slot) > 0);
-        }
-        let (batch, shares) = s.take(&schema).expect("take").expect("rows");
-        assert!(s.is_empty());
-        let spans: Vec<_> = shares.iter().map(|x| (x.slot, x.start, x.len)).collect();
-        assert_eq!(spans, [(a, 0, 2), (b, 2, 3)]);
-        let ts = batch
-            .column(0)
+    fn ts(b: &RecordBatch) -> Vec<i64> {
+        b.column(0)
             .as_any()
             .downcast_ref::<TimestampMillisecondArray>()
-            .expect("ts");
-        assert_eq!(ts.values().to_vec(), [1, 5, 1, 2, 3]);
-        let ids = batch
-            .column_by_name("x_edge_request_id")
+            .expect("ts")
+            .values()
+            .to_vec()
+    }
+
+    fn ids(b: &RecordBatch) -> Vec<String> {
+        b.column_by_name("x_edge_request_id")
             .expect("id")
             .as_any()
             .downcast_ref::<StringArray>()
             .expect("strings")
             .iter()
             .map(|v| v.expect("id").to_owned())
-            .collect::<Vec<_>>();
-        assert_eq!(ids, ["a1", "a5", "b1", "b2", "b3"]);
-        let rates = batch
-            .column(batch.num_columns() - 1)
+            .collect()
+    }
+
+    fn rates(b: &RecordBatch) -> Vec<f64> {
+        b.column(b.num_columns() - 1)
             .as_any()
             .downcast_ref::<Float64Array>()
-            .expect("rates");
-        assert_eq!(rates.values().to_vec(), [100.0, 100.0, 12.5, 12.5, 12.5]);
-        // A slice copied holds its rows alone.
-        let part = compact(&batch.slice(2, 3)).expect("compact");
-        assert_eq!(part.num_rows(), 3);
-        assert!(part.get_array_memory_size() < batch.get_array_memory_size());
-        assert_eq!(part.column(0).len(), 3);
-        // Slots start again after a take.
+            .expect("rates")
+            .values()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_closing_files_rows_come_out_alone_and_the_rest_by_file_then_time() {
+        let schema = crate::schema::schema();
+        let mut s = Staging::default();
+        assert!(s.take_all(&schema).expect("take").is_empty());
+        let (a, b) = (s.slot(100.0), s.slot(12.5));
+        for (ts, id, slot) in [(5, "a5", a), (3, "b3", b), (1, "a1", a), (2, "b2", b)] {
+            assert!(s.push(&rec(ts, id), slot) > 0);
+        }
+        // File a closes: its rows alone, sorted, a copy holding only them.
+        let got = s.take_slots(&schema, &HashSet::from([a])).expect("take a");
+        assert_eq!(got.len(), 1);
+        let (slot, batches) = &got[0];
+        assert_eq!((*slot, batches.len()), (a, 1));
+        assert_eq!(ids(&batches[0]), ["a1", "a5"]);
+        assert_eq!(rates(&batches[0]), [100.0, 100.0]);
+        assert_eq!(batches[0].column(0).len(), 2);
+        assert!(!s.is_empty(), "b's rows stay");
+
+        // More rows of b, and of a new file c (a new slot: a's is not handed out again).
+        let c = s.slot(50.0);
+        assert_ne!(c, a);
+        s.push(&rec(1, "b1"), b);
+        s.push(&rec(9, "c9"), c);
+        let all = s.take_all(&schema).expect("take all");
+        assert!(s.is_empty());
+        let by: Vec<_> = all
+            .iter()
+            .map(|(slot, bs)| {
+                let rows: Vec<String> = bs.iter().flat_map(ids).collect();
+                let times: Vec<i64> = bs.iter().flat_map(ts).collect();
+                let r: Vec<f64> = bs.iter().flat_map(rates).collect();
+                (*slot, rows, times, r)
+            })
+            .collect();
+        assert_eq!(
+            by,
+            [
+                (
+                    b,
+                    vec!["b2".to_owned(), "b3".into(), "b1".into()],
+                    vec![2, 3, 1],
+                    vec![12.5; 3]
+                ),
+                (c, vec!["c9".to_owned()], vec![9], vec![50.0]),
+            ],
+            "each sorted batch's share in turn (gathering sorts them together)"
+        );
+        // Slots start again once every row is taken.
         assert_eq!(s.slot(1.0), 0);
     }
 }

@@ -481,3 +481,80 @@ async fn a_run_the_disk_refuses_keeps_its_rows_for_the_retry() {
     assert_eq!(ids.len(), 12_000, "every row");
     assert!(ids.values().all(|n| *n == 1), "no row twice");
 }
+
+/// Request id to the files holding it.
+fn paths_of_ids(dir: &std::path::Path) -> std::collections::HashMap<String, Vec<String>> {
+    use arrow_array::{Array, StringArray};
+    let mut ids: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for p in files(dir) {
+        let f = std::fs::File::open(&p).expect("open");
+        for b in ParquetRecordBatchReaderBuilder::try_new(f)
+            .expect("parquet")
+            .build()
+            .expect("reader")
+        {
+            let b = b.expect("batch");
+            let col = b.column_by_name("x_edge_request_id").expect("ids");
+            let col = col.as_any().downcast_ref::<StringArray>().expect("strings");
+            for i in 0..col.len() {
+                ids.entry(col.value(i).to_owned())
+                    .or_default()
+                    .push(p.display().to_string());
+            }
+        }
+    }
+    ids
+}
+
+/// Files closing by age while their rows are staged take those rows out alone: without
+/// memory pressure no run is written, and every row lands once, in its own partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_closing_with_staged_rows_take_them_alone_into_their_partitions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, out) = (dir.path().join("spool"), dir.path().join("out"));
+    let cfg = StandardLogsConfig {
+        max_age: Duration::from_millis(5),
+        ..StandardLogsConfig::default()
+    };
+    let mut sink = StandardLogSink::new(cfg, "c1", local_store(&out).expect("store"))
+        .with_local_root(&out)
+        .with_stage_files(1)
+        .with_spool_dir(&spool)
+        .expect("spool");
+    let mut g = Generator::new(21, 30, 4);
+    let all: Vec<Entry> = (1..=12).map(|s| entry(s, &mut g)).collect();
+    let mut runs = 0;
+    for e in &all {
+        sink.write(&Batch::all(e)).await.expect("write");
+        if e.seq % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(8)).await;
+            sink.tick().await.expect("tick");
+        }
+        runs += files(&spool)
+            .iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("run"))
+            })
+            .count();
+    }
+    sink.flush().await.expect("flush");
+    assert_eq!(sink.delivered(), 12);
+    assert_eq!(runs, 0, "a run written without memory pressure");
+    let found = paths_of_ids(&out);
+    let mut files_seen = std::collections::HashSet::new();
+    for r in all.iter().flat_map(|e| e.records.iter()) {
+        let id = r.x_edge_request_id.as_deref().expect("id");
+        let paths = found.get(id).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(paths.len(), 1, "{id}: {paths:?}");
+        let hour = format!("/hour={:02}/", r.timestamp_ms / 3_600_000 % 24);
+        let dist = format!("DistributionId={}/", r.distribution_id);
+        assert!(
+            paths[0].contains(&dist) && paths[0].contains(&hour),
+            "{id} of {dist} {hour} in {}",
+            paths[0]
+        );
+        files_seen.insert(paths[0].clone());
+    }
+    assert!(files_seen.len() > 30, "files closed at several ticks");
+}
