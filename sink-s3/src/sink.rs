@@ -7,8 +7,9 @@
 //! store). A failed upload keeps the file on disk for another try. Uploads run beside the
 //! sink's task: it goes on taking entries while closed files go up.
 //!
-//! Long (about 750 lines): taking rows, closing files, uploading and the exactly-once
-//! watermarks are one bookkeeping that must change together.
+//! Long (about 1,400 lines besides tests): taking rows (into a file's builders or the
+//! staging), shared runs, closing files, uploading and the exactly-once watermarks are
+//! one bookkeeping that must change together.
 
 use std::collections::HashMap;
 use std::fs::File;
