@@ -134,7 +134,7 @@ impl OpenFile {
     /// Puts back rows [`take_waiting`](Self::take_waiting) took, for the next try.
     pub(crate) fn put_back(&mut self, batches: Vec<RecordBatch>) {
         for b in batches {
-            let bytes = b.get_array_memory_size();
+            let bytes = batch_bytes(&b);
             self.unwritten.push((b, bytes));
         }
     }
@@ -229,6 +229,15 @@ impl OpenFile {
             })
             .collect()
     }
+}
+
+/// The bytes of a batch's rows: a slice of a larger batch counts its own rows only (the
+/// slices of one batch add up to it).
+pub(crate) fn batch_bytes(b: &RecordBatch) -> usize {
+    b.columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
 }
 
 fn batch_error(key: &PartitionKey, source: arrow_schema::ArrowError) -> SinkError {

@@ -404,7 +404,7 @@ impl StandardLogSink {
                 r.file.memory()
                     + r.waiting
                         .iter()
-                        .map(|b| b.get_array_memory_size())
+                        .map(crate::open_file::batch_bytes)
                         .sum::<usize>()
             })
             .sum();

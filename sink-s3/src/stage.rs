@@ -52,8 +52,9 @@ impl Staging {
         self.columns.bytes() - before + 4
     }
 
-    /// The rows of the files in `slots`, each file's as one batch (a copy of its own)
-    /// sorted by time; the others' stay.
+    /// The rows of the files in `slots`, each sorted by time; the others' stay. A batch
+    /// whose every share goes out is handed out in slices, others as copies (so that what
+    /// stays does not hold them).
     pub(crate) fn take_slots(
         &mut self,
         schema: &SchemaRef,
@@ -62,15 +63,16 @@ impl Staging {
         self.sort(schema)?;
         let mut out: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
         for (batch, shares) in &mut self.sorted {
+            let all = shares.iter().all(|s| slots.contains(&s.slot));
             let mut kept = Vec::with_capacity(shares.len());
             for s in shares.drain(..) {
-                match slots.contains(&s.slot) {
-                    true => out
-                        .entry(s.slot)
-                        .or_default()
-                        .push(compact(&batch.slice(s.start, s.len))?),
-                    false => kept.push(s),
+                if !slots.contains(&s.slot) {
+                    kept.push(s);
+                    continue;
                 }
+                let rows = batch.slice(s.start, s.len);
+                let rows = if all { rows } else { compact(&rows)? };
+                out.entry(s.slot).or_default().push(rows);
             }
             *shares = kept;
         }
