@@ -81,7 +81,7 @@ pub(crate) fn encoders() -> usize {
 }
 
 impl OpenFile {
-    /// Bytes the file holds in memory.
+    /// Bytes the file holds in memory (its staged rows are counted with the staging).
     pub(crate) fn memory(&self) -> usize {
         let encoding: usize = self
             .parts
@@ -91,7 +91,7 @@ impl OpenFile {
                 Part::Done(_) => 0,
             })
             .sum();
-        self.waiting_bytes() + encoding + self.staged_bytes
+        self.waiting_bytes() + encoding
     }
 
     /// Bytes of the rows waiting in its own builders and in `unwritten`.
@@ -107,7 +107,7 @@ impl OpenFile {
     /// About the size the file would have if closed now (rows not encoded yet counted
     /// as they are in memory: more than they will be).
     pub(crate) fn size(&self) -> u64 {
-        self.part_bytes + self.memory() as u64
+        self.part_bytes + (self.memory() + self.staged_bytes) as u64
     }
 
     /// Takes the rows waiting (those whose write failed before first) as batches, not

@@ -396,7 +396,8 @@ impl StandardLogSink {
             .values()
             .flat_map(HashMap::values)
             .map(OpenFile::memory)
-            .sum();
+            .sum::<usize>()
+            + self.staging.memory();
         let ready: usize = self
             .ready
             .iter()
@@ -597,13 +598,13 @@ impl StandardLogSink {
         }
         let schema = self.encoders.schema.clone();
         let taken = self.staging.take_slots(&schema, &slots);
-        let mut taken: HashMap<u32, Vec<arrow_array::RecordBatch>> =
+        let mut taken: HashMap<u32, arrow_array::RecordBatch> =
             self.staged_or_broken(taken)?.into_iter().collect();
         for r in &mut self.ready {
             if let Some(slot) = r.file.stage_slot.take() {
                 r.file.staged_bytes = 0;
                 match taken.remove(&slot) {
-                    Some(rows) => r.file.put_back(rows),
+                    Some(rows) => r.file.put_back(vec![rows]),
                     None => {
                         let e = format!("the staged rows of {} are missing", r.path);
                         return Err(self.broke(e));
@@ -634,19 +635,18 @@ impl StandardLogSink {
     }
 
     /// Puts rows back as waiting in their files, for a row group or the next try; staged
-    /// ones as copies of their own (a slice keeps the whole sorted batch).
+    /// ones as one batch of their own (a slice keeps the whole sorted batch).
     fn put_back(&mut self, rows: Vec<(Owner, Vec<arrow_array::RecordBatch>, bool)>) {
+        let schema = self.encoders.schema.clone();
         for (owner, batches, staged) in rows {
             let batches = match staged {
-                true => batches
-                    .iter()
-                    .map(|b| {
-                        stage::compact(b).unwrap_or_else(|e| {
-                            tracing::warn!(error = %e, "cannot copy staged rows; keeping the slice");
-                            b.clone()
-                        })
-                    })
-                    .collect(),
+                true => match stage::one_batch(&schema, batches.iter()) {
+                    Ok(b) => vec![b],
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot copy staged rows; keeping the slices");
+                        batches
+                    }
+                },
                 false => batches,
             };
             if let Some(f) = self.owned(&owner) {

@@ -21,7 +21,18 @@ pub(crate) struct Staging {
     slots: Vec<u32>,
     /// Each slot's sample rate.
     rates: Vec<f64>,
-    sorted: Vec<(RecordBatch, Vec<Share>)>,
+    /// Slots whose rows are all taken, handed out again (the staging may never be empty
+    /// at once while files keep opening).
+    free: Vec<u32>,
+    sorted: Vec<Sorted>,
+}
+
+/// Rows sorted out of the builders, each file's share, and the bytes the batch holds
+/// (until every share is out, whatever part of it is left).
+struct Sorted {
+    batch: RecordBatch,
+    shares: Vec<Share>,
+    bytes: usize,
 }
 
 /// A file's rows in a sorted staging batch.
@@ -36,12 +47,22 @@ impl Staging {
         self.slots.is_empty() && self.sorted.is_empty()
     }
 
-    /// A slot for a file whose rows are in `sample_rate` percent; slots start again once
-    /// every row is taken.
+    /// A slot for a file whose rows are in `sample_rate` percent.
     pub(crate) fn slot(&mut self, sample_rate: f64) -> u32 {
+        if let Some(slot) = self.free.pop() {
+            self.rates[slot as usize] = sample_rate;
+            return slot;
+        }
         self.rates.push(sample_rate);
         // Bounded by the files with rows staged, far below 2^32.
         (self.rates.len() - 1) as u32
+    }
+
+    /// Bytes held: the builders' rows and every sorted batch whole.
+    pub(crate) fn memory(&self) -> usize {
+        self.columns.bytes()
+            + self.slots.len() * 4
+            + self.sorted.iter().map(|s| s.bytes).sum::<usize>()
     }
 
     /// Adds a row of the file in `slot`; returns the bytes it holds.
@@ -52,33 +73,42 @@ impl Staging {
         self.columns.bytes() - before + 4
     }
 
-    /// The rows of the files in `slots`, each sorted by time; the others' stay. A batch
-    /// whose every share goes out is handed out in slices, others as copies (so that what
-    /// stays does not hold them).
+    /// The rows of the files in `slots`, one batch each, sorted by time; the others'
+    /// stay. A file's only share of a batch whose every share goes out is handed out as a
+    /// slice, others as copies (so that what stays does not hold them).
     pub(crate) fn take_slots(
         &mut self,
         schema: &SchemaRef,
         slots: &HashSet<u32>,
-    ) -> Result<Vec<(u32, Vec<RecordBatch>)>, ArrowError> {
+    ) -> Result<Vec<(u32, RecordBatch)>, ArrowError> {
         self.sort(schema)?;
-        let mut out: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
-        for (batch, shares) in &mut self.sorted {
-            let all = shares.iter().all(|s| slots.contains(&s.slot));
-            let mut kept = Vec::with_capacity(shares.len());
-            for s in shares.drain(..) {
-                if !slots.contains(&s.slot) {
-                    kept.push(s);
-                    continue;
+        let mut parts: HashMap<u32, Vec<(RecordBatch, bool)>> = HashMap::new();
+        for sorted in &mut self.sorted {
+            let all = sorted.shares.iter().all(|s| slots.contains(&s.slot));
+            let mut kept = Vec::with_capacity(sorted.shares.len());
+            for s in sorted.shares.drain(..) {
+                match slots.contains(&s.slot) {
+                    true => parts
+                        .entry(s.slot)
+                        .or_default()
+                        .push((sorted.batch.slice(s.start, s.len), all)),
+                    false => kept.push(s),
                 }
-                let rows = batch.slice(s.start, s.len);
-                let rows = if all { rows } else { compact(&rows)? };
-                out.entry(s.slot).or_default().push(rows);
             }
-            *shares = kept;
+            sorted.shares = kept;
         }
-        self.sorted.retain(|(_, shares)| !shares.is_empty());
+        self.sorted.retain(|s| !s.shares.is_empty());
+        let mut out = Vec::with_capacity(parts.len());
+        for (slot, mut p) in parts {
+            let rows = match p.as_slice() {
+                [(_, true)] => p.swap_remove(0).0,
+                _ => one_batch(schema, p.iter().map(|x| &x.0))?,
+            };
+            out.push((slot, rows));
+            self.free.push(slot);
+        }
         self.forget_slots_if_empty();
-        Ok(out.into_iter().collect())
+        Ok(out)
     }
 
     /// Every row, by file: slices of sorted batches (each sorted by time); the staging is
@@ -89,11 +119,11 @@ impl Staging {
     ) -> Result<Vec<(u32, Vec<RecordBatch>)>, ArrowError> {
         self.sort(schema)?;
         let mut out: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
-        for (batch, shares) in std::mem::take(&mut self.sorted) {
-            for s in shares {
+        for sorted in std::mem::take(&mut self.sorted) {
+            for s in sorted.shares {
                 out.entry(s.slot)
                     .or_default()
-                    .push(batch.slice(s.start, s.len));
+                    .push(sorted.batch.slice(s.start, s.len));
             }
         }
         self.forget_slots_if_empty();
@@ -105,6 +135,7 @@ impl Staging {
     fn forget_slots_if_empty(&mut self) {
         if self.is_empty() {
             self.rates.clear();
+            self.free.clear();
         }
     }
 
@@ -158,16 +189,40 @@ impl Staging {
                 false => arrow_select::take::take(c.as_ref(), &order, None)?,
             });
         }
-        self.sorted
-            .push((RecordBatch::try_new(schema.clone(), columns)?, shares));
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        let bytes = crate::open_file::batch_bytes(&batch);
+        self.sorted.push(Sorted {
+            batch,
+            shares,
+            bytes,
+        });
         Ok(())
     }
 }
 
-/// A copy of a slice that holds only its own rows (a slice keeps the whole batch).
-pub(crate) fn compact(b: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    let all = UInt32Array::from_iter_values(0..b.num_rows() as u32);
-    arrow_select::take::take_record_batch(b, &all)
+/// One batch of its own (a slice keeps the whole batch it is cut from) of a file's rows,
+/// sorted by time (each of `parts` is).
+pub(crate) fn one_batch<'a>(
+    schema: &SchemaRef,
+    parts: impl Iterator<Item = &'a RecordBatch>,
+) -> Result<RecordBatch, ArrowError> {
+    let all = arrow_select::concat::concat_batches(schema, parts)?;
+    let ts = all
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow_array::TimestampMillisecondArray>()
+        .ok_or_else(|| ArrowError::SchemaError("the first column is not the timestamp".into()))?
+        .values();
+    let order = match ts.is_sorted() {
+        true => UInt32Array::from_iter_values(0..all.num_rows() as u32),
+        false => {
+            let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+            order.sort_by_key(|&i| ts[i as usize]);
+            UInt32Array::from(order)
+        }
+    };
+    // A copy even when sorted: concatenating one batch hands back a slice of it.
+    arrow_select::take::take_record_batch(&all, &order)
 }
 
 #[cfg(test)]
@@ -225,16 +280,21 @@ mod tests {
         // File a closes: its rows alone, sorted, a copy holding only them.
         let got = s.take_slots(&schema, &HashSet::from([a])).expect("take a");
         assert_eq!(got.len(), 1);
-        let (slot, batches) = &got[0];
-        assert_eq!((*slot, batches.len()), (a, 1));
-        assert_eq!(ids(&batches[0]), ["a1", "a5"]);
-        assert_eq!(rates(&batches[0]), [100.0, 100.0]);
-        assert_eq!(batches[0].column(0).len(), 2);
+        let (slot, batch) = &got[0];
+        assert_eq!(*slot, a);
+        assert_eq!(ids(batch), ["a1", "a5"]);
+        assert_eq!(rates(batch), [100.0, 100.0]);
         assert!(!s.is_empty(), "b's rows stay");
+        let kept = s.memory();
+        assert!(
+            kept > 0,
+            "the sorted batch counts whole while b's share is in it"
+        );
 
-        // More rows of b, and of a new file c (a new slot: a's is not handed out again).
+        // More rows of b, and of a new file c, which gets a's slot again (all its rows
+        // are out).
         let c = s.slot(50.0);
-        assert_ne!(c, a);
+        assert_eq!(c, a);
         s.push(&rec(1, "b1"), b);
         s.push(&rec(9, "c9"), c);
         let all = s.take_all(&schema).expect("take all");
@@ -251,17 +311,69 @@ mod tests {
         assert_eq!(
             by,
             [
+                (c, vec!["c9".to_owned()], vec![9], vec![50.0]),
                 (
                     b,
                     vec!["b2".to_owned(), "b3".into(), "b1".into()],
                     vec![2, 3, 1],
                     vec![12.5; 3]
                 ),
-                (c, vec!["c9".to_owned()], vec![9], vec![50.0]),
             ],
             "each sorted batch's share in turn (gathering sorts them together)"
         );
+        assert_eq!(s.memory(), 0);
         // Slots start again once every row is taken.
         assert_eq!(s.slot(1.0), 0);
+    }
+
+    #[test]
+    fn a_file_with_rows_in_several_sorted_batches_gets_one_batch_of_its_own_rows() {
+        let schema = crate::schema::schema();
+        let mut s = Staging::default();
+        let (a, b, c) = (s.slot(1.0), s.slot(2.0), s.slot(3.0));
+        s.push(&rec(4, "a4"), a);
+        s.push(&rec(3, "b3"), b);
+        // A file with no rows closing sorts the builders into a first batch.
+        let none = s.slot(9.0);
+        assert!(
+            s.take_slots(&schema, &HashSet::from([none]))
+                .expect("take")
+                .is_empty()
+        );
+        s.push(&rec(1, "a1"), a);
+        s.push(&rec(2, "b2"), b);
+        s.push(&rec(5, "c5"), c);
+        let mut got = s.take_slots(&schema, &HashSet::from([a, b])).expect("take");
+        got.sort_by_key(|(slot, _)| *slot);
+        let got: Vec<_> = got
+            .iter()
+            .map(|(slot, batch)| (*slot, ids(batch), ts(batch), rates(batch)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    a,
+                    vec!["a1".to_owned(), "a4".into()],
+                    vec![1, 4],
+                    vec![1.0; 2]
+                ),
+                (
+                    b,
+                    vec!["b2".to_owned(), "b3".into()],
+                    vec![2, 3],
+                    vec![2.0; 2]
+                ),
+            ]
+        );
+        assert!(s.memory() > 0, "c's rows stay");
+        let rest = s.take_all(&schema).expect("take all");
+        let rest: Vec<_> = rest
+            .iter()
+            .map(|(slot, bs)| (*slot, bs.iter().flat_map(ids).collect::<Vec<_>>()))
+            .collect();
+        assert_eq!(rest, [(c, vec!["c5".to_owned()])]);
+        assert!(s.is_empty());
+        assert_eq!(s.memory(), 0);
     }
 }

@@ -558,3 +558,45 @@ async fn files_closing_with_staged_rows_take_them_alone_into_their_partitions() 
     }
     assert!(files_seen.len() > 30, "files closed at several ticks");
 }
+
+/// Files closing at different ticks, so that a file's staged rows lie in several sorted
+/// batches: each file still gets its rows as one row group, sorted by time, every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_closing_at_different_ticks_get_one_row_group_each() {
+    use arrow_array::{Array, TimestampMillisecondArray};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let cfg = StandardLogsConfig {
+        max_age: Duration::from_millis(30),
+        ..StandardLogsConfig::default()
+    };
+    let mut sink = StandardLogSink::new(cfg, "c1", local_store(&out).expect("store"))
+        .with_local_root(&out)
+        .with_stage_files(1);
+    let mut g = Generator::new(23, 30, 4);
+    let all: Vec<Entry> = (1..=16).map(|s| entry(s, &mut g)).collect();
+    for e in &all {
+        sink.write(&Batch::all(e)).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(12)).await;
+        sink.tick().await.expect("tick");
+    }
+    sink.flush().await.expect("flush");
+    let ids = ids_in(&out);
+    let total: usize = all.iter().map(|e| e.records.len()).sum();
+    assert_eq!(ids.len(), total, "every row");
+    assert!(ids.values().all(|n| *n == 1), "no row twice");
+    for p in files(&out) {
+        let f = std::fs::File::open(&p).expect("open");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(f).expect("parquet");
+        assert_eq!(reader.metadata().num_row_groups(), 1, "{}", p.display());
+        for b in reader.build().expect("reader") {
+            let b = b.expect("batch");
+            let ts = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .expect("timestamps");
+            assert!(ts.values().is_sorted(), "{} sorted by time", p.display());
+        }
+    }
+}
