@@ -28,7 +28,8 @@
 # load's time plus the drain: a sink that fell behind pays for it there. MAX_AGE sets the
 # standard-log files' max_age (default: the sink's, 60 s), MAX_OPEN_BYTES their rows
 # waiting in memory (default: the sink's, 134217728). REPORTS=false turns the report
-# summaries off (their cost is the difference).
+# summaries off (their cost is the difference). RATE offers that many records/s instead
+# of as many as are acknowledged (ack latency at a fraction of the maximum).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edgelog/target}"
@@ -49,6 +50,7 @@ DRAIN_TIMEOUT="${DRAIN_TIMEOUT:-300}"
 REPORTS="${REPORTS:-true}"  # false: the collector counts no report summaries ([collector] reports)
 MAX_AGE="${MAX_AGE:-}"  # e.g. 5s: the standard-log files' max_age (default: the sink's, 60 s)
 MAX_OPEN_BYTES="${MAX_OPEN_BYTES:-}"  # rows waiting in memory (default: the sink's, 128 MiB)
+RATE="${RATE:-0}"  # records/s offered; 0: as many as are acknowledged
 TOPIC=edgelog-realtime  # the real-time sink's default topic, made by test-servers
 TOKEN=bench-token-0123456789abcdef
 
@@ -103,7 +105,7 @@ drain() {
 }
 
 if [ "$MARKDOWN" = 1 ]; then
-  echo "$(date +%F), \`DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" FORMATS=\"$FORMATS\" DISTRIBUTIONS=\"$DISTRIBUTIONS\" CONCURRENCY=$CONCURRENCY ${MAX_AGE:+MAX_AGE=$MAX_AGE }${MAX_OPEN_BYTES:+MAX_OPEN_BYTES=$MAX_OPEN_BYTES }scripts/bench-load.sh --markdown\`, $(nproc) cores:"
+  echo "$(date +%F), \`DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" FORMATS=\"$FORMATS\" DISTRIBUTIONS=\"$DISTRIBUTIONS\" CONCURRENCY=$CONCURRENCY ${MAX_AGE:+MAX_AGE=$MAX_AGE }${MAX_OPEN_BYTES:+MAX_OPEN_BYTES=$MAX_OPEN_BYTES }$([ "$RATE" = 0 ] || printf 'RATE=%s ' "$RATE")scripts/bench-load.sh --markdown\`, $(nproc) cores:"
   echo
   echo "| scenario | format | distributions | records/s acknowledged | records/s sustained | MB/s | ack p50 / p99 | collector peak RSS | drain | Parquet B/record | Parquet files | records in Parquet | records on Kafka |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -154,7 +156,7 @@ EOF
     kill -0 "$pid" 2>/dev/null || { cat "$dir/collector.log" >&2; exit 1; }
     kafka_before=0
     [ "$scenario" = s3 ] && kafka_before=$(kafka_messages)
-    report=$("$BIN" edge --to "http://127.0.0.1:$p" --token "$TOKEN" --rate 0 --pregenerate 48 \
+    report=$("$BIN" edge --to "http://127.0.0.1:$p" --token "$TOKEN" --rate "$RATE" --pregenerate 48 \
       --duration "$DURATION" --concurrency "$CONCURRENCY" --batch 1000 --format "$format" \
       --compression none --distributions "$dists" --progress 0s --json)
     rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
