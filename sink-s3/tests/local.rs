@@ -119,27 +119,10 @@ fn entry(seq: u64, g: &mut Generator) -> Entry {
 }
 
 fn ids_in(dir: &std::path::Path) -> std::collections::HashMap<String, u32> {
-    use arrow_array::{Array, StringArray};
-    let mut ids = std::collections::HashMap::new();
-    for p in files(dir)
+    paths_of_ids(dir)
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-    {
-        let f = std::fs::File::open(&p).expect("open");
-        for b in ParquetRecordBatchReaderBuilder::try_new(f)
-            .expect("parquet")
-            .build()
-            .expect("reader")
-        {
-            let b = b.expect("batch");
-            let col = b.column_by_name("x_edge_request_id").expect("ids");
-            let col = col.as_any().downcast_ref::<StringArray>().expect("strings");
-            for i in 0..col.len() {
-                *ids.entry(col.value(i).to_owned()).or_insert(0) += 1;
-            }
-        }
-    }
-    ids
+        .map(|(id, paths)| (id, paths.len() as u32))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,20 +310,25 @@ async fn thousands_of_small_distributions_share_runs_and_write_one_file_each() {
     assert!(ids.values().all(|n| *n == 1), "no row twice");
     assert!(files(&spool).is_empty(), "runs are removed once gathered");
     for p in &written {
-        use arrow_array::{Array, TimestampMillisecondArray};
-        let f = std::fs::File::open(p).expect("open");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(f).expect("parquet");
-        assert_eq!(reader.metadata().num_row_groups(), 1, "{}", p.display());
-        for b in reader.build().expect("reader") {
-            let b = b.expect("batch");
-            let ts = b
-                .column(0)
-                .as_any()
-                .downcast_ref::<TimestampMillisecondArray>()
-                .expect("timestamps");
-            assert!(ts.values().is_sorted(), "a row group sorted by time");
-            assert_eq!(ts.null_count(), 0);
-        }
+        assert_one_sorted_row_group(p);
+    }
+}
+
+/// The file at `p` is one row group, sorted by time, every row with its time.
+fn assert_one_sorted_row_group(p: &std::path::Path) {
+    use arrow_array::{Array, TimestampMillisecondArray};
+    let f = std::fs::File::open(p).expect("open");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f).expect("parquet");
+    assert_eq!(reader.metadata().num_row_groups(), 1, "{}", p.display());
+    for b in reader.build().expect("reader") {
+        let b = b.expect("batch");
+        let ts = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .expect("timestamps");
+        assert!(ts.values().is_sorted(), "{} sorted by time", p.display());
+        assert_eq!(ts.null_count(), 0);
     }
 }
 
@@ -482,11 +470,14 @@ async fn a_run_the_disk_refuses_keeps_its_rows_for_the_retry() {
     assert!(ids.values().all(|n| *n == 1), "no row twice");
 }
 
-/// Request id to the files holding it.
+/// Request id to the Parquet files holding it, once per row.
 fn paths_of_ids(dir: &std::path::Path) -> std::collections::HashMap<String, Vec<String>> {
     use arrow_array::{Array, StringArray};
     let mut ids: std::collections::HashMap<String, Vec<String>> = Default::default();
-    for p in files(dir) {
+    for p in files(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+    {
         let f = std::fs::File::open(&p).expect("open");
         for b in ParquetRecordBatchReaderBuilder::try_new(f)
             .expect("parquet")
@@ -563,7 +554,6 @@ async fn files_closing_with_staged_rows_take_them_alone_into_their_partitions() 
 /// batches: each file still gets its rows as one row group, sorted by time, every row once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_closing_at_different_ticks_get_one_row_group_each() {
-    use arrow_array::{Array, TimestampMillisecondArray};
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out");
     let cfg = StandardLogsConfig {
@@ -586,17 +576,6 @@ async fn files_closing_at_different_ticks_get_one_row_group_each() {
     assert_eq!(ids.len(), total, "every row");
     assert!(ids.values().all(|n| *n == 1), "no row twice");
     for p in files(&out) {
-        let f = std::fs::File::open(&p).expect("open");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(f).expect("parquet");
-        assert_eq!(reader.metadata().num_row_groups(), 1, "{}", p.display());
-        for b in reader.build().expect("reader") {
-            let b = b.expect("batch");
-            let ts = b
-                .column(0)
-                .as_any()
-                .downcast_ref::<TimestampMillisecondArray>()
-                .expect("timestamps");
-            assert!(ts.values().is_sorted(), "{} sorted by time", p.display());
-        }
+        assert_one_sorted_row_group(&p);
     }
 }
