@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow_array::RecordBatch;
 use arrow_buffer::Buffer;
 use arrow_ipc::reader::StreamDecoder;
 use arrow_ipc::writer::StreamEncoder;
@@ -307,19 +307,7 @@ fn write_sorted(
     }
     let all = arrow_select::concat::concat_batches(schema, &group)?;
     drop(group);
-    let ts = all
-        .column(0)
-        .as_any()
-        .downcast_ref::<TimestampMillisecondArray>()
-        .ok_or_else(|| ParquetError::General("the first column is not the timestamp".into()))?;
-    let sorted = if ts.values().is_sorted() {
-        all
-    } else {
-        let mut order: Vec<u32> = (0..ts.len() as u32).collect();
-        order.sort_by_key(|&i| ts.value(i as usize));
-        arrow_select::take::take_record_batch(&all, &UInt32Array::from(order))?
-    };
-    w.write(&sorted)?;
+    w.write(&crate::schema::by_time(all, false)?)?;
     w.flush()
 }
 

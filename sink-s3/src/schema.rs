@@ -184,6 +184,27 @@ impl Columns {
     }
 }
 
+/// `b`'s rows sorted by time: `b` itself when they are, unless `copy` (a batch of its own,
+/// not a slice of a larger one).
+pub(crate) fn by_time(b: RecordBatch, copy: bool) -> Result<RecordBatch, ArrowError> {
+    let ts = b
+        .column(0)
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .ok_or_else(|| ArrowError::SchemaError("the first column is not the timestamp".into()))?
+        .values();
+    let order = match ts.is_sorted() {
+        true if !copy => return Ok(b),
+        true => UInt32Array::from_iter_values(0..b.num_rows() as u32),
+        false => {
+            let mut order: Vec<u32> = (0..b.num_rows() as u32).collect();
+            order.sort_by_key(|&i| ts[i as usize]);
+            UInt32Array::from(order)
+        }
+    };
+    arrow_select::take::take_record_batch(&b, &order)
+}
+
 /// Builds one record batch from rows that all share `sample_rate` (sorted by time).
 pub fn to_batch(
     schema: &SchemaRef,

@@ -206,23 +206,10 @@ pub(crate) fn one_batch<'a>(
     schema: &SchemaRef,
     parts: impl Iterator<Item = &'a RecordBatch>,
 ) -> Result<RecordBatch, ArrowError> {
-    let all = arrow_select::concat::concat_batches(schema, parts)?;
-    let ts = all
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow_array::TimestampMillisecondArray>()
-        .ok_or_else(|| ArrowError::SchemaError("the first column is not the timestamp".into()))?
-        .values();
-    let order = match ts.is_sorted() {
-        true => UInt32Array::from_iter_values(0..all.num_rows() as u32),
-        false => {
-            let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
-            order.sort_by_key(|&i| ts[i as usize]);
-            UInt32Array::from(order)
-        }
-    };
-    // A copy even when sorted: concatenating one batch hands back a slice of it.
-    arrow_select::take::take_record_batch(&all, &order)
+    let parts: Vec<&RecordBatch> = parts.collect();
+    let all = arrow_select::concat::concat_batches(schema, parts.iter().copied())?;
+    // Concatenating one batch hands back a slice of it: copied then.
+    crate::schema::by_time(all, parts.len() == 1)
 }
 
 #[cfg(test)]
