@@ -10,6 +10,21 @@ use edgelog_wal::{Wal, WalConfig};
 mod common;
 use common::{records, small};
 
+/// Opens the log again after this process closed it, as a restart does. Another test here
+/// starting a process (`mount`) may hold a copy of the lock's descriptor until it execs:
+/// a `Locked` for a moment is that, not a lock left behind.
+fn reopen(dir: &std::path::Path, cfg: WalConfig) -> Wal {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Wal::open(dir, cfg.clone()) {
+            Err(edgelog_wal::WalError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r.expect("reopen"),
+        }
+    }
+}
+
 /// Appends `batches` groups of `n` records, group `i` tagged `{tag}{i}`.
 async fn append_groups(wal: &Wal, batches: usize, n: usize, tag: &str) {
     for i in 0..batches {
@@ -60,7 +75,7 @@ async fn a_torn_tail_is_cut_and_everything_before_it_kept() {
         .write_all(&[7u8; 13])
         .expect("write");
 
-    let wal = Wal::open(dir.path(), WalConfig::default()).expect("reopen");
+    let wal = reopen(dir.path(), WalConfig::default());
     assert_eq!(wal.committed(), 10);
     assert_eq!(std::fs::metadata(&seg).expect("stat").len(), len);
     let got = read_all(&wal, "s");
@@ -79,7 +94,7 @@ async fn a_corrupt_entry_is_cut_with_what_follows() {
     let n = bytes.len();
     bytes[n - 3] ^= 0xff; // flip a bit in the last entry's payload
     std::fs::write(&seg, bytes).expect("write");
-    let wal = Wal::open(dir.path(), WalConfig::default()).expect("reopen");
+    let wal = reopen(dir.path(), WalConfig::default());
     assert_eq!(wal.committed(), 3);
     assert_eq!(read_all(&wal, "s").len(), 9);
     wal.close().await;
@@ -116,7 +131,7 @@ async fn segments_go_only_when_every_sink_is_past_them() {
     drop(wal); // a restart is a new process: the old one's lock is gone
 
     // A restart resumes each sink after its saved cursor, and the sequence goes on.
-    let wal = Wal::open(dir.path(), small()).expect("reopen");
+    let wal = reopen(dir.path(), small());
     assert!(wal.reader("a").caught_up());
     assert_eq!(
         wal.append(records(1, "new")).await.expect("append"),
@@ -129,7 +144,7 @@ async fn segments_go_only_when_every_sink_is_past_them() {
 #[tokio::test]
 async fn readers_cross_segments_from_disk_after_a_restart() {
     let dir = written(small(), 200, 2, "e").await;
-    let wal = Wal::open(dir.path(), small()).expect("reopen");
+    let wal = reopen(dir.path(), small());
     let got = read_all(&wal, "fresh");
     assert_eq!(got.len(), 400);
     for (i, (seq, id)) in got.iter().enumerate() {
