@@ -110,7 +110,7 @@ impl Default for CollectorConfig {
             body_timeout: Duration::from_secs(60),
             max_line_bytes: edgelog_record::DEFAULT_MAX_LINE_BYTES as u64,
             max_field_bytes: edgelog_record::DEFAULT_MAX_FIELD_BYTES as u64,
-            pace_wait: Duration::from_millis(100),
+            pace_wait: Duration::from_millis(50),
             shutdown_timeout: Duration::from_secs(30),
             metrics_interval: Duration::from_secs(5),
             reports: true,
