@@ -57,6 +57,19 @@ macro_rules! record_fields {
                 match IDS[i] { $( Field::$ident => <$ty as FieldType>::view(&self.$ident), )* }
             }
 
+            /// Sets field `i` to a value of its own kind, as [`Record::get`] gives it (the
+            /// log's entries are decoded this way); false, and the field unchanged, when
+            /// the value is of another kind.
+            pub fn set(&mut self, i: usize, v: Value<'_>) -> bool {
+                const IDS: &[Field] = &[ $( Field::$ident, )* ];
+                match IDS[i] {
+                    $( Field::$ident => match <$ty as FieldType>::from_view(v) {
+                        Some(x) => { self.$ident = x; true }
+                        None => false,
+                    }, )*
+                }
+            }
+
             /// Sets field `i` from its text form (W3C value, or a JSON string).
             pub fn set_text(&mut self, i: usize, text: &str) -> Result<(), String> {
                 self.put_text(i, text).map_err(String::from)
@@ -87,6 +100,8 @@ pub trait FieldType {
     type Owned;
     const KIND: FieldKind;
     fn view(v: &Option<Self::Owned>) -> Value<'_>;
+    /// The field's value from its view; `None` when the view is of another kind.
+    fn from_view(v: Value<'_>) -> Option<Option<Self::Owned>>;
     fn from_text(text: &str) -> Result<Option<Self::Owned>, Fault>;
     fn from_value(v: ParseValue<'_>) -> Result<Option<Self::Owned>, Fault>;
 }

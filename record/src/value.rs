@@ -196,6 +196,12 @@ impl FieldType for Str {
     fn view(v: &Option<String>) -> Value<'_> {
         Value::Str(v.as_deref())
     }
+    fn from_view(v: Value<'_>) -> Option<Option<String>> {
+        match v {
+            Value::Str(s) => Some(s.map(str::to_owned)),
+            _ => None,
+        }
+    }
     fn from_text(text: &str) -> Result<Option<String>, Fault> {
         Ok((text != "-").then(|| text.to_owned()))
     }
@@ -222,6 +228,12 @@ macro_rules! int_type {
             const KIND: FieldKind = FieldKind::$variant;
             fn view(v: &Option<$t>) -> Value<'_> {
                 Value::$variant(*v)
+            }
+            fn from_view(v: Value<'_>) -> Option<Option<$t>> {
+                match v {
+                    Value::$variant(x) => Some(x),
+                    _ => None,
+                }
             }
             fn from_text(text: &str) -> Result<Option<$t>, Fault> {
                 Self::narrow(int_from_text(text, Self::MIN, Self::MAX)?)
@@ -303,6 +315,12 @@ impl FieldType for F64 {
     const KIND: FieldKind = FieldKind::F64;
     fn view(v: &Option<f64>) -> Value<'_> {
         Value::F64(*v)
+    }
+    fn from_view(v: Value<'_>) -> Option<Option<f64>> {
+        match v {
+            Value::F64(x) => Some(x),
+            _ => None,
+        }
     }
     fn from_text(text: &str) -> Result<Option<f64>, Fault> {
         if is_dash(text) {

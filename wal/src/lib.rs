@@ -2,8 +2,10 @@
 //!
 //! Layout: `{dir}/{first_seq:020}.wal` segments, each an 8-byte magic followed by entries
 //! `len:u32 crc32:u32 seq:u64 appended_ms:u64 payload`, the crc covering seq, time and
-//! payload; the payload is the records, postcard-encoded then zstd-compressed (records
-//! repeat hosts, agents and paths, so the log is several times smaller than the input).
+//! payload; the payload is a tag byte and the records column by column, zstd-compressed
+//! (`entry`; records repeat hosts, agents and paths, so the log is several times smaller
+//! than the input). Entries written before the columns are read too: postcard,
+//! zstd-compressed, untagged.
 //! One writer thread appends and fsyncs groups of entries (group commit); every
 //! sink reads with its own [`WalReader`] and reports how far it has delivered with
 //! [`Wal::commit_cursor`]. A segment is deleted once every sink is past it.
@@ -18,6 +20,7 @@
 //! (a sink's view, the decoded cache), [`state_file`] (atomic state files).
 
 mod config;
+mod entry;
 mod error;
 mod format;
 mod keys;
@@ -374,32 +377,12 @@ impl Wal {
         /// Buffers past this size are not kept for the next entry (a 1,000-record body
         /// needs about 0.5 MiB).
         const KEEP: usize = 2 << 20;
-        /// postcard into the reused buffer: its `io` flavour copied every varint and
-        /// string through `write_all`, a call per byte or two.
-        struct IntoVec<'a>(&'a mut Vec<u8>);
-        impl postcard::ser_flavors::Flavor for IntoVec<'_> {
-            type Output = ();
-            #[inline]
-            fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-                self.0.extend_from_slice(data);
-                Ok(())
-            }
-            #[inline]
-            fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-                self.0.push(data);
-                Ok(())
-            }
-            fn finalize(self) -> postcard::Result<()> {
-                Ok(())
-            }
-        }
         let taken = PACKERS.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut p = taken.unwrap_or_default();
         let out = (|| {
             let Packer { zstd, raw, packed } = &mut p;
             raw.clear();
-            postcard::serialize_with_flavor(records, IntoVec(raw))
-                .map_err(|e| WalError::Encode(e.to_string()))?;
+            entry::encode(records, raw);
             let c = match zstd {
                 Some(c) => c,
                 None => zstd.insert(
@@ -411,7 +394,10 @@ impl Wal {
             c.compress_to_buffer(raw.as_slice(), &mut *packed)
                 .map_err(|e| WalError::Encode(e.to_string()))?;
             // Exactly its size: the log's cache holds the payload a while.
-            Ok(packed.as_slice().to_vec())
+            let mut payload = Vec::with_capacity(1 + packed.len());
+            payload.push(entry::COLUMNS_TAG);
+            payload.extend_from_slice(packed);
+            Ok(payload)
         })();
         for buf in [&mut p.raw, &mut p.packed] {
             if buf.capacity() > KEEP {

@@ -54,6 +54,22 @@ impl Default for Unpacker {
 }
 
 impl Unpacker {
+    /// An entry's records: columns after their tag, or (written before them) postcard.
+    pub(crate) fn records(&mut self, payload: &[u8]) -> Result<Vec<Record>, String> {
+        let (columns, frame) = match payload.split_first() {
+            Some((&crate::entry::COLUMNS_TAG, frame)) => (true, frame),
+            _ => (false, payload),
+        };
+        let raw = self
+            .unpack(frame)
+            .map_err(|e| format!("undecompressable entry: {e}"))?;
+        match columns {
+            true => crate::entry::decode(raw),
+            false => postcard::from_bytes(raw).map_err(|e| e.to_string()),
+        }
+        .map_err(|e| format!("undecodable entry: {e}"))
+    }
+
     /// The decompressed payload (at most [`MAX_ENTRY`] bytes, as its frame says).
     fn unpack(&mut self, payload: &[u8]) -> Result<&[u8], String> {
         let size = zstd::zstd_safe::get_frame_content_size(payload)
@@ -278,12 +294,10 @@ impl WalReader {
                     records: Arc::new(Vec::new()),
                 });
             }
-            let raw = self
+            let records = self
                 .unpacked
-                .unpack(&payload)
-                .map_err(|e| corrupt(at, format!("undecompressable entry: {e}")))?;
-            let records: Vec<Record> = postcard::from_bytes(raw)
-                .map_err(|e| corrupt(at, format!("undecodable entry: {e}")))?;
+                .records(&payload)
+                .map_err(|e| corrupt(at, e))?;
             self.next += 1;
             return Ok(Entry {
                 seq,

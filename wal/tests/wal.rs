@@ -352,3 +352,89 @@ async fn a_corrupt_spot_loses_only_what_it_covers_and_never_stalls_readers() {
         "new entries numbered after the cursor"
     );
 }
+
+/// Records with every kind of field set, some null.
+fn full(n: usize, tag: &str) -> Vec<Record> {
+    (0..n)
+        .map(|i| Record {
+            timestamp_ms: 1_700_000_000_000 + (i as i64 % 5) * 7 - 9,
+            distribution_id: format!("E{}", i % 3),
+            x_edge_request_id: Some(format!("{tag}-{i}")),
+            cs_host: Some("d111111abcdef8.cloudfront.net".into()),
+            cs_uri_stem: (i % 2 == 0).then(|| format!("/img/{i}.png")),
+            sc_status: Some(200 + (i % 4) as u16 * 100),
+            sc_bytes: Some(u64::MAX - i as u64),
+            fle_encrypted_fields: (i % 3 == 0).then_some(u32::MAX),
+            sc_range_start: Some(i64::MIN + i as i64),
+            sc_range_end: (i % 2 == 1).then_some(i64::MAX),
+            time_taken: Some(0.001 * i as f64),
+            time_to_first_byte: (i % 2 == 0).then_some(1e300),
+            ..Record::default()
+        })
+        .collect()
+}
+
+/// A log's entries as (header, payload) from one segment file.
+fn entries_of(bytes: &[u8]) -> Vec<([u8; 24], Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 8;
+    while at < bytes.len() {
+        let h: [u8; 24] = bytes[at..at + 24].try_into().expect("header");
+        let len = u32::from_le_bytes(h[0..4].try_into().expect("len")) as usize;
+        out.push((h, bytes[at + 24..at + 24 + len].to_vec()));
+        at += 24 + len;
+    }
+    out
+}
+
+#[tokio::test]
+async fn entries_written_before_the_columnar_format_are_read_after_an_upgrade() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = full(300, "old");
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("open");
+    wal.append(Arc::new(old.clone())).await.expect("append");
+    wal.close().await;
+    drop(wal);
+    // The entry as the build before wrote it: postcard, zstd, no tag.
+    let segment = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "wal"))
+        .expect("a segment");
+    let bytes = std::fs::read(&segment).expect("read");
+    let [(mut h, payload)] = entries_of(&bytes).try_into().expect("one entry");
+    assert_eq!(payload[0], 0x01, "this build writes columns after a tag");
+    let legacy =
+        zstd::bulk::compress(&postcard::to_allocvec(&old).expect("postcard"), 1).expect("zstd");
+    h[0..4].copy_from_slice(&(legacy.len() as u32).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[8..]);
+    crc.update(&legacy);
+    h[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+    let mut rewritten = bytes[..8].to_vec();
+    rewritten.extend_from_slice(&h);
+    rewritten.extend_from_slice(&legacy);
+    std::fs::write(&segment, rewritten).expect("write");
+
+    // Upgraded: the old entry is read, new ones are appended after it.
+    let new = full(200, "new");
+    let wal = reopen(dir.path(), WalConfig::default());
+    wal.append(Arc::new(new.clone())).await.expect("append");
+    wal.close().await;
+    drop(wal);
+    let wal = reopen(dir.path(), WalConfig::default());
+    let mut r = wal.reader("standard");
+    let mut got = Vec::new();
+    while !r.caught_up() {
+        for e in r.read_available(100).expect("read") {
+            got.extend(e.records.iter().cloned());
+        }
+    }
+    assert_eq!(got, [old, new].concat());
+    let kinds: Vec<u8> = entries_of(&std::fs::read(&segment).expect("read"))
+        .iter()
+        .map(|(_, p)| p[0])
+        .collect();
+    assert_eq!(kinds, [0x28, 0x01], "a zstd frame, then a tagged entry");
+    wal.close().await;
+}
