@@ -730,8 +730,8 @@ fn choose_format(q: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Fo
 }
 
 /// Records per log entry at most: a bigger body is split into several entries (written
-/// in one group), so what a sink decodes at a time stays small.
-const ENTRY_RECORDS: usize = 8_192;
+/// in one group), so what a sink decodes at a time stays small. The log refuses more.
+const ENTRY_RECORDS: usize = edgelog_wal::MAX_ENTRY_RECORDS;
 
 /// What a body becomes in the log.
 enum Entries {

@@ -124,6 +124,17 @@ fn wal_codec(c: &mut Criterion) {
     g.bench_function("log_encode_1000", |b| {
         b.iter(|| edgelog_collector::Wal::encode(black_box(&recs)).expect("encode"))
     });
+    // What a reader does with an entry from disk (a catch-up after a restart); the same
+    // records as postcard, as entries were written before the columns.
+    let payload = edgelog_collector::Wal::encode(&recs).expect("encode");
+    eprintln!("log entry: {} B/record", payload.len() / N);
+    g.bench_function("log_decode_1000", |b| {
+        b.iter(|| edgelog_collector::Wal::decode(black_box(&payload)).expect("decode"))
+    });
+    let legacy = zstd::bulk::compress(&raw, 1).expect("zstd");
+    g.bench_function("log_decode_postcard_1000", |b| {
+        b.iter(|| edgelog_collector::Wal::decode(black_box(&legacy)).expect("decode"))
+    });
     for level in [1, -1, -3, -7] {
         let mut z = zstd::bulk::Compressor::new(level).expect("zstd");
         let packed = z.compress(&raw).expect("zstd");

@@ -23,6 +23,8 @@ pub enum WalError {
     },
     #[error("cannot encode records for the write-ahead log: {0}")]
     Encode(String),
+    #[error("cannot decode a write-ahead log entry: {0}")]
+    Decode(String),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {

@@ -9,7 +9,7 @@ use crate::Seq;
 use crate::error::{WalError, io_err};
 use crate::keys::{KeyAnswer, decode_marker, is_marker};
 
-/// Version 2: payloads are zstd-compressed postcard.
+/// Version 2: payloads are zstd-compressed postcard, or (tagged `0x01`, see `entry`) columns.
 pub(crate) const MAGIC: &[u8; 8] = b"EDGWAL02";
 pub(crate) const HEADER: usize = 24;
 /// No single entry may exceed this; a bigger length field means corruption.

@@ -41,6 +41,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{MAX_LOG_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES, WalConfig};
+pub use entry::MAX_ENTRY_RECORDS;
 pub use error::{WalError, is_no_space};
 pub use keys::{KEY_JOURNAL, KeyAnswer, KeyLimits, MAX_KEY_BYTES, check_key};
 pub use pace::{Admission, PACE_AHEAD, PACE_FAR, PACE_IDLE_MS};
@@ -382,7 +383,7 @@ impl Wal {
         let out = (|| {
             let Packer { zstd, raw, packed } = &mut p;
             raw.clear();
-            entry::encode(records, raw);
+            entry::encode(records, raw).map_err(WalError::Encode)?;
             let c = match zstd {
                 Some(c) => c,
                 None => zstd.insert(
@@ -409,6 +410,14 @@ impl Wal {
             kept.push(p);
         }
         out
+    }
+
+    /// The records of a payload [`Wal::encode`] made (or an earlier build's), as a reader
+    /// decodes an entry from disk.
+    pub fn decode(payload: &[u8]) -> Result<Vec<Record>, WalError> {
+        reader::Unpacker::default()
+            .records(payload)
+            .map_err(WalError::Decode)
     }
 
     /// Appends the records as one entry; returns once they are durable.
