@@ -57,6 +57,15 @@ macro_rules! record_fields {
                 match IDS[i] { $( Field::$ident => <$ty as FieldType>::view(&self.$ident), )* }
             }
 
+            /// Calls `f` with field `i` of each record in turn: one dispatch for the
+            /// column instead of one a value (the log writes its entries this way).
+            pub fn each_value<'a>(records: &'a [Record], i: usize, mut f: impl FnMut(Value<'a>)) {
+                const IDS: &[Field] = &[ $( Field::$ident, )* ];
+                match IDS[i] {
+                    $( Field::$ident => for r in records { f(<$ty as FieldType>::view(&r.$ident)) }, )*
+                }
+            }
+
             /// Sets field `i` to a value of its own kind, as [`Record::get`] gives it (the
             /// log's entries are decoded this way); false, and the field unchanged, when
             /// the value is of another kind.

@@ -75,20 +75,18 @@ pub(crate) fn encode(records: &[Record], out: &mut Vec<u8>) -> Result<(), String
         put_text(out, Some(&r.distribution_id));
     }
     for i in 0..FIELD_COUNT {
-        for r in records {
-            match r.get(i) {
-                Value::Str(s) => put_text(out, s),
-                Value::U16(v) => put_varint(out, v.map_or(0, |v| u128::from(v) + 1)),
-                Value::U32(v) => put_varint(out, v.map_or(0, |v| u128::from(v) + 1)),
-                Value::U64(v) => put_varint(out, v.map_or(0, |v| u128::from(v) + 1)),
-                Value::I64(v) => put_varint(out, v.map_or(0, |v| u128::from(zigzag(v)) + 1)),
-                Value::F64(None) => out.push(0),
-                Value::F64(Some(x)) => {
-                    out.push(1);
-                    out.extend_from_slice(&x.to_le_bytes());
-                }
+        Record::each_value(records, i, |v| match v {
+            Value::Str(s) => put_text(out, s),
+            Value::U16(v) => put_varint(out, v.map_or(0, |v| u128::from(v) + 1)),
+            Value::U32(v) => put_varint(out, v.map_or(0, |v| u128::from(v) + 1)),
+            Value::U64(v) => put_varint(out, v.map_or(0, |v| u128::from(v) + 1)),
+            Value::I64(v) => put_varint(out, v.map_or(0, |v| u128::from(zigzag(v)) + 1)),
+            Value::F64(None) => out.push(0),
+            Value::F64(Some(x)) => {
+                out.push(1);
+                out.extend_from_slice(&x.to_le_bytes());
             }
-        }
+        });
     }
     Ok(())
 }
