@@ -438,3 +438,30 @@ async fn entries_written_before_the_columnar_format_are_read_after_an_upgrade() 
     assert_eq!(kinds, [0x28, 0x01], "a zstd frame, then a tagged entry");
     wal.close().await;
 }
+
+/// An entry as the builds before `e92b1e5` wrote it (postcard, zstd level 1; made by
+/// that build): logs written then must stay readable. postcard is not self-describing,
+/// so a field added to `Record` breaks this: old entries would then need the old layout.
+#[test]
+fn an_entry_written_by_the_build_before_the_columns_is_read() {
+    let payload = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/postcard-entry.bin"
+    ))
+    .expect("fixture");
+    let records = Wal::decode(&payload).expect("decode");
+    let ids: Vec<&str> = records.iter().map(Record::request_id).collect();
+    assert_eq!(ids, ["legacy-0", "legacy-1", "legacy-2"]);
+    let r = &records[1];
+    assert_eq!(r.timestamp_ms, 1_764_000_001_000);
+    assert_eq!(r.distribution_id, "E2QWRUHAPOMQZL1");
+    assert_eq!(r.x_edge_location.as_deref(), Some("DFW3-C1"));
+    assert_eq!(r.sc_bytes, Some(2_501));
+    assert_eq!(r.cs_uri_stem.as_deref(), Some("/index-1.html"));
+    assert_eq!(r.sc_status, Some(201));
+    assert_eq!(r.time_taken, Some(0.125));
+    assert_eq!(r.sc_range_start, Some(-5));
+    assert_eq!(records[0].sc_range_start, None);
+    assert_eq!((r.c_country.as_deref(), r.asn), (Some("US"), Some(64_496)));
+    assert_eq!(r.cs_cookie, None);
+}
