@@ -187,12 +187,16 @@ pub fn parse_body(format: Format, body: &[u8], opts: &ParseOptions<'_>) -> Parse
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        // Each line is parsed in its place at the end of the vector (a record is 720 bytes
+        // to move), taken off again when refused.
+        let kept = out.records.len();
         let parsed = match format {
             Format::Ndjson => json::parse_line_limited(
                 line,
                 opts.default_distribution,
                 opts.max_field_bytes,
                 &mut keys,
+                slot(&mut out.records),
             ),
             Format::W3c => match std::str::from_utf8(line) {
                 Err(e) => Err(Fault::new(
@@ -222,6 +226,7 @@ pub fn parse_body(format: Format, body: &[u8], opts: &ParseOptions<'_>) -> Parse
                             text,
                             opts.default_distribution,
                             opts.max_field_bytes,
+                            slot(&mut out.records),
                         ),
                         None => Err(Fault::new(
                             RejectKind::W3cHeader,
@@ -231,30 +236,37 @@ pub fn parse_body(format: Format, body: &[u8], opts: &ParseOptions<'_>) -> Parse
                 }
             },
         };
-        match parsed {
-            Ok(rec)
+        let fault = match parsed {
+            // Only a line parsed into a slot is Ok: its record is at `kept`.
+            Ok(()) => {
+                let rec = &mut out.records[kept];
                 if opts
                     .allowed_distributions
-                    .is_some_and(|p| !distribution_allowed(p, &rec.distribution_id)) =>
-            {
-                let reason = format!(
-                    "this token may not write distribution {:?}",
-                    rec.distribution_id
-                );
-                out.reject(
-                    line_no,
-                    Fault::new(RejectKind::DistributionNotAllowed, reason),
-                    max_listed,
-                );
-            }
-            Ok(mut rec) => {
-                if rec.x_edge_request_id.as_deref().is_none_or(str::is_empty) {
-                    rec.x_edge_request_id = Some(derive_request_id(line, line_no));
+                    .is_some_and(|p| !distribution_allowed(p, &rec.distribution_id))
+                {
+                    let reason = format!(
+                        "this token may not write distribution {:?}",
+                        rec.distribution_id
+                    );
+                    Fault::new(RejectKind::DistributionNotAllowed, reason)
+                } else {
+                    if rec.x_edge_request_id.as_deref().is_none_or(str::is_empty) {
+                        rec.x_edge_request_id = Some(derive_request_id(line, line_no));
+                    }
+                    continue;
                 }
-                out.records.push(rec);
             }
-            Err(fault) => out.reject(line_no, fault, max_listed),
-        }
+            Err(fault) => fault,
+        };
+        out.records.truncate(kept);
+        out.reject(line_no, fault, max_listed);
     }
     out
+}
+
+/// A fresh record at the end of `records`, to parse a line into.
+fn slot(records: &mut Vec<Record>) -> &mut Record {
+    records.push(Record::default());
+    let last = records.len() - 1;
+    &mut records[last]
 }

@@ -158,7 +158,6 @@ impl<'de> de::Deserialize<'de> for ParseValue<'de> {
 /// What a line said about its own time and distribution, before they are settled.
 #[derive(Default)]
 struct Partial<'a> {
-    record: Record,
     ts_ms: Option<i64>,
     date: Option<Cow<'a, str>>,
     time: Option<Cow<'a, str>>,
@@ -167,6 +166,8 @@ struct Partial<'a> {
 
 struct LineSeed<'c> {
     keys: &'c mut KeyCache,
+    /// Where the fields go: in place, as a record is 720 bytes to move.
+    record: &'c mut Record,
     max_field_bytes: usize,
     /// Why the line was refused, when our check (not JSON syntax) refused it: serde only
     /// carries a message, this keeps the kind.
@@ -269,7 +270,7 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
         f.write_str("a JSON object with CloudFront log fields")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut p = Partial::default();
         let mut prev = 0;
         let mut last_key: Option<Cow<'de, str>> = None;
@@ -334,7 +335,7 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
 impl LineSeed<'_> {
     /// Puts one value where its key says.
     fn settle<'de>(
-        &self,
+        &mut self,
         p: &mut Partial<'de>,
         slot: Slot,
         value: ParseValue<'de>,
@@ -352,7 +353,7 @@ impl LineSeed<'_> {
         };
         check_field_len(len, self.max_field_bytes)?;
         match slot {
-            Slot::Field(i) => p.record.put_value(usize::from(i), value)?,
+            Slot::Field(i) => self.record.put_value(usize::from(i), value)?,
             Slot::Timestamp => p.ts_ms = Some(timestamp_seconds(value)?),
             Slot::TimestampMs => p.ts_ms = Some(timestamp_millis(value)?),
             Slot::Date => p.date = Some(value_text(value)?),
@@ -388,7 +389,11 @@ pub fn check_distribution_id(id: &str) -> Result<(), String> {
 }
 
 /// Settles timestamp and distribution from what a line gave.
-fn finish(mut p: Partial<'_>, default_distribution: Option<&str>) -> Result<Record, Fault> {
+fn finish(
+    p: Partial<'_>,
+    default_distribution: Option<&str>,
+    record: &mut Record,
+) -> Result<(), Fault> {
     let ts = match (p.ts_ms, &p.date, &p.time) {
         (Some(ts), _, _) => ts,
         (None, Some(d), Some(t)) => {
@@ -402,8 +407,8 @@ fn finish(mut p: Partial<'_>, default_distribution: Option<&str>) -> Result<Reco
             ));
         }
     };
-    p.record.timestamp_ms = time::in_range(ts)?;
-    p.record.distribution_id = match (p.distribution, default_distribution) {
+    record.timestamp_ms = time::in_range(ts)?;
+    record.distribution_id = match (p.distribution, default_distribution) {
         (Some(d), _) => d.into_owned(),
         (None, Some(d)) => d.to_owned(),
         (None, None) => {
@@ -413,9 +418,8 @@ fn finish(mut p: Partial<'_>, default_distribution: Option<&str>) -> Result<Reco
             ));
         }
     };
-    check_distribution_id(&p.record.distribution_id)
-        .map_err(|e| Fault::new(RejectKind::BadDistribution, e))?;
-    Ok(p.record)
+    check_distribution_id(&record.distribution_id)
+        .map_err(|e| Fault::new(RejectKind::BadDistribution, e))
 }
 
 /// Parses one NDJSON line (no limit on the length of a value).
@@ -424,19 +428,25 @@ pub fn parse_line(
     default_distribution: Option<&str>,
     keys: &mut KeyCache,
 ) -> Result<Record, String> {
-    parse_line_limited(line, default_distribution, usize::MAX, keys).map_err(String::from)
+    let mut record = Record::default();
+    parse_line_limited(line, default_distribution, usize::MAX, keys, &mut record)
+        .map_err(String::from)?;
+    Ok(record)
 }
 
-/// Parses one NDJSON line, refusing any string value longer than `max_field_bytes`.
+/// Parses one NDJSON line into `record` (a default one), refusing any string value
+/// longer than `max_field_bytes`. On an error, `record` holds part of the line.
 pub(crate) fn parse_line_limited(
     line: &[u8],
     default_distribution: Option<&str>,
     max_field_bytes: usize,
     keys: &mut KeyCache,
-) -> Result<Record, Fault> {
+    record: &mut Record,
+) -> Result<(), Fault> {
     let mut fault = None;
     let seed = LineSeed {
         keys,
+        record: &mut *record,
         max_field_bytes,
         fault: &mut fault,
     };
@@ -453,7 +463,7 @@ pub(crate) fn parse_line_limited(
         }
     };
     match parsed {
-        Ok(partial) => finish(partial, default_distribution),
+        Ok(partial) => finish(partial, default_distribution, record),
         Err(e) => Err(fault.unwrap_or_else(|| Fault::new(RejectKind::InvalidJson, json_error(&e)))),
     }
 }

@@ -66,18 +66,21 @@ impl Header {
         line: &str,
         default_distribution: Option<&str>,
     ) -> Result<Record, String> {
-        self.parse_line_limited(line, default_distribution, usize::MAX)
-            .map_err(String::from)
+        let mut record = Record::default();
+        self.parse_line_limited(line, default_distribution, usize::MAX, &mut record)
+            .map_err(String::from)?;
+        Ok(record)
     }
 
-    /// Parses one data line, refusing any value longer than `max_field_bytes`.
+    /// Parses one data line into `rec` (a default one), refusing any value longer than
+    /// `max_field_bytes`. On an error, `rec` holds part of the line.
     pub(crate) fn parse_line_limited(
         &self,
         line: &str,
         default_distribution: Option<&str>,
         max_field_bytes: usize,
-    ) -> Result<Record, Fault> {
-        let mut rec = Record::default();
+        rec: &mut Record,
+    ) -> Result<(), Fault> {
         let (mut days, mut tod, mut ts) = (None, None, None);
         let mut distribution = None;
         let mut n = 0;
@@ -148,8 +151,7 @@ impl Header {
             ))?
             .to_owned();
         check_distribution_id(&rec.distribution_id)
-            .map_err(|e| Fault::new(RejectKind::BadDistribution, e))?;
-        Ok(rec)
+            .map_err(|e| Fault::new(RejectKind::BadDistribution, e))
     }
 }
 

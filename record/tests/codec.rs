@@ -187,6 +187,15 @@ fn bad_lines_are_named_and_good_lines_kept() {
     }
     let parsed = parse_body(Format::Ndjson, &body, &opts(None, 100));
     assert_eq!(parsed.records.len(), 997);
+    // Lines are parsed in place: a refused one leaves nothing of itself behind.
+    let kept: Vec<Record> = (0..1000)
+        .filter(|i| ![10, 500, 998].contains(i))
+        .map(|i| record_from_seed(i, false))
+        .collect();
+    assert!(
+        parsed.records == kept,
+        "the good lines' records, as written"
+    );
     let lines: Vec<u64> = parsed.rejected.iter().map(|r| r.line).collect();
     assert_eq!(lines, [11, 501, 999]);
     // What each refusal's reason names.
@@ -199,6 +208,62 @@ fn bad_lines_are_named_and_good_lines_kept() {
         let reason = &parsed.rejected[i].reason;
         assert!(reason.contains(named), "{reason} (wanted {named:?})");
     }
+}
+
+/// A line refused after its fields were read (a bad value last, a distribution the token
+/// may not write or one that is not an id, a column too many or too few) leaves none of
+/// them in the records of the lines around it, in either format.
+#[test]
+fn lines_refused_after_their_fields_were_read_leave_nothing_behind() {
+    let allowed = ["E*".to_owned()];
+    let options = ParseOptions {
+        allowed_distributions: Some(&allowed),
+        ..opts(None, 100)
+    };
+    let mut body = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..60u64 {
+        let mut r = record_from_seed(i, false);
+        r.distribution_id = format!("E{i}");
+        match i % 4 {
+            0 => want.push(r.clone()),
+            1 => r.distribution_id = format!("X{i}"),
+            3 => r.distribution_id = format!("E {i}"),
+            _ => {}
+        }
+        let mut line = Vec::new();
+        write_json(&r, &mut line);
+        if i % 4 == 2 {
+            line.pop();
+            line.extend_from_slice(b",\"sc-status\":\"x\"}");
+        }
+        body.extend_from_slice(&line);
+        body.push(b'\n');
+    }
+    let parsed = parse_body(Format::Ndjson, &body, &options);
+    assert_eq!(parsed.rejected.len(), 45, "{:?}", &parsed.rejected[..4]);
+    assert!(parsed.records == want);
+
+    let mut body = String::new();
+    w3c::write_header(&mut body);
+    let mut want = Vec::new();
+    for i in 0..60u64 {
+        let mut r = record_from_seed(i, true);
+        r.distribution_id = "E1".into();
+        let mut line = String::new();
+        w3c::write_line(&r, &mut line);
+        line.pop();
+        match i % 3 {
+            0 => want.push(r),
+            1 => line.push_str("\tmore"),
+            _ => line.truncate(line.rfind('\t').expect("tab")),
+        }
+        body.push_str(&line);
+        body.push('\n');
+    }
+    let parsed = parse_body(Format::W3c, body.as_bytes(), &opts(Some("E1"), 100));
+    assert_eq!(parsed.rejected.len(), 40, "{:?}", &parsed.rejected[..4]);
+    assert!(parsed.records == want);
 }
 
 #[test]
