@@ -135,6 +135,25 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Lets the cache go of the entries every reader has read. Readers never go back, so
+    /// the cache would only keep them for a reader that registers later (which reads
+    /// from disk); freed now, their records go while still in the CPU's caches, by the
+    /// last reader to drop them, and hold no memory meanwhile.
+    fn trim_read(&self) {
+        let slowest = self.pacer.slowest();
+        let mut gone = Vec::new();
+        {
+            let mut st = self.lock();
+            while st.cache.front().is_some_and(|c| c.entry.seq < slowest) {
+                if let Some(c) = st.cache.pop_front() {
+                    st.cached_records -= c.entry.records.len();
+                    gone.push(c);
+                }
+            }
+        }
+        drop(gone);
+    }
 }
 
 /// Sizes and positions, for `/metrics` and `/readyz`.

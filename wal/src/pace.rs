@@ -73,6 +73,20 @@ impl Pacer {
     }
 }
 
+impl Pacer {
+    /// The lowest next entry of the readers there are; `Seq::MAX` with none.
+    pub(crate) fn slowest(&self) -> Seq {
+        self.readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|r| r.next.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(Seq::MAX)
+    }
+}
+
 impl Place {
     pub(crate) fn new(shared: &Arc<Shared>, start: Seq) -> Place {
         let reading = Arc::new(Reading {

@@ -152,6 +152,7 @@ impl WalReader {
         }
         if !out.is_empty() {
             self.pos.moved(self.next);
+            self.shared.trim_read();
         }
         Ok(out)
     }

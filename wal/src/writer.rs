@@ -242,6 +242,7 @@ fn write_group(
             let added = off - seg.bytes;
             seg.bytes = off;
             *next = start_seq + count;
+            let mut evicted = Vec::new();
             {
                 let mut st = shared.lock();
                 st.total_bytes += added;
@@ -269,7 +270,10 @@ fn write_group(
                 }
                 while st.cache.len() > CACHE_ENTRIES || st.cached_records > CACHE_RECORDS {
                     match st.cache.pop_front() {
-                        Some(c) => st.cached_records -= c.entry.records.len(),
+                        Some(c) => {
+                            st.cached_records -= c.entry.records.len();
+                            evicted.push(c.entry.records);
+                        }
                         None => break,
                     }
                 }
@@ -277,6 +281,9 @@ fn write_group(
                     .pacer
                     .cache_changed(st.cache.len(), st.cached_records);
             }
+            // Freed after the lock: thousands of strings take a while, and readers wait
+            // for the lock.
+            drop(evicted);
             // Keys are remembered before anyone sees their entries: a sink could deliver
             // them and have their segment deleted before the request is answered.
             let mut keyed = batch.iter().filter_map(|a| a.key.as_ref()).peekable();

@@ -142,6 +142,63 @@ async fn segments_go_only_when_every_sink_is_past_them() {
 }
 
 #[tokio::test]
+async fn the_cache_lets_go_of_what_every_reader_has_read_and_later_readers_read_from_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("open");
+    let mut a = wal.reader("a");
+    let mut b = wal.reader("b");
+    let batches: Vec<_> = (0..5).map(|i| records(3, &format!("c{i}"))).collect();
+    for r in &batches {
+        wal.append(r.clone()).await.expect("append");
+    }
+    // Each batch: ours and the cache's.
+    assert!(batches.iter().all(|r| Arc::strong_count(r) == 2));
+    let from_a = a.read_available(3).expect("read");
+    assert_eq!(from_a.len(), 3);
+    // b has read none of them: the cache keeps all five.
+    assert!(batches.iter().all(|r| Arc::strong_count(r) >= 2));
+    let from_b = b.read_available(2).expect("read");
+    assert_eq!(from_b.len(), 2);
+    // The two both have read are held by a and b (and us), no longer by the cache.
+    for r in &batches[..2] {
+        assert_eq!(Arc::strong_count(r), 3);
+    }
+    assert_eq!(
+        Arc::strong_count(&batches[2]),
+        3,
+        "a's copy, the cache's, ours"
+    );
+    drop((from_a, from_b));
+    assert!(batches[..2].iter().all(|r| Arc::strong_count(r) == 1));
+    // Both read the rest; a reader whose sink registers only now reads everything, from
+    // disk, as written.
+    while !a.caught_up() {
+        a.read_available(100).expect("read");
+    }
+    while !b.caught_up() {
+        b.read_available(100).expect("read");
+    }
+    assert!(batches.iter().all(|r| Arc::strong_count(r) == 1));
+    let late = read_all(&wal, "late");
+    let want: Vec<(u64, String)> = (0..5)
+        .flat_map(|i| (0..3).map(move |j| (i as u64 + 1, format!("c{i}-{j}"))))
+        .collect();
+    assert_eq!(late, want);
+    // A reader that goes away holds nothing back.
+    let c = wal.reader("c");
+    let more = records(1, "d");
+    wal.append(more.clone()).await.expect("append");
+    drop(c);
+    while !a.caught_up() {
+        a.read_available(100).expect("read");
+    }
+    assert_eq!(Arc::strong_count(&more), 2, "b has not read it");
+    b.read_available(100).expect("read");
+    assert_eq!(Arc::strong_count(&more), 1);
+    wal.close().await;
+}
+
+#[tokio::test]
 async fn readers_cross_segments_from_disk_after_a_restart() {
     let dir = written(small(), 200, 2, "e").await;
     let wal = reopen(dir.path(), small());
