@@ -61,7 +61,8 @@ pub type Seq = u64;
 
 /// Decoded entries kept in memory so live sinks skip the disk and the decoding: at most
 /// this many entries, holding at most [`CACHE_RECORDS`] records in all (a huge body is
-/// read back from disk rather than pinned in memory).
+/// read back from disk rather than pinned in memory), and none every reader has read
+/// (`Shared::trim_read`).
 const CACHE_ENTRIES: usize = 16;
 const CACHE_RECORDS: usize = 32_768;
 
@@ -99,6 +100,10 @@ struct State {
     cache: VecDeque<CachedEntry>,
     /// Records held by `cache`.
     cached_records: usize,
+    /// Sizes of the entries the cache would hold were none read yet, and their sum: for
+    /// pacing, which goes by the sizes of the last entries, not by what is left unread.
+    recent: VecDeque<usize>,
+    recent_records: usize,
     /// Bumped whenever a failed group is cut from the active segment, so readers drop
     /// bytes of it they may have buffered past the committed end.
     rewinds: u64,
@@ -355,6 +360,8 @@ impl Wal {
                 total_bytes,
                 cache: VecDeque::new(),
                 cached_records: 0,
+                recent: VecDeque::new(),
+                recent_records: 0,
                 rewinds: 0,
                 write_error: None,
                 cursors: BTreeMap::new(),

@@ -1,7 +1,7 @@
 //! Pacing: ingest waits a little for a live sink about to fall out of the log's cache.
 //!
-//! The log keeps its last entries decoded ([`CACHE_ENTRIES`], [`CACHE_RECORDS`]); a sink
-//! within them reads from memory, one further behind decodes every entry again from disk,
+//! The log keeps its last entries decoded ([`CACHE_ENTRIES`], [`CACHE_RECORDS`], less
+//! those every reader has read); a sink within them reads from memory, one further behind decodes every entry again from disk,
 //! which costs the collector more than a short wait. [`Wal::pace`] holds a request while a
 //! live reader is more than half the cache behind what is durable plus what is admitted.
 
@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use crate::{CACHE_ENTRIES, CACHE_RECORDS, Seq, Shared, Wal};
 
 /// Entries a live reader may be behind (counting requests admitted) before [`Wal::pace`]
-/// holds ingest back, at most: half the entries the cache holds at the sizes in it now.
+/// holds ingest back, at most: half the entries the cache holds at the sizes of the last
+/// entries.
 pub const PACE_AHEAD: u64 = CACHE_ENTRIES as u64 / 2;
 /// A reader this far behind is catching up, not keeping up: it does not hold ingest back.
 pub const PACE_FAR: u64 = 256;
@@ -34,7 +35,7 @@ struct Reading {
 
 /// The readers' positions and the requests admitted, shared by the log's handles.
 pub(crate) struct Pacer {
-    /// How far behind a live reader may be now, from the cache's sizes.
+    /// How far behind a live reader may be now, from the last entries' sizes.
     limit: AtomicU64,
     readers: Mutex<Vec<Weak<Reading>>>,
     /// Notified whenever a reader moves or goes, or an admission ends.
@@ -61,8 +62,9 @@ impl Default for Pacer {
 }
 
 impl Pacer {
-    /// The cache holds `entries` holding `records`: half the entries it would hold at
-    /// those sizes is how far behind a live reader may be.
+    /// The last `entries` (as many as the cache holds when none is read) hold `records`:
+    /// half the entries the cache would hold at those sizes is how far behind a live
+    /// reader may be.
     pub(crate) fn cache_changed(&self, entries: usize, records: usize) {
         let fits = match records {
             0 => CACHE_ENTRIES,

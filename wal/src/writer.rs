@@ -253,10 +253,14 @@ fn write_group(
                 for (i, p) in parts.enumerate() {
                     let Some(records) = &p.records else {
                         // Not cached: the cache must not hold entries from before this one.
-                        st.cache.clear();
+                        evicted.extend(st.cache.drain(..).map(|c| c.entry.records));
                         st.cached_records = 0;
+                        st.recent.clear();
+                        st.recent_records = 0;
                         continue;
                     };
+                    st.recent.push_back(records.len());
+                    st.recent_records += records.len();
                     st.cached_records += records.len();
                     st.cache.push_back(CachedEntry {
                         entry: Entry {
@@ -277,13 +281,15 @@ fn write_group(
                         None => break,
                     }
                 }
-                shared
-                    .pacer
-                    .cache_changed(st.cache.len(), st.cached_records);
+                while st.recent.len() > CACHE_ENTRIES || st.recent_records > CACHE_RECORDS {
+                    match st.recent.pop_front() {
+                        Some(n) => st.recent_records -= n,
+                        None => break,
+                    }
+                }
+                let (entries, records) = (st.recent.len(), st.recent_records);
+                shared.pacer.cache_changed(entries, records);
             }
-            // Freed after the lock: thousands of strings take a while, and readers wait
-            // for the lock.
-            drop(evicted);
             // Keys are remembered before anyone sees their entries: a sink could deliver
             // them and have their segment deleted before the request is answered.
             let mut keyed = batch.iter().filter_map(|a| a.key.as_ref()).peekable();
@@ -302,8 +308,12 @@ fn write_group(
             let mut last = start_seq;
             for a in batch {
                 last += a.parts.len() as u64;
+                // The log is done with the records before it answers.
+                drop(a.parts);
                 let _ = a.reply.send(Ok(last - 1));
             }
+            // Freed after the lock and the answers: thousands of strings take a while.
+            drop(evicted);
         }
         Err(e) => {
             tracing::error!(

@@ -142,3 +142,33 @@ async fn with_big_bodies_the_cache_holds_fewer_entries_and_pacing_counts_that() 
         a.waited
     );
 }
+
+#[tokio::test]
+async fn the_bound_goes_by_the_last_entries_sizes_not_by_what_is_left_unread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("open");
+    let mut fast = wal.reader("fast");
+    let mut slow = wal.reader("slow");
+    append(&wal, 15).await;
+    for r in [&mut fast, &mut slow] {
+        while !r.caught_up() {
+            r.read_available(100).expect("read");
+        }
+    }
+    // Both have read everything: the cache lets all of it go. The last 16 entries then
+    // hold 16,410 records, so a reader may still be PACE_AHEAD behind; by the three
+    // entries left unread alone (two of 8,192 records) it would be 2.
+    for tag in ["big0", "big1"] {
+        wal.append(records(8_192, tag)).await.expect("append");
+    }
+    append(&wal, 1).await;
+    while !fast.caught_up() {
+        fast.read_available(100).expect("read");
+    }
+    let a = wal.pace(Duration::from_millis(300), 1).await;
+    assert!(
+        a.waited.is_zero(),
+        "3 behind, within {PACE_AHEAD}, held {:?}",
+        a.waited
+    );
+}
