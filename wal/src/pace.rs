@@ -1,9 +1,10 @@
 //! Pacing: ingest waits a little for a live sink about to fall out of the log's cache.
 //!
 //! The log keeps its last entries decoded ([`CACHE_ENTRIES`], [`CACHE_RECORDS`], less
-//! those every reader has read); a sink within them reads from memory, one further behind decodes every entry again from disk,
-//! which costs the collector more than a short wait. [`Wal::pace`] holds a request while a
-//! live reader is more than half the cache behind what is durable plus what is admitted.
+//! those every reader has read); a sink within them reads from memory, one further
+//! behind decodes every entry again from disk, which costs the collector more than a
+//! short wait. [`Wal::pace`] holds a request while a live reader is more than half the
+//! cache behind what is durable plus what is admitted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -73,9 +74,7 @@ impl Pacer {
         self.limit
             .store((fits as u64 / 2).max(1), Ordering::Relaxed);
     }
-}
 
-impl Pacer {
     /// The lowest next entry of the readers there are; `Seq::MAX` with none.
     pub(crate) fn slowest(&self) -> Seq {
         self.readers
