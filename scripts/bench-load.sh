@@ -27,7 +27,8 @@
 # outputs (Parquet; for blackhole, which writes none, the acknowledged records) over the
 # load's time plus the drain: a sink that fell behind pays for it there. MAX_AGE sets the
 # standard-log files' max_age (default: the sink's, 60 s), MAX_OPEN_BYTES their rows
-# waiting in memory (default: the sink's, 134217728). REPORTS=false turns the report
+# waiting in memory (default: the sink's, 134217728), ROW_GROUP_BYTES where a row group
+# ends (default: the sink's, 4194304). REPORTS=false turns the report
 # summaries off (their cost is the difference). RATE offers that many records/s instead
 # of as many as are acknowledged (ack latency at a fraction of the maximum).
 set -euo pipefail
@@ -50,6 +51,7 @@ DRAIN_TIMEOUT="${DRAIN_TIMEOUT:-300}"
 REPORTS="${REPORTS:-true}"  # false: the collector counts no report summaries ([collector] reports)
 MAX_AGE="${MAX_AGE:-}"  # e.g. 5s: the standard-log files' max_age (default: the sink's, 60 s)
 MAX_OPEN_BYTES="${MAX_OPEN_BYTES:-}"  # rows waiting in memory (default: the sink's, 128 MiB)
+ROW_GROUP_BYTES="${ROW_GROUP_BYTES:-}"  # rows of a row group (default: the sink's, 4 MiB)
 RATE="${RATE:-0}"  # records/s offered; 0: as many as are acknowledged
 TOPIC=edgelog-realtime  # the real-time sink's default topic, made by test-servers
 TOKEN=bench-token-0123456789abcdef
@@ -105,7 +107,7 @@ drain() {
 }
 
 if [ "$MARKDOWN" = 1 ]; then
-  echo "$(date +%F), \`DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" FORMATS=\"$FORMATS\" DISTRIBUTIONS=\"$DISTRIBUTIONS\" CONCURRENCY=$CONCURRENCY ${MAX_AGE:+MAX_AGE=$MAX_AGE }${MAX_OPEN_BYTES:+MAX_OPEN_BYTES=$MAX_OPEN_BYTES }$([ "$RATE" = 0 ] || printf 'RATE=%s ' "$RATE")scripts/bench-load.sh --markdown\`, $(nproc) cores:"
+  echo "$(date +%F), \`DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" FORMATS=\"$FORMATS\" DISTRIBUTIONS=\"$DISTRIBUTIONS\" CONCURRENCY=$CONCURRENCY ${MAX_AGE:+MAX_AGE=$MAX_AGE }${MAX_OPEN_BYTES:+MAX_OPEN_BYTES=$MAX_OPEN_BYTES }${ROW_GROUP_BYTES:+ROW_GROUP_BYTES=$ROW_GROUP_BYTES }$([ "$RATE" = 0 ] || printf 'RATE=%s ' "$RATE")scripts/bench-load.sh --markdown\`, $(nproc) cores:"
   echo
   echo "| scenario | format | distributions | records/s acknowledged | records/s sustained | MB/s | ack p50 / p99 | collector peak RSS | drain | Parquet B/record | Parquet files | records in Parquet | records on Kafka |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -120,6 +122,7 @@ for scenario in $SCENARIOS; do
     std_extra=""
     [ -n "$MAX_AGE" ] && std_extra="max_age = \"$MAX_AGE\""
     [ -n "$MAX_OPEN_BYTES" ] && std_extra+=$'\n'"max_open_bytes = $MAX_OPEN_BYTES"
+    [ -n "$ROW_GROUP_BYTES" ] && std_extra+=$'\n'"row_group_bytes = $ROW_GROUP_BYTES"
     case $scenario in
       blackhole) sinks=$'[sinks.standard]\nenabled = false\n[sinks.realtime]\nenabled = false\n' ;;
       parquet) sinks=$'[sampling.default]\nrealtime = 10\n'

@@ -628,6 +628,7 @@ mod ranges {
         "sinks.standard.max_bytes",
         "sinks.standard.max_open_bytes",
         "sinks.standard.row_group_rows",
+        "sinks.standard.row_group_bytes",
         "sinks.standard.zstd_level",
         "sinks.realtime.bus_capacity",
         "sinks.realtime.kafka.max_in_flight_messages",

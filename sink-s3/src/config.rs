@@ -35,8 +35,13 @@ pub struct StandardLogsConfig {
     /// Files open at once; past it the oldest is closed first. An open file costs memory
     /// only for its rows waiting (within `max_open_bytes`) and a little bookkeeping.
     pub max_open_files: usize,
-    /// Rows per Parquet row group, at most (a row group also ends at about 4 MiB of rows).
+    /// Rows per Parquet row group, at most.
     pub row_group_rows: usize,
+    /// A row group also ends when its rows waiting in memory reach about this many bytes
+    /// (about 800 bytes a row). Larger groups make smaller files (each group has its own
+    /// dictionaries) and take more memory while they fill and are encoded (64 KiB to 16
+    /// MiB; at most `max_open_bytes`).
+    pub row_group_bytes: u64,
     /// zstd level for Parquet pages (1: as small as 3 on logs, and a quarter faster).
     pub zstd_level: i32,
     /// An S3-compatible bucket; without it, files go under the data dir.
@@ -124,6 +129,7 @@ impl Default for StandardLogsConfig {
             max_open_bytes: 128 << 20,
             max_open_files: 20_000,
             row_group_rows: 128 * 1024,
+            row_group_bytes: crate::sink::ROW_GROUP_BYTES as u64,
             zstd_level: 1,
             s3: None,
             compaction: CompactionConfig::default(),
@@ -163,6 +169,15 @@ impl StandardLogsConfig {
         range("row_group_rows", self.row_group_rows as u64, 1, 1 << 24)?;
         range("max_bytes", self.max_bytes, 1 << 10, 1 << 40)?;
         range("max_open_bytes", self.max_open_bytes, 1 << 20, 1 << 40)?;
+        // Each encoder (up to four) holds a group's rows and a sorted copy: the collector's
+        // memory bound leaves room for four of 16 MiB.
+        range("row_group_bytes", self.row_group_bytes, 1 << 16, 1 << 24)?;
+        if self.row_group_bytes > self.max_open_bytes {
+            return Err(format!(
+                "{k}.row_group_bytes: must not exceed max_open_bytes ({}), got {}",
+                self.max_open_bytes, self.row_group_bytes
+            ));
+        }
         range("max_open_files", self.max_open_files as u64, 1, 100_000)?;
         if self.max_age.is_zero() || self.max_age > Duration::from_secs(86_400) {
             return Err(format!(

@@ -36,7 +36,8 @@ use crate::schema::{self, Columns};
 use crate::spool::{self, Spool};
 use crate::stage::{self, Staging};
 
-/// A file's rows waiting in memory are encoded as a row group at about this size.
+/// A file's rows waiting in memory are encoded as a row group at about this size, by
+/// default (`row_group_bytes`).
 pub const ROW_GROUP_BYTES: usize = 4 << 20;
 
 /// Under memory pressure, when no file has this many rows waiting, the rows of all go
@@ -777,6 +778,7 @@ impl StandardLogSink {
             joined: self.spool.path("file"),
             schema: self.encoders.schema.clone(),
             props: self.encoders.props.clone(),
+            group_bytes: usize::try_from(self.cfg.row_group_bytes).unwrap_or(ROW_GROUP_BYTES),
         };
         let slots = self.builds.clone();
         let (store, root, object) = (self.store.clone(), self.local_root.clone(), r.path.clone());
@@ -1111,7 +1113,9 @@ impl StandardLogSink {
             if f.rows >= self.cfg.max_rows || f.size() >= self.cfg.max_bytes {
                 self.due.push(key.clone());
             }
-            if f.columns.bytes() >= ROW_GROUP_BYTES || f.columns.len() >= self.cfg.row_group_rows {
+            if f.columns.bytes() as u64 >= self.cfg.row_group_bytes
+                || f.columns.len() >= self.cfg.row_group_rows
+            {
                 self.full.push(key);
             }
             // Too many files open: close the oldest.
@@ -1192,6 +1196,8 @@ struct Inputs {
     joined: PathBuf,
     schema: arrow_schema::SchemaRef,
     props: Arc<WriterProperties>,
+    /// A gathered file's row groups end at about this many bytes of rows.
+    group_bytes: usize,
 }
 
 impl Inputs {
@@ -1206,7 +1212,7 @@ impl Inputs {
                 &self.gathered,
                 &self.schema,
                 &self.props,
-                ROW_GROUP_BYTES,
+                self.group_bytes,
             )?;
             parts.push(self.gathered.clone());
         }

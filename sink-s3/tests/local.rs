@@ -407,6 +407,105 @@ async fn row_groups_written_as_they_fill_join_into_one_file() {
     );
 }
 
+/// Writes 30,000 rows of one partition with `row_group_bytes`; the file's row group count
+/// and the rows' ids.
+async fn one_file_with_row_groups_of(bytes: u64) -> (usize, usize, Vec<String>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = StandardLogsConfig {
+        max_age: Duration::from_secs(3600),
+        row_group_bytes: bytes,
+        ..StandardLogsConfig::default()
+    };
+    cfg.validate("sinks.standard").expect("valid");
+    let mut sink = StandardLogSink::new(cfg, "c1", local_store(dir.path()).expect("store"))
+        .with_spool_dir(&dir.path().join("spool"))
+        .expect("spool");
+    let mut g = Generator::new(5, 1, 2);
+    let mut sent = Vec::new();
+    for seq in 1..=30u64 {
+        let recs: Vec<_> = (0..1000)
+            .map(|i| {
+                g.record(
+                    1_764_000_000_000 + (seq * 1000 + i) as i64,
+                    0,
+                    ErrorMix::default(),
+                )
+            })
+            .collect();
+        sent.extend(recs.iter().map(|r| r.request_id().to_owned()));
+        let entry = Entry {
+            seq,
+            appended_ms: 0,
+            records: Arc::new(recs),
+        };
+        sink.write(&Batch::all(&entry)).await.expect("write");
+    }
+    sink.flush().await.expect("flush");
+    let found: Vec<_> = files(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let f = std::fs::File::open(&found[0]).expect("open");
+    let meta = ParquetRecordBatchReaderBuilder::try_new(f)
+        .expect("parquet")
+        .metadata()
+        .clone();
+    let ids = ids_in(dir.path());
+    assert!(ids.values().all(|n| *n == 1), "every row once");
+    let mut got: Vec<String> = ids.into_keys().collect();
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent);
+    let len = std::fs::metadata(&found[0]).expect("file").len() as usize;
+    (meta.num_row_groups(), len, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_group_bytes_sets_where_row_groups_end() {
+    let (small, small_len, a) = one_file_with_row_groups_of(1 << 16).await;
+    let (default, default_len, b) =
+        one_file_with_row_groups_of(edgelog_sink_s3::ROW_GROUP_BYTES as u64).await;
+    let (large, large_len, c) = one_file_with_row_groups_of(1 << 24).await;
+    assert!(
+        small > default && default > large,
+        "row groups: {small} at 64 KiB, {default} at the default, {large} at 16 MiB"
+    );
+    assert!(
+        small_len > default_len && default_len > large_len,
+        "bytes: {small_len}, {default_len}, {large_len}"
+    );
+    assert!(a == b && b == c, "the same rows whatever the groups");
+}
+
+#[test]
+fn row_group_bytes_outside_its_range_or_above_the_memory_bound_is_refused() {
+    for (bytes, open) in [
+        (0, 128 << 20),
+        ((1 << 16) - 1, 128 << 20),
+        ((1 << 24) + 1, 1 << 30),
+        (16 << 20, 8 << 20),
+    ] {
+        let cfg = StandardLogsConfig {
+            row_group_bytes: bytes,
+            max_open_bytes: open,
+            ..StandardLogsConfig::default()
+        };
+        let e = cfg.validate("sinks.standard").expect_err("refused");
+        assert!(e.contains("sinks.standard.row_group_bytes"), "{e}");
+    }
+    let at_bounds = StandardLogsConfig {
+        row_group_bytes: 1 << 16,
+        ..StandardLogsConfig::default()
+    };
+    at_bounds.validate("sinks.standard").expect("64 KiB");
+    let at_bounds = StandardLogsConfig {
+        row_group_bytes: 1 << 24,
+        ..StandardLogsConfig::default()
+    };
+    at_bounds.validate("sinks.standard").expect("16 MiB");
+}
+
 /// A shared run that cannot be written (a path the disk refuses, as when it is full)
 /// fails the write with its rows kept waiting; once the disk takes it again, the same
 /// entry goes through and every row lands once.
