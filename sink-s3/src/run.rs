@@ -363,6 +363,41 @@ mod tests {
     }
 
     #[test]
+    fn gathered_row_groups_end_at_the_bytes_given() {
+        let dir = tempfile::tempdir().expect("test");
+        let schema = schema::schema();
+        let mut g = Generator::new(3, 3, 2);
+        let batches: Vec<RecordBatch> = (0..8).map(|_| batch(&mut g, &schema, 1000)).collect();
+        let all: usize = batches.iter().map(rows_bytes).sum();
+        let groups = |group_bytes: usize| {
+            let out = dir.path().join(format!("out-{group_bytes}.parquet"));
+            gather(
+                &[],
+                &batches,
+                &out,
+                &schema,
+                &WriterProperties::default(),
+                group_bytes,
+            )
+            .expect("test");
+            let meta = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                File::open(&out).expect("test"),
+            )
+            .expect("test")
+            .metadata()
+            .clone();
+            let rows: i64 = meta.row_groups().iter().map(|r| r.num_rows()).sum();
+            assert_eq!(rows, 8000);
+            meta.num_row_groups()
+        };
+        let least = batches.iter().map(rows_bytes).min().expect("test");
+        assert!(batches.iter().all(|b| rows_bytes(b) < 2 * least));
+        assert_eq!(groups(all + 1), 1, "all {all} bytes of rows in one group");
+        assert_eq!(groups(2 * least), 4, "two batches a group");
+        assert_eq!(groups(1), 8, "a batch a group");
+    }
+
+    #[test]
     fn a_chunk_cut_short_is_refused_and_the_next_one_still_reads() {
         let dir = tempfile::tempdir().expect("test");
         let schema = schema::schema();
