@@ -345,26 +345,7 @@ async fn row_groups_written_as_they_fill_join_into_one_file() {
     let mut sink = StandardLogSink::new(cfg, "c1", local_store(dir.path()).expect("store"))
         .with_spool_dir(&spool)
         .expect("spool");
-    let mut g = Generator::new(5, 1, 2);
-    let mut sent = Vec::new();
-    for seq in 1..=30u64 {
-        let recs: Vec<_> = (0..1000)
-            .map(|i| {
-                g.record(
-                    1_764_000_000_000 + (seq * 1000 + i) as i64,
-                    0,
-                    ErrorMix::default(),
-                )
-            })
-            .collect();
-        sent.extend(recs.iter().map(|r| r.request_id().to_owned()));
-        let entry = Entry {
-            seq,
-            appended_ms: 0,
-            records: Arc::new(recs),
-        };
-        sink.write(&Batch::all(&entry)).await.expect("write");
-    }
+    let sent = write_one_partition(&mut sink).await;
     assert!(
         std::fs::read_dir(&spool).expect("spool").count() > 1,
         "rows went to the spool as they filled"
@@ -407,19 +388,8 @@ async fn row_groups_written_as_they_fill_join_into_one_file() {
     );
 }
 
-/// Writes 30,000 rows of one partition with `row_group_bytes`; the file's row group count
-/// and the rows' ids.
-async fn one_file_with_row_groups_of(bytes: u64) -> (usize, usize, Vec<String>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = StandardLogsConfig {
-        max_age: Duration::from_secs(3600),
-        row_group_bytes: bytes,
-        ..StandardLogsConfig::default()
-    };
-    cfg.validate("sinks.standard").expect("valid");
-    let mut sink = StandardLogSink::new(cfg, "c1", local_store(dir.path()).expect("store"))
-        .with_spool_dir(&dir.path().join("spool"))
-        .expect("spool");
+/// Writes 30 entries of 1,000 rows of one partition into `sink`; their request ids.
+async fn write_one_partition(sink: &mut StandardLogSink) -> Vec<String> {
     let mut g = Generator::new(5, 1, 2);
     let mut sent = Vec::new();
     for seq in 1..=30u64 {
@@ -440,6 +410,23 @@ async fn one_file_with_row_groups_of(bytes: u64) -> (usize, usize, Vec<String>) 
         };
         sink.write(&Batch::all(&entry)).await.expect("write");
     }
+    sent
+}
+
+/// Writes 30,000 rows of one partition with `row_group_bytes`; the file's row group count
+/// and the rows' ids.
+async fn one_file_with_row_groups_of(bytes: u64) -> (usize, usize, Vec<String>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = StandardLogsConfig {
+        max_age: Duration::from_secs(3600),
+        row_group_bytes: bytes,
+        ..StandardLogsConfig::default()
+    };
+    cfg.validate("sinks.standard").expect("valid");
+    let mut sink = StandardLogSink::new(cfg, "c1", local_store(dir.path()).expect("store"))
+        .with_spool_dir(&dir.path().join("spool"))
+        .expect("spool");
+    let mut sent = write_one_partition(&mut sink).await;
     sink.flush().await.expect("flush");
     let found: Vec<_> = files(dir.path())
         .into_iter()
