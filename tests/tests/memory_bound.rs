@@ -1,7 +1,8 @@
 //! Bodies that each decompress to the limit, 20 at once and 20 more in a row, cannot take
 //! a collector's memory past its budget: what does not fit is told to come back (503 with
 //! Retry-After), and every record it accepted is delivered. Ten thousand distributions at
-//! once stay within the same documented bound.
+//! once stay within the same documented bound, and stop within `shutdown_timeout` even
+//! with ten thousand files left to build.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -229,5 +230,60 @@ fn ten_thousand_distributions_stay_within_the_memory_bound_and_lose_nothing() ->
         sent.partitions.len()
     );
     assert!(hwm < bound, "peak RSS {hwm} above {bound}");
+    Ok(())
+}
+
+/// SIGTERM with ten thousand files still to build: the collector stops within its
+/// `shutdown_timeout`, the files it did not build stay in its log, and after a restart
+/// every record lands exactly once, one file per partition and shutdown at most.
+#[test]
+fn ten_thousand_files_to_build_stop_within_shutdown_timeout_and_land_after_a_restart()
+-> anyhow::Result<()> {
+    const DISTRIBUTIONS: usize = 10_000;
+    const RECORDS: u64 = 100_000;
+    let dir = tempfile::tempdir()?;
+    let budget = Duration::from_secs(2);
+    let cfg = ServerConfig::new()
+        .standard("max_open_bytes", 32 * MIB)
+        .shutdown_timeout(budget);
+    let mut collector = TestServer::collector(dir.path(), &cfg)?;
+    let sent = send_generated(&collector.url(), RECORDS, DISTRIBUTIONS, 0, RECORDS, 4)?;
+    assert_eq!(sent.count, RECORDS);
+
+    let (took, status) = collector.terminate_timed()?;
+    let first = stored_ids(&dir.path().join("standard-logs"))?;
+    eprintln!(
+        "SIGTERM: exited with {status} after {took:?} (shutdown_timeout {budget:?}), {} of \
+         {RECORDS} records in {} files",
+        first.len(),
+        parquet_files(&dir.path().join("standard-logs")).len()
+    );
+    assert!(status.success(), "{}", collector.log_text());
+    assert!(
+        took <= budget + Duration::from_secs(5),
+        "took {took:?} to stop, budget {budget:?} + 5 s"
+    );
+
+    // The rest from the log: a restart, then a shutdown with time to build every file.
+    collector.rewrite_config(&cfg.clone().shutdown_timeout(Duration::from_secs(600)))?;
+    collector.restart()?;
+    let (clean, took) = collector.terminate_within(Duration::from_secs(600))?;
+    assert!(clean, "{}", collector.log_text());
+    let stored = stored_ids(&dir.path().join("standard-logs"))?;
+    let files = parquet_files(&dir.path().join("standard-logs")).len();
+    let twice = stored.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "after the restart: {} records stored of {RECORDS}, {twice} twice, {files} files for {} \
+         partitions; shutdown {took:?}",
+        stored.len(),
+        sent.partitions.len()
+    );
+    assert_eq!(stored.len() as u64, RECORDS, "records missing");
+    assert_eq!(twice, 0, "records stored twice");
+    assert!(
+        files <= 2 * sent.partitions.len(),
+        "{files} files for {} partitions",
+        sent.partitions.len()
+    );
     Ok(())
 }
