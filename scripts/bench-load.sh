@@ -3,7 +3,8 @@
 # posting 1,000-record bodies as fast as they are acknowledged, on this machine.
 #
 #   scripts/bench-load.sh                 # every scenario and format, 60 s each
-#   scripts/bench-load.sh --markdown      # the same, as the README's benchmark table
+#   scripts/bench-load.sh --markdown      # the same, as a Markdown table
+#   scripts/bench-load.sh --readme        # the README's table: its six rows, as Markdown
 #   DURATION=10s SCENARIOS="blackhole parquet" FORMATS=ndjson scripts/bench-load.sh
 #   DISTRIBUTIONS="8 100 10000" SCENARIOS=parquet FORMATS=ndjson scripts/bench-load.sh
 #
@@ -11,7 +12,10 @@
 # logs to local Parquet + 10 % real-time in process), `s3` (standard logs to Parquet on a
 # local garage + 10 % real-time to a local tansu, Kafka protocol, both started here by the
 # test-servers binary), each with NDJSON and W3C bodies and each number of distributions
-# in DISTRIBUTIONS (a space-separated list).
+# in DISTRIBUTIONS (a space-separated list). ROWS lists runs as scenario:format:distributions
+# instead (e.g. "parquet:ndjson:100 s3:w3c:8"); --readme runs the README's rows: blackhole,
+# parquet and s3 with NDJSON and 8 distributions, parquet with 100 and 10,000, and W3C into
+# the blackhole.
 #
 # Bodies are generated once and resent (--pregenerate), so the generator is not measured;
 # each send gets fresh request ids, so every record of a run is distinct by id (its other
@@ -35,9 +39,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edgelog/target}"
 MARKDOWN=0
+README=0
 for arg in "$@"; do
   case $arg in
     --markdown) MARKDOWN=1 ;;
+    --readme) MARKDOWN=1 README=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -53,6 +59,30 @@ MAX_AGE="${MAX_AGE:-}"  # e.g. 5s: the standard-log files' max_age (default: the
 MAX_OPEN_BYTES="${MAX_OPEN_BYTES:-}"  # rows waiting in memory (default: the sink's, 128 MiB)
 ROW_GROUP_BYTES="${ROW_GROUP_BYTES:-}"  # bytes of rows where a row group ends (default: the sink's, 4 MiB)
 RATE="${RATE:-0}"  # records/s offered; 0: as many as are acknowledged
+ROWS="${ROWS:-}"  # runs as scenario:format:distributions; empty: every combination above
+if [ "$README" = 1 ]; then
+  ROWS="blackhole:ndjson:8 parquet:ndjson:8 s3:ndjson:8 parquet:ndjson:100 parquet:ndjson:10000 blackhole:w3c:8"
+fi
+COMMAND="DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" FORMATS=\"$FORMATS\" DISTRIBUTIONS=\"$DISTRIBUTIONS\""
+if [ "$README" = 1 ]; then
+  COMMAND="DURATION=$DURATION"
+elif [ -n "$ROWS" ]; then
+  COMMAND="DURATION=$DURATION ROWS=\"$ROWS\""
+else
+  for scenario in $SCENARIOS; do
+    for dists in $DISTRIBUTIONS; do
+      for format in $FORMATS; do ROWS+="$scenario:$format:$dists "; done
+    done
+  done
+fi
+for row in $ROWS; do
+  IFS=: read -r scenario format dists <<< "$row"
+  case "$scenario:$format" in
+    blackhole:ndjson|blackhole:w3c|parquet:ndjson|parquet:w3c|s3:ndjson|s3:w3c) ;;
+    *) echo "unknown run $row in ROWS: scenario blackhole, parquet or s3, format ndjson or w3c" >&2; exit 2 ;;
+  esac
+  [[ "$dists" =~ ^[1-9][0-9]*$ ]] || { echo "unknown run $row in ROWS: distributions must be a whole number from 1" >&2; exit 2; }
+done
 TOPIC=edgelog-realtime  # the real-time sink's default topic, made by test-servers
 TOKEN=bench-token-0123456789abcdef
 
@@ -62,7 +92,7 @@ if [ -z "${EDGELOG_BIN:-}" ]; then
 fi
 BIN="${EDGELOG_BIN:-$CARGO_TARGET_DIR/release/edgelog}"
 
-if [[ " $SCENARIOS " == *" s3 "* ]]; then
+if [[ " $ROWS " == *" s3:"* ]]; then
   cargo build --locked -p edgelog-tests --bin test-servers >&2
   coproc SERVERS { "$CARGO_TARGET_DIR/debug/test-servers"; }
   while read -r line <&"${SERVERS[0]}"; do
@@ -107,15 +137,14 @@ drain() {
 }
 
 if [ "$MARKDOWN" = 1 ]; then
-  echo "$(date +%F), \`DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" FORMATS=\"$FORMATS\" DISTRIBUTIONS=\"$DISTRIBUTIONS\" CONCURRENCY=$CONCURRENCY ${MAX_AGE:+MAX_AGE=$MAX_AGE }${MAX_OPEN_BYTES:+MAX_OPEN_BYTES=$MAX_OPEN_BYTES }${ROW_GROUP_BYTES:+ROW_GROUP_BYTES=$ROW_GROUP_BYTES }$([ "$RATE" = 0 ] || printf 'RATE=%s ' "$RATE")scripts/bench-load.sh --markdown\`, $(nproc) cores:"
+  echo "$(date +%F), \`$COMMAND CONCURRENCY=$CONCURRENCY ${MAX_AGE:+MAX_AGE=$MAX_AGE }${MAX_OPEN_BYTES:+MAX_OPEN_BYTES=$MAX_OPEN_BYTES }${ROW_GROUP_BYTES:+ROW_GROUP_BYTES=$ROW_GROUP_BYTES }$([ "$RATE" = 0 ] || printf 'RATE=%s ' "$RATE")scripts/bench-load.sh $([ "$README" = 1 ] && echo --readme || echo --markdown)\`, $(nproc) cores:"
   echo
   echo "| scenario | format | distributions | records/s acknowledged | records/s sustained | MB/s | ack p50 / p99 | collector peak RSS | drain | Parquet B/record | Parquet files | records in Parquet | records on Kafka |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 fi
 
-for scenario in $SCENARIOS; do
- for dists in $DISTRIBUTIONS; do
-  for format in $FORMATS; do
+for row in $ROWS; do
+  IFS=: read -r scenario format dists <<< "$row"
     dir=$(mktemp -d /tmp/edgelog-bench.XXXXXX)
     p=$(port)
     prefix="bench-$format-$dists-$$"
@@ -226,10 +255,8 @@ else:
     print(line)
 PY
     rm -rf "$dir"
-  done
- done
 done
-if [ "$MARKDOWN" = 1 ] && [[ " $SCENARIOS " == *" blackhole "* ]]; then
+if [ "$MARKDOWN" = 1 ] && [[ " $ROWS " == *" blackhole:"* ]]; then
   echo
   echo "\\* blackhole writes no output to count: its sustained rate counts the acknowledged records."
 fi
