@@ -48,6 +48,9 @@ for arg in "$@"; do
     *) echo "unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
+if [ "$README" = 1 ] && [ -n "${ROWS:-}${SCENARIOS:-}${FORMATS:-}${DISTRIBUTIONS:-}" ]; then
+  echo "--readme runs the README's six rows: ROWS, SCENARIOS, FORMATS and DISTRIBUTIONS are ignored" >&2
+fi
 DURATION="${DURATION:-60s}"
 SCENARIOS="${SCENARIOS:-blackhole parquet s3}"
 FORMATS="${FORMATS:-ndjson w3c}"
@@ -67,7 +70,7 @@ COMMAND="DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" FORMATS=\"$FORMATS\" DISTRI
 if [ "$README" = 1 ]; then
   COMMAND="DURATION=$DURATION"
 elif [ -n "$ROWS" ]; then
-  COMMAND="DURATION=$DURATION ROWS=\"$ROWS\""
+  COMMAND="DURATION=$DURATION ROWS=\"$(tr -s '[:space:]' ' ' <<< "$ROWS" | sed 's/^ //; s/ $//')\""
 else
   for scenario in $SCENARIOS; do
     for dists in $DISTRIBUTIONS; do
@@ -75,13 +78,20 @@ else
     done
   done
 fi
-for row in $ROWS; do
+# The runs, split on any whitespace and never globbed.
+read -ra RUNS <<< "$(tr -s '[:space:]' ' ' <<< "$ROWS")"
+[ "${#RUNS[@]}" -gt 0 ] || { echo "no runs: ROWS, SCENARIOS, FORMATS or DISTRIBUTIONS is empty" >&2; exit 2; }
+NEED_S3=0
+HAS_BLACKHOLE=0
+for row in "${RUNS[@]}"; do
   IFS=: read -r scenario format dists <<< "$row"
   case "$scenario:$format" in
-    blackhole:ndjson|blackhole:w3c|parquet:ndjson|parquet:w3c|s3:ndjson|s3:w3c) ;;
-    *) echo "unknown run $row in ROWS: scenario blackhole, parquet or s3, format ndjson or w3c" >&2; exit 2 ;;
+    blackhole:ndjson|blackhole:w3c) HAS_BLACKHOLE=1 ;;
+    parquet:ndjson|parquet:w3c) ;;
+    s3:ndjson|s3:w3c) NEED_S3=1 ;;
+    *) echo "unknown run $row (scenario:format:distributions): scenario blackhole, parquet or s3, format ndjson or w3c" >&2; exit 2 ;;
   esac
-  [[ "$dists" =~ ^[1-9][0-9]*$ ]] || { echo "unknown run $row in ROWS: distributions must be a whole number from 1" >&2; exit 2; }
+  [[ "$dists" =~ ^[1-9][0-9]*$ ]] || { echo "unknown run $row (scenario:format:distributions): distributions must be a whole number from 1" >&2; exit 2; }
 done
 TOPIC=edgelog-realtime  # the real-time sink's default topic, made by test-servers
 TOKEN=bench-token-0123456789abcdef
@@ -92,7 +102,7 @@ if [ -z "${EDGELOG_BIN:-}" ]; then
 fi
 BIN="${EDGELOG_BIN:-$CARGO_TARGET_DIR/release/edgelog}"
 
-if [[ " $ROWS " == *" s3:"* ]]; then
+if [ "$NEED_S3" = 1 ]; then
   cargo build --locked -p edgelog-tests --bin test-servers >&2
   coproc SERVERS { "$CARGO_TARGET_DIR/debug/test-servers"; }
   while read -r line <&"${SERVERS[0]}"; do
@@ -143,11 +153,13 @@ if [ "$MARKDOWN" = 1 ]; then
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 fi
 
-for row in $ROWS; do
+run=0
+for row in "${RUNS[@]}"; do
   IFS=: read -r scenario format dists <<< "$row"
+  run=$((run + 1))
     dir=$(mktemp -d /tmp/edgelog-bench.XXXXXX)
     p=$(port)
-    prefix="bench-$format-$dists-$$"
+    prefix="bench-$format-$dists-$$-$run"
     std_extra=""
     [ -n "$MAX_AGE" ] && std_extra="max_age = \"$MAX_AGE\""
     [ -n "$MAX_OPEN_BYTES" ] && std_extra+=$'\n'"max_open_bytes = $MAX_OPEN_BYTES"
@@ -256,7 +268,7 @@ else:
 PY
     rm -rf "$dir"
 done
-if [ "$MARKDOWN" = 1 ] && [[ " $ROWS " == *" blackhole:"* ]]; then
+if [ "$MARKDOWN" = 1 ] && [ "$HAS_BLACKHOLE" = 1 ]; then
   echo
   echo "\\* blackhole writes no output to count: its sustained rate counts the acknowledged records."
 fi

@@ -411,7 +411,7 @@ impl TestServer {
     }
 
     /// Writes a collector's config file again from `cfg`, as [`collector`](Self::collector)
-    /// wrote it (for a reload on SIGHUP).
+    /// wrote it (for a reload on SIGHUP, or a restart with other settings).
     pub fn rewrite_config(&self, cfg: &ServerConfig) -> anyhow::Result<()> {
         fs::write(
             self.dir.join("edgelog.toml"),
