@@ -733,6 +733,42 @@ fn choose_format(q: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Fo
 /// in one group), so what a sink decodes at a time stays small. The log refuses more.
 const ENTRY_RECORDS: usize = edgelog_wal::MAX_ENTRY_RECORDS;
 
+/// Bytes of records per log entry at most (as [`Record::memory`] counts them), so that
+/// records of long values make smaller entries: the log's cache and each sink's reads
+/// hold a bounded number of entries, and so stay within about the memory that entries of
+/// ordinary records take. A 1,000-record body of ordinary records takes about 1.7 MiB.
+///
+/// [`Record::memory`]: edgelog_record::Record::memory
+const ENTRY_BYTES: usize = 4 << 20;
+
+/// The records' entries: runs of at most [`ENTRY_RECORDS`] records and [`ENTRY_BYTES`]
+/// bytes (a record bigger than that alone is an entry of its own). `text` bounds the
+/// records' text from above, less what ingest adds to a record (a derived id, a hashed
+/// address): when even that fits, the records are not measured one by one.
+fn entry_ranges(records: &[edgelog_record::Record], text: usize) -> Vec<std::ops::Range<usize>> {
+    const ADDED: usize = 256;
+    let per_record = std::mem::size_of::<edgelog_record::Record>() + ADDED;
+    if records.len() <= ENTRY_RECORDS
+        && text.saturating_add(records.len().saturating_mul(per_record)) <= ENTRY_BYTES
+    {
+        return std::iter::once(0..records.len()).collect();
+    }
+    let mut ranges = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, r) in records.iter().enumerate() {
+        let b = r.memory();
+        if i > start && (i - start == ENTRY_RECORDS || bytes.saturating_add(b) > ENTRY_BYTES) {
+            ranges.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(b);
+    }
+    if start < records.len() {
+        ranges.push(start..records.len());
+    }
+    ranges
+}
+
 /// What a body becomes in the log.
 enum Entries {
     None,
@@ -873,8 +909,9 @@ async fn ingest(
     // Decompressing and parsing are CPU work: keep them off the async workers.
     let parsed = tokio::task::spawn_blocking(move || {
         let body = decode(&encoding, wire, max_decoded, &mut held)?;
+        let body_len = body.len();
         metrics::counter!("edgelog_ingest_bytes_total", "stage" => "decoded")
-            .increment(body.len() as u64);
+            .increment(body_len as u64);
         let format = choose_format(q.format.as_deref(), &headers, &body)?;
         // Parsed records cost their struct (twice: the vector may grow by copying) plus
         // their text: taken from the budget first.
@@ -917,16 +954,17 @@ async fn ingest(
         }
         let records = std::mem::take(&mut parsed.records);
         let accepted = records.len() as u64;
+        let ranges = entry_ranges(&records, body_len);
         let entry = if records.is_empty() {
             Entries::None
-        } else if records.len() <= ENTRY_RECORDS {
+        } else if ranges.len() == 1 {
             let payload = Wal::encode(&records)?;
             Entries::One(Arc::new(records), payload)
         } else {
             // A big body becomes several entries, so no sink ever decodes it whole.
-            let payloads = records
-                .chunks(ENTRY_RECORDS)
-                .map(Wal::encode)
+            let payloads = ranges
+                .into_iter()
+                .map(|r| Wal::encode(&records[r]))
                 .collect::<Result<Vec<_>, _>>()?;
             Entries::Many(payloads)
         };
@@ -1051,4 +1089,71 @@ async fn prometheus_metrics(State(state): State<AppState>) -> Response {
         state.inner.prometheus.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgelog_record::Record;
+
+    fn record(uri_bytes: usize) -> Record {
+        Record {
+            timestamp_ms: 1_764_000_000_000,
+            distribution_id: "E1".into(),
+            cs_uri_stem: Some("/".repeat(uri_bytes)),
+            x_edge_request_id: Some("id".into()),
+            ..Default::default()
+        }
+    }
+
+    fn one(r: std::ops::Range<usize>) -> Vec<std::ops::Range<usize>> {
+        std::iter::once(r).collect()
+    }
+
+    /// Every record once, in order, in runs within both limits (or alone).
+    fn check(records: &[Record], ranges: &[std::ops::Range<usize>]) {
+        let mut next = 0;
+        for r in ranges {
+            assert_eq!(r.start, next, "{ranges:?}");
+            assert!(!r.is_empty() && r.len() <= ENTRY_RECORDS, "{ranges:?}");
+            let bytes: usize = records[r.clone()].iter().map(Record::memory).sum();
+            assert!(
+                bytes <= ENTRY_BYTES || r.len() == 1,
+                "{bytes} bytes in {r:?}"
+            );
+            next = r.end;
+        }
+        assert_eq!(next, records.len());
+    }
+
+    #[test]
+    fn ordinary_bodies_stay_one_entry_unmeasured() {
+        let records: Vec<Record> = (0..1000).map(|_| record(40)).collect();
+        assert_eq!(entry_ranges(&records, 1_000_000), one(0..1000));
+        assert_eq!(entry_ranges(&[], 0), one(0..0));
+    }
+
+    #[test]
+    fn records_of_long_values_make_entries_within_the_bytes() {
+        // 48 KB each, as three fields at the default 16 KB limit: about 85 an entry.
+        let records: Vec<Record> = (0..700).map(|_| record(48_000)).collect();
+        let ranges = entry_ranges(&records, 700 * 48_100);
+        check(&records, &ranges);
+        assert!(ranges.len() >= 8, "{ranges:?}");
+        // The body's length just above the records' text: measured, and split the same.
+        assert_eq!(entry_ranges(&records, 700 * 48_003), ranges);
+    }
+
+    #[test]
+    fn counts_and_bytes_both_end_an_entry_and_a_huge_record_goes_alone() {
+        let small: Vec<Record> = (0..ENTRY_RECORDS * 2 + 1).map(|_| record(1)).collect();
+        let ranges = entry_ranges(&small, usize::MAX);
+        check(&small, &ranges);
+        assert_eq!(ranges.len(), 3);
+        let mut mixed: Vec<Record> = (0..10).map(|_| record(100)).collect();
+        mixed.insert(5, record(ENTRY_BYTES + 1));
+        let ranges = entry_ranges(&mixed, usize::MAX);
+        check(&mixed, &ranges);
+        assert_eq!(ranges, [0..5, 5..6, 6..11]);
+    }
 }

@@ -204,6 +204,17 @@ impl Record {
     pub fn request_id(&self) -> &str {
         self.x_edge_request_id.as_deref().unwrap_or("")
     }
+
+    /// Bytes the record holds in memory, about: itself and the bytes of its texts.
+    pub fn memory(&self) -> usize {
+        let texts: usize = (0..FIELD_COUNT)
+            .map(|i| match self.get(i) {
+                Value::Str(Some(s)) => s.len(),
+                _ => 0,
+            })
+            .sum();
+        std::mem::size_of::<Record>() + self.distribution_id.capacity() + texts
+    }
 }
 
 #[cfg(test)]

@@ -299,3 +299,130 @@ fn ten_thousand_files_to_build_stop_within_shutdown_timeout_and_land_after_a_res
     );
     Ok(())
 }
+
+/// A gzip body of `n` records with ids `{tag}-{i}`, each with three values of
+/// `field_bytes` (about 48 KB a record at the default field limit).
+fn long_body(tag: &str, n: usize, field_bytes: usize) -> (Vec<u8>, Vec<String>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut raw = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = format!("{tag}-{i}");
+        // Distinct per record, so that nothing is shared or folded.
+        let long = |c: char| format!("/{id}-{}", c.to_string().repeat(field_bytes));
+        let cut = |s: String| s[..field_bytes].to_owned();
+        raw.extend_from_slice(
+            serde_json::json!({
+                "timestamp": now,
+                "DistributionId": format!("ELONG{}", i % 7),
+                "x-edge-request-id": id,
+                "sc-status": 200,
+                "cs-uri-stem": cut(long('u')),
+                "cs(User-Agent)": cut(long('a')),
+                "cs(Referer)": cut(long('r')),
+            })
+            .to_string()
+            .as_bytes(),
+        );
+        raw.push(b'\n');
+        ids.push(id);
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&raw).expect("gzip");
+    (gz.finish().expect("gzip"), ids)
+}
+
+/// Records of long values, left in the log by a shutdown with no time to deliver, then
+/// replayed after a restart: the log's entries hold about 4 MiB of records each, so what
+/// each sink reads ahead (counted in entries) stays small, and the peak RSS of both runs
+/// stays within the documented bound. Before, one body was one entry however large, and a
+/// replay like this one took several times the bound.
+#[test]
+fn long_values_replayed_after_a_restart_stay_within_the_memory_bound() -> anyhow::Result<()> {
+    // Bodies of about 96 MB decompressed: one entry each before.
+    const BODIES: usize = 5;
+    const PER_BODY: usize = 2_000;
+    let dir = tempfile::tempdir()?;
+    let budget = 256 * MIB;
+    let open_files = 32 * MIB;
+    let cfg = ServerConfig::new()
+        .standard("max_open_bytes", open_files)
+        .sample("realtime", 10)
+        .env(
+            "EDGELOG_COLLECTOR__MAX_DECOMPRESSED_BYTES",
+            (100 * MIB).to_string(),
+        )
+        .env("EDGELOG_COLLECTOR__MAX_RECORDS_PER_BODY", "10000")
+        .env("EDGELOG_COLLECTOR__MAX_INFLIGHT_BYTES", budget.to_string())
+        .shutdown_timeout(Duration::from_secs(0));
+    let mut collector = TestServer::collector(dir.path(), &cfg)?;
+    let url = collector.url();
+    let mut accepted: HashSet<String> = HashSet::new();
+    for n in 0..BODIES {
+        let (b, ids) = long_body(&format!("long{n}"), PER_BODY, 16_000);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match post(&url, &b)? {
+                (200, _) => break,
+                (503, true) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                other => anyhow::bail!("answer {other:?} to a body of long values"),
+            }
+        }
+        accepted.extend(ids);
+    }
+    let ingest_hwm = vm_hwm_kib(collector.pid()?)? * 1024;
+    // No time to deliver: what the sinks had not written stays in the log.
+    let (took, status) = collector.terminate_timed()?;
+    assert!(status.success(), "{}", collector.log_text());
+    let first = stored_ids(&dir.path().join("standard-logs"))?.len();
+
+    collector.rewrite_config(&cfg.clone().shutdown_timeout(Duration::from_secs(600)))?;
+    collector.restart()?;
+    let pid = collector.pid()?;
+    let watcher = std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Ok(kib) = vm_hwm_kib(pid) {
+            peak = kib;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    });
+    let delivered = wait_until(within(Duration::from_secs(300)), || {
+        readyz(&url).is_ok_and(|r| caught_up(&r))
+    });
+    assert!(delivered, "sinks did not catch up after the restart");
+    let (clean, _) = collector.terminate_within(Duration::from_secs(660))?;
+    assert!(clean, "{}", collector.log_text());
+    let replay_hwm = watcher.join().expect("watcher") * 1024;
+    let stored = stored_ids(&dir.path().join("standard-logs"))?;
+    let missing = accepted
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .count();
+    let twice = stored.values().filter(|n| **n > 1).count();
+    let bound = budget + open_files + 256 * MIB;
+    eprintln!(
+        "long values: {} records of about 48 KB accepted; peak RSS {} MiB while posting, {} \
+         MiB replaying after the restart (bound {} MiB); first shutdown {took:?} with {first} \
+         stored; {missing} missing, {twice} twice",
+        accepted.len(),
+        ingest_hwm / MIB,
+        replay_hwm / MIB,
+        bound / MIB
+    );
+    assert_eq!(missing, 0, "accepted records missing");
+    assert_eq!(twice, 0, "records stored twice");
+    assert!(
+        ingest_hwm < bound,
+        "peak RSS {ingest_hwm} while posting, above {bound}"
+    );
+    assert!(
+        replay_hwm < bound,
+        "peak RSS {replay_hwm} replaying, above {bound}"
+    );
+    Ok(())
+}
