@@ -735,21 +735,34 @@ const ENTRY_RECORDS: usize = edgelog_wal::MAX_ENTRY_RECORDS;
 
 /// Bytes of records per log entry at most (as [`Record::memory`] counts them), so that
 /// records of long values make smaller entries: the log's cache and each sink's reads
-/// hold a bounded number of entries, and so stay within about the memory that entries of
-/// ordinary records take. A 1,000-record body of ordinary records takes about 1.7 MiB.
+/// hold a bounded number of entries, and so stay within about the memory that full
+/// entries of ordinary records take: 16 entries of about 4 MiB in the cache, 4 a batch. A
+/// 1,000-record body of ordinary records (about 1.3 MiB) stays one entry.
 ///
 /// [`Record::memory`]: edgelog_record::Record::memory
 const ENTRY_BYTES: usize = 4 << 20;
 
 /// The records' entries: runs of at most [`ENTRY_RECORDS`] records and [`ENTRY_BYTES`]
 /// bytes (a record bigger than that alone is an entry of its own). `text` bounds the
-/// records' text from above, less what ingest adds to a record (a derived id, a hashed
-/// address): when even that fits, the records are not measured one by one.
+/// records' text from above, less what ingest adds to a record without privacy rules (a
+/// derived id, a distribution from the query): when even that fits, the records are not
+/// measured one by one. With privacy rules, pass `usize::MAX` (a hashed list of addresses
+/// can be far longer than the list).
 fn entry_ranges(records: &[edgelog_record::Record], text: usize) -> Vec<std::ops::Range<usize>> {
+    ranges_within(records, text, ENTRY_RECORDS, ENTRY_BYTES)
+}
+
+/// [`entry_ranges`] with the limits given.
+fn ranges_within(
+    records: &[edgelog_record::Record],
+    text: usize,
+    max_records: usize,
+    max_bytes: usize,
+) -> Vec<std::ops::Range<usize>> {
     const ADDED: usize = 256;
     let per_record = std::mem::size_of::<edgelog_record::Record>() + ADDED;
-    if records.len() <= ENTRY_RECORDS
-        && text.saturating_add(records.len().saturating_mul(per_record)) <= ENTRY_BYTES
+    if records.len() <= max_records
+        && text.saturating_add(records.len().saturating_mul(per_record)) <= max_bytes
     {
         return std::iter::once(0..records.len()).collect();
     }
@@ -757,7 +770,7 @@ fn entry_ranges(records: &[edgelog_record::Record], text: usize) -> Vec<std::ops
     let (mut start, mut bytes) = (0, 0usize);
     for (i, r) in records.iter().enumerate() {
         let b = r.memory();
-        if i > start && (i - start == ENTRY_RECORDS || bytes.saturating_add(b) > ENTRY_BYTES) {
+        if i > start && (i - start == max_records || bytes.saturating_add(b) > max_bytes) {
             ranges.push(start..i);
             (start, bytes) = (i, 0);
         }
@@ -774,8 +787,8 @@ enum Entries {
     None,
     /// One entry, its records kept for the log's cache.
     One(Arc<Vec<edgelog_record::Record>>, Vec<u8>),
-    /// Several entries, encoded only.
-    Many(Vec<Vec<u8>>),
+    /// Several entries, each with its records for the log's cache.
+    Many(Vec<(Arc<Vec<edgelog_record::Record>>, Vec<u8>)>),
 }
 
 /// How long a request waits for room in the memory budget before it is refused.
@@ -954,7 +967,13 @@ async fn ingest(
         }
         let records = std::mem::take(&mut parsed.records);
         let accepted = records.len() as u64;
-        let ranges = entry_ranges(&records, body_len);
+        // Hashing can lengthen a record well past its line: measure them then.
+        let text = if privacy.is_noop() {
+            body_len
+        } else {
+            usize::MAX
+        };
+        let ranges = entry_ranges(&records, text);
         let entry = if records.is_empty() {
             Entries::None
         } else if ranges.len() == 1 {
@@ -962,11 +981,15 @@ async fn ingest(
             Entries::One(Arc::new(records), payload)
         } else {
             // A big body becomes several entries, so no sink ever decodes it whole.
-            let payloads = ranges
-                .into_iter()
-                .map(|r| Wal::encode(&records[r]))
-                .collect::<Result<Vec<_>, _>>()?;
-            Entries::Many(payloads)
+            let mut records = records;
+            let mut parts = Vec::with_capacity(ranges.len());
+            for r in ranges.into_iter().rev() {
+                let part = records.split_off(r.start);
+                let payload = Wal::encode(&part)?;
+                parts.push((Arc::new(part), payload));
+            }
+            parts.reverse();
+            Entries::Many(parts)
         };
         Ok::<_, IngestError>((parsed, accepted, entry, held))
     })
@@ -1002,8 +1025,8 @@ async fn ingest(
                 (Entries::One(records, payload), None) => {
                     i.wal.append_encoded(records, payload).await?;
                 }
-                (Entries::Many(payloads), None) => {
-                    i.wal.append_payloads(payloads).await?;
+                (Entries::Many(parts), None) => {
+                    i.wal.append_entries(parts).await?;
                 }
                 (Entries::One(records, payload), Some(claim)) => {
                     i.wal
@@ -1015,14 +1038,9 @@ async fn ingest(
                         )
                         .await?;
                 }
-                (Entries::Many(payloads), Some(claim)) => {
+                (Entries::Many(parts), Some(claim)) => {
                     i.wal
-                        .append_keyed(
-                            &claim.key,
-                            accepted,
-                            rejected_total,
-                            KeyedBody::Many(payloads),
-                        )
+                        .append_keyed(&claim.key, accepted, rejected_total, KeyedBody::Many(parts))
                         .await?;
                 }
             }
@@ -1135,21 +1153,38 @@ mod tests {
 
     #[test]
     fn records_of_long_values_make_entries_within_the_bytes() {
-        // 48 KB each, as three fields at the default 16 KB limit: about 85 an entry.
-        let records: Vec<Record> = (0..700).map(|_| record(48_000)).collect();
-        let ranges = entry_ranges(&records, 700 * 48_100);
+        // 48 KB each, as three fields at the default 16 KB limit: about 86 an entry.
+        let records: Vec<Record> = (0..2_600).map(|_| record(48_000)).collect();
+        let ranges = entry_ranges(&records, 2_600 * 48_100);
         check(&records, &ranges);
-        assert!(ranges.len() >= 8, "{ranges:?}");
+        assert!(ranges.len() >= 30, "{ranges:?}");
+        // Without a bound on the text (privacy rules): measured all the same.
+        assert_eq!(entry_ranges(&records, usize::MAX), ranges);
+        // 80 of them fit in one entry's bytes.
+        assert_eq!(entry_ranges(&records[..80], 80 * 48_100), one(0..80));
         // The body's length just above the records' text: measured, and split the same.
-        assert_eq!(entry_ranges(&records, 700 * 48_003), ranges);
+        assert_eq!(entry_ranges(&records, 2_600 * 48_003), ranges);
     }
 
     #[test]
     fn counts_and_bytes_both_end_an_entry_and_a_huge_record_goes_alone() {
-        let small: Vec<Record> = (0..ENTRY_RECORDS * 2 + 1).map(|_| record(1)).collect();
-        let ranges = entry_ranges(&small, usize::MAX);
-        check(&small, &ranges);
-        assert_eq!(ranges.len(), 3);
+        // The count ends an entry when the bytes do not, and the other way round.
+        let small: Vec<Record> = (0..7).map(|_| record(1)).collect();
+        assert_eq!(
+            ranges_within(&small, usize::MAX, 3, usize::MAX),
+            [0..3, 3..6, 6..7]
+        );
+        let each = small[0].memory();
+        assert_eq!(
+            ranges_within(&small, usize::MAX, 100, 2 * each),
+            [0..2, 2..4, 4..6, 6..7]
+        );
+        // At the limits exactly: one entry, unmeasured or measured.
+        assert_eq!(ranges_within(&small, 0, 7, usize::MAX), one(0..7));
+        assert_eq!(ranges_within(&small, usize::MAX, 7, 7 * each), one(0..7));
+        // Ordinary records: 8,192 of them are more than an entry's bytes.
+        let many: Vec<Record> = (0..ENTRY_RECORDS).map(|_| record(1)).collect();
+        check(&many, &entry_ranges(&many, usize::MAX));
         let mut mixed: Vec<Record> = (0..10).map(|_| record(100)).collect();
         mixed.insert(5, record(ENTRY_BYTES + 1));
         let ranges = entry_ranges(&mixed, usize::MAX);

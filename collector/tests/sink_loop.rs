@@ -289,7 +289,11 @@ async fn key_markers_pass_through_as_entries_without_records_and_cursors_move_pa
         .await
         .expect("keyed");
     let many = (0..2)
-        .map(|i| Wal::encode(&[record(&format!("m{i}"))]).expect("encode"))
+        .map(|i| {
+            let r = Arc::new(vec![record(&format!("m{i}"))]);
+            let payload = Wal::encode(&r).expect("encode");
+            (r, payload)
+        })
         .collect();
     let last = wal
         .append_keyed("key-2", 2, 0, KeyedBody::Many(many))

@@ -379,6 +379,11 @@ fn long_values_replayed_after_a_restart_stay_within_the_memory_bound() -> anyhow
     let (took, status) = collector.terminate_timed()?;
     assert!(status.success(), "{}", collector.log_text());
     let first = stored_ids(&dir.path().join("standard-logs"))?.len();
+    // Else the replay below has nothing to prove.
+    assert!(
+        first < accepted.len(),
+        "the first shutdown delivered everything: nothing left to replay"
+    );
 
     collector.rewrite_config(&cfg.clone().shutdown_timeout(Duration::from_secs(600)))?;
     collector.restart()?;

@@ -185,8 +185,8 @@ pub const WRITE_ERROR_SHOWN_MS: u64 = 5_000;
 pub enum KeyedBody {
     /// One entry, with its records for the log's cache (from [`Wal::encode`]).
     One(Arc<Vec<Record>>, Vec<u8>),
-    /// Several entries already encoded, not cached.
-    Many(Vec<Vec<u8>>),
+    /// Several entries, each with its records for the cache (from [`Wal::encode`]).
+    Many(Vec<(Arc<Vec<Record>>, Vec<u8>)>),
 }
 
 /// Handle to the log; cheap to clone.
@@ -468,14 +468,18 @@ impl Wal {
         .await
     }
 
-    /// Appends several entries already encoded, in one group: all become durable or none
-    /// does. They are not cached: a reader decodes them from disk one at a time, so a
-    /// huge body is split into entries no sink must hold at once. Returns the last one.
-    pub async fn append_payloads(&self, payloads: Vec<Vec<u8>>) -> Result<Seq, WalError> {
-        let parts = payloads
+    /// Appends several entries already encoded by [`Wal::encode`], each with its records,
+    /// in one group: all become durable or none does. Each is cached like one appended
+    /// alone (the cache counts entries and records: callers keep entries small, as ingest
+    /// does, so that no sink holds a huge body at once). Returns the last one.
+    pub async fn append_entries(
+        &self,
+        entries: Vec<(Arc<Vec<Record>>, Vec<u8>)>,
+    ) -> Result<Seq, WalError> {
+        let parts = entries
             .into_iter()
-            .map(|payload| Part {
-                records: None,
+            .map(|(records, payload)| Part {
+                records: Some(records),
                 payload,
             })
             .collect();
@@ -520,10 +524,12 @@ impl Wal {
                 records: Some(records),
                 payload,
             }),
-            KeyedBody::Many(payloads) => parts.extend(payloads.into_iter().map(|payload| Part {
-                records: None,
-                payload,
-            })),
+            KeyedBody::Many(entries) => {
+                parts.extend(entries.into_iter().map(|(records, payload)| Part {
+                    records: Some(records),
+                    payload,
+                }))
+            }
         }
         let keyed = Keyed {
             key,

@@ -17,7 +17,11 @@ fn one(n: usize, tag: &str) -> KeyedBody {
 fn many(entries: usize, n: usize, tag: &str) -> KeyedBody {
     KeyedBody::Many(
         (0..entries)
-            .map(|i| Wal::encode(&records(n, &format!("{tag}{i}"))).expect("encode"))
+            .map(|i| {
+                let r = records(n, &format!("{tag}{i}"));
+                let payload = Wal::encode(&r).expect("encode");
+                (r, payload)
+            })
             .collect(),
     )
 }
