@@ -62,6 +62,34 @@ fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
         .context("VmHWM")
 }
 
+/// The peak RSS of process `pid` in KiB, as last seen before it exits.
+fn watch_peak(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Ok(kib) = vm_hwm_kib(pid) {
+            peak = kib;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    })
+}
+
+/// Every record stored, none twice, and at most two files a partition.
+fn each_once_in_few_files(
+    stored: usize,
+    twice: usize,
+    files: usize,
+    records: u64,
+    partitions: usize,
+) {
+    assert_eq!(stored as u64, records, "records missing");
+    assert_eq!(twice, 0, "records stored twice");
+    assert!(
+        files <= 2 * partitions,
+        "{files} files for {partitions} partitions"
+    );
+}
+
 #[test]
 fn bodies_at_the_decompression_limit_stay_within_the_memory_budget() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -189,14 +217,7 @@ fn ten_thousand_distributions_stay_within_the_memory_bound_and_lose_nothing() ->
     let url = collector.url();
     let pid = collector.pid()?;
     // The peak as last seen: the files are built during the shutdown, until the exit.
-    let watcher = std::thread::spawn(move || {
-        let mut peak = 0;
-        while let Ok(kib) = vm_hwm_kib(pid) {
-            peak = kib;
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        peak
-    });
+    let watcher = watch_peak(pid);
     // All of them now: one partition each (two if an hour begins meanwhile).
     let sent = send_generated(&url, RECORDS, DISTRIBUTIONS, 0, RECORDS, 4)?;
     assert_eq!(sent.count, RECORDS);
@@ -222,13 +243,7 @@ fn ten_thousand_distributions_stay_within_the_memory_bound_and_lose_nothing() ->
         stored.len(),
         sent.partitions.len()
     );
-    assert_eq!(stored.len() as u64, RECORDS, "records missing");
-    assert_eq!(twice, 0, "records stored twice");
-    assert!(
-        files <= 2 * sent.partitions.len(),
-        "{files} files for {} partitions",
-        sent.partitions.len()
-    );
+    each_once_in_few_files(stored.len(), twice, files, RECORDS, sent.partitions.len());
     assert!(hwm < bound, "peak RSS {hwm} above {bound}");
     Ok(())
 }
@@ -290,13 +305,7 @@ fn ten_thousand_files_to_build_stop_within_shutdown_timeout_and_land_after_a_res
         stored.len(),
         sent.partitions.len()
     );
-    assert_eq!(stored.len() as u64, RECORDS, "records missing");
-    assert_eq!(twice, 0, "records stored twice");
-    assert!(
-        files <= 2 * sent.partitions.len(),
-        "{files} files for {} partitions",
-        sent.partitions.len()
-    );
+    each_once_in_few_files(stored.len(), twice, files, RECORDS, sent.partitions.len());
     Ok(())
 }
 
@@ -388,14 +397,7 @@ fn long_values_replayed_after_a_restart_stay_within_the_memory_bound() -> anyhow
     collector.rewrite_config(&cfg.clone().shutdown_timeout(Duration::from_secs(600)))?;
     collector.restart()?;
     let pid = collector.pid()?;
-    let watcher = std::thread::spawn(move || {
-        let mut peak = 0;
-        while let Ok(kib) = vm_hwm_kib(pid) {
-            peak = kib;
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        peak
-    });
+    let watcher = watch_peak(pid);
     let delivered = wait_until(within(Duration::from_secs(300)), || {
         readyz(&url).is_ok_and(|r| caught_up(&r))
     });
