@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 pub use admin::{AdminSettings, MAX_SETTINGS_BYTES, SettingsError};
 pub use aggregator::{MetricsAggregator, Publisher};
-pub use bus::{Bus, StreamMessage};
+pub use bus::{Bus, STREAM_BYTES, StreamMessage, Streamed};
 pub use config::{CollectorConfig, ScopedToken};
 pub use dead_letter::DeadLetters;
 pub use ingest::{AppState, IngestError, IngestResponse, Readiness, app, matching_tokens};

@@ -2,13 +2,15 @@
 //! server, newest to the browser as server-sent events, at most `tail_max_per_second` to
 //! each (the rest counted as skipped). Records come from the in-process stream
 //! (`edgelog demo`) or the real-time topic (`edgelog dashboard`), parsed once while a
-//! page is open; each page then costs one filter per record.
+//! page follows their distribution, filtered for each page and queued to it within
+//! [`PAGE_BYTES`]: a page that stops reading misses records (counted) and holds no more.
 //!
 //! Long (about 550 lines): a third is the filters' tests.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
@@ -16,7 +18,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Extension, response::IntoResponse, response::Response};
 use edgelog_collector::StreamMessage;
 use serde::Deserialize;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 use crate::api::Dashboard;
 use crate::auth::Scope;
@@ -44,25 +46,165 @@ impl TailRecord {
             _ => None,
         }
     }
+
+    /// About what it holds in memory: the JSON twice (as text, and parsed) and each
+    /// field's map entry.
+    fn memory(&self) -> usize {
+        std::mem::size_of::<TailRecord>()
+            + self.key.len()
+            + 2 * self.payload.len()
+            + 96 * self.fields.len()
+    }
 }
 
-/// Where real-time records come from: a new follower of them.
-pub type TailSource = Arc<dyn Fn() -> broadcast::Receiver<Arc<TailRecord>> + Send + Sync>;
+/// Bytes of matched records waiting for one page. A page that stops reading (a laptop
+/// asleep with the tab open) misses records past this, counted, instead of holding them.
+pub const PAGE_BYTES: usize = 2 << 20;
 
-/// A source fed by the returned function (call it with every real-time message): each is
-/// parsed once, and only while a page follows.
-pub fn tail_channel(capacity: usize) -> (TailSource, impl Fn(&StreamMessage) + Send + Sync) {
-    let (tx, _) = broadcast::channel::<Arc<TailRecord>>(capacity.max(1));
-    let feed = tx.clone();
-    let each = move |m: &StreamMessage| {
-        if feed.receiver_count() > 0
-            && let Some(r) = TailRecord::parse(m)
-        {
-            let _ = feed.send(Arc::new(r));
+/// Matched records waiting for one page, at most.
+const PAGE_RECORDS: usize = 4096;
+
+/// The pages following real-time records. Each record is parsed once, only when a page
+/// follows its distribution, and queued to each page whose filter it matches, within
+/// the page's bytes: a page that does not read misses records and holds no more.
+pub struct TailHub {
+    pages: Mutex<Vec<Arc<Page>>>,
+    page_bytes: usize,
+}
+
+/// Where real-time records come from.
+pub type TailSource = Arc<TailHub>;
+
+/// One page following a distribution.
+struct Page {
+    dist: String,
+    filter: Filter,
+    tx: mpsc::Sender<Arc<TailRecord>>,
+    /// Bytes of records queued for it.
+    queued: AtomicUsize,
+    matched: AtomicU64,
+    /// Records that matched but that it missed: its queue was full.
+    behind: AtomicU64,
+}
+
+/// A page's place in the hub: its records; it leaves the hub when dropped.
+pub struct Follower {
+    hub: Arc<TailHub>,
+    page: Arc<Page>,
+    rx: mpsc::Receiver<Arc<TailRecord>>,
+}
+
+impl Follower {
+    /// The next record that matched, `None` once the hub is gone.
+    pub async fn next(&mut self) -> Option<Arc<TailRecord>> {
+        let r = self.rx.recv().await?;
+        self.page.queued.fetch_sub(r.memory(), Ordering::Relaxed);
+        Some(r)
+    }
+
+    /// Records that matched its filter so far.
+    pub fn matched(&self) -> u64 {
+        self.page.matched.load(Ordering::Relaxed)
+    }
+
+    /// Records that matched and were missed because it did not read them in time.
+    pub fn behind(&self) -> u64 {
+        self.page.behind.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.hub.lock().retain(|p| !Arc::ptr_eq(p, &self.page));
+    }
+}
+
+impl TailHub {
+    pub fn new() -> Arc<TailHub> {
+        TailHub::with_page_bytes(PAGE_BYTES)
+    }
+
+    /// With `page_bytes` of records waiting for each page at most.
+    pub fn with_page_bytes(page_bytes: usize) -> Arc<TailHub> {
+        Arc::new(TailHub {
+            pages: Mutex::default(),
+            page_bytes,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Page>>> {
+        // A panic while holding the lock leaves a plain list behind; keep going.
+        self.pages.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows `dist`'s records that pass `filter`, from now on.
+    pub fn follow(self: &Arc<TailHub>, dist: String, filter: Filter) -> Follower {
+        let (tx, rx) = mpsc::channel(PAGE_RECORDS);
+        let page = Arc::new(Page {
+            dist,
+            filter,
+            tx,
+            queued: AtomicUsize::new(0),
+            matched: AtomicU64::new(0),
+            behind: AtomicU64::new(0),
+        });
+        self.lock().push(page.clone());
+        Follower {
+            hub: self.clone(),
+            page,
+            rx,
         }
-    };
-    let source: TailSource = Arc::new(move || tx.subscribe());
-    (source, each)
+    }
+
+    /// Pages following now.
+    pub fn pages(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Hands a real-time message to the pages following its distribution.
+    pub fn feed(&self, m: &StreamMessage) {
+        let pages: Vec<Arc<Page>> = self
+            .lock()
+            .iter()
+            .filter(|p| p.dist == m.key)
+            .cloned()
+            .collect();
+        if pages.is_empty() {
+            return;
+        }
+        let Some(r) = TailRecord::parse(m) else {
+            return;
+        };
+        let (r, bytes) = {
+            let bytes = r.memory();
+            (Arc::new(r), bytes)
+        };
+        for p in pages {
+            if !p.filter.matches(&r.fields) {
+                continue;
+            }
+            p.matched.fetch_add(1, Ordering::Relaxed);
+            // Counted before it is sent, so the reader never takes back more than this.
+            if p.queued.fetch_add(bytes, Ordering::Relaxed) + bytes > self.page_bytes {
+                p.queued.fetch_sub(bytes, Ordering::Relaxed);
+                p.behind.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if let Err(e) = p.tx.try_send(r.clone()) {
+                p.queued.fetch_sub(bytes, Ordering::Relaxed);
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    p.behind.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// A source, and the function to call with every real-time message.
+pub fn tail_channel() -> (TailSource, impl Fn(&StreamMessage) + Send + Sync) {
+    let hub = TailHub::new();
+    let feed = hub.clone();
+    (hub, move |m: &StreamMessage| feed.feed(m))
 }
 
 /// The longest a page's stream lasts: the browser reconnects, and a page that stopped
@@ -271,24 +413,20 @@ impl Bucket {
 }
 
 struct Tail {
-    id: String,
-    rx: broadcast::Receiver<Arc<TailRecord>>,
-    filter: Filter,
+    follower: Follower,
     bucket: Bucket,
     next_stats: Instant,
     ends: Instant,
     closing: tokio::sync::watch::Receiver<bool>,
     _viewer: tokio::sync::OwnedSemaphorePermit,
     sent: u64,
-    matched: u64,
     skipped: u64,
-    behind: u64,
 }
 
 /// `GET /api/distributions/{id}/tail?status=&path=&location=&ip=&result=&q=`: server-sent
 /// events, `record` (the record as CloudFront-named JSON) and, every second, `stats`
-/// (`sent`, `matched`, `skipped`: matched but over the rate; `behind`: times the page
-/// fell behind the stream and missed records, not counted, since they may be anyone's).
+/// (`sent`, `matched`, `skipped`: matched but over the rate; `behind`: matched but missed
+/// because the page was not reading them, past [`PAGE_BYTES`] waiting for it).
 pub(crate) async fn tail(
     State(d): State<Dashboard>,
     Extension(scope): Extension<Scope>,
@@ -306,9 +444,7 @@ pub(crate) async fn tail(
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyTails(d.tail_limits.max_viewers))?;
     let state = Tail {
-        id,
-        rx: source(),
-        filter,
+        follower: source.follow(id, filter),
         bucket: Bucket {
             rate: u64::from(d.tail_limits.max_per_second),
             used: 0,
@@ -318,9 +454,7 @@ pub(crate) async fn tail(
         closing: d.closing.clone(),
         _viewer: viewer,
         sent: 0,
-        matched: 0,
         skipped: 0,
-        behind: 0,
     };
     let events = futures::stream::unfold(state, |mut t| async move {
         loop {
@@ -329,12 +463,8 @@ pub(crate) async fn tail(
             }
             let wait = t.next_stats.saturating_duration_since(Instant::now());
             tokio::select! {
-                r = t.rx.recv() => match r {
-                    Ok(m) => {
-                        if m.key != t.id || !t.filter.matches(&m.fields) {
-                            continue;
-                        }
-                        t.matched += 1;
+                r = t.follower.next() => match r {
+                    Some(m) => {
                         if !t.bucket.take() {
                             t.skipped += 1;
                             continue;
@@ -343,13 +473,12 @@ pub(crate) async fn tail(
                         let data = String::from_utf8_lossy(&m.payload).into_owned();
                         return Some((Ok::<_, Infallible>(Event::default().event("record").data(data)), t));
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => t.behind += 1,
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                    None => return None,
                 },
                 () = tokio::time::sleep(wait) => {
                     t.next_stats = Instant::now() + STATS_EVERY;
                     t.bucket.next_second();
-                    let stats = serde_json::json!({"sent": t.sent, "matched": t.matched, "skipped": t.skipped, "behind": t.behind});
+                    let stats = serde_json::json!({"sent": t.sent, "matched": t.follower.matched(), "skipped": t.skipped, "behind": t.follower.behind()});
                     return Some((Ok(Event::default().event("stats").data(stats.to_string())), t));
                 }
                 _ = t.closing.changed() => return None,
@@ -575,5 +704,104 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    fn message(dist: &str, status: u16, filler: usize) -> StreamMessage {
+        let payload = serde_json::json!({"DistributionId": dist, "sc-status": status,
+            "cs-uri-query": "q".repeat(filler)})
+        .to_string()
+        .into_bytes();
+        StreamMessage {
+            key: dist.into(),
+            sample_rate: 100.0,
+            schema_version: 1,
+            payload,
+        }
+    }
+
+    fn now<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
+        use futures::FutureExt;
+        f.now_or_never()
+    }
+
+    #[test]
+    fn a_page_that_does_not_read_misses_records_and_holds_no_more_than_its_bytes() {
+        let one = TailRecord::parse(&message("EA", 503, 10_000))
+            .expect("json")
+            .memory();
+        let hub = TailHub::with_page_bytes(10 * one);
+        let mut asleep = hub.follow("EA".into(), filter(TailQuery::default()));
+        let mut awake = hub.follow(
+            "EA".into(),
+            filter(TailQuery {
+                status: Some("5xx".into()),
+                ..Default::default()
+            }),
+        );
+        for i in 0..100 {
+            hub.feed(&message("EA", if i % 2 == 0 { 503 } else { 200 }, 10_000));
+            // The awake page reads as it goes; the other never does.
+            if i % 2 == 0 {
+                assert!(now(awake.next()).flatten().is_some(), "record {i}");
+            }
+        }
+        assert_eq!((asleep.matched(), asleep.behind()), (100, 90));
+        assert_eq!((awake.matched(), awake.behind()), (50, 0));
+        assert_eq!(asleep.page.queued.load(Ordering::Relaxed), 10 * one);
+        // What it reads gives its bytes back, and it gets records again.
+        for _ in 0..10 {
+            assert!(now(asleep.next()).flatten().is_some());
+        }
+        assert_eq!(asleep.page.queued.load(Ordering::Relaxed), 0);
+        assert!(now(asleep.next()).is_none(), "nothing more queued");
+        hub.feed(&message("EA", 200, 10));
+        assert!(now(asleep.next()).flatten().is_some());
+        assert_eq!(asleep.behind(), 90);
+    }
+
+    #[test]
+    fn a_record_past_the_bytes_is_missed_not_held() {
+        let hub = TailHub::with_page_bytes(1000);
+        let mut page = hub.follow("EA".into(), filter(TailQuery::default()));
+        hub.feed(&message("EA", 200, 5000));
+        assert_eq!((page.matched(), page.behind()), (1, 1));
+        assert!(now(page.next()).is_none());
+        hub.feed(&message("EA", 200, 10));
+        assert!(now(page.next()).flatten().is_some());
+    }
+
+    #[test]
+    fn records_go_only_to_pages_of_their_distribution_and_a_page_leaves_when_dropped() {
+        let hub = TailHub::with_page_bytes(PAGE_BYTES);
+        // Not JSON: dropped if parsed; unfollowed, it is not even looked at.
+        let bad = StreamMessage {
+            payload: b"not json".to_vec(),
+            ..message("EB", 200, 0)
+        };
+        hub.feed(&bad);
+        let mut page = hub.follow("EA".into(), filter(TailQuery::default()));
+        let other = hub.follow("EB".into(), filter(TailQuery::default()));
+        assert_eq!(hub.pages(), 2);
+        hub.feed(&message("EC", 200, 0));
+        hub.feed(&bad);
+        hub.feed(&message("EA", 200, 0));
+        assert_eq!((page.matched(), other.matched()), (1, 0));
+        assert!(now(page.next()).flatten().is_some());
+        drop(other);
+        assert_eq!(hub.pages(), 1);
+        drop(page);
+        assert_eq!(hub.pages(), 0);
+        hub.feed(&message("EA", 200, 0));
+    }
+
+    #[test]
+    fn a_full_queue_counts_as_behind() {
+        let hub = TailHub::with_page_bytes(usize::MAX / 2);
+        let page = hub.follow("EA".into(), filter(TailQuery::default()));
+        for _ in 0..PAGE_RECORDS + 5 {
+            hub.feed(&message("EA", 200, 0));
+        }
+        assert_eq!(page.matched(), (PAGE_RECORDS + 5) as u64);
+        assert_eq!(page.behind(), 5);
     }
 }

@@ -448,7 +448,7 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
 /// Real-time records for the dashboard's live tail: the real-time topic when there is
 /// one, else the in-process stream (`bus`, when the collector runs in this process).
 fn tail_source(cfg: &Config, bus: Option<&Bus>) -> Option<edgelog_dashboard::TailSource> {
-    let (source, each) = edgelog_dashboard::tail_channel(cfg.sinks.bus_capacity());
+    let (source, each) = edgelog_dashboard::tail_channel();
     if let Some(k) = cfg.sinks.realtime_kafka() {
         tokio::spawn(async move {
             if let Err(e) = follow_realtime(&k, |m| each(&m)).await {

@@ -9,8 +9,6 @@ mod format;
 mod kafka;
 mod metrics_topic;
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use edgelog_collector::{Batch, Seq, Sink, SinkConfig, SinkContext, SinkError};
 use edgelog_record::{SCHEMA_VERSION, write_json};
@@ -50,19 +48,24 @@ impl Sink for RealtimeSink {
             self.delivered = batch.seq();
             return Ok(());
         }
-        let mut sent = 0u64;
+        let (mut sent, mut missed) = (0u64, 0u64);
         for k in batch.records() {
             let mut payload = Vec::with_capacity(1024);
             write_json(k.record, &mut payload);
-            self.bus.send_record(Arc::new(StreamMessage {
+            let message = StreamMessage {
                 key: k.record.distribution_id.clone(),
                 sample_rate: k.rate,
                 schema_version: SCHEMA_VERSION,
                 payload,
-            }));
-            sent += 1;
+            };
+            match self.bus.send_record(message) {
+                true => sent += 1,
+                false => missed += 1,
+            }
         }
         metrics::counter!("edgelog_realtime_records_total").increment(sent);
+        // Its readers are behind by the stream's bytes (or gone): best effort, by design.
+        metrics::counter!("edgelog_realtime_stream_missed_total").increment(missed);
         self.delivered = batch.seq();
         Ok(())
     }

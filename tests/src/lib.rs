@@ -176,6 +176,17 @@ pub fn http_post(url: &str, body: &[u8]) -> anyhow::Result<Answer> {
     http_post_with(url, &[], body)
 }
 
+/// The peak RSS of process `pid` so far (`VmHWM`), in KiB.
+pub fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .context("VmHWM")
+}
+
 /// [`http_post`] with more request headers (`content-encoding: gzip`, ...).
 pub fn http_post_with(url: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<Answer> {
     use std::io::{Read, Write};

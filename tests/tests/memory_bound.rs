@@ -8,11 +8,10 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::Context;
 use edgelog_tests::scenarios::{caught_up, readyz};
 use edgelog_tests::{
-    ServerConfig, TestServer, http_get, parquet_files, send_generated, stored_ids, wait_until,
-    within,
+    ServerConfig, TestServer, http_get, parquet_files, send_generated, stored_ids, vm_hwm_kib,
+    wait_until, within,
 };
 
 const MIB: u64 = 1 << 20;
@@ -50,16 +49,6 @@ fn post(url: &str, body: &[u8]) -> anyhow::Result<(u16, bool)> {
         body,
     )?;
     Ok((a.status, a.header("retry-after").is_some()))
-}
-
-fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .context("VmHWM")
 }
 
 /// The peak RSS of process `pid` in KiB, as last seen before it exits.

@@ -298,6 +298,117 @@ fn the_tail_filters_limits_scopes_and_ends_at_sigterm() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// NDJSON of `n` records of `dist` with three values at the 16 KiB field limit.
+fn long_records(dist: &str, from: usize, n: usize) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let long = "x".repeat(16_000);
+    (from..from + n)
+        .map(|k| {
+            format!(
+                "{{\"timestamp\":{now},\"DistributionId\":\"{dist}\",\"c-ip\":\"203.0.113.9\",\
+                 \"cs-method\":\"GET\",\"cs-uri-stem\":\"/p/{k}\",\"sc-status\":503,\
+                 \"cs-uri-query\":\"{long}\",\"cs(User-Agent)\":\"{long}\",\"cs(Referer)\":\"{long}\",\
+                 \"x-edge-request-id\":\"{dist}-{k}\"}}\n"
+            )
+        })
+        .collect()
+}
+
+/// A page that stops reading (a laptop asleep with the tab open) while records of long
+/// values arrive: it misses them, counted, instead of the dashboard holding them (it held
+/// every one of them, about 100 KB each parsed, up to the stream's 65,536 messages:
+/// gigabytes); a page that reads still gets them.
+#[test]
+fn a_page_that_stops_reading_holds_no_records_and_stalls_no_other() -> anyhow::Result<()> {
+    const BODIES: usize = 25;
+    const PER_BODY: usize = 200;
+    const MIB: u64 = 1024;
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("tail.toml");
+    std::fs::write(
+        &cfg,
+        format!("[dashboard]\ntokens = [\"{DASH}\"]\ntail_max_per_second = 10000\n"),
+    )?;
+    let cfg = cfg.display().to_string();
+    let demo = TestServer::demo(
+        &dir.path().join("data"),
+        &[
+            "--no-traffic",
+            "--token",
+            edgelog_tests::TOKEN,
+            "--config",
+            &cfg,
+        ],
+        &[],
+    )?;
+    let (ingest, dash) = (demo.url(), demo.dashboard_url(""));
+    let pid = demo.pid()?;
+    let post_long = |from: usize| -> anyhow::Result<()> {
+        for b in 0..BODIES {
+            let body = long_records("EDEMO", from + b * PER_BODY, PER_BODY);
+            let a = http_post(&format!("{ingest}/v1/records"), body.as_bytes())?;
+            anyhow::ensure!(a.status == 200, "{}", a.body);
+        }
+        Ok(())
+    };
+
+    // The same records with no page open: what the collector itself takes.
+    post_long(0)?;
+    let alone = edgelog_tests::vm_hwm_kib(pid)?;
+
+    let mut asleep = Tail::open(&dash, "/api/distributions/EDEMO/tail", Some(DASH))?;
+    let mut awake = Tail::open(&dash, "/api/distributions/EDEMO/tail", Some(DASH))?;
+    awake.read_for(Duration::from_millis(300))?;
+    assert_eq!(awake.status(), 200, "{}", awake.body());
+    // `asleep` is never read from here: the socket's buffers fill, then the page's queue.
+    let reader = std::thread::spawn(move || {
+        // Until the demo stops; an error ends it the same way.
+        let _ = awake.read_for(Duration::from_secs(600));
+        awake
+    });
+    post_long(BODIES * PER_BODY)?;
+    let with_pages = edgelog_tests::vm_hwm_kib(pid)?;
+
+    // The stream's bytes, two pages' queues, and room for what one run differs from the
+    // next.
+    let allowed = alone
+        + (edgelog_collector::STREAM_BYTES + 2 * edgelog_dashboard::PAGE_BYTES) as u64 / 1024
+        + 64 * MIB;
+    eprintln!(
+        "peak RSS: {} MiB alone, {} MiB with a page asleep (allowed {} MiB)",
+        alone / MIB,
+        with_pages / MIB,
+        allowed / MIB
+    );
+    assert!(
+        with_pages <= allowed,
+        "{} MiB with a page asleep, {} MiB without",
+        with_pages / MIB,
+        alone / MIB
+    );
+
+    // The sleeping page wakes: it missed records, and says how many.
+    asleep.read_for(Duration::from_secs(3))?;
+    let stats = asleep.last_stats().context("no stats")?;
+    let behind = stats["behind"].as_u64().unwrap_or(0);
+    assert!(behind > 0, "{stats}");
+    assert!(
+        stats["sent"].as_u64().unwrap_or(0) + behind <= stats["matched"].as_u64().unwrap_or(0),
+        "{stats}"
+    );
+    demo.stop()?;
+    let awake = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let got = awake.records().len();
+    eprintln!("the page that read got {got} records, the other missed {behind}");
+    assert!(got >= 100, "the reading page got {got} records");
+    Ok(())
+}
+
 /// Opens `pages` in headless Chromium, driven over the DevTools protocol (a pipe, from
 /// Python): each page is left to run `wait_ms`, then its DOM is read and, when a path is
 /// given, a screenshot saved. A live page never finishes loading, so `--dump-dom` cannot.

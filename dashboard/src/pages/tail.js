@@ -45,7 +45,7 @@ function connect() {
   });
   source.addEventListener("stats", e => {
     const s = JSON.parse(e.data);
-    document.getElementById("counts").textContent = "sent " + s.sent + " · matched " + s.matched + " · skipped " + s.skipped + (s.behind ? " · fell behind " + s.behind + " times" : "");
+    document.getElementById("counts").textContent = "sent " + s.sent + " · matched " + s.matched + " · skipped " + s.skipped + (s.behind ? " · missed " + s.behind + " (page behind)" : "");
   });
 }
 document.getElementById("filters").onsubmit = ev => { ev.preventDefault(); document.getElementById("rows").replaceChildren(); if (!paused) connect(); };
