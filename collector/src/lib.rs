@@ -14,6 +14,7 @@ mod config;
 pub mod dead_letter;
 mod ingest;
 pub mod privacy;
+mod refusals;
 pub mod serve;
 mod sink;
 pub mod viewer;
