@@ -28,9 +28,10 @@ pub struct StreamMessage {
 }
 
 impl StreamMessage {
-    /// About what it holds in memory.
+    /// About what it holds in memory (a payload grown by doubling holds up to twice its
+    /// length).
     pub fn memory(&self) -> usize {
-        std::mem::size_of::<StreamMessage>() + self.key.len() + self.payload.len()
+        std::mem::size_of::<StreamMessage>() + self.key.capacity() + self.payload.capacity()
     }
 }
 

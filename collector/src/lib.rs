@@ -17,6 +17,7 @@ pub mod privacy;
 mod refusals;
 pub mod serve;
 mod sink;
+mod stall;
 pub mod viewer;
 pub use edgelog_wal as wal;
 pub use edgelog_wal::state_file;

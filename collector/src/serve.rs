@@ -1,7 +1,7 @@
 //! The HTTP server loop for the ingest API and the dashboard, with the limits a server
 //! facing a fleet (or the network) needs: a cap on connections, a deadline for a request's
 //! headers (which is also how long an idle keep-alive connection may wait for its next
-//! request), and a graceful stop.
+//! request), one for a client that takes nothing of its answer, and a graceful stop.
 //!
 //! axum's own `serve` has none of these, so slow or idle clients could hold every file
 //! descriptor the process has.
@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::refusals::JsonRefusals;
+use crate::stall::{WRITE_STALL, WriteDeadline};
 
 /// Connection limits of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +137,7 @@ async fn serve_one(
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
     let conn = builder.serve_connection(
-        TokioIo::new(JsonRefusals::new(stream)),
+        TokioIo::new(WriteDeadline::new(JsonRefusals::new(stream), WRITE_STALL)),
         TowerToHyperService::new(app),
     );
     let mut conn = std::pin::pin!(conn);

@@ -463,8 +463,10 @@ fn tail_source(cfg: &Config, bus: Option<&Bus>) -> Option<edgelog_dashboard::Tai
         loop {
             match records.recv().await {
                 Ok(m) => each(&m),
-                // Pages count what they miss themselves.
-                Err(RecvError::Lagged(_)) => {}
+                // Missed before any page saw them: counted with those the stream refused.
+                Err(RecvError::Lagged(n)) => {
+                    metrics::counter!("edgelog_realtime_stream_missed_total").increment(n);
+                }
                 Err(RecvError::Closed) => break,
             }
         }
