@@ -49,6 +49,9 @@ pub struct CollectorConfig {
     /// A request's body must arrive within this (408 otherwise).
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// A client that accepts none of the answer waiting for it for this long is cut off.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Longest line of a body, in bytes (1 to 16 MiB); a longer line is refused without
     /// being parsed (`line_too_long`).
     pub max_line_bytes: u64,
@@ -108,6 +111,7 @@ impl Default for CollectorConfig {
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
             max_line_bytes: edgelog_record::DEFAULT_MAX_LINE_BYTES as u64,
             max_field_bytes: edgelog_record::DEFAULT_MAX_FIELD_BYTES as u64,
             pace_wait: Duration::from_millis(50),
@@ -224,6 +228,7 @@ impl CollectorConfig {
         for (key, d) in [
             ("collector.header_timeout", self.header_timeout),
             ("collector.body_timeout", self.body_timeout),
+            ("collector.write_timeout", self.write_timeout),
         ] {
             if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
                 return Err(format!("{key}: must be from 1s to 1h, got {d:?}"));

@@ -361,6 +361,7 @@ impl Collector {
         let limits = serve::HttpLimits {
             max_connections: serve::fit_connections(self.cfg.max_connections),
             header_timeout: self.cfg.header_timeout,
+            write_timeout: self.cfg.write_timeout,
         };
         let served = serve::serve(listener, router, limits, "ingest", async move {
             shutdown.await;

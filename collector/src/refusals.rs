@@ -32,19 +32,19 @@ impl<S> JsonRefusals<S> {
 fn reason(status: &str) -> Option<&'static str> {
     Some(match status {
         "400" => {
-            "the request is not valid HTTP/1.1: its request line, a header or its content-length could not be parsed"
+            "the request is not valid HTTP/1.x: its request line, a header or its content-length could not be parsed"
         }
         "414" => "the request's URI is longer than 65,534 bytes",
         "431" => {
-            "the request's headers are too many (more than 100) or too large (about 400 KB in all)"
+            "the request's headers are too many (more than 100) or too large (about 400 KB with the request line)"
         }
         _ => return None,
     })
 }
 
 /// The JSON answer for `buf` when it is exactly one of hyper's own error heads: status
-/// 400, 414 or 431, `content-length: 0` and no content type (every answer of the
-/// handlers has one).
+/// 400, 414 or 431, `content-length: 0`, no content type (every answer of the handlers
+/// has one) and, in HTTP/1.1, `connection: close` (hyper closes after its own).
 fn replacement(buf: &[u8]) -> Option<Vec<u8>> {
     if !buf.starts_with(b"HTTP/1.") || !buf.ends_with(b"\r\n\r\n") || buf.len() > 1024 {
         return None;
@@ -54,6 +54,7 @@ fn replacement(buf: &[u8]) -> Option<Vec<u8>> {
     let status_line = lines.next()?;
     let reason = reason(status_line.get(9..12)?)?;
     let mut empty = false;
+    let mut closes = !status_line.starts_with("HTTP/1.1");
     let mut date = None;
     for l in lines {
         let (name, value) = l.split_once(':')?;
@@ -64,9 +65,11 @@ fn replacement(buf: &[u8]) -> Option<Vec<u8>> {
             empty = value == "0";
         } else if name.eq_ignore_ascii_case("date") {
             date = Some(value);
+        } else if name.eq_ignore_ascii_case("connection") {
+            closes = value.eq_ignore_ascii_case("close");
         }
     }
-    if !empty {
+    if !empty || !closes {
         return None;
     }
     let body = serde_json::json!({ "error": reason }).to_string();
@@ -226,6 +229,8 @@ mod tests {
             String::new(),
             "HTTP/1.1 4".to_owned(),
             "HTTP/1.1 400 Bad Request\r\nbroken header\r\n\r\n".to_owned(),
+            // A bare 400 of a handler keeps its connection: not hyper's.
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n".to_owned(),
         ] {
             assert!(replacement(other.as_bytes()).is_none(), "{other:?}");
         }
@@ -234,6 +239,34 @@ mod tests {
             "a".repeat(2000)
         );
         assert!(replacement(long.as_bytes()).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_head_written_alone_among_empty_slices_is_replaced_too() {
+        use tokio::io::AsyncWriteExt;
+        let head = hyper_head("414 URI Too Long");
+        let mut w = JsonRefusals::new(Vec::new());
+        let n = w
+            .write_vectored(&[
+                io::IoSlice::new(b""),
+                io::IoSlice::new(head.as_bytes()),
+                io::IoSlice::new(b""),
+            ])
+            .await
+            .expect("write");
+        assert_eq!(n, head.len());
+        w.flush().await.expect("flush");
+        let (status, body) = split(&w.inner);
+        assert!(status.starts_with("HTTP/1.1 414"), "{status}");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("URI")));
+        // Two slices with bytes: passed on as they are.
+        let mut w = JsonRefusals::new(Vec::new());
+        let n = w
+            .write_vectored(&[io::IoSlice::new(head.as_bytes()), io::IoSlice::new(b"x")])
+            .await
+            .expect("write");
+        assert_eq!(n, head.len() + 1);
+        assert!(w.inner.starts_with(head.as_bytes()));
     }
 
     /// A sink that takes at most `step` bytes a write and is not ready every other call.

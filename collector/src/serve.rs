@@ -29,6 +29,8 @@ pub struct HttpLimits {
     /// A request's headers must arrive within this; a keep-alive connection may idle this
     /// long between requests.
     pub header_timeout: Duration,
+    /// A client that accepts none of the answer waiting for it for this long is cut off.
+    pub write_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -36,6 +38,7 @@ impl Default for HttpLimits {
         HttpLimits {
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
+            write_timeout: WRITE_STALL,
         }
     }
 }
@@ -137,7 +140,10 @@ async fn serve_one(
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
     let conn = builder.serve_connection(
-        TokioIo::new(WriteDeadline::new(JsonRefusals::new(stream), WRITE_STALL)),
+        TokioIo::new(WriteDeadline::new(
+            JsonRefusals::new(stream),
+            limits.write_timeout,
+        )),
         TowerToHyperService::new(app),
     );
     let mut conn = std::pin::pin!(conn);
@@ -152,10 +158,27 @@ async fn serve_one(
         if e.is_timeout() {
             metrics::counter!("edgelog_http_timeouts_total", "listener" => what).increment(1);
             tracing::debug!(listener = what, %peer, "connection closed: headers not received in time");
+        } else if write_stalled(&e) {
+            metrics::counter!("edgelog_http_write_stalls_total", "listener" => what).increment(1);
+            tracing::debug!(listener = what, %peer, "connection closed: the client accepted nothing of its answer in time");
         } else {
             tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
         }
     }
+}
+
+/// Whether hyper's error is [`WriteDeadline`]'s.
+fn write_stalled(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Resolves once the listener stops (the guard `wait_for` returns must not live across an

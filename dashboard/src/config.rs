@@ -55,6 +55,10 @@ pub struct DashboardConfig {
     pub tail_max_per_second: u32,
     /// Live tail pages open at once, at most (one more is refused with 503).
     pub tail_max_viewers: usize,
+    /// A client that accepts none of the answer waiting for it for this long is cut off
+    /// (a live tail page whose client stopped reading gives its place back).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: std::time::Duration,
 }
 
 impl Default for DashboardConfig {
@@ -74,6 +78,7 @@ impl Default for DashboardConfig {
             api_alarms_file: None,
             tail_max_per_second: 200,
             tail_max_viewers: 32,
+            write_timeout: std::time::Duration::from_secs(60),
             allow_unauthenticated_writes: false,
         }
     }
@@ -153,6 +158,7 @@ impl std::fmt::Debug for DashboardConfig {
             .field("history_minutes", &self.history_minutes)
             .field("reports_max_bytes", &self.reports_max_bytes)
             .field("alarm_interval", &self.alarm_interval)
+            .field("write_timeout", &self.write_timeout)
             .field("alarms", &self.alarms)
             .field("tokens", &tokens)
             .field("users", &users)
@@ -192,6 +198,14 @@ impl DashboardConfig {
             return Err(format!(
                 "dashboard.alarm_interval: must be from 100ms to 1h, got {:?}",
                 self.alarm_interval
+            ));
+        }
+        if self.write_timeout < std::time::Duration::from_secs(1)
+            || self.write_timeout > std::time::Duration::from_secs(3600)
+        {
+            return Err(format!(
+                "dashboard.write_timeout: must be from 1s to 1h, got {:?}",
+                self.write_timeout
             ));
         }
         for a in &self.alarms {

@@ -114,6 +114,7 @@ pub async fn run_reloading(
     // People and browsers, not a fleet: fewer connections, the same timeouts.
     let limits = HttpLimits {
         max_connections: fit_connections(1024),
+        write_timeout: cfg.write_timeout,
         ..Default::default()
     };
     let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();

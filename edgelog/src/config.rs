@@ -644,6 +644,8 @@ mod ranges {
         "collector.metrics_interval",
         "collector.header_timeout",
         "collector.body_timeout",
+        "collector.write_timeout",
+        "dashboard.write_timeout",
         "collector.pace_wait",
         "sinks.standard.max_age",
         "sinks.realtime.kafka.linger",

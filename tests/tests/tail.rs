@@ -354,7 +354,10 @@ fn a_page_that_stops_reading_holds_no_records_and_the_others_still_get_theirs() 
     let cfg = dir.path().join("tail.toml");
     std::fs::write(
         &cfg,
-        format!("[dashboard]\ntokens = [\"{DASH}\"]\ntail_max_per_second = 10000\n"),
+        // Never cut off here, however slow the machine: the next test does that.
+        format!(
+            "[dashboard]\ntokens = [\"{DASH}\"]\ntail_max_per_second = 10000\nwrite_timeout = \"1h\"\n"
+        ),
     )?;
     let cfg = cfg.display().to_string();
     let demo = TestServer::demo(
@@ -442,6 +445,83 @@ fn a_page_that_stops_reading_holds_no_records_and_the_others_still_get_theirs() 
         .map_err(|_| anyhow::anyhow!("reader panicked"))?;
     eprintln!("the page that read got {got} records, the other missed {behind}");
     assert!(got >= 100, "the reading page got {got} records");
+    Ok(())
+}
+
+/// A page whose client reads nothing is cut off after `dashboard.write_timeout`, and gives
+/// its place back: with one place, a second page is refused until then, then served.
+#[test]
+fn a_page_whose_client_reads_nothing_is_cut_off_and_gives_its_place_back() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("tail.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dashboard]\ntokens = [\"{DASH}\"]\ntail_max_per_second = 10000\ntail_max_viewers = 1\nwrite_timeout = \"2s\"\n"
+        ),
+    )?;
+    let cfg = cfg.display().to_string();
+    let demo = TestServer::demo(
+        &dir.path().join("data"),
+        &[
+            "--no-traffic",
+            "--token",
+            edgelog_tests::TOKEN,
+            "--config",
+            &cfg,
+        ],
+        &[],
+    )?;
+    let (ingest, dash) = (demo.url(), demo.dashboard_url(""));
+    let mut asleep = Tail::open(&dash, "/api/distributions/EDEMO/tail", Some(DASH))?;
+    // Its status line only; then nothing more is read.
+    let mut first = [0u8; 12];
+    asleep
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(10)))?;
+    asleep.stream.read_exact(&mut first)?;
+    assert!(
+        first.ends_with(b" 200"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+    let mut second = Tail::open(&dash, "/api/distributions/EDEMO/tail", Some(DASH))?;
+    second.read_for(Duration::from_millis(500))?;
+    assert_eq!(second.status(), 503, "one place: {}", second.body());
+
+    // About 40 MB of events: more than the sockets' buffers and hyper's hold.
+    for b in 0..8 {
+        let body = long_records("EDEMO", b * 100, 100);
+        let a = http_post(&format!("{ingest}/v1/records"), body.as_bytes())?;
+        anyhow::ensure!(a.status == 200, "{}", a.body);
+    }
+    let t = Instant::now();
+    loop {
+        let mut again = Tail::open(&dash, "/api/distributions/EDEMO/tail", Some(DASH))?;
+        again.read_for(Duration::from_millis(300))?;
+        if again.status() == 200 {
+            break;
+        }
+        assert_eq!(again.status(), 503, "{}", again.body());
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the page that reads nothing still holds the only place"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Its connection is closed (a reset, with bytes it never read, counts too).
+    asleep
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(100)))?;
+    assert!(
+        !matches!(asleep.read_for(Duration::from_secs(5)), Ok(true)),
+        "still open"
+    );
+    let metrics = edgelog_tests::http_get(&format!("{ingest}/metrics"))?;
+    assert!(
+        metrics.contains("edgelog_http_write_stalls_total{listener=\"dashboard\"}"),
+        "{metrics}"
+    );
     Ok(())
 }
 
