@@ -474,6 +474,14 @@ fn tail_source(cfg: &Config, bus: Option<&Bus>) -> Option<edgelog_dashboard::Tai
     Some(source)
 }
 
+/// A refusal of `edgelog ship`'s metrics endpoint: JSON with a reason, like every other.
+fn refusal(status: u16, error: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = axum::http::StatusCode::from_u16(status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -711,9 +719,22 @@ async fn run_ship(args: ShipArgs) -> anyhow::Result<()> {
                     async move { h.render() }
                 }),
             )
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .fallback(|m: axum::http::Method, u: axum::http::Uri| async move {
+                refusal(404, format!("no such endpoint: {m} {}", u.path()))
+            })
+            .method_not_allowed_fallback(|m: axum::http::Method, u: axum::http::Uri| async move {
+                refusal(405, format!("{} does not take {m}: use GET", u.path()))
+            });
+        // The collector's loop: its connection limits and JSON for hyper's own refusals.
+        let limits = edgelog_collector::serve::HttpLimits {
+            max_connections: edgelog_collector::serve::fit_connections(64),
+            ..Default::default()
+        };
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            let forever = std::future::pending::<()>();
+            let served = edgelog_collector::serve::serve(listener, app, limits, "ship", forever);
+            if let Err(e) = served.await {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         });

@@ -347,12 +347,25 @@ fn a_batch_resent_after_a_lost_answer_is_stored_once() -> anyhow::Result<()> {
         ));
     }
     fs::write(logs.join("access.log"), &text)?;
+    // Its own metrics endpoint too (a top-level key, before the inputs).
+    let metrics = format!("127.0.0.1:{}", edgelog_tests::free_port());
     let input = format!(
-        "[[inputs]]\nname = \"nginx\"\npaths = [{:?}]\nformat = \"nginx_json\"\ndistribution = \"E2NGINX\"\n",
+        "metrics_listen = {metrics:?}\n[[inputs]]\nname = \"nginx\"\npaths = [{:?}]\nformat = \"nginx_json\"\ndistribution = \"E2NGINX\"\n",
         format!("{}/access.log", logs.display())
     );
     let mut ship = Ship::start(&dir.path().join("ship"), &collector.url(), &input)?;
     wait_accepted(&collector.url(), 40, &ship, Duration::from_secs(30))?;
+    let metrics = format!("http://{metrics}");
+    assert_eq!(http_get(&format!("{metrics}/healthz"))?, "ok\n");
+    assert!(http_get(&format!("{metrics}/metrics"))?.contains("edgelog_ship_"));
+    // Its refusals are JSON with a reason, like the collector's.
+    for (method, path, status) in [("GET", "/nope", 404), ("POST", "/metrics", 405)] {
+        let (got, body) =
+            edgelog_tests::http_request(method, &format!("{metrics}{path}"), &[], "")?;
+        assert_eq!(got, status, "{method} {path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).with_context(|| body.clone())?;
+        assert!(v["error"].as_str().is_some_and(|e| e.contains(path)), "{v}");
+    }
     ship.terminate()?;
     // Rewind the checkpoint to "sent, answer never seen".
     let cp_path = dir.path().join("ship/state/checkpoints.json");
