@@ -3,7 +3,7 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use edgelog_record::MinuteUpdate;
@@ -69,6 +69,8 @@ pub struct Bus {
     records: broadcast::Sender<Arc<Streamed>>,
     held: Arc<AtomicUsize>,
     max_bytes: usize,
+    /// Messages refused for the bytes held, since the start.
+    refused: Arc<AtomicU64>,
     minutes: Arc<std::sync::RwLock<Vec<MinuteReader>>>,
 }
 
@@ -84,6 +86,7 @@ impl Bus {
             records: broadcast::channel(capacity.max(1)).0,
             held: Arc::default(),
             max_bytes,
+            refused: Arc::default(),
             minutes: Arc::default(),
         }
     }
@@ -103,6 +106,11 @@ impl Bus {
         self.held.load(Ordering::Relaxed)
     }
 
+    /// Messages refused so far because readers had not taken the stream's bytes.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     /// Hands a real-time record to every follower. A slow one misses the oldest when the
     /// stream holds `capacity` messages, and every one misses this one when the stream
     /// holds its bytes (the slowest reader has not read them): false then, or with no
@@ -111,6 +119,7 @@ impl Bus {
         let bytes = message.memory();
         if self.held.fetch_add(bytes, Ordering::Relaxed) + bytes > self.max_bytes {
             self.held.fetch_sub(bytes, Ordering::Relaxed);
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         // From here its drop gives the bytes back, sent or not.
@@ -170,7 +179,7 @@ mod tests {
         let bus = Bus::with_bytes(1000, 10 * one);
         let mut rx = bus.subscribe_records();
         let sent = (0..100).filter(|_| bus.send_record(message(1000))).count();
-        assert_eq!(sent, 10);
+        assert_eq!((sent, bus.refused()), (10, 90));
         assert_eq!(bus.held_bytes(), 10 * one);
         // What it reads gives its bytes back; what it missed was never held.
         for _ in 0..10 {

@@ -29,4 +29,4 @@ pub use metrics::MinutePoint;
 pub use prometheus::prometheus_label;
 pub use runtime::{RunError, run, run_reloading};
 pub use store::{MetricsStore, last_complete_minute};
-pub use tail::{Follower, PAGE_BYTES, TailHub, TailRecord, TailSource, tail_channel};
+pub use tail::{Follower, PAGE_BYTES, TailHub, TailRecord, TailSource};

@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
@@ -32,6 +32,8 @@ pub struct TailRecord {
     pub fields: serde_json::Map<String, serde_json::Value>,
     /// The CloudFront-named JSON, as sent to pages.
     pub payload: Vec<u8>,
+    /// Its URL lowercased, made once for every page with a text filter.
+    url: OnceLock<String>,
 }
 
 impl TailRecord {
@@ -42,18 +44,19 @@ impl TailRecord {
                 key: m.key.clone(),
                 fields,
                 payload: m.payload.clone(),
+                url: OnceLock::new(),
             }),
             _ => None,
         }
     }
 
-    /// About what it holds in memory: the JSON twice (as text, and parsed) and each
-    /// field's map entry.
+    /// About what it holds in memory: the JSON three times (as text, parsed, and the
+    /// lowered URL at most) and each field's map entry.
     fn memory(&self) -> usize {
         // A BTreeMap entry with its key and value allocations: 160-210 bytes measured.
         std::mem::size_of::<TailRecord>()
             + self.key.len()
-            + 2 * self.payload.len()
+            + 3 * self.payload.len()
             + 192 * self.fields.len()
     }
 }
@@ -71,6 +74,8 @@ const PAGE_RECORDS: usize = 4096;
 pub struct TailHub {
     pages: Mutex<Vec<Arc<Page>>>,
     page_bytes: usize,
+    /// Records the stream dropped before any page could see them, since the start.
+    lost: AtomicU64,
 }
 
 /// Where real-time records come from.
@@ -86,6 +91,8 @@ struct Page {
     matched: AtomicU64,
     /// Records that matched but that it missed: its queue was full.
     behind: AtomicU64,
+    /// The hub's `lost` when it began following.
+    lost_before: u64,
 }
 
 /// A page's place in the hub: its records; it leaves the hub when dropped.
@@ -111,6 +118,11 @@ impl Follower {
         let behind = self.page.behind.load(Ordering::Acquire);
         (self.page.matched.load(Ordering::Acquire), behind)
     }
+
+    /// Records of any distribution the stream dropped before the filters, while it followed.
+    pub fn lost(&self) -> u64 {
+        self.hub.lost.load(Ordering::Relaxed) - self.page.lost_before
+    }
 }
 
 impl Drop for Follower {
@@ -130,6 +142,7 @@ impl TailHub {
         Arc::new(TailHub {
             pages: Mutex::default(),
             page_bytes,
+            lost: AtomicU64::new(0),
         })
     }
 
@@ -148,6 +161,7 @@ impl TailHub {
             queued: AtomicUsize::new(0),
             matched: AtomicU64::new(0),
             behind: AtomicU64::new(0),
+            lost_before: self.lost.load(Ordering::Relaxed),
         });
         self.lock().push(page.clone());
         Follower {
@@ -160,6 +174,12 @@ impl TailHub {
     /// Pages following now.
     pub fn pages(&self) -> usize {
         self.lock().len()
+    }
+
+    /// `n` records were dropped before reaching the hub (its reader fell behind the
+    /// stream): every page open counts them as `lost`.
+    pub fn lose(&self, n: u64) {
+        self.lost.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Hands a real-time message to the pages following its distribution.
@@ -181,7 +201,7 @@ impl TailHub {
             (Arc::new(r), bytes)
         };
         for p in pages {
-            if !p.filter.matches(&r.fields) {
+            if !p.filter.matches_with(&r.fields, &r.url) {
                 continue;
             }
             p.matched.fetch_add(1, Ordering::Release);
@@ -199,13 +219,6 @@ impl TailHub {
             }
         }
     }
-}
-
-/// A source, and the function to call with every real-time message.
-pub fn tail_channel() -> (TailSource, impl Fn(&StreamMessage) + Send + Sync) {
-    let hub = TailHub::new();
-    let feed = hub.clone();
-    (hub, move |m: &StreamMessage| feed.feed(m))
 }
 
 /// The longest a page's stream lasts: the browser reconnects, and a page that stopped
@@ -304,6 +317,16 @@ impl Filter {
 
     /// Whether the record (CloudFront-named JSON) passes.
     pub fn matches(&self, r: &serde_json::Map<String, serde_json::Value>) -> bool {
+        self.matches_with(r, &OnceLock::new())
+    }
+
+    /// [`Filter::matches`], with the record's URL lowercased once for every page (it was
+    /// made for each page and each record: a few pages searching text stalled the tail).
+    fn matches_with(
+        &self,
+        r: &serde_json::Map<String, serde_json::Value>,
+        url: &OnceLock<String>,
+    ) -> bool {
         let text = |k: &str| r.get(k).and_then(|v| v.as_str());
         if let Some(s) = &self.status {
             let Some(n) = r.get("sc-status").and_then(|v| v.as_u64()) else {
@@ -343,9 +366,11 @@ impl Filter {
             }
         }
         if let Some(q) = &self.text {
-            let stem = text("cs-uri-stem").unwrap_or_default();
-            let query = text("cs-uri-query").unwrap_or_default();
-            let url = format!("{stem}?{query}").to_lowercase();
+            let url = url.get_or_init(|| {
+                let stem = text("cs-uri-stem").unwrap_or_default();
+                let query = text("cs-uri-query").unwrap_or_default();
+                format!("{stem}?{query}").to_lowercase()
+            });
             if !url.contains(q.as_str()) {
                 return false;
             }
@@ -427,7 +452,8 @@ struct Tail {
 /// `GET /api/distributions/{id}/tail?status=&path=&location=&ip=&result=&q=`: server-sent
 /// events, `record` (the record as CloudFront-named JSON) and, every second, `stats`
 /// (`sent`, `matched`, `skipped`: matched but over the rate; `behind`: matched but missed
-/// because the page was not reading them, past [`PAGE_BYTES`] waiting for it).
+/// because the page was not reading them, past [`PAGE_BYTES`] waiting for it; `lost`:
+/// records of any distribution dropped before the filters, the stream's reader behind).
 pub(crate) async fn tail(
     State(d): State<Dashboard>,
     Extension(scope): Extension<Scope>,
@@ -480,7 +506,7 @@ pub(crate) async fn tail(
                     t.next_stats = Instant::now() + STATS_EVERY;
                     t.bucket.next_second();
                     let (matched, behind) = t.follower.counts();
-                    let stats = serde_json::json!({"sent": t.sent, "matched": matched, "skipped": t.skipped, "behind": behind});
+                    let stats = serde_json::json!({"sent": t.sent, "matched": matched, "skipped": t.skipped, "behind": behind, "lost": t.follower.lost()});
                     return Some((Ok(Event::default().event("stats").data(stats.to_string())), t));
                 }
                 _ = t.closing.changed() => return None,
@@ -804,5 +830,35 @@ mod tests {
             hub.feed(&message("EA", 200, 0));
         }
         assert_eq!(page.counts(), ((PAGE_RECORDS + 5) as u64, 5));
+    }
+
+    #[test]
+    fn what_the_stream_dropped_counts_as_lost_for_pages_open_then() {
+        let hub = TailHub::with_page_bytes(PAGE_BYTES);
+        hub.lose(3);
+        let early = hub.follow("EA".into(), filter(TailQuery::default()));
+        hub.lose(5);
+        let late = hub.follow("EB".into(), filter(TailQuery::default()));
+        hub.lose(2);
+        assert_eq!((early.lost(), late.lost()), (7, 2));
+    }
+
+    #[test]
+    fn the_text_filter_lowers_a_record_once_for_every_page() {
+        let r = rec(serde_json::json!({"cs-uri-stem": "/ÄBC", "cs-uri-query": "Q=Straße"}));
+        let url = OnceLock::new();
+        let pages = ["äbc", "straße", "/äbc?q=", "nope"].map(|q| {
+            filter(TailQuery {
+                q: Some(q.into()),
+                ..Default::default()
+            })
+        });
+        let got: Vec<bool> = pages.iter().map(|f| f.matches_with(&r, &url)).collect();
+        assert_eq!(got, [true, true, true, false]);
+        assert_eq!(url.get().map(String::as_str), Some("/äbc?q=straße"));
+        // The same answers without the shared URL.
+        for (f, want) in pages.iter().zip(got) {
+            assert_eq!(f.matches(&r), want);
+        }
     }
 }

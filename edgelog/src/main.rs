@@ -448,24 +448,34 @@ fn build_collector(cfg: &Config, bus: &Bus) -> anyhow::Result<Collector> {
 /// Real-time records for the dashboard's live tail: the real-time topic when there is
 /// one, else the in-process stream (`bus`, when the collector runs in this process).
 fn tail_source(cfg: &Config, bus: Option<&Bus>) -> Option<edgelog_dashboard::TailSource> {
-    let (source, each) = edgelog_dashboard::tail_channel();
+    let source = edgelog_dashboard::TailHub::new();
+    let hub = source.clone();
     if let Some(k) = cfg.sinks.realtime_kafka() {
         tokio::spawn(async move {
-            if let Err(e) = follow_realtime(&k, |m| each(&m)).await {
+            if let Err(e) = follow_realtime(&k, |m| hub.feed(&m)).await {
                 tracing::error!(error = %e, "cannot read the real-time topic: no live tail");
             }
         });
         return Some(source);
     }
-    let mut records = bus?.subscribe_records();
+    let bus = bus?.clone();
+    let mut records = bus.subscribe_records();
     tokio::spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
+        // What the stream refused for its bytes: this reader was behind by them.
+        let mut refused = bus.refused();
         loop {
             match records.recv().await {
-                Ok(m) => each(&m),
+                Ok(m) => {
+                    let now = bus.refused();
+                    hub.lose(now - refused);
+                    refused = now;
+                    hub.feed(&m);
+                }
                 // Missed before any page saw them: counted with those the stream refused.
                 Err(RecvError::Lagged(n)) => {
                     metrics::counter!("edgelog_realtime_stream_missed_total").increment(n);
+                    hub.lose(n);
                 }
                 Err(RecvError::Closed) => break,
             }

@@ -45,7 +45,7 @@ function connect() {
   });
   source.addEventListener("stats", e => {
     const s = JSON.parse(e.data);
-    document.getElementById("counts").textContent = "sent " + s.sent + " · matched " + s.matched + " · skipped " + s.skipped + (s.behind ? " · missed " + s.behind + " (page behind)" : "");
+    document.getElementById("counts").textContent = "sent " + s.sent + " · matched " + s.matched + " · skipped " + s.skipped + (s.behind ? " · missed " + s.behind + " (page behind)" : "") + (s.lost ? " · lost " + s.lost + " (stream behind, any distribution)" : "");
   });
 }
 document.getElementById("filters").onsubmit = ev => { ev.preventDefault(); document.getElementById("rows").replaceChildren(); if (!paused) connect(); };
