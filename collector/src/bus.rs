@@ -111,6 +111,11 @@ impl Bus {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// The count [`Bus::refused`] reads, for a reader that must not keep the stream open.
+    pub fn refusals(&self) -> Arc<AtomicU64> {
+        self.refused.clone()
+    }
+
     /// Hands a real-time record to every follower. A slow one misses the oldest when the
     /// stream holds `capacity` messages, and every one misses this one when the stream
     /// holds its bytes (the slowest reader has not read them): false then, or with no

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Extension, response::IntoResponse, response::Response};
-use edgelog_collector::StreamMessage;
+use edgelog_collector::{StreamMessage, Streamed};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::api::Dashboard;
 use crate::auth::Scope;
@@ -121,7 +121,10 @@ impl Follower {
 
     /// Records of any distribution the stream dropped before the filters, while it followed.
     pub fn lost(&self) -> u64 {
-        self.hub.lost.load(Ordering::Relaxed) - self.page.lost_before
+        self.hub
+            .lost
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.page.lost_before)
     }
 }
 
@@ -180,6 +183,33 @@ impl TailHub {
     /// stream): every page open counts them as `lost`.
     pub fn lose(&self, n: u64) {
         self.lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Feeds the pages from the in-process stream until it closes. What the stream drops
+    /// before this reader has it (`Lagged`, or refused for the stream's bytes, counted in
+    /// `refused`) is lost for every page open then.
+    pub async fn follow_stream(
+        self: Arc<TailHub>,
+        mut records: broadcast::Receiver<Arc<Streamed>>,
+        refused: Arc<AtomicU64>,
+    ) {
+        use broadcast::error::RecvError;
+        let mut seen = refused.load(Ordering::Relaxed);
+        loop {
+            match records.recv().await {
+                Ok(m) => {
+                    let now = refused.load(Ordering::Relaxed);
+                    self.lose(now.saturating_sub(seen));
+                    seen = now;
+                    self.feed(&m);
+                }
+                Err(RecvError::Lagged(n)) => {
+                    metrics::counter!("edgelog_realtime_stream_missed_total").increment(n);
+                    self.lose(n);
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
     }
 
     /// Hands a real-time message to the pages following its distribution.
@@ -440,6 +470,8 @@ impl Bucket {
 
 struct Tail {
     follower: Follower,
+    /// The token sees every distribution.
+    full_scope: bool,
     bucket: Bucket,
     next_stats: Instant,
     ends: Instant,
@@ -452,8 +484,9 @@ struct Tail {
 /// `GET /api/distributions/{id}/tail?status=&path=&location=&ip=&result=&q=`: server-sent
 /// events, `record` (the record as CloudFront-named JSON) and, every second, `stats`
 /// (`sent`, `matched`, `skipped`: matched but over the rate; `behind`: matched but missed
-/// because the page was not reading them, past [`PAGE_BYTES`] waiting for it; `lost`:
-/// records of any distribution dropped before the filters, the stream's reader behind).
+/// because the page was not reading them, past [`PAGE_BYTES`] waiting for it; `lost`, to
+/// a token that sees every distribution: records of any distribution dropped before the
+/// filters, the in-process stream's reader behind).
 pub(crate) async fn tail(
     State(d): State<Dashboard>,
     Extension(scope): Extension<Scope>,
@@ -472,6 +505,7 @@ pub(crate) async fn tail(
         .map_err(|_| ApiError::TooManyTails(d.tail_limits.max_viewers))?;
     let state = Tail {
         follower: source.follow(id, filter),
+        full_scope: scope.is_full(),
         bucket: Bucket {
             rate: u64::from(d.tail_limits.max_per_second),
             used: 0,
@@ -506,7 +540,11 @@ pub(crate) async fn tail(
                     t.next_stats = Instant::now() + STATS_EVERY;
                     t.bucket.next_second();
                     let (matched, behind) = t.follower.counts();
-                    let stats = serde_json::json!({"sent": t.sent, "matched": matched, "skipped": t.skipped, "behind": behind, "lost": t.follower.lost()});
+                    let mut stats = serde_json::json!({"sent": t.sent, "matched": matched, "skipped": t.skipped, "behind": behind});
+                    // Any distribution's: not for a token that sees only some.
+                    if t.full_scope {
+                        stats["lost"] = t.follower.lost().into();
+                    }
                     return Some((Ok(Event::default().event("stats").data(stats.to_string())), t));
                 }
                 _ = t.closing.changed() => return None,
@@ -845,20 +883,80 @@ mod tests {
 
     #[test]
     fn the_text_filter_lowers_a_record_once_for_every_page() {
-        let r = rec(serde_json::json!({"cs-uri-stem": "/ÄBC", "cs-uri-query": "Q=Straße"}));
-        let url = OnceLock::new();
-        let pages = ["äbc", "straße", "/äbc?q=", "nope"].map(|q| {
-            filter(TailQuery {
-                q: Some(q.into()),
+        // What each page computed before, for every record.
+        let before = |r: &serde_json::Map<String, serde_json::Value>, q: &str| {
+            let t = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+            let url = format!("{}?{}", t("cs-uri-stem"), t("cs-uri-query")).to_lowercase();
+            url.contains(&q.trim().to_lowercase())
+        };
+        for r in [
+            serde_json::json!({"cs-uri-stem": "/ÄBC", "cs-uri-query": "Q=Straße"}),
+            serde_json::json!({"cs-uri-query": "ΟΔΟΣ"}),
+            serde_json::json!({"cs-uri-stem": 5, "cs-uri-query": "İx"}),
+            serde_json::json!({}),
+        ] {
+            let r = rec(r);
+            let url = OnceLock::new();
+            // A page whose status does not match stops before the text: no URL made.
+            let status = filter(TailQuery {
+                status: Some("5xx".into()),
+                q: Some("x".into()),
                 ..Default::default()
-            })
-        });
-        let got: Vec<bool> = pages.iter().map(|f| f.matches_with(&r, &url)).collect();
-        assert_eq!(got, [true, true, true, false]);
-        assert_eq!(url.get().map(String::as_str), Some("/äbc?q=straße"));
-        // The same answers without the shared URL.
-        for (f, want) in pages.iter().zip(got) {
-            assert_eq!(f.matches(&r), want);
+            });
+            assert!(!status.matches_with(&r, &url));
+            assert!(url.get().is_none());
+            for q in [
+                "äbc", "straße", "/äbc?q=", "nope", "οδος", "οδοσ", "i̇x", "?", "ix",
+            ] {
+                let f = filter(TailQuery {
+                    q: Some(q.into()),
+                    ..Default::default()
+                });
+                assert_eq!(f.matches_with(&r, &url), before(&r, q), "{q:?} in {r:?}");
+            }
+            assert!(url.get().is_some());
         }
+    }
+
+    #[tokio::test]
+    async fn follow_stream_counts_what_the_stream_refused_and_what_it_overwrote() {
+        use edgelog_collector::Bus;
+        let one = message("EA", 200, 1000).memory();
+        // 4 messages at most, 3 of these in bytes.
+        let bus = Bus::with_bytes(4, 3 * one);
+        let hub = TailHub::with_page_bytes(PAGE_BYTES);
+        let page = hub.follow("EA".into(), filter(TailQuery::default()));
+        let records = bus.subscribe_records();
+        let task = tokio::spawn(hub.clone().follow_stream(records, bus.refusals()));
+        // The reader waits for its first message (this test's runtime has one thread).
+        tokio::task::yield_now().await;
+        // Before it runs again: 3 held, 2 refused for the bytes.
+        for _ in 0..5 {
+            bus.send_record(message("EA", 200, 1000));
+        }
+        assert_eq!(bus.refused(), 2);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while page.counts().0 < 3 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the 3 held are fed");
+        assert_eq!((page.counts().0, page.lost()), (3, 2));
+        // Past the count with small messages: the oldest are overwritten, then lagged.
+        let small = Bus::with_bytes(4, usize::MAX / 2);
+        let records = small.subscribe_records();
+        for _ in 0..10 {
+            small.send_record(message("EA", 200, 0));
+        }
+        drop(small);
+        hub.clone().follow_stream(records, Arc::default()).await;
+        assert_eq!(page.lost(), 2 + 6);
+        assert_eq!(page.counts().0, 3 + 4);
+        drop(bus);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("ends when the stream closes")
+            .expect("task");
     }
 }

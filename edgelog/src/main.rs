@@ -458,29 +458,8 @@ fn tail_source(cfg: &Config, bus: Option<&Bus>) -> Option<edgelog_dashboard::Tai
         });
         return Some(source);
     }
-    let bus = bus?.clone();
-    let mut records = bus.subscribe_records();
-    tokio::spawn(async move {
-        use tokio::sync::broadcast::error::RecvError;
-        // What the stream refused for its bytes: this reader was behind by them.
-        let mut refused = bus.refused();
-        loop {
-            match records.recv().await {
-                Ok(m) => {
-                    let now = bus.refused();
-                    hub.lose(now - refused);
-                    refused = now;
-                    hub.feed(&m);
-                }
-                // Missed before any page saw them: counted with those the stream refused.
-                Err(RecvError::Lagged(n)) => {
-                    metrics::counter!("edgelog_realtime_stream_missed_total").increment(n);
-                    hub.lose(n);
-                }
-                Err(RecvError::Closed) => break,
-            }
-        }
-    });
+    let bus = bus?;
+    tokio::spawn(hub.follow_stream(bus.subscribe_records(), bus.refusals()));
     Some(source)
 }
 
