@@ -143,33 +143,15 @@ impl Tail {
     }
 }
 
-fn config(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
-    let path = dir.join("tail.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[dashboard]\ntokens = [\"{DASH}\"]\ntail_max_per_second = 100\ntail_max_viewers = 3\n\
-             [[dashboard.scoped_tokens]]\ntoken = \"{TEAM}\"\ndistributions = [\"EOTHER\"]\n"
-        ),
-    )?;
-    Ok(path)
-}
-
 #[test]
 fn the_tail_filters_limits_scopes_and_ends_at_sigterm() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let cfg = config(dir.path())?;
-    let cfg = cfg.display().to_string();
-    let demo = TestServer::demo(
-        &dir.path().join("data"),
-        &[
-            "--no-traffic",
-            "--token",
-            edgelog_tests::TOKEN,
-            "--config",
-            &cfg,
-        ],
-        &[],
+    let demo = demo_with(
+        dir.path(),
+        &format!(
+            "tail_max_per_second = 100\ntail_max_viewers = 3\n\
+             [[dashboard.scoped_tokens]]\ntoken = \"{TEAM}\"\ndistributions = [\"EOTHER\"]"
+        ),
     )?;
     let (ingest, dash) = (demo.url(), demo.dashboard_url(""));
 
@@ -304,6 +286,28 @@ fn the_tail_filters_limits_scopes_and_ends_at_sigterm() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `edgelog demo` without traffic, its dashboard behind [`DASH`] with `settings` (TOML
+/// lines of `[dashboard]`).
+fn demo_with(dir: &std::path::Path, settings: &str) -> anyhow::Result<TestServer> {
+    let cfg = dir.join("tail.toml");
+    std::fs::write(
+        &cfg,
+        format!("[dashboard]\ntokens = [\"{DASH}\"]\n{settings}\n"),
+    )?;
+    let cfg = cfg.display().to_string();
+    TestServer::demo(
+        &dir.join("data"),
+        &[
+            "--no-traffic",
+            "--token",
+            edgelog_tests::TOKEN,
+            "--config",
+            &cfg,
+        ],
+        &[],
+    )
+}
+
 /// NDJSON of `n` records of `dist` with three values at the 16 KiB field limit.
 fn long_records(dist: &str, from: usize, n: usize) -> String {
     let now = std::time::SystemTime::now()
@@ -351,25 +355,10 @@ fn a_page_that_stops_reading_holds_no_records_and_the_others_still_get_theirs() 
     const PER_BODY: usize = 200;
     const KIB_PER_MIB: u64 = 1024;
     let dir = tempfile::tempdir()?;
-    let cfg = dir.path().join("tail.toml");
-    std::fs::write(
-        &cfg,
-        // Never cut off here, however slow the machine: the next test does that.
-        format!(
-            "[dashboard]\ntokens = [\"{DASH}\"]\ntail_max_per_second = 10000\nwrite_timeout = \"1h\"\n"
-        ),
-    )?;
-    let cfg = cfg.display().to_string();
-    let demo = TestServer::demo(
-        &dir.path().join("data"),
-        &[
-            "--no-traffic",
-            "--token",
-            edgelog_tests::TOKEN,
-            "--config",
-            &cfg,
-        ],
-        &[],
+    // Never cut off here, however slow the machine: the next test does that.
+    let demo = demo_with(
+        dir.path(),
+        "tail_max_per_second = 10000\nwrite_timeout = \"1h\"",
     )?;
     let (ingest, dash) = (demo.url(), demo.dashboard_url(""));
     let pid = demo.pid()?;
@@ -453,24 +442,9 @@ fn a_page_that_stops_reading_holds_no_records_and_the_others_still_get_theirs() 
 #[test]
 fn a_page_whose_client_reads_nothing_is_cut_off_and_gives_its_place_back() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let cfg = dir.path().join("tail.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[dashboard]\ntokens = [\"{DASH}\"]\ntail_max_per_second = 10000\ntail_max_viewers = 1\nwrite_timeout = \"2s\"\n"
-        ),
-    )?;
-    let cfg = cfg.display().to_string();
-    let demo = TestServer::demo(
-        &dir.path().join("data"),
-        &[
-            "--no-traffic",
-            "--token",
-            edgelog_tests::TOKEN,
-            "--config",
-            &cfg,
-        ],
-        &[],
+    let demo = demo_with(
+        dir.path(),
+        "tail_max_per_second = 10000\ntail_max_viewers = 1\nwrite_timeout = \"2s\"",
     )?;
     let (ingest, dash) = (demo.url(), demo.dashboard_url(""));
     let mut asleep = Tail::open(&dash, "/api/distributions/EDEMO/tail", Some(DASH))?;
