@@ -464,10 +464,8 @@ fn tail_source(cfg: &Config, bus: Option<&Bus>) -> Option<edgelog_dashboard::Tai
 }
 
 /// A refusal of `edgelog ship`'s metrics endpoint: JSON with a reason, like every other.
-fn refusal(status: u16, error: String) -> axum::response::Response {
+fn refusal(status: axum::http::StatusCode, error: String) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let status = axum::http::StatusCode::from_u16(status)
-        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
 }
 
@@ -710,10 +708,16 @@ async fn run_ship(args: ShipArgs) -> anyhow::Result<()> {
             )
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
             .fallback(|m: axum::http::Method, u: axum::http::Uri| async move {
-                refusal(404, format!("no such endpoint: {m} {}", u.path()))
+                refusal(
+                    axum::http::StatusCode::NOT_FOUND,
+                    format!("no such endpoint: {m} {}", u.path()),
+                )
             })
             .method_not_allowed_fallback(|m: axum::http::Method, u: axum::http::Uri| async move {
-                refusal(405, format!("{} does not take {m}: use GET", u.path()))
+                refusal(
+                    axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{} does not take {m}: use GET", u.path()),
+                )
             });
         // The collector's loop: its connection limits and JSON for hyper's own refusals.
         let limits = edgelog_collector::serve::HttpLimits {
