@@ -97,6 +97,12 @@ pub async fn run_compact(args: CompactArgs) -> anyhow::Result<()> {
                 line["sink"] = name.clone().into();
                 line["dry_run"] = args.dry_run.into();
                 println!("{line}");
+                // A partition left as it was is a failure to report, not a success: cron
+                // and monitoring go by the exit status.
+                if report.failed_partitions > 0 {
+                    failed = true;
+                    tracing::error!(sink = %name, failed_partitions = report.failed_partitions, last_error = report.last_error.as_deref().unwrap_or(""), "partitions left as they were; run it again once the cause is fixed");
+                }
             }
             Err(e) => {
                 failed = true;
@@ -105,7 +111,7 @@ pub async fn run_compact(args: CompactArgs) -> anyhow::Result<()> {
         }
     }
     if failed {
-        bail!("compaction did not finish (nothing is lost; run it again)");
+        bail!("compaction did not finish everywhere (nothing is lost; run it again)");
     }
     Ok(())
 }

@@ -592,7 +592,7 @@ impl Compactor {
             .iter_mut()
             .map(|i| (i.meta.location.clone(), i.whole.take()))
             .collect();
-        let files: Vec<bytes::Bytes> = futures::stream::iter(wanted)
+        let files: Result<Vec<bytes::Bytes>, CompactionError> = futures::stream::iter(wanted)
             .map(move |(path, whole)| {
                 let store = store.clone();
                 async move {
@@ -608,7 +608,11 @@ impl Compactor {
             })
             .buffered(self.cfg.concurrency)
             .try_collect()
-            .await?;
+            .await;
+        let files = match files {
+            Ok(f) => f,
+            Err(e) => return Err(self.undo_manifest(dir, &manifest_path, e).await),
+        };
         let listed = sources
             .iter()
             .map(|s| format!("{}:{}", s.name, s.rows))
@@ -624,9 +628,14 @@ impl Compactor {
             .collect();
         let what = output_path.to_string();
         // Decoding, sorting and encoding are CPU work: off the runtime's threads.
-        let encoded = tokio::task::spawn_blocking(move || encode(files, footers, props, &what))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let encoded =
+            match tokio::task::spawn_blocking(move || encode(files, footers, props, &what))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            {
+                Ok(e) => e,
+                Err(e) => return Err(self.undo_manifest(dir, &manifest_path, e).await),
+            };
         let mut upload =
             object_store::buffered::BufWriter::new(self.store.clone(), output_path.clone());
         {
@@ -778,14 +787,35 @@ impl Compactor {
             match r {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => {
-                    return Err(CompactionError::Store {
-                        path: paths.first().map(|p| p.to_string()).unwrap_or_default(),
-                        source: e,
-                    });
+                    // The store's error names the object that failed; this names the set
+                    // (results need not come back in the order asked).
+                    let path = match paths {
+                        [one] => one.to_string(),
+                        [first, rest @ ..] => {
+                            format!("{first} or one of the {} deleted with it", rest.len())
+                        }
+                        [] => String::new(),
+                    };
+                    return Err(CompactionError::Store { path, source: e });
                 }
             }
         }
         Ok(())
+    }
+
+    /// Nothing of a group is written yet (an input unreadable, say): its manifest goes
+    /// too, so the partition is left as it was. Best effort: a manifest left behind is
+    /// undone by the next run.
+    async fn undo_manifest(
+        &self,
+        dir: &str,
+        manifest: &ObjectPath,
+        e: CompactionError,
+    ) -> CompactionError {
+        if let Err(d) = self.delete(std::slice::from_ref(manifest)).await {
+            tracing::warn!(partition = dir, manifest = %manifest, error = %d, "cannot remove the manifest of a group that failed: the next run undoes it");
+        }
+        e
     }
 
     /// On a local store: the file (when `file`) and its directory reach the disk.

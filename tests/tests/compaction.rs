@@ -270,6 +270,71 @@ fn compact_refuses_a_second_run_an_unknown_sink_and_bad_settings() -> anyhow::Re
     Ok(())
 }
 
+/// A partition that fails is left as it was and the others are compacted, and the run
+/// exits 1 (cron and monitoring go by the status), its report still printed.
+#[test]
+fn a_partition_that_fails_makes_the_run_exit_1_and_the_others_are_compacted() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let schema = schema();
+    let mut g = Generator::new(5, DISTRIBUTIONS, 4);
+    for dist in 0..DISTRIBUTIONS {
+        let part = dir.path().join(partition(dist, 3));
+        std::fs::create_dir_all(&part)?;
+        for f in 0..3 {
+            let recs: Vec<_> = (0..10)
+                .map(|r| {
+                    g.record(
+                        DAY_MS + 3 * 3_600_000 + (f * 100 + r) as i64,
+                        dist,
+                        ErrorMix::default(),
+                    )
+                })
+                .collect();
+            let refs: Vec<_> = recs.iter().collect();
+            let mut w = ArrowWriter::try_new(
+                std::fs::File::create(part.join(format!("c-{f}.parquet")))?,
+                schema.clone(),
+                None,
+            )?;
+            w.write(&to_batch(&schema, &refs, 100.0)?)?;
+            w.close()?;
+        }
+    }
+    // EDIST1's first file: a footer that reads, pages that do not.
+    let victim = dir.path().join(partition(1, 3)).join("c-0.parquet");
+    let mut bytes = std::fs::read(&victim)?;
+    bytes.iter_mut().skip(4).take(200).for_each(|b| *b = 0xAB);
+    std::fs::write(&victim, &bytes)?;
+    let out = Command::new(binary())
+        .args(["compact", "--min-age", "0s", "--data-dir"])
+        .arg(dir.path())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("EDIST1"),
+        "the failure names its partition: {err}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["failed_partitions"], 1, "{report}");
+    assert_eq!(report["files_in"], 3, "{report}");
+    let names = |dist| -> anyhow::Result<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.path().join(partition(dist, 3)))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        v.sort();
+        Ok(v)
+    };
+    let healthy = names(0)?;
+    assert!(
+        healthy.len() == 1 && healthy[0].starts_with("compacted-"),
+        "{healthy:?}"
+    );
+    assert_eq!(names(1)?, ["c-0.parquet", "c-1.parquet", "c-2.parquet"]);
+    Ok(())
+}
+
 #[test]
 fn a_collector_compacts_closed_hours_in_the_background_and_loses_nothing() -> anyhow::Result<()> {
     use edgelog_tests::process::wait_until;
