@@ -291,6 +291,7 @@ fn save(cp: &mut Checkpoints, inputs: &[Input], state_dir: &Path) -> Result<(), 
                     ino: t.ino,
                     offset: t.offset,
                     pending: t.pending,
+                    tail: t.tail,
                     done: t.done,
                     seen_ms: now,
                 },
@@ -439,9 +440,7 @@ async fn ship_one(
             }
         }
     }
-    let t = &mut inputs[k].files.tracked[i];
-    t.offset = chunk.end;
-    t.pending = None;
+    inputs[k].files.tracked[i].advance(&chunk);
     if let Err(e) = save(cp, inputs, &cfg.state_dir) {
         // The batch is in; a restart resends it with its key and the collector says so.
         tracing::error!(error = %e, "cannot save checkpoints");
