@@ -369,12 +369,6 @@ async fn ship_one(
             tracing::warn!(input = %name, path = %t.path.display(), offset, reason = %reason, in_batch = prepared.unmapped, total = after, "line not mapped; counted and skipped");
         }
     }
-    progress.lines_read += prepared.lines + prepared.unmapped;
-    progress.unmapped += prepared.unmapped;
-    metrics::counter!("edgelog_ship_lines_read_total", "input" => name.clone())
-        .increment(prepared.lines + prepared.unmapped);
-    metrics::counter!("edgelog_ship_lines_unmapped_total", "input" => name.clone())
-        .increment(prepared.unmapped);
     if prepared.lines > 0 {
         let key = format!("ship-{name}-{:016x}-{}-{}", t.fp, chunk.start, chunk.end);
         if !chunk.resend {
@@ -440,6 +434,13 @@ async fn ship_one(
             }
         }
     }
+    // Counted once the range is done: a batch retried is read again, not more lines.
+    progress.lines_read += prepared.lines + prepared.unmapped;
+    progress.unmapped += prepared.unmapped;
+    metrics::counter!("edgelog_ship_lines_read_total", "input" => name.clone())
+        .increment(prepared.lines + prepared.unmapped);
+    metrics::counter!("edgelog_ship_lines_unmapped_total", "input" => name.clone())
+        .increment(prepared.unmapped);
     inputs[k].files.tracked[i].advance(&chunk);
     if let Err(e) = save(cp, inputs, &cfg.state_dir) {
         // The batch is in; a restart resends it with its key and the collector says so.

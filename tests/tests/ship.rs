@@ -407,10 +407,11 @@ fn the_collector_away_for_a_minute_delays_but_loses_nothing() -> anyhow::Result<
     let dir = tempfile::tempdir()?;
     let mut collector = collector(&dir.path().join("c"))?;
     let nginx = Nginx::start(&dir.path().join("nginx"))?;
+    let metrics = format!("127.0.0.1:{}", edgelog_tests::free_port());
     let mut ship = Ship::start(
         &dir.path().join("ship"),
         &collector.url(),
-        &nginx_input(&nginx),
+        &format!("metrics_listen = {metrics:?}\n{}", nginx_input(&nginx)),
     )?;
     for k in 0..50 {
         nginx.request("GET", &format!("/before/{k}"), &[])?;
@@ -434,6 +435,17 @@ fn the_collector_away_for_a_minute_delays_but_loses_nothing() -> anyhow::Result<
     let total = 50 + k;
     // `accepted` restarts from 0 with the collector: the records of the outage.
     wait_accepted(&collector.url(), k, &ship, Duration::from_secs(60))?;
+    // Every line read once, however often its batch was tried during the outage.
+    let read = || {
+        http_get(&format!("http://{metrics}/metrics"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("edgelog_ship_lines_read_total{input=\"nginx\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    wait_until(within(Duration::from_secs(10)), || read() >= total);
+    assert_eq!(read(), total);
     ship.terminate()?;
     assert!(collector.terminate()?, "{}", collector.log_text());
     let stored = stored_ids(&dir.path().join("c/standard-logs"))?;
