@@ -18,11 +18,6 @@ pub struct FileState {
     pub offset: u64,
     /// A batch sent and not yet answered: `[start, end)`.
     pub pending: Option<(u64, u64)>,
-    /// Hash of the bytes just before `offset`, as delivered: a file found again with
-    /// other bytes there holds other content (rewritten in place, or a new file that
-    /// starts with the same line) and is read from its start, not from `offset`.
-    #[serde(default)]
-    pub tail: Option<u64>,
     /// A file read to its end that will not grow (a CloudFront `.gz`).
     #[serde(default)]
     pub done: bool,

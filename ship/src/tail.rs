@@ -1,7 +1,8 @@
 //! Finding and following the files of one input: globs scanned every poll, files known by
 //! the fingerprint of their first line (so a rename, a copy or a move keeps its place), a
-//! truncation (copytruncate) seen as the file's old content moving to its copy, and a
-//! file renamed away (rename-and-create) read through its open descriptor to its end.
+//! truncation (copytruncate) seen as the file's old content moving to its copy, a file
+//! truncated or rewritten in place found again from its start, and a file renamed away
+//! (rename-and-create) read through its open descriptor to its end.
 //!
 //! Long (about 1,100 lines) with its tests: every rotation case is tested on real files here.
 
@@ -35,9 +36,9 @@ pub struct Tracked {
     pub offset: u64,
     /// A batch whose answer was not seen before a restart: resend exactly this range.
     pub pending: Option<(u64, u64)>,
-    /// Hash of the bytes just before `offset` (see [`tail_at`]); `None` for a `.gz` and
-    /// for checkpoints written before it was kept.
-    pub tail: Option<u64>,
+    /// Hash of the bytes just before `offset` as delivered (see [`tail_at`]), to see a
+    /// file rewritten in place past it; `None` until something is delivered here.
+    tail: Option<u64>,
     /// Size at the last scan.
     pub len: u64,
     /// The decompressed content of a `.gz` file (read whole; it does not grow).
@@ -48,7 +49,8 @@ pub struct Tracked {
     gone_since: Option<Instant>,
     /// When it last grew.
     grew_at: Instant,
-    /// Its inode was truncated below the offset: the content moved (copytruncate).
+    /// Its inode shrank below the offset, or was rewritten before it: the content read
+    /// is gone from it (moved to a copy by copytruncate, or lost).
     truncated: bool,
     /// After a failure (unreadable, refused, collector away): not before then.
     pub retry_at: Option<Instant>,
@@ -86,6 +88,10 @@ pub struct Files {
     /// still write to them); more wait.
     max_open: usize,
     pub tracked: Vec<Tracked>,
+    /// Files let go because their content was truncated away, by device and inode, with
+    /// the identity they had: found again with it (their new first line the same as
+    /// the old), they are read from their start, not from the old offset.
+    truncated: HashMap<(u64, u64), u64>,
     rotate_wait: Duration,
     max_gz_bytes: u64,
 }
@@ -126,13 +132,9 @@ fn same_prefix(a: &Path, b: &Path) -> std::io::Result<bool> {
     Ok(x[..k] == y[..k])
 }
 
-/// Bytes before an offset that [`tail_at`] hashes: a line's end is enough to tell a file
-/// rewritten in place from the one delivered, at the cost of one small read.
+/// Bytes before an offset that [`tail_at`] hashes: enough to see a file truncated and
+/// written again past the offset between two scans, for one small read.
 const TAIL_BYTES: u64 = 64;
-
-fn tail_hash(bytes: &[u8]) -> u64 {
-    xxh3_64(bytes)
-}
 
 /// The hash of the up to [`TAIL_BYTES`] bytes of `file` before `offset`; `None` when the
 /// file no longer reaches `offset` or cannot be read.
@@ -141,25 +143,7 @@ fn tail_at(file: &File, offset: u64) -> Option<u64> {
     let mut buf = [0u8; TAIL_BYTES as usize];
     let buf = &mut buf[..n as usize];
     file.read_exact_at(buf, offset - n).ok()?;
-    Some(tail_hash(buf))
-}
-
-/// Whether `file` still holds, before `offset`, the bytes whose hash is `tail` (an
-/// unknown tail only asks that the file reach `offset`).
-fn holds(file: &File, offset: u64, tail: Option<u64>) -> bool {
-    if offset == 0 {
-        return true;
-    }
-    if file.metadata().map_or(true, |m| m.len() < offset) {
-        return false;
-    }
-    tail.is_none_or(|t| tail_at(file, offset) == Some(t))
-}
-
-/// The identity of a file that starts with the same line as another: the line's
-/// fingerprint mixed with the file's inode.
-fn with_inode(fp: u64, dev: u64, ino: u64) -> u64 {
-    xxh3_64(&[fp.to_le_bytes(), dev.to_le_bytes(), ino.to_le_bytes()].concat())
+    Some(xxh3_64(buf))
 }
 
 fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -191,6 +175,7 @@ impl Files {
             failed: HashSet::new(),
             max_open: 512,
             tracked: Vec::new(),
+            truncated: HashMap::new(),
             rotate_wait,
             max_gz_bytes,
         }
@@ -246,13 +231,15 @@ impl Files {
                 if len > t.len {
                     t.grew_at = now;
                 }
-                if !t.is_gz && len < t.offset {
+                if !t.is_gz && len < t.offset && len < t.len {
                     t.truncated = true;
-                } else if !t.is_gz && len != t.len && !holds(&t.file, t.offset, t.tail) {
-                    // Rewritten in place past where it was read (truncated and written
-                    // again before a scan saw it short): what was delivered is gone, as
-                    // after copytruncate; found again next scan as other content.
-                    tracing::warn!(path = %t.path.display(), offset = t.offset, "file rewritten in place: no longer holds what was delivered");
+                } else if !t.is_gz
+                    && len != t.len
+                    && t.tail.is_some()
+                    && tail_at(&t.file, t.offset) != t.tail
+                {
+                    // Truncated and written again past the offset between two scans.
+                    tracing::warn!(path = %t.path.display(), offset = t.offset, "file rewritten in place: it no longer holds what was read");
                     t.truncated = true;
                 }
                 // A `.gz` once read has the decompressed length.
@@ -325,7 +312,11 @@ impl Files {
             if let Some(other) = twin {
                 match same_prefix(&path, other) {
                     Ok(true) => continue,
-                    Ok(false) => fp = with_inode(fp, dev, ino),
+                    Ok(false) => {
+                        fp = xxh3_64(
+                            &[fp.to_le_bytes(), dev.to_le_bytes(), ino.to_le_bytes()].concat(),
+                        );
+                    }
                     Err(e) => {
                         problems.push(format!("{}: {e}", path.display()));
                         continue;
@@ -333,39 +324,35 @@ impl Files {
                 }
             }
             if let Some(t) = self.tracked.iter_mut().find(|t| t.fp == fp) {
-                // The same first line in a second place: a copy (copytruncate) or a move
-                // across filesystems, followed once the original is truncated or gone,
-                // if it holds what was read of the original; else other content.
-                if !(t.truncated || t.gone_since.is_some()) {
-                    continue;
-                }
-                let f = match File::open(&path) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        problems.push(format!("{}: {e}", path.display()));
-                        continue;
+                // The same content in a second place: a copy (copytruncate) or a move
+                // across filesystems. Follow it once the original is truncated or gone.
+                if t.truncated || t.gone_since.is_some() {
+                    match File::open(&path) {
+                        Ok(f) => {
+                            tracing::info!(from = %t.path.display(), to = %path.display(), "file content moved; following it");
+                            t.file = f;
+                            (t.dev, t.ino, t.len, t.path) = (dev, ino, len, path);
+                            t.truncated = false;
+                            t.gone_since = None;
+                            t.grew_at = now;
+                            seen.insert((dev, ino));
+                        }
+                        Err(e) => problems.push(format!("{}: {e}", path.display())),
                     }
-                };
-                if t.is_gz || holds(&f, t.offset, t.tail) {
-                    tracing::info!(from = %t.path.display(), to = %path.display(), "file content moved; following it");
-                    t.file = f;
-                    (t.dev, t.ino, t.len, t.path) = (dev, ino, len, path);
-                    t.truncated = false;
-                    t.gone_since = None;
-                    t.grew_at = now;
-                    seen.insert((dev, ino));
-                    continue;
                 }
-                fp = with_inode(line_fp, dev, ino);
-                if self.tracked.iter().any(|t| t.fp == fp) {
-                    continue;
-                }
+                continue;
             }
             let mut saved = cp
                 .files
                 .get(&file_key(&self.name, fp))
                 .cloned()
                 .unwrap_or_default();
+            if self.truncated.remove(&(dev, ino)) == Some(fp) {
+                // Its content was truncated away and it starts with the same line again:
+                // other content, not the old file at its old offset.
+                tracing::warn!(path = %path.display(), offset = saved.offset, "a truncated file starts with its old first line again: reading it from its start");
+                saved = Default::default();
+            }
             if saved.done {
                 self.finished.insert(done_key, fp);
                 self.seen_done.push(fp);
@@ -379,25 +366,6 @@ impl Files {
                     continue;
                 }
             };
-            if !is_gz && !holds(&file, saved.offset, saved.tail) {
-                // Starts like the file the checkpoint is about but holds other content
-                // (truncated and written again, deleted and made anew): known by its
-                // inode too, from its start unless read under that name before; the
-                // pending range was of the old content.
-                tracing::warn!(path = %path.display(), offset = saved.offset, "file starts like one read before but holds other content");
-                saved = Default::default();
-                if fp == line_fp {
-                    fp = with_inode(line_fp, dev, ino);
-                    if self.tracked.iter().any(|t| t.fp == fp) {
-                        continue;
-                    }
-                    if let Some(s) = cp.files.get(&file_key(&self.name, fp))
-                        && holds(&file, s.offset, s.tail)
-                    {
-                        saved = s.clone();
-                    }
-                }
-            }
             tracing::info!(path = %path.display(), offset = saved.offset, "following a file");
             self.tracked.push(Tracked {
                 fp,
@@ -408,7 +376,7 @@ impl Files {
                 ino,
                 offset: saved.offset,
                 pending: saved.pending,
-                tail: saved.tail,
+                tail: None,
                 len,
                 gz: None,
                 is_gz,
@@ -439,7 +407,7 @@ impl Files {
                 if m.len() > t.len {
                     t.grew_at = now;
                 }
-                if !t.is_gz && m.len() < t.offset {
+                if !t.is_gz && m.len() < t.offset && m.len() < t.len {
                     t.truncated = true;
                 }
                 if t.gz.is_none() {
@@ -451,6 +419,8 @@ impl Files {
         // copy, or lost to copytruncate's race), renamed-away or deleted ones read to
         // their end and quiet for `rotate_wait`, finished `.gz` files.
         let finished = &mut self.finished;
+        let truncated = &mut self.truncated;
+        truncated.retain(|k, _| seen.contains(k));
         self.tracked.retain(|t| {
             let done_key = t.file.metadata().ok().map(|m| {
                 (t.dev, t.ino, m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000)
@@ -461,6 +431,9 @@ impl Files {
                 || t.done
                 || (t.gone_since.is_some() && at_end && quiet));
             if !keep {
+                if t.truncated {
+                    truncated.insert((t.dev, t.ino), t.fp);
+                }
                 if t.done
                     && let Some(k) = done_key
                 {
@@ -644,7 +617,7 @@ impl Tracked {
         let whole = chunk.bytes.len() as u64 == chunk.end - chunk.start;
         self.tail = match (self.is_gz, whole && chunk.bytes.len() >= n) {
             (true, _) => None,
-            (false, true) => Some(tail_hash(&chunk.bytes[chunk.bytes.len() - n..])),
+            (false, true) => Some(xxh3_64(&chunk.bytes[chunk.bytes.len() - n..])),
             (false, false) => tail_at(&self.file, chunk.end),
         };
     }
@@ -729,49 +702,37 @@ mod tests {
         out
     }
 
-    fn cp_of(f: &Files) -> Checkpoints {
-        let mut cp = Checkpoints::default();
-        keep(&mut cp, f);
-        cp
-    }
-
-    /// Saves the followed files' places in `cp`, keeping the others', as ship does.
-    fn keep(cp: &mut Checkpoints, f: &Files) {
+    /// A scan, then every followed file read to its end, the places saved as ship saves
+    /// them (the others' kept).
+    fn scan_and_drain(f: &mut Files, cp: &mut Checkpoints) -> String {
+        f.scan(cp, Instant::now(), &HashSet::new());
+        let out: String = (0..f.tracked.len()).map(|i| drain(f, i)).collect();
         for t in &f.tracked {
             cp.files.insert(
                 file_key("t", t.fp),
                 FileState {
-                    dev: t.dev,
-                    ino: t.ino,
                     offset: t.offset,
                     pending: t.pending,
-                    tail: t.tail,
                     ..FileState::default()
                 },
             );
         }
-    }
-
-    /// A scan, then every followed file read to its end, the places saved.
-    fn scan_and_drain(f: &mut Files, cp: &mut Checkpoints) -> String {
-        f.scan(cp, Instant::now(), &HashSet::new());
-        let out: String = (0..f.tracked.len()).map(|i| drain(f, i)).collect();
-        keep(cp, f);
         out
     }
 
+    fn truncate(p: &Path, len: u64) {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .and_then(|f| f.set_len(len))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     #[test]
-    fn a_file_made_anew_with_the_same_first_line_is_read_from_its_start() {
+    fn a_file_truncated_and_written_again_with_the_same_first_line_is_read_from_its_start() {
         for case in 0..3 {
             let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
             let p = dir.path().join("a.log");
-            let truncate = || {
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .and_then(|f| f.set_len(0))
-                    .unwrap_or_else(|e| panic!("{e}"))
-            };
             append(&p, "header\nold 1\nold 2\nold 3\n");
             let mut f = files(dir.path(), "a.log");
             let mut cp = Checkpoints::default();
@@ -779,74 +740,99 @@ mod tests {
                 scan_and_drain(&mut f, &mut cp),
                 "header\nold 1\nold 2\nold 3\n"
             );
-            let new = match case {
+            let (new, want) = match case {
                 // Truncated, seen short by a scan, then written again.
                 0 => {
-                    truncate();
+                    truncate(&p, 0);
                     assert_eq!(scan_and_drain(&mut f, &mut cp), "");
-                    "header\nnew 1\n"
+                    ("header\nnew 1\n", "header\nnew 1\n")
                 }
                 // Truncated and written again past the old offset between two scans.
                 1 => {
-                    truncate();
-                    "header\nnew 1, longer than the old lines\nnew 2\n"
+                    truncate(&p, 0);
+                    let new = "header\nnew 1, longer than the old lines\nnew 2\n";
+                    (new, new)
                 }
-                // Deleted and made anew.
+                // Cut to its first two lines, then written on: those two again, rather
+                // than the new lines lost.
                 _ => {
-                    fs::remove_file(&p).unwrap_or_else(|e| panic!("{e}"));
-                    "header\nnew 1\n"
+                    truncate(&p, 13);
+                    ("new 4\n", "header\nold 1\nnew 4\n")
                 }
             };
             append(&p, new);
             let mut got = scan_and_drain(&mut f, &mut cp);
             got.push_str(&scan_and_drain(&mut f, &mut cp));
-            assert_eq!(got, new, "case {case}");
-            // A restart goes on where the new content was read to.
-            append(&p, "new 3\n");
-            let mut g = files(dir.path(), "a.log");
-            assert_eq!(scan_and_drain(&mut g, &mut cp), "new 3\n", "case {case}");
+            assert_eq!(got, want, "case {case}");
+            append(&p, "new 5\n");
+            assert_eq!(scan_and_drain(&mut f, &mut cp), "new 5\n", "case {case}");
         }
     }
 
     #[test]
-    fn a_checkpoint_past_the_end_of_its_file_or_of_other_bytes_reads_it_from_its_start() {
+    fn a_copy_shorter_than_the_offset_is_not_read_again_and_a_checkpoint_past_the_end_is_kept() {
+        // copytruncate copies, the server writes on, those lines are read from the
+        // original, and only then is the original truncated: the copy is all delivered.
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let p = dir.path().join("a.log");
-        append(&p, "header\nx 1\n");
-        let fp = fingerprint(&p, false)
+        append(&p, "line 1\nline 2\n");
+        let mut f = files(dir.path(), "a.log*");
+        let mut cp = Checkpoints::default();
+        assert_eq!(scan_and_drain(&mut f, &mut cp), "line 1\nline 2\n");
+        fs::copy(&p, dir.path().join("a.log.1")).unwrap_or_else(|e| panic!("{e}"));
+        append(&p, "line 3\n");
+        // Only the original: the copy is not a new file while the original holds it all.
+        assert_eq!(scan_and_drain(&mut f, &mut cp), "line 3\n");
+        truncate(&p, 0);
+        append(&p, "after 1\n");
+        let mut got = String::new();
+        for _ in 0..3 {
+            got.push_str(&scan_and_drain(&mut f, &mut cp));
+        }
+        assert_eq!(got, "after 1\n");
+        // A restart, the copy still there: nothing again.
+        let mut g = files(dir.path(), "a.log*");
+        let mut got = String::new();
+        for _ in 0..3 {
+            got.push_str(&scan_and_drain(&mut g, &mut cp));
+        }
+        assert_eq!(got, "");
+        // A checkpoint past the end of its file (edited by hand, say) is kept, not let go
+        // and found again at every scan: the file is read once it reaches it.
+        let q = dir.path().join("b.log");
+        append(&q, "first\n");
+        let fp = fingerprint(&q, false)
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("no fingerprint"));
-        for state in [
-            FileState {
-                offset: 1000,
-                ..FileState::default()
-            },
-            FileState {
-                offset: 7,
-                tail: Some(tail_hash(b"other\n")),
-                ..FileState::default()
-            },
-        ] {
-            let mut cp = Checkpoints::default();
-            cp.files.insert(file_key("t", fp), state);
-            let mut f = files(dir.path(), "a.log");
-            assert_eq!(scan_and_drain(&mut f, &mut cp), "header\nx 1\n");
-            // Followed still, not let go and found again at each scan.
-            assert_eq!(scan_and_drain(&mut f, &mut cp), "");
-            assert_eq!(f.tracked.len(), 1);
-        }
-        // The bytes it was read to: it goes on from there.
         let mut cp = Checkpoints::default();
         cp.files.insert(
             file_key("t", fp),
             FileState {
-                offset: 7,
-                tail: Some(tail_hash(b"header\n")),
+                offset: 12,
                 ..FileState::default()
             },
         );
-        let mut f = files(dir.path(), "a.log");
-        assert_eq!(scan_and_drain(&mut f, &mut cp), "x 1\n");
+        let mut h = files(dir.path(), "b.log");
+        assert_eq!(scan_and_drain(&mut h, &mut cp), "");
+        assert_eq!(scan_and_drain(&mut h, &mut cp), "");
+        assert_eq!(h.tracked.len(), 1);
+        append(&q, "12345\nthird\n");
+        assert_eq!(scan_and_drain(&mut h, &mut cp), "third\n");
+    }
+
+    fn cp_of(f: &Files) -> Checkpoints {
+        let mut cp = Checkpoints::default();
+        for t in &f.tracked {
+            cp.files.insert(
+                file_key("t", t.fp),
+                FileState {
+                    offset: t.offset,
+                    pending: t.pending,
+                    ..FileState::default()
+                },
+            );
+        }
+        cp
     }
 
     #[test]
