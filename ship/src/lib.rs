@@ -270,6 +270,21 @@ fn publish_gauges(inputs: &[Input]) {
     }
 }
 
+/// A batch's idempotency key: the file, the range, and the bytes' hash (a file truncated
+/// and written again sends other lines over the same range, which the collector must not
+/// take for a resend). The hash leaves out the line break added to a last line without
+/// one, which a resend of the range does not read.
+fn batch_key(input: &str, fp: u64, chunk: &Chunk) -> String {
+    let range = usize::try_from(chunk.end - chunk.start).unwrap_or(usize::MAX);
+    let bytes = &chunk.bytes[..chunk.bytes.len().min(range)];
+    format!(
+        "ship-{input}-{fp:016x}-{}-{}-{:016x}",
+        chunk.start,
+        chunk.end,
+        xxhash_rust::xxh3::xxh3_64(bytes)
+    )
+}
+
 fn save(cp: &mut Checkpoints, inputs: &[Input], state_dir: &Path) -> Result<(), String> {
     let now = now_ms();
     for input in inputs {
@@ -369,7 +384,7 @@ async fn ship_one(
         }
     }
     if prepared.lines > 0 {
-        let key = format!("ship-{name}-{:016x}-{}-{}", t.fp, chunk.start, chunk.end);
+        let key = batch_key(&name, t.fp, &chunk);
         if !chunk.resend {
             input.files.tracked[i].pending = Some((chunk.start, chunk.end));
             if let Err(e) = save(cp, inputs, &cfg.state_dir) {
@@ -507,4 +522,32 @@ fn prepare(mapping: &Mapping, t: &tail::Tracked, chunk: &Chunk) -> Result<Prepar
         }
     }
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(start: u64, end: u64, bytes: &[u8]) -> Chunk {
+        Chunk {
+            start,
+            end,
+            bytes: bytes.to_vec(),
+            resend: false,
+            oversized: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_key_names_its_bytes_and_a_resend_of_the_range_gets_the_same() {
+        let a = batch_key("nginx", 7, &chunk(0, 6, b"abcde\n"));
+        assert_eq!(a, batch_key("nginx", 7, &chunk(0, 6, b"abcde\n")));
+        // Other lines over the same range (a file truncated and written again).
+        assert_ne!(a, batch_key("nginx", 7, &chunk(0, 6, b"vwxyz\n")));
+        // A last line sent with a line break added, then resent as the file holds it.
+        assert_eq!(
+            batch_key("nginx", 7, &chunk(6, 9, b"end\n")),
+            batch_key("nginx", 7, &chunk(6, 9, b"end"))
+        );
+    }
 }

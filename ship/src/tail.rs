@@ -41,6 +41,8 @@ pub struct Tracked {
     tail: Option<u64>,
     /// Size at the last scan.
     pub len: u64,
+    /// Modification time at the last scan (ns): a rewrite to the same size changes it.
+    mtime: i64,
     /// The decompressed content of a `.gz` file (read whole; it does not grow).
     gz: Option<Vec<u8>>,
     pub is_gz: bool,
@@ -214,12 +216,8 @@ impl Files {
         let mut waiting = 0usize;
         for (path, meta) in metas {
             let (dev, ino, len) = (meta.dev(), meta.ino(), meta.len());
-            let done_key = (
-                dev,
-                ino,
-                len,
-                meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
-            );
+            let mtime = meta.mtime_nsec() + meta.mtime() * 1_000_000_000;
+            let done_key = (dev, ino, len, mtime);
             seen.insert((dev, ino));
             if let Some(t) = self
                 .tracked
@@ -234,7 +232,8 @@ impl Files {
                 if !t.is_gz && len < t.offset && len < t.len {
                     t.truncated = true;
                 } else if !t.is_gz
-                    && len != t.len
+                    && len >= t.offset
+                    && (len != t.len || mtime != t.mtime)
                     && t.tail.is_some()
                     && tail_at(&t.file, t.offset) != t.tail
                 {
@@ -246,6 +245,7 @@ impl Files {
                 if t.gz.is_none() {
                     t.len = len;
                 }
+                t.mtime = mtime;
                 continue;
             }
             if let Some(fp) = self.finished.get(&done_key) {
@@ -331,7 +331,7 @@ impl Files {
                         Ok(f) => {
                             tracing::info!(from = %t.path.display(), to = %path.display(), "file content moved; following it");
                             t.file = f;
-                            (t.dev, t.ino, t.len, t.path) = (dev, ino, len, path);
+                            (t.dev, t.ino, t.len, t.mtime, t.path) = (dev, ino, len, mtime, path);
                             t.truncated = false;
                             t.gone_since = None;
                             t.grew_at = now;
@@ -378,6 +378,7 @@ impl Files {
                 pending: saved.pending,
                 tail: None,
                 len,
+                mtime,
                 gz: None,
                 is_gz,
                 done: false,
@@ -730,7 +731,7 @@ mod tests {
 
     #[test]
     fn a_file_truncated_and_written_again_with_the_same_first_line_is_read_from_its_start() {
-        for case in 0..3 {
+        for case in 0..4 {
             let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
             let p = dir.path().join("a.log");
             append(&p, "header\nold 1\nold 2\nold 3\n");
@@ -752,6 +753,15 @@ mod tests {
                     truncate(&p, 0);
                     let new = "header\nnew 1, longer than the old lines\nnew 2\n";
                     (new, new)
+                }
+                // Written again to the very size it had, between two scans.
+                3 => {
+                    truncate(&p, 0);
+                    std::thread::sleep(Duration::from_millis(20));
+                    (
+                        "header\nnew 1\nnew 2\nnew 3\n",
+                        "header\nnew 1\nnew 2\nnew 3\n",
+                    )
                 }
                 // Cut to its first two lines, then written on: those two again, rather
                 // than the new lines lost.
