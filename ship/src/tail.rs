@@ -708,6 +708,12 @@ mod tests {
     fn scan_and_drain(f: &mut Files, cp: &mut Checkpoints) -> String {
         f.scan(cp, Instant::now(), &HashSet::new());
         let out: String = (0..f.tracked.len()).map(|i| drain(f, i)).collect();
+        keep(cp, f);
+        out
+    }
+
+    /// Saves the followed files' places in `cp`, the others' kept.
+    fn keep(cp: &mut Checkpoints, f: &Files) {
         for t in &f.tracked {
             cp.files.insert(
                 file_key("t", t.fp),
@@ -718,7 +724,6 @@ mod tests {
                 },
             );
         }
-        out
     }
 
     fn truncate(p: &Path, len: u64) {
@@ -832,16 +837,7 @@ mod tests {
 
     fn cp_of(f: &Files) -> Checkpoints {
         let mut cp = Checkpoints::default();
-        for t in &f.tracked {
-            cp.files.insert(
-                file_key("t", t.fp),
-                FileState {
-                    offset: t.offset,
-                    pending: t.pending,
-                    ..FileState::default()
-                },
-            );
-        }
+        keep(&mut cp, f);
         cp
     }
 

@@ -18,13 +18,18 @@ use edgelog_tests::{
     ServerConfig, TestServer, http_get, parquet_files, read_parquet, stored_ids, wait_until, within,
 };
 
-fn accepted(url: &str) -> u64 {
+/// A value on a `/metrics` page: the line that starts with `series` (name and labels).
+fn metric(url: &str, series: &str) -> f64 {
     http_get(&format!("{url}/metrics"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("edgelog_records_accepted_total "))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .unwrap_or(0.0)
+}
+
+fn accepted(url: &str) -> u64 {
+    metric(url, "edgelog_records_accepted_total") as u64
 }
 
 /// Waits until the collector has accepted `n` records; fails with ship's log otherwise.
@@ -379,14 +384,7 @@ fn a_batch_resent_after_a_lost_answer_is_stored_once() -> anyhow::Result<()> {
     }
     fs::write(&cp_path, serde_json::to_vec(&cp)?)?;
     ship.restart()?;
-    let duplicates = |url: &str| {
-        http_get(&format!("{url}/metrics"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("edgelog_ingest_duplicate_records_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let duplicates = |url: &str| metric(url, "edgelog_ingest_duplicate_records_total");
     let url = collector.url();
     assert!(
         wait_until(within(Duration::from_secs(20)), || duplicates(&url) >= 40.0),
@@ -437,12 +435,10 @@ fn the_collector_away_for_a_minute_delays_but_loses_nothing() -> anyhow::Result<
     wait_accepted(&collector.url(), k, &ship, Duration::from_secs(60))?;
     // Every line read once, however often its batch was tried during the outage.
     let read = || {
-        http_get(&format!("http://{metrics}/metrics"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("edgelog_ship_lines_read_total{input=\"nginx\"} "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
+        metric(
+            &format!("http://{metrics}"),
+            "edgelog_ship_lines_read_total{input=\"nginx\"}",
+        ) as u64
     };
     wait_until(within(Duration::from_secs(10)), || read() >= total);
     assert_eq!(read(), total);
