@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::checkpoint::{Checkpoints, file_key};
+use crate::checkpoint::{Checkpoints, FileState, file_key};
 
 /// The fingerprint covers the first line up to this many bytes.
 const FP_BYTES: usize = 4096;
@@ -36,9 +36,9 @@ pub struct Tracked {
     pub offset: u64,
     /// A batch whose answer was not seen before a restart: resend exactly this range.
     pub pending: Option<(u64, u64)>,
-    /// Hash of the bytes just before `offset` as delivered (see [`tail_at`]), to see a
-    /// file rewritten in place past it; `None` until something is delivered here.
-    tail: Option<u64>,
+    /// How many bytes just before `offset` and their hash, as delivered (see [`tail_at`]):
+    /// to see a file rewritten in place past it; `None` until something is delivered here.
+    tail: Option<(u64, u64)>,
     /// Size at the last scan.
     pub len: u64,
     /// Modification time at the last scan (ns): a rewrite to the same size changes it.
@@ -134,14 +134,15 @@ fn same_prefix(a: &Path, b: &Path) -> std::io::Result<bool> {
     Ok(x[..k] == y[..k])
 }
 
-/// Bytes before an offset that [`tail_at`] hashes: enough to see a file truncated and
-/// written again past the offset between two scans, for one small read.
-const TAIL_BYTES: u64 = 64;
+/// At most this many bytes before an offset are hashed: the last whole line or lines
+/// delivered (a line's last fields alone are often the same on every line, so the whole
+/// line, request id included), for one small read.
+const TAIL_BYTES: u64 = 4096;
 
-/// The hash of the up to [`TAIL_BYTES`] bytes of `file` before `offset`; `None` when the
-/// file no longer reaches `offset` or cannot be read.
-fn tail_at(file: &File, offset: u64) -> Option<u64> {
-    let n = offset.min(TAIL_BYTES);
+/// The hash of the `n` bytes of `file` before `offset`; `None` when the file no longer
+/// reaches `offset` or cannot be read.
+fn tail_at(file: &File, offset: u64, n: u64) -> Option<u64> {
+    let n = n.min(offset).min(TAIL_BYTES);
     let mut buf = [0u8; TAIL_BYTES as usize];
     let buf = &mut buf[..n as usize];
     file.read_exact_at(buf, offset - n).ok()?;
@@ -234,8 +235,8 @@ impl Files {
                 } else if !t.is_gz
                     && len >= t.offset
                     && (len != t.len || mtime != t.mtime)
-                    && t.tail.is_some()
-                    && tail_at(&t.file, t.offset) != t.tail
+                    && t.tail
+                        .is_some_and(|(n, h)| tail_at(&t.file, t.offset, n) != Some(h))
                 {
                     // Truncated and written again past the offset between two scans.
                     tracing::warn!(path = %t.path.display(), offset = t.offset, "file rewritten in place: it no longer holds what was read");
@@ -299,9 +300,15 @@ impl Files {
                 .find(|t| t.fp == fp && !t.truncated && t.gone_since.is_none())
                 .and_then(|t| present.get(&(t.dev, t.ino)))
                 .or_else(|| {
+                    // Not a followed file found truncated: its content moved, maybe here.
+                    let truncated = |f: &FileState| {
+                        self.tracked
+                            .iter()
+                            .any(|t| t.truncated && (t.dev, t.ino) == (f.dev, f.ino))
+                    };
                     cp.files
                         .get(&file_key(&self.name, fp))
-                        .filter(|f| (f.dev, f.ino) != (dev, ino))
+                        .filter(|f| (f.dev, f.ino) != (dev, ino) && !truncated(f))
                         .and_then(|f| present.get(&(f.dev, f.ino)))
                 });
             // Only while that file still starts with the line: a truncated original
@@ -614,12 +621,17 @@ impl Tracked {
     pub fn advance(&mut self, chunk: &Chunk) {
         self.offset = chunk.end;
         self.pending = None;
-        let n = chunk.end.min(TAIL_BYTES) as usize;
-        let whole = chunk.bytes.len() as u64 == chunk.end - chunk.start;
-        self.tail = match (self.is_gz, whole && chunk.bytes.len() >= n) {
+        // The chunk's own bytes (what was sent, not what the file may hold by now), else
+        // (a line skipped as too long) read back.
+        let whole = !chunk.bytes.is_empty() && chunk.bytes.len() as u64 == chunk.end - chunk.start;
+        let n = (chunk.bytes.len() as u64).min(TAIL_BYTES);
+        self.tail = match (self.is_gz, whole) {
             (true, _) => None,
-            (false, true) => Some(xxh3_64(&chunk.bytes[chunk.bytes.len() - n..])),
-            (false, false) => tail_at(&self.file, chunk.end),
+            (false, true) => Some((n, xxh3_64(&chunk.bytes[chunk.bytes.len() - n as usize..]))),
+            (false, false) => {
+                let n = chunk.end.min(TAIL_BYTES);
+                tail_at(&self.file, chunk.end, n).map(|h| (n, h))
+            }
         };
     }
 
@@ -712,12 +724,14 @@ mod tests {
         out
     }
 
-    /// Saves the followed files' places in `cp`, the others' kept.
+    /// Saves the followed files' places in `cp`, the others' kept, as ship does.
     fn keep(cp: &mut Checkpoints, f: &Files) {
         for t in &f.tracked {
             cp.files.insert(
                 file_key("t", t.fp),
                 FileState {
+                    dev: t.dev,
+                    ino: t.ino,
                     offset: t.offset,
                     pending: t.pending,
                     ..FileState::default()
@@ -736,16 +750,27 @@ mod tests {
 
     #[test]
     fn a_file_truncated_and_written_again_with_the_same_first_line_is_read_from_its_start() {
-        for case in 0..4 {
+        // Lines whose last 64 bytes are all alike (fields after the request id that rarely
+        // change, as in nginx's documented format): the whole last line tells them apart.
+        let suffix = ",\"status\":\"200\",\"sent_http_content_type\":\"text/plain\",\"len\":\"3\"}";
+        let old: String = (1..=3)
+            .map(|i| format!("{{\"id\":\"old-{i}\"{suffix}\n"))
+            .collect();
+        let renewed: String = (1..=4)
+            .map(|i| format!("{{\"id\":\"new-{i}\"{suffix}\n"))
+            .collect();
+        for case in 0..5 {
             let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
             let p = dir.path().join("a.log");
-            append(&p, "header\nold 1\nold 2\nold 3\n");
+            let first = match case {
+                4 => format!("header\n{old}"),
+                _ => "header\nold 1\nold 2\nold 3\n".to_owned(),
+            };
+            append(&p, &first);
             let mut f = files(dir.path(), "a.log");
             let mut cp = Checkpoints::default();
-            assert_eq!(
-                scan_and_drain(&mut f, &mut cp),
-                "header\nold 1\nold 2\nold 3\n"
-            );
+            assert_eq!(scan_and_drain(&mut f, &mut cp), first);
+            let renewed = format!("header\n{renewed}");
             let (new, want) = match case {
                 // Truncated, seen short by a scan, then written again.
                 0 => {
@@ -768,6 +793,11 @@ mod tests {
                         "header\nnew 1\nnew 2\nnew 3\n",
                     )
                 }
+                // Past the offset between two scans, every line ending alike.
+                4 => {
+                    truncate(&p, 0);
+                    (renewed.as_str(), renewed.as_str())
+                }
                 // Cut to its first two lines, then written on: those two again, rather
                 // than the new lines lost.
                 _ => {
@@ -782,6 +812,31 @@ mod tests {
             append(&p, "new 5\n");
             assert_eq!(scan_and_drain(&mut f, &mut cp), "new 5\n", "case {case}");
         }
+    }
+
+    #[test]
+    fn copytruncate_of_a_file_whose_first_line_never_changes_continues_in_the_copy() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("a.log");
+        append(&p, "header\nline 1\n");
+        let mut f = files(dir.path(), "a.log*");
+        let mut cp = Checkpoints::default();
+        assert_eq!(scan_and_drain(&mut f, &mut cp), "header\nline 1\n");
+        append(&p, "line 2\n");
+        fs::copy(&p, dir.path().join("a.log.1")).unwrap_or_else(|e| panic!("{e}"));
+        truncate(&p, 0);
+        append(&p, "header\nafter 1, longer than the lines before it\n");
+        let mut got = String::new();
+        for _ in 0..3 {
+            got.push_str(&scan_and_drain(&mut f, &mut cp));
+        }
+        assert_eq!(
+            got,
+            "line 2\nheader\nafter 1, longer than the lines before it\n"
+        );
+        let mut g = files(dir.path(), "a.log*");
+        append(&p, "after 2\n");
+        assert_eq!(scan_and_drain(&mut g, &mut cp), "after 2\n");
     }
 
     #[test]
