@@ -43,8 +43,8 @@ pub struct Tracked {
     pub len: u64,
     /// Modification time at the last scan (ns): a rewrite to the same size changes it.
     mtime: i64,
-    /// The decompressed content of a `.gz` file (read whole; it does not grow).
-    gz: Option<Vec<u8>>,
+    /// A `.gz` file's decompressed content, read as a stream once opened.
+    gz: Option<GzStream>,
     pub is_gz: bool,
     pub done: bool,
     /// Since when its path no longer leads to it (renamed away or deleted).
@@ -279,7 +279,8 @@ impl Files {
                 continue;
             }
             if is_gz && self.tracked.iter().any(|t| t.is_gz && !t.done) {
-                // One `.gz` at a time: its decompressed content is in memory.
+                // One `.gz` at a time: a backlog of them is read in turn, each with its
+                // decoder and a batch of its bytes in memory.
                 continue;
             }
             let line_fp = match fingerprint(&path, is_gz) {
@@ -469,25 +470,16 @@ impl Files {
         let max_gz = self.max_gz_bytes;
         let t = &mut self.tracked[i];
         if t.is_gz && t.gz.is_none() {
-            // From the start: an earlier try on an incomplete file moved the position.
-            let mut f = &t.file;
-            f.seek(SeekFrom::Start(0))?;
-            let mut d = flate2::read::MultiGzDecoder::new(f).take(max_gz + 1);
-            let mut out = Vec::new();
-            d.read_to_end(&mut out)?;
-            if out.len() as u64 > max_gz {
-                return Err(std::io::Error::other(format!(
-                    "decompresses to more than max_gz_bytes ({max_gz})"
-                )));
-            }
-            t.len = out.len() as u64;
-            t.gz = Some(out);
+            let g = GzStream::open(&t.file, max_gz)?;
+            t.len = g.len;
             // Complete now: the fingerprint of a file taken while still being written
             // (paused longer than two scans) covered fewer bytes.
-            let mut head = vec![0u8; FP_BYTES];
-            f.seek(SeekFrom::Start(0))?;
-            let n = read_up_to(&mut f, &mut head)?;
-            t.fp = xxh3_64(&head[..n]);
+            t.fp = g.fp;
+            t.gz = Some(g);
+        }
+        if let Some(g) = &mut t.gz {
+            // Bytes before the acknowledged offset (or a pending range) are not read again.
+            g.floor = t.pending.map_or(t.offset, |(a, _)| a.min(t.offset));
         }
         if !t.is_gz && !t.truncated {
             // Copytruncate while no scan ran (the collector away) and the file grown back
@@ -546,6 +538,12 @@ impl Files {
                 let finished = t.is_gz
                     || (t.gone_since.is_some() && now.duration_since(t.grew_at) >= rotate_wait);
                 loop {
+                    if end - t.offset > line_max as u64
+                        && let Some(g) = &mut t.gz
+                    {
+                        // Skipped whatever follows: a `.gz` keeps none of it.
+                        g.floor = end;
+                    }
                     let n = t.read_at(&mut buf, end)?;
                     if n == 0 {
                         if finished {
@@ -635,19 +633,14 @@ impl Tracked {
         };
     }
 
-    fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
-        match &self.gz {
-            Some(g) => {
-                let start = (at as usize).min(g.len());
-                let n = (g.len() - start).min(buf.len());
-                buf[..n].copy_from_slice(&g[start..start + n]);
-                Ok(n)
-            }
+    fn read_at(&mut self, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+        match &mut self.gz {
+            Some(g) => g.read_at(buf, at),
             None => self.file.read_at(buf, at),
         }
     }
 
-    fn read_range(&self, a: u64, b: u64) -> std::io::Result<Vec<u8>> {
+    fn read_range(&mut self, a: u64, b: u64) -> std::io::Result<Vec<u8>> {
         let mut out = vec![0u8; (b - a) as usize];
         let mut n = 0;
         while n < out.len() {
@@ -662,16 +655,150 @@ impl Tracked {
 
     /// The W3C header lines (`#Version`, `#Fields`) at the start of the file.
     pub fn w3c_header(&self) -> std::io::Result<Vec<u8>> {
-        let head = self.read_range(0, self.len.min(64 << 10))?;
-        let mut out = Vec::new();
-        for line in head.split_inclusive(|&b| b == b'\n') {
-            if line.starts_with(b"#") {
-                out.extend_from_slice(line);
-            } else {
+        if let Some(g) = &self.gz {
+            return Ok(g.header.clone());
+        }
+        let mut head = vec![0u8; self.len.min(W3C_HEADER_BYTES) as usize];
+        let n = read_up_to(&mut &self.file, &mut head)?;
+        head.truncate(n);
+        Ok(header_lines(&head))
+    }
+}
+
+/// The header lines are looked for in this many bytes at the start of a file.
+const W3C_HEADER_BYTES: u64 = 64 << 10;
+
+/// The `#` lines that start `head`.
+fn header_lines(head: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in head.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b"#") && line.ends_with(b"\n") {
+            out.extend_from_slice(line);
+        } else {
+            break;
+        }
+    }
+    out
+}
+
+type GzDecoder = flate2::read::MultiGzDecoder<std::io::BufReader<File>>;
+
+/// A `.gz` read as a stream: decompressed once whole to learn its length (and refuse it
+/// if corrupt or too big before anything is sent), then again in order, keeping only the
+/// bytes from `floor` on: memory stays about a batch whatever the file decompresses to.
+struct GzStream {
+    file: File,
+    decoder: GzDecoder,
+    /// Decompressed length.
+    len: u64,
+    /// Hash of the compressed file's first bytes: its identity.
+    fp: u64,
+    header: Vec<u8>,
+    /// Decompressed bytes taken from the decoder.
+    pos: u64,
+    /// `window` holds `[pos - window.len(), pos)`.
+    window: Vec<u8>,
+    /// No byte before this is asked for again (unless the stream starts over).
+    floor: u64,
+}
+
+impl std::fmt::Debug for GzStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GzStream")
+            .field("len", &self.len)
+            .field("pos", &self.pos)
+            .field("window", &self.window.len())
+            .finish()
+    }
+}
+
+/// Decompressed bytes taken from the decoder at a time.
+const GZ_STEP: usize = 64 << 10;
+
+impl GzStream {
+    fn open(file: &File, max_gz: u64) -> std::io::Result<GzStream> {
+        let mut head = vec![0u8; FP_BYTES];
+        let n = file.read_at(&mut head, 0)?;
+        let fp = xxh3_64(&head[..n]);
+        let mut d = Self::decoder(file)?;
+        let mut buf = vec![0u8; GZ_STEP];
+        let mut len = 0u64;
+        let mut first = Vec::new();
+        loop {
+            let n = d.read(&mut buf)?;
+            if n == 0 {
                 break;
             }
+            if first.len() < W3C_HEADER_BYTES as usize {
+                let k = n.min(W3C_HEADER_BYTES as usize - first.len());
+                first.extend_from_slice(&buf[..k]);
+            }
+            len += n as u64;
+            if len > max_gz {
+                return Err(std::io::Error::other(format!(
+                    "decompresses to more than max_gz_bytes ({max_gz})"
+                )));
+            }
         }
-        Ok(out)
+        Ok(GzStream {
+            file: file.try_clone()?,
+            decoder: Self::decoder(file)?,
+            len,
+            fp,
+            header: header_lines(&first),
+            pos: 0,
+            window: Vec::new(),
+            floor: 0,
+        })
+    }
+
+    fn decoder(file: &File) -> std::io::Result<GzDecoder> {
+        let mut f = file.try_clone()?;
+        f.seek(SeekFrom::Start(0))?;
+        Ok(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+            f,
+        )))
+    }
+
+    /// Bytes at `at`, decoding on as far as needed; from the start again for bytes
+    /// already let go.
+    fn read_at(&mut self, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+        let start = self.pos - self.window.len() as u64;
+        if at < start {
+            self.decoder = Self::decoder(&self.file)?;
+            self.pos = 0;
+            self.window.clear();
+        }
+        let want = (at + buf.len() as u64).min(self.len);
+        while self.pos < want {
+            // Let go of what is not asked for again before taking more.
+            let keep_from = self.floor.min(at);
+            let start = self.pos - self.window.len() as u64;
+            if keep_from > start {
+                self.window
+                    .drain(..((keep_from - start) as usize).min(self.window.len()));
+            }
+            let old = self.window.len();
+            // Exactly: doubling would hold up to twice the batch.
+            self.window.reserve_exact(GZ_STEP);
+            self.window.resize(old + GZ_STEP, 0);
+            let n = self.decoder.read(&mut self.window[old..])?;
+            self.window.truncate(old + n);
+            if n == 0 {
+                return Err(std::io::Error::other(
+                    "the .gz changed while it was read: it ends sooner",
+                ));
+            }
+            self.pos += n as u64;
+        }
+        let start = self.pos - self.window.len() as u64;
+        if at >= self.pos || at < start {
+            return Ok(0);
+        }
+        let from = (at - start) as usize;
+        let n = (self.window.len() - from).min(buf.len());
+        buf[..n].copy_from_slice(&self.window[from..from + n]);
+        Ok(n)
     }
 }
 
@@ -1130,6 +1257,93 @@ mod tests {
             assert_eq!(f.tracked.len(), 1, "let go before its end");
         }
         assert_eq!(got, text);
+    }
+
+    /// A `.gz` of 64 MiB decompressed (a few hundred KiB on disk) is read in order
+    /// holding about a batch of it; a restart at a pending range reads that range back
+    /// exactly; a line past the limit is skipped without being held.
+    #[test]
+    fn a_gz_is_streamed_holding_about_a_batch_of_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut want = xxhash_rust::xxh3::Xxh3::new();
+        let mut total = 0u64;
+        let mut k = 0u64;
+        while total < 64 << 20 {
+            let line = if k == 1000 {
+                // 8 MiB without a line break: skipped (the limit is 1 MiB).
+                format!("{}\n", "y".repeat(8 << 20))
+            } else {
+                format!("line {k:09} with some padding to compress well\n")
+            };
+            gz.write_all(line.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+            if k != 1000 {
+                want.update(line.as_bytes());
+            }
+            total += line.len() as u64;
+            k += 1;
+        }
+        fs::write(
+            dir.path().join("E1.2026-11-26-10.x.gz"),
+            gz.finish().unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let big = |dir: &Path| {
+            Files::new(
+                "t",
+                vec![dir.join("*.gz").display().to_string()],
+                true,
+                Duration::ZERO,
+                1 << 30,
+            )
+        };
+        let mut f = big(dir.path());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
+        let mut got = xxhash_rust::xxh3::Xxh3::new();
+        let mut held = 0;
+        let mut skipped = 0;
+        let mut restarted = false;
+        while let Some(c) = f
+            .read(0, 256 << 10, 1 << 20, Instant::now())
+            .unwrap_or_else(|e| panic!("{e}"))
+        {
+            held = held.max(f.tracked[0].gz.as_ref().map_or(0, |g| g.window.capacity()));
+            if c.oversized {
+                skipped += c.end - c.start;
+            } else if !restarted && c.start > 40 << 20 {
+                // Killed with this range pending: a new ship reads it back exactly.
+                restarted = true;
+                let mut cp = Checkpoints::default();
+                f.tracked[0].pending = Some((c.start, c.end));
+                keep(&mut cp, &f);
+                f = big(dir.path());
+                f.scan(&cp, Instant::now(), &HashSet::new());
+                f.scan(&cp, Instant::now(), &HashSet::new());
+                let again = f
+                    .read(0, 256 << 10, 1 << 20, Instant::now())
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .unwrap_or_else(|| panic!("nothing after the restart"));
+                assert!(again.resend);
+                assert_eq!((again.start, again.end), (c.start, c.end));
+                assert!(again.bytes == c.bytes, "the pending range differs");
+            }
+            got.update(&c.bytes);
+            f.tracked[0].advance(&c);
+        }
+        assert!(restarted);
+        assert!(f.tracked[0].done);
+        assert_eq!(skipped, (8 << 20) + 1);
+        assert_eq!(
+            got.digest(),
+            want.digest(),
+            "lines lost, changed or out of order"
+        );
+        assert!(
+            held <= (1 << 20) + (256 << 10),
+            "held {held} bytes of the stream"
+        );
     }
 
     #[test]

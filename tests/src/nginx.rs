@@ -281,6 +281,10 @@ impl Ship {
         self.proc.check_running()
     }
 
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        self.proc.pid()
+    }
+
     pub fn log_text(&self) -> String {
         self.proc.log_text()
     }

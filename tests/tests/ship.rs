@@ -565,6 +565,44 @@ fn cloudfront_files_are_each_delivered_once_across_a_restart() -> anyhow::Result
     Ok(())
 }
 
+/// A CloudFront `.gz` decompressing to 96 MiB (lines of 2 KiB) is sent whole, each line
+/// once, while ship holds about a batch of it: its peak RSS stays far below the content.
+#[test]
+fn a_large_cloudfront_gz_is_streamed_not_held() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut collector = collector(&dir.path().join("c"))?;
+    let logs = dir.path().join("cloudfront");
+    fs::create_dir_all(&logs)?;
+    const LINES: u64 = 48_000;
+    let mut rs = records("E2BIG", 0, LINES);
+    for r in &mut rs {
+        r.cs_uri_stem = r
+            .cs_uri_stem
+            .take()
+            .map(|u| format!("{u}/{}", "p".repeat(2000)));
+    }
+    let path = logs.join("E2BIG.2026-11-26-10.0123abcd.gz");
+    cloudfront_file(&path, &rs)?;
+    drop(rs);
+    let input = format!(
+        "[[inputs]]\nname = \"cloudfront\"\npaths = [{:?}]\nformat = \"cloudfront\"\n",
+        format!("{}/*.gz", logs.display())
+    );
+    let ship = Ship::start(&dir.path().join("ship"), &collector.url(), &input)?;
+    wait_accepted(&collector.url(), LINES, &ship, Duration::from_secs(120))?;
+    let peak_mib = edgelog_tests::vm_hwm_kib(ship.pid()?)? / 1024;
+    assert!(
+        peak_mib < 64,
+        "ship peaked at {peak_mib} MiB for a 96 MiB file"
+    );
+    assert_eq!(accepted(&collector.url()), LINES);
+    assert!(collector.terminate()?, "{}", collector.log_text());
+    let stored = stored_ids(&dir.path().join("c/standard-logs"))?;
+    assert_eq!(stored.len() as u64, LINES);
+    assert!(stored.values().all(|n| *n == 1));
+    Ok(())
+}
+
 /// Ship's state directory full (a real tmpfs, filled): no batch goes without its range
 /// saved first, nothing is lost, and shipping resumes by itself once there is room.
 #[test]
