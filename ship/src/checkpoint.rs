@@ -1,10 +1,18 @@
 //! Where each file stands: its identity (fingerprint of its first line, plus the device
 //! and inode last seen), the offset up to which the collector acknowledged its lines, and
-//! the range of a batch in flight. Saved atomically before a batch is sent (its range)
-//! and after it is answered (the new offset), so a restart resends exactly the range
-//! whose answer it may have missed, with the same idempotency key.
+//! the range of a batch in flight. Saved before a batch is sent (its range) and after it
+//! is answered (the new offset), so a restart resends exactly the range whose answer it
+//! may have missed, with the same idempotency key.
+//!
+//! A save appends only the entries that changed to a journal (one write, one fsync),
+//! since thousands of followed files made rewriting them all twice per batch the cost of
+//! shipping; the journal is folded into the snapshot, rewritten atomically, once it
+//! outgrows it. The journal names the snapshot's generation: one left from before the
+//! last snapshot is ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +37,33 @@ pub struct FileState {
 pub struct Checkpoints {
     /// By input and fingerprint: `input/0123456789abcdef` (two inputs may read one file).
     pub files: BTreeMap<String, FileState>,
+    /// Counts snapshots; the journal applies to the snapshot of its generation only.
+    #[serde(default)]
+    generation: u64,
+    /// Entries changed (or forgotten) since the last save.
+    #[serde(skip)]
+    dirty: BTreeSet<String>,
+    /// The journal open for appending, and its length; `None` until the first save
+    /// writes a snapshot (and after a failed append).
+    #[serde(skip)]
+    journal: Option<(File, u64)>,
+    /// The snapshot's length when written.
+    #[serde(skip)]
+    snapshot_bytes: u64,
+    #[serde(skip)]
+    forgot_ms: u64,
+}
+
+/// One journal line: an entry's new state, or `None` when it was forgotten.
+#[derive(Serialize, Deserialize)]
+struct Change {
+    k: String,
+    v: Option<FileState>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JournalHeader {
+    generation: u64,
 }
 
 pub fn file_key(input: &str, fp: u64) -> String {
@@ -38,27 +73,292 @@ pub fn file_key(input: &str, fp: u64) -> String {
 /// Entries not seen for this long are forgotten.
 const FORGET_MS: u64 = 7 * 24 * 3600 * 1000;
 
+/// `seen_ms` alone moving by less than this is not a change worth a write.
+const SEEN_STEP_MS: u64 = 3600 * 1000;
+
+/// The journal is folded into a new snapshot once it is longer than the snapshot and
+/// this.
+const JOURNAL_MIN_BYTES: u64 = 256 << 10;
+
 impl Checkpoints {
     pub fn path(state_dir: &Path) -> PathBuf {
         state_dir.join("checkpoints.json")
     }
 
+    fn journal_path(state_dir: &Path) -> PathBuf {
+        state_dir.join("checkpoints.journal")
+    }
+
     pub fn load(state_dir: &Path) -> Result<Checkpoints, String> {
         let p = Self::path(state_dir);
-        match std::fs::read(&p) {
+        let mut cp: Checkpoints = match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| format!("checkpoint file {} is unreadable: {e}", p.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoints::default()),
-            Err(e) => Err(format!("cannot read {}: {e}", p.display())),
+                .map_err(|e| format!("checkpoint file {} is unreadable: {e}", p.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Checkpoints::default(),
+            Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
+        };
+        let j = Self::journal_path(state_dir);
+        let text = match std::fs::read(&j) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(cp),
+            Err(e) => return Err(format!("cannot read {}: {e}", j.display())),
+        };
+        let unreadable =
+            |e: String| format!("checkpoint journal {} is unreadable: {e}", j.display());
+        let mut lines = text.split_inclusive(|&b| b == b'\n').peekable();
+        // Torn (a crash during its first write): as if there were none.
+        let Some(Ok(head)) = lines
+            .next()
+            .filter(|l| l.ends_with(b"\n"))
+            .map(serde_json::from_slice::<JournalHeader>)
+        else {
+            return Ok(cp);
+        };
+        if head.generation != cp.generation {
+            // From before the snapshot, which holds all of it.
+            return Ok(cp);
+        }
+        while let Some(line) = lines.next() {
+            match serde_json::from_slice::<Change>(line) {
+                Ok(c) => match c.v {
+                    Some(v) => {
+                        cp.files.insert(c.k, v);
+                    }
+                    None => {
+                        cp.files.remove(&c.k);
+                    }
+                },
+                // The last line cut short by a crash: its save never finished, so its
+                // batch was never sent.
+                Err(_) if lines.peek().is_none() && !line.ends_with(b"\n") => {}
+                Err(e) => return Err(unreadable(e.to_string())),
+            }
+        }
+        Ok(cp)
+    }
+
+    /// Sets an entry, marking it for the next save if it changed (`seen_ms` only when it
+    /// moved by an hour or more).
+    pub fn set(&mut self, key: String, state: FileState) {
+        match self.files.get_mut(&key) {
+            Some(old)
+                if FileState {
+                    seen_ms: old.seen_ms,
+                    ..state.clone()
+                } == *old
+                    && state.seen_ms.saturating_sub(old.seen_ms) < SEEN_STEP_MS => {}
+            _ => {
+                self.files.insert(key.clone(), state);
+                self.dirty.insert(key);
+            }
         }
     }
 
+    /// Marks an entry seen now (a finished file still there keeps its entry).
+    pub fn touch(&mut self, key: &str, now_ms: u64) {
+        if let Some(f) = self.files.get(key)
+            && now_ms.saturating_sub(f.seen_ms) >= SEEN_STEP_MS
+        {
+            let f = FileState {
+                seen_ms: now_ms,
+                ..f.clone()
+            };
+            self.set(key.to_owned(), f);
+        }
+    }
+
+    /// Makes every change since the last save durable.
     pub fn save(&mut self, state_dir: &Path, now_ms: u64) -> Result<(), String> {
-        self.files
-            .retain(|_, f| now_ms.saturating_sub(f.seen_ms) < FORGET_MS);
+        if now_ms.saturating_sub(self.forgot_ms) >= SEEN_STEP_MS {
+            self.forgot_ms = now_ms;
+            let old: Vec<String> = self
+                .files
+                .iter()
+                .filter(|(_, f)| now_ms.saturating_sub(f.seen_ms) >= FORGET_MS)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in old {
+                self.files.remove(&k);
+                self.dirty.insert(k);
+            }
+        }
+        if self.dirty.is_empty() && self.journal.is_some() {
+            return Ok(());
+        }
+        let mut lines = Vec::new();
+        for k in &self.dirty {
+            let c = Change {
+                k: k.clone(),
+                v: self.files.get(k).cloned(),
+            };
+            serde_json::to_writer(&mut lines, &c).map_err(|e| e.to_string())?;
+            lines.push(b'\n');
+        }
+        let j = Self::journal_path(state_dir);
+        match &mut self.journal {
+            Some((f, len))
+                if *len + lines.len() as u64 <= self.snapshot_bytes.max(JOURNAL_MIN_BYTES) =>
+            {
+                let r = edgelog_wal::state_file::blocking(|| {
+                    f.write_all(&lines)?;
+                    f.sync_data()
+                });
+                if let Err(e) = r {
+                    // Maybe part of a line written: no more appends after it; the next
+                    // save writes a snapshot, and until then a restart ignores the torn
+                    // line (its batch was never sent).
+                    self.journal = None;
+                    return Err(format!("cannot save {}: {e}", j.display()));
+                }
+                *len += lines.len() as u64;
+            }
+            _ => self.snapshot(state_dir)?,
+        }
+        self.dirty.clear();
+        Ok(())
+    }
+
+    /// Writes every entry into the snapshot, the journal emptied (on a clean stop).
+    pub fn fold(&mut self, state_dir: &Path) -> Result<(), String> {
+        self.snapshot(state_dir)?;
+        self.dirty.clear();
+        Ok(())
+    }
+
+    /// Writes every entry anew and starts an empty journal for them.
+    fn snapshot(&mut self, state_dir: &Path) -> Result<(), String> {
+        self.journal = None;
+        self.generation += 1;
         let data = serde_json::to_vec(self).map_err(|e| e.to_string())?;
         let p = Self::path(state_dir);
-        edgelog_wal::state_file::write_atomic(&p, &data)
-            .map_err(|e| format!("cannot save {}: {e}", p.display()))
+        let failed = |p: &Path, e: std::io::Error| format!("cannot save {}: {e}", p.display());
+        if let Err(e) = edgelog_wal::state_file::write_atomic(&p, &data) {
+            self.generation -= 1;
+            return Err(failed(&p, e));
+        }
+        self.snapshot_bytes = data.len() as u64;
+        let j = Self::journal_path(state_dir);
+        let mut head = serde_json::to_vec(&JournalHeader {
+            generation: self.generation,
+        })
+        .map_err(|e| e.to_string())?;
+        head.push(b'\n');
+        // A crash before the new journal is in place leaves the old one, of the last
+        // generation: ignored.
+        edgelog_wal::state_file::write_atomic(&j, &head).map_err(|e| failed(&j, e))?;
+        let f = OpenOptions::new()
+            .append(true)
+            .open(&j)
+            .map_err(|e| failed(&j, e))?;
+        self.journal = Some((f, head.len() as u64));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(offset: u64, seen_ms: u64) -> FileState {
+        FileState {
+            path: "/var/log/a.log".into(),
+            dev: 1,
+            ino: 2,
+            offset,
+            pending: Some((offset, offset + 10)),
+            done: false,
+            seen_ms,
+        }
+    }
+
+    fn journal_len(dir: &Path) -> u64 {
+        std::fs::metadata(Checkpoints::journal_path(dir)).map_or(0, |m| m.len())
+    }
+
+    #[test]
+    fn a_save_appends_what_changed_and_a_restart_sees_every_save() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = dir.path();
+        let mut cp = Checkpoints::default();
+        for i in 0..2000 {
+            cp.set(format!("in/{i:016x}"), state(i, 1000));
+        }
+        cp.save(d, 1000).unwrap_or_else(|e| panic!("{e}"));
+        let snapshot = std::fs::read(Checkpoints::path(d)).unwrap_or_default();
+        // One entry changed: one line appended, the snapshot untouched.
+        let before = journal_len(d);
+        cp.set("in/0000000000000007".into(), state(700, 1000));
+        cp.save(d, 1000).unwrap_or_else(|e| panic!("{e}"));
+        let line = journal_len(d) - before;
+        assert!(line < 300, "{line} bytes for one entry");
+        assert_eq!(
+            std::fs::read(Checkpoints::path(d)).unwrap_or_default(),
+            snapshot
+        );
+        // Seen a minute later, nothing else: no write.
+        cp.set("in/0000000000000007".into(), state(700, 61_000));
+        cp.save(d, 61_000).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(journal_len(d) - before, line);
+        // Many saves: the journal is folded into a snapshot once it outgrows it.
+        for n in 0..5000u64 {
+            cp.set(format!("in/{:016x}", n % 2000), state(10_000 + n, 1000));
+            cp.save(d, 1000).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let snap = std::fs::metadata(Checkpoints::path(d)).map_or(0, |m| m.len());
+        assert!(journal_len(d) <= snap.max(JOURNAL_MIN_BYTES) + 300);
+        let back = Checkpoints::load(d).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.files, cp.files);
+        assert_eq!(back.files["in/0000000000000007"].offset, 10_000 + 4007);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_and_a_stale_journal_too() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = dir.path();
+        let mut cp = Checkpoints::default();
+        cp.set("in/a".into(), state(1, 1000));
+        cp.save(d, 1000).unwrap_or_else(|e| panic!("{e}"));
+        cp.set("in/a".into(), state(2, 1000));
+        cp.save(d, 1000).unwrap_or_else(|e| panic!("{e}"));
+        let j = Checkpoints::journal_path(d);
+        let whole = std::fs::read(&j).unwrap_or_default();
+        // A crash in the middle of the next append.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(br#"{"k":"in/a","v":{"path":"/var/log/a.log","dev":1,"#);
+        std::fs::write(&j, &torn).unwrap_or_else(|e| panic!("{e}"));
+        let back = Checkpoints::load(d).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.files["in/a"].offset, 2);
+        // Garbage before the last line is not a torn write: refused, as a corrupt snapshot.
+        let mut bad = whole.clone();
+        bad.extend_from_slice(b"garbage\n");
+        bad.extend_from_slice(
+            &whole[whole.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1)..],
+        );
+        std::fs::write(&j, &bad).unwrap_or_else(|e| panic!("{e}"));
+        assert!(Checkpoints::load(d).is_err());
+        // A journal of an older generation (a crash between a snapshot and its journal)
+        // is ignored: the snapshot holds everything.
+        std::fs::write(&j, &whole).unwrap_or_else(|e| panic!("{e}"));
+        let mut cp = Checkpoints::load(d).unwrap_or_else(|e| panic!("{e}"));
+        cp.set("in/a".into(), state(3, 1000));
+        cp.save(d, 1000).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&j, &whole).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Checkpoints::load(d).map(|c| c.files["in/a"].offset), Ok(3));
+    }
+
+    #[test]
+    fn entries_unseen_for_a_week_are_forgotten_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = dir.path();
+        let mut cp = Checkpoints::default();
+        cp.set("in/old".into(), state(1, 0));
+        cp.set("in/new".into(), state(1, FORGET_MS));
+        cp.save(d, FORGET_MS).unwrap_or_else(|e| panic!("{e}"));
+        cp.set("in/new".into(), state(2, FORGET_MS));
+        cp.save(d, FORGET_MS + SEEN_STEP_MS)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let back = Checkpoints::load(d).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.files.keys().collect::<Vec<_>>(), ["in/new"]);
+        assert_eq!(back.files["in/new"].offset, 2);
     }
 }

@@ -126,6 +126,7 @@ pub async fn run(
     let mut last_problems: Vec<String> = Vec::new();
     // Halved when the collector says a batch is too large (413), down to one line.
     let mut batch_limit = cfg.batch_bytes;
+    let mut save_failing = false;
     // Files stay open while they may still grow: raise the soft limit to the hard one,
     // and keep some descriptors for the checkpoint file and the connections.
     let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
@@ -184,7 +185,7 @@ pub async fn run(
                                 true
                             }
                         },
-                        _ = &mut shutdown => return Ok(stopped(progress)),
+                        _ = &mut shutdown => return Ok(stopped(progress, &mut cp, &inputs, &cfg.state_dir)),
                     };
                     if stop {
                         break;
@@ -195,6 +196,14 @@ pub async fn run(
                 }
             }
         }
+        // Renames and moves the scans saw, for files with nothing to send.
+        let saved = save(&mut cp, &inputs, &cfg.state_dir);
+        if let Err(e) = &saved
+            && !save_failing
+        {
+            tracing::error!(error = %e, "cannot save checkpoints");
+        }
+        save_failing = saved.is_err();
         publish_gauges(&inputs);
         if !cfg.progress_interval.is_zero() && last_progress.elapsed() >= cfg.progress_interval {
             last_progress = Instant::now();
@@ -226,7 +235,7 @@ pub async fn run(
         if !worked {
             tokio::select! {
                 _ = tokio::time::sleep(cfg.poll_interval) => {}
-                _ = &mut shutdown => return Ok(stopped(progress)),
+                _ = &mut shutdown => return Ok(stopped(progress, &mut cp, &inputs, &cfg.state_dir)),
             }
         }
     }
@@ -245,7 +254,11 @@ enum Later {
     SetAside,
 }
 
-fn stopped(p: Progress) -> Progress {
+/// On a clean stop every place goes into `checkpoints.json` (the journal emptied).
+fn stopped(p: Progress, cp: &mut Checkpoints, inputs: &[Input], state_dir: &Path) -> Progress {
+    if let Err(e) = save(cp, inputs, state_dir).and_then(|()| cp.fold(state_dir)) {
+        tracing::warn!(error = %e, "cannot fold the checkpoint journal into checkpoints.json; it is read on start");
+    }
     tracing::info!(
         lines_read = p.lines_read,
         accepted = p.accepted,
@@ -285,34 +298,46 @@ fn batch_key(input: &str, fp: u64, chunk: &Chunk) -> String {
     )
 }
 
+/// Every file's place, saved: finished files still there keep their entry, so they are
+/// never sent again. Only what changed is written (see [`Checkpoints::save`]).
 fn save(cp: &mut Checkpoints, inputs: &[Input], state_dir: &Path) -> Result<(), String> {
     let now = now_ms();
     for input in inputs {
-        // Finished files still there keep their entry, so they are never sent again.
         for fp in &input.files.seen_done {
-            if let Some(f) = cp
-                .files
-                .get_mut(&checkpoint::file_key(&input.cfg.name, *fp))
-            {
-                f.seen_ms = now;
-            }
+            cp.touch(&checkpoint::file_key(&input.cfg.name, *fp), now);
         }
         for t in &input.files.tracked {
-            cp.files.insert(
-                checkpoint::file_key(&input.cfg.name, t.fp),
-                FileState {
-                    path: t.path.clone(),
-                    dev: t.dev,
-                    ino: t.ino,
-                    offset: t.offset,
-                    pending: t.pending,
-                    done: t.done,
-                    seen_ms: now,
-                },
-            );
+            place(cp, &input.cfg.name, t, now);
         }
     }
     cp.save(state_dir, now)
+}
+
+/// File `i` of `input`'s place, saved (before and after each of its batches).
+fn save_file(
+    cp: &mut Checkpoints,
+    input: &Input,
+    i: usize,
+    state_dir: &Path,
+) -> Result<(), String> {
+    let now = now_ms();
+    place(cp, &input.cfg.name, &input.files.tracked[i], now);
+    cp.save(state_dir, now)
+}
+
+fn place(cp: &mut Checkpoints, input: &str, t: &tail::Tracked, now: u64) {
+    cp.set(
+        checkpoint::file_key(input, t.fp),
+        FileState {
+            path: t.path.clone(),
+            dev: t.dev,
+            ino: t.ino,
+            offset: t.offset,
+            pending: t.pending,
+            done: t.done,
+            seen_ms: now,
+        },
+    );
 }
 
 /// Ships the next chunk of file `i` of input `k`. `Ok(false)`: nothing to send now.
@@ -387,7 +412,7 @@ async fn ship_one(
         let key = batch_key(&name, t.fp, &chunk);
         if !chunk.resend {
             input.files.tracked[i].pending = Some((chunk.start, chunk.end));
-            if let Err(e) = save(cp, inputs, &cfg.state_dir) {
+            if let Err(e) = save_file(cp, &inputs[k], i, &cfg.state_dir) {
                 tracing::error!(error = %e, "cannot save checkpoints; not sending");
                 inputs[k].files.tracked[i].pending = None;
                 return Err(Later::After(RETRY));
@@ -428,7 +453,7 @@ async fn ship_one(
                 *batch_limit = (*batch_limit / 2).max(1);
                 tracing::warn!(input = %name, error = %e, batch_bytes = *batch_limit, "collector says the batch is too large; sending smaller ones");
                 inputs[k].files.tracked[i].pending = None;
-                save(cp, inputs, &cfg.state_dir).map_err(|_| Later::After(RETRY))?;
+                save_file(cp, &inputs[k], i, &cfg.state_dir).map_err(|_| Later::After(RETRY))?;
                 return Err(Later::After(Duration::ZERO));
             }
             Err(e) if e.status == Some(413) => {
@@ -456,7 +481,7 @@ async fn ship_one(
     metrics::counter!("edgelog_ship_lines_unmapped_total", "input" => name.clone())
         .increment(prepared.unmapped);
     inputs[k].files.tracked[i].advance(&chunk);
-    if let Err(e) = save(cp, inputs, &cfg.state_dir) {
+    if let Err(e) = save_file(cp, &inputs[k], i, &cfg.state_dir) {
         // The batch is in; a restart resends it with its key and the collector says so.
         tracing::error!(error = %e, "cannot save checkpoints");
         return Err(Later::After(RETRY));

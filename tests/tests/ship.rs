@@ -318,7 +318,9 @@ fn rotation_and_crashes_under_load_lose_and_duplicate_nothing() -> anyhow::Resul
                 places.push(format!("{} is {} bytes", p.display(), text.len()));
             }
         }
-        let cp = fs::read_to_string(dir.path().join("ship/state/checkpoints.json"))?;
+        let state = dir.path().join("ship/state");
+        let cp = fs::read_to_string(state.join("checkpoints.json"))?
+            + &fs::read_to_string(state.join("checkpoints.journal")).unwrap_or_default();
         anyhow::bail!(
             "{} lines not stored, at {places:?}\ncheckpoints: {cp}\nship's log:\n{}",
             missing.len(),
