@@ -16,6 +16,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+use xxhash_rust::xxh3::xxh3_64;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileState {
@@ -167,21 +169,28 @@ impl Checkpoints {
         }
     }
 
-    /// Makes every change since the last save durable.
-    pub fn save(&mut self, state_dir: &Path, now_ms: u64) -> Result<(), String> {
-        if now_ms.saturating_sub(self.forgot_ms) >= SEEN_STEP_MS {
-            self.forgot_ms = now_ms;
-            let old: Vec<String> = self
-                .files
-                .iter()
-                .filter(|(_, f)| now_ms.saturating_sub(f.seen_ms) >= FORGET_MS)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in old {
-                self.files.remove(&k);
-                self.dirty.insert(k);
-            }
+    /// Forgets the entries not seen for a week (at most once an hour). Only after every
+    /// followed and finished file was marked seen: a save of one file's place after ship
+    /// was stopped for a week must not forget the others.
+    pub fn forget_old(&mut self, now_ms: u64) {
+        if now_ms.saturating_sub(self.forgot_ms) < SEEN_STEP_MS {
+            return;
         }
+        self.forgot_ms = now_ms;
+        let old: Vec<String> = self
+            .files
+            .iter()
+            .filter(|(_, f)| now_ms.saturating_sub(f.seen_ms) >= FORGET_MS)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in old {
+            self.files.remove(&k);
+            self.dirty.insert(k);
+        }
+    }
+
+    /// Makes every change since the last save durable.
+    pub fn save(&mut self, state_dir: &Path) -> Result<(), String> {
         if self.dirty.is_empty() && self.journal.is_some() {
             return Ok(());
         }
@@ -228,12 +237,23 @@ impl Checkpoints {
     /// Writes every entry anew and starts an empty journal for them.
     fn snapshot(&mut self, state_dir: &Path) -> Result<(), String> {
         self.journal = None;
-        self.generation += 1;
+        // Not a count: a snapshot deleted or rewritten by an older build must not start
+        // again at a number a journal left behind carries.
+        let old = self.generation;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        self.generation = xxh3_64(
+            &[nanos, u64::from(std::process::id()), old]
+                .map(u64::to_le_bytes)
+                .concat(),
+        )
+        .max(1);
         let data = serde_json::to_vec(self).map_err(|e| e.to_string())?;
         let p = Self::path(state_dir);
         let failed = |p: &Path, e: std::io::Error| format!("cannot save {}: {e}", p.display());
         if let Err(e) = edgelog_wal::state_file::write_atomic(&p, &data) {
-            self.generation -= 1;
+            self.generation = old;
             return Err(failed(&p, e));
         }
         self.snapshot_bytes = data.len() as u64;
@@ -283,12 +303,12 @@ mod tests {
         for i in 0..2000 {
             cp.set(format!("in/{i:016x}"), state(i, 1000));
         }
-        cp.save(d, 1000).unwrap_or_else(|e| panic!("{e}"));
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
         let snapshot = std::fs::read(Checkpoints::path(d)).unwrap_or_default();
         // One entry changed: one line appended, the snapshot untouched.
         let before = journal_len(d);
         cp.set("in/0000000000000007".into(), state(700, 1000));
-        cp.save(d, 1000).unwrap_or_else(|e| panic!("{e}"));
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
         let line = journal_len(d) - before;
         assert!(line < 300, "{line} bytes for one entry");
         assert_eq!(
@@ -297,12 +317,12 @@ mod tests {
         );
         // Seen a minute later, nothing else: no write.
         cp.set("in/0000000000000007".into(), state(700, 61_000));
-        cp.save(d, 61_000).unwrap_or_else(|e| panic!("{e}"));
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(journal_len(d) - before, line);
         // Many saves: the journal is folded into a snapshot once it outgrows it.
         for n in 0..5000u64 {
             cp.set(format!("in/{:016x}", n % 2000), state(10_000 + n, 1000));
-            cp.save(d, 1000).unwrap_or_else(|e| panic!("{e}"));
+            cp.save(d).unwrap_or_else(|e| panic!("{e}"));
         }
         let snap = std::fs::metadata(Checkpoints::path(d)).map_or(0, |m| m.len());
         assert!(journal_len(d) <= snap.max(JOURNAL_MIN_BYTES) + 300);
@@ -317,9 +337,9 @@ mod tests {
         let d = dir.path();
         let mut cp = Checkpoints::default();
         cp.set("in/a".into(), state(1, 1000));
-        cp.save(d, 1000).unwrap_or_else(|e| panic!("{e}"));
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
         cp.set("in/a".into(), state(2, 1000));
-        cp.save(d, 1000).unwrap_or_else(|e| panic!("{e}"));
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
         let j = Checkpoints::journal_path(d);
         let whole = std::fs::read(&j).unwrap_or_default();
         // A crash in the middle of the next append.
@@ -341,24 +361,49 @@ mod tests {
         std::fs::write(&j, &whole).unwrap_or_else(|e| panic!("{e}"));
         let mut cp = Checkpoints::load(d).unwrap_or_else(|e| panic!("{e}"));
         cp.set("in/a".into(), state(3, 1000));
-        cp.save(d, 1000).unwrap_or_else(|e| panic!("{e}"));
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&j, &whole).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(Checkpoints::load(d).map(|c| c.files["in/a"].offset), Ok(3));
     }
 
     #[test]
-    fn entries_unseen_for_a_week_are_forgotten_across_a_restart() {
+    fn entries_unseen_for_a_week_are_forgotten_across_a_restart_and_only_when_asked() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let d = dir.path();
         let mut cp = Checkpoints::default();
         cp.set("in/old".into(), state(1, 0));
-        cp.set("in/new".into(), state(1, FORGET_MS));
-        cp.save(d, FORGET_MS).unwrap_or_else(|e| panic!("{e}"));
+        cp.set("in/new".into(), state(1, 0));
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
+        // A week later one file's place is saved: the other is not forgotten by that.
         cp.set("in/new".into(), state(2, FORGET_MS));
-        cp.save(d, FORGET_MS + SEEN_STEP_MS)
-            .unwrap_or_else(|e| panic!("{e}"));
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Checkpoints::load(d).map(|c| c.files.len()), Ok(2));
+        cp.forget_old(FORGET_MS);
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
         let back = Checkpoints::load(d).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back.files.keys().collect::<Vec<_>>(), ["in/new"]);
         assert_eq!(back.files["in/new"].offset, 2);
+    }
+
+    /// `checkpoints.json` deleted (as for a corrupt one) with its journal left: the
+    /// journal is not applied to the new state, now or after the next snapshot.
+    #[test]
+    fn a_journal_left_without_its_snapshot_is_ignored() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = dir.path();
+        let mut cp = Checkpoints::default();
+        cp.set("in/a".into(), state(1, 0));
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
+        cp.set("in/a".into(), state(99, 0));
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
+        let stale = std::fs::read(Checkpoints::journal_path(d)).unwrap_or_default();
+        std::fs::remove_file(Checkpoints::path(d)).unwrap_or_else(|e| panic!("{e}"));
+        let mut cp = Checkpoints::load(d).unwrap_or_else(|e| panic!("{e}"));
+        assert!(cp.files.is_empty());
+        cp.set("in/a".into(), state(5, 0));
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
+        // A crash between the new snapshot and its journal: the old journal is back.
+        std::fs::write(Checkpoints::journal_path(d), &stale).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Checkpoints::load(d).map(|c| c.files["in/a"].offset), Ok(5));
     }
 }

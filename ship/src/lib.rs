@@ -310,7 +310,8 @@ fn save(cp: &mut Checkpoints, inputs: &[Input], state_dir: &Path) -> Result<(), 
             place(cp, &input.cfg.name, t, now);
         }
     }
-    cp.save(state_dir, now)
+    cp.forget_old(now);
+    cp.save(state_dir)
 }
 
 /// File `i` of `input`'s place, saved (before and after each of its batches).
@@ -322,7 +323,7 @@ fn save_file(
 ) -> Result<(), String> {
     let now = now_ms();
     place(cp, &input.cfg.name, &input.files.tracked[i], now);
-    cp.save(state_dir, now)
+    cp.save(state_dir)
 }
 
 fn place(cp: &mut Checkpoints, input: &str, t: &tail::Tracked, now: u64) {

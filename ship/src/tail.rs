@@ -215,15 +215,23 @@ impl Files {
             .map(|(p, m)| ((m.dev(), m.ino()), p.clone()))
             .collect();
         let mut waiting = 0usize;
+        // Followed files by inode: thousands of them made a search per path the cost of
+        // an idle scan. Kept current as files are taken or move.
+        let mut by_inode: HashMap<(u64, u64), usize> = self
+            .tracked
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ((t.dev, t.ino), i))
+            .collect();
         for (path, meta) in metas {
             let (dev, ino, len) = (meta.dev(), meta.ino(), meta.len());
             let mtime = meta.mtime_nsec() + meta.mtime() * 1_000_000_000;
             let done_key = (dev, ino, len, mtime);
             seen.insert((dev, ino));
-            if let Some(t) = self
-                .tracked
-                .iter_mut()
-                .find(|t| (t.dev, t.ino) == (dev, ino))
+            if let Some(t) = by_inode
+                .get(&(dev, ino))
+                .and_then(|&i| self.tracked.get_mut(i))
+                .filter(|t| (t.dev, t.ino) == (dev, ino))
             {
                 t.path = path;
                 t.gone_since = None;
@@ -331,13 +339,19 @@ impl Files {
                     }
                 }
             }
-            if let Some(t) = self.tracked.iter_mut().find(|t| t.fp == fp) {
+            if let Some((i, t)) = self
+                .tracked
+                .iter_mut()
+                .enumerate()
+                .find(|(_, t)| t.fp == fp)
+            {
                 // The same content in a second place: a copy (copytruncate) or a move
                 // across filesystems. Follow it once the original is truncated or gone.
                 if t.truncated || t.gone_since.is_some() {
                     match File::open(&path) {
                         Ok(f) => {
                             tracing::info!(from = %t.path.display(), to = %path.display(), "file content moved; following it");
+                            by_inode.insert((dev, ino), i);
                             t.file = f;
                             (t.dev, t.ino, t.len, t.mtime, t.path) = (dev, ino, len, mtime, path);
                             t.truncated = false;
@@ -375,6 +389,7 @@ impl Files {
                 }
             };
             tracing::info!(path = %path.display(), offset = saved.offset, "following a file");
+            by_inode.insert((dev, ino), self.tracked.len());
             self.tracked.push(Tracked {
                 fp,
                 line_fp,
@@ -431,9 +446,6 @@ impl Files {
         let truncated = &mut self.truncated;
         truncated.retain(|k, _| seen.contains(k));
         self.tracked.retain(|t| {
-            let done_key = t.file.metadata().ok().map(|m| {
-                (t.dev, t.ino, m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000)
-            });
             let quiet = now.duration_since(t.grew_at) >= rotate_wait;
             let at_end = t.pending.is_none() && t.offset >= t.len;
             let keep = !(t.truncated
@@ -444,9 +456,10 @@ impl Files {
                     truncated.insert((t.dev, t.ino), t.fp);
                 }
                 if t.done
-                    && let Some(k) = done_key
+                    && let Ok(m) = t.file.metadata()
                 {
-                    finished.insert(k, t.fp);
+                    let mtime = m.mtime_nsec() + m.mtime() * 1_000_000_000;
+                    finished.insert((t.dev, t.ino, m.len(), mtime), t.fp);
                 }
                 tracing::info!(path = %t.path.display(), offset = t.offset, truncated = t.truncated, "no longer following a file");
             }
@@ -658,11 +671,24 @@ impl Tracked {
         if let Some(g) = &self.gz {
             return Ok(g.header.clone());
         }
+        // By position, never through the descriptor's offset (which a read would move).
         let mut head = vec![0u8; self.len.min(W3C_HEADER_BYTES) as usize];
-        let n = read_up_to(&mut &self.file, &mut head)?;
+        let n = read_head(&self.file, &mut head)?;
         head.truncate(n);
         Ok(header_lines(&head))
     }
+}
+
+/// Fills `buf` from the start of `file`, by position, as far as the file goes.
+fn read_head(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 /// The header lines are looked for in this many bytes at the start of a file.
@@ -700,6 +726,9 @@ struct GzStream {
     window: Vec<u8>,
     /// No byte before this is asked for again (unless the stream starts over).
     floor: u64,
+    /// The compressed file's size and mtime when it was checked: a file changed since is
+    /// not read on (its content would not be what was counted).
+    stamp: (u64, i64),
 }
 
 impl std::fmt::Debug for GzStream {
@@ -718,8 +747,9 @@ const GZ_STEP: usize = 64 << 10;
 impl GzStream {
     fn open(file: &File, max_gz: u64) -> std::io::Result<GzStream> {
         let mut head = vec![0u8; FP_BYTES];
-        let n = file.read_at(&mut head, 0)?;
+        let n = read_head(file, &mut head)?;
         let fp = xxh3_64(&head[..n]);
+        let stamp = Self::stamp(file)?;
         let mut d = Self::decoder(file)?;
         let mut buf = vec![0u8; GZ_STEP];
         let mut len = 0u64;
@@ -741,6 +771,7 @@ impl GzStream {
             }
         }
         Ok(GzStream {
+            stamp,
             file: file.try_clone()?,
             decoder: Self::decoder(file)?,
             len,
@@ -750,6 +781,11 @@ impl GzStream {
             window: Vec::new(),
             floor: 0,
         })
+    }
+
+    fn stamp(file: &File) -> std::io::Result<(u64, i64)> {
+        let m = file.metadata()?;
+        Ok((m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000))
     }
 
     fn decoder(file: &File) -> std::io::Result<GzDecoder> {
@@ -770,6 +806,11 @@ impl GzStream {
             self.window.clear();
         }
         let want = (at + buf.len() as u64).min(self.len);
+        if self.pos < want && Self::stamp(&self.file)? != self.stamp {
+            return Err(std::io::Error::other(
+                "the .gz changed while it was read (size or mtime)",
+            ));
+        }
         while self.pos < want {
             // Let go of what is not asked for again before taking more.
             let keep_from = self.floor.min(at);
@@ -1162,6 +1203,34 @@ mod tests {
         assert_eq!(drain(&mut f, 0), "l1\n");
     }
 
+    /// A CloudFront log that is not compressed: every batch gets the header, not only the
+    /// first (a read through the descriptor's offset once left the later ones without).
+    #[test]
+    fn every_batch_of_a_plain_w3c_file_gets_its_header() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("E1.2026-11-26-10.x");
+        let head = "#Version: 1.0\n#Fields: date time x-edge-request-id\n";
+        append(&p, head);
+        for k in 0..100 {
+            append(&p, &format!("2026-11-26\t10:00:00\tid-{k}\n"));
+        }
+        let mut f = files(dir.path(), "E1.*");
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
+        let mut batches = 0;
+        while let Some(c) = f
+            .read(0, 512, 512, Instant::now())
+            .unwrap_or_else(|e| panic!("{e}"))
+        {
+            assert_eq!(
+                f.tracked[0].w3c_header().ok().as_deref(),
+                Some(head.as_bytes())
+            );
+            f.tracked[0].advance(&c);
+            batches += 1;
+        }
+        assert!(batches > 3);
+    }
+
     #[test]
     fn a_pending_range_is_read_back_exactly() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -1344,6 +1413,53 @@ mod tests {
             held <= (1 << 20) + (256 << 10),
             "held {held} bytes of the stream"
         );
+    }
+
+    /// A `.gz` rewritten while it is read is not read on: its content is no longer what
+    /// was checked and counted.
+    #[test]
+    fn a_gz_changed_while_read_is_not_read_on() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let gz_of = |tag: &str| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            for k in 0..20_000 {
+                gz.write_all(format!("{tag} line {k}\n").as_bytes())
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            gz.finish().unwrap_or_else(|e| panic!("{e}"))
+        };
+        let p = dir.path().join("E1.2026-11-26-10.x.gz");
+        fs::write(&p, gz_of("a")).unwrap_or_else(|e| panic!("{e}"));
+        let mut f = files(dir.path(), "*.gz");
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
+        let c = f
+            .read(0, 4096, 4096, Instant::now())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("nothing"));
+        assert!(c.bytes.starts_with(b"a line 0\n"));
+        f.tracked[0].advance(&c);
+        // Rewritten in place (same inode), longer and newer.
+        std::thread::sleep(Duration::from_millis(20));
+        fs::write(&p, gz_of("bb")).unwrap_or_else(|e| panic!("{e}"));
+        let mut err = None;
+        for _ in 0..100 {
+            match f.read(0, 4096, 4096, Instant::now()) {
+                Ok(Some(c)) => {
+                    assert!(
+                        c.bytes.starts_with(b"a line"),
+                        "read on into the new content"
+                    );
+                    f.tracked[0].advance(&c);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(err.is_some_and(|e| e.to_string().contains("changed")));
     }
 
     #[test]
