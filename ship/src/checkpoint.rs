@@ -54,13 +54,23 @@ pub struct Checkpoints {
     snapshot_bytes: u64,
     #[serde(skip)]
     forgot_ms: u64,
+    /// The last save failed (logged once, until one succeeds).
+    #[serde(skip)]
+    failing: bool,
 }
 
-/// One journal line: an entry's new state, or `None` when it was forgotten.
+/// An entry's new state, or `None` when it was forgotten.
 #[derive(Serialize, Deserialize)]
 struct Change {
     k: String,
     v: Option<FileState>,
+}
+
+/// One save: one journal line, so that a save cut short (a crash, a full disk, even a
+/// power loss leaving zeros) can only be the last line.
+#[derive(Serialize, Deserialize)]
+struct Save {
+    c: Vec<Change>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -120,20 +130,26 @@ impl Checkpoints {
             // From before the snapshot, which holds all of it.
             return Ok(cp);
         }
+        let mut n = 1;
         while let Some(line) = lines.next() {
-            match serde_json::from_slice::<Change>(line) {
-                Ok(c) => match c.v {
-                    Some(v) => {
-                        cp.files.insert(c.k, v);
+            n += 1;
+            match serde_json::from_slice::<Save>(line) {
+                Ok(save) => {
+                    for c in save.c {
+                        match c.v {
+                            Some(v) => {
+                                cp.files.insert(c.k, v);
+                            }
+                            None => {
+                                cp.files.remove(&c.k);
+                            }
+                        }
                     }
-                    None => {
-                        cp.files.remove(&c.k);
-                    }
-                },
-                // The last line cut short by a crash: its save never finished, so its
-                // batch was never sent.
-                Err(_) if lines.peek().is_none() && !line.ends_with(b"\n") => {}
-                Err(e) => return Err(unreadable(e.to_string())),
+                }
+                // The last save cut short: it never returned, so its batch was never sent
+                // (or, for an offset, is resent with its key).
+                Err(_) if lines.peek().is_none() => {}
+                Err(e) => return Err(unreadable(format!("line {n}: {e}"))),
             }
         }
         Ok(cp)
@@ -189,20 +205,37 @@ impl Checkpoints {
         }
     }
 
-    /// Makes every change since the last save durable.
+    /// Makes every change since the last save durable. A failure is logged when it
+    /// starts (a full disk fails every file's saves) and its end too.
     pub fn save(&mut self, state_dir: &Path) -> Result<(), String> {
+        let r = self.save_changes(state_dir);
+        match (&r, self.failing) {
+            (Err(e), false) => {
+                tracing::error!(error = %e, "cannot save checkpoints: nothing is sent until they can be")
+            }
+            (Ok(()), true) => tracing::info!("checkpoints saved again"),
+            _ => {}
+        }
+        self.failing = r.is_err();
+        r
+    }
+
+    fn save_changes(&mut self, state_dir: &Path) -> Result<(), String> {
         if self.dirty.is_empty() && self.journal.is_some() {
             return Ok(());
         }
-        let mut lines = Vec::new();
-        for k in &self.dirty {
-            let c = Change {
-                k: k.clone(),
-                v: self.files.get(k).cloned(),
-            };
-            serde_json::to_writer(&mut lines, &c).map_err(|e| e.to_string())?;
-            lines.push(b'\n');
-        }
+        let save = Save {
+            c: self
+                .dirty
+                .iter()
+                .map(|k| Change {
+                    k: k.clone(),
+                    v: self.files.get(k).cloned(),
+                })
+                .collect(),
+        };
+        let mut lines = serde_json::to_vec(&save).map_err(|e| e.to_string())?;
+        lines.push(b'\n');
         let j = Self::journal_path(state_dir);
         match &mut self.journal {
             Some((f, len))
@@ -348,6 +381,15 @@ mod tests {
         std::fs::write(&j, &torn).unwrap_or_else(|e| panic!("{e}"));
         let back = Checkpoints::load(d).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back.files["in/a"].offset, 2);
+        // A power loss during it: zeros where a page was not written, then the rest of
+        // the line with its line break.
+        let mut zeros = whole.clone();
+        zeros.extend_from_slice(&[0u8; 100]);
+        zeros.extend_from_slice(br#"ffset":7,"pending":null,"done":false,"seen_ms":1000}}]}"#);
+        zeros.push(b'\n');
+        std::fs::write(&j, &zeros).unwrap_or_else(|e| panic!("{e}"));
+        let back = Checkpoints::load(d).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.files["in/a"].offset, 2);
         // Garbage before the last line is not a torn write: refused, as a corrupt snapshot.
         let mut bad = whole.clone();
         bad.extend_from_slice(b"garbage\n");
@@ -355,7 +397,8 @@ mod tests {
             &whole[whole.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1)..],
         );
         std::fs::write(&j, &bad).unwrap_or_else(|e| panic!("{e}"));
-        assert!(Checkpoints::load(d).is_err());
+        let e = Checkpoints::load(d).err().unwrap_or_default();
+        assert!(e.contains("line 3"), "{e}");
         // A journal of an older generation (a crash between a snapshot and its journal)
         // is ignored: the snapshot holds everything.
         std::fs::write(&j, &whole).unwrap_or_else(|e| panic!("{e}"));

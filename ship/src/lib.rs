@@ -126,7 +126,6 @@ pub async fn run(
     let mut last_problems: Vec<String> = Vec::new();
     // Halved when the collector says a batch is too large (413), down to one line.
     let mut batch_limit = cfg.batch_bytes;
-    let mut save_failing = false;
     // Files stay open while they may still grow: raise the soft limit to the hard one,
     // and keep some descriptors for the checkpoint file and the connections.
     let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
@@ -197,13 +196,8 @@ pub async fn run(
             }
         }
         // Renames and moves the scans saw, for files with nothing to send.
-        let saved = save(&mut cp, &inputs, &cfg.state_dir);
-        if let Err(e) = &saved
-            && !save_failing
-        {
-            tracing::error!(error = %e, "cannot save checkpoints");
-        }
-        save_failing = saved.is_err();
+        // (A failure is logged by the checkpoints.)
+        let _ = save(&mut cp, &inputs, &cfg.state_dir);
         publish_gauges(&inputs);
         if !cfg.progress_interval.is_zero() && last_progress.elapsed() >= cfg.progress_interval {
             last_progress = Instant::now();
@@ -413,8 +407,8 @@ async fn ship_one(
         let key = batch_key(&name, t.fp, &chunk);
         if !chunk.resend {
             input.files.tracked[i].pending = Some((chunk.start, chunk.end));
-            if let Err(e) = save_file(cp, &inputs[k], i, &cfg.state_dir) {
-                tracing::error!(error = %e, "cannot save checkpoints; not sending");
+            if save_file(cp, &inputs[k], i, &cfg.state_dir).is_err() {
+                // Not sent: a range is sent only once saved as pending.
                 inputs[k].files.tracked[i].pending = None;
                 return Err(Later::After(RETRY));
             }
@@ -482,9 +476,8 @@ async fn ship_one(
     metrics::counter!("edgelog_ship_lines_unmapped_total", "input" => name.clone())
         .increment(prepared.unmapped);
     inputs[k].files.tracked[i].advance(&chunk);
-    if let Err(e) = save_file(cp, &inputs[k], i, &cfg.state_dir) {
+    if save_file(cp, &inputs[k], i, &cfg.state_dir).is_err() {
         // The batch is in; a restart resends it with its key and the collector says so.
-        tracing::error!(error = %e, "cannot save checkpoints");
         return Err(Later::After(RETRY));
     }
     Ok(true)

@@ -831,6 +831,13 @@ impl GzStream {
                 ));
             }
             self.pos += n as u64;
+            if Self::stamp(&self.file)? != self.stamp {
+                // Bytes decoded from the file as it was rewritten: none of them is sent.
+                self.window.clear();
+                return Err(std::io::Error::other(
+                    "the .gz changed while it was read (size or mtime)",
+                ));
+            }
         }
         let start = self.pos - self.window.len() as u64;
         if at >= self.pos || at < start {
