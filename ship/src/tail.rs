@@ -43,6 +43,8 @@ pub struct Tracked {
     pub len: u64,
     /// Modification time at the last scan (ns): a rewrite to the same size changes it.
     mtime: i64,
+    /// Size and mtime when its first line was last found unchanged.
+    head_checked: Option<(u64, i64)>,
     /// A `.gz` file's decompressed content, read as a stream once opened.
     gz: Option<GzStream>,
     pub is_gz: bool,
@@ -354,6 +356,7 @@ impl Files {
                             by_inode.insert((dev, ino), i);
                             t.file = f;
                             (t.dev, t.ino, t.len, t.mtime, t.path) = (dev, ino, len, mtime, path);
+                            t.head_checked = None;
                             t.truncated = false;
                             t.gone_since = None;
                             t.grew_at = now;
@@ -402,6 +405,7 @@ impl Files {
                 tail: None,
                 len,
                 mtime,
+                head_checked: None,
                 gz: None,
                 is_gz,
                 done: false,
@@ -494,9 +498,11 @@ impl Files {
             // Bytes before the acknowledged offset (or a pending range) are not read again.
             g.floor = t.pending.map_or(t.offset, |(a, _)| a.min(t.offset));
         }
-        if !t.is_gz && !t.truncated {
+        if !t.is_gz && !t.truncated && t.head_checked != Some((t.len, t.mtime)) {
             // Copytruncate while no scan ran (the collector away) and the file grown back
             // past the offset: its first line says whether it is still the same file.
+            // Not again while its size and mtime hold (thousands of idle files read
+            // 4 KiB each every poll).
             let mut head = vec![0u8; FP_BYTES];
             let n = t.read_at(&mut head, 0)?;
             if line_fingerprint(&head[..n]) != Some(t.line_fp) {
@@ -504,6 +510,7 @@ impl Files {
                 tracing::info!(path = %t.path.display(), "file content replaced (truncated and rewritten)");
                 return Ok(None);
             }
+            t.head_checked = Some((t.len, t.mtime));
         }
         if t.truncated {
             return Ok(None);
