@@ -10,7 +10,7 @@
 //! outgrows it. The journal names the snapshot's generation: one left from before the
 //! last snapshot is ignored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -54,9 +54,9 @@ pub struct Checkpoints {
     snapshot_bytes: u64,
     #[serde(skip)]
     forgot_ms: u64,
-    /// The last save failed (logged once, until one succeeds).
+    /// Why the last save failed (logged when it starts or changes, until one succeeds).
     #[serde(skip)]
-    failing: bool,
+    failing: Option<String>,
 }
 
 /// An entry's new state, or `None` when it was forgotten.
@@ -185,10 +185,11 @@ impl Checkpoints {
         }
     }
 
-    /// Forgets the entries not seen for a week (at most once an hour). Only after every
-    /// followed and finished file was marked seen: a save of one file's place after ship
-    /// was stopped for a week must not forget the others.
-    pub fn forget_old(&mut self, now_ms: u64) {
+    /// Forgets the entries not seen for a week (at most once an hour), but never one
+    /// whose file is still `present` (device and inode, as the scans found them): after
+    /// a week stopped, files a scan has not matched to their entries yet (a `.gz` waiting
+    /// for its size to hold, or for another to finish) keep them.
+    pub fn forget_old(&mut self, now_ms: u64, present: &HashSet<(u64, u64)>) {
         if now_ms.saturating_sub(self.forgot_ms) < SEEN_STEP_MS {
             return;
         }
@@ -196,7 +197,9 @@ impl Checkpoints {
         let old: Vec<String> = self
             .files
             .iter()
-            .filter(|(_, f)| now_ms.saturating_sub(f.seen_ms) >= FORGET_MS)
+            .filter(|(_, f)| {
+                now_ms.saturating_sub(f.seen_ms) >= FORGET_MS && !present.contains(&(f.dev, f.ino))
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for k in old {
@@ -209,14 +212,17 @@ impl Checkpoints {
     /// starts (a full disk fails every file's saves) and its end too.
     pub fn save(&mut self, state_dir: &Path) -> Result<(), String> {
         let r = self.save_changes(state_dir);
-        match (&r, self.failing) {
-            (Err(e), false) => {
-                tracing::error!(error = %e, "cannot save checkpoints: nothing is sent until they can be")
+        match &r {
+            Err(e) => {
+                metrics::counter!("edgelog_ship_checkpoint_save_errors_total").increment(1);
+                if self.failing.as_ref() != Some(e) {
+                    tracing::error!(error = %e, "cannot save checkpoints: batches wait until they can be saved");
+                }
             }
-            (Ok(()), true) => tracing::info!("checkpoints saved again"),
-            _ => {}
+            Ok(()) if self.failing.is_some() => tracing::info!("checkpoints saved again"),
+            Ok(()) => {}
         }
-        self.failing = r.is_err();
+        self.failing = r.as_ref().err().cloned();
         r
     }
 
@@ -421,7 +427,12 @@ mod tests {
         cp.set("in/new".into(), state(2, FORGET_MS));
         cp.save(d).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(Checkpoints::load(d).map(|c| c.files.len()), Ok(2));
-        cp.forget_old(FORGET_MS);
+        // Its file still there (found by a scan, not yet matched to its entry): kept.
+        cp.forget_old(FORGET_MS, &HashSet::from([(1, 2)]));
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Checkpoints::load(d).map(|c| c.files.len()), Ok(2));
+        cp.forgot_ms = 0;
+        cp.forget_old(FORGET_MS, &HashSet::new());
         cp.save(d).unwrap_or_else(|e| panic!("{e}"));
         let back = Checkpoints::load(d).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back.files.keys().collect::<Vec<_>>(), ["in/new"]);

@@ -251,7 +251,7 @@ enum Later {
 /// On a clean stop every place goes into `checkpoints.json` (the journal emptied).
 fn stopped(p: Progress, cp: &mut Checkpoints, inputs: &[Input], state_dir: &Path) -> Progress {
     if let Err(e) = save(cp, inputs, state_dir).and_then(|()| cp.fold(state_dir)) {
-        tracing::warn!(error = %e, "cannot fold the checkpoint journal into checkpoints.json; it is read on start");
+        tracing::warn!(error = %e, "checkpoints not folded into checkpoints.json: the journal is read on start");
     }
     tracing::info!(
         lines_read = p.lines_read,
@@ -304,7 +304,11 @@ fn save(cp: &mut Checkpoints, inputs: &[Input], state_dir: &Path) -> Result<(), 
             place(cp, &input.cfg.name, t, now);
         }
     }
-    cp.forget_old(now);
+    let present: std::collections::HashSet<(u64, u64)> = inputs
+        .iter()
+        .flat_map(|i| i.files.present.iter().copied())
+        .collect();
+    cp.forget_old(now, &present);
     cp.save(state_dir)
 }
 

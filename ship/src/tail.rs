@@ -43,8 +43,6 @@ pub struct Tracked {
     pub len: u64,
     /// Modification time at the last scan (ns): a rewrite to the same size changes it.
     mtime: i64,
-    /// Size and mtime when its first line was last found unchanged.
-    head_checked: Option<(u64, i64)>,
     /// A `.gz` file's decompressed content, read as a stream once opened.
     gz: Option<GzStream>,
     pub is_gz: bool,
@@ -83,6 +81,9 @@ pub struct Files {
     finished: HashMap<(u64, u64, u64, i64), u64>,
     /// Fingerprints of the finished files the last scan saw (their checkpoints are kept).
     pub seen_done: Vec<u64>,
+    /// Device and inode of every file the last scan found (waiting or finished ones
+    /// too): their checkpoints are not forgotten, however long ago they were saved.
+    pub present: HashSet<(u64, u64)>,
     /// Sizes of `.gz` files at the last scan: one is taken once its size holds still.
     gz_sizes: HashMap<(u64, u64), u64>,
     /// Files set aside (unreadable, undecodable, unsendable), by device, inode, size and
@@ -176,6 +177,7 @@ impl Files {
             gz_allowed,
             finished: HashMap::new(),
             seen_done: Vec::new(),
+            present: HashSet::new(),
             gz_sizes: HashMap::new(),
             failed: HashSet::new(),
             max_open: 512,
@@ -216,6 +218,7 @@ impl Files {
             .iter()
             .map(|(p, m)| ((m.dev(), m.ino()), p.clone()))
             .collect();
+        self.present = present.keys().copied().collect();
         let mut waiting = 0usize;
         // Followed files by inode: thousands of them made a search per path the cost of
         // an idle scan. Kept current as files are taken or move.
@@ -356,7 +359,6 @@ impl Files {
                             by_inode.insert((dev, ino), i);
                             t.file = f;
                             (t.dev, t.ino, t.len, t.mtime, t.path) = (dev, ino, len, mtime, path);
-                            t.head_checked = None;
                             t.truncated = false;
                             t.gone_since = None;
                             t.grew_at = now;
@@ -405,7 +407,6 @@ impl Files {
                 tail: None,
                 len,
                 mtime,
-                head_checked: None,
                 gz: None,
                 is_gz,
                 done: false,
@@ -498,11 +499,10 @@ impl Files {
             // Bytes before the acknowledged offset (or a pending range) are not read again.
             g.floor = t.pending.map_or(t.offset, |(a, _)| a.min(t.offset));
         }
-        if !t.is_gz && !t.truncated && t.head_checked != Some((t.len, t.mtime)) {
-            // Copytruncate while no scan ran (the collector away) and the file grown back
-            // past the offset: its first line says whether it is still the same file.
-            // Not again while its size and mtime hold (thousands of idle files read
-            // 4 KiB each every poll).
+        if !t.is_gz && !t.truncated {
+            // Copytruncate while no scan ran (the collector away, several batches in a
+            // row) and the file grown back past the offset: its first line says whether
+            // it is still the same file.
             let mut head = vec![0u8; FP_BYTES];
             let n = t.read_at(&mut head, 0)?;
             if line_fingerprint(&head[..n]) != Some(t.line_fp) {
@@ -510,7 +510,6 @@ impl Files {
                 tracing::info!(path = %t.path.display(), "file content replaced (truncated and rewritten)");
                 return Ok(None);
             }
-            t.head_checked = Some((t.len, t.mtime));
         }
         if t.truncated {
             return Ok(None);
@@ -1243,6 +1242,38 @@ mod tests {
             batches += 1;
         }
         assert!(batches > 3);
+    }
+
+    /// Copytruncate between two batches with no scan between them (ship sends up to
+    /// eight in a row, each maybe slow): the next read sees the new first line, not the
+    /// new content at the old offset.
+    #[test]
+    fn copytruncate_between_two_reads_without_a_scan_is_seen_by_the_read() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("a.log");
+        for k in 0..50 {
+            append(&p, &format!("old line {k:03}\n"));
+        }
+        let mut f = files(dir.path(), "a.log");
+        f.scan(&Checkpoints::default(), Instant::now(), &HashSet::new());
+        let c = f
+            .read(0, 100, 100, Instant::now())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("nothing"));
+        f.tracked[0].advance(&c);
+        fs::copy(&p, dir.path().join("a.log.1")).unwrap_or_else(|e| panic!("{e}"));
+        truncate(&p, 0);
+        for k in 0..50 {
+            append(&p, &format!("new line {k:03}\n"));
+        }
+        let next = f
+            .read(0, 100, 100, Instant::now())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            next.is_none(),
+            "read on into the new content at the old offset"
+        );
+        assert!(f.tracked[0].truncated);
     }
 
     #[test]
