@@ -57,6 +57,11 @@ pub struct Checkpoints {
     /// Why the last save failed (logged when it starts or changes, until one succeeds).
     #[serde(skip)]
     failing: Option<String>,
+    /// The newest `seen_ms` when loaded, and when: the week counts ship's running time,
+    /// not the time it was stopped (a restart after a week away, its files not found by
+    /// the first scans, a mount not up yet, forgets nothing).
+    #[serde(skip)]
+    resumed: (u64, u64),
 }
 
 /// An entry's new state, or `None` when it was forgotten.
@@ -102,6 +107,16 @@ impl Checkpoints {
     }
 
     pub fn load(state_dir: &Path) -> Result<Checkpoints, String> {
+        let mut cp = Self::read(state_dir)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = cp.files.values().map(|f| f.seen_ms).max().unwrap_or(0);
+        cp.resumed = (last, now);
+        Ok(cp)
+    }
+
+    fn read(state_dir: &Path) -> Result<Checkpoints, String> {
         let p = Self::path(state_dir);
         let mut cp: Checkpoints = match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
@@ -198,7 +213,13 @@ impl Checkpoints {
             .files
             .iter()
             .filter(|(_, f)| {
-                now_ms.saturating_sub(f.seen_ms) >= FORGET_MS && !present.contains(&(f.dev, f.ino))
+                let (last, start) = self.resumed;
+                let unseen = if f.seen_ms <= last {
+                    now_ms.saturating_sub(start) + (last - f.seen_ms)
+                } else {
+                    now_ms.saturating_sub(f.seen_ms)
+                };
+                unseen >= FORGET_MS && !present.contains(&(f.dev, f.ino))
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -437,6 +458,25 @@ mod tests {
         let back = Checkpoints::load(d).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back.files.keys().collect::<Vec<_>>(), ["in/new"]);
         assert_eq!(back.files["in/new"].offset, 2);
+    }
+
+    /// Ship stopped for over a week and its files not found by the first scans (a mount
+    /// not up yet): nothing is forgotten, since the week counts ship's running time; an
+    /// entry a week older than the others still is.
+    #[test]
+    fn a_week_stopped_does_not_count_towards_forgetting() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = dir.path();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |t| t.as_millis() as u64);
+        let mut cp = Checkpoints::default();
+        cp.set("in/recent".into(), state(1, now - FORGET_MS - 1000));
+        cp.set("in/stale".into(), state(1, now - 2 * FORGET_MS - 1000));
+        cp.save(d).unwrap_or_else(|e| panic!("{e}"));
+        let mut cp = Checkpoints::load(d).unwrap_or_else(|e| panic!("{e}"));
+        cp.forget_old(now, &HashSet::new());
+        assert_eq!(cp.files.keys().collect::<Vec<_>>(), ["in/recent"]);
     }
 
     /// `checkpoints.json` deleted (as for a corrupt one) with its journal left: the
