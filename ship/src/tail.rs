@@ -103,7 +103,7 @@ pub struct Files {
 
 fn fingerprint(path: &Path, gz: bool) -> std::io::Result<Option<u64>> {
     let mut buf = vec![0u8; FP_BYTES];
-    let n = read_up_to(&mut File::open(path)?, &mut buf)?;
+    let n = read_head(&File::open(path)?, &mut buf)?;
     let head = &buf[..n];
     if gz {
         // The compressed bytes; the caller waits until the file stops growing.
@@ -131,8 +131,8 @@ fn line_fingerprint(head: &[u8]) -> Option<u64> {
 fn same_prefix(a: &Path, b: &Path) -> std::io::Result<bool> {
     let mut x = vec![0u8; 64 << 10];
     let mut y = vec![0u8; 64 << 10];
-    let n = read_up_to(&mut File::open(a)?, &mut x)?;
-    let m = read_up_to(&mut File::open(b)?, &mut y)?;
+    let n = read_head(&File::open(a)?, &mut x)?;
+    let m = read_head(&File::open(b)?, &mut y)?;
     let k = n.min(m);
     Ok(x[..k] == y[..k])
 }
@@ -150,17 +150,6 @@ fn tail_at(file: &File, offset: u64, n: u64) -> Option<u64> {
     let buf = &mut buf[..n as usize];
     file.read_exact_at(buf, offset - n).ok()?;
     Some(xxh3_64(buf))
-}
-
-fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 impl Files {
@@ -230,7 +219,7 @@ impl Files {
             .collect();
         for (path, meta) in metas {
             let (dev, ino, len) = (meta.dev(), meta.ino(), meta.len());
-            let mtime = meta.mtime_nsec() + meta.mtime() * 1_000_000_000;
+            let mtime = mtime_ns(&meta);
             let done_key = (dev, ino, len, mtime);
             seen.insert((dev, ino));
             if let Some(t) = by_inode
@@ -463,7 +452,7 @@ impl Files {
                 if t.done
                     && let Ok(m) = t.file.metadata()
                 {
-                    let mtime = m.mtime_nsec() + m.mtime() * 1_000_000_000;
+                    let mtime = mtime_ns(&m);
                     finished.insert((t.dev, t.ino, m.len(), mtime), t.fp);
                 }
                 tracing::info!(path = %t.path.display(), offset = t.offset, truncated = t.truncated, "no longer following a file");
@@ -618,12 +607,7 @@ impl Files {
     pub fn set_aside(&mut self, i: usize) {
         let t = self.tracked.remove(i);
         if let Ok(m) = t.file.metadata() {
-            self.failed.insert((
-                t.dev,
-                t.ino,
-                m.len(),
-                m.mtime_nsec() + m.mtime() * 1_000_000_000,
-            ));
+            self.failed.insert((t.dev, t.ino, m.len(), mtime_ns(&m)));
         }
     }
 
@@ -683,6 +667,11 @@ impl Tracked {
         head.truncate(n);
         Ok(header_lines(&head))
     }
+}
+
+/// Modification time in nanoseconds: a rewrite within the same second changes it.
+fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+    m.mtime_nsec() + m.mtime() * 1_000_000_000
 }
 
 /// Fills `buf` from the start of `file`, by position, as far as the file goes.
@@ -791,7 +780,7 @@ impl GzStream {
 
     fn stamp(file: &File) -> std::io::Result<(u64, i64)> {
         let m = file.metadata()?;
-        Ok((m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000))
+        Ok((m.len(), mtime_ns(&m)))
     }
 
     fn decoder(file: &File) -> std::io::Result<GzDecoder> {
