@@ -36,6 +36,7 @@
 # summaries off (their cost is the difference). RATE offers that many records/s instead
 # of as many as are acknowledged (ack latency at a fraction of the maximum).
 set -euo pipefail
+self=$(realpath "$0")
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edgelog/target}"
 MARKDOWN=0
@@ -44,7 +45,7 @@ for arg in "$@"; do
   case $arg in
     --markdown) MARKDOWN=1 ;;
     --readme) MARKDOWN=1 README=1 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$self" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done

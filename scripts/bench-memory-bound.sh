@@ -15,18 +15,21 @@
 #
 # DURATION: seconds of posting (default 60). SENDERS: clients posting at once (default 6).
 # DISTRIBUTIONS: default 10000. MAX_INFLIGHT_BYTES, MAX_OPEN_BYTES: the collector's
-# budgets (default: its own, 512 MiB and 128 MiB). EDGELOG_BIN: another build to measure.
+# budgets (default: its own, 512 MiB and 128 MiB; the collector refuses an in-flight
+# budget too small for its largest body, about 479 MiB with the other defaults).
+# EDGELOG_BIN: another build to measure.
 # A benchmark, not a test: the peak moves by ±40 MiB from run to run.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edgelog/target}"
 for arg in "$@"; do
   case $arg in
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edgelog/target}"
 DURATION="${DURATION:-60}"
+DURATION="${DURATION%s}"
 SENDERS="${SENDERS:-6}"
 DISTRIBUTIONS="${DISTRIBUTIONS:-10000}"
 MAX_INFLIGHT_BYTES="${MAX_INFLIGHT_BYTES:-536870912}"
@@ -40,14 +43,20 @@ TOKEN="bench-memory-bound-token"
 
 dir=$(mktemp -d /tmp/edgelog-membound.XXXXXX)
 pid=""
+senders=()
 cleanup() {
   [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
-  kill $(jobs -p) 2>/dev/null || true
+  for s in "${senders[@]}"; do
+    pkill -P "$s" 2>/dev/null || true
+    kill "$s" 2>/dev/null || true
+  done
   rm -rf "$dir"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 echo "bench: generating 3 bodies of 2,600 records over $DISTRIBUTIONS distributions..." >&2
+gens=()
 for seed in 1 2 3; do
   python3 - "$seed" "$DISTRIBUTIONS" "$dir/body$seed.ndjson.gz" <<'PY' &
 import gzip, json, random, string, sys
@@ -67,8 +76,9 @@ with gzip.open(out, "wt", compresslevel=6) as f:
             "cs(Cookie)": long(), "x-edge-request-id": f"{seed}-{i}-" + "".join(rnd.choices(alpha, k=40)),
         }) + "\n")
 PY
+  gens+=($!)
 done
-wait
+for g in "${gens[@]}"; do wait "$g"; done
 
 p=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$dir/edgelog.toml" <<EOF
@@ -94,16 +104,21 @@ for s in $(seq "$SENDERS"); do
       curl -s -o /dev/null -w "%{http_code}\n" --max-time 120 \
         -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/x-ndjson" \
         -H "Content-Encoding: gzip" --data-binary "@$dir/body$(( s % 3 + 1 )).ndjson.gz" \
-        "http://127.0.0.1:$p/v1/records" >> "$dir/codes.$s" || echo failed >> "$dir/codes.$s"
+        "http://127.0.0.1:$p/v1/records" >> "$dir/codes.$s" || true
     done
   ) &
+  senders+=($!)
 done
-sleep "$DURATION"
+# In the background, so that a signal is handled at once (bash waits for a foreground sleep).
+sleep "$DURATION" &
+wait $!
+kill -0 "$pid" 2>/dev/null || { echo "the collector died:" >&2; tail -20 "$dir/collector.log" >&2; exit 1; }
 hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 kill -TERM "$pid"
-wait "$pid" || true
+wait "$pid" || echo "the collector exited with $? after SIGTERM" >&2
 pid=""
-wait 2>/dev/null || true
+for s in "${senders[@]}"; do wait "$s" 2>/dev/null || true; done
+senders=()
 bound=$(( (MAX_INFLIGHT_BYTES + MAX_OPEN_BYTES) / 1048576 + 256 ))
 [ "$STANDARD" = true ] || bound=$(( MAX_INFLIGHT_BYTES / 1048576 + 256 ))
 answers=$(cat "$dir"/codes.* | sort | uniq -c | awk '{printf "%s%s x %s", (NR > 1 ? ", " : ""), $1, $2}')

@@ -12,9 +12,10 @@
 # 2. Tail: a writer appends TAIL_RATE JSON lines/s for TAIL_SECONDS while ship follows the
 #    file; ship's CPU (% of one core), peak RSS and the lag at the end.
 set -euo pipefail
+self=$(realpath "$0")
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edgelog/target}"
-case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$self" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
 LINES="${LINES:-1000000}"
 TAIL_RATE="${TAIL_RATE:-10000}"
 TAIL_SECONDS="${TAIL_SECONDS:-30}"
