@@ -20,14 +20,15 @@
 # EDGELOG_BIN: another build to measure.
 # A benchmark, not a test: the peak moves by ±40 MiB from run to run.
 set -euo pipefail
+self=$(realpath "$0")
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edgelog/target}"
 for arg in "$@"; do
   case $arg in
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$self" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edgelog/target}"
 DURATION="${DURATION:-60}"
 DURATION="${DURATION%s}"
 SENDERS="${SENDERS:-6}"
